@@ -1,0 +1,4 @@
+from sb3_mpo.mpo import MPO, NonFiniteError
+from sb3_mpo.version import __version__
+
+__all__ = ["MPO", "NonFiniteError", "__version__"]

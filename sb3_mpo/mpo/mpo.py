@@ -1,0 +1,475 @@
+from collections import defaultdict
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
+from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
+from torch import nn
+from torch.nn import functional as F
+
+from sb3_mpo.mpo import losses
+from sb3_mpo.mpo.policies import CnnPolicy, GaussianActor, MlpPolicy, MPOPolicy, MultiInputPolicy, SampledCritic
+
+SelfMPO = TypeVar("SelfMPO", bound="MPO")
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised when a loss, gradient or multiplier becomes NaN or infinite; training stops before any parameter moves."""
+
+
+class LagrangeMultipliers(nn.Module):
+    """
+    The dual variables of MPO, stored unconstrained and mapped through :func:`~sb3_mpo.mpo.losses.positive`:
+    the E-step temperature η, the M-step multipliers α_μ and α_Σ (one per action dimension, or one in all),
+    and, with action penalisation, the temperature of the penalty objective.
+
+    :param action_dim: Number of action dimensions
+    :param per_dim: One multiplier per action dimension for each of α_μ and α_Σ
+    :param init_temperature: Initial η
+    :param init_alpha_mean: Initial α_μ
+    :param init_alpha_std: Initial α_Σ
+    :param init_temperature_penalty: Initial temperature of the action-penalty E-step, ``None`` when unused
+    :param floor: Smallest value any multiplier may take
+    """
+
+    def __init__(
+        self,
+        action_dim: int,
+        per_dim: bool,
+        init_temperature: float,
+        init_alpha_mean: float,
+        init_alpha_std: float,
+        init_temperature_penalty: float | None,
+        floor: float = 1e-8,
+    ):
+        super().__init__()
+        self.floor = floor
+        n_constraints = action_dim if per_dim else 1
+
+        def raw(value: float, shape: tuple[int, ...] = ()) -> nn.Parameter:
+            return nn.Parameter(th.full(shape, losses.inverse_positive(value, floor)))
+
+        self.raw_temperature = raw(init_temperature)
+        self.raw_alpha_mean = raw(init_alpha_mean, (n_constraints,))
+        self.raw_alpha_std = raw(init_alpha_std, (n_constraints,))
+        self.raw_temperature_penalty = raw(init_temperature_penalty) if init_temperature_penalty is not None else None
+
+    @property
+    def temperature(self) -> th.Tensor:
+        return losses.positive(self.raw_temperature, self.floor)
+
+    @property
+    def alpha_mean(self) -> th.Tensor:
+        return losses.positive(self.raw_alpha_mean, self.floor)
+
+    @property
+    def alpha_std(self) -> th.Tensor:
+        return losses.positive(self.raw_alpha_std, self.floor)
+
+    @property
+    def temperature_penalty(self) -> th.Tensor:
+        assert self.raw_temperature_penalty is not None, "action penalisation is off"
+        return losses.positive(self.raw_temperature_penalty, self.floor)
+
+
+class MPO(OffPolicyAlgorithm):
+    """
+    Maximum a Posteriori Policy Optimisation (MPO)
+    Paper: https://arxiv.org/abs/1806.06920 (Abdolmaleki et al., ICLR 2018)
+    Reference implementations: DeepMind Acme (https://github.com/google-deepmind/acme) and Tonic
+    (https://github.com/fabiopardo/tonic).
+
+    Each gradient step evaluates the policy with an expected-SARSA critic target over ``n_action_samples`` samples of
+    the target policy, then improves it by coordinate ascent: a non-parametric E-step re-weights those same samples
+    with the temperature η of a KL-constrained problem, and a parametric M-step fits the Gaussian policy to the weighted
+    samples by maximum likelihood under decoupled mean / covariance KL trust regions.
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: learning rate for the Adam optimisers of the actor and the critic,
+        it can be a function of the current progress remaining (from 1 to 0)
+    :param buffer_size: size of the replay buffer
+    :param learning_starts: how many steps of the model to collect transitions for before learning starts
+    :param batch_size: Minibatch size for each gradient update
+    :param tau: the soft update coefficient of the target networks ("Polyak update", between 0 and 1);
+        ``tau=1`` with ``target_update_interval=K`` is a hard copy every K gradient steps
+    :param gamma: the discount factor
+    :param train_freq: Update the model every ``train_freq`` steps. Alternatively pass a tuple of frequency and unit
+        like ``(5, "step")`` or ``(2, "episode")``.
+    :param gradient_steps: How many gradient steps to do after each rollout (see ``train_freq``)
+        Set to ``-1`` means to do as many gradient steps as steps done in the environment during the rollout.
+    :param replay_buffer_class: Replay buffer class to use. If ``None``, it will be automatically selected.
+    :param replay_buffer_kwargs: Keyword arguments to pass to the replay buffer on creation.
+    :param optimize_memory_usage: Enable a memory efficient variant of the replay buffer
+    :param n_steps: When n_steps > 1, the critic target is the n-step return (SB3's NStepReplayBuffer)
+    :param n_action_samples: Number N of actions sampled per state for the E-step and the critic target
+    :param epsilon: Bound ε on KL(q || π_old) in the E-step
+    :param epsilon_mean: Bound ε_μ on the mean half of the M-step trust region
+    :param epsilon_std: Bound ε_Σ on the covariance half of the M-step trust region
+    :param epsilon_penalty: Bound on the KL of the action-penalty E-step (MO-MPO), used with the ``"clip"`` action
+        bounding; ``None`` switches action penalisation off
+    :param per_dim_constraints: One trust region (and multiplier) per action dimension rather than a joint one
+    :param init_temperature: Initial temperature η (and initial temperature of the action penalty)
+    :param init_alpha_mean: Initial multiplier α_μ
+    :param init_alpha_std: Initial multiplier α_Σ
+    :param dual_learning_rate: Learning rate of the Adam optimiser of the temperatures and multipliers
+    :param max_grad_norm: Clip the gradient norm of the actor and of the critic to this value (``None``: no clipping)
+    :param target_update_interval: update the target networks every ``target_update_interval`` gradient steps
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages (such as device or wrappers used), 2 for
+        debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+        Setting it to auto, the code will be run on the GPU if possible.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+    policy: MPOPolicy
+    actor: GaussianActor
+    actor_target: GaussianActor
+    critic: SampledCritic
+    critic_target: SampledCritic
+
+    def __init__(
+        self,
+        policy: str | type[MPOPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        buffer_size: int = 1_000_000,  # 1e6
+        learning_starts: int = 100,
+        batch_size: int = 256,
+        tau: float = 0.005,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 1,
+        gradient_steps: int = 1,
+        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
+        optimize_memory_usage: bool = False,
+        n_steps: int = 1,
+        n_action_samples: int = 20,
+        epsilon: float = 0.1,
+        epsilon_mean: float = 1e-3,
+        epsilon_std: float = 1e-5,
+        epsilon_penalty: float | None = 1e-3,
+        per_dim_constraints: bool = True,
+        init_temperature: float = 1.0,
+        init_alpha_mean: float = 1.0,
+        init_alpha_std: float = 10.0,
+        dual_learning_rate: float = 1e-2,
+        max_grad_norm: float | None = 40.0,
+        target_update_interval: int = 1,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        self._check_arguments(
+            policy=policy,
+            learning_rate=learning_rate,
+            buffer_size=buffer_size,
+            batch_size=batch_size,
+            tau=tau,
+            gamma=gamma,
+            n_steps=n_steps,
+            n_action_samples=n_action_samples,
+            epsilon=epsilon,
+            epsilon_mean=epsilon_mean,
+            epsilon_std=epsilon_std,
+            epsilon_penalty=epsilon_penalty,
+            init_temperature=init_temperature,
+            init_alpha_mean=init_alpha_mean,
+            init_alpha_std=init_alpha_std,
+            dual_learning_rate=dual_learning_rate,
+            max_grad_norm=max_grad_norm,
+            target_update_interval=target_update_interval,
+        )
+        super().__init__(
+            policy,
+            env,
+            learning_rate,
+            buffer_size,
+            learning_starts,
+            batch_size,
+            tau,
+            gamma,
+            train_freq,
+            gradient_steps,
+            action_noise=None,
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            n_steps=n_steps,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            sde_support=False,
+            supported_action_spaces=None,  # checked below, with a message that names what is accepted
+            support_multi_env=True,
+        )
+        self._check_action_space(self.action_space)
+
+        self.n_action_samples = n_action_samples
+        self.epsilon = epsilon
+        self.epsilon_mean = epsilon_mean
+        self.epsilon_std = epsilon_std
+        self.epsilon_penalty = epsilon_penalty
+        self.per_dim_constraints = per_dim_constraints
+        self.init_temperature = init_temperature
+        self.init_alpha_mean = init_alpha_mean
+        self.init_alpha_std = init_alpha_std
+        self.dual_learning_rate = dual_learning_rate
+        self.max_grad_norm = max_grad_norm
+        self.target_update_interval = target_update_interval
+        self.multipliers: LagrangeMultipliers
+        self.multipliers_optimizer: th.optim.Adam
+
+        if _init_setup_model:
+            self._setup_model()
+
+    @classmethod
+    def _check_arguments(cls, policy: str | type[MPOPolicy], learning_rate: float | Schedule, **kwargs: Any) -> None:
+        """Reject bad hyperparameters before anything is built, naming the parameter and what it accepts."""
+        if isinstance(policy, str) and policy not in cls.policy_aliases:
+            raise ValueError(f"policy={policy!r} is unknown: use one of {sorted(cls.policy_aliases)} or a policy class")
+        initial_lr = learning_rate(1.0) if callable(learning_rate) else learning_rate
+        checks: list[tuple[str, bool, str]] = [
+            ("learning_rate", initial_lr > 0, "a positive float or a schedule whose value at progress 1 is positive"),
+            ("batch_size", kwargs["batch_size"] >= 1, "a positive integer"),
+            ("buffer_size", kwargs["buffer_size"] >= kwargs["batch_size"], f"an integer >= batch_size={kwargs['batch_size']}"),
+            ("tau", 0 < kwargs["tau"] <= 1, "a float in (0, 1]"),
+            ("gamma", 0 <= kwargs["gamma"] <= 1, "a float in [0, 1]"),
+            ("n_steps", kwargs["n_steps"] >= 1, "a positive integer"),
+            ("n_action_samples", kwargs["n_action_samples"] >= 2, "an integer >= 2"),
+            ("target_update_interval", kwargs["target_update_interval"] >= 1, "a positive integer"),
+            ("dual_learning_rate", kwargs["dual_learning_rate"] > 0, "a positive float"),
+            ("max_grad_norm", kwargs["max_grad_norm"] is None or kwargs["max_grad_norm"] > 0, "a positive float or None"),
+        ]
+        for name in ("epsilon", "epsilon_mean", "epsilon_std", "init_temperature", "init_alpha_mean", "init_alpha_std"):
+            checks.append((name, kwargs[name] > 0, "a positive float"))
+        checks.append(
+            ("epsilon_penalty", kwargs["epsilon_penalty"] is None or kwargs["epsilon_penalty"] > 0, "a positive float or None")
+        )
+        for name, ok, accepted in checks:
+            value = learning_rate if name == "learning_rate" else kwargs[name]
+            if not ok:
+                raise ValueError(f"MPO: {name}={value!r} is invalid, expected {accepted}")
+
+    @staticmethod
+    def _check_action_space(action_space: spaces.Space) -> None:
+        if not isinstance(action_space, spaces.Box):
+            raise ValueError(f"MPO supports Box action spaces (continuous control); the environment's is {action_space}")
+        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+            raise ValueError(
+                f"MPO needs a bounded Box action space (finite low and high) to map the policy into it, got {action_space}"
+            )
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._create_aliases()
+        self.batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
+        self.batch_norm_stats_target = get_parameters_by_name(self.critic_target, ["running_"])
+        self.multipliers = LagrangeMultipliers(
+            action_dim=int(np.prod(self.action_space.shape)),
+            per_dim=self.per_dim_constraints,
+            init_temperature=self.init_temperature,
+            init_alpha_mean=self.init_alpha_mean,
+            init_alpha_std=self.init_alpha_std,
+            init_temperature_penalty=self.init_temperature if self.action_penalty else None,
+        ).to(self.device)
+        self.multipliers_optimizer = th.optim.Adam(self.multipliers.parameters(), lr=self.dual_learning_rate)
+
+    def _create_aliases(self) -> None:
+        self.actor = self.policy.actor
+        self.actor_target = self.policy.actor_target
+        self.critic = self.policy.critic
+        self.critic_target = self.policy.critic_target
+
+    @property
+    def action_penalty(self) -> bool:
+        """Whether the MO-MPO action penalty runs: only for clipped (unbounded) Gaussians, when ``epsilon_penalty`` is set."""
+        return self.epsilon_penalty is not None and self.policy.actor.action_bounding == "clip"
+
+    def _sample_action(
+        self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Sample actions for the environment and for replay. Replay stores the policy's Gaussian sample ``u`` (not the
+        clipped or squashed action) so the learner works with exact Gaussian densities; the environment receives
+        ``squash(u)`` rescaled to its bounds. Before ``learning_starts`` the actions are uniform in the box.
+
+        :param learning_starts: Number of steps before learning for the warm-up phase.
+        :param action_noise: Not used by MPO, whose exploration is its stochastic policy
+        :param n_envs: Number of environments
+        :return: action to take in the environment and the Gaussian-space action to store in the buffer
+        """
+        if self.num_timesteps < learning_starts:
+            squashed = np.array([self.policy.scale_action(self.action_space.sample()) for _ in range(n_envs)])
+            raw = self.actor.unsquash(squashed)
+        else:
+            obs_tensor, _ = self.policy.obs_to_tensor(self._last_obs)
+            with th.no_grad():
+                raw_tensor = self.actor.sample_raw(obs_tensor)
+                squashed = self.actor.squash(raw_tensor).cpu().numpy()
+            raw = raw_tensor.cpu().numpy()
+        return self.policy.unscale_action(squashed), raw
+
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+        self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+
+        stats: dict[str, list[th.Tensor]] = defaultdict(list)
+        for _ in range(gradient_steps):
+            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            for key, value in self._gradient_step(replay_data).items():
+                stats[key].append(value)
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        for key, values in stats.items():
+            self.logger.record(f"train/{key}", th.stack(values).mean().item())
+
+    def _gradient_step(self, replay_data: ReplayBufferSamples) -> dict[str, th.Tensor]:
+        """
+        One update of critic, policy and multipliers on a batch of transitions. Policy evaluation and improvement
+        share one forward pass of the target critic over N samples of the target policy at the next states.
+
+        :param replay_data: A batch from the replay buffer
+        :return: Detached diagnostics for the logger
+        """
+        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        next_obs = replay_data.next_observations
+        with th.no_grad():
+            mean_old, std_old = self.actor_target.distribution_params(next_obs)
+            noise = th.randn((self.n_action_samples, *mean_old.shape), device=self.device)
+            sampled_actions = mean_old + std_old * noise  # (N, B, A), Gaussian space
+            next_q_values = self.critic_target.sampled_q_values(next_obs, self.actor.squash(sampled_actions))  # (N, B)
+            target_q_values = losses.expected_sarsa_target(replay_data.rewards, replay_data.dones, discounts, next_q_values)
+
+        # Policy evaluation
+        current_q_values = self.critic(replay_data.observations, self.actor.squash(replay_data.actions))[0]
+        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
+
+        # E-step: non-parametric improvement of the sampled actions, temperature from the convex dual
+        temperature = self.multipliers.temperature
+        weights = losses.e_step_weights(next_q_values, temperature)
+        dual_loss = losses.temperature_dual(next_q_values, temperature, self.epsilon)
+        diagnostics = {"temperature": temperature.detach(), "kl_q": losses.sample_kl_to_old(weights)}
+        if self.action_penalty:
+            assert self.epsilon_penalty is not None
+            penalty_q_values = losses.action_penalty_q(sampled_actions)
+            temperature_penalty = self.multipliers.temperature_penalty
+            weights = weights + losses.e_step_weights(penalty_q_values, temperature_penalty)
+            dual_loss = dual_loss + losses.temperature_dual(penalty_q_values, temperature_penalty, self.epsilon_penalty)
+            diagnostics["temperature_penalty"] = temperature_penalty.detach()
+
+        # M-step: weighted maximum likelihood under the decoupled KL trust regions
+        mean, std = self.actor.distribution_params(next_obs)
+        kl = losses.decoupled_gaussian_kl(mean_old, std_old, mean, std, per_dim=self.per_dim_constraints)
+        alpha_mean, alpha_std = self.multipliers.alpha_mean, self.multipliers.alpha_std
+        policy_loss = (
+            losses.decoupled_m_step_loss(weights, sampled_actions, mean, std, mean_old, std_old)
+            + losses.lagrangian_penalty(alpha_mean, kl.mean)
+            + losses.lagrangian_penalty(alpha_std, kl.std)
+        )
+        dual_loss = (
+            dual_loss
+            + losses.multiplier_loss(alpha_mean, self.epsilon_mean, kl.mean)
+            + losses.multiplier_loss(alpha_std, self.epsilon_std, kl.std)
+        )
+
+        # The three losses touch disjoint parameters: one backward pass serves all of them
+        optimizers = [self.critic.optimizer, self.actor.optimizer, self.multipliers_optimizer]
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        (critic_loss + policy_loss + dual_loss).backward()
+        checked = {
+            "critic_loss": critic_loss.detach(),
+            "policy_loss": policy_loss.detach(),
+            "dual_loss": dual_loss.detach(),
+            "critic_grad_norm": self._clip_grad_norm(self.critic.optimizer),
+            "actor_grad_norm": self._clip_grad_norm(self.actor.optimizer),
+            "temperature": diagnostics["temperature"],
+            "alpha_mean": alpha_mean.detach().mean(),
+            "alpha_std": alpha_std.detach().mean(),
+        }
+        self._raise_if_not_finite(checked)
+        for optimizer in optimizers:
+            optimizer.step()
+
+        self._n_updates += 1
+        if self._n_updates % self.target_update_interval == 0:
+            polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+            polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
+            # Copy running stats, see SB3 GH issue #996
+            polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+
+        return {
+            **checked,
+            **diagnostics,
+            "kl_mean": kl.mean.detach().mean(),
+            "kl_std": kl.std.detach().mean(),
+            "q_mean": current_q_values.detach().mean(),
+            "std_mean": std.detach().mean(),
+        }
+
+    def _clip_grad_norm(self, optimizer: th.optim.Optimizer) -> th.Tensor:
+        parameters = [param for group in optimizer.param_groups for param in group["params"]]
+        max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
+        return th.nn.utils.clip_grad_norm_(parameters, max_norm).detach()
+
+    def _raise_if_not_finite(self, quantities: dict[str, th.Tensor]) -> None:
+        """Stop training, before any optimiser step, if a loss, gradient norm or multiplier is NaN or infinite."""
+        values = th.stack(list(quantities.values()))
+        finite = th.isfinite(values)
+        if not bool(finite.all()):
+            bad = [f"{name}={value.item()}" for (name, value), ok in zip(quantities.items(), finite) if not ok]
+            raise NonFiniteError(
+                f"MPO: non-finite {', '.join(bad)} at gradient update {self._n_updates + 1} "
+                f"(env step {self.num_timesteps}); no parameter was updated. Check the rewards and observations "
+                "(e.g. normalise them with VecNormalize) or lower the learning rates."
+            )
+
+    def learn(
+        self: SelfMPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "MPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfMPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "actor", "actor_target", "critic", "critic_target", "multipliers"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts = ["policy", "actor.optimizer", "critic.optimizer", "multipliers", "multipliers_optimizer"]
+        return state_dicts, []

@@ -1,0 +1,344 @@
+from typing import Any, Literal
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
+from stable_baselines3.common.preprocessing import get_action_dim
+from stable_baselines3.common.torch_layers import (
+    BaseFeaturesExtractor,
+    CombinedExtractor,
+    FlattenExtractor,
+    NatureCNN,
+    create_mlp,
+    get_actor_critic_arch,
+)
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+from torch.nn import functional as F
+
+from sb3_mpo.mpo.losses import inverse_positive
+
+ActionBounding = Literal["clip", "tanh"]
+ACTION_BOUNDINGS: tuple[str, ...] = ("clip", "tanh")
+
+
+class GaussianActor(BasePolicy):
+    """
+    Diagonal Gaussian actor for MPO: state-dependent mean and standard deviation, the latter bounded below.
+
+    The Gaussian lives in an unbounded space ``u``; the action in the normalised box [-1, 1] is ``squash(u)``, either
+    a clip (unbounded Gaussian, the scheme of DeepMind's MPO, paired with the action penalty of MO-MPO) or a tanh.
+    Replay stores ``u`` so that log-densities, KLs and importance ratios are exact Gaussian quantities; the critic
+    and the environment only ever see ``squash(u)``.
+
+    :param observation_space: Observation space
+    :param action_space: Action space
+    :param net_arch: Hidden layers of the policy network
+    :param features_extractor: Network to extract features
+    :param features_dim: Number of features
+    :param activation_fn: Activation function
+    :param normalize_images: Whether to normalize images or not, dividing by 255.0
+    :param init_std: Standard deviation of the untrained policy (in normalised action units)
+    :param min_std: Lower bound of the standard deviation
+    :param action_bounding: How actions are mapped into the box: ``"clip"`` or ``"tanh"``
+    :param share_features_extractor: Whether the features extractor is shared with (and trained by) the critic;
+        the actor then reads the features without back-propagating into them
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        net_arch: list[int],
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        normalize_images: bool = True,
+        init_std: float = 0.5,
+        min_std: float = 1e-4,
+        action_bounding: ActionBounding = "clip",
+        share_features_extractor: bool = False,
+    ):
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor=features_extractor,
+            normalize_images=normalize_images,
+            squash_output=True,
+        )
+        if action_bounding not in ACTION_BOUNDINGS:
+            raise ValueError(f"action_bounding must be one of {ACTION_BOUNDINGS}, got {action_bounding!r}")
+        if not 0 < min_std < init_std:
+            raise ValueError(f"Need 0 < min_std < init_std, got min_std={min_std}, init_std={init_std}")
+        self.net_arch = net_arch
+        self.features_dim = features_dim
+        self.activation_fn = activation_fn
+        self.init_std = init_std
+        self.min_std = min_std
+        self.action_bounding = action_bounding
+        self.share_features_extractor = share_features_extractor
+
+        action_dim = get_action_dim(self.action_space)
+        self.latent_pi = nn.Sequential(*create_mlp(features_dim, -1, net_arch, activation_fn))
+        last_layer_dim = net_arch[-1] if len(net_arch) > 0 else features_dim
+        self.mu = nn.Linear(last_layer_dim, action_dim)
+        self.std = nn.Linear(last_layer_dim, action_dim)
+        # The untrained network outputs about zero, so this offset sets the initial standard deviation
+        self.std_offset = inverse_positive(init_std, floor=min_std)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            dict(
+                net_arch=self.net_arch,
+                features_dim=self.features_dim,
+                activation_fn=self.activation_fn,
+                features_extractor=self.features_extractor,
+                init_std=self.init_std,
+                min_std=self.min_std,
+                action_bounding=self.action_bounding,
+                share_features_extractor=self.share_features_extractor,
+            )
+        )
+        return data
+
+    def distribution_params(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
+        """
+        :param obs: Observation batch
+        :return: Mean and standard deviation of the Gaussian over ``u``, each of shape (B, A)
+        """
+        with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
+            features = self.extract_features(obs, self.features_extractor)
+        latent = self.latent_pi(features)
+        std = F.softplus(self.std(latent) + self.std_offset) + self.min_std
+        return self.mu(latent), std
+
+    def squash(self, raw_actions: th.Tensor) -> th.Tensor:
+        """
+        :param raw_actions: Gaussian samples ``u``
+        :return: Actions in the normalised box [-1, 1]
+        """
+        if self.action_bounding == "tanh":
+            return th.tanh(raw_actions)
+        return raw_actions.clamp(-1.0, 1.0)
+
+    def unsquash(self, actions: np.ndarray) -> np.ndarray:
+        """
+        A preimage of normalised actions under :meth:`squash`, used to store actions chosen outside the policy
+        (uniform warm-up actions).
+
+        :param actions: Actions in [-1, 1]
+        :return: The Gaussian-space actions ``u`` with ``squash(u) == actions`` (up to the tanh's clipping at 1 - 1e-6)
+        """
+        if self.action_bounding == "tanh":
+            return np.arctanh(np.clip(actions, -1.0 + 1e-6, 1.0 - 1e-6))
+        return actions
+
+    def sample_raw(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        """
+        :param obs: Observation batch
+        :param deterministic: Return the mean instead of a sample
+        :return: Gaussian-space actions ``u``, shape (B, A)
+        """
+        mean, std = self.distribution_params(obs)
+        if deterministic:
+            return mean
+        return mean + std * th.randn_like(mean)
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self.squash(self.sample_raw(obs, deterministic))
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self(observation, deterministic)
+
+
+class SampledCritic(ContinuousCritic):
+    """
+    Q-network of MPO: SB3's :class:`ContinuousCritic` with one network, plus an evaluation of many sampled actions per
+    state that runs the features extractor once per state, not once per sample.
+    """
+
+    def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """
+        :param obs: Observation batch of B states
+        :param actions: N actions per state, shape (N, B, A)
+        :return: Q(s, a_j), shape (N, B)
+        """
+        with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
+            features = self.extract_features(obs, self.features_extractor)
+        features = features.unsqueeze(0).expand(actions.shape[0], -1, -1)
+        return self.q_networks[0](th.cat([features, actions], dim=-1)).squeeze(-1)
+
+
+class MPOPolicy(BasePolicy):
+    """
+    Policy class (actor, critic and their target copies) for MPO.
+
+    :param observation_space: Observation space
+    :param action_space: Action space
+    :param lr_schedule: Learning rate schedule (could be constant)
+    :param net_arch: The specification of the policy and Q networks (a list, or a dict with keys ``pi`` and ``qf``)
+    :param activation_fn: Activation function
+    :param init_std: Standard deviation of the untrained policy, in normalised action units ([-1, 1])
+    :param min_std: Lower bound of the policy's standard deviation
+    :param action_bounding: ``"clip"`` (unbounded Gaussian, actions clipped into the box) or ``"tanh"`` (squashed
+        Gaussian); see docs/action_bounding.md for the measured comparison
+    :param features_extractor_class: Features extractor to use.
+    :param features_extractor_kwargs: Keyword arguments to pass to the features extractor.
+    :param normalize_images: Whether to normalize images or not, dividing by 255.0 (True by default)
+    :param optimizer_class: The optimizer to use, ``th.optim.Adam`` by default
+    :param optimizer_kwargs: Additional keyword arguments, excluding the learning rate, to pass to the optimizer
+    :param share_features_extractor: Whether to share the features extractor between the actor and the critic.
+        Unlike SAC, a shared extractor is trained by the critic loss: MPO's policy loss is a weighted likelihood
+        that carries no value information.
+    """
+
+    actor: GaussianActor
+    actor_target: GaussianActor
+    critic: SampledCritic
+    critic_target: SampledCritic
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        init_std: float = 0.5,
+        min_std: float = 1e-4,
+        action_bounding: ActionBounding = "clip",
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        share_features_extractor: bool = False,
+    ):
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor_class,
+            features_extractor_kwargs,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            squash_output=True,
+            normalize_images=normalize_images,
+        )
+        if net_arch is None:
+            net_arch = [256, 256]
+        actor_arch, critic_arch = get_actor_critic_arch(net_arch)
+
+        self.net_arch = net_arch
+        self.activation_fn = activation_fn
+        self.share_features_extractor = share_features_extractor
+        common = {
+            "observation_space": self.observation_space,
+            "action_space": self.action_space,
+            "activation_fn": self.activation_fn,
+            "normalize_images": normalize_images,
+            "share_features_extractor": share_features_extractor,
+        }
+        self.actor_kwargs = {
+            **common,
+            "net_arch": actor_arch,
+            "init_std": init_std,
+            "min_std": min_std,
+            "action_bounding": action_bounding,
+        }
+        self.critic_kwargs = {**common, "net_arch": critic_arch, "n_critics": 1}
+        self._build(lr_schedule)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        if self.share_features_extractor:
+            # The critic owns (and trains) the shared extractor; the actor reads its features
+            self.critic = self.make_critic()
+            self.actor = self.make_actor(features_extractor=self.critic.features_extractor)
+            actor_parameters = [param for name, param in self.actor.named_parameters() if "features_extractor" not in name]
+        else:
+            self.critic = self.make_critic()
+            self.actor = self.make_actor()
+            actor_parameters = list(self.actor.parameters())
+        # Targets never share an extractor with the online networks
+        self.actor_target = self.make_actor(features_extractor=None)
+        self.critic_target = self.make_critic(features_extractor=None)
+        self.actor_target.load_state_dict(self.actor.state_dict())
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.actor_target.set_training_mode(False)
+        self.critic_target.set_training_mode(False)
+        self.actor_target.requires_grad_(False)
+        self.critic_target.requires_grad_(False)
+
+        self.actor.optimizer = self.optimizer_class(actor_parameters, lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.critic.optimizer = self.optimizer_class(self.critic.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            dict(
+                net_arch=self.net_arch,
+                activation_fn=self.activation_fn,
+                init_std=self.actor_kwargs["init_std"],
+                min_std=self.actor_kwargs["min_std"],
+                action_bounding=self.actor_kwargs["action_bounding"],
+                lr_schedule=self._dummy_schedule,  # dummy lr schedule, not needed for loading policy alone
+                optimizer_class=self.optimizer_class,
+                optimizer_kwargs=self.optimizer_kwargs,
+                features_extractor_class=self.features_extractor_class,
+                features_extractor_kwargs=self.features_extractor_kwargs,
+                share_features_extractor=self.share_features_extractor,
+            )
+        )
+        return data
+
+    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> GaussianActor:
+        actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
+        if features_extractor is None:
+            actor_kwargs["share_features_extractor"] = False
+        return GaussianActor(**actor_kwargs).to(self.device)
+
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> SampledCritic:
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
+        # A critic always trains its own extractor (shared or not); only the actor reads a borrowed one
+        critic_kwargs["share_features_extractor"] = False
+        return SampledCritic(**critic_kwargs).to(self.device)
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self._predict(obs, deterministic=deterministic)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self.actor(observation, deterministic)
+
+    def set_training_mode(self, mode: bool) -> None:
+        """
+        Put the policy in either training or evaluation mode (targets always stay in evaluation mode).
+
+        :param mode: if true, set to training mode, else set to evaluation mode
+        """
+        self.actor.set_training_mode(mode)
+        self.critic.set_training_mode(mode)
+        self.training = mode
+
+
+MlpPolicy = MPOPolicy
+
+
+class CnnPolicy(MPOPolicy):
+    """
+    :class:`MPOPolicy` with SB3's NatureCNN features extractor, for image observations.
+    See :class:`MPOPolicy` for the parameters.
+    """
+
+    def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class MultiInputPolicy(MPOPolicy):
+    """
+    :class:`MPOPolicy` with SB3's CombinedExtractor, for Dict observations.
+    See :class:`MPOPolicy` for the parameters.
+    """
+
+    def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
