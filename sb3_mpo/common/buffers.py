@@ -1,0 +1,323 @@
+"""Trajectory-segment replay for critics that learn from several consecutive steps (Retrace, n-step returns)."""
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.type_aliases import PyTorchObs
+from stable_baselines3.common.vec_env import VecNormalize
+
+NumpyObs = np.ndarray | dict[str, np.ndarray]
+
+
+class SegmentSamples(NamedTuple):
+    """
+    A batch of B trajectory segments of length L, each an index window over one environment's stream.
+
+    Step ``t`` of segment ``i`` is the transition (s_t, a_t, r_t, s_{t+1}). Steps whose ``valid`` is 0 are not part of
+    the segment (they follow the end of its episode, or lie past the newest stored transition): their entries are
+    finite but unrelated data and must be masked out. Step 0 is always valid.
+
+    :param observations: s_t, shape (B, L, *obs_shape), or a dict of such tensors for Dict observation spaces
+    :param actions: a_t as stored (for MPO: the Gaussian-space action), shape (B, L, action_dim)
+    :param next_observations: s_{t+1} (the true terminal observation at an episode's last step), like ``observations``
+    :param rewards: r_t, shape (B, L), normalised when a ``VecNormalize`` is passed to ``sample``
+    :param terminations: 1.0 where the episode truly terminated at step t (the bootstrap from s_{t+1} is dropped);
+        time-limit truncations are not terminations when ``handle_timeout_termination`` is on; shape (B, L)
+    :param episode_ends: 1.0 where the episode ended at step t, by termination or truncation (a trace must be cut
+        after it, but a truncated step keeps its bootstrap); shape (B, L)
+    :param valid: 1.0 for the steps that belong to the segment: a prefix of each row; shape (B, L)
+    :param behaviour_log_probs: log b(a_t | s_t) of the policy that chose a_t, recorded at collection time; shape (B, L)
+    """
+
+    observations: PyTorchObs
+    actions: th.Tensor
+    next_observations: PyTorchObs
+    rewards: th.Tensor
+    terminations: th.Tensor
+    episode_ends: th.Tensor
+    valid: th.Tensor
+    behaviour_log_probs: th.Tensor
+
+
+class SegmentReplayBuffer(ReplayBuffer):
+    """
+    Replay buffer that samples contiguous trajectory segments, for multi-step critic targets such as Retrace
+    (Munos et al. 2016) as used by MPO (Abdolmaleki et al. 2018, Sec. 4).
+
+    Storage is SB3's ``ReplayBuffer`` (or ``DictReplayBuffer``) layout unchanged, arrays of shape
+    (buffer_size // n_envs, n_envs, ...) written once per step: each column is one environment's stream in time order,
+    and a segment is a window of ``segment_length`` consecutive rows of one column, so nothing is stored twice and
+    segments never mix environments. One float32 per transition is added: the behaviour policy's log-probability
+    of the stored action, which SB3's ``_store_transition`` does not pass, so the algorithm hands it over with
+    :meth:`stage_behaviour_log_prob` just before each ``add`` (or with ``add(..., behaviour_log_prob=...)``).
+
+    A segment is cut (``valid`` = 0 afterwards) at the end of an episode and at the newest stored transition, so it
+    never crosses an episode boundary nor the wrap-around point between the newest and the oldest data.
+    Where the stream of one environment is discontinuous although no episode ended (e.g. ``learn()`` reset the
+    environments, or a loaded buffer is continued by a fresh environment), ``add`` notices that the new observation
+    differs from the stored next observation of the previous step and marks that step as a time-limit truncation
+    (its bootstrap is kept); :meth:`truncate_last_trajectory` does the same explicitly.
+
+    Constructing it with a Dict observation space returns a :class:`DictSegmentReplayBuffer`.
+
+    ``optimize_memory_usage`` works as in SB3's ``ReplayBuffer``, with the same caveats: the next observation of a
+    step is the observation of the following row, so the terminal observation of an episode is overwritten by the
+    first observation of the next one. Hence it requires ``handle_timeout_termination=False`` (every episode end is
+    then a termination) and, like ``DictReplayBuffer``, it is not available for Dict observations. The row that holds
+    only the newest next observation is never sampled.
+
+    :param buffer_size: Max number of transitions in the buffer (split evenly between the environments)
+    :param observation_space: Observation space
+    :param action_space: Action space
+    :param device: PyTorch device
+    :param n_envs: Number of parallel environments
+    :param optimize_memory_usage: Store each observation once (next observation = observation of the following row),
+        see above
+    :param handle_timeout_termination: Treat time-limit truncations (``info["TimeLimit.truncated"]``) as episode ends
+        that keep their bootstrap rather than as terminations
+    :param segment_length: Number L of consecutive steps in each sampled segment
+    """
+
+    behaviour_log_probs: np.ndarray
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "SegmentReplayBuffer":
+        observation_space = args[1] if len(args) > 1 else kwargs.get("observation_space")
+        if cls is SegmentReplayBuffer and isinstance(observation_space, spaces.Dict):
+            cls = DictSegmentReplayBuffer
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+        segment_length: int = 8,
+    ):
+        if segment_length < 1:
+            raise ValueError(f"SegmentReplayBuffer: segment_length={segment_length!r} is invalid, expected a positive integer")
+        if optimize_memory_usage and isinstance(observation_space, spaces.Dict):
+            raise ValueError("SegmentReplayBuffer does not support optimize_memory_usage=True with Dict observations")
+        super().__init__(
+            buffer_size,
+            observation_space,
+            action_space,
+            device=device,
+            n_envs=n_envs,
+            optimize_memory_usage=optimize_memory_usage,
+            handle_timeout_termination=handle_timeout_termination,
+        )
+        self.segment_length = segment_length
+        self.behaviour_log_probs = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self._staged_log_prob: np.ndarray | None = None
+
+    def stage_behaviour_log_prob(self, log_prob: np.ndarray | th.Tensor) -> None:
+        """
+        Record log b(a|s) of the actions about to be stored; the next call to ``add`` consumes it.
+        The log-probability must be that of the action exactly as stored (for MPO the Gaussian-space action ``u``),
+        in the same space as the target policy's log-probability that the importance ratio will divide by it.
+
+        :param log_prob: One log-probability per environment, shape (n_envs,)
+        """
+        if isinstance(log_prob, th.Tensor):
+            log_prob = log_prob.detach().cpu().numpy()
+        self._staged_log_prob = self._as_log_prob(log_prob)
+
+    def _as_log_prob(self, log_prob: np.ndarray) -> np.ndarray:
+        array = np.asarray(log_prob, dtype=np.float32)
+        if array.size != self.n_envs:
+            raise ValueError(
+                f"SegmentReplayBuffer: expected one behaviour log-probability per environment ({self.n_envs}), "
+                f"got an array of shape {array.shape}"
+            )
+        return array.reshape(self.n_envs).copy()
+
+    def add(
+        self,
+        obs: NumpyObs,
+        next_obs: NumpyObs,
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+        behaviour_log_prob: np.ndarray | None = None,
+    ) -> None:
+        """
+        Store one step of every environment, with the behaviour log-probability given here or staged before.
+
+        :param obs: Observations s_t, one per environment
+        :param next_obs: Next observations s_{t+1} (the terminal observation where the episode ended)
+        :param action: Actions a_t as they should be replayed
+        :param reward: Rewards r_t
+        :param done: Episode ends (termination or truncation), as returned by the VecEnv
+        :param infos: The VecEnv's infos, read for ``TimeLimit.truncated``
+        :param behaviour_log_prob: log b(a_t|s_t), shape (n_envs,); defaults to the value staged with
+            :meth:`stage_behaviour_log_prob`
+        """
+        if behaviour_log_prob is not None:
+            log_prob = self._as_log_prob(behaviour_log_prob)
+        elif self._staged_log_prob is not None:
+            log_prob = self._staged_log_prob
+        else:
+            raise ValueError(
+                "SegmentReplayBuffer.add needs the behaviour policy's log-probability of each action: call "
+                "stage_behaviour_log_prob(log_prob) before add (SB3's _store_transition does not pass it) "
+                "or pass add(..., behaviour_log_prob=log_prob)"
+            )
+        self._staged_log_prob = None
+        self._cut_where_discontinuous(obs)
+        self.behaviour_log_probs[self.pos] = log_prob
+        super().add(obs, next_obs, action, reward, done, infos)  # type: ignore[arg-type]
+
+    def truncate_last_trajectory(self) -> None:
+        """
+        End the newest episode of every environment at the newest stored step, as a time-limit truncation (or as a
+        termination with ``optimize_memory_usage``, whose next observation is about to be overwritten). Call it when
+        the environments are reset outside of an episode end, so that no segment joins the two streams.
+        """
+        if self.full or self.pos > 0:
+            self._mark_cut(np.ones(self.n_envs, dtype=bool))
+
+    def _mark_cut(self, env_mask: np.ndarray) -> None:
+        newest = (self.pos - 1) % self.buffer_size
+        open_episodes = env_mask & (self.dones[newest] == 0)
+        self.dones[newest, open_episodes] = 1.0
+        if not self.optimize_memory_usage:
+            self.timeouts[newest, open_episodes] = 1.0
+
+    def _cut_where_discontinuous(self, obs: NumpyObs) -> None:
+        """Cut the stream of each environment whose new observation is not the stored next observation of its last step."""
+        if not (self.full or self.pos > 0):
+            return
+        if self.optimize_memory_usage:
+            # The previous add wrote its next observation into the row about to be overwritten
+            previous_next_obs: NumpyObs = self.observations[self.pos]
+        else:
+            newest = (self.pos - 1) % self.buffer_size
+            previous_next_obs = self._index_obs(self.next_observations, newest)
+        broken = np.zeros(self.n_envs, dtype=bool)
+        if isinstance(previous_next_obs, dict):
+            assert isinstance(obs, dict)
+            for key, stored in previous_next_obs.items():
+                broken |= _rows_differ(np.asarray(obs[key]), stored)
+        else:
+            broken = _rows_differ(np.asarray(obs), previous_next_obs)
+        if broken.any():
+            self._mark_cut(broken)
+
+    @staticmethod
+    def _index_obs(observations: NumpyObs, *indices: Any) -> NumpyObs:
+        if isinstance(observations, dict):
+            return {key: array[indices] for key, array in observations.items()}
+        return observations[indices]
+
+    def _stored_range(self) -> tuple[int, int]:
+        """
+        :return: The row of the oldest sampleable transition and the number of sampleable transitions per environment
+        """
+        if not self.full:
+            return 0, self.pos
+        if self.optimize_memory_usage:
+            # Row ``pos`` holds the newest next observation: its own transition is gone
+            return (self.pos + 1) % self.buffer_size, self.buffer_size - 1
+        return self.pos, self.buffer_size
+
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> SegmentSamples:  # type: ignore[override]
+        """
+        Sample segments whose first step is drawn uniformly among the stored transitions (and environments).
+
+        :param batch_size: Number B of segments
+        :param env: associated VecEnv to normalize the observations/rewards when sampling
+        :return: B segments of ``segment_length`` steps
+        """
+        _, n_stored = self._stored_range()
+        if n_stored < 1:
+            raise ValueError("SegmentReplayBuffer.sample: the buffer holds no complete transition yet")
+        starts = np.random.randint(0, n_stored, size=batch_size)
+        env_indices = np.random.randint(0, self.n_envs, size=batch_size)
+        return self.get_segments(starts, env_indices, env=env)
+
+    def get_segments(
+        self, start_indices: np.ndarray, env_indices: np.ndarray, env: VecNormalize | None = None
+    ) -> SegmentSamples:
+        """
+        Gather the segments that start at the given transitions.
+
+        :param start_indices: Age rank of each segment's first transition among the stored ones of its environment,
+            0 for the oldest, shape (B,)
+        :param env_indices: Environment of each segment, shape (B,)
+        :param env: associated VecEnv to normalize the observations/rewards when sampling
+        :return: The segments
+        """
+        oldest, n_stored = self._stored_range()
+        start_indices = np.asarray(start_indices, dtype=np.int64)
+        if np.any(start_indices < 0) or np.any(start_indices >= n_stored):
+            raise IndexError(f"SegmentReplayBuffer: start indices must lie in [0, {n_stored}), the stored transitions")
+        age = start_indices[:, None] + np.arange(self.segment_length)[None, :]  # (B, L)
+        rows = (oldest + age) % self.buffer_size
+        cols = np.asarray(env_indices, dtype=np.int64)[:, None]
+
+        episode_ends = self.dones[rows, cols]
+        terminations = episode_ends * (1.0 - self.timeouts[rows, cols])
+        ends_before = np.cumsum(episode_ends, axis=1) - episode_ends
+        valid = ((age < n_stored) & (ends_before == 0)).astype(np.float32)
+
+        if self.optimize_memory_usage:
+            next_obs = self._index_obs(self.observations, (rows + 1) % self.buffer_size, cols)
+        else:
+            next_obs = self._index_obs(self.next_observations, rows, cols)
+        return SegmentSamples(
+            observations=self._obs_to_torch(self._normalize_obs(self._index_obs(self.observations, rows, cols), env)),
+            actions=self.to_torch(self.actions[rows, cols]),
+            next_observations=self._obs_to_torch(self._normalize_obs(next_obs, env)),
+            rewards=self.to_torch(self._normalize_reward(self.rewards[rows, cols], env)),
+            terminations=self.to_torch(terminations),
+            episode_ends=self.to_torch(episode_ends),
+            valid=self.to_torch(valid),
+            behaviour_log_probs=self.to_torch(self.behaviour_log_probs[rows, cols]),
+        )
+
+    def _obs_to_torch(self, obs: NumpyObs) -> PyTorchObs:
+        if isinstance(obs, dict):
+            return {key: self.to_torch(array) for key, array in obs.items()}
+        return self.to_torch(obs)
+
+    def reset(self) -> None:
+        super().reset()
+        self._staged_log_prob = None
+
+
+class DictSegmentReplayBuffer(SegmentReplayBuffer, DictReplayBuffer):  # type: ignore[misc]  # sample() is ours
+    """
+    :class:`SegmentReplayBuffer` for Dict observation spaces, on top of SB3's ``DictReplayBuffer`` storage:
+    observations and next observations are dicts of arrays, and so are those of the sampled segments.
+    ``optimize_memory_usage`` is not supported (as in ``DictReplayBuffer``).
+    See :class:`SegmentReplayBuffer` for the parameters.
+    """
+
+    observation_space: spaces.Dict
+    obs_shape: dict[str, tuple[int, ...]]  # type: ignore[assignment]
+    observations: dict[str, np.ndarray]  # type: ignore[assignment]
+    next_observations: dict[str, np.ndarray]  # type: ignore[assignment]
+
+
+def _rows_differ(new: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """
+    Compare each environment's new observation with the stored one, after casting it to the storage dtype
+    (as storing it would). NaNs at the same place count as equal.
+
+    :param new: New observations, any shape holding n_envs rows
+    :param stored: Stored observations, shape (n_envs, ...)
+    :return: One bool per environment, True where they differ
+    """
+    new = new.astype(stored.dtype, copy=False).reshape(stored.shape)
+    differ = new != stored
+    if np.issubdtype(stored.dtype, np.floating):
+        differ &= ~(np.isnan(new) & np.isnan(stored))
+    return differ.reshape(stored.shape[0], -1).any(axis=1)
