@@ -272,21 +272,24 @@ class SegmentReplayBuffer(ReplayBuffer):
             next_obs = self._index_obs(self.observations, (rows + 1) % self.buffer_size, cols)
         else:
             next_obs = self._index_obs(self.next_observations, rows, cols)
+        # Fancy indexing already copied every array out of the storage: hand them to torch without a second copy
+        # (which also avoids a slow reallocation of arrays this large, measured at several ms per batch on CPU)
         return SegmentSamples(
-            observations=self._obs_to_torch(self._normalize_obs(self._index_obs(self.observations, rows, cols), env)),
-            actions=self.to_torch(self.actions[rows, cols]),
-            next_observations=self._obs_to_torch(self._normalize_obs(next_obs, env)),
-            rewards=self.to_torch(self._normalize_reward(self.rewards[rows, cols], env)),
-            terminations=self.to_torch(terminations),
-            episode_ends=self.to_torch(episode_ends),
-            valid=self.to_torch(valid),
-            behaviour_log_probs=self.to_torch(self.behaviour_log_probs[rows, cols]),
+            observations=self._to_torch(self._normalize_obs(self._index_obs(self.observations, rows, cols), env)),
+            actions=self._to_torch(self.actions[rows, cols]),
+            next_observations=self._to_torch(self._normalize_obs(next_obs, env)),
+            rewards=self._to_torch(self._normalize_reward(self.rewards[rows, cols], env)),
+            terminations=self._to_torch(terminations),
+            episode_ends=self._to_torch(episode_ends),
+            valid=self._to_torch(valid),
+            behaviour_log_probs=self._to_torch(self.behaviour_log_probs[rows, cols]),
         )
 
-    def _obs_to_torch(self, obs: NumpyObs) -> PyTorchObs:
-        if isinstance(obs, dict):
-            return {key: self.to_torch(array) for key, array in obs.items()}
-        return self.to_torch(obs)
+    def _to_torch(self, array: NumpyObs) -> Any:
+        """Convert freshly gathered arrays (or a dict of them) to tensors, sharing their memory on CPU."""
+        if isinstance(array, dict):
+            return {key: self.to_torch(value, copy=False) for key, value in array.items()}
+        return self.to_torch(array, copy=False)
 
     def reset(self) -> None:
         super().reset()
