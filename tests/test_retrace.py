@@ -1,4 +1,4 @@
-# ruff: noqa: RUF002, RUF003 (the maths is written with Greek letters and minus signs)
+
 import itertools
 import math
 

@@ -302,4 +302,6 @@ def categorical_kl(log_probs_old: th.Tensor, log_probs: th.Tensor) -> th.Tensor:
     :param log_probs: log π_θ(a | s), shape (B, n_actions)
     :return: KL per state, shape (B,)
     """
-    return th.sum(log_probs_old.exp() * (log_probs_old - log_probs), dim=-1)
+    probs_old = log_probs_old.exp()
+    # Actions with π_old(a|s) = 0 contribute nothing (0·log 0 = 0), even where log π_θ(a|s) = -inf
+    return th.sum(th.where(probs_old > 0, probs_old * (log_probs_old - log_probs), 0.0), dim=-1)

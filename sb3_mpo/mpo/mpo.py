@@ -200,6 +200,8 @@ class MPO(OffPolicyAlgorithm):
             max_grad_norm=max_grad_norm,
             target_update_interval=target_update_interval,
         )
+        if not isinstance(env, str):
+            self._check_action_space(env.action_space)  # before SB3's own assertions, with a clearer message
         super().__init__(
             policy,
             env,
@@ -442,7 +444,7 @@ class MPO(OffPolicyAlgorithm):
         values = th.stack(list(quantities.values()))
         finite = th.isfinite(values)
         if not bool(finite.all()):
-            bad = [f"{name}={value.item()}" for (name, value), ok in zip(quantities.items(), finite) if not ok]
+            bad = [f"{name}={value.item()}" for (name, value), ok in zip(quantities.items(), finite, strict=True) if not ok]
             raise NonFiniteError(
                 f"MPO: non-finite {', '.join(bad)} at gradient update {self._n_updates + 1} "
                 f"(env step {self.num_timesteps}); no parameter was updated. Check the rewards and observations "

@@ -1,4 +1,4 @@
-# ruff: noqa: RUF002 (the maths is written with Greek letters and minus signs)
+
 """Retrace critic targets over batches of trajectory segments."""
 
 import torch as th

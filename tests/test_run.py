@@ -1,0 +1,243 @@
+"""Run tests in the style of SB3's tests/test_run.py: MPO trains briefly on every supported kind of input."""
+
+import glob
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import FakeImageEnv, IdentityEnvBox, SimpleMultiObsEnv
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from sb3_mpo import MPO, NonFiniteError
+
+SMALL = dict(learning_starts=50, batch_size=32, n_action_samples=4, policy_kwargs=dict(net_arch=[32, 32]))
+
+
+class BoundsCheckingEnv(gym.Wrapper):
+    """Records every action the agent sends, to check they stay inside an asymmetric Box."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.actions: list[np.ndarray] = []
+
+    def step(self, action):
+        self.actions.append(np.asarray(action).copy())
+        return self.env.step(action)
+
+
+class AsymmetricBoxEnv(gym.Env):
+    """A 2-D continuous task whose action bounds are neither symmetric nor unit: reward = -(a - target)^2."""
+
+    observation_space = spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+    action_space = spaces.Box(np.array([0.0, -2.0], dtype=np.float32), np.array([1.0, 5.0], dtype=np.float32))
+
+    def __init__(self, reward_fn=None):
+        self.target = np.array([0.9, 4.0], dtype=np.float32)
+        self.n_steps = 0
+        self.total_steps = 0
+        self.reward_fn = reward_fn
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.n_steps = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.n_steps += 1
+        self.total_steps += 1
+        reward = -float(np.sum((action - self.target) ** 2))
+        if self.reward_fn is not None:
+            reward = self.reward_fn(self.total_steps, reward)
+        return self.observation_space.sample(), reward, False, self.n_steps >= 20, {}
+
+
+@pytest.mark.parametrize("action_bounding", ["clip", "tanh"])
+def test_actions_inside_bounds(action_bounding):
+    """Actions sent to the env, and deterministic predictions, stay inside an asymmetric Box for both schemes."""
+    env = BoundsCheckingEnv(AsymmetricBoxEnv())
+    model = MPO("MlpPolicy", env, seed=0, **{**SMALL, "policy_kwargs": dict(net_arch=[32], action_bounding=action_bounding)})
+    model.learn(200)
+    actions = np.array(env.actions)
+    low, high = env.action_space.low, env.action_space.high
+    assert np.all(actions >= low) and np.all(actions <= high)
+    # Policy actions (after learning_starts) must not collapse onto one corner: both bounds matter
+    assert actions[60:].std(axis=0).min() > 0
+    obs = np.stack([env.observation_space.sample() for _ in range(64)])
+    for deterministic in (True, False):
+        predicted, _ = model.predict(obs, deterministic=deterministic)
+        assert np.all(predicted >= low) and np.all(predicted <= high)
+
+
+def test_replay_stores_gaussian_actions():
+    """With the clip scheme, replay keeps the unclipped Gaussian sample; the env receives its clipped, rescaled image."""
+    env = BoundsCheckingEnv(AsymmetricBoxEnv())
+    model = MPO("MlpPolicy", env, seed=1, **{**SMALL, "policy_kwargs": dict(net_arch=[8], init_std=3.0)})
+    model.learn(120)
+    stored = model.replay_buffer.actions[60:120, 0]
+    assert np.abs(stored).max() > 1.0, "a std of 3 must produce samples outside [-1, 1]"
+    sent = np.array(env.actions[60:120])
+    np.testing.assert_allclose(sent, model.policy.unscale_action(np.clip(stored, -1, 1)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(n_steps=3),
+        dict(train_freq=(1, "episode"), gradient_steps=-1),
+        dict(tau=1.0, target_update_interval=5),
+        dict(per_dim_constraints=False, epsilon_penalty=None),
+        dict(max_grad_norm=None, learning_rate=lambda progress: 1e-3 * progress),
+    ],
+)
+def test_pendulum_variants(kwargs):
+    """Every switch of the algorithm trains without error on Pendulum."""
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **{**SMALL, **kwargs})
+    model.learn(300)
+    assert model._n_updates > 0
+
+
+def test_dict_observations():
+    """MultiInputPolicy trains on Dict observations (vector + image) with continuous actions."""
+    env = SimpleMultiObsEnv(random_start=True, discrete_actions=False)
+    model = MPO("MultiInputPolicy", env, seed=0, **SMALL)
+    model.learn(150)
+    obs, _ = env.reset()
+    action, _ = model.predict(obs, deterministic=True)
+    assert env.action_space.contains(action)
+
+
+@pytest.mark.parametrize("share_features_extractor", [False, True])
+def test_image_observations(share_features_extractor):
+    """CnnPolicy trains on images; a shared extractor is trained by the critic only."""
+    env = FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=False)
+    policy_kwargs = dict(
+        net_arch=[16], share_features_extractor=share_features_extractor, features_extractor_kwargs=dict(features_dim=16)
+    )
+    model = MPO("CnnPolicy", env, seed=0, buffer_size=500, **{**SMALL, "policy_kwargs": policy_kwargs})
+    assert (model.actor.features_extractor is model.critic.features_extractor) == share_features_extractor
+    model.learn(120)
+    assert model._n_updates > 0
+
+
+def test_multiple_envs_and_vecnormalize():
+    """n_envs=2 with VecNormalize: all envs feed replay and training runs on normalised observations and rewards."""
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0), gamma=0.99)
+    model = MPO("MlpPolicy", env, seed=0, **SMALL)
+    model.learn(300)
+    assert model.num_timesteps >= 300
+    assert model.replay_buffer.size() * 2 >= 300
+    assert np.abs(env.obs_rms.mean).sum() > 0  # statistics were updated
+
+
+def test_logger_keys(tmp_path):
+    """The documented training diagnostics reach SB3's logger."""
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **SMALL)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(200, log_interval=1)
+    header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
+    for key in [
+        "train/critic_loss",
+        "train/policy_loss",
+        "train/temperature",
+        "train/alpha_mean",
+        "train/alpha_std",
+        "train/kl_q",
+        "train/kl_mean",
+        "train/kl_std",
+        "train/q_mean",
+        "train/n_updates",
+        "train/temperature_penalty",
+    ]:
+        assert key in header, key
+
+
+def test_callbacks_progress_bar_tensorboard(tmp_path):
+    """Callbacks, the progress bar and tensorboard logging work as with SAC."""
+    eval_env = make_vec_env("Pendulum-v1", n_envs=1, seed=1)
+    callbacks = [
+        CheckpointCallback(save_freq=100, save_path=str(tmp_path / "ckpt"), name_prefix="mpo"),
+        EvalCallback(eval_env, eval_freq=100, n_eval_episodes=1, log_path=str(tmp_path / "eval")),
+    ]
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, tensorboard_log=str(tmp_path / "tb"), **SMALL)
+    model.learn(200, callback=callbacks, progress_bar=True)
+    assert len(glob.glob(str(tmp_path / "ckpt" / "mpo_*_steps.zip"))) == 2
+    assert (tmp_path / "eval" / "evaluations.npz").exists()
+    assert glob.glob(str(tmp_path / "tb" / "MPO_1" / "events.out.tfevents.*"))
+
+
+def test_target_networks_hard_copy():
+    """tau=1 with target_update_interval=K copies the online networks into the targets every K updates only."""
+    model = MPO("MlpPolicy", IdentityEnvBox(ep_length=10), seed=0, tau=1.0, target_update_interval=4, **SMALL)
+    model.learn(50 + 6)  # learning starts after 50 steps; 6 updates: a copy at update 4, none since
+    assert model._n_updates == 6
+
+    def same(a, b):
+        return all(th.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+    assert not same(model.critic, model.critic_target) and not same(model.actor, model.actor_target)
+    model.learn(2, reset_num_timesteps=False)  # updates 7 and 8: copy at 8
+    assert same(model.critic, model.critic_target) and same(model.actor, model.actor_target)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(epsilon=0.0), "epsilon"),
+        (dict(epsilon_mean=-1e-3), "epsilon_mean"),
+        (dict(epsilon_std=0.0), "epsilon_std"),
+        (dict(epsilon_penalty=0.0), "epsilon_penalty"),
+        (dict(n_action_samples=1), "n_action_samples"),
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(learning_rate=lambda _: -1.0), "learning_rate"),
+        (dict(dual_learning_rate=-0.1), "dual_learning_rate"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(buffer_size=10, batch_size=32), "buffer_size"),
+        (dict(tau=0.0), "tau"),
+        (dict(init_temperature=0.0), "init_temperature"),
+        (dict(target_update_interval=0), "target_update_interval"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, name):
+    """Bad hyperparameters fail at construction with an error naming the parameter and what it accepts."""
+    with pytest.raises(ValueError, match=rf"{name}=.*expected"):
+        MPO("MlpPolicy", "Pendulum-v1", **kwargs)
+
+
+def test_bad_policy_and_spaces():
+    """Unknown policy names and unsupported action spaces are refused with the accepted values."""
+    with pytest.raises(ValueError, match=r"policy='MlpPolicyy'.*MlpPolicy"):
+        MPO("MlpPolicyy", "Pendulum-v1")
+    with pytest.raises(ValueError, match=r"Box action spaces.*Discrete"):
+        MPO("MlpPolicy", "CartPole-v1")
+
+    class UnboundedEnv(AsymmetricBoxEnv):
+        action_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+
+    with pytest.raises(ValueError, match="bounded Box"):
+        MPO("MlpPolicy", UnboundedEnv())
+    with pytest.raises(ValueError, match="action_bounding"):
+        MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(action_bounding="sigmoid"))
+
+
+def test_non_finite_reward_stops_before_any_update():
+    """A NaN reward stops training with an error naming the quantity and the update; parameters stay finite and unchanged."""
+
+    def poison(step: int, reward: float) -> float:
+        return float("nan") if step == 100 else reward
+
+    env = DummyVecEnv([lambda: AsymmetricBoxEnv(reward_fn=poison)])
+    model = MPO("MlpPolicy", env, seed=0, **{**SMALL, "learning_starts": 40})
+    # Updates between steps 40 and 100 succeed; the NaN transition is sampled soon after step 100
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    with pytest.raises(NonFiniteError, match=r"critic_loss=nan.*gradient update \d+"):
+        model.learn(400)
+    after = model.policy.state_dict()
+    assert all(th.isfinite(v).all() for v in after.values())
+    assert all(th.isfinite(p).all() for p in model.multipliers.parameters())
+    assert any(not th.equal(before[k], after[k]) for k in before)  # some updates happened before the NaN was met
