@@ -1,0 +1,89 @@
+"""Save / load tests in the style of SB3's tests/test_save_load.py: nothing is lost between sessions."""
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_mpo import MPO
+from sb3_mpo.mpo.policies import MlpPolicy
+
+SMALL = dict(learning_starts=50, batch_size=32, n_action_samples=4, policy_kwargs=dict(net_arch=[32, 32]))
+
+
+def optimizer_states_equal(first: th.optim.Optimizer, second: th.optim.Optimizer) -> bool:
+    state_a, state_b = first.state_dict(), second.state_dict()
+    if state_a["param_groups"] != state_b["param_groups"] or state_a["state"].keys() != state_b["state"].keys():
+        return False
+    for key, entry in state_a["state"].items():
+        for name, value in entry.items():
+            other = state_b["state"][key][name]
+            if not (th.equal(value, other) if isinstance(value, th.Tensor) else value == other):
+                return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **SMALL)
+    model.learn(200)
+    return model
+
+
+def test_save_load_identical_actions_and_state(trained_model, tmp_path):
+    """save -> load restores the networks, the multipliers and every optimiser state exactly."""
+    model = trained_model
+    model.save(tmp_path / "mpo.zip")
+    loaded = MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1))
+
+    obs = np.stack([model.observation_space.sample() for _ in range(16)])
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+
+    for name, value in model.policy.state_dict().items():
+        assert th.equal(value, loaded.policy.state_dict()[name]), name
+    for name, value in model.multipliers.state_dict().items():
+        assert th.equal(value, loaded.multipliers.state_dict()[name]), name
+    # The multipliers have moved away from their initial values, so a silent re-initialisation would be caught
+    assert not np.isclose(loaded.multipliers.temperature.item(), 1.0)
+    for attribute in ("actor", "critic"):
+        assert optimizer_states_equal(getattr(model, attribute).optimizer, getattr(loaded, attribute).optimizer)
+    assert optimizer_states_equal(model.multipliers_optimizer, loaded.multipliers_optimizer)
+    assert loaded._n_updates == model._n_updates and loaded.num_timesteps == model.num_timesteps
+    assert loaded.epsilon_mean == model.epsilon_mean and loaded.n_action_samples == model.n_action_samples
+
+
+def test_resume_training_continues(trained_model, tmp_path):
+    """A loaded model (with its replay buffer) resumes training from where it stopped."""
+    model = trained_model
+    model.save(tmp_path / "mpo.zip")
+    model.save_replay_buffer(tmp_path / "buffer.pkl")
+    loaded = MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1))
+    loaded.load_replay_buffer(tmp_path / "buffer.pkl")
+    assert loaded.replay_buffer.size() == model.replay_buffer.size()
+    np.testing.assert_array_equal(loaded.replay_buffer.actions, model.replay_buffer.actions)
+
+    n_updates = loaded._n_updates
+    loaded.learn(60, reset_num_timesteps=False)
+    assert loaded.num_timesteps == model.num_timesteps + 60
+    assert loaded._n_updates == n_updates + 60  # learning_starts has passed: every step trains
+    assert th.isfinite(loaded.multipliers.temperature)
+
+
+def test_parameters_round_trip(trained_model):
+    """get_parameters / set_parameters transfer networks, multipliers and optimisers to a fresh model."""
+    fresh = MPO("MlpPolicy", "Pendulum-v1", seed=1, **SMALL)
+    obs = np.stack([fresh.observation_space.sample() for _ in range(8)])
+    assert not np.allclose(fresh.predict(obs, deterministic=True)[0], trained_model.predict(obs, deterministic=True)[0])
+    params = trained_model.get_parameters()
+    assert {"policy", "multipliers", "multipliers_optimizer", "actor.optimizer", "critic.optimizer"} <= params.keys()
+    fresh.set_parameters(params)
+    np.testing.assert_array_equal(fresh.predict(obs, deterministic=True)[0], trained_model.predict(obs, deterministic=True)[0])
+    assert th.equal(fresh.multipliers.raw_alpha_mean, trained_model.multipliers.raw_alpha_mean)
+
+
+def test_policy_save_load(trained_model, tmp_path):
+    """The policy alone can be saved and loaded, as with SB3's policies."""
+    trained_model.policy.save(tmp_path / "policy.pth")
+    policy = MlpPolicy.load(tmp_path / "policy.pth")
+    obs = np.stack([trained_model.observation_space.sample() for _ in range(8)])
+    np.testing.assert_array_equal(policy.predict(obs, deterministic=True)[0], trained_model.predict(obs, deterministic=True)[0])
