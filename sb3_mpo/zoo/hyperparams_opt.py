@@ -1,0 +1,68 @@
+"""
+Optuna search space of MPO for rl_zoo3's hyperparameter optimisation (``train --algo mpo -optimize``).
+
+As in rl_zoo3, the sampler suggests raw values (``one_minus_gamma``, ``batch_size_pow``, a ``net_arch`` name, ...)
+and the converter turns them into MPO's constructor arguments; rl_zoo3 calls the converter again on a stored trial's
+parameters when training is resumed from a study with ``--storage ... --study-name ... --trial-id N``.
+"""
+
+from typing import Any
+
+import optuna
+
+#: Hidden layers of the actor and the critic for each ``net_arch`` choice (the names of rl_zoo3's off-policy samplers)
+NET_ARCHS: dict[str, list[int]] = {
+    "small": [64, 64],
+    "medium": [256, 256],
+}
+
+
+def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict[str, Any]) -> dict[str, Any]:
+    """
+    Sample MPO hyperparameters: the learning rate, the batch, the E-step (``n_action_samples``, ``epsilon``),
+    the M-step trust regions (``epsilon_mean``, ``epsilon_std``), the critic target (``n_steps``, ``tau``, ``gamma``),
+    the network size and how actions are bounded. Scales spanning decades are sampled in log space.
+
+    :param trial: The Optuna trial that records the suggestions
+    :param n_actions: Number of action dimensions (unused: MPO's bounds are per dimension already)
+    :param n_envs: Number of environments (unused)
+    :param additional_args: rl_zoo3's extra information on the run (unused: MPO has no HER-specific setting)
+    :return: Keyword arguments for MPO's constructor
+    """
+    sampled: dict[str, Any] = {
+        # gamma in [0.97, 0.9999], as in rl_zoo3's SAC / TD3 samplers
+        "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-3, log=True),
+        # From 2**6=64 to 2**9=512
+        "batch_size_pow": trial.suggest_int("batch_size_pow", 6, 9),
+        "n_action_samples": trial.suggest_categorical("n_action_samples", [10, 20, 40]),
+        "epsilon": trial.suggest_float("epsilon", 0.01, 1.0, log=True),
+        "epsilon_mean": trial.suggest_float("epsilon_mean", 1e-4, 1e-2, log=True),
+        "epsilon_std": trial.suggest_float("epsilon_std", 1e-6, 1e-4, log=True),
+        "n_steps": trial.suggest_categorical("n_steps", [1, 3, 5]),
+        # Polyak coefficient of the target networks
+        "tau": trial.suggest_float("tau", 0.001, 0.05, log=True),
+        "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
+        "action_bounding": trial.suggest_categorical("action_bounding", ["clip", "tanh"]),
+    }
+    # Display the true values next to the raw ones
+    trial.set_user_attr("gamma", 1 - sampled["one_minus_gamma"])
+    trial.set_user_attr("batch_size", 2 ** sampled["batch_size_pow"])
+    return convert_mpo_params(sampled)
+
+
+def convert_mpo_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
+    """
+    Turn the raw values suggested by :func:`sample_mpo_params` (or stored in a study) into MPO's constructor arguments.
+
+    :param sampled_params: Optuna's parameters of a trial
+    :return: Keyword arguments for MPO's constructor
+    """
+    hyperparams = sampled_params.copy()
+    hyperparams["gamma"] = 1 - hyperparams.pop("one_minus_gamma")
+    hyperparams["batch_size"] = 2 ** hyperparams.pop("batch_size_pow")
+    hyperparams["policy_kwargs"] = {
+        "net_arch": NET_ARCHS[hyperparams.pop("net_arch")],
+        "action_bounding": hyperparams.pop("action_bounding"),
+    }
+    return hyperparams
