@@ -216,8 +216,17 @@ def test_sampler_and_converter() -> None:
         study.tell(trial, 0.0)
 
 
-def test_optimize_with_journal_storage(tmp_path: Path) -> None:
-    storage = tmp_path / "mpo.log"
+def open_storage(storage: str) -> Any:
+    """The Optuna storage rl_zoo3 opens for ``--storage``: a journal file for ``.log`` paths, else an RDB URL."""
+    if storage.endswith(".log"):
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    return storage
+
+
+@pytest.mark.parametrize("backend", ["journal", "rdb"])
+def test_optimize_with_storage(tmp_path: Path, backend: str) -> None:
+    # SQLite stands in for PostgreSQL: both are Optuna RDB storages behind a URL
+    storage = str(tmp_path / "mpo.log") if backend == "journal" else f"sqlite:///{tmp_path / 'mpo.db'}"
     zoo(
         "train",
         *("--algo", ALGO_NAME, "--env", ENV_ID, "-f", tmp_path, "-n", 120, "--eval-episodes", 1, "--seed", 0),
@@ -225,8 +234,7 @@ def test_optimize_with_journal_storage(tmp_path: Path) -> None:
         *("-optimize", "--n-trials", 2, "--n-startup-trials", 1, "--pruner", "none", "--no-optim-plots"),
         *("--storage", storage, "--study-name", "s"),
     )
-    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage)))
-    trials = optuna.load_study(study_name="s", storage=journal).trials
+    trials = optuna.load_study(study_name="s", storage=open_storage(storage)).trials
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert set(trials[1].params) == {
         *("one_minus_gamma", "learning_rate", "batch_size_pow", "n_action_samples", "epsilon", "epsilon_mean"),
@@ -264,8 +272,7 @@ def test_processes_share_a_journal_study(tmp_path: Path) -> None:
     for worker in workers:
         _, stderr = worker.communicate(timeout=300)
         assert worker.returncode == 0, stderr.decode()
-    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "mpo.log")))
-    trials = optuna.load_study(study_name="shared", storage=journal).trials
+    trials = optuna.load_study(study_name="shared", storage=open_storage(str(tmp_path / "mpo.log"))).trials
     assert sorted(trial.number for trial in trials) == [0, 1]
 
 
