@@ -114,8 +114,9 @@ def test_train_writes_log_folder(trained: Path) -> None:
 @pytest.mark.xfail(
     raises=AttributeError,
     strict=True,
-    reason="MPO.load(path) without env fails: MPO.__init__ calls _check_action_space(self.action_space) before any env "
-    "set it (sb3_mpo/mpo/mpo.py). rl_zoo3's enjoy loads without env. Remove this marker once that is fixed.",
+    reason="MPO.load(path) without env fails: MPO.__init__ checks the action space (env.action_space, self.action_space) "
+    "even when SB3's load builds it with env=None (sb3_mpo/mpo/mpo.py). rl_zoo3's enjoy loads without env. "
+    "Remove this marker once that is fixed.",
 )
 def test_enjoy(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
     zoo("enjoy", "--algo", ALGO_NAME, "--env", ENV_ID, "-f", trained, "--no-render", "-n", 200)
