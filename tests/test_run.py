@@ -93,6 +93,8 @@ def test_replay_stores_gaussian_actions():
         dict(tau=1.0, target_update_interval=5),
         dict(per_dim_constraints=False, epsilon_penalty=None),
         dict(max_grad_norm=None, learning_rate=lambda progress: 1e-3 * progress),
+        dict(q_target="retrace", segment_length=4),
+        dict(q_target="retrace", retrace_lambda=0.0, policy_kwargs=dict(net_arch=[32], action_bounding="tanh")),
     ],
 )
 def test_pendulum_variants(kwargs):
@@ -102,10 +104,11 @@ def test_pendulum_variants(kwargs):
     assert model._n_updates > 0
 
 
-def test_dict_observations():
+@pytest.mark.parametrize("q_target", ["n_step", "retrace"])
+def test_dict_observations(q_target):
     """MultiInputPolicy trains on Dict observations (vector + image) with continuous actions."""
     env = SimpleMultiObsEnv(random_start=True, discrete_actions=False)
-    model = MPO("MultiInputPolicy", env, seed=0, **SMALL)
+    model = MPO("MultiInputPolicy", env, seed=0, q_target=q_target, **SMALL)
     model.learn(150)
     obs, _ = env.reset()
     action, _ = model.predict(obs, deterministic=True)
@@ -185,6 +188,34 @@ def test_target_networks_hard_copy():
     assert same(model.critic, model.critic_target) and same(model.actor, model.actor_target)
 
 
+@pytest.mark.parametrize("action_bounding", ["clip", "tanh"])
+def test_behaviour_log_probs_recorded(action_bounding):
+    """Retrace's replay records log b(u) of each stored action: uniform warm-up density, then the policy's Gaussian."""
+    from sb3_mpo.mpo.losses import gaussian_log_prob
+
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
+    model = MPO(
+        "MlpPolicy",
+        env,
+        seed=0,
+        q_target="retrace",
+        gradient_steps=0,  # no update during the test: the behaviour policy stays the current actor
+        **{**SMALL, "learning_starts": 20, "policy_kwargs": dict(net_arch=[16], action_bounding=action_bounding)},
+    )
+    model.learn(40)
+    buffer = model.replay_buffer
+    warmup_u, warmup_log_b = buffer.actions[:10], buffer.behaviour_log_probs[:10]  # 10 rows x 2 envs = 20 steps
+    expected = -np.log(2.0) * np.ones_like(warmup_log_b)
+    if action_bounding == "tanh":
+        expected += np.log(1 - np.tanh(warmup_u[..., 0]) ** 2)
+    np.testing.assert_allclose(warmup_log_b, expected, rtol=1e-4, atol=1e-4)
+    obs = th.as_tensor(buffer.observations[10:20].reshape(20, -1))
+    with th.no_grad():
+        mean, std = model.actor.distribution_params(obs)
+        log_b = gaussian_log_prob(th.as_tensor(buffer.actions[10:20].reshape(20, -1)), mean, std)
+    np.testing.assert_allclose(buffer.behaviour_log_probs[10:20].reshape(-1), log_b.numpy(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
@@ -201,6 +232,10 @@ def test_target_networks_hard_copy():
         (dict(tau=0.0), "tau"),
         (dict(init_temperature=0.0), "init_temperature"),
         (dict(target_update_interval=0), "target_update_interval"),
+        (dict(q_target="lambda"), "q_target"),
+        (dict(q_target="retrace", n_steps=3), "n_steps"),
+        (dict(retrace_lambda=1.5), "retrace_lambda"),
+        (dict(segment_length=0), "segment_length"),
     ],
 )
 def test_bad_hyperparameters(kwargs, name):

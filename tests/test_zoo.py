@@ -111,13 +111,6 @@ def test_train_writes_log_folder(trained: Path) -> None:
     assert model.batch_size == 32 and model.n_action_samples == 4
 
 
-@pytest.mark.xfail(
-    raises=AttributeError,
-    strict=True,
-    reason="MPO.load(path) without env fails: MPO.__init__ checks the action space (env.action_space, self.action_space) "
-    "even when SB3's load builds it with env=None (sb3_mpo/mpo/mpo.py). rl_zoo3's enjoy loads without env. "
-    "Remove this marker once that is fixed.",
-)
 def test_enjoy(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
     zoo("enjoy", "--algo", ALGO_NAME, "--env", ENV_ID, "-f", trained, "--no-render", "-n", 200)
     output = capsys.readouterr().out

@@ -1,5 +1,5 @@
 from collections import defaultdict
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import torch as th
@@ -8,19 +8,59 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from torch import nn
 from torch.nn import functional as F
 
+from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples
 from sb3_mpo.mpo import losses
 from sb3_mpo.mpo.policies import CnnPolicy, GaussianActor, MlpPolicy, MPOPolicy, MultiInputPolicy, SampledCritic
+from sb3_mpo.mpo.retrace import retrace_targets
 
 SelfMPO = TypeVar("SelfMPO", bound="MPO")
+QTarget = Literal["n_step", "retrace"]
+Q_TARGETS: tuple[str, ...] = ("n_step", "retrace")
 
 
 class NonFiniteError(FloatingPointError):
     """Raised when a loss, gradient or multiplier becomes NaN or infinite; training stops before any parameter moves."""
+
+
+class ImprovementBatch(NamedTuple):
+    """What the E-step and M-step need: B states, N target-policy samples per state and their target Q-values."""
+
+    observations: PyTorchObs
+    actions: th.Tensor  # (N, B, A), Gaussian space
+    q_values: th.Tensor  # (N, B)
+    mean_old: th.Tensor  # (B, A)
+    std_old: th.Tensor  # (B, A)
+
+    def select(self, mask: th.Tensor) -> "ImprovementBatch":
+        """Keep the states where ``mask`` (shape (B,)) is true."""
+        observations = (
+            {key: obs[mask] for key, obs in self.observations.items()}
+            if isinstance(self.observations, dict)
+            else self.observations[mask]
+        )
+        return ImprovementBatch(
+            observations, self.actions[:, mask], self.q_values[:, mask], self.mean_old[mask], self.std_old[mask]
+        )
+
+
+class PolicyEvaluation(NamedTuple):
+    """The critic's loss and the batch on which the policy is then improved."""
+
+    critic_loss: th.Tensor
+    q_mean: th.Tensor
+    improvement: ImprovementBatch
+
+
+def _flatten_time(observations: PyTorchObs) -> PyTorchObs:
+    """Merge the batch and time axes of segment observations: (B, L, ...) -> (B·L, ...)."""
+    if isinstance(observations, dict):
+        return {key: obs.flatten(0, 1) for key, obs in observations.items()}
+    return observations.flatten(0, 1)
 
 
 class LagrangeMultipliers(nn.Module):
@@ -107,7 +147,13 @@ class MPO(OffPolicyAlgorithm):
     :param replay_buffer_class: Replay buffer class to use. If ``None``, it will be automatically selected.
     :param replay_buffer_kwargs: Keyword arguments to pass to the replay buffer on creation.
     :param optimize_memory_usage: Enable a memory efficient variant of the replay buffer
-    :param n_steps: When n_steps > 1, the critic target is the n-step return (SB3's NStepReplayBuffer)
+    :param n_steps: With ``q_target="n_step"``: the critic target is the expected-SARSA n-step return
+        (SB3's NStepReplayBuffer); ``n_steps=1`` is the 1-step TD target
+    :param q_target: ``"n_step"`` (expected-SARSA n-step return over transitions) or ``"retrace"`` (Retrace over
+        trajectory segments of the :class:`~sb3_mpo.common.buffers.SegmentReplayBuffer`, as in the paper);
+        with Retrace, ``batch_size`` still counts transitions (``ceil(batch_size / segment_length)`` segments)
+    :param segment_length: Length L of the trajectory segments used by Retrace
+    :param retrace_lambda: Trace decay λ of Retrace, c_k = λ·min(1, π(a_k|s_k) / b(a_k|s_k))
     :param n_action_samples: Number N of actions sampled per state for the E-step and the critic target
     :param epsilon: Bound ε on KL(q || π_old) in the E-step
     :param epsilon_mean: Bound ε_μ on the mean half of the M-step trust region
@@ -160,6 +206,9 @@ class MPO(OffPolicyAlgorithm):
         replay_buffer_kwargs: dict[str, Any] | None = None,
         optimize_memory_usage: bool = False,
         n_steps: int = 1,
+        q_target: QTarget = "n_step",
+        segment_length: int = 8,
+        retrace_lambda: float = 0.95,
         n_action_samples: int = 20,
         epsilon: float = 0.1,
         epsilon_mean: float = 1e-3,
@@ -188,6 +237,9 @@ class MPO(OffPolicyAlgorithm):
             tau=tau,
             gamma=gamma,
             n_steps=n_steps,
+            q_target=q_target,
+            segment_length=segment_length,
+            retrace_lambda=retrace_lambda,
             n_action_samples=n_action_samples,
             epsilon=epsilon,
             epsilon_mean=epsilon_mean,
@@ -200,7 +252,7 @@ class MPO(OffPolicyAlgorithm):
             max_grad_norm=max_grad_norm,
             target_update_interval=target_update_interval,
         )
-        if not isinstance(env, str):
+        if env is not None and not isinstance(env, str):
             self._check_action_space(env.action_space)  # before SB3's own assertions, with a clearer message
         super().__init__(
             policy,
@@ -228,8 +280,12 @@ class MPO(OffPolicyAlgorithm):
             supported_action_spaces=None,  # checked below, with a message that names what is accepted
             support_multi_env=True,
         )
-        self._check_action_space(self.action_space)
+        if env is not None:  # SB3's load() builds the model without an env, then restores the saved spaces
+            self._check_action_space(self.action_space)
 
+        self.q_target = q_target
+        self.segment_length = segment_length
+        self.retrace_lambda = retrace_lambda
         self.n_action_samples = n_action_samples
         self.epsilon = epsilon
         self.epsilon_mean = epsilon_mean
@@ -261,6 +317,10 @@ class MPO(OffPolicyAlgorithm):
             ("tau", 0 < kwargs["tau"] <= 1, "a float in (0, 1]"),
             ("gamma", 0 <= kwargs["gamma"] <= 1, "a float in [0, 1]"),
             ("n_steps", kwargs["n_steps"] >= 1, "a positive integer"),
+            ("q_target", kwargs["q_target"] in Q_TARGETS, f"one of {Q_TARGETS}"),
+            ("n_steps", kwargs["q_target"] != "retrace" or kwargs["n_steps"] == 1, "1 with q_target='retrace'"),
+            ("segment_length", kwargs["segment_length"] >= 1, "a positive integer"),
+            ("retrace_lambda", 0 <= kwargs["retrace_lambda"] <= 1, "a float in [0, 1]"),
             ("n_action_samples", kwargs["n_action_samples"] >= 2, "an integer >= 2"),
             ("target_update_interval", kwargs["target_update_interval"] >= 1, "a positive integer"),
             ("dual_learning_rate", kwargs["dual_learning_rate"] > 0, "a positive float"),
@@ -286,6 +346,15 @@ class MPO(OffPolicyAlgorithm):
             )
 
     def _setup_model(self) -> None:
+        if self.q_target == "retrace":
+            if self.replay_buffer_class is None:
+                self.replay_buffer_class = SegmentReplayBuffer
+            elif not issubclass(self.replay_buffer_class, SegmentReplayBuffer):
+                raise ValueError(
+                    f"MPO: replay_buffer_class={self.replay_buffer_class.__name__} is invalid with q_target='retrace', "
+                    "expected None or a SegmentReplayBuffer subclass"
+                )
+            self.replay_buffer_kwargs = {"segment_length": self.segment_length, **self.replay_buffer_kwargs}
         super()._setup_model()
         self._create_aliases()
         self.batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
@@ -318,6 +387,7 @@ class MPO(OffPolicyAlgorithm):
         Sample actions for the environment and for replay. Replay stores the policy's Gaussian sample ``u`` (not the
         clipped or squashed action) so the learner works with exact Gaussian densities; the environment receives
         ``squash(u)`` rescaled to its bounds. Before ``learning_starts`` the actions are uniform in the box.
+        A segment buffer (Retrace) also receives the behaviour log-density of ``u``.
 
         :param learning_starts: Number of steps before learning for the warm-up phase.
         :param action_noise: Not used by MPO, whose exploration is its stochastic policy
@@ -327,18 +397,26 @@ class MPO(OffPolicyAlgorithm):
         if self.num_timesteps < learning_starts:
             squashed = np.array([self.policy.scale_action(self.action_space.sample()) for _ in range(n_envs)])
             raw = self.actor.unsquash(squashed)
+            log_prob = self.actor.uniform_log_density(raw)
         else:
             obs_tensor, _ = self.policy.obs_to_tensor(self._last_obs)
             with th.no_grad():
-                raw_tensor = self.actor.sample_raw(obs_tensor)
+                mean, std = self.actor.distribution_params(obs_tensor)
+                raw_tensor = mean + std * th.randn_like(mean)
                 squashed = self.actor.squash(raw_tensor).cpu().numpy()
+                log_prob = losses.gaussian_log_prob(raw_tensor, mean, std).cpu().numpy()
             raw = raw_tensor.cpu().numpy()
+        if isinstance(self.replay_buffer, SegmentReplayBuffer):
+            self.replay_buffer.stage_behaviour_log_prob(log_prob)
         return self.policy.unscale_action(squashed), raw
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+        if self.q_target == "retrace":
+            # batch_size counts transitions: as many segments as hold about that many
+            batch_size = max(1, -(-batch_size // self.segment_length))
 
         stats: dict[str, list[th.Tensor]] = defaultdict(list)
         for _ in range(gradient_steps):
@@ -350,69 +428,34 @@ class MPO(OffPolicyAlgorithm):
         for key, values in stats.items():
             self.logger.record(f"train/{key}", th.stack(values).mean().item())
 
-    def _gradient_step(self, replay_data: ReplayBufferSamples) -> dict[str, th.Tensor]:
+    def _gradient_step(self, replay_data: ReplayBufferSamples | SegmentSamples) -> dict[str, th.Tensor]:
         """
-        One update of critic, policy and multipliers on a batch of transitions. Policy evaluation and improvement
-        share one forward pass of the target critic over N samples of the target policy at the next states.
+        One update of critic, policy and multipliers. Policy evaluation and improvement share one forward pass of the
+        target critic over N samples of the target policy at the next states of the batch.
 
-        :param replay_data: A batch from the replay buffer
+        :param replay_data: A batch of transitions (n-step) or of trajectory segments (Retrace)
         :return: Detached diagnostics for the logger
         """
-        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-        next_obs = replay_data.next_observations
-        with th.no_grad():
-            mean_old, std_old = self.actor_target.distribution_params(next_obs)
-            noise = th.randn((self.n_action_samples, *mean_old.shape), device=self.device)
-            sampled_actions = mean_old + std_old * noise  # (N, B, A), Gaussian space
-            next_q_values = self.critic_target.sampled_q_values(next_obs, self.actor.squash(sampled_actions))  # (N, B)
-            target_q_values = losses.expected_sarsa_target(replay_data.rewards, replay_data.dones, discounts, next_q_values)
-
-        # Policy evaluation
-        current_q_values = self.critic(replay_data.observations, self.actor.squash(replay_data.actions))[0]
-        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
-
-        # E-step: non-parametric improvement of the sampled actions, temperature from the convex dual
-        temperature = self.multipliers.temperature
-        weights = losses.e_step_weights(next_q_values, temperature)
-        dual_loss = losses.temperature_dual(next_q_values, temperature, self.epsilon)
-        diagnostics = {"temperature": temperature.detach(), "kl_q": losses.sample_kl_to_old(weights)}
-        if self.action_penalty:
-            assert self.epsilon_penalty is not None
-            penalty_q_values = losses.action_penalty_q(sampled_actions)
-            temperature_penalty = self.multipliers.temperature_penalty
-            weights = weights + losses.e_step_weights(penalty_q_values, temperature_penalty)
-            dual_loss = dual_loss + losses.temperature_dual(penalty_q_values, temperature_penalty, self.epsilon_penalty)
-            diagnostics["temperature_penalty"] = temperature_penalty.detach()
-
-        # M-step: weighted maximum likelihood under the decoupled KL trust regions
-        mean, std = self.actor.distribution_params(next_obs)
-        kl = losses.decoupled_gaussian_kl(mean_old, std_old, mean, std, per_dim=self.per_dim_constraints)
-        alpha_mean, alpha_std = self.multipliers.alpha_mean, self.multipliers.alpha_std
-        policy_loss = (
-            losses.decoupled_m_step_loss(weights, sampled_actions, mean, std, mean_old, std_old)
-            + losses.lagrangian_penalty(alpha_mean, kl.mean)
-            + losses.lagrangian_penalty(alpha_std, kl.std)
-        )
-        dual_loss = (
-            dual_loss
-            + losses.multiplier_loss(alpha_mean, self.epsilon_mean, kl.mean)
-            + losses.multiplier_loss(alpha_std, self.epsilon_std, kl.std)
-        )
+        if isinstance(replay_data, SegmentSamples):
+            evaluation = self._retrace_evaluation(replay_data)
+        else:
+            evaluation = self._n_step_evaluation(replay_data)
+        policy_loss, dual_loss, diagnostics = self._policy_improvement(evaluation.improvement)
 
         # The three losses touch disjoint parameters: one backward pass serves all of them
         optimizers = [self.critic.optimizer, self.actor.optimizer, self.multipliers_optimizer]
         for optimizer in optimizers:
             optimizer.zero_grad()
-        (critic_loss + policy_loss + dual_loss).backward()
+        (evaluation.critic_loss + policy_loss + dual_loss).backward()
         checked = {
-            "critic_loss": critic_loss.detach(),
+            "critic_loss": evaluation.critic_loss.detach(),
             "policy_loss": policy_loss.detach(),
             "dual_loss": dual_loss.detach(),
             "critic_grad_norm": self._clip_grad_norm(self.critic.optimizer),
             "actor_grad_norm": self._clip_grad_norm(self.actor.optimizer),
-            "temperature": diagnostics["temperature"],
-            "alpha_mean": alpha_mean.detach().mean(),
-            "alpha_std": alpha_std.detach().mean(),
+            "temperature": diagnostics.pop("temperature"),
+            "alpha_mean": diagnostics.pop("alpha_mean"),
+            "alpha_std": diagnostics.pop("alpha_std"),
         }
         self._raise_if_not_finite(checked)
         for optimizer in optimizers:
@@ -424,15 +467,104 @@ class MPO(OffPolicyAlgorithm):
             polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
             # Copy running stats, see SB3 GH issue #996
             polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+        return {**checked, **diagnostics, "q_mean": evaluation.q_mean}
 
-        return {
-            **checked,
-            **diagnostics,
-            "kl_mean": kl.mean.detach().mean(),
-            "kl_std": kl.std.detach().mean(),
-            "q_mean": current_q_values.detach().mean(),
-            "std_mean": std.detach().mean(),
-        }
+    def _sample_target_policy(self, observations: PyTorchObs) -> ImprovementBatch:
+        """
+        Draw N actions per state from the target policy and score them with the target critic: the one big forward
+        that serves both the critic target (their mean) and the E-step (their weights).
+
+        :param observations: B states
+        :return: The samples, their target Q-values and the target policy's statistics
+        """
+        with th.no_grad():
+            mean_old, std_old = self.actor_target.distribution_params(observations)
+            noise = th.randn((self.n_action_samples, *mean_old.shape), device=self.device)
+            actions = mean_old + std_old * noise  # (N, B, A), Gaussian space
+            q_values = self.critic_target.sampled_q_values(observations, self.actor.squash(actions))  # (N, B)
+        return ImprovementBatch(observations, actions, q_values, mean_old, std_old)
+
+    def _n_step_evaluation(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
+        """Expected-SARSA critic loss over (n-step) transitions (paper, Sec. 4, Eq. (13) with the traces cut)."""
+        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        samples = self._sample_target_policy(replay_data.next_observations)
+        target_q_values = losses.expected_sarsa_target(replay_data.rewards, replay_data.dones, discounts, samples.q_values)
+        current_q_values = self.critic(replay_data.observations, self.actor.squash(replay_data.actions))[0]
+        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
+        return PolicyEvaluation(critic_loss, current_q_values.detach().mean(), samples)
+
+    def _retrace_evaluation(self, segments: SegmentSamples) -> PolicyEvaluation:
+        """
+        Retrace critic loss over trajectory segments (paper, Sec. 4, Eq. (13)). Every valid step of a segment is a
+        regression target; the E-step and M-step run at the valid steps' next states.
+        """
+        n_segments, length = segments.rewards.shape
+        observations = _flatten_time(segments.observations)
+        next_observations = _flatten_time(segments.next_observations)
+        actions = segments.actions.reshape(n_segments * length, -1)
+        samples = self._sample_target_policy(next_observations)
+        with th.no_grad():
+            taken_q_values = self.critic_target(observations, self.actor.squash(actions))[0].reshape(n_segments, length)
+            mean_target, std_target = self.actor_target.distribution_params(observations)
+            log_ratios = losses.gaussian_log_prob(actions, mean_target, std_target).reshape(n_segments, length)
+            target_q_values = retrace_targets(
+                q_values=taken_q_values,
+                expected_next_q=samples.q_values.mean(dim=0).reshape(n_segments, length),
+                rewards=segments.rewards,
+                terminations=segments.terminations,
+                episode_ends=segments.episode_ends,
+                valid=segments.valid,
+                log_ratios=log_ratios - segments.behaviour_log_probs,
+                gamma=self.gamma,
+                lambda_=self.retrace_lambda,
+            )
+        valid = segments.valid.reshape(-1) > 0.5
+        current_q_values = self.critic(observations, self.actor.squash(actions))[0].reshape(-1)[valid]
+        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values.reshape(-1)[valid])
+        return PolicyEvaluation(critic_loss, current_q_values.detach().mean(), samples.select(valid))
+
+    def _policy_improvement(self, batch: ImprovementBatch) -> tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]:
+        """
+        E-step (paper, Sec. 3.2) and M-step (Sec. 3.3, Appendix D.3) on sampled actions and their target Q-values.
+
+        :param batch: States, N sampled actions per state, their Q-values and the target policy's statistics
+        :return: The policy loss, the loss of the temperatures and multipliers, and detached diagnostics
+        """
+        # E-step: non-parametric improvement of the sampled actions, temperature from the convex dual
+        temperature = self.multipliers.temperature
+        weights = losses.e_step_weights(batch.q_values, temperature)
+        dual_loss = losses.temperature_dual(batch.q_values, temperature, self.epsilon)
+        diagnostics = {"temperature": temperature.detach(), "kl_q": losses.sample_kl_to_old(weights)}
+        if self.action_penalty:
+            assert self.epsilon_penalty is not None
+            penalty_q_values = losses.action_penalty_q(batch.actions)
+            temperature_penalty = self.multipliers.temperature_penalty
+            weights = weights + losses.e_step_weights(penalty_q_values, temperature_penalty)
+            dual_loss = dual_loss + losses.temperature_dual(penalty_q_values, temperature_penalty, self.epsilon_penalty)
+            diagnostics["temperature_penalty"] = temperature_penalty.detach()
+
+        # M-step: weighted maximum likelihood under the decoupled KL trust regions
+        mean, std = self.actor.distribution_params(batch.observations)
+        kl = losses.decoupled_gaussian_kl(batch.mean_old, batch.std_old, mean, std, per_dim=self.per_dim_constraints)
+        alpha_mean, alpha_std = self.multipliers.alpha_mean, self.multipliers.alpha_std
+        policy_loss = (
+            losses.decoupled_m_step_loss(weights, batch.actions, mean, std, batch.mean_old, batch.std_old)
+            + losses.lagrangian_penalty(alpha_mean, kl.mean)
+            + losses.lagrangian_penalty(alpha_std, kl.std)
+        )
+        dual_loss = (
+            dual_loss
+            + losses.multiplier_loss(alpha_mean, self.epsilon_mean, kl.mean)
+            + losses.multiplier_loss(alpha_std, self.epsilon_std, kl.std)
+        )
+        diagnostics.update(
+            alpha_mean=alpha_mean.detach().mean(),
+            alpha_std=alpha_std.detach().mean(),
+            kl_mean=kl.mean.detach().mean(),
+            kl_std=kl.std.detach().mean(),
+            std_mean=std.detach().mean(),
+        )
+        return policy_loss, dual_loss, diagnostics
 
     def _clip_grad_norm(self, optimizer: th.optim.Optimizer) -> th.Tensor:
         parameters = [param for group in optimizer.param_groups for param in group["params"]]

@@ -135,6 +135,19 @@ class GaussianActor(BasePolicy):
             return np.arctanh(np.clip(actions, -1.0 + 1e-6, 1.0 - 1e-6))
         return actions
 
+    def uniform_log_density(self, raw_actions: np.ndarray) -> np.ndarray:
+        """
+        Log-density, in the Gaussian space ``u``, of actions drawn uniformly from the normalised box and mapped through
+        :meth:`unsquash` (the warm-up behaviour policy): −A·log 2, plus log(1 − tanh²(u)) per dimension for tanh.
+
+        :param raw_actions: Gaussian-space actions, shape (n, A)
+        :return: log b(u), shape (n,)
+        """
+        log_density = -raw_actions.shape[-1] * np.log(2.0) * np.ones(raw_actions.shape[:-1])
+        if self.action_bounding == "tanh":
+            log_density += np.sum(np.log1p(-np.tanh(raw_actions) ** 2 + 1e-12), axis=-1)
+        return log_density
+
     def sample_raw(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         """
         :param obs: Observation batch

@@ -1,4 +1,3 @@
-
 """Retrace critic targets over batches of trajectory segments."""
 
 import torch as th
