@@ -114,7 +114,9 @@ def run_one(job: dict[str, Any]) -> str:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, out)
-    return f"{job['algo']} seed {job['seed']}: final {result['final_return']:.1f}, {result['env_steps_per_second']:.1f} steps/s"
+    return (
+        f"{job['algo']} seed {job['seed']}: final {result['final_return']:.1f}, {result['env_steps_per_second']:.1f} steps/s"
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -124,12 +126,19 @@ def _versions() -> dict[str, str]:
 
     import sb3_mpo
 
-    return {"sb3": stable_baselines3.__version__, "sb3_contrib": sb3_contrib.__version__, "torch": torch.__version__, "sb3_mpo": sb3_mpo.__version__}
+    return {
+        "sb3": stable_baselines3.__version__,
+        "sb3_contrib": sb3_contrib.__version__,
+        "torch": torch.__version__,
+        "sb3_mpo": sb3_mpo.__version__,
+    }
 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -86,4 +86,6 @@ def test_policy_save_load(trained_model, tmp_path):
     trained_model.policy.save(tmp_path / "policy.pth")
     policy = MlpPolicy.load(tmp_path / "policy.pth")
     obs = np.stack([trained_model.observation_space.sample() for _ in range(8)])
-    np.testing.assert_array_equal(policy.predict(obs, deterministic=True)[0], trained_model.predict(obs, deterministic=True)[0])
+    np.testing.assert_array_equal(
+        policy.predict(obs, deterministic=True)[0], trained_model.predict(obs, deterministic=True)[0]
+    )
