@@ -1,7 +1,8 @@
 """
 Train MPO beside SB3 / sb3-contrib baselines in one run on this machine and store one small JSON file per run.
 
-Baselines use RL Zoo's tuned hyperparameters (rl_zoo3/hyperparams/<algo>.yml); MPO uses its defaults plus ``--mpo-kwargs``.
+Baselines use RL Zoo's tuned hyperparameters (rl_zoo3/hyperparams/<algo>.yml); MPO uses its own RL Zoo file
+(sb3_mpo/hyperparams/mpo.yml) updated by ``--mpo-kwargs``.
 Finished runs are skipped, so an interrupted comparison resumes where it stopped; each file is written atomically.
 
 Example (the issue-2 comparison on Pendulum-v1)::
@@ -48,6 +49,22 @@ def zoo_hyperparams(algo: str, env_id: str) -> dict[str, Any]:
     return entry
 
 
+def mpo_hyperparams(env_id: str) -> dict[str, Any]:
+    """MPO's shipped hyperparameters for ``env_id`` (sb3_mpo/hyperparams/mpo.yml, its default block if absent)."""
+    import yaml
+
+    import sb3_mpo
+
+    with open(Path(sb3_mpo.__file__).parent / "hyperparams" / "mpo.yml") as file:
+        entries = yaml.safe_load(file)
+    entry = dict(entries.get(env_id, entries["default"]))
+    entry.pop("n_timesteps", None)
+    entry.pop("policy", None)
+    if isinstance(entry.get("policy_kwargs"), str):
+        entry["policy_kwargs"] = _eval_policy_kwargs(entry["policy_kwargs"])
+    return entry
+
+
 def _eval_policy_kwargs(text: str) -> dict[str, Any]:
     """Parse rl_zoo3's ``"dict(net_arch=[400, 300])"`` strings without eval()."""
     call = ast.parse(text, mode="eval").body
@@ -64,7 +81,7 @@ def make_model(algo: str, env_id: str, seed: int, mpo_kwargs: dict[str, Any]):
     from sb3_mpo import MPO
 
     if algo == "mpo":
-        kwargs = {**mpo_kwargs}
+        kwargs = {**mpo_hyperparams(env_id), **mpo_kwargs}
         return MPO("MlpPolicy", env_id, seed=seed, **kwargs), kwargs
     classes = {"sac": SAC, "td3": TD3, "tqc": TQC}
     kwargs = zoo_hyperparams(algo, env_id)
@@ -106,7 +123,7 @@ def run_one(job: dict[str, Any]) -> str:
         "gradient_steps_per_second": n_updates / train_seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "hyperparams": {key: repr(value) for key, value in hyperparams.items()},
-        "hyperparams_source": "sb3_mpo defaults + --mpo-kwargs" if job["algo"] == "mpo" else "rl_zoo3 tuned",
+        "hyperparams_source": "sb3_mpo/hyperparams/mpo.yml + --mpo-kwargs" if job["algo"] == "mpo" else "rl_zoo3 tuned",
         "versions": _versions(),
         "commit": _commit(),
         "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cores",
