@@ -12,7 +12,6 @@ Example (the issue-2 comparison on Pendulum-v1)::
 """
 
 import argparse
-import ast
 import json
 import multiprocessing as mp
 import os
@@ -25,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from sb3_mpo.common.hyperparams import load_hyperparams, zoo_entry_to_kwargs
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -33,44 +34,16 @@ def zoo_hyperparams(algo: str, env_id: str) -> dict[str, Any]:
     import rl_zoo3
     import yaml
 
-    path = Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml"
-    with open(path) as file:
+    with open(Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml") as file:
         entry = dict(yaml.safe_load(file)[env_id])
-    entry.pop("n_timesteps", None)
-    entry.pop("policy", None)
-    if "policy_kwargs" in entry and isinstance(entry["policy_kwargs"], str):
-        entry["policy_kwargs"] = _eval_policy_kwargs(entry["policy_kwargs"])
-    noise_type, noise_std = entry.pop("noise_type", None), entry.pop("noise_std", None)
-    if noise_type is not None:
-        entry["noise"] = (noise_type, noise_std)
     for key in ("normalize", "n_envs", "env_wrapper", "callback", "frame_stack"):
-        if entry.pop(key, None) not in (None, False, 1):
+        if entry.get(key) not in (None, False, 1):
             raise NotImplementedError(f"compare.py does not reproduce rl_zoo3's {key!r} for {algo} on {env_id}")
-    return entry
-
-
-def mpo_hyperparams(env_id: str) -> dict[str, Any]:
-    """MPO's shipped hyperparameters for ``env_id`` (sb3_mpo/hyperparams/mpo.yml, its default block if absent)."""
-    import yaml
-
-    import sb3_mpo
-
-    with open(Path(sb3_mpo.__file__).parent / "hyperparams" / "mpo.yml") as file:
-        entries = yaml.safe_load(file)
-    entry = dict(entries.get(env_id, entries["default"]))
-    entry.pop("n_timesteps", None)
-    entry.pop("policy", None)
-    if isinstance(entry.get("policy_kwargs"), str):
-        entry["policy_kwargs"] = _eval_policy_kwargs(entry["policy_kwargs"])
-    return entry
-
-
-def _eval_policy_kwargs(text: str) -> dict[str, Any]:
-    """Parse rl_zoo3's ``"dict(net_arch=[400, 300])"`` strings without eval()."""
-    call = ast.parse(text, mode="eval").body
-    if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "dict"):
-        raise ValueError(f"Unsupported policy_kwargs {text!r}")
-    return {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords if keyword.arg is not None}
+    kwargs = zoo_entry_to_kwargs(entry)
+    noise_type, noise_std = kwargs.pop("noise_type", None), kwargs.pop("noise_std", None)
+    if noise_type is not None:
+        kwargs["noise"] = (noise_type, noise_std)
+    return kwargs
 
 
 def make_model(algo: str, env_id: str, seed: int, mpo_kwargs: dict[str, Any]):
@@ -81,7 +54,7 @@ def make_model(algo: str, env_id: str, seed: int, mpo_kwargs: dict[str, Any]):
     from sb3_mpo import MPO
 
     if algo == "mpo":
-        kwargs = {**mpo_hyperparams(env_id), **mpo_kwargs}
+        kwargs = {**load_hyperparams(env_id), **mpo_kwargs}
         return MPO("MlpPolicy", env_id, seed=seed, **kwargs), kwargs
     classes = {"sac": SAC, "td3": TD3, "tqc": TQC}
     kwargs = zoo_hyperparams(algo, env_id)

@@ -9,6 +9,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_mpo import MPO
+from sb3_mpo.common.hyperparams import load_hyperparams
 
 
 def main() -> None:
@@ -23,7 +24,8 @@ def main() -> None:
     args = parser.parse_args()
 
     th.set_num_threads(1)  # small networks: one thread is fastest on CPU
-    model = MPO("MlpPolicy", args.env, seed=args.seed, verbose=args.verbose)
+    # The tuned settings shipped for RL Zoo (sb3_mpo/hyperparams/mpo.yml), or its default block
+    model = MPO("MlpPolicy", args.env, seed=args.seed, verbose=args.verbose, **load_hyperparams(args.env))
     model.learn(args.steps, progress_bar=args.progress_bar)
     eval_env = make_vec_env(args.env, n_envs=1, seed=args.seed + 10_000)
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)

@@ -1,18 +1,17 @@
-from pathlib import Path
-
 try:
     from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
     from rl_zoo3.utils import ALGOS
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError('sb3_mpo.zoo needs RL Zoo and Optuna: pip install "sb3-mpo[zoo]"') from error
 
+from sb3_mpo.common.hyperparams import HYPERPARAMS_PATH
 from sb3_mpo.mpo import MPO
 from sb3_mpo.zoo.hyperparams_opt import convert_mpo_params, sample_mpo_params
 
+__all__ = ["ALGO_NAME", "HYPERPARAMS_PATH", "register"]
+
 #: Name of MPO on rl_zoo3's command line (``--algo mpo``) and in its log folders (``logs/mpo/...``)
 ALGO_NAME = "mpo"
-#: The hyperparameter file shipped with sb3-mpo, used for ``--algo mpo`` unless ``--conf-file`` is given
-HYPERPARAMS_PATH = Path(__file__).resolve().parent.parent / "hyperparams" / f"{ALGO_NAME}.yml"
 
 
 def register() -> None:

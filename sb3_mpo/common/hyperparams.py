@@ -1,0 +1,52 @@
+"""The tuned MPO hyperparameters shipped with the package (RL Zoo format), for use outside RL Zoo."""
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HYPERPARAMS_PATH = Path(__file__).parent.parent / "hyperparams" / "mpo.yml"
+# Keys of an RL Zoo entry that configure the experiment rather than the algorithm's constructor
+ZOO_ONLY_KEYS = ("n_timesteps", "policy", "normalize", "n_envs", "env_wrapper", "callback", "frame_stack", "vec_env_wrapper")
+
+
+def parse_policy_kwargs(text: str) -> dict[str, Any]:
+    """
+    Read RL Zoo's ``"dict(net_arch=[400, 300])"`` strings without ``eval()``: only literal keyword values are accepted.
+
+    :param text: The string from a hyperparameter file
+    :return: The keyword arguments
+    """
+    call = ast.parse(text, mode="eval").body
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "dict" and not call.args):
+        raise ValueError(f"policy_kwargs={text!r} is not supported here: expected a string like 'dict(net_arch=[64, 64])'")
+    return {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords if keyword.arg is not None}
+
+
+def zoo_entry_to_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
+    """
+    Constructor keyword arguments from one RL Zoo entry: experiment-level keys are dropped and ``policy_kwargs``
+    strings are parsed.
+
+    :param entry: An entry of an RL Zoo hyperparameter file
+    :return: Keyword arguments for the algorithm's constructor
+    """
+    kwargs = {key: value for key, value in entry.items() if key not in ZOO_ONLY_KEYS}
+    if isinstance(kwargs.get("policy_kwargs"), str):
+        kwargs["policy_kwargs"] = parse_policy_kwargs(kwargs["policy_kwargs"])
+    return kwargs
+
+
+def load_hyperparams(env_id: str, path: Path = HYPERPARAMS_PATH) -> dict[str, Any]:
+    """
+    MPO's tuned constructor arguments for ``env_id``, from the shipped RL Zoo file (its ``default`` block when the
+    environment has no entry).
+
+    :param env_id: Gymnasium environment id
+    :param path: Hyperparameter file in RL Zoo's format
+    :return: Keyword arguments for :class:`~sb3_mpo.MPO`
+    """
+    with open(path) as file:
+        entries = yaml.safe_load(file)
+    return zoo_entry_to_kwargs(dict(entries.get(env_id, entries["default"])))
