@@ -1,0 +1,227 @@
+"""
+Generate docs pages (markdown tables and learning-curve PNGs) from the result files stored by ``compare.py``.
+Nothing in the generated pages is typed by hand: re-run this script after adding results.
+
+    python benchmarks/report.py            # every report
+    python benchmarks/report.py pendulum   # one of them
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs"
+
+
+@dataclass
+class Group:
+    """One line of a comparison: the runs of ``algo`` stored under ``results/<tag>/`` for ``env``."""
+
+    label: str
+    tag: str
+    algo: str
+    env: str
+
+
+@dataclass
+class Report:
+    title: str
+    page: str
+    intro: str
+    sections: dict[str, list[Group]]  # section title -> groups compared in it
+    speed: bool = False
+
+
+REPORTS = {
+    "pendulum": Report(
+        title="MPO vs SAC on Pendulum-v1",
+        page="pendulum.md",
+        intro=(
+            "Five seeds, 20k environment steps each, deterministic evaluation over 10 episodes every 2k steps on a separate "
+            "environment. SAC uses RL Zoo's tuned Pendulum-v1 entry (learning_rate 1e-3, otherwise SB3's defaults); MPO uses "
+            "its shipped Pendulum-v1 entry (sb3_mpo/hyperparams/mpo.yml). MPO and SAC runs were interleaved, two at a time "
+            "(one per core, one torch thread each), so both saw the same machine load. Speed is training wall-clock only "
+            "(evaluation excluded). Produced by\n"
+            "`python benchmarks/compare.py --algos mpo sac --env Pendulum-v1 --tag pendulum`."
+        ),
+        sections={
+            "Pendulum-v1, 20k steps": [
+                Group("MPO", "pendulum", "mpo", "Pendulum-v1"),
+                Group("SAC (RL Zoo)", "pendulum", "sac", "Pendulum-v1"),
+            ]
+        },
+        speed=True,
+    ),
+    "action_bounding": Report(
+        title="Action bounding: clip + action penalty vs tanh squashing",
+        page="action_bounding.md",
+        intro=(
+            "MPO's Gaussian lives in an unbounded space u; the action is clip(u) (with MO-MPO's action-penalty E-step pulling "
+            "the policy back inside the box) or tanh(u). Everything else is identical: the shipped hyperparameters of each "
+            "environment, deterministic evaluation over 10 episodes. The clip runs on Pendulum-v1 are the MPO runs of "
+            "docs/pendulum.md. Wall-clock figures of these runs are not comparable (several ran at once) and are not shown."
+        ),
+        sections={
+            "Pendulum-v1, 20k steps": [
+                Group("clip + penalty", "pendulum", "mpo", "Pendulum-v1"),
+                Group("tanh", "bounding_pendulum_tanh", "mpo", "Pendulum-v1"),
+            ],
+            "Hopper-v5, 30k steps": [
+                Group("clip + penalty", "bounding_hopper_clip", "mpo", "Hopper-v5"),
+                Group("tanh", "bounding_hopper_tanh", "mpo", "Hopper-v5"),
+            ],
+        },
+    ),
+}
+
+
+def load_results(folder: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """Read every result file of a folder; corrupted or incomplete files are reported in ``problems`` and skipped."""
+    results = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+            missing = {"algo", "env", "seed", "curve", "final_return"} - result.keys()
+            if missing or not result["curve"]:
+                raise ValueError(f"missing {sorted(missing) or 'curve points'}")
+        except (OSError, ValueError) as error:
+            problems.append(f"{path.relative_to(ROOT)}: skipped ({error})")
+            continue
+        results.append(result)
+    return results
+
+
+def runs_of(group: Group, problems: list[str]) -> list[dict[str, Any]]:
+    runs = [r for r in load_results(RESULTS / group.tag, problems) if r["algo"] == group.algo and r["env"] == group.env]
+    return sorted(runs, key=lambda r: r["seed"])
+
+
+def _fmt(values: Iterable[float]) -> str:
+    array = np.asarray(list(values), dtype=float)
+    return f"{array.mean():.1f} ± {array.std():.1f}" if array.size else "n/a"
+
+
+def section_markdown(name: str, groups: list[Group], problems: list[str], speed: bool, figure: str) -> list[str]:
+    runs = {group.label: runs_of(group, problems) for group in groups}
+    seeds = sorted({run["seed"] for group_runs in runs.values() for run in group_runs})
+    lines = [f"## {name}", "", f"![learning curves]({figure})", ""]
+    lines += ["Final evaluation return per seed:", ""]
+    lines += ["| seed | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    for seed in seeds:
+        cells = []
+        for group_runs in runs.values():
+            match = [run for run in group_runs if run["seed"] == seed]
+            cells.append(f"{match[0]['final_return']:.1f}" if match else "")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    lines.append("| mean ± std | " + " | ".join(_fmt(r["final_return"] for r in rs) for rs in runs.values()) + " |")
+    minima = [f"{min(r['final_return'] for r in rs):.1f}" if rs else "" for rs in runs.values()]
+    lines.append("| min | " + " | ".join(minima) + " |")
+    lines.append("")
+    if speed:
+        lines += ["Speed (training only):", ""]
+        reference = groups[-1].label
+        lines += [f"| | env steps/s (median) | gradient steps/s (median) | wall-clock per env step / {reference}'s |"]
+        lines += ["|---|---|---|---|"]
+        per_step = {label: np.median([r["train_seconds"] / r["steps"] for r in rs]) for label, rs in runs.items() if rs}
+        for label, rs in runs.items():
+            if rs:
+                env_speed = np.median([r["env_steps_per_second"] for r in rs])
+                grad_speed = np.median([r["gradient_steps_per_second"] for r in rs])
+                relative = per_step[label] / per_step[reference] if reference in per_step else float("nan")
+                lines.append(f"| {label} | {env_speed:.1f} | {grad_speed:.1f} | {relative:.2f} |")
+        lines.append("")
+        ratios = [
+            a["train_seconds"] / b["train_seconds"]
+            for a in runs[groups[0].label]
+            for b in runs[groups[1].label]
+            if a["seed"] == b["seed"]
+        ]
+        if ratios:
+            lines.append(
+                f"Per seed, {groups[0].label}'s training wall-clock / {groups[1].label}'s: "
+                + ", ".join(f"{ratio:.2f}" for ratio in ratios)
+                + f" (median {np.median(ratios):.2f})."
+            )
+            lines.append("")
+    return lines
+
+
+def plot_section(groups: list[Group], problems: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for group in groups:
+        runs = runs_of(group, problems)
+        if not runs:
+            continue
+        length = min(len(run["curve"]) for run in runs)
+        steps = np.array([point["step"] for point in runs[0]["curve"][:length]])
+        returns = np.array([[point["mean"] for point in run["curve"][:length]] for run in runs])
+        mean, std = returns.mean(axis=0), returns.std(axis=0)
+        axis.plot(steps, mean, label=f"{group.label} ({len(runs)} seeds)")
+        axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    axis.set_xlabel("environment steps")
+    axis.set_ylabel("mean evaluation return")
+    axis.set_title(title)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def provenance(groups: Iterable[Group], problems: list[str]) -> list[str]:
+    runs = [run for group in groups for run in runs_of(group, problems)]
+    commits = sorted({run.get("commit", "unknown") for run in runs})
+    machines = sorted({run.get("machine", "unknown") for run in runs})
+    versions = sorted({json.dumps(run.get("versions", {}), sort_keys=True) for run in runs})
+    lines = ["## Provenance", "", f"- runs: {len(runs)}; commits: {', '.join(commits)}", f"- machines: {'; '.join(machines)}"]
+    lines += [f"- versions: {version}" for version in versions]
+    hyperparams = {}
+    for run in runs:
+        hyperparams.setdefault(f"{run['algo']} ({run.get('hyperparams_source', '?')}) on {run['env']}", run.get("hyperparams"))
+    lines += [f"- {key}: `{value}`" for key, value in hyperparams.items()]
+    return [*lines, ""]
+
+
+def write_report(name: str) -> list[str]:
+    report = REPORTS[name]
+    problems: list[str] = []
+    lines = [f"# {report.title}", "", f"<!-- generated by benchmarks/report.py {name}; do not edit by hand -->", ""]
+    lines += [report.intro, ""]
+    all_groups = []
+    for index, (section, groups) in enumerate(report.sections.items()):
+        figure = f"figures/{name}_{index}.png"
+        plot_section(groups, problems, DOCS / figure, section)
+        lines += section_markdown(section, groups, problems, report.speed, figure)
+        all_groups += groups
+    lines += provenance(all_groups, problems)
+    if problems:
+        lines += ["## Skipped result files", "", *[f"- {problem}" for problem in problems], ""]
+    (DOCS / report.page).write_text("\n".join(lines))
+    return problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", nargs="*", choices=[*REPORTS, []], default=list(REPORTS))
+    names = parser.parse_args().reports or list(REPORTS)
+    for name in names:
+        problems = write_report(name)
+        print(f"wrote docs/{REPORTS[name].page}", *problems, sep="\n  ", file=sys.stderr if problems else sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
