@@ -74,7 +74,7 @@ REPORTS = {
                 Group("clip + penalty", "pendulum", "mpo", "Pendulum-v1"),
                 Group("tanh", "bounding_pendulum_tanh", "mpo", "Pendulum-v1"),
             ],
-            "Hopper-v5, 30k steps": [
+            "Hopper-v5, 25k steps": [
                 Group("clip + penalty", "bounding_hopper_clip", "mpo", "Hopper-v5"),
                 Group("tanh", "bounding_hopper_tanh", "mpo", "Hopper-v5"),
             ],
