@@ -11,7 +11,7 @@ from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import FakeImageEnv, IdentityEnvBox, SimpleMultiObsEnv
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
 from sb3_mpo import MPO, NonFiniteError
 
@@ -136,6 +136,21 @@ def test_multiple_envs_and_vecnormalize():
     assert model.num_timesteps >= 300
     assert model.replay_buffer.size() * 2 >= 300
     assert np.abs(env.obs_rms.mean).sum() > 0  # statistics were updated
+
+
+def test_retrace_with_subprocess_envs():
+    """Retrace trains with 4 SubprocVecEnv workers, and every sampled segment follows one environment's stream."""
+    env = make_vec_env("Pendulum-v1", n_envs=4, seed=0, vec_env_cls=SubprocVecEnv)
+    model = MPO("MlpPolicy", env, seed=0, q_target="retrace", segment_length=4, **SMALL)
+    model.learn(400)
+    env.close()
+    assert model._n_updates > 0
+    segments = model.replay_buffer.sample(64)
+    valid = segments.valid.numpy() > 0.5
+    observations, next_observations = segments.observations.numpy(), segments.next_observations.numpy()
+    follows = np.all(np.isclose(observations[:, 1:], next_observations[:, :-1]), axis=-1)  # s_{t+1} of step t is s_{t+1}
+    assert np.all(follows[valid[:, 1:]])
+    assert valid[:, 1:].any()
 
 
 def test_logger_keys(tmp_path):
