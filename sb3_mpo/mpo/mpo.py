@@ -8,6 +8,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from torch import nn
@@ -360,7 +361,7 @@ class MPO(OffPolicyAlgorithm):
         self.batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
         self.batch_norm_stats_target = get_parameters_by_name(self.critic_target, ["running_"])
         self.multipliers = LagrangeMultipliers(
-            action_dim=int(np.prod(self.action_space.shape)),
+            action_dim=get_action_dim(self.action_space),
             per_dim=self.per_dim_constraints,
             init_temperature=self.init_temperature,
             init_alpha_mean=self.init_alpha_mean,
@@ -399,6 +400,7 @@ class MPO(OffPolicyAlgorithm):
             raw = self.actor.unsquash(squashed)
             log_prob = self.actor.uniform_log_density(raw)
         else:
+            assert self._last_obs is not None, "self._last_obs was not set"
             obs_tensor, _ = self.policy.obs_to_tensor(self._last_obs)
             with th.no_grad():
                 mean, std = self.actor.distribution_params(obs_tensor)
