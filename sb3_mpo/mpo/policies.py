@@ -170,7 +170,16 @@ class SampledCritic(ContinuousCritic):
     """
     Q-network of MPO: SB3's :class:`ContinuousCritic` with one network, plus an evaluation of many sampled actions per
     state that runs the features extractor once per state, not once per sample.
+    See :class:`~stable_baselines3.common.policies.ContinuousCritic` for the parameters.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # Each activation of the MLP follows a Linear layer, whose backward does not need its output: activations may
+        # overwrite it, which saves one (N·B x width) allocation per hidden layer in the large sampled forward
+        for module in self.q_networks[0].modules():
+            if getattr(module, "inplace", None) is False:
+                module.inplace = True
 
     def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """

@@ -1,0 +1,87 @@
+"""
+Speed of MPO vs SB3's SAC at the same network size and batch, on one core, alternating the two algorithms so that
+both see the same machine state. Writes benchmarks/results/speed/<env>_<commit>.json and prints a table.
+
+    python benchmarks/speed.py --env Pendulum-v1 --steps 2000 --repeats 3
+
+Env steps/s times ``learn()`` after the warm-up (collection + one update per step, as configured); gradient steps/s
+times ``train()`` alone on a filled buffer.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch as th
+from stable_baselines3 import SAC
+
+from sb3_mpo import MPO
+from sb3_mpo.common.hyperparams import load_hyperparams
+
+RESULTS = Path(__file__).parent / "results" / "speed"
+
+
+def measure(model, steps: int, updates: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    model.learn(steps, reset_num_timesteps=False)
+    env_steps_per_second = steps / (time.perf_counter() - start)
+    start = time.perf_counter()
+    model.train(updates, model.batch_size)
+    return env_steps_per_second, updates / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="Pendulum-v1")
+    parser.add_argument("--steps", type=int, default=2000, help="timed env steps per repeat")
+    parser.add_argument("--updates", type=int, default=300, help="timed gradient steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    th.set_num_threads(1)
+
+    # Same networks (256-256) and batch (256) for both; learning rates do not affect speed
+    models = {
+        "mpo": MPO("MlpPolicy", args.env, seed=0, **load_hyperparams(args.env)),
+        "sac": SAC("MlpPolicy", args.env, seed=0),
+    }
+    for model in models.values():
+        model.learn(1000)  # past learning_starts, buffers warm
+    figures: dict[str, dict[str, list[float]]] = {
+        name: {"env_steps_per_second": [], "gradient_steps_per_second": []} for name in models
+    }
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            env_speed, grad_speed = measure(model, args.steps, args.updates)
+            figures[name]["env_steps_per_second"].append(env_speed)
+            figures[name]["gradient_steps_per_second"].append(grad_speed)
+
+    medians = {name: {key: float(np.median(values)) for key, values in fig.items()} for name, fig in figures.items()}
+    print(f"{args.env}: median over {args.repeats} alternating repeats, one torch thread")
+    print(f"{'algo':5} {'env steps/s':>12} {'grad steps/s':>13}")
+    for name, median in medians.items():
+        print(f"{name:5} {median['env_steps_per_second']:>12.1f} {median['gradient_steps_per_second']:>13.1f}")
+    ratio = medians["sac"]["env_steps_per_second"] / medians["mpo"]["env_steps_per_second"]
+    print(f"MPO wall-clock per env step / SAC's: {ratio:.2f}")
+    commit = os.popen(f"git -C {Path(__file__).parent} rev-parse --short HEAD").read().strip() or "unknown"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {
+        "env": args.env,
+        "commit": commit,
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+        "torch": th.__version__,
+        "figures": figures,
+        "medians": medians,
+        "mpo_over_sac_wall_clock_per_env_step": ratio,
+    }
+    path = RESULTS / f"{args.env}_{commit}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()
