@@ -151,7 +151,38 @@ def section_markdown(name: str, groups: list[Group], problems: list[str], speed:
                 + f" (median {np.median(ratios):.2f})."
             )
             lines.append("")
+        lines += speed_markdown(groups[0].env, problems)
     return lines
+
+
+def speed_markdown(env: str, problems: list[str]) -> list[str]:
+    """The quiet, single-process speed measurements of ``speed.py`` for ``env``, one row per stored file."""
+    lines = []
+    for path in sorted((RESULTS / "speed").glob(f"{env}_*.json")):
+        try:
+            record = json.loads(path.read_text())
+            medians = record["medians"]
+        except (OSError, ValueError, KeyError) as error:
+            problems.append(f"{path.relative_to(ROOT)}: skipped ({error})")
+            continue
+        cells = [record["commit"]]
+        cells += [
+            f"{medians[algo][key]:.1f}"
+            for key in ("env_steps_per_second", "gradient_steps_per_second")
+            for algo in ("mpo", "sac")
+        ]
+        cells.append(f"{record['mpo_over_sac_wall_clock_per_env_step']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    header = [
+        "Speed on a quiet machine (`python benchmarks/speed.py`: one process, one torch thread, MPO and SAC alternating,",
+        "same 256-256 networks and batch 256; medians of 3 repeats):",
+        "",
+        "| commit | MPO env steps/s | SAC env steps/s | MPO grad steps/s | SAC grad steps/s | MPO / SAC time per env step |",
+        "|---|---|---|---|---|---|",
+    ]
+    return [*header, *lines, ""]
 
 
 def plot_section(groups: list[Group], problems: list[str], path: Path, title: str) -> None:
