@@ -291,3 +291,13 @@ def test_non_finite_reward_stops_before_any_update():
     assert all(th.isfinite(v).all() for v in after.values())
     assert all(th.isfinite(p).all() for p in model.multipliers.parameters())
     assert any(not th.equal(before[k], after[k]) for k in before)  # some updates happened before the NaN was met
+
+
+def test_main_entry_point_prints_evaluated_return():
+    """The README's first command, `python -m sb3_mpo`, trains and prints the evaluated return."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "sb3_mpo", "--env", "Pendulum-v1", "--steps", "300", "--eval-episodes", "1"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300).stdout
+    assert "MPO on Pendulum-v1 after 300 steps (seed 0): mean evaluation return" in output
