@@ -110,6 +110,15 @@ REPORTS = {
                 Group("Retrace (L=8, λ=0.95)", "critic_pendulum_retrace", "mpo", "Pendulum-v1"),
             ],
         },
+        reading=(
+            "Two seeds of 1-step and Retrace so far. All three targets end at the same level (about -145 at 20k steps); "
+            "they differ in how fast they get there. At 4k steps Retrace was ahead on both seeds (-725 and -365, against "
+            "-1069 and -1067 for 5-step and -1037 and -934 for 1-step); at 6k the 5-step target had caught up and was ahead "
+            "on seed 0 (-159 against Retrace's -418); 1-step was the slowest (-907 on seed 0 at 6k, and a relapse to -684 "
+            "on seed 1 at 8k). Where Retrace loses here is wall-clock: each update also evaluates the target critic and "
+            "policy at every step of the segments. Two seeds on one easy task choose nothing: the default stays n-step until "
+            "the third seed and the HalfCheetah-v5 runs are in."
+        ),
     ),
 }
 
