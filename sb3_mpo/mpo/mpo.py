@@ -281,7 +281,7 @@ class MPO(OffPolicyAlgorithm):
             supported_action_spaces=None,  # checked below, with a message that names what is accepted
             support_multi_env=True,
         )
-        if env is not None:  # SB3's load() builds the model without an env, then restores the saved spaces
+        if isinstance(env, str):  # SB3 has just made the env from its id; an env object was checked above
             self._check_action_space(self.action_space)
 
         self.q_target = q_target
