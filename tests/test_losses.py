@@ -612,22 +612,39 @@ def test_action_penalty_q_matches_numpy_excess(low, high):
 
 @pytest.mark.parametrize("tensor_discount", [False, True])
 def test_expected_sarsa_target_matches_numpy(tensor_discount):
-    """y = r + (1 - done) * discount * mean_j Q'(s', a'_j) by a numpy loop; done = 1 drops the bootstrap."""
+    """y = r + (1 - done) * discount * v(s') by a numpy loop; done = 1 drops the bootstrap."""
     rng = _rng(17)
-    n_samples, batch_size = 10, 6
+    batch_size = 6
     rewards = rng.normal(size=(batch_size, 1))
     dones = np.array([[0.0], [1.0], [0.0], [1.0], [0.0], [0.0]])
-    next_q = rng.normal(scale=5.0, size=(n_samples, batch_size))
+    next_values = rng.normal(scale=5.0, size=(batch_size, 1))
     discounts_np = rng.uniform(0.5, 0.99, size=(batch_size, 1)) if tensor_discount else np.full((batch_size, 1), 0.99)
     discounts = _t(discounts_np) if tensor_discount else 0.99
 
-    target = losses.expected_sarsa_target(_t(rewards), _t(dones), discounts, _t(next_q))
+    target = losses.expected_sarsa_target(_t(rewards), _t(dones), discounts, _t(next_values))
     expected = np.zeros((batch_size, 1))
     for s in range(batch_size):
-        bootstrap = sum(next_q[j, s] for j in range(n_samples)) / n_samples
-        expected[s, 0] = rewards[s, 0] + (0.0 if dones[s, 0] else discounts_np[s, 0] * bootstrap)
+        expected[s, 0] = rewards[s, 0] + (0.0 if dones[s, 0] else discounts_np[s, 0] * next_values[s, 0])
     assert target.shape == (batch_size, 1)
     np.testing.assert_allclose(target.numpy(), expected, rtol=1e-12)
     # terminal transitions are exactly the reward
     terminal = dones[:, 0] == 1.0
     np.testing.assert_array_equal(target.numpy()[terminal], rewards[terminal])
+
+
+def test_categorical_expectation_matches_torch_distributions():
+    """sum_a pi(a|s) f(s, a) equals the mean of f over many draws from torch's Categorical (and an explicit loop)."""
+    rng = _rng(23)
+    logits = rng.normal(size=(4, 5))
+    logits[0, 2] = -np.inf  # an action with probability zero contributes nothing, even if its value is huge
+    values = rng.normal(scale=3.0, size=(4, 5))
+    values[0, 2] = 1e30
+    log_probs = th.log_softmax(_t(logits), dim=-1)
+    result = losses.categorical_expectation(_t(values), log_probs)
+    probs = np.exp(log_probs.numpy())
+    expected = [sum(probs[s, a] * values[s, a] for a in range(5) if probs[s, a] > 0) for s in range(4)]
+    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-12)
+    draws = th.distributions.Categorical(logits=log_probs).sample((200_000,))  # (M, B)
+    assert not (draws[:, 0] == 2).any()
+    monte_carlo = np.take_along_axis(values.T, draws.numpy(), axis=0).mean(axis=0)
+    np.testing.assert_allclose(result.numpy(), monte_carlo, atol=0.05)

@@ -272,13 +272,13 @@ def multiplier_loss(multiplier: th.Tensor, epsilon: float, kl: th.Tensor) -> th.
 
 
 def expected_sarsa_target(
-    rewards: th.Tensor, dones: th.Tensor, discounts: th.Tensor | float, next_q_values: th.Tensor
+    rewards: th.Tensor, dones: th.Tensor, discounts: th.Tensor | float, next_values: th.Tensor
 ) -> th.Tensor:
     """
-    Expected-SARSA critic target over N samples of the target policy (paper, Sec. 4, Eq. (13) with the Retrace
-    traces c_k cut to zero; with n-step rewards it is the uncorrected n-step return):
+    Expected-SARSA critic target (paper, Sec. 4, Eq. (13) with the Retrace traces c_k cut to zero; with n-step
+    rewards it is the uncorrected n-step return):
 
-    y = r + (1 − done) · γⁿ · (1/N) Σ_j Q'(s', a'_j),  a'_j ~ π_old(·|s')
+    y = r + (1 − done) · γⁿ · E_{a' ~ π_old(·|s')} Q'(s', a')
 
     ``dones`` must be true terminations only: time-limit truncations keep the bootstrap (SB3's replay buffers already
     clear ``done`` on timeouts when ``handle_timeout_termination`` is on).
@@ -286,11 +286,23 @@ def expected_sarsa_target(
     :param rewards: (Discounted n-step) rewards, shape (B, 1)
     :param dones: Terminations, shape (B, 1)
     :param discounts: γⁿ per sample, shape (B, 1), or a float
-    :param next_q_values: Q'(s', a'_j), shape (N, B)
+    :param next_values: E_{π_old} Q'(s', ·), estimated from samples of a Gaussian policy or exact for a categorical
+        one (:func:`categorical_expectation`), shape (B, 1)
     :return: Targets, shape (B, 1)
     """
-    bootstrap = next_q_values.mean(dim=0).unsqueeze(-1)
-    return rewards + (1.0 - dones) * discounts * bootstrap
+    return rewards + (1.0 - dones) * discounts * next_values
+
+
+def categorical_expectation(values: th.Tensor, log_probs: th.Tensor) -> th.Tensor:
+    """
+    Exact expectation over a discrete action set, E_{a ~ π(·|s)} f(s, a) = Σ_a π(a|s) f(s, a): the expected
+    Q-value of the critic targets and of Retrace's E_π Q(s, ·) for a categorical policy (paper, Sec. 4, Eq. (13)).
+
+    :param values: f(s, a) for every action, shape (B, n_actions)
+    :param log_probs: log π(a|s), shape (B, n_actions)
+    :return: The expectation per state, shape (B,)
+    """
+    return th.sum(log_probs.exp() * values, dim=-1)
 
 
 def categorical_kl(log_probs_old: th.Tensor, log_probs: th.Tensor) -> th.Tensor:

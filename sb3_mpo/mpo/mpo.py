@@ -1,5 +1,5 @@
 from collections import defaultdict
-from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, cast
 
 import numpy as np
 import torch as th
@@ -11,12 +11,21 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
+from stable_baselines3.dqn.policies import QNetwork
 from torch import nn
 from torch.nn import functional as F
 
 from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples
 from sb3_mpo.mpo import losses
-from sb3_mpo.mpo.policies import CnnPolicy, GaussianActor, MlpPolicy, MPOPolicy, MultiInputPolicy, SampledCritic
+from sb3_mpo.mpo.policies import (
+    CategoricalActor,
+    CnnPolicy,
+    GaussianActor,
+    MlpPolicy,
+    MPOPolicy,
+    MultiInputPolicy,
+    SampledCritic,
+)
 from sb3_mpo.mpo.retrace import retrace_targets
 
 SelfMPO = TypeVar("SelfMPO", bound="MPO")
@@ -28,25 +37,56 @@ class NonFiniteError(FloatingPointError):
     """Raised when a loss, gradient or multiplier becomes NaN or infinite; training stops before any parameter moves."""
 
 
-class ImprovementBatch(NamedTuple):
-    """What the E-step and M-step need: B states, N target-policy samples per state and their target Q-values."""
+def _select_observations(observations: PyTorchObs, mask: th.Tensor) -> PyTorchObs:
+    """Keep the states of an observation batch where ``mask`` (shape (B,)) is true."""
+    if isinstance(observations, dict):
+        return {key: obs[mask] for key, obs in observations.items()}
+    return observations[mask]
+
+
+class SampledImprovementBatch(NamedTuple):
+    """What the E-step and M-step need for a Gaussian policy: B states, N target-policy samples per state."""
 
     observations: PyTorchObs
     actions: th.Tensor  # (N, B, A), Gaussian space
-    q_values: th.Tensor  # (N, B)
+    q_values: th.Tensor  # (N, B), target critic
     mean_old: th.Tensor  # (B, A)
     std_old: th.Tensor  # (B, A)
 
-    def select(self, mask: th.Tensor) -> "ImprovementBatch":
+    def expected_q(self) -> th.Tensor:
+        """Monte-Carlo estimate of E_{π_old}[Q'(s, ·)] from the N samples, shape (B,)."""
+        return self.q_values.mean(dim=0)
+
+    def select(self, mask: th.Tensor) -> "SampledImprovementBatch":
         """Keep the states where ``mask`` (shape (B,)) is true."""
-        observations = (
-            {key: obs[mask] for key, obs in self.observations.items()}
-            if isinstance(self.observations, dict)
-            else self.observations[mask]
+        return SampledImprovementBatch(
+            _select_observations(self.observations, mask),
+            self.actions[:, mask],
+            self.q_values[:, mask],
+            self.mean_old[mask],
+            self.std_old[mask],
         )
-        return ImprovementBatch(
-            observations, self.actions[:, mask], self.q_values[:, mask], self.mean_old[mask], self.std_old[mask]
+
+
+class CategoricalImprovementBatch(NamedTuple):
+    """What the E-step and M-step need for a categorical policy: B states and every action's Q' and π_old."""
+
+    observations: PyTorchObs
+    q_values: th.Tensor  # (B, n_actions), target critic
+    log_probs_old: th.Tensor  # (B, n_actions)
+
+    def expected_q(self) -> th.Tensor:
+        """Exact E_{π_old}[Q'(s, ·)] over the action set, shape (B,)."""
+        return losses.categorical_expectation(self.q_values, self.log_probs_old)
+
+    def select(self, mask: th.Tensor) -> "CategoricalImprovementBatch":
+        """Keep the states where ``mask`` (shape (B,)) is true."""
+        return CategoricalImprovementBatch(
+            _select_observations(self.observations, mask), self.q_values[mask], self.log_probs_old[mask]
         )
+
+
+ImprovementBatch = SampledImprovementBatch | CategoricalImprovementBatch
 
 
 class PolicyEvaluation(NamedTuple):
@@ -67,51 +107,46 @@ def _flatten_time(observations: PyTorchObs) -> PyTorchObs:
 class LagrangeMultipliers(nn.Module):
     """
     The dual variables of MPO, stored unconstrained and mapped through :func:`~sb3_mpo.mpo.losses.positive`:
-    the E-step temperature η, the M-step multipliers α_μ and α_Σ (one per action dimension, or one in all),
-    and, with action penalisation, the temperature of the penalty objective.
+    the E-step temperature η, the M-step multipliers α of the trust regions (for a Gaussian policy α_μ and α_Σ,
+    one per action dimension or one in all; for a categorical policy a single α), and, with action penalisation,
+    the temperature of the penalty objective.
 
-    :param action_dim: Number of action dimensions
-    :param per_dim: One multiplier per action dimension for each of α_μ and α_Σ
     :param init_temperature: Initial η
-    :param init_alpha_mean: Initial α_μ
-    :param init_alpha_std: Initial α_Σ
+    :param alphas: For each trust region, its name, the initial α and the number of constraints, e.g.
+        ``{"mean": (1.0, A), "std": (10.0, A)}``; stored as parameters ``raw_alpha_<name>``
     :param init_temperature_penalty: Initial temperature of the action-penalty E-step, ``None`` when unused
     :param floor: Smallest value any multiplier may take
     """
 
     def __init__(
         self,
-        action_dim: int,
-        per_dim: bool,
         init_temperature: float,
-        init_alpha_mean: float,
-        init_alpha_std: float,
-        init_temperature_penalty: float | None,
+        alphas: dict[str, tuple[float, int]],
+        init_temperature_penalty: float | None = None,
         floor: float = 1e-8,
     ):
         super().__init__()
         self.floor = floor
-        n_constraints = action_dim if per_dim else 1
+        self.alpha_names = tuple(alphas)
 
         def raw(value: float, shape: tuple[int, ...] = ()) -> nn.Parameter:
             return nn.Parameter(th.full(shape, losses.inverse_positive(value, floor)))
 
         self.raw_temperature = raw(init_temperature)
-        self.raw_alpha_mean = raw(init_alpha_mean, (n_constraints,))
-        self.raw_alpha_std = raw(init_alpha_std, (n_constraints,))
+        for name, (init, n_constraints) in alphas.items():
+            self.register_parameter(f"raw_alpha_{name}", raw(init, (n_constraints,)))
         self.raw_temperature_penalty = raw(init_temperature_penalty) if init_temperature_penalty is not None else None
 
     @property
     def temperature(self) -> th.Tensor:
         return losses.positive(self.raw_temperature, self.floor)
 
-    @property
-    def alpha_mean(self) -> th.Tensor:
-        return losses.positive(self.raw_alpha_mean, self.floor)
-
-    @property
-    def alpha_std(self) -> th.Tensor:
-        return losses.positive(self.raw_alpha_std, self.floor)
+    def alpha(self, name: str) -> th.Tensor:
+        """
+        :param name: A trust region given at construction
+        :return: Its multipliers α, one per constraint
+        """
+        return losses.positive(getattr(self, f"raw_alpha_{name}"), self.floor)
 
     @property
     def temperature_penalty(self) -> th.Tensor:
@@ -130,6 +165,10 @@ class MPO(OffPolicyAlgorithm):
     the target policy, then improves it by coordinate ascent: a non-parametric E-step re-weights those same samples
     with the temperature η of a KL-constrained problem, and a parametric M-step fits the Gaussian policy to the weighted
     samples by maximum likelihood under decoupled mean / covariance KL trust regions.
+
+    With a ``Discrete`` action space the policy is categorical and the critic outputs Q(s, a) for every action: the
+    E-step and the critic targets take exact expectations over the action set instead of sampling, and the M-step has
+    one trust region, KL(π_old || π) ≤ ``epsilon_policy``.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
@@ -156,14 +195,17 @@ class MPO(OffPolicyAlgorithm):
     :param segment_length: Length L of the trajectory segments used by Retrace
     :param retrace_lambda: Trace decay λ of Retrace, c_k = λ·min(1, π(a_k|s_k) / b(a_k|s_k))
     :param n_action_samples: Number N of actions sampled per state for the E-step and the critic target
+        (``Box`` only: with ``Discrete`` actions every action is enumerated)
     :param epsilon: Bound ε on KL(q || π_old) in the E-step
-    :param epsilon_mean: Bound ε_μ on the mean half of the M-step trust region
-    :param epsilon_std: Bound ε_Σ on the covariance half of the M-step trust region
+    :param epsilon_mean: Bound ε_μ on the mean half of the M-step trust region (``Box`` only)
+    :param epsilon_std: Bound ε_Σ on the covariance half of the M-step trust region (``Box`` only)
+    :param epsilon_policy: Bound on KL(π_old || π) in the M-step of a categorical policy (``Discrete`` only)
     :param epsilon_penalty: Bound on the KL of the action-penalty E-step (MO-MPO), used with the ``"clip"`` action
         bounding; ``None`` switches action penalisation off
     :param per_dim_constraints: One trust region (and multiplier) per action dimension rather than a joint one
+        (``Box`` only)
     :param init_temperature: Initial temperature η (and initial temperature of the action penalty)
-    :param init_alpha_mean: Initial multiplier α_μ
+    :param init_alpha_mean: Initial multiplier α_μ (with ``Discrete`` actions: the initial α of ``epsilon_policy``)
     :param init_alpha_std: Initial multiplier α_Σ
     :param dual_learning_rate: Learning rate of the Adam optimiser of the temperatures and multipliers
     :param max_grad_norm: Clip the gradient norm of the actor and of the critic to this value (``None``: no clipping)
@@ -186,10 +228,10 @@ class MPO(OffPolicyAlgorithm):
         "MultiInputPolicy": MultiInputPolicy,
     }
     policy: MPOPolicy
-    actor: GaussianActor
-    actor_target: GaussianActor
-    critic: SampledCritic
-    critic_target: SampledCritic
+    actor: GaussianActor | CategoricalActor
+    actor_target: GaussianActor | CategoricalActor
+    critic: SampledCritic | QNetwork
+    critic_target: SampledCritic | QNetwork
 
     def __init__(
         self,
@@ -214,6 +256,7 @@ class MPO(OffPolicyAlgorithm):
         epsilon: float = 0.1,
         epsilon_mean: float = 1e-3,
         epsilon_std: float = 1e-5,
+        epsilon_policy: float = 1e-2,
         epsilon_penalty: float | None = 1e-3,
         per_dim_constraints: bool = True,
         init_temperature: float = 1.0,
@@ -245,6 +288,7 @@ class MPO(OffPolicyAlgorithm):
             epsilon=epsilon,
             epsilon_mean=epsilon_mean,
             epsilon_std=epsilon_std,
+            epsilon_policy=epsilon_policy,
             epsilon_penalty=epsilon_penalty,
             init_temperature=init_temperature,
             init_alpha_mean=init_alpha_mean,
@@ -291,6 +335,7 @@ class MPO(OffPolicyAlgorithm):
         self.epsilon = epsilon
         self.epsilon_mean = epsilon_mean
         self.epsilon_std = epsilon_std
+        self.epsilon_policy = epsilon_policy
         self.epsilon_penalty = epsilon_penalty
         self.per_dim_constraints = per_dim_constraints
         self.init_temperature = init_temperature
@@ -327,7 +372,8 @@ class MPO(OffPolicyAlgorithm):
             ("dual_learning_rate", kwargs["dual_learning_rate"] > 0, "a positive float"),
             ("max_grad_norm", kwargs["max_grad_norm"] is None or kwargs["max_grad_norm"] > 0, "a positive float or None"),
         ]
-        for name in ("epsilon", "epsilon_mean", "epsilon_std", "init_temperature", "init_alpha_mean", "init_alpha_std"):
+        positive_floats = ("epsilon", "epsilon_mean", "epsilon_std", "epsilon_policy")
+        for name in (*positive_floats, "init_temperature", "init_alpha_mean", "init_alpha_std"):
             checks.append((name, kwargs[name] > 0, "a positive float"))
         checks.append(
             ("epsilon_penalty", kwargs["epsilon_penalty"] is None or kwargs["epsilon_penalty"] > 0, "a positive float or None")
@@ -339,8 +385,15 @@ class MPO(OffPolicyAlgorithm):
 
     @staticmethod
     def _check_action_space(action_space: spaces.Space) -> None:
+        if isinstance(action_space, spaces.Discrete):
+            if action_space.n < 2:
+                raise ValueError(f"MPO needs a Discrete action space with at least 2 actions, got {action_space}")
+            return
         if not isinstance(action_space, spaces.Box):
-            raise ValueError(f"MPO supports Box action spaces (continuous control); the environment's is {action_space}")
+            raise ValueError(
+                "MPO supports Box (continuous, bounded) and Discrete action spaces; the environment's is "
+                f"{action_space}. MultiDiscrete, MultiBinary and other spaces are not supported."
+            )
         if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
             raise ValueError(
                 f"MPO needs a bounded Box action space (finite low and high) to map the policy into it, got {action_space}"
@@ -360,12 +413,14 @@ class MPO(OffPolicyAlgorithm):
         self._create_aliases()
         self.batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
         self.batch_norm_stats_target = get_parameters_by_name(self.critic_target, ["running_"])
+        if self.discrete:
+            alphas = {"policy": (self.init_alpha_mean, 1)}
+        else:
+            n_constraints = get_action_dim(self.action_space) if self.per_dim_constraints else 1
+            alphas = {"mean": (self.init_alpha_mean, n_constraints), "std": (self.init_alpha_std, n_constraints)}
         self.multipliers = LagrangeMultipliers(
-            action_dim=get_action_dim(self.action_space),
-            per_dim=self.per_dim_constraints,
             init_temperature=self.init_temperature,
-            init_alpha_mean=self.init_alpha_mean,
-            init_alpha_std=self.init_alpha_std,
+            alphas=alphas,
             init_temperature_penalty=self.init_temperature if self.action_penalty else None,
         ).to(self.device)
         self.multipliers_optimizer = th.optim.Adam(self.multipliers.parameters(), lr=self.dual_learning_rate)
@@ -377,40 +432,74 @@ class MPO(OffPolicyAlgorithm):
         self.critic_target = self.policy.critic_target
 
     @property
+    def discrete(self) -> bool:
+        """Whether the action space is ``Discrete`` (categorical MPO)."""
+        return isinstance(self.action_space, spaces.Discrete)
+
+    @property
     def action_penalty(self) -> bool:
         """Whether the MO-MPO action penalty runs: only for clipped (unbounded) Gaussians, when ``epsilon_penalty`` is set."""
-        return self.epsilon_penalty is not None and self.policy.actor.action_bounding == "clip"
+        actor = self.policy.actor
+        return self.epsilon_penalty is not None and isinstance(actor, GaussianActor) and actor.action_bounding == "clip"
 
     def _sample_action(
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
         """
-        Sample actions for the environment and for replay. Replay stores the policy's Gaussian sample ``u`` (not the
-        clipped or squashed action) so the learner works with exact Gaussian densities; the environment receives
-        ``squash(u)`` rescaled to its bounds. Before ``learning_starts`` the actions are uniform in the box.
-        A segment buffer (Retrace) also receives the behaviour log-density of ``u``.
+        Sample actions for the environment and for replay; before ``learning_starts`` they are uniform.
+        A segment buffer (Retrace) also receives the behaviour policy's log-probability of each stored action.
 
         :param learning_starts: Number of steps before learning for the warm-up phase.
         :param action_noise: Not used by MPO, whose exploration is its stochastic policy
         :param n_envs: Number of environments
-        :return: action to take in the environment and the Gaussian-space action to store in the buffer
+        :return: action to take in the environment and action to store in the buffer
         """
-        if self.num_timesteps < learning_starts:
-            squashed = np.array([self.policy.scale_action(self.action_space.sample()) for _ in range(n_envs)])
-            raw = self.actor.unsquash(squashed)
-            log_prob = self.actor.uniform_log_density(raw)
+        warm_up = self.num_timesteps < learning_starts
+        if self.discrete:
+            action, buffer_action, log_prob = self._sample_categorical_action(warm_up, n_envs)
         else:
-            assert self._last_obs is not None, "self._last_obs was not set"
-            obs_tensor, _ = self.policy.obs_to_tensor(self._last_obs)
-            with th.no_grad():
-                mean, std = self.actor.distribution_params(obs_tensor)
-                raw_tensor = mean + std * th.randn_like(mean)
-                squashed = self.actor.squash(raw_tensor).cpu().numpy()
-                log_prob = losses.gaussian_log_prob(raw_tensor, mean, std).cpu().numpy()
-            raw = raw_tensor.cpu().numpy()
+            action, buffer_action, log_prob = self._sample_gaussian_action(warm_up, n_envs)
         if isinstance(self.replay_buffer, SegmentReplayBuffer):
             self.replay_buffer.stage_behaviour_log_prob(log_prob)
-        return self.policy.unscale_action(squashed), raw
+        return action, buffer_action
+
+    def _last_obs_tensor(self) -> PyTorchObs:
+        assert self._last_obs is not None, "self._last_obs was not set"
+        return self.policy.obs_to_tensor(self._last_obs)[0]
+
+    def _sample_gaussian_action(self, warm_up: bool, n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Replay stores the policy's Gaussian sample ``u`` (not the clipped or squashed action) so the learner works with
+        exact Gaussian densities; the environment receives ``squash(u)`` rescaled to its bounds.
+
+        :return: The environment's action, the Gaussian-space action ``u`` and its behaviour log-density
+        """
+        actor: GaussianActor = self.actor  # type: ignore[assignment]
+        if warm_up:
+            squashed = np.array([self.policy.scale_action(self.action_space.sample()) for _ in range(n_envs)])
+            raw = actor.unsquash(squashed)
+            log_prob = actor.uniform_log_density(raw)
+        else:
+            with th.no_grad():
+                mean, std = actor.distribution_params(self._last_obs_tensor())
+                raw_tensor = mean + std * th.randn_like(mean)
+                squashed = actor.squash(raw_tensor).cpu().numpy()
+                log_prob = losses.gaussian_log_prob(raw_tensor, mean, std).cpu().numpy()
+            raw = raw_tensor.cpu().numpy()
+        return self.policy.unscale_action(squashed), raw, log_prob
+
+    def _sample_categorical_action(self, warm_up: bool, n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        :return: The action (for the environment and for replay, the same) and its behaviour log-probability
+        """
+        if warm_up:
+            actions = np.array([self.action_space.sample() for _ in range(n_envs)])
+            return actions, actions, np.full(n_envs, -np.log(self.action_space.n))  # type: ignore[attr-defined]
+        actor: CategoricalActor = self.actor  # type: ignore[assignment]
+        with th.no_grad():
+            actions_tensor, log_prob = actor.sample(self._last_obs_tensor())
+        actions = actions_tensor.cpu().numpy()
+        return actions, actions, log_prob.cpu().numpy()
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         # Switch to train mode (this affects batch norm / dropout)
@@ -433,7 +522,7 @@ class MPO(OffPolicyAlgorithm):
     def _gradient_step(self, replay_data: ReplayBufferSamples | SegmentSamples) -> dict[str, th.Tensor]:
         """
         One update of critic, policy and multipliers. Policy evaluation and improvement share one forward pass of the
-        target critic over N samples of the target policy at the next states of the batch.
+        target networks at the next states of the batch.
 
         :param replay_data: A batch of transitions (n-step) or of trajectory segments (Retrace)
         :return: Detached diagnostics for the logger
@@ -442,7 +531,10 @@ class MPO(OffPolicyAlgorithm):
             evaluation = self._retrace_evaluation(replay_data)
         else:
             evaluation = self._n_step_evaluation(replay_data)
-        policy_loss, dual_loss, diagnostics = self._policy_improvement(evaluation.improvement)
+        if isinstance(evaluation.improvement, CategoricalImprovementBatch):
+            policy_loss, dual_loss, diagnostics = self._categorical_improvement(evaluation.improvement)
+        else:
+            policy_loss, dual_loss, diagnostics = self._gaussian_improvement(evaluation.improvement)
 
         # The three losses touch disjoint parameters: one backward pass serves all of them
         optimizers = [self.critic.optimizer, self.actor.optimizer, self.multipliers_optimizer]
@@ -455,9 +547,7 @@ class MPO(OffPolicyAlgorithm):
             "dual_loss": dual_loss.detach(),
             "critic_grad_norm": self._clip_grad_norm(self.critic.optimizer),
             "actor_grad_norm": self._clip_grad_norm(self.actor.optimizer),
-            "temperature": diagnostics.pop("temperature"),
-            "alpha_mean": diagnostics.pop("alpha_mean"),
-            "alpha_std": diagnostics.pop("alpha_std"),
+            **diagnostics,
         }
         self._raise_if_not_finite(checked)
         for optimizer in optimizers:
@@ -469,31 +559,61 @@ class MPO(OffPolicyAlgorithm):
             polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
             # Copy running stats, see SB3 GH issue #996
             polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
-        return {**checked, **diagnostics, "q_mean": evaluation.q_mean}
+        return {**checked, "q_mean": evaluation.q_mean}
 
-    def _sample_target_policy(self, observations: PyTorchObs) -> ImprovementBatch:
+    def _target_policy_values(self, observations: PyTorchObs) -> ImprovementBatch:
         """
-        Draw N actions per state from the target policy and score them with the target critic: the one big forward
-        that serves both the critic target (their mean) and the E-step (their weights).
+        Score the target policy's actions with the target critic: the one big forward that serves both the critic
+        target (their expectation) and the E-step (their weights). A Gaussian policy draws N actions per state; a
+        categorical one enumerates every action.
 
         :param observations: B states
-        :return: The samples, their target Q-values and the target policy's statistics
+        :return: The actions' target Q-values and the target policy's statistics
         """
         with th.no_grad():
+            if isinstance(self.actor_target, CategoricalActor):
+                return CategoricalImprovementBatch(
+                    observations, self.critic_target(observations), self.actor_target.log_probs(observations)
+                )
+            critic_target = cast(SampledCritic, self.critic_target)
             mean_old, std_old = self.actor_target.distribution_params(observations)
             noise = th.randn((self.n_action_samples, *mean_old.shape), device=self.device)
             actions = mean_old + std_old * noise  # (N, B, A), Gaussian space
-            q_values = self.critic_target.sampled_q_values(observations, self.actor.squash(actions))  # (N, B)
-        return ImprovementBatch(observations, actions, q_values, mean_old, std_old)
+            q_values = critic_target.sampled_q_values(observations, self.actor_target.squash(actions))  # (N, B)
+        return SampledImprovementBatch(observations, actions, q_values, mean_old, std_old)
+
+    def _taken_q_values(self, critic: SampledCritic | QNetwork, observations: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """
+        :param critic: The online or the target critic
+        :param observations: B states
+        :param actions: The stored actions (Gaussian-space, or action indices), shape (B, action_dim)
+        :return: Q(s, a), shape (B, 1)
+        """
+        if isinstance(self.actor_target, CategoricalActor):
+            return critic(observations).gather(1, actions.long().reshape(-1, 1))
+        return critic(observations, self.actor_target.squash(actions))[0]
+
+    def _target_log_prob(self, observations: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """
+        :param observations: B states
+        :param actions: The stored actions, shape (B, action_dim)
+        :return: log π_old(a|s) under the target policy, shape (B,)
+        """
+        if isinstance(self.actor_target, CategoricalActor):
+            return self.actor_target.log_probs(observations).gather(1, actions.long().reshape(-1, 1)).squeeze(-1)
+        mean_target, std_target = self.actor_target.distribution_params(observations)
+        return losses.gaussian_log_prob(actions, mean_target, std_target)
 
     def _n_step_evaluation(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
         """Expected-SARSA critic loss over (n-step) transitions (paper, Sec. 4, Eq. (13) with the traces cut)."""
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-        samples = self._sample_target_policy(replay_data.next_observations)
-        target_q_values = losses.expected_sarsa_target(replay_data.rewards, replay_data.dones, discounts, samples.q_values)
-        current_q_values = self.critic(replay_data.observations, self.actor.squash(replay_data.actions))[0]
+        targets = self._target_policy_values(replay_data.next_observations)
+        target_q_values = losses.expected_sarsa_target(
+            replay_data.rewards, replay_data.dones, discounts, targets.expected_q().unsqueeze(-1)
+        )
+        current_q_values = self._taken_q_values(self.critic, replay_data.observations, replay_data.actions)
         critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
-        return PolicyEvaluation(critic_loss, current_q_values.detach().mean(), samples)
+        return PolicyEvaluation(critic_loss, current_q_values.detach().mean(), targets)
 
     def _retrace_evaluation(self, segments: SegmentSamples) -> PolicyEvaluation:
         """
@@ -504,28 +624,27 @@ class MPO(OffPolicyAlgorithm):
         observations = _flatten_time(segments.observations)
         next_observations = _flatten_time(segments.next_observations)
         actions = segments.actions.reshape(n_segments * length, -1)
-        samples = self._sample_target_policy(next_observations)
+        targets = self._target_policy_values(next_observations)
         with th.no_grad():
-            taken_q_values = self.critic_target(observations, self.actor.squash(actions))[0].reshape(n_segments, length)
-            mean_target, std_target = self.actor_target.distribution_params(observations)
-            log_ratios = losses.gaussian_log_prob(actions, mean_target, std_target).reshape(n_segments, length)
+            taken_q_values = self._taken_q_values(self.critic_target, observations, actions).reshape(n_segments, length)
+            log_probs = self._target_log_prob(observations, actions).reshape(n_segments, length)
             target_q_values = retrace_targets(
                 q_values=taken_q_values,
-                expected_next_q=samples.q_values.mean(dim=0).reshape(n_segments, length),
+                expected_next_q=targets.expected_q().reshape(n_segments, length),
                 rewards=segments.rewards,
                 terminations=segments.terminations,
                 episode_ends=segments.episode_ends,
                 valid=segments.valid,
-                log_ratios=log_ratios - segments.behaviour_log_probs,
+                log_ratios=log_probs - segments.behaviour_log_probs,
                 gamma=self.gamma,
                 lambda_=self.retrace_lambda,
             )
         valid = segments.valid.reshape(-1) > 0.5
-        current_q_values = self.critic(observations, self.actor.squash(actions))[0].reshape(-1)[valid]
+        current_q_values = self._taken_q_values(self.critic, observations, actions).reshape(-1)[valid]
         critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values.reshape(-1)[valid])
-        return PolicyEvaluation(critic_loss, current_q_values.detach().mean(), samples.select(valid))
+        return PolicyEvaluation(critic_loss, current_q_values.detach().mean(), targets.select(valid))
 
-    def _policy_improvement(self, batch: ImprovementBatch) -> tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]:
+    def _gaussian_improvement(self, batch: SampledImprovementBatch) -> tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]:
         """
         E-step (paper, Sec. 3.2) and M-step (Sec. 3.3, Appendix D.3) on sampled actions and their target Q-values.
 
@@ -546,9 +665,10 @@ class MPO(OffPolicyAlgorithm):
             diagnostics["temperature_penalty"] = temperature_penalty.detach()
 
         # M-step: weighted maximum likelihood under the decoupled KL trust regions
-        mean, std = self.actor.distribution_params(batch.observations)
+        actor = cast(GaussianActor, self.actor)
+        mean, std = actor.distribution_params(batch.observations)
         kl = losses.decoupled_gaussian_kl(batch.mean_old, batch.std_old, mean, std, per_dim=self.per_dim_constraints)
-        alpha_mean, alpha_std = self.multipliers.alpha_mean, self.multipliers.alpha_std
+        alpha_mean, alpha_std = self.multipliers.alpha("mean"), self.multipliers.alpha("std")
         policy_loss = (
             losses.decoupled_m_step_loss(weights, batch.actions, mean, std, batch.mean_old, batch.std_old)
             + losses.lagrangian_penalty(alpha_mean, kl.mean)
@@ -566,6 +686,35 @@ class MPO(OffPolicyAlgorithm):
             kl_std=kl.std.detach().mean(),
             std_mean=std.detach().mean(),
         )
+        return policy_loss, dual_loss, diagnostics
+
+    def _categorical_improvement(
+        self, batch: CategoricalImprovementBatch
+    ) -> tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]:
+        """
+        Exact E-step over the action set (paper, Sec. 3.2, Eq. (8)-(9)) and M-step (Sec. 3.3, Eq. (12)) with one
+        trust region KL(π_old || π) ≤ ``epsilon_policy`` on the categorical policy.
+
+        :param batch: States, every action's target Q-value and the target policy's log-probabilities
+        :return: The policy loss, the loss of the temperature and multiplier, and detached diagnostics
+        """
+        temperature = self.multipliers.temperature
+        weights = losses.categorical_e_step_weights(batch.q_values, batch.log_probs_old, temperature)
+        dual_loss = losses.categorical_temperature_dual(batch.q_values, batch.log_probs_old, temperature, self.epsilon)
+
+        log_probs = cast(CategoricalActor, self.actor).log_probs(batch.observations)
+        kl = losses.categorical_kl(batch.log_probs_old, log_probs).mean()
+        alpha = self.multipliers.alpha("policy")
+        # Σ_a q(a|s) log π(a|s) is the weighted likelihood with the actions as the "samples" axis
+        policy_loss = -losses.weighted_log_likelihood(weights.T, log_probs.T) + losses.lagrangian_penalty(alpha, kl)
+        dual_loss = dual_loss + losses.multiplier_loss(alpha, self.epsilon_policy, kl)
+        diagnostics = {
+            "temperature": temperature.detach(),
+            "kl_q": losses.categorical_kl(weights.log(), batch.log_probs_old).mean(),
+            "alpha_policy": alpha.detach().mean(),
+            "kl_policy": kl.detach(),
+            "entropy": -(log_probs.exp() * log_probs).sum(dim=-1).mean().detach(),
+        }
         return policy_loss, dual_loss, diagnostics
 
     def _clip_grad_norm(self, optimizer: th.optim.Optimizer) -> th.Tensor:

@@ -14,6 +14,7 @@ from stable_baselines3.common.torch_layers import (
     get_actor_critic_arch,
 )
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from stable_baselines3.dqn.policies import QNetwork
 from torch import nn
 from torch.nn import functional as F
 
@@ -166,6 +167,83 @@ class GaussianActor(BasePolicy):
         return self(observation, deterministic)
 
 
+class CategoricalActor(BasePolicy):
+    """
+    Categorical actor for MPO on a ``Discrete`` action space: an MLP from the features to one logit per action.
+
+    :param observation_space: Observation space
+    :param action_space: Action space
+    :param net_arch: Hidden layers of the policy network
+    :param features_extractor: Network to extract features
+    :param features_dim: Number of features
+    :param activation_fn: Activation function
+    :param normalize_images: Whether to normalize images or not, dividing by 255.0
+    :param share_features_extractor: Whether the features extractor is shared with (and trained by) the critic;
+        the actor then reads the features without back-propagating into them
+    """
+
+    action_space: spaces.Discrete
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        net_arch: list[int],
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        normalize_images: bool = True,
+        share_features_extractor: bool = False,
+    ):
+        super().__init__(
+            observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
+        )
+        self.net_arch = net_arch
+        self.features_dim = features_dim
+        self.activation_fn = activation_fn
+        self.share_features_extractor = share_features_extractor
+        self.logits = nn.Sequential(*create_mlp(features_dim, int(action_space.n), net_arch, activation_fn))
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            dict(
+                net_arch=self.net_arch,
+                features_dim=self.features_dim,
+                activation_fn=self.activation_fn,
+                features_extractor=self.features_extractor,
+                share_features_extractor=self.share_features_extractor,
+            )
+        )
+        return data
+
+    def log_probs(self, obs: PyTorchObs) -> th.Tensor:
+        """
+        :param obs: Observation batch
+        :return: log π(a|s) of every action, shape (B, n_actions)
+        """
+        with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
+            features = self.extract_features(obs, self.features_extractor)
+        return F.log_softmax(self.logits(features), dim=-1)
+
+    def sample(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
+        """
+        :param obs: Observation batch
+        :return: Sampled action indices, shape (B,), and their log-probabilities, shape (B,)
+        """
+        log_probs = self.log_probs(obs)
+        actions = th.multinomial(log_probs.exp(), num_samples=1)
+        return actions.squeeze(-1), log_probs.gather(-1, actions).squeeze(-1)
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        if deterministic:
+            return self.log_probs(obs).argmax(dim=-1)
+        return self.sample(obs)[0]
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self(observation, deterministic)
+
+
 class SampledCritic(ContinuousCritic):
     """
     Q-network of MPO: SB3's :class:`ContinuousCritic` with one network, plus an evaluation of many sampled actions per
@@ -179,7 +257,7 @@ class SampledCritic(ContinuousCritic):
         # overwrite it, which saves one (N·B x width) allocation per hidden layer in the large sampled forward
         for module in self.q_networks[0].modules():
             if getattr(module, "inplace", None) is False:
-                module.inplace = True
+                setattr(module, "inplace", True)  # noqa: B010  (nn.Module attribute typing)
 
     def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """
@@ -195,17 +273,19 @@ class SampledCritic(ContinuousCritic):
 
 class MPOPolicy(BasePolicy):
     """
-    Policy class (actor, critic and their target copies) for MPO.
+    Policy class (actor, critic and their target copies) for MPO. A ``Box`` action space gets a Gaussian actor and a
+    critic Q(s, a) of sampled actions; a ``Discrete`` one gets a categorical actor and SB3's DQN Q-network, which
+    outputs Q(s, a) for every action.
 
     :param observation_space: Observation space
     :param action_space: Action space
     :param lr_schedule: Learning rate schedule (could be constant)
     :param net_arch: The specification of the policy and Q networks (a list, or a dict with keys ``pi`` and ``qf``)
     :param activation_fn: Activation function
-    :param init_std: Standard deviation of the untrained policy, in normalised action units ([-1, 1])
-    :param min_std: Lower bound of the policy's standard deviation
+    :param init_std: Standard deviation of the untrained policy, in normalised action units ([-1, 1]) (``Box`` only)
+    :param min_std: Lower bound of the policy's standard deviation (``Box`` only)
     :param action_bounding: ``"clip"`` (unbounded Gaussian, actions clipped into the box) or ``"tanh"`` (squashed
-        Gaussian); see docs/action_bounding.md for the measured comparison
+        Gaussian); see docs/action_bounding.md for the measured comparison (``Box`` only)
     :param features_extractor_class: Features extractor to use.
     :param features_extractor_kwargs: Keyword arguments to pass to the features extractor.
     :param normalize_images: Whether to normalize images or not, dividing by 255.0 (True by default)
@@ -216,15 +296,15 @@ class MPOPolicy(BasePolicy):
         that carries no value information.
     """
 
-    actor: GaussianActor
-    actor_target: GaussianActor
-    critic: SampledCritic
-    critic_target: SampledCritic
+    actor: GaussianActor | CategoricalActor
+    actor_target: GaussianActor | CategoricalActor
+    critic: SampledCritic | QNetwork
+    critic_target: SampledCritic | QNetwork
 
     def __init__(
         self,
         observation_space: spaces.Space,
-        action_space: spaces.Box,
+        action_space: spaces.Box | spaces.Discrete,
         lr_schedule: Schedule,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.ReLU,
@@ -318,16 +398,30 @@ class MPOPolicy(BasePolicy):
         )
         return data
 
-    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> GaussianActor:
+    @property
+    def discrete(self) -> bool:
+        """Whether the action space is ``Discrete`` (categorical actor, one Q-value per action)."""
+        return isinstance(self.action_space, spaces.Discrete)
+
+    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> GaussianActor | CategoricalActor:
         actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
         if features_extractor is None:
             actor_kwargs["share_features_extractor"] = False
+        if self.discrete:
+            for gaussian_only in ("init_std", "min_std", "action_bounding"):
+                actor_kwargs.pop(gaussian_only)
+            return CategoricalActor(**actor_kwargs).to(self.device)
         return GaussianActor(**actor_kwargs).to(self.device)
 
-    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> SampledCritic:
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> SampledCritic | QNetwork:
         critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
         # A critic always trains its own extractor (shared or not); only the actor reads a borrowed one
         critic_kwargs["share_features_extractor"] = False
+        if self.discrete:
+            # SB3's DQN network: the features go through an MLP with one output per action
+            for continuous_only in ("n_critics", "share_features_extractor"):
+                critic_kwargs.pop(continuous_only)
+            return QNetwork(**critic_kwargs).to(self.device)
         return SampledCritic(**critic_kwargs).to(self.device)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
@@ -359,7 +453,7 @@ class CnnPolicy(MPOPolicy):
     def __init__(
         self,
         observation_space: spaces.Space,
-        action_space: spaces.Box,
+        action_space: spaces.Box | spaces.Discrete,
         lr_schedule: Schedule,
         features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN,
         **kwargs: Any,
@@ -378,7 +472,7 @@ class MultiInputPolicy(MPOPolicy):
     def __init__(
         self,
         observation_space: spaces.Space,
-        action_space: spaces.Box,
+        action_space: spaces.Box | spaces.Discrete,
         lr_schedule: Schedule,
         features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
         **kwargs: Any,
