@@ -1,0 +1,117 @@
+"""
+``python -m sb3_mpo.benchmark COMMAND SUITE``: run a benchmark suite, show what is left of it, or report on it.
+
+    python -m sb3_mpo.benchmark run quick                      # local processes, one per core; resumes
+    python -m sb3_mpo.benchmark run full --ray-address auto    # on a Ray cluster
+    python -m sb3_mpo.benchmark status quick
+    python -m sb3_mpo.benchmark report quick                   # regenerates docs/benchmarks.md from the stored files
+
+SUITE is a YAML file or the name of one in benchmarks/suites/. Results go to benchmarks/results/<suite>/<env>/, one
+JSON file per finished run; runs whose file exists (and is valid) are skipped.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from sb3_mpo.benchmark.backends import run_jobs
+from sb3_mpo.benchmark.runner import ResultError, git_commit, load_result, write_result
+from sb3_mpo.benchmark.suite import RESULTS_DIR, Job, load_suite
+
+
+def _selected(jobs: list[Job], args: argparse.Namespace) -> list[Job]:
+    return [
+        job
+        for job in jobs
+        if (not args.envs or job.env in args.envs)
+        and (not args.algos or job.algo in args.algos)
+        and (not args.seeds or job.seed in args.seeds)
+    ]
+
+
+def _pending(jobs: list[Job], results_dir: Path) -> list[Job]:
+    """The jobs without a valid result file; an invalid file is reported (and will be replaced by the re-run)."""
+    pending = []
+    for job in jobs:
+        path = job.result_path(results_dir)
+        if path.exists():
+            try:
+                load_result(path, job)
+                continue
+            except ResultError as error:
+                print(f"invalid result file, the run will be redone: {error}", file=sys.stderr)
+        pending.append(job)
+    return pending
+
+
+def run(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    jobs = _selected(suite.jobs, args)
+    pending = _pending(jobs, args.results)
+    print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs) - len(pending)} finished, {len(pending)} to run", flush=True)
+    commit, failures = git_commit(), 0
+    for job, result, error in run_jobs(pending, args.backend, args.workers, args.ray_address):
+        if result is None:
+            failures += 1
+            print(f"FAILED {job.name}:\n{error}", file=sys.stderr, flush=True)
+            continue
+        result["commit"] = commit
+        write_result(job.result_path(args.results), result)
+        print(
+            f"done {job.name}: final return {result['final_return']:.1f}, "
+            f"{result['env_steps_per_second']:.1f} env steps/s, {result['train_seconds'] / 60:.1f} min",
+            flush=True,
+        )
+    return 1 if failures else 0
+
+
+def status(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    jobs = _selected(suite.jobs, args)
+    pending = set(_pending(jobs, args.results))
+    for job in jobs:
+        print(f"{'todo' if job in pending else 'done'}  {job.name}")
+    print(f"{len(jobs) - len(pending)} / {len(jobs)} finished")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from sb3_mpo.benchmark.report import write_report
+
+    suite = load_suite(args.suite)
+    write_report(suite, args.results, args.out, args.figures, reading=args.reading)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sb3_mpo.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, function in (("run", run), ("status", status), ("report", report)):
+        command = commands.add_parser(name)
+        command.set_defaults(function=function)
+        command.add_argument("suite", help="a suite YAML file, or the name of one in benchmarks/suites/")
+        command.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of the result store")
+        if name in ("run", "status"):
+            command.add_argument("--envs", nargs="+", help="only these environments")
+            command.add_argument("--algos", nargs="+", help="only these algorithms")
+            command.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
+    commands.choices["run"].add_argument("--backend", choices=["local", "ray"], default="local")
+    commands.choices["run"].add_argument("--workers", type=int, help="local processes (default: one per core)")
+    commands.choices["run"].add_argument(
+        "--ray-address", help="Ray cluster address ('auto', 'ray://host:10001') or 'local'; implies --backend ray"
+    )
+    commands.choices["report"].add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    commands.choices["report"].add_argument("--figures", type=Path, default=Path("docs/figures/benchmarks"))
+    commands.choices["report"].add_argument(
+        "--reading", type=Path, help="a markdown file with the maintainers' reading, included in the page"
+    )
+    args = parser.parse_args(argv)
+    if getattr(args, "ray_address", None):
+        args.backend = "ray"
+    return args.function(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

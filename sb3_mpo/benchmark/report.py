@@ -1,0 +1,316 @@
+"""
+The benchmark page of a suite, generated from its stored result files only: per-environment tables (mean ± std,
+and IQM with 95% stratified-bootstrap confidence intervals over seeds, by rliable), aggregates over environments
+(IQM, performance profiles and probability of improvement of MPO over each baseline, by rliable), learning curves,
+the sample-efficiency comparison with on-policy baselines, and a speed table.
+
+Statistics follow Agarwal et al. (2021), "Deep Reinforcement Learning at the Edge of the Statistical Precipice"
+(rliable). Returns are aggregated over environments after min-max normalisation per environment, over every final
+return of every algorithm the suite stores for that environment (0 = worst run, 1 = best run); these normalised
+scores compare the algorithms of this page with each other and with nothing else.
+"""
+
+import os
+import sys
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sb3_mpo.benchmark.runner import ResultError, load_result
+from sb3_mpo.benchmark.suite import Suite
+
+#: Bootstrap repetitions of the confidence intervals
+BOOTSTRAP_REPS = 2000
+ON_POLICY = ("ppo", "trpo", "a2c")
+CONFIDENCE = 0.95
+
+Results = dict[str, dict[str, list[dict[str, Any]]]]  # env -> algo -> runs (sorted by seed)
+
+
+def collect(suite: Suite, results_dir: Path) -> tuple[Results, list[str], list[str]]:
+    """
+    Read the suite's result files. A file that is unreadable, partial or describes another run is reported and
+    skipped, never used.
+
+    :return: The valid runs by environment and algorithm, the problems found, and the runs not finished yet
+    """
+    results: Results = defaultdict(lambda: defaultdict(list))
+    problems, missing = [], []
+    for job in suite.jobs:
+        path = job.result_path(results_dir)
+        if not path.exists():
+            missing.append(job.name)
+            continue
+        try:
+            results[job.env][job.algo].append(load_result(path, job))
+        except ResultError as error:
+            problems.append(str(error))
+    for runs_by_algo in results.values():
+        for runs in runs_by_algo.values():
+            runs.sort(key=lambda run: run["seed"])
+    return results, problems, missing
+
+
+def _iqm_interval(finals: dict[str, np.ndarray]) -> dict[str, tuple[float, float, float]]:
+    """IQM of each algorithm's final returns with its 95% stratified-bootstrap confidence interval (rliable)."""
+    from rliable import library, metrics
+
+    scores = {algo: values.reshape(-1, 1) for algo, values in finals.items()}
+    point, interval = library.get_interval_estimates(
+        scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=BOOTSTRAP_REPS,
+        random_state=np.random.RandomState(0),
+    )  # fmt: skip
+    return {algo: (float(point[algo][0]), float(interval[algo][0, 0]), float(interval[algo][1, 0])) for algo in scores}
+
+
+def _value_at(run: dict[str, Any], step: int) -> float | None:
+    """The evaluation return at the last evaluation at or before ``step``, None if there is none."""
+    points = [point["mean"] for point in run["curve"] if point["step"] <= step]
+    return points[-1] if points else None
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def env_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
+    finals = {algo: np.array([run["final_return"] for run in runs]) for algo, runs in runs_by_algo.items()}
+    iqm = _iqm_interval(finals)
+    lines = [
+        "| algorithm | budget (steps) | seeds | final return, mean ± std | IQM [95% CI] | per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for algo, runs in runs_by_algo.items():
+        point, low, high = iqm[algo]
+        per_seed = ", ".join(f"{value:.1f}" for value in finals[algo])
+        lines.append(
+            f"| {algo.upper()} | {runs[0]['steps']:,} | {len(runs)} | {finals[algo].mean():.1f} ± {finals[algo].std():.1f} "
+            f"| {point:.1f} [{low:.1f}, {high:.1f}] | {per_seed} |"
+        )
+    return lines
+
+
+def sample_efficiency_table(results: Results) -> list[str]:
+    """MPO's return at its budget N beside each on-policy baseline's at N and at its own budget (10·N in the suites)."""
+    lines = []
+    for env, runs_by_algo in results.items():
+        if "mpo" not in runs_by_algo:
+            continue
+        budget = runs_by_algo["mpo"][0]["steps"]
+        mpo = np.mean([run["final_return"] for run in runs_by_algo["mpo"]])
+        for algo in (algo for algo in runs_by_algo if algo in ON_POLICY):
+            runs = runs_by_algo[algo]
+            at_budget = [value for value in (_value_at(run, budget) for run in runs) if value is not None]
+            at_budget_mean = float(np.mean(at_budget)) if at_budget else None
+            lines.append(
+                f"| {env} | {mpo:.1f} ({budget:,}) | {algo.upper()} | {_fmt(at_budget_mean)} "
+                f"| {np.mean([run['final_return'] for run in runs]):.1f} ({runs[0]['steps']:,}) |"
+            )
+    if not lines:
+        return []
+    header = [
+        "| environment | MPO at N (N) | baseline | baseline at N | baseline at its budget |",
+        "|---|---|---|---|---|",
+    ]
+    return header + lines
+
+
+def speed_table(results: Results) -> list[str]:
+    lines = [
+        "| environment | algorithm | network | batch | env steps/s (median) | gradient steps/s (median) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for env, runs_by_algo in results.items():
+        for algo, runs in runs_by_algo.items():
+            hyperparams = runs[0]["hyperparams"]
+            gradient = [run["gradient_steps_per_second"] for run in runs if run.get("gradient_steps_per_second")]
+            lines.append(
+                f"| {env} | {algo.upper()} | {hyperparams.get('policy_kwargs', 'default')} "
+                f"| {hyperparams.get('batch_size', 'default')} "
+                f"| {np.median([run['env_steps_per_second'] for run in runs]):.1f} "
+                f"| {_fmt(float(np.median(gradient)) if gradient else None)} |"
+            )
+    return lines
+
+
+def normalised_scores(results: Results) -> tuple[dict[str, np.ndarray], list[str]]:
+    """
+    Final returns min-max normalised per environment, as rliable's (runs x tasks) matrices. An algorithm enters the
+    aggregates only if it ran on every environment; it contributes as many runs as its smallest seed count.
+
+    :return: The score matrices by algorithm, and the environments (columns)
+    """
+    envs = list(results)
+    algos = [
+        algo for algo in dict.fromkeys(a for runs in results.values() for a in runs) if all(algo in results[e] for e in envs)
+    ]
+    scores = {}
+    for algo in algos:
+        n_runs = min(len(results[env][algo]) for env in envs)
+        columns = []
+        for env in envs:
+            every_final = np.array([run["final_return"] for runs in results[env].values() for run in runs])
+            low, high = every_final.min(), every_final.max()
+            finals = np.array([run["final_return"] for run in results[env][algo][:n_runs]])
+            columns.append((finals - low) / (high - low) if high > low else np.ones_like(finals))
+        scores[algo] = np.stack(columns, axis=1)
+    return scores, envs
+
+
+def aggregate_section(results: Results, figures: Path, relative: Callable[[Path], str]) -> list[str]:
+    from rliable import library, metrics, plot_utils
+
+    scores, envs = normalised_scores(results)
+    if len(scores) < 2:
+        return ["Aggregates need two algorithms that ran on every environment of the suite."]
+    rng = np.random.RandomState(0)
+    point, interval = library.get_interval_estimates(
+        scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=BOOTSTRAP_REPS, random_state=rng
+    )
+    lines = [
+        f"Over {len(envs)} environment(s) ({', '.join(envs)}), normalised final returns:",
+        "",
+        "| algorithm | runs per environment | IQM [95% CI] |",
+        "|---|---|---|",
+    ]
+    for algo in scores:
+        low, high = interval[algo][:, 0]
+        lines.append(f"| {algo.upper()} | {scores[algo].shape[0]} | {point[algo][0]:.2f} [{low:.2f}, {high:.2f}] |")
+    if "mpo" in scores:
+        pairs = {f"mpo,{algo}": (scores["mpo"], scores[algo]) for algo in scores if algo != "mpo"}
+        probability, probability_interval = library.get_interval_estimates(
+            pairs, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=rng
+        )
+        lines += ["", "| P(MPO > baseline) | estimate [95% CI] |", "|---|---|"]
+        for pair in pairs:
+            low, high = probability_interval[pair][:, 0] if probability_interval[pair].ndim > 1 else probability_interval[pair]
+            lines.append(f"| MPO > {pair.split(',')[1].upper()} | {float(probability[pair]):.2f} [{low:.2f}, {high:.2f}] |")
+
+    import matplotlib.pyplot as plt
+
+    taus = np.linspace(0.0, 1.0, 51)
+    profiles, profile_intervals = library.create_performance_profile(scores, taus, reps=BOOTSTRAP_REPS)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot_utils.plot_performance_profiles(
+        profiles, taus, performance_profile_cis=profile_intervals, ax=ax, xlabel=r"normalised final return $\tau$",
+        colors={algo: f"C{index}" for index, algo in enumerate(scores)},
+    )  # fmt: skip
+    ax.legend(ax.get_lines()[: len(scores)], [algo.upper() for algo in scores], loc="lower left")
+    path = figures / "performance_profile.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [*lines, "", f"![performance profile]({relative(path)})"]
+
+
+def curve_figure(env: str, runs_by_algo: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Mean ± std over seeds of the evaluation return; on-policy baselines' longer budgets in a second panel."""
+    import matplotlib.pyplot as plt
+
+    budget = min(runs[0]["steps"] for runs in runs_by_algo.values())
+    longer = any(runs[0]["steps"] > budget for runs in runs_by_algo.values())
+    fig, axes = plt.subplots(1, 2 if longer else 1, figsize=(11 if longer else 6, 4), squeeze=False)
+    for ax, limit in zip(axes[0], (budget, None), strict=False):
+        for algo, runs in runs_by_algo.items():
+            steps = np.array([point["step"] for point in runs[0]["curve"]])
+            means = np.array([[point["mean"] for point in run["curve"]] for run in runs if len(run["curve"]) == len(steps)])
+            keep = steps <= limit if limit is not None else np.ones_like(steps, dtype=bool)
+            if not keep.any():
+                continue
+            mean, std = means.mean(axis=0)[keep], means.std(axis=0)[keep]
+            ax.plot(steps[keep], mean, label=f"{algo.upper()} ({len(means)} seeds)")
+            ax.fill_between(steps[keep], mean - std, mean + std, alpha=0.2)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("evaluation return")
+        ax.set_title(f"{env}" + (f", first {budget:,} steps" if longer and limit else ", full budgets" if longer else ""))
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def settings_section(results: Results) -> list[str]:
+    lines = ["| environment | algorithm | source | hyperparameters (after the suite's overrides) |", "|---|---|---|---|"]
+    for env, runs_by_algo in results.items():
+        for algo, runs in runs_by_algo.items():
+            settings = ", ".join(f"{key}={value}" for key, value in sorted(runs[0]["hyperparams"].items()))
+            overrides = f" (suite overrides: {', '.join(runs[0]['overrides'])})" if runs[0].get("overrides") else ""
+            lines.append(f"| {env} | {algo.upper()} | {runs[0]['hyperparams_source']}{overrides} | {settings} |")
+    return lines
+
+
+def write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, reading: Path | None = None) -> None:
+    """
+    Generate the suite's page and figures from its stored result files.
+
+    :param suite: The suite
+    :param results_dir: The result store
+    :param out: The markdown page to write
+    :param figures: Folder of the PNG files (a subfolder per suite is created)
+    :param reading: Markdown with the maintainers' reading of the results; default ``<suite file>.reading.md``
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with warnings.catch_warnings():
+        # rliable passes arch a RandomState the old way (arch 7 warns); the intervals are the same
+        warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
+        _write_report(suite, results_dir, out, figures, reading)
+
+
+def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, reading: Path | None) -> None:
+    results, problems, missing = collect(suite, results_dir)
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    figures = figures / suite.name
+    figures.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def relative(path: Path) -> str:
+        return Path(os.path.relpath(path.resolve(), out.parent.resolve())).as_posix()
+
+    every_run = [run for runs_by_algo in results.values() for runs in runs_by_algo.values() for run in runs]
+    lines = [
+        f"# Benchmark suite `{suite.name}`",
+        "",
+        "<!-- Generated by `python -m sb3_mpo.benchmark report "
+        f"{suite.name}` from the files under benchmarks/results/{suite.name}/; do not edit by hand. -->",
+        "",
+        suite.description.strip(),
+        "",
+        f"- Runs stored: {len(every_run)} of {len(suite.jobs)}"
+        + (f"; not finished yet: {len(missing)}" if missing else "")
+        + (f"; unusable files skipped: {len(problems)}" if problems else ""),
+        f"- Machines: {', '.join(sorted({run['machine'] for run in every_run})) or '—'}",
+        f"- Commits: {', '.join(sorted({run['commit'] for run in every_run})) or '—'}",
+        f"- Libraries: {', '.join(f'{k} {v}' for k, v in every_run[0]['versions'].items()) if every_run else '—'}",
+        f"- Evaluation: deterministic policy, {suite.jobs[0].eval_episodes} episodes on a separate environment "
+        "(seeded 10000 + seed), every eval_freq steps; the final return is the last evaluation.",
+        "- Budget multipliers: "
+        + (", ".join(f"{algo.upper()} x{factor}" for algo, factor in suite.budget_multiplier.items()) or "none"),
+        "- Settings: each baseline uses RL Zoo's tuned entry (rl_zoo3's files) and MPO sb3-mpo's entry, through rl_zoo3's "
+        "experiment manager; the full list is at the end of the page.",
+        "",
+    ]
+    reading = reading or suite.path.with_suffix(".reading.md")
+    if reading.is_file():
+        lines += ["## Reading", "", reading.read_text().strip(), ""]
+    for env, runs_by_algo in results.items():
+        figure = figures / f"{env}.png"
+        curve_figure(env, runs_by_algo, figure)
+        lines += [f"## {env}", "", *env_table(runs_by_algo), "", f"![{env} learning curves]({relative(figure)})", ""]
+    if results:
+        lines += ["## Aggregate over environments", "", *aggregate_section(results, figures, relative), ""]
+        efficiency = sample_efficiency_table(results)
+        if efficiency:
+            lines += ["## Sample efficiency: MPO at N steps vs on-policy baselines", "", *efficiency, ""]
+        lines += ["## Speed", "", "Training wall-clock only (evaluation excluded), one torch thread per run.", ""]
+        lines += [*speed_table(results), "", "## Settings", "", *settings_section(results), ""]
+    if problems:
+        lines += ["## Unusable result files (skipped)", "", *[f"- {problem}" for problem in problems], ""]
+    out.write_text("\n".join(lines))

@@ -1,0 +1,278 @@
+"""
+Train one benchmark job and describe it in a result record; read and write result files.
+
+A job runs in a fresh worker process (local pool or Ray task) and returns its record; only the driver writes files,
+atomically (write to a temporary file, then rename), so an interrupted suite never leaves a half-written result and
+results from a cluster land in the driver's store.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import resource
+import subprocess
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from sb3_mpo.benchmark.suite import Job
+
+#: Version of the result-file layout; files of another version are reported and not used
+SCHEMA = 1
+#: Keys every result file must have
+REQUIRED_KEYS = (
+    "schema",
+    "suite",
+    "algo",
+    "env",
+    "seed",
+    "steps",
+    "curve",
+    "final_return",
+    "train_seconds",
+    "env_steps_per_second",
+    "hyperparams",
+    "versions",
+    "commit",
+    "machine",
+)
+
+
+class ResultError(ValueError):
+    """A result file that cannot be used: unreadable, partial, of another schema, or not the job it claims to be."""
+
+
+def load_result(path: Path, job: Job | None = None) -> dict[str, Any]:
+    """
+    Read and check one result file.
+
+    :param path: The file
+    :param job: When given, the file must describe this job
+    :return: The result record
+    :raises ResultError: naming the file and what is wrong with it
+    """
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultError(f"{path}: unreadable ({error})") from error
+    if not isinstance(result, dict):
+        raise ResultError(f"{path}: not a result record")
+    missing = [key for key in REQUIRED_KEYS if key not in result]
+    if missing:
+        raise ResultError(f"{path}: missing keys {missing}")
+    if result["schema"] != SCHEMA:
+        raise ResultError(f"{path}: schema {result['schema']}, expected {SCHEMA}")
+    if not result["curve"] or result["curve"][-1]["step"] < result["steps"]:
+        raise ResultError(f"{path}: the evaluation curve stops before the budget of {result['steps']} steps")
+    if job is not None:
+        claimed = tuple(result[key] for key in ("suite", "algo", "env", "seed", "steps"))
+        expected = (job.suite, job.algo, job.env, job.seed, job.steps)
+        if claimed != expected:
+            raise ResultError(f"{path}: describes {claimed}, expected {expected}")
+    return result
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write a result file atomically: readers see the old file or the complete new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as file:
+        json.dump(result, file, indent=1)
+        tmp = Path(file.name)
+    os.replace(tmp, path)
+
+
+def git_commit() -> str:
+    """The checkout's commit (``-dirty`` when it has uncommitted changes), or ``"unknown"`` outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def library_versions() -> dict[str, str]:
+    import gymnasium
+    import sb3_contrib
+    import stable_baselines3
+    import torch
+
+    import sb3_mpo
+
+    return {
+        "sb3_mpo": sb3_mpo.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "sb3_contrib": sb3_contrib.__version__,
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def machine() -> str:
+    return f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cores {platform.system()}"
+
+
+def zoo_hyperparams_file(algo: str) -> Path:
+    """The RL Zoo hyperparameter file of an algorithm: sb3-mpo's for MPO, rl_zoo3's tuned file otherwise."""
+    if algo == "mpo":
+        from sb3_mpo.common.hyperparams import HYPERPARAMS_PATH
+
+        return HYPERPARAMS_PATH
+    import rl_zoo3
+
+    return Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml"
+
+
+def zoo_config(job: Job, folder: Path) -> tuple[str | None, str]:
+    """
+    The hyperparameter file rl_zoo3 should read for a job, and a description of where the settings come from.
+    When the algorithm's file has no entry for the environment and the suite names a ``zoo_entry`` (e.g. the tuned
+    Hopper-v4 entry for Hopper-v5), that entry is written to a file of its own under the environment's id.
+
+    :return: The file to pass as rl_zoo3's ``config`` (None: the algorithm's own file), and the description
+    """
+    import yaml
+
+    source = zoo_hyperparams_file(job.algo)
+    label = f"{source.parent.parent.name}/{source.parent.name}/{source.name}"
+    if job.zoo_entry is None:
+        return None, label
+    with open(source) as file:
+        entries = yaml.safe_load(file)
+    if job.env in entries:
+        return None, label
+    if job.zoo_entry not in entries:
+        raise ValueError(f"{label} has no entry for {job.env} nor for zoo_entry={job.zoo_entry!r}")
+    config = folder / f"{job.algo}_{job.env}.yml"
+    config.write_text(yaml.safe_dump({job.env: entries[job.zoo_entry]}))
+    return str(config), f"{label}, entry {job.zoo_entry}"
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """
+    Train ``job.algo`` on ``job.env`` with RL Zoo's settings (rl_zoo3's experiment manager, MPO registered) and
+    evaluate it deterministically every ``job.eval_freq`` steps on a separate environment (SB3's ``EvalCallback``,
+    which also syncs ``VecNormalize`` statistics).
+
+    :param job: The run
+    :return: Its result record (see :data:`REQUIRED_KEYS`); the caller writes it
+    """
+    import numpy as np
+    import torch as th
+    from stable_baselines3.common.callbacks import EvalCallback
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+    from sb3_mpo.zoo.exp_manager import MPOExperimentManager
+    from sb3_mpo.zoo.registration import register
+
+    class TimedEvalCallback(EvalCallback):
+        """SB3's EvalCallback that also measures the time spent evaluating, to exclude it from the training time."""
+
+        eval_seconds = 0.0
+
+        def _on_step(self) -> bool:
+            start = time.perf_counter()
+            keep_going = super()._on_step()
+            self.eval_seconds += time.perf_counter() - start
+            return keep_going
+
+    th.set_num_threads(1)
+    register()
+    with tempfile.TemporaryDirectory() as log_folder:
+        config, hyperparams_source = zoo_config(job, Path(log_folder))
+        args = argparse.Namespace(algo=job.algo, env=job.env, seed=job.seed, n_timesteps=job.steps, suite=job.suite)
+        manager = MPOExperimentManager(
+            args,
+            job.algo,
+            job.env,
+            log_folder,
+            n_timesteps=job.steps,
+            eval_freq=-1,  # rl_zoo3's own evaluation is replaced by the one below
+            hyperparams=job.hyperparams,
+            seed=job.seed,
+            verbose=0,
+            device="cpu",
+            config=config,
+        )
+        with contextlib.redirect_stdout(io.StringIO()):  # rl_zoo3 prints its set-up; the runner prints one line per job
+            model, saved_hyperparams = manager.setup_experiment()  # type: ignore[misc]
+            eval_env = manager.create_envs(n_envs=1, eval_env=True)
+        eval_env.seed(10_000 + job.seed)
+        n_envs = model.get_env().num_envs  # type: ignore[union-attr]
+        evaluation = TimedEvalCallback(
+            eval_env,
+            n_eval_episodes=job.eval_episodes,
+            eval_freq=max(job.eval_freq // n_envs, 1),
+            log_path=log_folder,
+            deterministic=True,
+            verbose=0,
+        )
+        start = time.perf_counter()
+        model.learn(job.steps, callback=[*manager.callbacks, evaluation])
+        total_seconds = time.perf_counter() - start
+        if not evaluation.evaluations_timesteps or evaluation.evaluations_timesteps[-1] < job.steps:
+            # The budget is not a multiple of eval_freq (or of the rollout): evaluate the final policy too
+            evaluation.n_calls, evaluation.eval_freq = 0, 1
+            evaluation.num_timesteps = model.num_timesteps
+            evaluation.on_step()
+        model.get_env().close()  # type: ignore[union-attr]
+        eval_env.close()
+
+    train_seconds = total_seconds - evaluation.eval_seconds
+    curve = [
+        {
+            "step": int(step),
+            "mean": float(np.mean(returns)),
+            "std": float(np.std(returns)),
+            "returns": list(map(float, returns)),
+        }
+        for step, returns in zip(evaluation.evaluations_timesteps, evaluation.evaluations_results, strict=True)
+    ]
+    n_updates = int(getattr(model, "_n_updates", 0))
+    off_policy = isinstance(model, OffPolicyAlgorithm)
+    return {
+        "schema": SCHEMA,
+        "suite": job.suite,
+        "algo": job.algo,
+        "env": job.env,
+        "seed": job.seed,
+        "steps": job.steps,
+        "eval_freq": job.eval_freq,
+        "eval_episodes": job.eval_episodes,
+        "curve": curve,
+        "final_return": curve[-1]["mean"],
+        "num_timesteps": int(model.num_timesteps),
+        "train_seconds": train_seconds,
+        "eval_seconds": evaluation.eval_seconds,
+        "env_steps_per_second": model.num_timesteps / train_seconds,
+        # SB3's _n_updates counts gradient steps for off-policy algorithms, but epochs or iterations for on-policy ones
+        "n_updates": n_updates,
+        "gradient_steps_per_second": n_updates / train_seconds if off_policy else None,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "hyperparams": {key: repr(value) for key, value in saved_hyperparams.items() if key != "n_timesteps"},
+        "hyperparams_source": hyperparams_source,
+        "overrides": {key: repr(value) for key, value in job.hyperparams.items()},
+        "versions": library_versions(),
+        "machine": machine(),
+        "commit": "unknown",  # filled in by the driver, which knows the checkout
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def run_job_safely(job: Job) -> tuple[Job, dict[str, Any] | None, str]:
+    """:func:`run_job` for a worker pool: a failure comes back as its traceback instead of stopping the other jobs."""
+    try:
+        return job, run_job(job), ""
+    except Exception:
+        return job, None, traceback.format_exc()

@@ -1,0 +1,130 @@
+"""
+Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed, budget) runs.
+
+.. code-block:: yaml
+
+    name: quick
+    description: A few hours of a 2-core machine.
+    eval_episodes: 10               # deterministic evaluation episodes per evaluation (>= 10 for published suites)
+    budget_multiplier: {ppo: 10}    # on-policy baselines train for 10x the environment's budget
+    envs:
+      Pendulum-v1:
+        steps: 20000                # the off-policy budget N
+        eval_freq: 2000             # evaluate every eval_freq steps (scaled by the algorithm's budget multiplier)
+        seeds: [0, 1, 2, 3, 4]
+        algos: [mpo, sac, ppo]
+        hyperparams:                # optional overrides of the RL Zoo entry, per algorithm (RL Zoo's format)
+          mpo: {learning_starts: 500}
+      Hopper-v5:
+        zoo_entry: Hopper-v4        # for algorithms whose RL Zoo file has no Hopper-v5 entry: use its Hopper-v4 one
+        ...
+
+Every algorithm trains with RL Zoo's entry for the environment (rl_zoo3's tuned files; sb3-mpo's own file for MPO),
+through rl_zoo3's experiment manager, so normalisation, ``n_envs``, wrappers and schedules are those of RL Zoo.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Algorithms a suite may name: MPO and the SB3 / sb3-contrib algorithms rl_zoo3 has tuned files for
+KNOWN_ALGOS = ("mpo", "sac", "td3", "tqc", "ddpg", "ppo", "trpo", "a2c", "dqn", "qrdqn", "crossq", "ars")
+_CHECKOUT_BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+#: The repository's benchmarks/ folder (for an installed, not editable, package: ./benchmarks)
+BENCHMARKS_DIR = _CHECKOUT_BENCHMARKS if _CHECKOUT_BENCHMARKS.is_dir() else Path("benchmarks")
+#: Where ``load_suite("quick")`` looks when given a bare name
+SUITES_DIR = BENCHMARKS_DIR / "suites"
+#: Where result files are stored by default, one folder per suite
+RESULTS_DIR = BENCHMARKS_DIR / "results"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of a suite: an algorithm on an environment with one seed and one budget."""
+
+    suite: str
+    algo: str
+    env: str
+    seed: int
+    steps: int
+    eval_freq: int
+    eval_episodes: int
+    hyperparams: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    zoo_entry: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.algo}_{self.env}_seed{self.seed}_{self.steps}"
+
+    def result_path(self, results_dir: Path) -> Path:
+        """The run's result file: ``<results_dir>/<suite>/<env>/<algo>_<env>_seed<k>_<steps>.json``."""
+        return results_dir / self.suite / self.env / f"{self.name}.json"
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    jobs: list[Job]
+    budget_multiplier: dict[str, int]
+    path: Path
+
+    def envs(self) -> list[str]:
+        return list(dict.fromkeys(job.env for job in self.jobs))
+
+
+def _require(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"Suite {where}: {message}")
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """
+    Read and check a suite file; every problem is reported with the key it concerns, before anything runs.
+
+    :param name_or_path: A YAML file, or the name of one in benchmarks/suites/ (``"quick"``)
+    :return: The suite and its jobs, in a deterministic order (environment, seed, algorithm)
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SUITES_DIR / f"{name_or_path}.yml"
+    _require(path.is_file(), str(path), "no such file (give a path or the name of a file in benchmarks/suites/)")
+    with open(path) as file:
+        spec = yaml.safe_load(file) or {}
+    name = spec.get("name", path.stem)
+    eval_episodes = int(spec.get("eval_episodes", 10))
+    _require(eval_episodes >= 1, f"{path}: eval_episodes", f"must be a positive integer, got {eval_episodes}")
+    multiplier = {str(algo): int(factor) for algo, factor in (spec.get("budget_multiplier") or {}).items()}
+    envs = spec.get("envs") or {}
+    _require(isinstance(envs, dict) and len(envs) > 0, f"{path}: envs", "must map environment ids to their settings")
+
+    jobs = []
+    for env_id, settings in envs.items():
+        where = f"{path}: envs.{env_id}"
+        missing = {"steps", "seeds", "algos"} - set(settings)
+        _require(not missing, where, f"missing keys {sorted(missing)}")
+        unknown = set(settings["algos"]) - set(KNOWN_ALGOS)
+        _require(not unknown, f"{where}.algos", f"unknown algorithms {sorted(unknown)}, expected some of {KNOWN_ALGOS}")
+        steps, eval_freq = int(settings["steps"]), int(settings.get("eval_freq", settings["steps"]))
+        _require(steps >= 1 and 1 <= eval_freq <= steps, where, f"need 1 <= eval_freq <= steps, got {eval_freq}, {steps}")
+        overrides = settings.get("hyperparams") or {}
+        _require(set(overrides) <= set(settings["algos"]), f"{where}.hyperparams", "names an algorithm the env does not run")
+        for seed in settings["seeds"]:
+            for algo in settings["algos"]:
+                factor = multiplier.get(algo, 1)
+                jobs.append(
+                    Job(
+                        suite=name,
+                        algo=algo,
+                        env=env_id,
+                        seed=int(seed),
+                        steps=steps * factor,
+                        eval_freq=eval_freq * factor,
+                        eval_episodes=eval_episodes,
+                        hyperparams=dict(overrides.get(algo) or {}),
+                        zoo_entry=settings.get("zoo_entry"),
+                    )
+                )
+    return Suite(name, str(spec.get("description", "")), jobs, multiplier, path)

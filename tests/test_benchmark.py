@@ -1,0 +1,177 @@
+"""The benchmark runner (local processes and Ray), its result store and the rliable report, on a tiny suite."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sb3_mpo.benchmark.cli import main
+from sb3_mpo.benchmark.report import collect
+from sb3_mpo.benchmark.runner import ResultError, load_result
+from sb3_mpo.benchmark.suite import load_suite
+
+TINY = {
+    "name": "tiny",
+    "description": "Test suite.",
+    "eval_episodes": 2,
+    "envs": {
+        "Pendulum-v1": {
+            "steps": 200,
+            "eval_freq": 100,
+            "seeds": [0, 1],
+            "algos": ["mpo", "sac"],
+            "hyperparams": {
+                "mpo": {
+                    "learning_starts": 100,
+                    "batch_size": 16,
+                    "n_action_samples": 4,
+                    "policy_kwargs": "dict(net_arch=[8])",
+                },
+                "sac": {"learning_starts": 100, "batch_size": 16, "policy_kwargs": "dict(net_arch=[8])"},
+            },
+        }
+    },
+}
+
+
+def write_suite(folder: Path, spec: dict) -> Path:
+    path = folder / f"{spec['name']}.yml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def result_files(results: Path) -> dict[str, float]:
+    return {path.name: path.stat().st_mtime_ns for path in sorted(results.rglob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory):
+    """The tiny suite run once through the local backend (two worker processes)."""
+    folder = tmp_path_factory.mktemp("local")
+    suite = write_suite(folder, TINY)
+    assert main(["run", str(suite), "--results", str(folder / "results"), "--workers", "2"]) == 0
+    return suite, folder / "results"
+
+
+def test_local_backend_writes_one_valid_file_per_run(local_store):
+    suite_path, results = local_store
+    suite = load_suite(suite_path)
+    assert len(suite.jobs) == 4
+    for job in suite.jobs:
+        result = load_result(job.result_path(results), job)
+        assert [point["step"] for point in result["curve"]] == [100, 200]
+        assert all(len(point["returns"]) == 2 for point in result["curve"])
+        assert result["final_return"] == result["curve"][-1]["mean"]
+        assert result["env_steps_per_second"] > 0 and result["gradient_steps_per_second"] > 0
+        assert result["hyperparams"]["policy_kwargs"] == repr("dict(net_arch=[8])")
+        assert result["commit"] != "" and result["versions"]["stable_baselines3"]
+        assert not list(results.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_rerun_skips_finished_runs(local_store, capsys):
+    suite_path, results = local_store
+    before = result_files(results)
+    assert main(["run", str(suite_path), "--results", str(results)]) == 0
+    assert "4 finished, 0 to run" in capsys.readouterr().out
+    assert result_files(results) == before
+
+
+def test_ray_backend_matches_local_results(local_store, tmp_path):
+    """The same seeds through a local Ray instance give the same evaluation returns, in the same kind of store."""
+    pytest.importorskip("ray")
+    suite_path, local_results = local_store
+    ray_results = tmp_path / "ray_results"
+    assert main(["run", str(suite_path), "--results", str(ray_results), "--ray-address", "local", "--seeds", "1"]) == 0
+    suite = load_suite(suite_path)
+    jobs = [job for job in suite.jobs if job.seed == 1]
+    assert sorted(result_files(ray_results)) == sorted(job.result_path(ray_results).name for job in jobs)
+    for job in jobs:
+        from_ray, from_local = load_result(job.result_path(ray_results), job), load_result(job.result_path(local_results), job)
+        assert from_ray["curve"] == from_local["curve"]
+
+
+def test_report_renders_tables_and_plots(local_store, tmp_path):
+    suite_path, results = local_store
+    out = tmp_path / "docs" / "tiny.md"
+    assert (
+        main(["report", str(suite_path), "--results", str(results), "--out", str(out), "--figures", str(tmp_path / "fig")])
+        == 0
+    )
+    page = out.read_text()
+    assert "| MPO | 200 | 2 |" in page and "| SAC | 200 | 2 |" in page
+    assert "IQM [95% CI]" in page and "MPO > SAC" in page
+    for figure in ("Pendulum-v1.png", "performance_profile.png"):
+        path = tmp_path / "fig" / "tiny" / figure
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"../fig/tiny/{figure}" in page
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing_key", "short_curve", "wrong_run"])
+def test_damaged_result_file_is_reported_and_skipped(local_store, tmp_path, damage, capsys):
+    """A corrupted or partial file is named, left out of the report and redone by the runner; never silently used."""
+    suite_path, results = local_store
+    copy = tmp_path / "results"
+    for path in results.rglob("*.json"):
+        target = copy / path.relative_to(results)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.read_text())
+    suite = load_suite(suite_path)
+    damaged = suite.jobs[0].result_path(copy)
+    record = json.loads(damaged.read_text())
+    if damage == "garbage":
+        damaged.write_text("not json")
+    elif damage == "truncated":
+        damaged.write_text(damaged.read_text()[:200])
+    elif damage == "missing_key":
+        del record["final_return"]
+        damaged.write_text(json.dumps(record))
+    elif damage == "short_curve":
+        record["curve"] = record["curve"][:1]
+        damaged.write_text(json.dumps(record))
+    else:
+        record["seed"] = 7
+        damaged.write_text(json.dumps(record))
+
+    with pytest.raises(ResultError, match=damaged.name):
+        load_result(damaged, suite.jobs[0])
+    runs, problems, missing = collect(suite, copy)
+    assert len(problems) == 1 and damaged.name in problems[0] and not missing
+    assert len(runs["Pendulum-v1"][suite.jobs[0].algo]) == 1
+    out = tmp_path / "page.md"
+    main(["report", str(suite_path), "--results", str(copy), "--out", str(out), "--figures", str(tmp_path / "fig")])
+    assert "Unusable result files (skipped)" in out.read_text() and damaged.name in out.read_text()
+    main(["status", str(suite_path), "--results", str(copy)])
+    output = capsys.readouterr()
+    assert f"todo  {suite.jobs[0].name}" in output.out and "will be redone" in output.err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"algos": ["mpo", "sacc"]}, r"envs.Pendulum-v1.algos: unknown algorithms \['sacc'\]"),
+        ({"eval_freq": 500}, r"need 1 <= eval_freq <= steps"),
+        ({"steps": None}, r"missing keys \['steps'\]"),
+    ],
+)
+def test_bad_suite_is_refused_before_running(tmp_path, change, message):
+    env = {**TINY["envs"]["Pendulum-v1"], **change}
+    env = {key: value for key, value in env.items() if value is not None}
+    env["hyperparams"] = {algo: value for algo, value in env["hyperparams"].items() if algo in env["algos"]}
+    path = write_suite(tmp_path, {**TINY, "envs": {"Pendulum-v1": env}})
+    with pytest.raises(ValueError, match=message):
+        load_suite(path)
+
+
+def test_budget_multiplier_scales_steps_and_evaluations(tmp_path):
+    spec = {**TINY, "budget_multiplier": {"ppo": 10}}
+    spec["envs"] = {"Pendulum-v1": {"steps": 200, "eval_freq": 100, "seeds": [0], "algos": ["mpo", "ppo"]}}
+    jobs = {job.algo: job for job in load_suite(write_suite(tmp_path, spec)).jobs}
+    assert (jobs["mpo"].steps, jobs["mpo"].eval_freq) == (200, 100)
+    assert (jobs["ppo"].steps, jobs["ppo"].eval_freq) == (2000, 1000)
+
+
+def test_shipped_suites_load():
+    for name in ("quick", "full", "speed", "discrete"):
+        suite = load_suite(name)
+        assert suite.jobs and all(job.eval_episodes >= 10 for job in suite.jobs), name
