@@ -35,6 +35,8 @@ ENV_ID = "Pendulum-v1"
 FAST = ["batch_size:32", "n_action_samples:4", "policy_kwargs:dict(net_arch=[32, 32])"]
 SHIPPED_ENVS = [
     "Pendulum-v1",
+    "CartPole-v1",
+    "LunarLander-v3",
     "LunarLanderContinuous-v3",
     "BipedalWalker-v3",
     "HalfCheetah-v5",
