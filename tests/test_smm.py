@@ -19,9 +19,9 @@ from sb3_mpo.exploration import (
     PolicySnapshots,
     SkillWrapper,
     SMMReplayBuffer,
+    metrics,
     smm_reward,
 )
-from sb3_mpo.exploration import metrics
 from sb3_mpo.exploration.smm import gaussian_elbo
 
 SPACE = gym.spaces.Box(0.0, 1.0, shape=(2 + 4,), dtype=np.float32)  # a 2-D state and 4 skills
@@ -44,7 +44,7 @@ def test_gaussian_elbo_matches_torch_distributions():
 
 
 def test_reward_terms_have_the_papers_signs():
-    """r = log p* - log q + log d - log p(z): each term moves the reward in the paper's direction, scaled by its coefficient."""
+    """r = log p* - log q + log d - log p(z): each term moves the reward the paper's way, scaled by its coefficient."""
     base = dict(log_target=th.tensor([-1.0]), log_density=th.tensor([0.5]), log_discriminator=th.tensor([-0.7]))
     reward = smm_reward(**base, log_prior=-math.log(4))
     assert reward.item() == pytest.approx(-1.0 - 0.5 + (-0.7 + math.log(4)))
@@ -119,7 +119,8 @@ def test_smm_trains_with_off_policy_algorithms(algo):
     """MPO, SAC and TD3 learn from SMM rewards on PointRooms (whose own reward is always 0)."""
     env = SkillWrapper(gym.make("sb3_mpo/PointRooms-v0"), n_skills=2)
     kwargs = dict(learning_starts=100, batch_size=32, policy_kwargs=dict(net_arch=[16]))
-    model = algo("MlpPolicy", env, seed=0, replay_buffer_class=SMMReplayBuffer, replay_buffer_kwargs=dict(n_skills=2), **kwargs)
+    smm_kwargs = dict(replay_buffer_class=SMMReplayBuffer, replay_buffer_kwargs=dict(n_skills=2))
+    model = algo("MlpPolicy", env, seed=0, **smm_kwargs, **kwargs)
     snapshots = PolicySnapshots(snapshot_freq=100)
     model.learn(300, callback=snapshots)
     assert len(snapshots.snapshots) == 3
@@ -143,7 +144,7 @@ def test_historical_average_picks_one_snapshot_per_episode():
     mixture = HistoricalAveragePolicy([Constant(0.0), Constant(1.0), Constant(2.0)], seed=0)
     obs = np.zeros((2, 3))
     seen, per_episode = set(), []
-    for episode in range(30):
+    for _ in range(30):
         actions = [mixture.predict(obs, episode_start=np.array([step == 0] * 2))[0] for step in range(4)]
         for env in range(2):
             values = {float(action[env, 0]) for action in actions}
@@ -171,7 +172,11 @@ def test_bad_input_is_refused_before_training():
 
 def test_target_density_enters_the_reward():
     """A user target log p*(s) is added to the reward (here: prefer the right half of the square)."""
-    smm = SMM(SPACE, n_skills=4, density_coef=0.0, skill_coef=0.0, target_log_prob=lambda s: np.where(s[:, 0] > 0.5, 0.0, -5.0))
+
+    def right_half(states):
+        return np.where(states[:, 0] > 0.5, 0.0, -5.0)
+
+    smm = SMM(SPACE, n_skills=4, density_coef=0.0, skill_coef=0.0, target_log_prob=right_half)
     states = np.array([[0.9, 0.5], [0.1, 0.5]])
     th.testing.assert_close(smm.intrinsic_reward(augmented(states, np.array([0, 1]), 4)), th.tensor([0.0, -5.0]))
 

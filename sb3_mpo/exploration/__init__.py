@@ -28,4 +28,4 @@ __all__ = [
 ]
 
 if "sb3_mpo/PointRooms-v0" not in gym.registry:
-    gym.register("sb3_mpo/PointRooms-v0", entry_point=PointRoomsEnv)
+    gym.register("sb3_mpo/PointRooms-v0", entry_point="sb3_mpo.exploration.envs:PointRoomsEnv")

@@ -49,7 +49,7 @@ class PointRoomsEnv(gym.Env):
     :param max_episode_steps: Episode length (a truncation, not a termination)
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium's own class attribute)
     start = np.array([0.15, 0.15])
 
     def __init__(self, max_step: float = 0.05, door_width: float = 0.1, max_episode_steps: int = 100):
@@ -82,7 +82,8 @@ class PointRoomsEnv(gym.Env):
         :return: The next position: the wall stops a move that crosses it outside a doorway
         """
         target = np.clip(position + self.max_step * np.clip(action, -1.0, 1.0), 0.0, 1.0)
-        for axis, (low_door, high_door) in ((0, ("vertical_low", "vertical_high")), (1, ("horizontal_left", "horizontal_right"))):
+        walls = ((0, ("vertical_low", "vertical_high")), (1, ("horizontal_left", "horizontal_right")))
+        for axis, (low_door, high_door) in walls:
             before, after = position[axis], target[axis]
             if (before - 0.5) * (after - 0.5) < 0:  # the move crosses this wall
                 fraction = (0.5 - before) / (after - before)

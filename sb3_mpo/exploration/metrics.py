@@ -63,5 +63,5 @@ def exploration_metrics(positions: np.ndarray, bins: int = 20) -> dict[str, floa
         "entropy": state_entropy(counts),
         "kl_to_uniform": kl_to_target(counts),
         "room_fractions": room_fractions(positions).tolist(),
-        "n_states": int(len(positions)),
+        "n_states": len(positions),
     }

@@ -378,13 +378,14 @@ class HistoricalAveragePolicy:
         """
         n_envs = observation.shape[0]
         if self.choices is None or len(self.choices) != n_envs:
-            self.choices = self.rng.integers(len(self.snapshots), size=n_envs)
+            self.choices = np.asarray(self.rng.integers(len(self.snapshots), size=n_envs))
         elif episode_start is not None:
             starting = np.asarray(episode_start, dtype=bool)
             self.choices[starting] = self.rng.integers(len(self.snapshots), size=int(starting.sum()))
+        choices = self.choices
         actions = None
-        for index in np.unique(self.choices):
-            rows = self.choices == index
+        for index in np.unique(choices):
+            rows = choices == index
             predicted, _ = self.snapshots[index].predict(observation[rows], deterministic=deterministic)
             if actions is None:
                 actions = np.zeros((n_envs, *predicted.shape[1:]), dtype=predicted.dtype)
