@@ -171,7 +171,26 @@ def test_budget_multiplier_scales_steps_and_evaluations(tmp_path):
     assert (jobs["ppo"].steps, jobs["ppo"].eval_freq) == (2000, 1000)
 
 
+def test_variants_run_their_algorithm_with_their_settings(tmp_path):
+    """A named variant trains its base algorithm with its hyperparameters; the env's overrides come on top."""
+    retrace = {"q_target": "retrace", "n_steps": 1, "batch_size": 64}  # the Pendulum-v1 entry uses 5-step returns
+    spec = {**TINY, "variants": {"mpo_retrace": {"algo": "mpo", "hyperparams": retrace}}}
+    spec["envs"] = {"Pendulum-v1": {**TINY["envs"]["Pendulum-v1"], "seeds": [0], "algos": ["mpo_retrace"]}}
+    spec["envs"]["Pendulum-v1"]["hyperparams"] = {"mpo_retrace": TINY["envs"]["Pendulum-v1"]["hyperparams"]["mpo"]}
+    suite_path = write_suite(tmp_path, spec)
+    (job,) = load_suite(suite_path).jobs
+    assert (job.algo, job.zoo_algo) == ("mpo_retrace", "mpo")
+    assert job.hyperparams["q_target"] == "retrace" and job.hyperparams["batch_size"] == 16
+    assert main(["run", str(suite_path), "--results", str(tmp_path / "results"), "--workers", "1"]) == 0
+    result = load_result(job.result_path(tmp_path / "results"), job)
+    assert result["algo"] == "mpo_retrace" and result["hyperparams"]["q_target"] == repr("retrace")
+    assert result["hyperparams_source"].endswith("hyperparams/mpo.yml")
+    bad = {**spec, "variants": {"mpo_retrace": {"algo": "mpoo"}}}
+    with pytest.raises(ValueError, match=r"variants.mpo_retrace: needs an 'algo'"):
+        load_suite(write_suite(tmp_path, bad))
+
+
 def test_shipped_suites_load():
-    for name in ("quick", "full", "speed", "discrete"):
+    for name in ("quick", "full", "speed", "discrete", "critic_targets"):
         suite = load_suite(name)
         assert suite.jobs and all(job.eval_episodes >= 10 for job in suite.jobs), name

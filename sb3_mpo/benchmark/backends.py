@@ -9,30 +9,35 @@ result file, so results land in one store whichever backend ran them.
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from sb3_mpo.benchmark.runner import run_job_safely
-from sb3_mpo.benchmark.suite import Job
 
-Outcome = tuple[Job, dict[str, Any] | None, str]
+JobT = TypeVar("JobT")
+Outcome = tuple[JobT, dict[str, Any] | None, str]
+#: A picklable module-level function that runs one job and returns (job, its record or None, the error's traceback)
+Worker = Callable[[JobT], Outcome]
 
 
-def run_local(jobs: list[Job], workers: int | None = None) -> Iterator[Outcome]:
+def run_local(jobs: list[JobT], workers: int | None = None, worker: Worker = run_job_safely) -> Iterator[Outcome]:
     """
     Run jobs in local worker processes, yielding each outcome as it finishes.
 
     :param jobs: The jobs to run
     :param workers: Number of parallel processes (default: one per core); each job uses one torch thread
+    :param worker: The function that runs one job (default: a suite's training run)
     """
     workers = workers or os.cpu_count() or 1
     if not jobs:
         return
     # spawn: a fresh interpreter per job (maxtasksperchild=1), so peak memory and torch's state are the job's own
     with mp.get_context("spawn").Pool(min(workers, len(jobs)), maxtasksperchild=1) as pool:
-        yield from pool.imap_unordered(run_job_safely, jobs)
+        yield from pool.imap_unordered(worker, jobs)
 
 
-def run_ray(jobs: list[Job], address: str, runtime_env: dict[str, Any] | None = None) -> Iterator[Outcome]:
+def run_ray(
+    jobs: list[JobT], address: str, runtime_env: dict[str, Any] | None = None, worker: Worker = run_job_safely
+) -> Iterator[Outcome]:
     """
     Run jobs as Ray tasks, yielding each outcome as it finishes. Every node needs sb3-mpo installed with the
     ``benchmarks`` extra (or pass a ``runtime_env`` that installs it).
@@ -41,6 +46,7 @@ def run_ray(jobs: list[Job], address: str, runtime_env: dict[str, Any] | None = 
     :param address: A Ray cluster's address (``"auto"``, ``"ray://head:10001"``, ...) or ``"local"`` to start a
         Ray instance on this machine
     :param runtime_env: Ray's runtime environment for the tasks
+    :param worker: The function that runs one job (default: a suite's training run)
     """
     try:
         import ray
@@ -53,7 +59,7 @@ def run_ray(jobs: list[Job], address: str, runtime_env: dict[str, Any] | None = 
         ray.init(address=None if address == "local" else address, runtime_env=runtime_env, include_dashboard=False)
     try:
         # One CPU per task, and a fresh worker process per task (max_calls=1) as in the local pool
-        remote = ray.remote(num_cpus=1, max_calls=1)(run_job_safely)
+        remote = ray.remote(num_cpus=1, max_calls=1)(worker)
         pending = [remote.remote(job) for job in jobs]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -63,11 +69,17 @@ def run_ray(jobs: list[Job], address: str, runtime_env: dict[str, Any] | None = 
             ray.shutdown()
 
 
-def run_jobs(jobs: list[Job], backend: str, workers: int | None = None, ray_address: str | None = None) -> Iterable[Outcome]:
+def run_jobs(
+    jobs: list[JobT],
+    backend: str,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    worker: Worker = run_job_safely,
+) -> Iterable[Outcome]:
     """Dispatch to :func:`run_local` (``backend="local"``) or :func:`run_ray` (``backend="ray"``)."""
     backends: dict[str, Callable[[], Iterable[Outcome]]] = {
-        "local": lambda: run_local(jobs, workers),
-        "ray": lambda: run_ray(jobs, ray_address or "local"),
+        "local": lambda: run_local(jobs, workers, worker),
+        "ray": lambda: run_ray(jobs, ray_address or "local", worker=worker),
     }
     if backend not in backends:
         raise ValueError(f"backend={backend!r} is unknown, expected one of {sorted(backends)}")

@@ -144,7 +144,7 @@ def zoo_config(job: Job, folder: Path) -> tuple[str | None, str]:
     """
     import yaml
 
-    source = zoo_hyperparams_file(job.algo)
+    source = zoo_hyperparams_file(job.zoo_algo)
     label = f"{source.parent.parent.name}/{source.parent.name}/{source.name}"
     if job.zoo_entry is None:
         return None, label
@@ -154,7 +154,7 @@ def zoo_config(job: Job, folder: Path) -> tuple[str | None, str]:
         return None, label
     if job.zoo_entry not in entries:
         raise ValueError(f"{label} has no entry for {job.env} nor for zoo_entry={job.zoo_entry!r}")
-    config = folder / f"{job.algo}_{job.env}.yml"
+    config = folder / f"{job.zoo_algo}_{job.env}.yml"
     config.write_text(yaml.safe_dump({job.env: entries[job.zoo_entry]}))
     return str(config), f"{label}, entry {job.zoo_entry}"
 
@@ -191,10 +191,10 @@ def run_job(job: Job) -> dict[str, Any]:
     register()
     with tempfile.TemporaryDirectory() as log_folder:
         config, hyperparams_source = zoo_config(job, Path(log_folder))
-        args = argparse.Namespace(algo=job.algo, env=job.env, seed=job.seed, n_timesteps=job.steps, suite=job.suite)
+        args = argparse.Namespace(algo=job.zoo_algo, env=job.env, seed=job.seed, n_timesteps=job.steps, suite=job.suite)
         manager = MPOExperimentManager(
             args,
-            job.algo,
+            job.zoo_algo,
             job.env,
             log_folder,
             n_timesteps=job.steps,

@@ -18,6 +18,8 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
       Hopper-v5:
         zoo_entry: Hopper-v4        # for algorithms whose RL Zoo file has no Hopper-v5 entry: use its Hopper-v4 one
         ...
+    variants:                       # optional: named variants of an algorithm, usable in any env's algos
+      mpo_retrace: {algo: mpo, hyperparams: {q_target: retrace}}
 
 Every algorithm trains with RL Zoo's entry for the environment (rl_zoo3's tuned files; sb3-mpo's own file for MPO),
 through rl_zoo3's experiment manager, so normalisation, ``n_envs``, wrappers and schedules are those of RL Zoo.
@@ -45,7 +47,7 @@ class Job:
     """One training run of a suite: an algorithm on an environment with one seed and one budget."""
 
     suite: str
-    algo: str
+    algo: str  # the algorithm's name in the suite: an algorithm, or a variant of one
     env: str
     seed: int
     steps: int
@@ -53,6 +55,12 @@ class Job:
     eval_episodes: int
     hyperparams: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     zoo_entry: str | None = None
+    base_algo: str = ""  # the algorithm a variant runs ("" : ``algo`` itself)
+
+    @property
+    def zoo_algo(self) -> str:
+        """The algorithm RL Zoo trains (``algo``, or the algorithm of a variant)."""
+        return self.base_algo or self.algo
 
     @property
     def name(self) -> str:
@@ -97,6 +105,12 @@ def load_suite(name_or_path: str | Path) -> Suite:
     eval_episodes = int(spec.get("eval_episodes", 10))
     _require(eval_episodes >= 1, f"{path}: eval_episodes", f"must be a positive integer, got {eval_episodes}")
     multiplier = {str(algo): int(factor) for algo, factor in (spec.get("budget_multiplier") or {}).items()}
+    variants = spec.get("variants") or {}
+    for variant, definition in variants.items():
+        where = f"{path}: variants.{variant}"
+        _require(isinstance(definition, dict) and definition.get("algo") in KNOWN_ALGOS, where,
+                 f"needs an 'algo' among {KNOWN_ALGOS}")  # fmt: skip
+        _require(set(definition) <= {"algo", "hyperparams"}, where, "accepts the keys 'algo' and 'hyperparams' only")
     envs = spec.get("envs") or {}
     _require(isinstance(envs, dict) and len(envs) > 0, f"{path}: envs", "must map environment ids to their settings")
 
@@ -105,15 +119,18 @@ def load_suite(name_or_path: str | Path) -> Suite:
         where = f"{path}: envs.{env_id}"
         missing = {"steps", "seeds", "algos"} - set(settings)
         _require(not missing, where, f"missing keys {sorted(missing)}")
-        unknown = set(settings["algos"]) - set(KNOWN_ALGOS)
-        _require(not unknown, f"{where}.algos", f"unknown algorithms {sorted(unknown)}, expected some of {KNOWN_ALGOS}")
+        unknown = set(settings["algos"]) - set(KNOWN_ALGOS) - set(variants)
+        _require(
+            not unknown, f"{where}.algos", f"unknown algorithms {sorted(unknown)}, expected some of {KNOWN_ALGOS} or a variant"
+        )
         steps, eval_freq = int(settings["steps"]), int(settings.get("eval_freq", settings["steps"]))
         _require(steps >= 1 and 1 <= eval_freq <= steps, where, f"need 1 <= eval_freq <= steps, got {eval_freq}, {steps}")
         overrides = settings.get("hyperparams") or {}
         _require(set(overrides) <= set(settings["algos"]), f"{where}.hyperparams", "names an algorithm the env does not run")
         for seed in settings["seeds"]:
             for algo in settings["algos"]:
-                factor = multiplier.get(algo, 1)
+                variant = variants.get(algo, {})
+                factor = multiplier.get(algo, multiplier.get(variant.get("algo", algo), 1))
                 jobs.append(
                     Job(
                         suite=name,
@@ -123,8 +140,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
                         steps=steps * factor,
                         eval_freq=eval_freq * factor,
                         eval_episodes=eval_episodes,
-                        hyperparams=dict(overrides.get(algo) or {}),
+                        hyperparams={**(variant.get("hyperparams") or {}), **(overrides.get(algo) or {})},
                         zoo_entry=settings.get("zoo_entry"),
+                        base_algo=variant.get("algo", ""),
                     )
                 )
     return Suite(name, str(spec.get("description", "")), jobs, multiplier, path)
