@@ -19,6 +19,7 @@ TINY = {
         "Pendulum-v1": {
             "steps": 200,
             "eval_freq": 100,
+            "threshold": -1e6,  # every evaluation reaches it
             "seeds": [0, 1],
             "algos": ["mpo", "sac"],
             "hyperparams": {
@@ -101,6 +102,7 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
     page = out.read_text()
     assert "| MPO | 200 | 2 |" in page and "| SAC | 200 | 2 |" in page
     assert "IQM [95% CI]" in page and "MPO > SAC" in page
+    assert "| MPO | 2 / 2 | 100, 100 | 2 / 2 |" in page  # the threshold table: first evaluation, every seed
     for figure in ("Pendulum-v1.png", "performance_profile.png"):
         path = tmp_path / "fig" / "tiny" / figure
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -77,6 +77,21 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
+def threshold_table(runs_by_algo: dict[str, list[dict[str, Any]]], threshold: float) -> list[str]:
+    """Per algorithm: how many seeds' evaluation return reached ``threshold`` within the budget, and when first."""
+    lines = [
+        f"| algorithm | seeds reaching {threshold:g} | first step it was reached, per seed | final return ≥ {threshold:g} |",
+        "|---|---|---|---|",
+    ]
+    for algo, runs in runs_by_algo.items():
+        firsts = [next((point["step"] for point in run["curve"] if point["mean"] >= threshold), None) for run in runs]
+        reached = sum(first is not None for first in firsts)
+        steps = ", ".join("—" if first is None else f"{first:,}" for first in firsts)
+        at_end = sum(run["final_return"] >= threshold for run in runs)
+        lines.append(f"| {algo.upper()} | {reached} / {len(runs)} | {steps} | {at_end} / {len(runs)} |")
+    return lines
+
+
 def env_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
     finals = {algo: np.array([run["final_return"] for run in runs]) for algo, runs in runs_by_algo.items()}
     iqm = _iqm_interval(finals)
@@ -303,7 +318,10 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
     for env, runs_by_algo in results.items():
         figure = figures / f"{env}.png"
         curve_figure(env, runs_by_algo, figure)
-        lines += [f"## {env}", "", *env_table(runs_by_algo), "", f"![{env} learning curves]({relative(figure)})", ""]
+        lines += [f"## {env}", "", *env_table(runs_by_algo), ""]
+        if env in suite.thresholds:
+            lines += [*threshold_table(runs_by_algo, suite.thresholds[env]), ""]
+        lines += [f"![{env} learning curves]({relative(figure)})", ""]
     if results:
         lines += ["## Aggregate over environments", "", *aggregate_section(results, figures, relative), ""]
         efficiency = sample_efficiency_table(results)

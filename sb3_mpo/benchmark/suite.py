@@ -11,6 +11,7 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
       Pendulum-v1:
         steps: 20000                # the off-policy budget N
         eval_freq: 2000             # evaluate every eval_freq steps (scaled by the algorithm's budget multiplier)
+        threshold: -200             # optional: the report counts the seeds whose evaluation reaches it, and when
         seeds: [0, 1, 2, 3, 4]
         algos: [mpo, sac, ppo]
         hyperparams:                # optional overrides of the RL Zoo entry, per algorithm (RL Zoo's format)
@@ -78,6 +79,7 @@ class Suite:
     jobs: list[Job]
     budget_multiplier: dict[str, int]
     path: Path
+    thresholds: dict[str, float] = field(default_factory=dict)  # env -> return the report checks runs against
 
     def envs(self) -> list[str]:
         return list(dict.fromkeys(job.env for job in self.jobs))
@@ -114,7 +116,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     envs = spec.get("envs") or {}
     _require(isinstance(envs, dict) and len(envs) > 0, f"{path}: envs", "must map environment ids to their settings")
 
-    jobs = []
+    jobs, thresholds = [], {}
     for env_id, settings in envs.items():
         where = f"{path}: envs.{env_id}"
         missing = {"steps", "seeds", "algos"} - set(settings)
@@ -125,6 +127,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
         )
         steps, eval_freq = int(settings["steps"]), int(settings.get("eval_freq", settings["steps"]))
         _require(steps >= 1 and 1 <= eval_freq <= steps, where, f"need 1 <= eval_freq <= steps, got {eval_freq}, {steps}")
+        if settings.get("threshold") is not None:
+            thresholds[env_id] = float(settings["threshold"])
         overrides = settings.get("hyperparams") or {}
         _require(set(overrides) <= set(settings["algos"]), f"{where}.hyperparams", "names an algorithm the env does not run")
         for seed in settings["seeds"]:
@@ -145,4 +149,4 @@ def load_suite(name_or_path: str | Path) -> Suite:
                         base_algo=variant.get("algo", ""),
                     )
                 )
-    return Suite(name, str(spec.get("description", "")), jobs, multiplier, path)
+    return Suite(name, str(spec.get("description", "")), jobs, multiplier, path, thresholds)
