@@ -66,6 +66,7 @@ def test_local_backend_writes_one_valid_file_per_run(local_store):
         assert result["final_return"] == result["curve"][-1]["mean"]
         assert result["env_steps_per_second"] > 0 and result["gradient_steps_per_second"] > 0
         assert result["hyperparams"]["policy_kwargs"] == repr("dict(net_arch=[8])")
+        assert (result["net_arch"], result["batch_size"]) == ("[8]", 16)  # what the model actually used
         assert result["commit"] != "" and result["versions"]["stable_baselines3"]
         assert not list(results.rglob("*.tmp")), "a temporary file was left behind"
 

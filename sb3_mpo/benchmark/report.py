@@ -141,11 +141,9 @@ def speed_table(results: Results) -> list[str]:
     ]
     for env, runs_by_algo in results.items():
         for algo, runs in runs_by_algo.items():
-            hyperparams = runs[0]["hyperparams"]
             gradient = [run["gradient_steps_per_second"] for run in runs if run.get("gradient_steps_per_second")]
             lines.append(
-                f"| {env} | {algo.upper()} | {hyperparams.get('policy_kwargs', 'default')} "
-                f"| {hyperparams.get('batch_size', 'default')} "
+                f"| {env} | {algo.upper()} | {runs[0].get('net_arch', '—')} | {runs[0].get('batch_size', '—')} "
                 f"| {np.median([run['env_steps_per_second'] for run in runs]):.1f} "
                 f"| {_fmt(float(np.median(gradient)) if gradient else None)} |"
             )

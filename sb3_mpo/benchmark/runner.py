@@ -260,6 +260,9 @@ def run_job(job: Job) -> dict[str, Any]:
         "n_updates": n_updates,
         "gradient_steps_per_second": n_updates / train_seconds if off_policy else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # The network and batch the run actually used (defaults included), for the speed table
+        "net_arch": repr(getattr(model.policy, "net_arch", None)),
+        "batch_size": getattr(model, "batch_size", None),
         "hyperparams": {key: repr(value) for key, value in saved_hyperparams.items() if key != "n_timesteps"},
         "hyperparams_source": hyperparams_source,
         "overrides": {key: repr(value) for key, value in job.hyperparams.items()},

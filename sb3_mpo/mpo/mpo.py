@@ -713,7 +713,8 @@ class MPO(OffPolicyAlgorithm):
             "kl_q": losses.categorical_kl(weights.log(), batch.log_probs_old).mean(),
             "alpha_policy": alpha.detach().mean(),
             "kl_policy": kl.detach(),
-            "entropy": -(log_probs.exp() * log_probs).sum(dim=-1).mean().detach(),
+            # torch's entropy treats a zero probability as 0·log 0 = 0
+            "entropy": th.distributions.Categorical(logits=log_probs.detach()).entropy().mean(),
         }
         return policy_loss, dual_loss, diagnostics
 
