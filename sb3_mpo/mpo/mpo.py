@@ -474,7 +474,7 @@ class MPO(OffPolicyAlgorithm):
 
         :return: The environment's action, the Gaussian-space action ``u`` and its behaviour log-density
         """
-        actor: GaussianActor = self.actor  # type: ignore[assignment]
+        actor = cast(GaussianActor, self.actor)
         if warm_up:
             squashed = np.array([self.policy.scale_action(self.action_space.sample()) for _ in range(n_envs)])
             raw = actor.unsquash(squashed)
@@ -495,7 +495,7 @@ class MPO(OffPolicyAlgorithm):
         if warm_up:
             actions = np.array([self.action_space.sample() for _ in range(n_envs)])
             return actions, actions, np.full(n_envs, -np.log(self.action_space.n))  # type: ignore[attr-defined]
-        actor: CategoricalActor = self.actor  # type: ignore[assignment]
+        actor = cast(CategoricalActor, self.actor)
         with th.no_grad():
             actions_tensor, log_prob = actor.sample(self._last_obs_tensor())
         actions = actions_tensor.cpu().numpy()
