@@ -1,5 +1,5 @@
 """
-Exploration metrics of a set of visited states on a fixed grid (SMM paper, Sec. 5: state coverage and the divergence
+Exploration metrics of a set of visited states on a fixed grid (the SMM paper's measures: state coverage and the divergence
 between the state marginal and the target distribution). Pure NumPy functions of a visit histogram.
 """
 

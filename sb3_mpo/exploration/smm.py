@@ -3,11 +3,11 @@ State Marginal Matching (SMM) exploration: Lee, Eysenbach, Parisotto, Xing, Levi
 "Efficient Exploration via State Marginal Matching", arXiv 1906.05274.
 
 SMM trains a policy whose state marginal ρ_π(s) matches a target p*(s) by maximising the reward
-r(s) = log p*(s) − log ρ_π(s) (paper, Sec. 3). With latent skills z ~ p(z), fixed for an episode and given to the policy,
-the reward becomes r_z(s) = log p*(s) − log q(s|z) + log d(z|s) − log p(z) (paper, Sec. 3.2), where q(s|z) is a density
-model of the states visited under skill z (a VAE) and d(z|s) a skill discriminator. Both are fitted to replay, which
-holds the states of all past policies: that is the historical averaging of the density player in the paper's
-fictitious play; :class:`PolicySnapshots` and :class:`HistoricalAveragePolicy` give the policy player's average.
+r(s) = log p*(s) − log ρ_π(s) (the paper's SMM objective). With latent skills z ~ p(z), fixed for an episode and given
+to the policy (the paper's mixture of policies), the reward becomes r_z(s) = log p*(s) − log q(s|z) + log d(z|s) − log p(z),
+where q(s|z) is a density model of the states visited under skill z (a VAE) and d(z|s) a skill discriminator. Both are
+fitted to replay, which holds the states of all past policies: that is the historical averaging of the density player
+in the paper's fictitious play; :class:`PolicySnapshots` and :class:`HistoricalAveragePolicy` give the policy player's average.
 
 The pieces plug into any SB3 off-policy algorithm (MPO, SAC, TD3, ...)::
 
@@ -49,7 +49,8 @@ def smm_reward(
     skill_coef: float = 1.0,
 ) -> th.Tensor:
     """
-    The SMM reward with latent skills (paper, Sec. 3.2), each term weighted by its coefficient:
+    The SMM reward with latent skills (the paper's mixture-of-policies objective), each term weighted by its
+    coefficient:
 
     r_z(s) = c_* · log p*(s) − c_q · log q(s|z) + c_d · (log d(z|s) − log p(z))
 
@@ -320,8 +321,8 @@ class SMMReplayBuffer(ReplayBuffer):
 class PolicySnapshots(BaseCallback):
     """
     Keeps a copy of the policy every ``snapshot_freq`` environment steps: the historical policies whose average is
-    the policy SMM's fictitious play returns (paper, Sec. 3.3). Also logs the SMM losses when the model's replay
-    buffer is an :class:`SMMReplayBuffer`.
+    the policy SMM's fictitious play returns (the paper's historical averaging). Also logs the SMM losses when the
+    model's replay buffer is an :class:`SMMReplayBuffer`.
 
     :param snapshot_freq: Environment steps between snapshots
     :param verbose: Verbosity level
