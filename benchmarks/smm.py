@@ -177,10 +177,11 @@ def report(results_dir: Path) -> str:
         if not runs:
             continue
         lines += [f"### {env}", ""]
+        has_goal = env != "sb3_mpo/PointRooms-v0"  # PointRooms has no goal
         lines += [
             "| configuration | seeds | steps | coverage (rollouts) | KL to uniform (rollouts) | coverage (replay) "
-            "| KL to uniform (replay) | entropy (replay) | seeds reaching the goal |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| KL to uniform (replay) | entropy (replay) |" + (" seeds reaching the goal |" if has_goal else ""),
+            "|---|---|---|---|---|---|---|---|" + ("---|" if has_goal else ""),
         ]
         for config in CONFIGS:
             chosen = [run for run in runs if run["config"] == config]
@@ -195,7 +196,7 @@ def report(results_dir: Path) -> str:
             lines.append(
                 f"| {config} | {len(chosen)} | {chosen[0]['steps']:,} | {stat('rollouts', 'coverage')} "
                 f"| {stat('rollouts', 'kl_to_uniform')} | {stat('replay', 'coverage')} | {stat('replay', 'kl_to_uniform')} "
-                f"| {stat('replay', 'entropy')} | {goal} / {len(chosen)} |"
+                f"| {stat('replay', 'entropy')} |" + (f" {goal} / {len(chosen)} |" if has_goal else "")
             )
         if env == "sb3_mpo/PointRooms-v0":
             lines += ["", "Visits per room in replay (rooms 0-3; the start is in room 0), mean over seeds:", ""]
