@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from sb3_mpo.benchmark.backends import run_jobs
-from sb3_mpo.benchmark.runner import git_commit, library_versions, machine, write_result
+from sb3_mpo.benchmark.backends import run_and_store
+from sb3_mpo.benchmark.runner import library_versions, machine
 from sb3_mpo.benchmark.suite import RESULTS_DIR
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -232,20 +232,13 @@ def main() -> int:
         if not SMMJob(config, env, seed, args.steps).result_path(args.results).exists()
     ]
     print(f"{len(jobs)} runs to do", flush=True)
-    commit, failures = git_commit(), 0
+
+    def describe(result: dict[str, Any]) -> str:
+        goal = "yes" if result["goal_reached"] else "no"
+        return f"coverage {result['replay']['coverage']:.3f} (replay), goal {goal}, {result['train_seconds'] / 60:.1f} min"
+
     backend = "ray" if args.ray_address else "local"
-    for job, result, error in run_jobs(jobs, backend, args.workers, args.ray_address, worker=run_smm_job):
-        if result is None:
-            failures += 1
-            print(f"FAILED {job.name}:\n{error}", file=sys.stderr, flush=True)
-            continue
-        result["commit"] = commit
-        write_result(job.result_path(args.results), result)
-        print(
-            f"done {job.name}: coverage {result['replay']['coverage']:.3f} (replay), "
-            f"goal {'yes' if result['goal_reached'] else 'no'}, {result['train_seconds'] / 60:.1f} min",
-            flush=True,
-        )
+    failures = run_and_store(jobs, args.results, describe, backend, args.workers, args.ray_address, worker=run_smm_job)
     return 1 if failures else 0
 
 

@@ -8,10 +8,12 @@ result file, so results land in one store whichever backend ran them.
 
 import multiprocessing as mp
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
-from sb3_mpo.benchmark.runner import run_job_safely
+from sb3_mpo.benchmark.runner import git_commit, run_job_safely, write_result
 
 JobT = TypeVar("JobT")
 Outcome = tuple[JobT, dict[str, Any] | None, str]
@@ -84,3 +86,31 @@ def run_jobs(
     if backend not in backends:
         raise ValueError(f"backend={backend!r} is unknown, expected one of {sorted(backends)}")
     return backends[backend]()
+
+
+def run_and_store(
+    jobs: list[Any],
+    results_dir: Path,
+    describe: Callable[[dict[str, Any]], str],
+    backend: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    worker: Worker = run_job_safely,
+) -> int:
+    """
+    Run jobs (each with a ``name`` and a ``result_path(results_dir)``) on a backend and store each finished record,
+    stamped with the checkout's commit, as its job's result file; a failed job prints its traceback and the others go on.
+
+    :param describe: One line about a finished record, printed after its name
+    :return: The number of failed jobs
+    """
+    commit, failures = git_commit(), 0
+    for job, result, error in run_jobs(jobs, backend, workers, ray_address, worker):
+        if result is None:
+            failures += 1
+            print(f"FAILED {job.name}:\n{error}", file=sys.stderr, flush=True)
+            continue
+        result["commit"] = commit
+        write_result(job.result_path(results_dir), result)
+        print(f"done {job.name}: {describe(result)}", flush=True)
+    return failures

@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sb3_mpo.benchmark.backends import run_jobs
-from sb3_mpo.benchmark.runner import ResultError, git_commit, load_result, write_result
+from sb3_mpo.benchmark.backends import run_and_store
+from sb3_mpo.benchmark.runner import ResultError, load_result
 from sb3_mpo.benchmark.suite import RESULTS_DIR, Job, load_suite
 
 
@@ -49,19 +49,12 @@ def run(args: argparse.Namespace) -> int:
     jobs = _selected(suite.jobs, args)
     pending = _pending(jobs, args.results)
     print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs) - len(pending)} finished, {len(pending)} to run", flush=True)
-    commit, failures = git_commit(), 0
-    for job, result, error in run_jobs(pending, args.backend, args.workers, args.ray_address):
-        if result is None:
-            failures += 1
-            print(f"FAILED {job.name}:\n{error}", file=sys.stderr, flush=True)
-            continue
-        result["commit"] = commit
-        write_result(job.result_path(args.results), result)
-        print(
-            f"done {job.name}: final return {result['final_return']:.1f}, "
-            f"{result['env_steps_per_second']:.1f} env steps/s, {result['train_seconds'] / 60:.1f} min",
-            flush=True,
-        )
+
+    def describe(result: dict) -> str:
+        steps_per_second, minutes = result["env_steps_per_second"], result["train_seconds"] / 60
+        return f"final return {result['final_return']:.1f}, {steps_per_second:.1f} env steps/s, {minutes:.1f} min"
+
+    failures = run_and_store(pending, args.results, describe, args.backend, args.workers, args.ray_address)
     return 1 if failures else 0
 
 
