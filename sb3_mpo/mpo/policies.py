@@ -24,7 +24,66 @@ ActionBounding = Literal["clip", "tanh"]
 ACTION_BOUNDINGS: tuple[str, ...] = ("clip", "tanh")
 
 
-class GaussianActor(BasePolicy):
+class MPOActor(BasePolicy):
+    """
+    What MPO's actors share: an MLP head on features that, with a shared extractor, belong to the critic.
+
+    :param observation_space: Observation space
+    :param action_space: Action space
+    :param net_arch: Hidden layers of the policy network
+    :param features_extractor: Network to extract features
+    :param features_dim: Number of features
+    :param activation_fn: Activation function
+    :param normalize_images: Whether to normalize images or not, dividing by 255.0
+    :param share_features_extractor: Whether the features extractor is shared with (and trained by) the critic;
+        the actor then reads the features without back-propagating into them
+    :param squash_output: Whether the actions are squashed into the action space's box (SB3's ``BasePolicy`` flag)
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        net_arch: list[int],
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        normalize_images: bool = True,
+        share_features_extractor: bool = False,
+        squash_output: bool = False,
+    ):
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor=features_extractor,
+            normalize_images=normalize_images,
+            squash_output=squash_output,
+        )
+        self.net_arch = net_arch
+        self.features_dim = features_dim
+        self.activation_fn = activation_fn
+        self.share_features_extractor = share_features_extractor
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            dict(
+                net_arch=self.net_arch,
+                features_dim=self.features_dim,
+                activation_fn=self.activation_fn,
+                features_extractor=self.features_extractor,
+                share_features_extractor=self.share_features_extractor,
+            )
+        )
+        return data
+
+    def actor_features(self, obs: PyTorchObs) -> th.Tensor:
+        """The features of ``obs``; no gradient reaches a features extractor shared with the critic."""
+        with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
+            return self.extract_features(obs, self.features_extractor)
+
+
+class GaussianActor(MPOActor):
     """
     Diagonal Gaussian actor for MPO: state-dependent mean and standard deviation, the latter bounded below.
 
@@ -64,21 +123,21 @@ class GaussianActor(BasePolicy):
         super().__init__(
             observation_space,
             action_space,
-            features_extractor=features_extractor,
-            normalize_images=normalize_images,
+            net_arch,
+            features_extractor,
+            features_dim,
+            activation_fn,
+            normalize_images,
+            share_features_extractor,
             squash_output=True,
         )
         if action_bounding not in ACTION_BOUNDINGS:
             raise ValueError(f"action_bounding must be one of {ACTION_BOUNDINGS}, got {action_bounding!r}")
         if not 0 < min_std < init_std:
             raise ValueError(f"Need 0 < min_std < init_std, got min_std={min_std}, init_std={init_std}")
-        self.net_arch = net_arch
-        self.features_dim = features_dim
-        self.activation_fn = activation_fn
         self.init_std = init_std
         self.min_std = min_std
         self.action_bounding = action_bounding
-        self.share_features_extractor = share_features_extractor
 
         action_dim = get_action_dim(self.action_space)
         self.latent_pi = nn.Sequential(*create_mlp(features_dim, -1, net_arch, activation_fn))
@@ -90,18 +149,7 @@ class GaussianActor(BasePolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(
-            dict(
-                net_arch=self.net_arch,
-                features_dim=self.features_dim,
-                activation_fn=self.activation_fn,
-                features_extractor=self.features_extractor,
-                init_std=self.init_std,
-                min_std=self.min_std,
-                action_bounding=self.action_bounding,
-                share_features_extractor=self.share_features_extractor,
-            )
-        )
+        data.update(dict(init_std=self.init_std, min_std=self.min_std, action_bounding=self.action_bounding))
         return data
 
     def distribution_params(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
@@ -109,9 +157,7 @@ class GaussianActor(BasePolicy):
         :param obs: Observation batch
         :return: Mean and standard deviation of the Gaussian over ``u``, each of shape (B, A)
         """
-        with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
-            features = self.extract_features(obs, self.features_extractor)
-        latent = self.latent_pi(features)
+        latent = self.latent_pi(self.actor_features(obs))
         std = F.softplus(self.std(latent) + self.std_offset) + self.min_std
         return self.mu(latent), std
 
@@ -167,7 +213,7 @@ class GaussianActor(BasePolicy):
         return self(observation, deterministic)
 
 
-class CategoricalActor(BasePolicy):
+class CategoricalActor(MPOActor):
     """
     Categorical actor for MPO on a ``Discrete`` action space: an MLP from the features to one logit per action.
 
@@ -196,35 +242,23 @@ class CategoricalActor(BasePolicy):
         share_features_extractor: bool = False,
     ):
         super().__init__(
-            observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
+            observation_space,
+            action_space,
+            net_arch,
+            features_extractor,
+            features_dim,
+            activation_fn,
+            normalize_images,
+            share_features_extractor,
         )
-        self.net_arch = net_arch
-        self.features_dim = features_dim
-        self.activation_fn = activation_fn
-        self.share_features_extractor = share_features_extractor
         self.logits = nn.Sequential(*create_mlp(features_dim, int(action_space.n), net_arch, activation_fn))
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(
-            dict(
-                net_arch=self.net_arch,
-                features_dim=self.features_dim,
-                activation_fn=self.activation_fn,
-                features_extractor=self.features_extractor,
-                share_features_extractor=self.share_features_extractor,
-            )
-        )
-        return data
 
     def log_probs(self, obs: PyTorchObs) -> th.Tensor:
         """
         :param obs: Observation batch
         :return: log π(a|s) of every action, shape (B, n_actions)
         """
-        with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
-            features = self.extract_features(obs, self.features_extractor)
-        return F.log_softmax(self.logits(features), dim=-1)
+        return F.log_softmax(self.logits(self.actor_features(obs)), dim=-1)
 
     def sample(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
         """
