@@ -198,18 +198,41 @@ def test_matches_annotation(value: Any, annotation: Any, expected: bool) -> None
     assert matches_annotation(value, annotation) is expected
 
 
-def test_sampler_and_converter() -> None:
+GAUSSIAN_PARAMS = {"n_action_samples", "epsilon_mean", "epsilon_std", "action_bounding"}
+
+
+@pytest.mark.parametrize("env_id, n_actions", [(ENV_ID, 1), ("CartPole-v1", 0)])
+def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):
         trial = study.ask()
-        sampled = sample_mpo_params(trial, n_actions=1, n_envs=1, additional_args={})
+        sampled = sample_mpo_params(trial, n_actions=n_actions, n_envs=1, additional_args={})
         # rl_zoo3 rebuilds the hyperparameters of a stored trial (--trial-id) with the converter
         assert convert_mpo_params(trial.params) == sampled
         assert 0.97 <= sampled["gamma"] <= 0.9999 and sampled["batch_size"] in (64, 128, 256, 512)
         assert trial.user_attrs == {"gamma": sampled["gamma"], "batch_size": sampled["batch_size"]}
+        # Each action space gets the settings its policy uses, and only those
+        if n_actions > 0:
+            assert GAUSSIAN_PARAMS <= set(trial.params) and "epsilon_policy" not in trial.params
+        else:
+            assert not GAUSSIAN_PARAMS & set(trial.params) and 1e-3 <= sampled["epsilon_policy"] <= 1e-1
         check_mpo_hyperparams(sampled)
-        MPO("MlpPolicy", ENV_ID, **sampled)  # the constructor accepts every sample
+        MPO("MlpPolicy", env_id, **sampled)  # the constructor accepts every sample
         study.tell(trial, 0.0)
+
+
+def test_optimize_discrete(tmp_path: Path) -> None:
+    # rl_zoo3 passes n_actions=0 for a Discrete space: the search tunes the categorical trust region
+    storage = str(tmp_path / "mpo.log")
+    zoo(
+        "train",
+        *("--algo", ALGO_NAME, "--env", "CartPole-v1", "-f", tmp_path, "-n", 120, "--eval-episodes", 1, "--seed", 0),
+        *("--hyperparams", "learning_starts:110", "-optimize", "--n-trials", 1, "--pruner", "none", "--no-optim-plots"),
+        *("--storage", storage, "--study-name", "d"),
+    )
+    (trial,) = optuna.load_study(study_name="d", storage=open_storage(storage)).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert "epsilon_policy" in trial.params and not GAUSSIAN_PARAMS & set(trial.params)
 
 
 def open_storage(storage: str) -> Any:

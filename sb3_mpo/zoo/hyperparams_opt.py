@@ -19,12 +19,16 @@ NET_ARCHS: dict[str, list[int]] = {
 
 def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict[str, Any]) -> dict[str, Any]:
     """
-    Sample MPO hyperparameters: the learning rate, the batch, the E-step (``n_action_samples``, ``epsilon``),
-    the M-step trust regions (``epsilon_mean``, ``epsilon_std``), the critic target (``n_steps``, ``tau``, ``gamma``),
-    the network size and how actions are bounded. Scales spanning decades are sampled in log space.
+    Sample MPO hyperparameters: the learning rate, the batch, the E-step bound ``epsilon``, the critic target
+    (``n_steps``, ``tau``, ``gamma``) and the network size; then the settings of the action space's policy.
+    With ``Box`` actions: ``n_action_samples``, the M-step trust regions (``epsilon_mean``, ``epsilon_std``) and how
+    actions are bounded. With ``Discrete`` actions: the categorical trust region ``epsilon_policy`` (the E-step and
+    the critic target enumerate the actions, so there is no sample count to tune).
+    Scales spanning decades are sampled in log space.
 
     :param trial: The Optuna trial that records the suggestions
-    :param n_actions: Number of action dimensions (unused: MPO's bounds are per dimension already)
+    :param n_actions: rl_zoo3's number of action dimensions: the size of a ``Box`` action space, and 0 for every other
+        space (rl_zoo3 sets it for ``Box`` spaces only), which is how the sampler tells ``Discrete`` actions apart
     :param n_envs: Number of environments (unused)
     :param additional_args: rl_zoo3's extra information on the run (unused: MPO has no HER-specific setting)
     :return: Keyword arguments for MPO's constructor
@@ -35,16 +39,20 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-3, log=True),
         # From 2**6=64 to 2**9=512
         "batch_size_pow": trial.suggest_int("batch_size_pow", 6, 9),
-        "n_action_samples": trial.suggest_categorical("n_action_samples", [10, 20, 40]),
         "epsilon": trial.suggest_float("epsilon", 0.01, 1.0, log=True),
-        "epsilon_mean": trial.suggest_float("epsilon_mean", 1e-4, 1e-2, log=True),
-        "epsilon_std": trial.suggest_float("epsilon_std", 1e-6, 1e-4, log=True),
         "n_steps": trial.suggest_categorical("n_steps", [1, 3, 5]),
         # Polyak coefficient of the target networks
         "tau": trial.suggest_float("tau", 0.001, 0.05, log=True),
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
-        "action_bounding": trial.suggest_categorical("action_bounding", ["clip", "tanh"]),
     }
+    if n_actions > 0:
+        sampled["n_action_samples"] = trial.suggest_categorical("n_action_samples", [10, 20, 40])
+        sampled["epsilon_mean"] = trial.suggest_float("epsilon_mean", 1e-4, 1e-2, log=True)
+        sampled["epsilon_std"] = trial.suggest_float("epsilon_std", 1e-6, 1e-4, log=True)
+        sampled["action_bounding"] = trial.suggest_categorical("action_bounding", ["clip", "tanh"])
+    else:
+        # Around the default 1e-2, which learns CartPole-v1 and LunarLander-v3 (docs/discrete_results.md)
+        sampled["epsilon_policy"] = trial.suggest_float("epsilon_policy", 1e-3, 1e-1, log=True)
     # Display the true values next to the raw ones
     trial.set_user_attr("gamma", 1 - sampled["one_minus_gamma"])
     trial.set_user_attr("batch_size", 2 ** sampled["batch_size_pow"])
@@ -61,8 +69,7 @@ def convert_mpo_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     hyperparams = sampled_params.copy()
     hyperparams["gamma"] = 1 - hyperparams.pop("one_minus_gamma")
     hyperparams["batch_size"] = 2 ** hyperparams.pop("batch_size_pow")
-    hyperparams["policy_kwargs"] = {
-        "net_arch": NET_ARCHS[hyperparams.pop("net_arch")],
-        "action_bounding": hyperparams.pop("action_bounding"),
-    }
+    hyperparams["policy_kwargs"] = {"net_arch": NET_ARCHS[hyperparams.pop("net_arch")]}
+    if "action_bounding" in hyperparams:
+        hyperparams["policy_kwargs"]["action_bounding"] = hyperparams.pop("action_bounding")
     return hyperparams
