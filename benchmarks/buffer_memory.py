@@ -9,7 +9,6 @@ without filling them and runs in a second. Usage::
 
 import argparse
 import platform
-import subprocess
 import warnings
 from typing import Any
 
@@ -17,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.buffers import ReplayBuffer
 
+from sb3_mpo.benchmark.runner import git_commit
 from sb3_mpo.common.buffers import SegmentReplayBuffer
 
 TARGET_RATIO = 1.15
@@ -32,13 +32,6 @@ def allocated_bytes(buffer: Any) -> int:
         arrays = value.values() if isinstance(value, dict) else [value]
         total += sum(array.nbytes for array in arrays if isinstance(array, np.ndarray))
     return total
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
