@@ -133,6 +133,34 @@ def test_smm_trains_with_off_policy_algorithms(algo):
     assert any(not th.equal(first[name], live[name]) for name in live)
 
 
+@pytest.mark.parametrize("algo", [MPO, SAC])
+def test_snapshots_survive_save_and_resume(algo, tmp_path):
+    """Saved snapshots reload with the same actions, and a resumed run keeps adding to them on the same schedule."""
+    env = SkillWrapper(gym.make("sb3_mpo/PointRooms-v0"), n_skills=2)
+    kwargs = dict(learning_starts=50, batch_size=16, policy_kwargs=dict(net_arch=[16]))
+    model = algo(
+        "MlpPolicy", env, seed=0, replay_buffer_class=SMMReplayBuffer, replay_buffer_kwargs=dict(n_skills=2), **kwargs
+    )
+    snapshots = PolicySnapshots(snapshot_freq=100)
+    model.learn(250, callback=snapshots)
+    snapshots.save(tmp_path / "snapshots")
+    model.save(tmp_path / "model")
+
+    loaded = PolicySnapshots.load(tmp_path / "snapshots")
+    assert len(loaded.snapshots) == 2 and loaded.snapshot_freq == 100
+    obs = np.stack([env.observation_space.sample() for _ in range(8)])
+    for saved, reloaded in zip(snapshots.snapshots, loaded.snapshots, strict=True):
+        assert type(reloaded) is type(saved) and not reloaded.training
+        np.testing.assert_allclose(reloaded.predict(obs, deterministic=True)[0], saved.predict(obs, deterministic=True)[0])
+
+    resumed = algo.load(tmp_path / "model", env=env)
+    resumed.learn(200, callback=loaded, reset_num_timesteps=False)
+    assert len(loaded.snapshots) == 4  # at steps 100, 200 (saved), then 300 and 400
+    HistoricalAveragePolicy(loaded.snapshots, seed=0).predict(obs)
+    with pytest.raises(FileNotFoundError, match=r"snapshots\.json"):
+        PolicySnapshots.load(tmp_path)
+
+
 def test_historical_average_picks_one_snapshot_per_episode():
     class Constant:
         def __init__(self, value):

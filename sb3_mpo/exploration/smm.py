@@ -19,8 +19,12 @@ The pieces plug into any SB3 off-policy algorithm (MPO, SAC, TD3, ...)::
 """
 
 import copy
+import functools
+import importlib
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -37,6 +41,8 @@ from torch.nn import functional as F
 
 #: log p*(s) of a batch of states, shape (B, state_dim) -> (B,); None is the uniform target (a constant, dropped)
 TargetLogProb = Callable[[np.ndarray], np.ndarray]
+#: The file of :meth:`PolicySnapshots.save` that lists the snapshots and the schedule
+SNAPSHOTS_MANIFEST = "snapshots.json"
 
 
 def smm_reward(
@@ -347,6 +353,49 @@ class PolicySnapshots(BaseCallback):
             for key, value in buffer.smm.stats.items():
                 self.logger.record(f"smm/{key}", value)
         return True
+
+    def save(self, path: str | Path) -> None:
+        """
+        Save the snapshots (SB3 policy files) and the schedule to a folder, so that a run resumed from a saved model
+        keeps its historical policies. The folder holds ``snapshots.json`` and one ``snapshot_<k>.pth`` per snapshot.
+
+        :param path: The folder (created if needed)
+        """
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = [f"snapshot_{index}.pth" for index in range(len(self.snapshots))]
+        for snapshot, name in zip(self.snapshots, files, strict=True):
+            snapshot.save(str(folder / name))
+        classes = [f"{type(snapshot).__module__}:{type(snapshot).__qualname__}" for snapshot in self.snapshots]
+        manifest = {"snapshot_freq": self.snapshot_freq, "next_snapshot": self._next_snapshot, "files": files}
+        (folder / SNAPSHOTS_MANIFEST).write_text(json.dumps({**manifest, "classes": classes}, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path, device: th.device | str = "auto", verbose: int = 0) -> "PolicySnapshots":
+        """
+        Load snapshots saved by :meth:`save`. Pass the result to ``learn(..., reset_num_timesteps=False)`` of the
+        reloaded model to go on taking snapshots on the same schedule, or its :attr:`snapshots` to
+        :class:`HistoricalAveragePolicy`.
+
+        :param path: The folder written by :meth:`save`
+        :param device: Device of the loaded policies
+        :param verbose: Verbosity level
+        :return: The callback, holding the saved snapshots
+        """
+        folder = Path(path)
+        manifest_path = folder / SNAPSHOTS_MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"no {SNAPSHOTS_MANIFEST} in {folder}: not a folder written by PolicySnapshots.save")
+        manifest = json.loads(manifest_path.read_text())
+        callback = cls(manifest["snapshot_freq"], verbose)
+        callback._next_snapshot = manifest["next_snapshot"]
+        for name, class_path in zip(manifest["files"], manifest["classes"], strict=True):
+            module, qualname = class_path.split(":")
+            policy_class = functools.reduce(getattr, qualname.split("."), importlib.import_module(module))
+            snapshot = policy_class.load(str(folder / name), device=device)
+            snapshot.set_training_mode(False)
+            callback.snapshots.append(snapshot)
+        return callback
 
 
 class HistoricalAveragePolicy:
