@@ -3,11 +3,12 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from sb3_mpo.benchmark.cli import main
-from sb3_mpo.benchmark.report import collect
+from sb3_mpo.benchmark.report import collect, iqm_interval
 from sb3_mpo.benchmark.runner import ResultError, load_result
 from sb3_mpo.benchmark.suite import load_suite
 
@@ -197,3 +198,17 @@ def test_shipped_suites_load():
     for name in ("quick", "full", "speed", "discrete", "critic_targets"):
         suite = load_suite(name)
         assert suite.jobs and all(job.eval_episodes >= 10 for job in suite.jobs), name
+
+
+def test_bootstrap_intervals_are_reproducible():
+    """The same finals give the same confidence intervals whatever NumPy's global state, which is left untouched."""
+    finals = {"mpo": np.random.default_rng(1).normal(size=10), "sac": np.random.default_rng(2).normal(size=10)}
+    np.random.seed(123)
+    first = iqm_interval(finals)
+    after_first = np.random.get_state()[1].copy()
+    np.random.seed(456)
+    assert iqm_interval(finals) == first
+    np.random.seed(123)
+    assert np.array_equal(np.random.get_state()[1], after_first)  # the global generator was restored
+    low, high = first["mpo"][1:]
+    assert low < first["mpo"][0] < high  # a real interval, not a degenerate one

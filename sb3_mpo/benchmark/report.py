@@ -10,11 +10,12 @@ return of every algorithm the suite stores for that environment (0 = worst run, 
 scores compare the algorithms of this page with each other and with nothing else.
 """
 
+import contextlib
 import os
 import sys
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,23 @@ from sb3_mpo.benchmark.suite import Suite
 BOOTSTRAP_REPS = 2000
 ON_POLICY = ("ppo", "trpo", "a2c")
 CONFIDENCE = 0.95
+#: Seed of every bootstrap, so that the same result files always give the same page
+BOOTSTRAP_SEED = 0
+
+
+@contextlib.contextmanager
+def _seeded_bootstrap() -> Iterator[np.random.RandomState]:
+    """
+    A seeded generator for rliable, with NumPy's global generator seeded too for the duration: rliable's
+    ``StratifiedBootstrap`` draws its run indices from ``np.random`` and ignores its ``random_state`` (rliable 1.2).
+    The global generator's state is restored afterwards.
+    """
+    state = np.random.get_state()
+    np.random.seed(BOOTSTRAP_SEED)
+    try:
+        yield np.random.RandomState(BOOTSTRAP_SEED)
+    finally:
+        np.random.set_state(state)
 
 Results = dict[str, dict[str, list[dict[str, Any]]]]  # env -> algo -> runs (sorted by seed)
 
@@ -55,15 +73,15 @@ def collect(suite: Suite, results_dir: Path) -> tuple[Results, list[str], list[s
     return results, problems, missing
 
 
-def _iqm_interval(finals: dict[str, np.ndarray]) -> dict[str, tuple[float, float, float]]:
+def iqm_interval(finals: dict[str, np.ndarray]) -> dict[str, tuple[float, float, float]]:
     """IQM of each algorithm's final returns with its 95% stratified-bootstrap confidence interval (rliable)."""
     from rliable import library, metrics
 
     scores = {algo: values.reshape(-1, 1) for algo, values in finals.items()}
-    point, interval = library.get_interval_estimates(
-        scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=BOOTSTRAP_REPS,
-        random_state=np.random.RandomState(0),
-    )  # fmt: skip
+    with _seeded_bootstrap() as rng:
+        point, interval = library.get_interval_estimates(
+            scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=BOOTSTRAP_REPS, random_state=rng
+        )
     return {algo: (float(point[algo][0]), float(interval[algo][0, 0]), float(interval[algo][1, 0])) for algo in scores}
 
 
@@ -94,7 +112,7 @@ def threshold_table(runs_by_algo: dict[str, list[dict[str, Any]]], threshold: fl
 
 def env_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
     finals = {algo: np.array([run["final_return"] for run in runs]) for algo, runs in runs_by_algo.items()}
-    iqm = _iqm_interval(finals)
+    iqm = iqm_interval(finals)
     lines = [
         "| algorithm | budget (steps) | seeds | final return, mean ± std | IQM [95% CI] | per seed |",
         "|---|---|---|---|---|---|",
@@ -180,10 +198,10 @@ def aggregate_section(results: Results, figures: Path, relative: Callable[[Path]
     scores, envs = normalised_scores(results)
     if len(scores) < 2:
         return ["Aggregates need two algorithms that ran on every environment of the suite."]
-    rng = np.random.RandomState(0)
-    point, interval = library.get_interval_estimates(
-        scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=BOOTSTRAP_REPS, random_state=rng
-    )
+    with _seeded_bootstrap() as rng:
+        point, interval = library.get_interval_estimates(
+            scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=BOOTSTRAP_REPS, random_state=rng
+        )
     lines = [
         f"Over {len(envs)} environment(s) ({', '.join(envs)}), normalised final returns:",
         "",
@@ -195,9 +213,10 @@ def aggregate_section(results: Results, figures: Path, relative: Callable[[Path]
         lines.append(f"| {algo.upper()} | {scores[algo].shape[0]} | {point[algo][0]:.2f} [{low:.2f}, {high:.2f}] |")
     if "mpo" in scores:
         pairs = {f"mpo,{algo}": (scores["mpo"], scores[algo]) for algo in scores if algo != "mpo"}
-        probability, probability_interval = library.get_interval_estimates(
-            pairs, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=rng
-        )
+        with _seeded_bootstrap() as rng:
+            probability, probability_interval = library.get_interval_estimates(
+                pairs, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=rng
+            )
         lines += ["", "| P(MPO > baseline) | estimate [95% CI] |", "|---|---|"]
         for pair in pairs:
             low, high = probability_interval[pair][:, 0] if probability_interval[pair].ndim > 1 else probability_interval[pair]
@@ -206,7 +225,8 @@ def aggregate_section(results: Results, figures: Path, relative: Callable[[Path]
     import matplotlib.pyplot as plt
 
     taus = np.linspace(0.0, 1.0, 51)
-    profiles, profile_intervals = library.create_performance_profile(scores, taus, reps=BOOTSTRAP_REPS)
+    with _seeded_bootstrap():
+        profiles, profile_intervals = library.create_performance_profile(scores, taus, reps=BOOTSTRAP_REPS)
     fig, ax = plt.subplots(figsize=(6, 4))
     plot_utils.plot_performance_profiles(
         profiles, taus, performance_profile_cis=profile_intervals, ax=ax, xlabel=r"normalised final return $\tau$",
