@@ -366,9 +366,13 @@ class PolicySnapshots(BaseCallback):
         files = [f"snapshot_{index}.pth" for index in range(len(self.snapshots))]
         for snapshot, name in zip(self.snapshots, files, strict=True):
             snapshot.save(str(folder / name))
-        classes = [f"{type(snapshot).__module__}:{type(snapshot).__qualname__}" for snapshot in self.snapshots]
-        manifest = {"snapshot_freq": self.snapshot_freq, "next_snapshot": self._next_snapshot, "files": files}
-        (folder / SNAPSHOTS_MANIFEST).write_text(json.dumps({**manifest, "classes": classes}, indent=1))
+        manifest = {
+            "snapshot_freq": self.snapshot_freq,
+            "next_snapshot": self._next_snapshot,
+            "files": files,
+            "classes": [f"{type(snapshot).__module__}:{type(snapshot).__qualname__}" for snapshot in self.snapshots],
+        }
+        (folder / SNAPSHOTS_MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     @classmethod
     def load(cls, path: str | Path, device: th.device | str = "auto", verbose: int = 0) -> "PolicySnapshots":
