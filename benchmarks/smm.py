@@ -154,7 +154,6 @@ def _run(job: SMMJob) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "versions": library_versions(),
         "machine": machine(),
-        "commit": "unknown",
     }
 
 
