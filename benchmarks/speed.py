@@ -9,20 +9,20 @@ times ``train()`` alone on a filled buffer.
 """
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch as th
 from stable_baselines3 import SAC
 
 from sb3_mpo import MPO
+from sb3_mpo.benchmark.runner import git_commit, write_result
+from sb3_mpo.benchmark.suite import RESULTS_DIR
 from sb3_mpo.common.hyperparams import load_hyperparams
 
-RESULTS = Path(__file__).parent / "results" / "speed"
+RESULTS = RESULTS_DIR / "speed"
 
 
 def measure(model, steps: int, updates: int) -> tuple[float, float]:
@@ -66,8 +66,7 @@ def main() -> None:
         print(f"{name:5} {median['env_steps_per_second']:>12.1f} {median['gradient_steps_per_second']:>13.1f}")
     ratio = medians["sac"]["env_steps_per_second"] / medians["mpo"]["env_steps_per_second"]
     print(f"MPO wall-clock per env step / SAC's: {ratio:.2f}")
-    commit = os.popen(f"git -C {Path(__file__).parent} rev-parse --short HEAD").read().strip() or "unknown"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()
     record = {
         "env": args.env,
         "commit": commit,
@@ -77,10 +76,7 @@ def main() -> None:
         "medians": medians,
         "mpo_over_sac_wall_clock_per_env_step": ratio,
     }
-    path = RESULTS / f"{args.env}_{commit}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    write_result(RESULTS / f"{args.env}_{commit}.json", record)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import yaml
 from sb3_mpo.benchmark.cli import main
 from sb3_mpo.benchmark.report import collect, iqm_interval
 from sb3_mpo.benchmark.runner import ResultError, load_result
-from sb3_mpo.benchmark.suite import load_suite
+from sb3_mpo.benchmark.suite import RESULTS_DIR, SUITES_DIR, load_suite
 
 TINY = {
     "name": "tiny",
@@ -111,15 +111,41 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
         assert f"../fig/tiny/{figure}" in page
 
 
+def copy_store(results: Path, target: Path) -> Path:
+    for path in results.rglob("*.json"):
+        copy = target / path.relative_to(results)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(path.read_text())
+    return target
+
+
+def test_report_shows_quiet_speed_records_and_discloses_converted_runs(local_store, tmp_path):
+    """benchmarks/speed.py's records for the suite's environments are listed; converted runs are said to be so."""
+    suite_path, results = local_store
+    store = copy_store(results, tmp_path / "results")
+    converted = load_suite(suite_path).jobs[0].result_path(store)
+    converted.write_text(json.dumps({**json.loads(converted.read_text()), "migrated_from": "old/file.json"}))
+    medians = {
+        "mpo": {"env_steps_per_second": 40.0, "gradient_steps_per_second": 41.0},
+        "sac": {"env_steps_per_second": 60.0, "gradient_steps_per_second": 62.0},
+    }
+    speed = {"env": "Pendulum-v1", "commit": "abc1234", "medians": medians, "mpo_over_sac_wall_clock_per_env_step": 1.5}
+    (store / "speed").mkdir()
+    (store / "speed" / "Pendulum-v1_abc1234.json").write_text(json.dumps(speed))
+    (store / "speed" / "Hopper-v5_abc1234.json").write_text(json.dumps({**speed, "env": "Hopper-v5"}))
+    out = tmp_path / "page.md"
+    assert main(["report", str(suite_path), "--results", str(store), "--out", str(out), "--figures", str(tmp_path)]) == 0
+    page = out.read_text()
+    assert "| Pendulum-v1 | abc1234 | 40.0 | 60.0 | 41.0 | 62.0 | 1.50 |" in page
+    assert "Hopper-v5" not in page  # not an environment of the suite
+    assert "1 of these runs were trained not through the experiment manager" in page
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing_key", "short_curve", "wrong_run"])
 def test_damaged_result_file_is_reported_and_skipped(local_store, tmp_path, damage, capsys):
     """A corrupted or partial file is named, left out of the report and redone by the runner; never silently used."""
     suite_path, results = local_store
-    copy = tmp_path / "results"
-    for path in results.rglob("*.json"):
-        target = copy / path.relative_to(results)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(path.read_text())
+    copy = copy_store(results, tmp_path / "results")
     suite = load_suite(suite_path)
     damaged = suite.jobs[0].result_path(copy)
     record = json.loads(damaged.read_text())
@@ -194,10 +220,20 @@ def test_variants_run_their_algorithm_with_their_settings(tmp_path):
         load_suite(write_suite(tmp_path, bad))
 
 
-def test_shipped_suites_load():
-    for name in ("quick", "full", "speed", "discrete", "critic_targets"):
-        suite = load_suite(name)
-        assert suite.jobs and all(job.eval_episodes >= 10 for job in suite.jobs), name
+SHIPPED_SUITES = sorted(path.stem for path in SUITES_DIR.glob("*.yml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_SUITES)
+def test_shipped_suites_load_and_their_stored_results_are_valid(name):
+    """Every suite in benchmarks/suites/ loads, and every result file stored for it describes one of its runs."""
+    suite = load_suite(name)
+    assert suite.jobs
+    if name != "tiny":  # the smoke test; published suites evaluate over at least 10 episodes
+        assert all(job.eval_episodes >= 10 for job in suite.jobs)
+    _, problems, _ = collect(suite, RESULTS_DIR)
+    assert problems == []
+    expected = {job.result_path(RESULTS_DIR) for job in suite.jobs}
+    assert set((RESULTS_DIR / suite.name).glob("*/*.json")) <= expected
 
 
 def test_bootstrap_intervals_are_reproducible():

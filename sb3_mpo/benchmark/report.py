@@ -11,6 +11,7 @@ scores compare the algorithms of this page with each other and with nothing else
 """
 
 import contextlib
+import json
 import os
 import sys
 import warnings
@@ -28,6 +29,8 @@ from sb3_mpo.benchmark.suite import Suite
 BOOTSTRAP_REPS = 2000
 ON_POLICY = ("ppo", "trpo", "a2c")
 CONFIDENCE = 0.95
+#: The figures of a ``benchmarks/speed.py`` record, per algorithm
+SPEED_KEYS = ("env_steps_per_second", "gradient_steps_per_second")
 #: Seed of every bootstrap, so that the same result files always give the same page
 BOOTSTRAP_SEED = 0
 
@@ -45,6 +48,7 @@ def _seeded_bootstrap() -> Iterator[np.random.RandomState]:
         yield np.random.RandomState(BOOTSTRAP_SEED)
     finally:
         np.random.set_state(state)
+
 
 Results = dict[str, dict[str, list[dict[str, Any]]]]  # env -> algo -> runs (sorted by seed)
 
@@ -166,6 +170,31 @@ def speed_table(results: Results) -> list[str]:
                 f"| {_fmt(float(np.median(gradient)) if gradient else None)} |"
             )
     return lines
+
+
+def quiet_speed_table(envs: list[str], results_dir: Path) -> list[str]:
+    """
+    The measurements of ``benchmarks/speed.py`` for ``envs`` (``<results_dir>/speed/<env>_<commit>.json``): MPO and SAC
+    alternating in one otherwise idle process, so free of a neighbour's load, unlike the suite runs' figures.
+    """
+    rows = []
+    for env in envs:
+        for path in sorted((results_dir / "speed").glob(f"{env}_*.json")):
+            record = json.loads(path.read_text())
+            medians = record["medians"]
+            cells = [env, record["commit"], *(f"{medians[algo][key]:.1f}" for key in SPEED_KEYS for algo in ("mpo", "sac"))]
+            rows.append(f"| {' | '.join(cells)} | {record['mpo_over_sac_wall_clock_per_env_step']:.2f} |")
+    if not rows:
+        return []
+    return [
+        "Quiet-machine measurements (`python benchmarks/speed.py`: one process and one torch thread, MPO and SAC "
+        "alternating, both with (256, 256) networks and batch 256; medians of the repeats):",
+        "",
+        "| environment | commit | MPO env steps/s | SAC env steps/s | MPO gradient steps/s | SAC gradient steps/s "
+        "| MPO / SAC time per env step |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def normalised_scores(results: Results) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -328,8 +357,16 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         + (", ".join(f"{algo.upper()} x{factor}" for algo, factor in suite.budget_multiplier.items()) or "none"),
         "- Settings: each baseline uses RL Zoo's tuned entry (rl_zoo3's files) and MPO sb3-mpo's entry, through rl_zoo3's "
         "experiment manager; the full list is at the end of the page.",
-        "",
     ]
+    migrated = [run for run in every_run if run.get("migrated_from")]
+    if migrated:
+        lines.append(
+            f"- {len(migrated)} of these runs were trained not through the experiment manager but by the retired "
+            "`benchmarks/compare.py`, which built the models directly from the same settings and evaluated them the "
+            "same way; their files were "
+            "converted to this layout with their numbers unchanged, and each names its original (`migrated_from`)."
+        )
+    lines.append("")
     reading = reading or suite.path.with_suffix(".reading.md")
     if reading.is_file():
         lines += ["## Reading", "", reading.read_text().strip(), ""]
@@ -346,7 +383,10 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         if efficiency:
             lines += ["## Sample efficiency: MPO at N steps vs on-policy baselines", "", *efficiency, ""]
         lines += ["## Speed", "", "Training wall-clock only (evaluation excluded), one torch thread per run.", ""]
-        lines += [*speed_table(results), "", "## Settings", "", *settings_section(results), ""]
+        lines += [*speed_table(results), ""]
+        quiet = quiet_speed_table(list(results), results_dir)
+        lines += [*quiet, ""] if quiet else []
+        lines += ["## Settings", "", *settings_section(results), ""]
     if problems:
         lines += ["## Unusable result files (skipped)", "", *[f"- {problem}" for problem in problems], ""]
     out.write_text("\n".join(lines))
