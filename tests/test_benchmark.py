@@ -193,6 +193,23 @@ def test_bad_suite_is_refused_before_running(tmp_path, change, message):
         load_suite(path)
 
 
+@pytest.mark.parametrize("page", ["/tmp/page.md", "docs/page.txt"])
+def test_suite_page_must_be_a_relative_markdown_path(tmp_path, page):
+    with pytest.raises(ValueError, match=r"page: must be a relative \.md path"):
+        load_suite(write_suite(tmp_path, {**TINY, "page": page}))
+
+
+def test_report_writes_the_suites_page_by_default(local_store, tmp_path, monkeypatch):
+    """Without --out, `report` writes the suite's own page (never another suite's), its figures beside it."""
+    suite_path, results = local_store
+    monkeypatch.setattr("sb3_mpo.benchmark.suite.BENCHMARKS_DIR", tmp_path / "benchmarks")
+    assert load_suite(suite_path).page_path == tmp_path / "docs" / "tiny.md"
+    spec = {**yaml.safe_load(suite_path.read_text()), "page": "docs/smoke/page.md"}
+    assert main(["report", str(write_suite(tmp_path, spec)), "--results", str(results)]) == 0
+    assert (tmp_path / "docs" / "smoke" / "page.md").read_text().startswith("# Benchmark suite `tiny`")
+    assert (tmp_path / "docs" / "smoke" / "figures" / "benchmarks" / "tiny" / "Pendulum-v1.png").is_file()
+
+
 def test_budget_multiplier_scales_steps_and_evaluations(tmp_path):
     spec = {**TINY, "budget_multiplier": {"ppo": 10}}
     spec["envs"] = {"Pendulum-v1": {"steps": 200, "eval_freq": 100, "seeds": [0], "algos": ["mpo", "ppo"]}}

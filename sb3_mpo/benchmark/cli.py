@@ -4,7 +4,7 @@
     python -m sb3_mpo.benchmark run quick                      # local processes, one per core; resumes
     python -m sb3_mpo.benchmark run full --ray-address auto    # on a Ray cluster
     python -m sb3_mpo.benchmark status quick
-    python -m sb3_mpo.benchmark report quick                   # regenerates docs/benchmarks.md from the stored files
+    python -m sb3_mpo.benchmark report quick                   # regenerates the suite's page from the stored files
 
 SUITE is a YAML file or the name of one in benchmarks/suites/. Results go to benchmarks/results/<suite>/<env>/, one
 JSON file per finished run; runs whose file exists (and is valid) are skipped.
@@ -72,8 +72,9 @@ def report(args: argparse.Namespace) -> int:
     from sb3_mpo.benchmark.report import write_report
 
     suite = load_suite(args.suite)
-    write_report(suite, args.results, args.out, args.figures, reading=args.reading)
-    print(f"wrote {args.out}")
+    out = args.out or suite.page_path
+    write_report(suite, args.results, out, args.figures or out.parent / "figures" / "benchmarks", reading=args.reading)
+    print(f"wrote {out}")
     return 0
 
 
@@ -95,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.choices["run"].add_argument(
         "--ray-address", help="Ray cluster address ('auto', 'ray://host:10001') or 'local'; implies --backend ray"
     )
-    commands.choices["report"].add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
-    commands.choices["report"].add_argument("--figures", type=Path, default=Path("docs/figures/benchmarks"))
+    commands.choices["report"].add_argument("--out", type=Path, help="the page to write (default: the suite's `page`)")
+    commands.choices["report"].add_argument(
+        "--figures", type=Path, help="folder of the figures (default: figures/benchmarks/ beside the page)"
+    )
     commands.choices["report"].add_argument(
         "--reading", type=Path, help="a markdown file with the maintainers' reading, included in the page"
     )

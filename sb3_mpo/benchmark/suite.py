@@ -5,6 +5,7 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
 
     name: quick
     description: A few hours of a 2-core machine.
+    page: docs/benchmarks.md        # optional: where `report` writes the page (default docs/<name>.md)
     eval_episodes: 10               # deterministic evaluation episodes per evaluation (>= 10 for published suites)
     budget_multiplier: {ppo: 10}    # on-policy baselines train for 10x the environment's budget
     envs:
@@ -80,6 +81,12 @@ class Suite:
     budget_multiplier: dict[str, int]
     path: Path
     thresholds: dict[str, float] = field(default_factory=dict)  # env -> return the report checks runs against
+    page: Path = Path()  # the report's default page, relative to the repository root
+
+    @property
+    def page_path(self) -> Path:
+        """The report's default page: the suite's ``page``, under the checkout holding ``benchmarks/``."""
+        return BENCHMARKS_DIR.parent / self.page
 
     def envs(self) -> list[str]:
         return list(dict.fromkeys(job.env for job in self.jobs))
@@ -149,4 +156,6 @@ def load_suite(name_or_path: str | Path) -> Suite:
                         base_algo=variant.get("algo", ""),
                     )
                 )
-    return Suite(name, str(spec.get("description", "")), jobs, multiplier, path, thresholds)
+    page = Path(spec.get("page", f"docs/{name}.md"))
+    _require(page.suffix == ".md" and not page.is_absolute(), f"{path}: page", f"must be a relative .md path, got {page}")
+    return Suite(name, str(spec.get("description", "")), jobs, multiplier, path, thresholds, page)
