@@ -18,11 +18,12 @@ import torch as th
 from stable_baselines3 import SAC
 
 from sb3_mpo import MPO
+from sb3_mpo.benchmark.report import QUIET_SPEED_FOLDER, SPEED_KEYS
 from sb3_mpo.benchmark.runner import git_commit, write_result
 from sb3_mpo.benchmark.suite import RESULTS_DIR
 from sb3_mpo.common.hyperparams import load_hyperparams
 
-RESULTS = RESULTS_DIR / "speed"
+RESULTS = RESULTS_DIR / QUIET_SPEED_FOLDER
 
 
 def measure(model, steps: int, updates: int) -> tuple[float, float]:
@@ -50,14 +51,11 @@ def main() -> None:
     }
     for model in models.values():
         model.learn(1000)  # past learning_starts, buffers warm
-    figures: dict[str, dict[str, list[float]]] = {
-        name: {"env_steps_per_second": [], "gradient_steps_per_second": []} for name in models
-    }
+    figures: dict[str, dict[str, list[float]]] = {name: {key: [] for key in SPEED_KEYS} for name in models}
     for _ in range(args.repeats):
         for name, model in models.items():
-            env_speed, grad_speed = measure(model, args.steps, args.updates)
-            figures[name]["env_steps_per_second"].append(env_speed)
-            figures[name]["gradient_steps_per_second"].append(grad_speed)
+            for key, value in zip(SPEED_KEYS, measure(model, args.steps, args.updates), strict=True):
+                figures[name][key].append(value)
 
     medians = {name: {key: float(np.median(values)) for key, values in fig.items()} for name, fig in figures.items()}
     print(f"{args.env}: median over {args.repeats} alternating repeats, one torch thread")

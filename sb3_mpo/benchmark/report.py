@@ -29,7 +29,8 @@ from sb3_mpo.benchmark.suite import Suite
 BOOTSTRAP_REPS = 2000
 ON_POLICY = ("ppo", "trpo", "a2c")
 CONFIDENCE = 0.95
-#: The figures of a ``benchmarks/speed.py`` record, per algorithm
+#: Folder of the result store holding ``benchmarks/speed.py``'s records, and the figures of a record, per algorithm
+QUIET_SPEED_FOLDER = "speed"
 SPEED_KEYS = ("env_steps_per_second", "gradient_steps_per_second")
 #: Seed of every bootstrap, so that the same result files always give the same page
 BOOTSTRAP_SEED = 0
@@ -179,7 +180,7 @@ def quiet_speed_table(envs: list[str], results_dir: Path) -> list[str]:
     """
     rows = []
     for env in envs:
-        for path in sorted((results_dir / "speed").glob(f"{env}_*.json")):
+        for path in sorted((results_dir / QUIET_SPEED_FOLDER).glob(f"{env}_*.json")):
             record = json.loads(path.read_text())
             medians = record["medians"]
             cells = [env, record["commit"], *(f"{medians[algo][key]:.1f}" for key in SPEED_KEYS for algo in ("mpo", "sac"))]
@@ -363,8 +364,8 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         lines.append(
             f"- {len(migrated)} of these runs were trained not through the experiment manager but by the retired "
             "`benchmarks/compare.py`, which built the models directly from the same settings and evaluated them the "
-            "same way; their files were "
-            "converted to this layout with their numbers unchanged, and each names its original (`migrated_from`)."
+            "same way; their files were converted to this layout with their numbers unchanged, and each names its "
+            "original (`migrated_from`)."
         )
     lines.append("")
     reading = reading or suite.path.with_suffix(".reading.md")

@@ -81,12 +81,12 @@ class Suite:
     budget_multiplier: dict[str, int]
     path: Path
     thresholds: dict[str, float] = field(default_factory=dict)  # env -> return the report checks runs against
-    page: Path = Path()  # the report's default page, relative to the repository root
+    page: Path | None = None  # the report's default page, relative to the repository root (None: docs/<name>.md)
 
     @property
     def page_path(self) -> Path:
-        """The report's default page: the suite's ``page``, under the checkout holding ``benchmarks/``."""
-        return BENCHMARKS_DIR.parent / self.page
+        """The report's default page (``page``, or ``docs/<name>.md``), under the checkout holding ``benchmarks/``."""
+        return BENCHMARKS_DIR.parent / (self.page or Path("docs") / f"{self.name}.md")
 
     def envs(self) -> list[str]:
         return list(dict.fromkeys(job.env for job in self.jobs))
@@ -156,6 +156,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
                         base_algo=variant.get("algo", ""),
                     )
                 )
-    page = Path(spec.get("page", f"docs/{name}.md"))
-    _require(page.suffix == ".md" and not page.is_absolute(), f"{path}: page", f"must be a relative .md path, got {page}")
+    page = Path(spec["page"]) if spec.get("page") is not None else None
+    _require(page is None or (page.suffix == ".md" and not page.is_absolute()), f"{path}: page",
+             f"must be a relative .md path, got {page}")  # fmt: skip
     return Suite(name, str(spec.get("description", "")), jobs, multiplier, path, thresholds, page)
