@@ -1,8 +1,11 @@
 """Save / load tests in the style of SB3's tests/test_save_load.py: nothing is lost between sessions."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.buffers import NStepReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_mpo import MPO
@@ -89,3 +92,14 @@ def test_policy_save_load(trained_model, tmp_path):
     np.testing.assert_array_equal(
         policy.predict(obs, deterministic=True)[0], trained_model.predict(obs, deterministic=True)[0]
     )
+
+
+def test_n_step_model_loads_without_warning_and_keeps_its_buffer(tmp_path):
+    """A saved n-step model reloads with the same NStepReplayBuffer and without SB3's 'n_steps is ignored' warning."""
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, n_steps=3, **SMALL)
+    model.save(tmp_path / "mpo.zip")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*n_steps.*ignored")
+        loaded = MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1))
+    assert type(loaded.replay_buffer) is NStepReplayBuffer
+    assert loaded.replay_buffer.n_steps == 3 and loaded.replay_buffer.gamma == model.gamma

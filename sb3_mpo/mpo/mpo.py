@@ -4,7 +4,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, cast
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
@@ -409,6 +409,10 @@ class MPO(OffPolicyAlgorithm):
                     "expected None or a SegmentReplayBuffer subclass"
                 )
             self.replay_buffer_kwargs = {"segment_length": self.segment_length, **self.replay_buffer_kwargs}
+        elif self.replay_buffer_class is NStepReplayBuffer and self.replay_buffer_kwargs.get("n_steps") == self.n_steps:
+            # A loaded model carries the buffer class SB3 picked for n_steps > 1. Clearing it lets SB3 pick the same
+            # class and arguments again, instead of warning that a custom class ignores n_steps.
+            self.replay_buffer_class = None
         super()._setup_model()
         self._create_aliases()
         self.batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
