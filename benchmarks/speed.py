@@ -1,6 +1,6 @@
 """
 Speed of MPO vs SB3's SAC at the same network size and batch, on one core, alternating the two algorithms so that
-both see the same machine state. Writes benchmarks/results/speed/<env>_<commit>.json and prints a table.
+both see the same machine state. Writes benchmarks/results/speed_quiet/<env>_<commit>.json and prints a table.
 
     python benchmarks/speed.py --env Pendulum-v1 --steps 2000 --repeats 3
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sb3_mpo.benchmark.cli import main
-from sb3_mpo.benchmark.report import collect, iqm_interval
+from sb3_mpo.benchmark.report import QUIET_SPEED_FOLDER, collect, iqm_interval
 from sb3_mpo.benchmark.runner import ResultError, load_result
 from sb3_mpo.benchmark.suite import RESULTS_DIR, SUITES_DIR, load_suite
 
@@ -130,9 +130,9 @@ def test_report_shows_quiet_speed_records_and_discloses_converted_runs(local_sto
         "sac": {"env_steps_per_second": 60.0, "gradient_steps_per_second": 62.0},
     }
     speed = {"env": "Pendulum-v1", "commit": "abc1234", "medians": medians, "mpo_over_sac_wall_clock_per_env_step": 1.5}
-    (store / "speed").mkdir()
-    (store / "speed" / "Pendulum-v1_abc1234.json").write_text(json.dumps(speed))
-    (store / "speed" / "Hopper-v5_abc1234.json").write_text(json.dumps({**speed, "env": "Hopper-v5"}))
+    (store / QUIET_SPEED_FOLDER).mkdir()
+    (store / QUIET_SPEED_FOLDER / "Pendulum-v1_abc1234.json").write_text(json.dumps(speed))
+    (store / QUIET_SPEED_FOLDER / "Hopper-v5_abc1234.json").write_text(json.dumps({**speed, "env": "Hopper-v5"}))
     out = tmp_path / "page.md"
     assert main(["report", str(suite_path), "--results", str(store), "--out", str(out), "--figures", str(tmp_path)]) == 0
     page = out.read_text()

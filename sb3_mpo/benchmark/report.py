@@ -30,7 +30,7 @@ BOOTSTRAP_REPS = 2000
 ON_POLICY = ("ppo", "trpo", "a2c")
 CONFIDENCE = 0.95
 #: Folder of the result store holding ``benchmarks/speed.py``'s records, and the figures of a record, per algorithm
-QUIET_SPEED_FOLDER = "speed"
+QUIET_SPEED_FOLDER = "speed_quiet"
 SPEED_KEYS = ("env_steps_per_second", "gradient_steps_per_second")
 #: Seed of every bootstrap, so that the same result files always give the same page
 BOOTSTRAP_SEED = 0
