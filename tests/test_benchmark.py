@@ -119,12 +119,14 @@ def copy_store(results: Path, target: Path) -> Path:
     return target
 
 
-def test_report_shows_quiet_speed_records_and_discloses_converted_runs(local_store, tmp_path):
-    """benchmarks/speed.py's records for the suite's environments are listed; converted runs are said to be so."""
+def test_report_shows_quiet_speed_records_and_discloses_converted_and_resumed_runs(local_store, tmp_path):
+    """benchmarks/speed.py's records for the suite's environments are listed; converted and resumed runs are said to be so."""
     suite_path, results = local_store
     store = copy_store(results, tmp_path / "results")
-    converted = load_suite(suite_path).jobs[0].result_path(store)
-    converted.write_text(json.dumps({**json.loads(converted.read_text()), "migrated_from": "old/file.json"}))
+    jobs = load_suite(suite_path).jobs
+    for job, disclosed in ((jobs[0], {"migrated_from": "old/file.json"}), (jobs[1], {"resumes": [{"step": 100}]})):
+        path = job.result_path(store)
+        path.write_text(json.dumps({**json.loads(path.read_text()), **disclosed}))
     medians = {
         "mpo": {"env_steps_per_second": 40.0, "gradient_steps_per_second": 41.0},
         "sac": {"env_steps_per_second": 60.0, "gradient_steps_per_second": 62.0},
@@ -139,6 +141,7 @@ def test_report_shows_quiet_speed_records_and_discloses_converted_runs(local_sto
     assert "| Pendulum-v1 | abc1234 | 40.0 | 60.0 | 41.0 | 62.0 | 1.50 |" in page
     assert "Hopper-v5" not in page  # not an environment of the suite
     assert "1 of these runs were trained not through the experiment manager" in page
+    assert "1 of these runs were interrupted and resumed from a mid-run checkpoint" in page
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing_key", "short_curve", "wrong_run"])

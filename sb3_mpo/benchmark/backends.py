@@ -8,6 +8,7 @@ result file, so results land in one store whichever backend ran them.
 
 import multiprocessing as mp
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -61,14 +62,18 @@ def run_ray(
         ray.init(address=None if address == "local" else address, runtime_env=runtime_env, include_dashboard=False)
     try:
         # One CPU per task, and a fresh worker process per task (max_calls=1) as in the local pool
-        remote = ray.remote(num_cpus=1, max_calls=1)(worker)
-        pending = [remote.remote(job) for job in jobs]
+        remote = ray.remote(num_cpus=1, max_calls=1)(_apply)  # Ray wants a plain function: the worker may be a partial
+        pending = [remote.remote(worker, job) for job in jobs]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _apply(worker: Worker, job: JobT) -> Outcome:
+    return worker(job)
 
 
 def run_jobs(
@@ -96,12 +101,16 @@ def run_and_store(
     workers: int | None = None,
     ray_address: str | None = None,
     worker: Worker = run_job_safely,
+    checkpoints: Path | None = None,
 ) -> int:
     """
-    Run jobs (each with a ``name`` and a ``result_path(results_dir)``) on a backend and store each finished record,
-    stamped with the checkout's commit, as its job's result file; a failed job prints its traceback and the others go on.
+    Run jobs (each with a ``name`` and a ``result_path(results_dir)``) on a backend and store each finished record
+    as its job's result file, stamped with the checkout's commit unless the worker recorded its own; a failed job prints
+    its traceback and the others go on.
 
     :param describe: One line about a finished record, printed after its name
+    :param checkpoints: The workers' folder of mid-run checkpoints: a job's checkpoint
+        (``job.checkpoint_path(checkpoints)``) is removed once its result file is written
     :return: The number of failed jobs
     """
     commit, failures = git_commit(), 0
@@ -110,7 +119,10 @@ def run_and_store(
             failures += 1
             print(f"FAILED {job.name}:\n{error}", file=sys.stderr, flush=True)
             continue
-        result["commit"] = commit
+        if result.get("commit", "unknown") == "unknown":
+            result["commit"] = commit
         write_result(job.result_path(results_dir), result)
+        if checkpoints is not None:
+            shutil.rmtree(job.checkpoint_path(checkpoints), ignore_errors=True)
         print(f"done {job.name}: {describe(result)}", flush=True)
     return failures

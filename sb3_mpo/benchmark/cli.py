@@ -7,16 +7,23 @@
     python -m sb3_mpo.benchmark report quick                   # regenerates the suite's page from the stored files
 
 SUITE is a YAML file or the name of one in benchmarks/suites/. Results go to benchmarks/results/<suite>/<env>/, one
-JSON file per finished run; runs whose file exists (and is valid) are skipped.
+JSON file per finished run; runs whose file exists (and is valid) are skipped. A run saves a checkpoint after an
+evaluation every --checkpoint-minutes (under benchmarks/results/.checkpoints/, not committed) and an interrupted run
+resumes from its checkpoint; the checkpoint is removed when the run's result file is written.
 """
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 from sb3_mpo.benchmark.backends import run_and_store
-from sb3_mpo.benchmark.runner import ResultError, load_result
+from sb3_mpo.benchmark.checkpoints import saved_step
+from sb3_mpo.benchmark.runner import ResultError, load_result, run_job_safely
 from sb3_mpo.benchmark.suite import RESULTS_DIR, Job, load_suite
+
+#: Folder of the mid-run checkpoints inside the result store (git-ignored)
+CHECKPOINTS_FOLDER = ".checkpoints"
 
 
 def _selected(jobs: list[Job], args: argparse.Namespace) -> list[Job]:
@@ -54,16 +61,29 @@ def run(args: argparse.Namespace) -> int:
         steps_per_second, minutes = result["env_steps_per_second"], result["train_seconds"] / 60
         return f"final return {result['final_return']:.1f}, {steps_per_second:.1f} env steps/s, {minutes:.1f} min"
 
-    failures = run_and_store(pending, args.results, describe, args.backend, args.workers, args.ray_address)
+    checkpoints = _checkpoints(args)
+    worker = functools.partial(run_job_safely, checkpoints=checkpoints, checkpoint_minutes=args.checkpoint_minutes)
+    failures = run_and_store(
+        pending, args.results, describe, args.backend, args.workers, args.ray_address, worker, checkpoints
+    )
     return 1 if failures else 0
+
+
+def _checkpoints(args: argparse.Namespace) -> Path | None:
+    """The folder of mid-run checkpoints: ``--checkpoints``, else ``.checkpoints`` in the result store; None if off."""
+    if getattr(args, "no_checkpoints", False):
+        return None
+    return args.checkpoints or args.results / CHECKPOINTS_FOLDER
 
 
 def status(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     jobs = _selected(suite.jobs, args)
     pending = set(_pending(jobs, args.results))
+    checkpoints = _checkpoints(args)
     for job in jobs:
-        print(f"{'todo' if job in pending else 'done'}  {job.name}")
+        step = saved_step(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
+        print(f"{'todo' if job in pending else 'done'}  {job.name}" + (f"  (checkpoint at {step} steps)" if step else ""))
     print(f"{len(jobs) - len(pending)} / {len(jobs)} finished")
     return 0
 
@@ -91,8 +111,18 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument("--envs", nargs="+", help="only these environments")
             command.add_argument("--algos", nargs="+", help="only these algorithms")
             command.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
+            command.add_argument(
+                "--checkpoints", type=Path, help=f"folder of mid-run checkpoints (default: RESULTS/{CHECKPOINTS_FOLDER})"
+            )
+            command.add_argument("--no-checkpoints", action="store_true", help="neither save nor resume checkpoints")
     commands.choices["run"].add_argument("--backend", choices=["local", "ray"], default="local")
     commands.choices["run"].add_argument("--workers", type=int, help="local processes (default: one per core)")
+    commands.choices["run"].add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=10.0,
+        help="save a run's checkpoint after the first evaluation this many minutes after the last save (0: every one)",
+    )
     commands.choices["run"].add_argument(
         "--ray-address", help="Ray cluster address ('auto', 'ray://host:10001') or 'local'; implies --backend ray"
     )

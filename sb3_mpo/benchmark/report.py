@@ -367,6 +367,13 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
             "same way; their files were converted to this layout with their numbers unchanged, and each names its "
             "original (`migrated_from`)."
         )
+    resumed = [run for run in every_run if run.get("resumes")]
+    if resumed:
+        lines.append(
+            f"- {len(resumed)} of these runs were interrupted and resumed from a mid-run checkpoint (model, optimisers, "
+            "replay buffer and normalisation restored; the environments restarted with a fresh episode and the random "
+            "generators were not restored); each file lists where (`resumes`)."
+        )
     lines.append("")
     reading = reading or suite.path.with_suffix(".reading.md")
     if reading.is_file():

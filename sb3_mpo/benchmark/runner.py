@@ -159,36 +159,32 @@ def zoo_config(job: Job, folder: Path) -> tuple[str | None, str]:
     return str(config), f"{label}, entry {job.zoo_entry}"
 
 
-def run_job(job: Job) -> dict[str, Any]:
+def run_job(job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0) -> dict[str, Any]:
     """
     Train ``job.algo`` on ``job.env`` with RL Zoo's settings (rl_zoo3's experiment manager, MPO registered) and
     evaluate it deterministically every ``job.eval_freq`` steps on a separate environment (SB3's ``EvalCallback``,
-    which also syncs ``VecNormalize`` statistics).
+    which also syncs ``VecNormalize`` statistics). With ``checkpoints``, the run saves itself there after an evaluation
+    every ``checkpoint_minutes`` and, when it finds a checkpoint of the same job, resumes from it
+    (see :mod:`sb3_mpo.benchmark.checkpoints`).
 
     :param job: The run
-    :return: Its result record (see :data:`REQUIRED_KEYS`); the caller writes it
+    :param checkpoints: Folder of the mid-run checkpoints (the job's own is :meth:`Job.checkpoint_path`); None: none
+    :param checkpoint_minutes: Minimum wall-clock between two checkpoints (0: after every evaluation)
+    :return: Its result record (see :data:`REQUIRED_KEYS`); the caller writes it (and removes the checkpoint)
     """
     import numpy as np
     import torch as th
-    from stable_baselines3.common.callbacks import EvalCallback
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
+    from sb3_mpo.benchmark.checkpoints import RunCheckpoint, TimedEvalCallback, read_state, restore
     from sb3_mpo.zoo.exp_manager import MPOExperimentManager
     from sb3_mpo.zoo.registration import register
 
-    class TimedEvalCallback(EvalCallback):
-        """SB3's EvalCallback that also measures the time spent evaluating, to exclude it from the training time."""
-
-        eval_seconds = 0.0
-
-        def _on_step(self) -> bool:
-            start = time.perf_counter()
-            keep_going = super()._on_step()
-            self.eval_seconds += time.perf_counter() - start
-            return keep_going
-
     th.set_num_threads(1)
     register()
+    commit = git_commit()  # the code this worker process imported, whatever the checkout becomes while it trains
+    checkpoint_folder = job.checkpoint_path(checkpoints) if checkpoints is not None else None
+    state = read_state(checkpoint_folder, job) if checkpoint_folder is not None else None
     with tempfile.TemporaryDirectory() as log_folder:
         config, hyperparams_source = zoo_config(job, Path(log_folder))
         args = argparse.Namespace(algo=job.zoo_algo, env=job.env, seed=job.seed, n_timesteps=job.steps, suite=job.suite)
@@ -218,9 +214,18 @@ def run_job(job: Job) -> dict[str, Any]:
             deterministic=True,
             verbose=0,
         )
+        callbacks = [*manager.callbacks, evaluation]
+        if state is not None:
+            assert checkpoint_folder is not None
+            model = restore(model, checkpoint_folder, state, evaluation)
+            state["resumes"].append({"step": int(model.num_timesteps), "commit": commit})
+        checkpoint = None
+        if checkpoint_folder is not None:
+            checkpoint = RunCheckpoint(checkpoint_folder, job, evaluation, checkpoint_minutes * 60, state)
+            callbacks.append(checkpoint)
         start = time.perf_counter()
-        model.learn(job.steps, callback=[*manager.callbacks, evaluation])
-        total_seconds = time.perf_counter() - start
+        model.learn(job.steps - model.num_timesteps, callback=callbacks, reset_num_timesteps=state is None)
+        total_seconds = (state["elapsed_seconds"] if state else 0.0) + time.perf_counter() - start
         if not evaluation.evaluations_timesteps or evaluation.evaluations_timesteps[-1] < job.steps:
             # The budget is not a multiple of eval_freq (or of the rollout): evaluate the final policy too
             evaluation.n_calls, evaluation.eval_freq = 0, 1
@@ -229,7 +234,8 @@ def run_job(job: Job) -> dict[str, Any]:
         model.get_env().close()  # type: ignore[union-attr]
         eval_env.close()
 
-    train_seconds = total_seconds - evaluation.eval_seconds
+    save_seconds = checkpoint.save_seconds if checkpoint is not None else 0.0
+    train_seconds = total_seconds - evaluation.eval_seconds - save_seconds
     curve = [
         {
             "step": int(step),
@@ -255,6 +261,9 @@ def run_job(job: Job) -> dict[str, Any]:
         "num_timesteps": int(model.num_timesteps),
         "train_seconds": train_seconds,
         "eval_seconds": evaluation.eval_seconds,
+        "checkpoint_seconds": save_seconds,
+        # Where the run was interrupted and resumed from a checkpoint (empty: trained in one go)
+        "resumes": state["resumes"] if state else [],
         "env_steps_per_second": model.num_timesteps / train_seconds,
         # SB3's _n_updates counts gradient steps for off-policy algorithms, but epochs or iterations for on-policy ones
         "n_updates": n_updates,
@@ -268,14 +277,17 @@ def run_job(job: Job) -> dict[str, Any]:
         "overrides": {key: repr(value) for key, value in job.hyperparams.items()},
         "versions": library_versions(),
         "machine": machine(),
-        "commit": "unknown",  # filled in by the driver, which knows the checkout
+        # "unknown" where the worker has no git checkout (a Ray node with an installed package): the driver fills it in
+        "commit": commit,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def run_job_safely(job: Job) -> tuple[Job, dict[str, Any] | None, str]:
+def run_job_safely(
+    job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0
+) -> tuple[Job, dict[str, Any] | None, str]:
     """:func:`run_job` for a worker pool: a failure comes back as its traceback instead of stopping the other jobs."""
     try:
-        return job, run_job(job), ""
+        return job, run_job(job, checkpoints, checkpoint_minutes), ""
     except Exception:
         return job, None, traceback.format_exc()

@@ -72,6 +72,10 @@ class Job:
         """The run's result file: ``<results_dir>/<suite>/<env>/<algo>_<env>_seed<k>_<steps>.json``."""
         return results_dir / self.suite / self.env / f"{self.name}.json"
 
+    def checkpoint_path(self, checkpoints_dir: Path) -> Path:
+        """The run's mid-run checkpoint folder: ``<checkpoints_dir>/<suite>/<env>/<algo>_<env>_seed<k>_<steps>/``."""
+        return checkpoints_dir / self.suite / self.env / self.name
+
 
 @dataclass
 class Suite:

@@ -181,15 +181,7 @@ class SegmentReplayBuffer(ReplayBuffer):
         termination with ``optimize_memory_usage``, whose next observation is about to be overwritten). Call it when
         the environments are reset outside of an episode end, so that no segment joins the two streams.
         """
-        if self.full or self.pos > 0:
-            self._mark_cut(np.ones(self.n_envs, dtype=bool))
-
-    def _mark_cut(self, env_mask: np.ndarray) -> None:
-        newest = (self.pos - 1) % self.buffer_size
-        open_episodes = env_mask & (self.dones[newest] == 0)
-        self.dones[newest, open_episodes] = 1.0
-        if not self.optimize_memory_usage:
-            self.timeouts[newest, open_episodes] = 1.0
+        end_newest_episodes(self)
 
     def _cut_where_discontinuous(self, obs: NumpyObs) -> None:
         """Cut the stream of each environment whose new observation is not the stored next observation of its last step."""
@@ -209,7 +201,7 @@ class SegmentReplayBuffer(ReplayBuffer):
         else:
             broken = _rows_differ(np.asarray(obs), previous_next_obs)
         if broken.any():
-            self._mark_cut(broken)
+            end_newest_episodes(self, broken)
 
     @staticmethod
     def _index_obs(observations: NumpyObs, *indices: Any) -> NumpyObs:
@@ -324,3 +316,24 @@ def _rows_differ(new: np.ndarray, stored: np.ndarray) -> np.ndarray:
     if np.issubdtype(stored.dtype, np.floating):
         differ &= ~(np.isnan(new) & np.isnan(stored))
     return differ.reshape(stored.shape[0], -1).any(axis=1)
+
+
+def end_newest_episodes(buffer: ReplayBuffer, env_mask: np.ndarray | None = None) -> None:
+    """
+    End the newest stored episode of some environments at the newest stored step, for when their streams continue
+    with a fresh episode (the environments were reset, a loaded buffer is continued), so that no n-step return or
+    segment joins the two. The step becomes a time-limit truncation, keeping its bootstrap; with
+    ``optimize_memory_usage``, whose next observation is about to be overwritten, a termination.
+    Works on SB3's ``ReplayBuffer`` and its subclasses; an empty buffer is left alone.
+
+    :param buffer: The replay buffer
+    :param env_mask: The environments whose episode to end, one bool each (default: all)
+    """
+    if not (buffer.full or buffer.pos > 0):
+        return
+    env_mask = np.ones(buffer.n_envs, dtype=bool) if env_mask is None else env_mask
+    newest = (buffer.pos - 1) % buffer.buffer_size
+    open_episodes = env_mask & (buffer.dones[newest] == 0)
+    buffer.dones[newest, open_episodes] = 1.0
+    if not buffer.optimize_memory_usage:
+        buffer.timeouts[newest, open_episodes] = 1.0

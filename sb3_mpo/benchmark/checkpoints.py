@@ -1,0 +1,198 @@
+"""
+Mid-run checkpoints of a benchmark job, so that a run longer than a working session (a QR-DQN run on LunarLander, a
+1M-step MuJoCo run) can be interrupted and resumed instead of started over.
+
+After an evaluation, when enough training time has passed since the last save, :class:`RunCheckpoint` writes the job's
+folder: the model (SB3's ``save``: networks, optimisers, MPO's multipliers, step counters), the replay buffer
+(``save_replay_buffer``), the ``VecNormalize`` statistics and ``state.json`` (the evaluation curve so far and the time
+spent). :func:`restore` puts a fresh run back in that state. The folder is replaced atomically (written beside it,
+then renamed), so an interruption while saving leaves the previous checkpoint intact.
+
+A resumed run is not bit-identical to an uninterrupted one: the environments restart with a fresh episode (the last
+stored transition is ended as a time-limit truncation, so no return is bootstrapped across the gap) and the random
+generators are not restored. Its result records where it was resumed (``resumes``), and the report says how many runs
+were.
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_mpo.benchmark.suite import Job
+from sb3_mpo.common.buffers import end_newest_episodes
+
+STATE_FILE = "state.json"
+MODEL_FILE = "model.zip"
+BUFFER_FILE = "replay_buffer.pkl"
+VEC_NORMALIZE_FILE = "vec_normalize.pkl"
+
+
+class TimedEvalCallback(EvalCallback):
+    """SB3's EvalCallback that also measures the time spent evaluating, to exclude it from the training time."""
+
+    eval_seconds = 0.0
+
+    def _on_step(self) -> bool:
+        start = time.perf_counter()
+        keep_going = super()._on_step()
+        self.eval_seconds += time.perf_counter() - start
+        return keep_going
+
+    @property
+    def curve_state(self) -> dict[str, list]:
+        """The evaluations so far, as JSON-ready lists."""
+        return {
+            "timesteps": [int(step) for step in self.evaluations_timesteps],
+            "results": [list(map(float, returns)) for returns in self.evaluations_results],
+            "lengths": [list(map(int, lengths)) for lengths in self.evaluations_length],
+        }
+
+    def restore_curve(self, curve: dict[str, list], eval_seconds: float) -> None:
+        self.evaluations_timesteps = list(curve["timesteps"])
+        self.evaluations_results = [list(returns) for returns in curve["results"]]
+        self.evaluations_length = [list(lengths) for lengths in curve["lengths"]]
+        self.eval_seconds = eval_seconds
+
+
+def job_signature(job: Job) -> dict[str, Any]:
+    """Everything that defines a job's training, as JSON: a checkpoint only resumes the job that wrote it."""
+    return {
+        "suite": job.suite,
+        "algo": job.zoo_algo,
+        "env": job.env,
+        "seed": job.seed,
+        "steps": job.steps,
+        "eval_freq": job.eval_freq,
+        "eval_episodes": job.eval_episodes,
+        "hyperparams": {key: repr(value) for key, value in sorted(job.hyperparams.items())},
+        "zoo_entry": job.zoo_entry,
+    }
+
+
+class RunCheckpoint(BaseCallback):
+    """
+    Save the run into its checkpoint folder right after an evaluation, once ``interval_seconds`` of wall-clock have
+    passed since the run (or its last save) started; 0 saves after every evaluation. Place it after ``evaluation``
+    in the callback list.
+
+    :param folder: The job's checkpoint folder (replaced at each save)
+    :param job: The job, whose signature is stored
+    :param evaluation: The run's evaluation callback, whose curve and timings are stored
+    :param interval_seconds: Minimum wall-clock between two saves
+    :param state: The restored state of a resumed run (its timings and resumes carry on), or None
+    """
+
+    def __init__(
+        self, folder: Path, job: Job, evaluation: TimedEvalCallback, interval_seconds: float, state: dict[str, Any] | None
+    ):
+        super().__init__()
+        self.folder, self.job, self.evaluation, self.interval_seconds = folder, job, evaluation, interval_seconds
+        self.previous_seconds = state["elapsed_seconds"] if state else 0.0
+        self.resumes: list[dict[str, Any]] = list(state["resumes"]) if state else []
+        self.save_seconds = state["save_seconds"] if state else 0.0
+        self.start = self.last_save = time.perf_counter()
+
+    def _on_training_start(self) -> None:
+        self.start = self.last_save = time.perf_counter()
+
+    @property
+    def elapsed_seconds(self) -> float:
+        """Wall-clock of ``learn`` over every part of the run so far, saves included."""
+        return self.previous_seconds + time.perf_counter() - self.start
+
+    def _on_step(self) -> bool:
+        evaluated = self.evaluation.evaluations_timesteps
+        if evaluated and evaluated[-1] == self.num_timesteps and self.num_timesteps < self.job.steps:
+            if time.perf_counter() - self.last_save >= self.interval_seconds:
+                self.save()
+        return True
+
+    def save(self) -> None:
+        start = time.perf_counter()
+        model = self.model
+        partial = self.folder.with_name(self.folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        model.save(partial / MODEL_FILE)
+        if isinstance(model, OffPolicyAlgorithm):
+            model.save_replay_buffer(partial / BUFFER_FILE)
+        vec_normalize = model.get_vec_normalize_env()
+        if vec_normalize is not None:
+            vec_normalize.save(str(partial / VEC_NORMALIZE_FILE))
+        self.save_seconds += time.perf_counter() - start
+        state = {
+            "job": job_signature(self.job),
+            "num_timesteps": int(model.num_timesteps),
+            "curve": self.evaluation.curve_state,
+            "elapsed_seconds": self.elapsed_seconds,
+            "eval_seconds": self.evaluation.eval_seconds,
+            "save_seconds": self.save_seconds,
+            "resumes": self.resumes,
+        }
+        (partial / STATE_FILE).write_text(json.dumps(state, indent=1))
+        # Swap the folders: a crash before the rename keeps the old checkpoint, one after it the new one
+        old = self.folder.with_name(self.folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.folder.exists():
+            self.folder.rename(old)
+        partial.rename(self.folder)
+        shutil.rmtree(old, ignore_errors=True)
+        self.last_save = time.perf_counter()
+
+
+def read_state(folder: Path, job: Job) -> dict[str, Any] | None:
+    """
+    :return: The checkpoint's state when ``folder`` holds a complete checkpoint of this very job, else None
+    """
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(state, dict) or state.get("job") != job_signature(job):
+        return None
+    return state
+
+
+def saved_step(folder: Path) -> int | None:
+    """:return: The step the checkpoint in ``folder`` reached, or None when there is none (or it is unreadable)"""
+    try:
+        return int(json.loads((folder / STATE_FILE).read_text())["num_timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def restore(model: BaseAlgorithm, folder: Path, state: dict[str, Any], evaluation: TimedEvalCallback) -> BaseAlgorithm:
+    """
+    Resume a run from its checkpoint: load the saved model into the freshly built run's environment, with its replay
+    buffer and ``VecNormalize`` statistics, and give the evaluation callback the curve so far.
+
+    :param model: The model rl_zoo3 just built for the job (its environment is reused)
+    :param folder: The checkpoint folder
+    :param state: Its state (:func:`read_state`)
+    :param evaluation: The run's evaluation callback
+    :return: The loaded model, ready for ``learn(..., reset_num_timesteps=False)``
+    """
+    env = model.get_env()
+    loaded = type(model).load(folder / MODEL_FILE, env=env, device=model.device)
+    # The saved last observation belongs to the interrupted episode: the new run must reset its environments
+    loaded._last_obs = None  # type: ignore[assignment]
+    if isinstance(loaded, OffPolicyAlgorithm):
+        loaded.load_replay_buffer(folder / BUFFER_FILE)
+        assert loaded.replay_buffer is not None
+        end_newest_episodes(loaded.replay_buffer)
+    vec_normalize = loaded.get_vec_normalize_env()
+    if vec_normalize is not None:
+        saved = VecNormalize.load(str(folder / VEC_NORMALIZE_FILE), vec_normalize.venv)
+        vec_normalize.obs_rms, vec_normalize.ret_rms = saved.obs_rms, saved.ret_rms
+    evaluation.restore_curve(state["curve"], state["eval_seconds"])
+    return loaded

@@ -1,0 +1,145 @@
+"""Mid-run checkpoints of benchmark jobs: an interrupted run resumes where its last checkpoint left it."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
+
+from sb3_mpo.benchmark import checkpoints as checkpoints_module
+from sb3_mpo.benchmark.checkpoints import RunCheckpoint, job_signature, read_state, saved_step
+from sb3_mpo.benchmark.cli import main
+from sb3_mpo.benchmark.runner import git_commit, load_result, run_job, run_job_safely
+from sb3_mpo.benchmark.suite import Job, load_suite
+from sb3_mpo.common.buffers import end_newest_episodes
+
+SPEC = {
+    "name": "resumable",
+    "description": "Test suite.",
+    "eval_episodes": 2,
+    "envs": {
+        "Pendulum-v1": {
+            "steps": 300,
+            "eval_freq": 100,
+            "seeds": [0],
+            "algos": ["mpo"],
+            "hyperparams": {
+                "mpo": {"learning_starts": 50, "batch_size": 16, "n_action_samples": 4, "policy_kwargs": "dict(net_arch=[8])"}
+            },
+        }
+    },
+}
+
+
+@pytest.fixture
+def suite_path(tmp_path: Path) -> Path:
+    path = tmp_path / "resumable.yml"
+    path.write_text(yaml.safe_dump(SPEC))
+    return path
+
+
+def interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every run fail right after writing its first checkpoint, as if the machine had been stopped there."""
+    save = RunCheckpoint.save
+
+    def save_then_stop(self: RunCheckpoint) -> None:
+        save(self)
+        raise RuntimeError("simulated interruption")
+
+    monkeypatch.setattr(RunCheckpoint, "save", save_then_stop)
+
+
+def test_interrupted_run_resumes_with_its_model_and_replay_buffer(suite_path, tmp_path, monkeypatch):
+    (job,) = load_suite(suite_path).jobs
+    checkpoints = tmp_path / "checkpoints"
+    interrupt_after_first_checkpoint(monkeypatch)
+    _, result, error = run_job_safely(job, checkpoints, checkpoint_minutes=0)
+    assert result is None and "simulated interruption" in error
+    assert saved_step(job.checkpoint_path(checkpoints)) == 100
+    monkeypatch.undo()
+
+    restored = {}
+
+    def spy(*args, **kwargs):
+        model = restore(*args, **kwargs)
+        newest = model.replay_buffer.pos - 1
+        restored.update(
+            size=model.replay_buffer.size(), ended=model.replay_buffer.dones[newest, 0], n_updates=model._n_updates
+        )
+        return model
+
+    restore = checkpoints_module.restore
+    monkeypatch.setattr(checkpoints_module, "restore", spy)
+    resumed = run_job(job, checkpoints, checkpoint_minutes=0)
+    uninterrupted = run_job(job)
+
+    # The checkpoint was taken at step 100's evaluation, before that step's transition and update: 99 stored
+    # transitions and the updates of steps 51-99 (learning_starts=50); the resumed run carries on from there
+    assert restored["size"] == 99 and restored["n_updates"] == 49
+    assert restored["ended"] == 1.0, "the stored episode must end where the checkpoint cut it"
+    assert resumed["resumes"] == [{"step": 100, "commit": git_commit()}] and uninterrupted["resumes"] == []
+    assert uninterrupted["commit"] == git_commit(), "a worker records the commit of the code it imported"
+    assert [point["step"] for point in resumed["curve"]] == [100, 200, 300]
+    assert resumed["curve"][0] == uninterrupted["curve"][0], "the evaluation before the interruption is kept as it was"
+    assert resumed["num_timesteps"] == 300 and uninterrupted["n_updates"] == 250
+    assert resumed["n_updates"] == 249, "the update of the interrupted step is the only one lost"
+    assert resumed["train_seconds"] > 0 and resumed["checkpoint_seconds"] > 0
+
+
+def test_cli_status_shows_the_checkpoint_and_run_resumes_then_removes_it(suite_path, tmp_path, monkeypatch, capsys):
+    (job,) = load_suite(suite_path).jobs
+    results = tmp_path / "results"
+    folder = job.checkpoint_path(results / ".checkpoints")  # the default place, inside the result store
+    interrupt_after_first_checkpoint(monkeypatch)
+    run_job_safely(job, results / ".checkpoints", checkpoint_minutes=0)
+    monkeypatch.undo()
+
+    assert main(["status", str(suite_path), "--results", str(results)]) == 0
+    assert f"todo  {job.name}  (checkpoint at 100 steps)" in capsys.readouterr().out
+    assert main(["run", str(suite_path), "--results", str(results), "--workers", "1", "--checkpoint-minutes", "0"]) == 0
+    result = load_result(job.result_path(results), job)
+    assert [resume["step"] for resume in result["resumes"]] == [100]
+    assert not folder.exists(), "the checkpoint of a finished run must be removed"
+
+
+def test_a_checkpoint_resumes_only_the_job_that_wrote_it(tmp_path):
+    job = Job("suite", "mpo", "Pendulum-v1", 0, 1000, 100, 10, hyperparams={"learning_rate": 1e-3})
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "state.json").write_text("{not json")
+    assert read_state(folder, job) is None
+    (folder / "state.json").write_text(json.dumps({"job": job_signature(job), "num_timesteps": 100}))
+    assert read_state(folder, job)["num_timesteps"] == 100
+    for other in (
+        Job("suite", "mpo", "Pendulum-v1", 1, 1000, 100, 10, hyperparams={"learning_rate": 1e-3}),
+        Job("suite", "mpo", "Pendulum-v1", 0, 2000, 100, 10, hyperparams={"learning_rate": 1e-3}),
+        Job("suite", "mpo", "Pendulum-v1", 0, 1000, 100, 10, hyperparams={"learning_rate": 3e-4}),
+    ):
+        assert read_state(folder, other) is None
+    assert read_state(tmp_path / "nothing", job) is None
+
+
+@pytest.mark.parametrize("optimize_memory_usage", [False, True])
+def test_end_newest_episodes_marks_a_truncation_of_open_episodes_only(optimize_memory_usage):
+    box = spaces.Box(-1, 1, (2,), dtype=np.float32)
+    buffer = ReplayBuffer(
+        8,
+        box,
+        box,
+        n_envs=3,
+        optimize_memory_usage=optimize_memory_usage,
+        handle_timeout_termination=not optimize_memory_usage,
+    )
+    end_newest_episodes(buffer)  # empty: nothing to end
+    assert not buffer.dones.any()
+    for done in ([0, 0, 0], [0, 0, 1]):
+        obs = np.zeros((3, 2), dtype=np.float32)
+        buffer.add(obs, obs, obs, np.zeros(3), np.array(done, dtype=np.float32), [{}, {}, {}])
+    end_newest_episodes(buffer, np.array([True, False, True]))
+    np.testing.assert_array_equal(buffer.dones[1], [1, 0, 1])  # env 1 left alone, env 2 had already ended
+    np.testing.assert_array_equal(buffer.dones[0], [0, 0, 0])
+    # A truncation keeps its bootstrap; with optimize_memory_usage the next observation is lost: a termination
+    np.testing.assert_array_equal(buffer.timeouts[1], [0, 0, 0] if optimize_memory_usage else [1, 0, 0])
