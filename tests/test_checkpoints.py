@@ -1,6 +1,10 @@
 """Mid-run checkpoints of benchmark jobs: an interrupted run resumes where its last checkpoint left it."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +147,24 @@ def test_end_newest_episodes_marks_a_truncation_of_open_episodes_only(optimize_m
     np.testing.assert_array_equal(buffer.dones[0], [0, 0, 0])
     # A truncation keeps its bootstrap; with optimize_memory_usage the next observation is lost: a termination
     np.testing.assert_array_equal(buffer.timeouts[1], [0, 0, 0] if optimize_memory_usage else [1, 0, 0])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
+def test_stopping_the_driver_stops_its_workers(suite_path, tmp_path):
+    """`kill DRIVER` ends the training processes too (the checkpoint keeps their progress), leaving no orphan."""
+    suite = SPEC | {"envs": {"Pendulum-v1": SPEC["envs"]["Pendulum-v1"] | {"steps": 1_000_000, "eval_freq": 500_000}}}
+    suite_path.write_text(yaml.safe_dump(suite))
+    command = [sys.executable, "-m", "sb3_mpo.benchmark", "run", str(suite_path), "--results", str(tmp_path), "--workers", "1"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.monotonic() + 60, []
+    while not workers and time.monotonic() < deadline:
+        time.sleep(0.5)
+        workers = [int(pid) for pid in Path(f"/proc/{driver.pid}/task/{driver.pid}/children").read_text().split()]
+    assert workers, "the driver started no worker"
+    time.sleep(2)  # the worker is training
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=30) != 0
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived its driver"

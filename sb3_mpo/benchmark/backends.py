@@ -6,10 +6,13 @@ result file, so results land in one store whichever backend ran them.
 - ``run_ray``: tasks on a Ray cluster (or a local Ray instance), one CPU each, scheduled by Ray itself.
 """
 
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,8 +37,29 @@ def run_local(jobs: list[JobT], workers: int | None = None, worker: Worker = run
     if not jobs:
         return
     # spawn: a fresh interpreter per job (maxtasksperchild=1), so peak memory and torch's state are the job's own
-    with mp.get_context("spawn").Pool(min(workers, len(jobs)), maxtasksperchild=1) as pool:
+    context = mp.get_context("spawn")
+    with _exit_on_sigterm(), context.Pool(min(workers, len(jobs)), maxtasksperchild=1) as pool:
         yield from pool.imap_unordered(worker, jobs)
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """
+    Turn SIGTERM into ``SystemExit`` while the pool runs, so that stopping the driver (``kill``) also stops its
+    workers (the pool's daemonic processes are terminated on exit) instead of leaving them to train for nobody.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_ray(
