@@ -147,28 +147,27 @@ class RunCheckpoint(BaseCallback):
         self.last_save = time.perf_counter()
 
 
+def _read_state_file(folder: Path) -> dict[str, Any] | None:
+    """:return: The parsed ``state.json`` of ``folder``, or None when there is none (or it is unreadable)"""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def read_state(folder: Path, job: Job) -> dict[str, Any] | None:
     """
     :return: The checkpoint's state when ``folder`` holds a complete checkpoint of this very job, else None
     """
-    path = folder / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(state, dict) or state.get("job") != job_signature(job):
-        return None
-    return state
+    state = _read_state_file(folder)
+    return state if state is not None and state.get("job") == job_signature(job) else None
 
 
 def saved_step(folder: Path) -> int | None:
     """:return: The step the checkpoint in ``folder`` reached, or None when there is none (or it is unreadable)"""
-    try:
-        return int(json.loads((folder / STATE_FILE).read_text())["num_timesteps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    step = (_read_state_file(folder) or {}).get("num_timesteps")
+    return step if isinstance(step, int) else None
 
 
 def restore(model: BaseAlgorithm, folder: Path, state: dict[str, Any], evaluation: TimedEvalCallback) -> BaseAlgorithm:

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _checkpoints(args: argparse.Namespace) -> Path | None:
     """The folder of mid-run checkpoints: ``--checkpoints``, else ``.checkpoints`` in the result store; None if off."""
-    if getattr(args, "no_checkpoints", False):
+    if args.no_checkpoints:
         return None
     return args.checkpoints or args.results / CHECKPOINTS_FOLDER
 

@@ -32,6 +32,15 @@ CONFIDENCE = 0.95
 #: Folder of the result store holding ``benchmarks/speed.py``'s records, and the figures of a record, per algorithm
 QUIET_SPEED_FOLDER = "speed_quiet"
 SPEED_KEYS = ("env_steps_per_second", "gradient_steps_per_second")
+#: What the page says about the runs whose result file sets one of these keys, after "N of these runs"
+RUN_DISCLOSURES = {
+    "migrated_from": "were trained not through the experiment manager but by the retired `benchmarks/compare.py`, which "
+    "built the models directly from the same settings and evaluated them the same way; their files were converted to "
+    "this layout with their numbers unchanged, and each names its original",
+    "resumes": "were interrupted and resumed from a mid-run checkpoint (model, optimisers, replay buffer and normalisation "
+    "restored; the environments restarted with a fresh episode and the random generators were not restored); each file "
+    "lists where",
+}
 #: Seed of every bootstrap, so that the same result files always give the same page
 BOOTSTRAP_SEED = 0
 
@@ -359,21 +368,10 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         "- Settings: each baseline uses RL Zoo's tuned entry (rl_zoo3's files) and MPO sb3-mpo's entry, through rl_zoo3's "
         "experiment manager; the full list is at the end of the page.",
     ]
-    migrated = [run for run in every_run if run.get("migrated_from")]
-    if migrated:
-        lines.append(
-            f"- {len(migrated)} of these runs were trained not through the experiment manager but by the retired "
-            "`benchmarks/compare.py`, which built the models directly from the same settings and evaluated them the "
-            "same way; their files were converted to this layout with their numbers unchanged, and each names its "
-            "original (`migrated_from`)."
-        )
-    resumed = [run for run in every_run if run.get("resumes")]
-    if resumed:
-        lines.append(
-            f"- {len(resumed)} of these runs were interrupted and resumed from a mid-run checkpoint (model, optimisers, "
-            "replay buffer and normalisation restored; the environments restarted with a fresh episode and the random "
-            "generators were not restored); each file lists where (`resumes`)."
-        )
+    for key, disclosure in RUN_DISCLOSURES.items():
+        count = sum(1 for run in every_run if run.get(key))
+        if count:
+            lines.append(f"- {count} of these runs {disclosure} (`{key}`).")
     lines.append("")
     reading = reading or suite.path.with_suffix(".reading.md")
     if reading.is_file():
