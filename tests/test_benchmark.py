@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import mujoco
 import numpy as np
 import pytest
 import yaml
@@ -69,6 +70,8 @@ def test_local_backend_writes_one_valid_file_per_run(local_store):
         assert result["hyperparams"]["policy_kwargs"] == repr("dict(net_arch=[8])")
         assert (result["net_arch"], result["batch_size"]) == ("[8]", 16)  # what the model actually used
         assert result["commit"] != "" and result["versions"]["stable_baselines3"]
+        # the simulator's version is recorded too (a MuJoCo release can move the numbers); the tests install MuJoCo
+        assert result["versions"]["mujoco"] == mujoco.__version__
         assert not list(results.rglob("*.tmp")), "a temporary file was left behind"
 
 

@@ -101,7 +101,15 @@ def git_commit() -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
+#: Installed distributions whose version can change a run's numbers besides the libraries imported below: RL Zoo
+#: (wrappers, defaults) and the simulators (a MuJoCo release can change the physics)
+OPTIONAL_DISTRIBUTIONS = ("rl_zoo3", "mujoco", "box2d", "ale-py")
+
+
 def library_versions() -> dict[str, str]:
+    """The versions of the libraries a run imports, and of the optional ones that are installed."""
+    from importlib import metadata
+
     import gymnasium
     import sb3_contrib
     import stable_baselines3
@@ -109,7 +117,7 @@ def library_versions() -> dict[str, str]:
 
     import sb3_mpo
 
-    return {
+    versions = {
         "sb3_mpo": sb3_mpo.__version__,
         "stable_baselines3": stable_baselines3.__version__,
         "sb3_contrib": sb3_contrib.__version__,
@@ -117,6 +125,10 @@ def library_versions() -> dict[str, str]:
         "gymnasium": gymnasium.__version__,
         "python": platform.python_version(),
     }
+    for name in OPTIONAL_DISTRIBUTIONS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
 
 
 def machine() -> str:
