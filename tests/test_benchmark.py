@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from sb3_mpo.benchmark.cli import main
-from sb3_mpo.benchmark.report import QUIET_SPEED_FOLDER, collect, iqm_interval
+from sb3_mpo.benchmark.report import QUIET_SPEED_FOLDER, collect, iqm_interval, library_versions_line
 from sb3_mpo.benchmark.runner import ResultError, load_result
 from sb3_mpo.benchmark.suite import RESULTS_DIR, SUITES_DIR, load_suite
 
@@ -271,3 +271,13 @@ def test_bootstrap_intervals_are_reproducible():
     assert np.array_equal(np.random.get_state()[1], after_first)  # the global generator was restored
     low, high = first["mpo"][1:]
     assert low < first["mpo"][0] < high  # a real interval, not a degenerate one
+
+
+def test_library_versions_line_shows_every_version_the_runs_recorded():
+    runs = [
+        {"versions": {"torch": "2.13.0", "mujoco": "3.3.0"}},
+        {"versions": {"torch": "2.13.0", "mujoco": "4.0.0"}},
+        {"versions": {"torch": "2.13.0"}},  # a run from before the simulators were recorded
+    ]
+    assert library_versions_line(runs) == "torch 2.13.0, mujoco 3.3.0 / 4.0.0 / not recorded"
+    assert library_versions_line([]) == "—"

@@ -306,6 +306,18 @@ def curve_figure(env: str, runs_by_algo: dict[str, list[dict[str, Any]]], path: 
     plt.close(fig)
 
 
+def library_versions_line(runs: list[dict[str, Any]]) -> str:
+    """
+    Every library the runs recorded, with each version seen among them (``a / b`` where runs differ, ``not recorded``
+    for runs that predate a library's entry), so that a suite trained across upgrades says so.
+    """
+    names = list(dict.fromkeys(name for run in runs for name in run["versions"]))
+    if not names:
+        return "—"
+    versions = ({run["versions"].get(name, "not recorded") for run in runs} for name in names)
+    return ", ".join(f"{name} {' / '.join(sorted(seen))}" for name, seen in zip(names, versions, strict=True))
+
+
 def settings_section(results: Results) -> list[str]:
     lines = ["| environment | algorithm | source | hyperparameters (after the suite's overrides) |", "|---|---|---|---|"]
     for env, runs_by_algo in results.items():
@@ -360,7 +372,7 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         + (f"; unusable files skipped: {len(problems)}" if problems else ""),
         f"- Machines: {', '.join(sorted({run['machine'] for run in every_run})) or '—'}",
         f"- Commits: {', '.join(sorted({run['commit'] for run in every_run})) or '—'}",
-        f"- Libraries: {', '.join(f'{k} {v}' for k, v in every_run[0]['versions'].items()) if every_run else '—'}",
+        f"- Libraries: {library_versions_line(every_run)}",
         f"- Evaluation: deterministic policy, {suite.jobs[0].eval_episodes} episodes on a separate environment "
         "(seeded 10000 + seed), every eval_freq steps; the final return is the last evaluation.",
         "- Budget multipliers: "
