@@ -86,7 +86,7 @@ def run_ray(
         ray.init(address=None if address == "local" else address, runtime_env=runtime_env, include_dashboard=False)
     try:
         # One CPU per task, and a fresh worker process per task (max_calls=1) as in the local pool
-        remote = ray.remote(num_cpus=1, max_calls=1)(_apply)  # Ray wants a plain function: the worker may be a partial
+        remote: Any = ray.remote(num_cpus=1, max_calls=1)(_apply)  # Ray wants a plain function: the worker may be a partial
         pending = [remote.remote(worker, job) for job in jobs]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
