@@ -134,6 +134,8 @@ def _run(job: SMMJob) -> dict[str, Any]:
         if n_skills:
             kwargs.update(replay_buffer_class=SMMReplayBuffer, replay_buffer_kwargs=dict(n_skills=n_skills))
         algo = MPO if settings["algo"] == "mpo" else SAC
+        if algo is MPO:  # 1-step targets, with SMM or without: SMM's rewards are per transition (the results' setting)
+            kwargs["q_target"] = "n_step"
         model = algo("MlpPolicy", env, seed=job.seed, **kwargs)
         snapshots = PolicySnapshots(snapshot_freq=max(job.steps // 10, 1))
         model.learn(job.steps, callback=[goals, snapshots])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import FakeImageEnv, IdentityEnvBox, SimpleMultiObsEnv
@@ -14,6 +15,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
 from sb3_mpo import MPO, NonFiniteError
+from sb3_mpo.common.buffers import SegmentReplayBuffer
 
 SMALL = dict(learning_starts=50, batch_size=32, n_action_samples=4, policy_kwargs=dict(net_arch=[32, 32]))
 
@@ -87,8 +89,9 @@ def test_replay_stores_gaussian_actions():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(),
-        dict(n_steps=3),
+        dict(),  # Retrace
+        dict(q_target="n_step"),
+        dict(q_target="n_step", n_steps=3),
         dict(train_freq=(1, "episode"), gradient_steps=-1),
         dict(tau=1.0, target_update_interval=5),
         dict(per_dim_constraints=False, epsilon_penalty=None),
@@ -249,6 +252,7 @@ def test_behaviour_log_probs_recorded(action_bounding):
         (dict(target_update_interval=0), "target_update_interval"),
         (dict(q_target="lambda"), "q_target"),
         (dict(q_target="retrace", n_steps=3), "n_steps"),
+        (dict(n_steps=3), "n_steps"),  # Retrace is the default: n-step returns need q_target='n_step'
         (dict(retrace_lambda=1.5), "retrace_lambda"),
         (dict(segment_length=0), "segment_length"),
     ],
@@ -257,6 +261,20 @@ def test_bad_hyperparameters(kwargs, name):
     """Bad hyperparameters fail at construction with an error naming the parameter and what it accepts."""
     with pytest.raises(ValueError, match=rf"{name}=.*expected"):
         MPO("MlpPolicy", "Pendulum-v1", **kwargs)
+
+
+def test_retrace_is_the_default_and_a_transition_buffer_needs_n_step_targets():
+    """The default critic target is Retrace on a segment buffer; a user's transition buffer is refused with the way out."""
+    model = MPO("MlpPolicy", "Pendulum-v1")
+    assert model.q_target == "retrace" and isinstance(model.replay_buffer, SegmentReplayBuffer)
+    with pytest.raises(ValueError, match=r"replay_buffer_class=ReplayBuffer is invalid.*q_target='n_step'"):
+        MPO("MlpPolicy", "Pendulum-v1", replay_buffer_class=ReplayBuffer)
+    with pytest.raises(ValueError, match=r"n_steps=3 is invalid.*pass q_target='n_step'"):
+        MPO("MlpPolicy", "Pendulum-v1", n_steps=3)
+    assert (
+        type(MPO("MlpPolicy", "Pendulum-v1", q_target="n_step", replay_buffer_class=ReplayBuffer).replay_buffer)
+        is ReplayBuffer
+    )
 
 
 def test_bad_policy_and_spaces():

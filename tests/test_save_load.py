@@ -96,7 +96,7 @@ def test_policy_save_load(trained_model, tmp_path):
 
 def test_n_step_model_loads_without_warning_and_keeps_its_buffer(tmp_path):
     """A saved n-step model reloads with the same NStepReplayBuffer and without SB3's 'n_steps is ignored' warning."""
-    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, n_steps=3, **SMALL)
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, q_target="n_step", n_steps=3, **SMALL)
     model.save(tmp_path / "mpo.zip")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*n_steps.*ignored")

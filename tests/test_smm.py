@@ -114,11 +114,15 @@ def test_skills_never_leak_across_episodes():
     assert len(episode_skills) == 120 and counts.min() > 20
 
 
+#: SMM's rewards are per transition: MPO trains on them with 1-step targets instead of its default Retrace segments
+TRANSITION_TARGETS: dict[type, dict[str, str]] = {MPO: {"q_target": "n_step"}, SAC: {}, TD3: {}}
+
+
 @pytest.mark.parametrize("algo", [MPO, SAC, TD3])
 def test_smm_trains_with_off_policy_algorithms(algo):
     """MPO, SAC and TD3 learn from SMM rewards on PointRooms (whose own reward is always 0)."""
     env = SkillWrapper(gym.make("sb3_mpo/PointRooms-v0"), n_skills=2)
-    kwargs = dict(learning_starts=100, batch_size=32, policy_kwargs=dict(net_arch=[16]))
+    kwargs = dict(learning_starts=100, batch_size=32, policy_kwargs=dict(net_arch=[16]), **TRANSITION_TARGETS[algo])
     smm_kwargs = dict(replay_buffer_class=SMMReplayBuffer, replay_buffer_kwargs=dict(n_skills=2))
     model = algo("MlpPolicy", env, seed=0, **smm_kwargs, **kwargs)
     snapshots = PolicySnapshots(snapshot_freq=100)
@@ -137,7 +141,7 @@ def test_smm_trains_with_off_policy_algorithms(algo):
 def test_snapshots_survive_save_and_resume(algo, tmp_path):
     """Saved snapshots reload with the same actions, and a resumed run keeps adding to them on the same schedule."""
     env = SkillWrapper(gym.make("sb3_mpo/PointRooms-v0"), n_skills=2)
-    kwargs = dict(learning_starts=50, batch_size=16, policy_kwargs=dict(net_arch=[16]))
+    kwargs = dict(learning_starts=50, batch_size=16, policy_kwargs=dict(net_arch=[16]), **TRANSITION_TARGETS[algo])
     model = algo(
         "MlpPolicy", env, seed=0, replay_buffer_class=SMMReplayBuffer, replay_buffer_kwargs=dict(n_skills=2), **kwargs
     )
@@ -185,10 +189,10 @@ def test_historical_average_picks_one_snapshot_per_episode():
 def test_bad_input_is_refused_before_training():
     env = SkillWrapper(gym.make("sb3_mpo/PointRooms-v0"), n_skills=2)
     with pytest.raises(ValueError, match="NaN or inf"):
-        MPO("MlpPolicy", env, replay_buffer_class=SMMReplayBuffer,
+        MPO("MlpPolicy", env, q_target="n_step", replay_buffer_class=SMMReplayBuffer,
             replay_buffer_kwargs=dict(n_skills=2, target_log_prob=lambda s: np.full(len(s), np.nan)))  # fmt: skip
     with pytest.raises(ValueError, match=r"shape \(B,\)"):
-        MPO("MlpPolicy", env, replay_buffer_class=SMMReplayBuffer,
+        MPO("MlpPolicy", env, q_target="n_step", replay_buffer_class=SMMReplayBuffer,
             replay_buffer_kwargs=dict(n_skills=2, target_log_prob=lambda s: np.zeros((len(s), 2))))  # fmt: skip
     with pytest.raises(ValueError, match="n_skills must be an integer >= 1"):
         SkillWrapper(gym.make("sb3_mpo/PointRooms-v0"), n_skills=0)

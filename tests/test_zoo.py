@@ -221,6 +221,22 @@ def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
         study.tell(trial, 0.0)
 
 
+def test_converter_maps_the_critic_target_and_reads_studies_that_sampled_n_steps() -> None:
+    base = {"one_minus_gamma": 0.01, "batch_size_pow": 8, "net_arch": "small"}
+    assert [
+        (params["q_target"], params["n_steps"])
+        for params in (convert_mpo_params({**base, "q_target": choice}) for choice in ("retrace", "1-step", "5-step"))
+    ] == [("retrace", 1), ("n_step", 1), ("n_step", 5)]
+    # A trial stored before Retrace joined the search space keeps its n-step returns
+    assert convert_mpo_params({**base, "n_steps": 3}) == {
+        "gamma": 1 - 0.01,
+        "batch_size": 256,
+        "policy_kwargs": {"net_arch": [64, 64]},
+        "n_steps": 3,
+        "q_target": "n_step",
+    }
+
+
 def test_optimize_discrete(tmp_path: Path) -> None:
     # rl_zoo3 passes n_actions=0 for a Discrete space: the search tunes the categorical trust region
     storage = str(tmp_path / "mpo.log")
@@ -257,7 +273,7 @@ def test_optimize_with_storage(tmp_path: Path, backend: str) -> None:
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert set(trials[1].params) == {
         *("one_minus_gamma", "learning_rate", "batch_size_pow", "n_action_samples", "epsilon", "epsilon_mean"),
-        *("epsilon_std", "n_steps", "tau", "net_arch", "action_bounding"),
+        *("epsilon_std", "q_target", "tau", "net_arch", "action_bounding"),
     }
     # Train with a stored trial's hyperparameters (rl_zoo3 ignores --trial-id 0, hence trial 1)
     zoo(

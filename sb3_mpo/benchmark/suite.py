@@ -21,7 +21,7 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
         zoo_entry: Hopper-v4        # for algorithms whose RL Zoo file has no Hopper-v5 entry: use its Hopper-v4 one
         ...
     variants:                       # optional: named variants of an algorithm, usable in any env's algos
-      mpo_retrace: {algo: mpo, hyperparams: {q_target: retrace}}
+      mpo_1step: {algo: mpo, hyperparams: {q_target: n_step, n_steps: 1}}
 
 Every algorithm trains with RL Zoo's entry for the environment (rl_zoo3's tuned files; sb3-mpo's own file for MPO),
 through rl_zoo3's experiment manager, so normalisation, ``n_envs``, wrappers and schedules are those of RL Zoo.

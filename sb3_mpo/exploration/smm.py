@@ -9,10 +9,13 @@ where q(s|z) is a density model of the states visited under skill z (a VAE) and 
 fitted to replay, which holds the states of all past policies: that is the historical averaging of the density player
 in the paper's fictitious play; :class:`PolicySnapshots` and :class:`HistoricalAveragePolicy` give the policy player's average.
 
-The pieces plug into any SB3 off-policy algorithm (MPO, SAC, TD3, ...)::
+The pieces plug into any SB3 off-policy algorithm (MPO, SAC, TD3, ...); the buffer holds transitions, so MPO trains on
+it with 1-step targets (``q_target="n_step"``) instead of its default Retrace segments::
 
     env = SkillWrapper(gym.make("sb3_mpo/PointRooms-v0"), n_skills=4)
-    model = MPO("MlpPolicy", env, replay_buffer_class=SMMReplayBuffer, replay_buffer_kwargs=dict(n_skills=4))
+    model = MPO(
+        "MlpPolicy", env, q_target="n_step", replay_buffer_class=SMMReplayBuffer, replay_buffer_kwargs=dict(n_skills=4)
+    )
     snapshots = PolicySnapshots(snapshot_freq=10_000)
     model.learn(100_000, callback=snapshots)
     mixture = HistoricalAveragePolicy(snapshots.snapshots)   # evaluate_policy(mixture, ...)

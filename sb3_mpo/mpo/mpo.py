@@ -161,10 +161,11 @@ class MPO(OffPolicyAlgorithm):
     Reference implementations: DeepMind Acme (https://github.com/google-deepmind/acme) and Tonic
     (https://github.com/fabiopardo/tonic).
 
-    Each gradient step evaluates the policy with an expected-SARSA critic target over ``n_action_samples`` samples of
-    the target policy, then improves it by coordinate ascent: a non-parametric E-step re-weights those same samples
-    with the temperature η of a KL-constrained problem, and a parametric M-step fits the Gaussian policy to the weighted
-    samples by maximum likelihood under decoupled mean / covariance KL trust regions.
+    Each gradient step evaluates the policy with Retrace targets over trajectory segments (or expected-SARSA n-step
+    returns), whose expectations use ``n_action_samples`` samples of the target policy, then improves it by
+    coordinate ascent: a non-parametric E-step re-weights those same samples with the temperature η of a
+    KL-constrained problem, and a parametric M-step fits the Gaussian policy to the weighted samples by maximum
+    likelihood under decoupled mean / covariance KL trust regions.
 
     With a ``Discrete`` action space the policy is categorical and the critic outputs Q(s, a) for every action: the
     E-step and the critic targets take exact expectations over the action set instead of sampling, and the M-step has
@@ -188,10 +189,12 @@ class MPO(OffPolicyAlgorithm):
     :param replay_buffer_kwargs: Keyword arguments to pass to the replay buffer on creation.
     :param optimize_memory_usage: Enable a memory efficient variant of the replay buffer
     :param n_steps: With ``q_target="n_step"``: the critic target is the expected-SARSA n-step return
-        (SB3's NStepReplayBuffer); ``n_steps=1`` is the 1-step TD target
-    :param q_target: ``"n_step"`` (expected-SARSA n-step return over transitions) or ``"retrace"`` (Retrace over
-        trajectory segments of the :class:`~sb3_mpo.common.buffers.SegmentReplayBuffer`, as in the paper);
-        with Retrace, ``batch_size`` still counts transitions (``ceil(batch_size / segment_length)`` segments)
+        (SB3's NStepReplayBuffer); ``n_steps=1`` is the 1-step TD target. Must be 1 with Retrace
+    :param q_target: ``"retrace"`` (the default: Retrace over trajectory segments of the
+        :class:`~sb3_mpo.common.buffers.SegmentReplayBuffer`, as in the paper) or ``"n_step"`` (expected-SARSA n-step
+        return over transitions, for ``n_steps > 1`` or a replay buffer of your own); with Retrace, ``batch_size``
+        still counts transitions (``ceil(batch_size / segment_length)`` segments). The default is the measured one:
+        docs/critic_targets.md
     :param segment_length: Length L of the trajectory segments used by Retrace
     :param retrace_lambda: Trace decay λ of Retrace, c_k = λ·min(1, π(a_k|s_k) / b(a_k|s_k))
     :param n_action_samples: Number N of actions sampled per state for the E-step and the critic target
@@ -249,7 +252,7 @@ class MPO(OffPolicyAlgorithm):
         replay_buffer_kwargs: dict[str, Any] | None = None,
         optimize_memory_usage: bool = False,
         n_steps: int = 1,
-        q_target: QTarget = "n_step",
+        q_target: QTarget = "retrace",
         segment_length: int = 8,
         retrace_lambda: float = 0.95,
         n_action_samples: int = 20,
@@ -364,7 +367,11 @@ class MPO(OffPolicyAlgorithm):
             ("gamma", 0 <= kwargs["gamma"] <= 1, "a float in [0, 1]"),
             ("n_steps", kwargs["n_steps"] >= 1, "a positive integer"),
             ("q_target", kwargs["q_target"] in Q_TARGETS, f"one of {Q_TARGETS}"),
-            ("n_steps", kwargs["q_target"] != "retrace" or kwargs["n_steps"] == 1, "1 with q_target='retrace'"),
+            (
+                "n_steps",
+                kwargs["q_target"] != "retrace" or kwargs["n_steps"] == 1,
+                "1 with q_target='retrace' (the default); pass q_target='n_step' for n-step returns",
+            ),
             ("segment_length", kwargs["segment_length"] >= 1, "a positive integer"),
             ("retrace_lambda", 0 <= kwargs["retrace_lambda"] <= 1, "a float in [0, 1]"),
             ("n_action_samples", kwargs["n_action_samples"] >= 2, "an integer >= 2"),
@@ -405,8 +412,9 @@ class MPO(OffPolicyAlgorithm):
                 self.replay_buffer_class = SegmentReplayBuffer
             elif not issubclass(self.replay_buffer_class, SegmentReplayBuffer):
                 raise ValueError(
-                    f"MPO: replay_buffer_class={self.replay_buffer_class.__name__} is invalid with q_target='retrace', "
-                    "expected None or a SegmentReplayBuffer subclass"
+                    f"MPO: replay_buffer_class={self.replay_buffer_class.__name__} is invalid with q_target='retrace' "
+                    "(the default), expected None or a SegmentReplayBuffer subclass; pass q_target='n_step' to train "
+                    "on a transition buffer"
                 )
             self.replay_buffer_kwargs = {"segment_length": self.segment_length, **self.replay_buffer_kwargs}
         elif self.replay_buffer_class is NStepReplayBuffer and self.replay_buffer_kwargs.get("n_steps") == self.n_steps:

@@ -16,11 +16,20 @@ NET_ARCHS: dict[str, list[int]] = {
     "medium": [256, 256],
 }
 
+#: The critic target of each ``q_target`` choice: MPO's ``(q_target, n_steps)``
+CRITIC_TARGETS: dict[str, tuple[str, int]] = {
+    "retrace": ("retrace", 1),
+    "1-step": ("n_step", 1),
+    "3-step": ("n_step", 3),
+    "5-step": ("n_step", 5),
+}
+
 
 def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict[str, Any]) -> dict[str, Any]:
     """
     Sample MPO hyperparameters: the learning rate, the batch, the E-step bound ``epsilon``, the critic target
-    (``n_steps``, ``tau``, ``gamma``) and the network size; then the settings of the action space's policy.
+    (Retrace or 1-, 3- or 5-step returns, ``tau``, ``gamma``) and the network size; then the settings of the action
+    space's policy.
     With ``Box`` actions: ``n_action_samples``, the M-step trust regions (``epsilon_mean``, ``epsilon_std``) and how
     actions are bounded. With ``Discrete`` actions: the categorical trust region ``epsilon_policy`` (the E-step and
     the critic target enumerate the actions, so there is no sample count to tune).
@@ -40,7 +49,7 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         # From 2**6=64 to 2**9=512
         "batch_size_pow": trial.suggest_int("batch_size_pow", 6, 9),
         "epsilon": trial.suggest_float("epsilon", 0.01, 1.0, log=True),
-        "n_steps": trial.suggest_categorical("n_steps", [1, 3, 5]),
+        "q_target": trial.suggest_categorical("q_target", list(CRITIC_TARGETS)),
         # Polyak coefficient of the target networks
         "tau": trial.suggest_float("tau", 0.001, 0.05, log=True),
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
@@ -69,6 +78,10 @@ def convert_mpo_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     hyperparams = sampled_params.copy()
     hyperparams["gamma"] = 1 - hyperparams.pop("one_minus_gamma")
     hyperparams["batch_size"] = 2 ** hyperparams.pop("batch_size_pow")
+    if "q_target" in hyperparams:
+        hyperparams["q_target"], hyperparams["n_steps"] = CRITIC_TARGETS[hyperparams["q_target"]]
+    else:  # a study from before Retrace was searched: it sampled n_steps alone
+        hyperparams["q_target"] = "n_step"
     hyperparams["policy_kwargs"] = {"net_arch": NET_ARCHS[hyperparams.pop("net_arch")]}
     if "action_bounding" in hyperparams:
         hyperparams["policy_kwargs"]["action_bounding"] = hyperparams.pop("action_bounding")
