@@ -69,6 +69,8 @@ def test_local_backend_writes_one_valid_file_per_run(local_store):
         assert result["env_steps_per_second"] > 0 and result["gradient_steps_per_second"] > 0
         assert result["hyperparams"]["policy_kwargs"] == repr("dict(net_arch=[8])")
         assert (result["net_arch"], result["batch_size"]) == ("[8]", 16)  # what the model actually used
+        # MPO's critic target as trained: the Pendulum-v1 entry's 5-step returns; nothing for SAC
+        assert result["critic_target"] == ("n_step (n_steps=5)" if job.algo == "mpo" else None)
         assert result["commit"] != "" and result["versions"]["stable_baselines3"]
         # the simulator's version is recorded too (a MuJoCo release can move the numbers); the tests install MuJoCo
         assert result["versions"]["mujoco"] == mujoco.__version__
@@ -108,6 +110,8 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
     assert "| MPO | 200 | 2 |" in page and "| SAC | 200 | 2 |" in page
     assert "IQM [95% CI]" in page and "MPO > SAC" in page
     assert "| MPO | 2 / 2 | 100, 100 | 2 / 2 |" in page  # the threshold table: first evaluation, every seed
+    assert "; critic target as trained: n_step (n_steps=5) |" in page  # the settings of MPO's runs; none for SAC's
+    assert page.count("critic target as trained") == 1
     for figure in ("Pendulum-v1.png", "performance_profile.png"):
         path = tmp_path / "fig" / "tiny" / figure
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -237,6 +241,7 @@ def test_variants_run_their_algorithm_with_their_settings(tmp_path):
     assert main(["run", str(suite_path), "--results", str(tmp_path / "results"), "--workers", "1"]) == 0
     result = load_result(job.result_path(tmp_path / "results"), job)
     assert result["algo"] == "mpo_retrace" and result["hyperparams"]["q_target"] == repr("retrace")
+    assert result["critic_target"] == "retrace (segment_length=8, retrace_lambda=0.95)"
     assert result["hyperparams_source"].endswith("hyperparams/mpo.yml")
     bad = {**spec, "variants": {"mpo_retrace": {"algo": "mpoo"}}}
     with pytest.raises(ValueError, match=r"variants.mpo_retrace: needs an 'algo'"):

@@ -324,6 +324,9 @@ def settings_section(results: Results) -> list[str]:
         for algo, runs in runs_by_algo.items():
             settings = ", ".join(f"{key}={value}" for key, value in sorted(runs[0]["hyperparams"].items()))
             overrides = f" (suite overrides: {', '.join(runs[0]['overrides'])})" if runs[0].get("overrides") else ""
+            # Recorded since Retrace became MPO's default, so that a default critic target is visible too
+            targets = sorted({run["critic_target"] for run in runs if run.get("critic_target")})
+            settings += f"; critic target as trained: {' / '.join(targets)}" if targets else ""
             lines.append(f"| {env} | {algo.upper()} | {runs[0]['hyperparams_source']}{overrides} | {settings} |")
     return lines
 

@@ -131,6 +131,21 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def critic_target(model: Any) -> str | None:
+    """
+    MPO's critic target as the model trained with it, constructor defaults included (``retrace (...)`` or
+    ``n_step (...)``), so that a result file says so even where the settings leave it to the default; ``None`` for
+    other algorithms.
+    """
+    from sb3_mpo import MPO
+
+    if not isinstance(model, MPO):
+        return None
+    if model.q_target == "retrace":
+        return f"retrace (segment_length={model.segment_length}, retrace_lambda={model.retrace_lambda})"
+    return f"n_step (n_steps={model.n_steps})"
+
+
 def machine() -> str:
     return f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cores {platform.system()}"
 
@@ -284,6 +299,7 @@ def run_job(job: Job, checkpoints: Path | None = None, checkpoint_minutes: float
         # The network and batch the run actually used (defaults included), for the speed table
         "net_arch": repr(getattr(model.policy, "net_arch", None)),
         "batch_size": getattr(model, "batch_size", None),
+        "critic_target": critic_target(model),
         "hyperparams": {key: repr(value) for key, value in saved_hyperparams.items() if key != "n_timesteps"},
         "hyperparams_source": hyperparams_source,
         "overrides": {key: repr(value) for key, value in job.hyperparams.items()},
