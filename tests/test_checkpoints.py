@@ -1,5 +1,6 @@
 """Mid-run checkpoints of benchmark jobs: an interrupted run resumes where its last checkpoint left it."""
 
+import copy
 import json
 import signal
 import subprocess
@@ -45,24 +46,25 @@ def suite_path(tmp_path: Path) -> Path:
     return path
 
 
-def interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every run fail right after writing its first checkpoint, as if the machine had been stopped there."""
+def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make every run save its checkpoint at the first rollout from ``step`` on, then fail, as if stopped there."""
     save = RunCheckpoint.save
 
     def save_then_stop(self: RunCheckpoint) -> None:
-        save(self)
-        raise RuntimeError("simulated interruption")
+        if self.model.num_timesteps >= step:
+            save(self)
+            raise RuntimeError("simulated interruption")
 
     monkeypatch.setattr(RunCheckpoint, "save", save_then_stop)
 
 
-def test_interrupted_run_resumes_with_its_model_and_replay_buffer(suite_path, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_with_its_model_replay_buffer_and_schedule(suite_path, tmp_path, monkeypatch):
     (job,) = load_suite(suite_path).jobs
     checkpoints = tmp_path / "checkpoints"
-    interrupt_after_first_checkpoint(monkeypatch)
+    interrupt_at_step(monkeypatch, 150)  # between the evaluations at 100 and 200
     _, result, error = run_job_safely(job, checkpoints, checkpoint_minutes=0)
     assert result is None and "simulated interruption" in error
-    assert saved_step(job.checkpoint_path(checkpoints)) == 100
+    assert saved_step(job.checkpoint_path(checkpoints)) == 150
     monkeypatch.undo()
 
     restored = {}
@@ -80,24 +82,45 @@ def test_interrupted_run_resumes_with_its_model_and_replay_buffer(suite_path, tm
     resumed = run_job(job, checkpoints, checkpoint_minutes=0)
     uninterrupted = run_job(job)
 
-    # The checkpoint was taken at step 100's evaluation, before that step's transition and update: 99 stored
-    # transitions and the updates of steps 51-99 (learning_starts=50); the resumed run carries on from there
-    assert restored["size"] == 99 and restored["n_updates"] == 49
+    # Saved at the start of step 151's rollout: 150 stored transitions and the updates of steps 51-150
+    # (learning_starts=50, one per step); the resumed run carries on from there and loses no update
+    assert restored["size"] == 150 and restored["n_updates"] == 100
     assert restored["ended"] == 1.0, "the stored episode must end where the checkpoint cut it"
-    assert resumed["resumes"] == [{"step": 100, "commit": git_commit()}] and uninterrupted["resumes"] == []
+    assert resumed["resumes"] == [{"step": 150, "commit": git_commit()}] and uninterrupted["resumes"] == []
     assert uninterrupted["commit"] == git_commit(), "a worker records the commit of the code it imported"
-    assert [point["step"] for point in resumed["curve"]] == [100, 200, 300]
+    assert [point["step"] for point in resumed["curve"]] == [100, 200, 300], "evaluations keep their schedule"
     assert resumed["curve"][0] == uninterrupted["curve"][0], "the evaluation before the interruption is kept as it was"
-    assert resumed["num_timesteps"] == 300 and uninterrupted["n_updates"] == 250
-    assert resumed["n_updates"] == 249, "the update of the interrupted step is the only one lost"
+    assert resumed["num_timesteps"] == 300 and resumed["n_updates"] == uninterrupted["n_updates"] == 250
     assert resumed["train_seconds"] > 0 and resumed["checkpoint_seconds"] > 0
+
+
+def test_a_run_saves_at_rollout_starts_once_the_interval_has_passed(suite_path, tmp_path, monkeypatch):
+    """Train_freq 64: saves fall on rollout boundaries (multiples of 64), never twice at one step, never at the end."""
+    suite = copy.deepcopy(SPEC)
+    suite["envs"]["Pendulum-v1"]["steps"] = 320
+    suite["envs"]["Pendulum-v1"]["hyperparams"]["mpo"] |= {"train_freq": 64, "gradient_steps": 2}
+    suite_path.write_text(yaml.safe_dump(suite))
+    (job,) = load_suite(suite_path).jobs
+    saves: list[int] = []
+    save = RunCheckpoint.save
+
+    def record(self: RunCheckpoint) -> None:
+        saves.append(self.model.num_timesteps)
+        save(self)
+
+    monkeypatch.setattr(RunCheckpoint, "save", record)
+    run_job(job, tmp_path, checkpoint_minutes=0)
+    assert saves == [64, 128, 192, 256]
+    saves.clear()
+    run_job(job, tmp_path / "other", checkpoint_minutes=60)
+    assert saves == [], "no save before the interval has passed"
 
 
 def test_cli_status_shows_the_checkpoint_and_run_resumes_then_removes_it(suite_path, tmp_path, monkeypatch, capsys):
     (job,) = load_suite(suite_path).jobs
     results = tmp_path / "results"
     folder = job.checkpoint_path(results / ".checkpoints")  # the default place, inside the result store
-    interrupt_after_first_checkpoint(monkeypatch)
+    interrupt_at_step(monkeypatch, 100)
     run_job_safely(job, results / ".checkpoints", checkpoint_minutes=0)
     monkeypatch.undo()
 

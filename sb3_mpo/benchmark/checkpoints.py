@@ -2,11 +2,12 @@
 Mid-run checkpoints of a benchmark job, so that a run longer than a working session (a QR-DQN run on LunarLander, a
 1M-step MuJoCo run) can be interrupted and resumed instead of started over.
 
-After an evaluation, when enough training time has passed since the last save, :class:`RunCheckpoint` writes the job's
-folder: the model (SB3's ``save``: networks, optimisers, MPO's multipliers, step counters), the replay buffer
-(``save_replay_buffer``), the ``VecNormalize`` statistics and ``state.json`` (the evaluation curve so far and the time
-spent). :func:`restore` puts a fresh run back in that state. The folder is replaced atomically (written beside it,
-then renamed), so an interruption while saving leaves the previous checkpoint intact.
+Every few minutes of training, at the next boundary between a training phase and a rollout, :class:`RunCheckpoint`
+writes the job's folder: the model (SB3's ``save``: networks, optimisers, MPO's multipliers, step counters), the
+replay buffer (``save_replay_buffer``), the ``VecNormalize`` statistics and ``state.json`` (the evaluation curve so
+far and the time spent). :func:`restore` puts a fresh run back in that state, its evaluation schedule included, so the
+resumed run collects, trains and evaluates at the same steps as an uninterrupted one. The folder is replaced
+atomically (written beside it, then renamed), so an interruption while saving leaves the previous checkpoint intact.
 
 A resumed run is not bit-identical to an uninterrupted one: the environments restart with a fresh episode (the last
 stored transition is ended as a time-limit truncation, so no return is bootstrapped across the gap) and the random
@@ -54,7 +55,13 @@ class TimedEvalCallback(EvalCallback):
             "lengths": [list(map(int, lengths)) for lengths in self.evaluations_length],
         }
 
-    def restore_curve(self, curve: dict[str, list], eval_seconds: float) -> None:
+    def restore_curve(self, curve: dict[str, list], eval_seconds: float, n_calls: int) -> None:
+        """
+        :param curve: The evaluations so far (:attr:`curve_state`)
+        :param eval_seconds: The time they took
+        :param n_calls: The steps of the vectorised environment so far, which schedule the next evaluation
+        """
+        self.n_calls = n_calls
         self.evaluations_timesteps = list(curve["timesteps"])
         self.evaluations_results = [list(returns) for returns in curve["results"]]
         self.evaluations_length = [list(lengths) for lengths in curve["lengths"]]
@@ -78,9 +85,9 @@ def job_signature(job: Job) -> dict[str, Any]:
 
 class RunCheckpoint(BaseCallback):
     """
-    Save the run into its checkpoint folder right after an evaluation, once ``interval_seconds`` of wall-clock have
-    passed since the run (or its last save) started; 0 saves after every evaluation. Place it after ``evaluation``
-    in the callback list.
+    Save the run into its checkpoint folder once ``interval_seconds`` of wall-clock have passed since the run (or its
+    last save) started, at the start of the next rollout: the previous training phase is done and no step of the new
+    rollout is taken, so a resumed run keeps the schedule of collection and updates (0 saves at every rollout).
 
     :param folder: The job's checkpoint folder (replaced at each save)
     :param job: The job, whose signature is stored
@@ -97,6 +104,7 @@ class RunCheckpoint(BaseCallback):
         self.previous_seconds = state["elapsed_seconds"] if state else 0.0
         self.resumes: list[dict[str, Any]] = list(state["resumes"]) if state else []
         self.save_seconds = state["save_seconds"] if state else 0.0
+        self.saved_step = state["num_timesteps"] if state else 0
         self.start = self.last_save = time.perf_counter()
 
     def _on_training_start(self) -> None:
@@ -108,11 +116,12 @@ class RunCheckpoint(BaseCallback):
         return self.previous_seconds + time.perf_counter() - self.start
 
     def _on_step(self) -> bool:
-        evaluated = self.evaluation.evaluations_timesteps
-        if evaluated and evaluated[-1] == self.num_timesteps and self.num_timesteps < self.job.steps:
-            if time.perf_counter() - self.last_save >= self.interval_seconds:
-                self.save()
         return True
+
+    def _on_rollout_start(self) -> None:
+        step = self.model.num_timesteps
+        if self.saved_step < step < self.job.steps and time.perf_counter() - self.last_save >= self.interval_seconds:
+            self.save()
 
     def save(self) -> None:
         start = time.perf_counter()
@@ -144,6 +153,7 @@ class RunCheckpoint(BaseCallback):
             self.folder.rename(old)
         partial.rename(self.folder)
         shutil.rmtree(old, ignore_errors=True)
+        self.saved_step = int(model.num_timesteps)
         self.last_save = time.perf_counter()
 
 
@@ -193,5 +203,5 @@ def restore(model: BaseAlgorithm, folder: Path, state: dict[str, Any], evaluatio
     if vec_normalize is not None:
         saved = VecNormalize.load(str(folder / VEC_NORMALIZE_FILE), vec_normalize.venv)
         vec_normalize.obs_rms, vec_normalize.ret_rms = saved.obs_rms, saved.ret_rms
-    evaluation.restore_curve(state["curve"], state["eval_seconds"])
+    evaluation.restore_curve(state["curve"], state["eval_seconds"], n_calls=loaded.num_timesteps // loaded.n_envs)
     return loaded

@@ -7,9 +7,9 @@
     python -m sb3_mpo.benchmark report quick                   # regenerates the suite's page from the stored files
 
 SUITE is a YAML file or the name of one in benchmarks/suites/. Results go to benchmarks/results/<suite>/<env>/, one
-JSON file per finished run; runs whose file exists (and is valid) are skipped. A run saves a checkpoint after an
-evaluation every --checkpoint-minutes (under benchmarks/results/.checkpoints/, not committed) and an interrupted run
-resumes from its checkpoint; the checkpoint is removed when the run's result file is written.
+JSON file per finished run; runs whose file exists (and is valid) are skipped. A run saves a checkpoint every
+--checkpoint-minutes, at a rollout boundary (under benchmarks/results/.checkpoints/, not committed), and an interrupted
+run resumes from its checkpoint; the checkpoint is removed when the run's result file is written.
 """
 
 import argparse
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint-minutes",
         type=float,
         default=10.0,
-        help="save a run's checkpoint after the first evaluation this many minutes after the last save (0: every one)",
+        help="save a run's checkpoint at the first rollout boundary this many minutes after the last save (0: at every one)",
     )
     commands.choices["run"].add_argument(
         "--ray-address", help="Ray cluster address ('auto', 'ray://host:10001') or 'local'; implies --backend ray"

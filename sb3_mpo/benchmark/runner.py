@@ -190,13 +190,13 @@ def run_job(job: Job, checkpoints: Path | None = None, checkpoint_minutes: float
     """
     Train ``job.algo`` on ``job.env`` with RL Zoo's settings (rl_zoo3's experiment manager, MPO registered) and
     evaluate it deterministically every ``job.eval_freq`` steps on a separate environment (SB3's ``EvalCallback``,
-    which also syncs ``VecNormalize`` statistics). With ``checkpoints``, the run saves itself there after an evaluation
-    every ``checkpoint_minutes`` and, when it finds a checkpoint of the same job, resumes from it
+    which also syncs ``VecNormalize`` statistics). With ``checkpoints``, the run saves itself there at a rollout
+    boundary every ``checkpoint_minutes`` and, when it finds a checkpoint of the same job, resumes from it
     (see :mod:`sb3_mpo.benchmark.checkpoints`).
 
     :param job: The run
     :param checkpoints: Folder of the mid-run checkpoints (the job's own is :meth:`Job.checkpoint_path`); None: none
-    :param checkpoint_minutes: Minimum wall-clock between two checkpoints (0: after every evaluation)
+    :param checkpoint_minutes: Minimum wall-clock between two checkpoints (0: at every rollout)
     :return: Its result record (see :data:`REQUIRED_KEYS`); the caller writes it (and removes the checkpoint)
     """
     import numpy as np
