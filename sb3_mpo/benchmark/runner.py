@@ -204,6 +204,7 @@ def run_job(job: Job, checkpoints: Path | None = None, checkpoint_minutes: float
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
     from sb3_mpo.benchmark.checkpoints import RunCheckpoint, TimedEvalCallback, read_state, restore
+    from sb3_mpo.benchmark.memory import ReleaseFreeMemory
     from sb3_mpo.zoo.exp_manager import MPOExperimentManager
     from sb3_mpo.zoo.registration import register
 
@@ -241,7 +242,7 @@ def run_job(job: Job, checkpoints: Path | None = None, checkpoint_minutes: float
             deterministic=True,
             verbose=0,
         )
-        callbacks = [*manager.callbacks, evaluation]
+        callbacks = [*manager.callbacks, evaluation, ReleaseFreeMemory()]
         if state is not None:
             assert checkpoint_folder is not None
             model = restore(model, checkpoint_folder, state, evaluation)
