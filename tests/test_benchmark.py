@@ -147,8 +147,26 @@ def test_report_shows_quiet_speed_records_and_discloses_converted_and_resumed_ru
     page = out.read_text()
     assert "| Pendulum-v1 | abc1234 | 40.0 | 60.0 | 41.0 | 62.0 | 1.50 |" in page
     assert "Hopper-v5" not in page  # not an environment of the suite
-    assert "1 of these runs were trained not through the experiment manager" in page
-    assert "1 of these runs were interrupted and resumed from a mid-run checkpoint" in page
+    runs = len(jobs)
+    assert "- Trained not through the experiment manager but by the retired `benchmarks/compare.py`" in page
+    assert f"each names its original): 1 of {runs} runs (`migrated_from`)." in page
+    assert "- Interrupted and resumed from a mid-run checkpoint (" in page
+    assert f"each file lists where): 1 of {runs} runs (`resumes`)." in page
+
+
+def test_report_gives_no_spread_for_a_single_seed(local_store, tmp_path):
+    """An algorithm with one stored seed gets its return without a std or an interval, which one run cannot give."""
+    suite_path, results = local_store
+    store = copy_store(results, tmp_path / "results")
+    sac_jobs = [job for job in load_suite(suite_path).jobs if job.algo == "sac"]
+    sac_jobs[1].result_path(store).unlink()
+    kept = load_result(sac_jobs[0].result_path(store), sac_jobs[0])["final_return"]
+    out = tmp_path / "page.md"
+    assert main(["report", str(suite_path), "--results", str(store), "--out", str(out), "--figures", str(tmp_path)]) == 0
+    page = out.read_text()
+    assert f"| SAC | 200 | 1 | {kept:.1f} ± — | {kept:.1f} | {kept:.1f} |" in page
+    mpo_row = next(line for line in page.splitlines() if line.startswith("| MPO | 200 | 2 |"))
+    assert " ± —" not in mpo_row and mpo_row.count("[") == 1  # two seeds: a std and an interval
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing_key", "short_curve", "wrong_run"])

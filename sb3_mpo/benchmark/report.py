@@ -32,14 +32,14 @@ CONFIDENCE = 0.95
 #: Folder of the result store holding ``benchmarks/speed.py``'s records, and the figures of a record, per algorithm
 QUIET_SPEED_FOLDER = "speed_quiet"
 SPEED_KEYS = ("env_steps_per_second", "gradient_steps_per_second")
-#: What the page says about the runs whose result file sets one of these keys, after "N of these runs"
+#: What the page says about the runs whose result file sets one of these keys, before ": N of M runs"
 RUN_DISCLOSURES = {
-    "migrated_from": "were trained not through the experiment manager but by the retired `benchmarks/compare.py`, which "
-    "built the models directly from the same settings and evaluated them the same way; their files were converted to "
-    "this layout with their numbers unchanged, and each names its original",
-    "resumes": "were interrupted and resumed from a mid-run checkpoint (model, optimisers, replay buffer and normalisation "
-    "restored; the environments restarted with a fresh episode and the random generators were not restored); each file "
-    "lists where",
+    "migrated_from": "Trained not through the experiment manager but by the retired `benchmarks/compare.py`, which built "
+    "the models directly from the same settings and evaluated them the same way (the files were converted to this layout "
+    "with their numbers unchanged, and each names its original)",
+    "resumes": "Interrupted and resumed from a mid-run checkpoint (model, optimisers, replay buffer and normalisation "
+    "restored; the environments restarted with a fresh episode and the random generators were not restored; each file "
+    "lists where)",
 }
 #: Seed of every bootstrap, so that the same result files always give the same page
 BOOTSTRAP_SEED = 0
@@ -134,9 +134,11 @@ def env_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
     for algo, runs in runs_by_algo.items():
         point, low, high = iqm[algo]
         per_seed = ", ".join(f"{value:.1f}" for value in finals[algo])
+        # one seed has no spread: a std of 0 and an interval of one point would read as certainty
+        spread, interval = ("—", "") if len(runs) == 1 else (f"{finals[algo].std():.1f}", f" [{low:.1f}, {high:.1f}]")
         lines.append(
-            f"| {algo.upper()} | {runs[0]['steps']:,} | {len(runs)} | {finals[algo].mean():.1f} ± {finals[algo].std():.1f} "
-            f"| {point:.1f} [{low:.1f}, {high:.1f}] | {per_seed} |"
+            f"| {algo.upper()} | {runs[0]['steps']:,} | {len(runs)} | {finals[algo].mean():.1f} ± {spread} "
+            f"| {point:.1f}{interval} | {per_seed} |"
         )
     return lines
 
@@ -294,7 +296,7 @@ def curve_figure(env: str, runs_by_algo: dict[str, list[dict[str, Any]]], path: 
             if not keep.any():
                 continue
             mean, std = means.mean(axis=0)[keep], means.std(axis=0)[keep]
-            ax.plot(steps[keep], mean, label=f"{algo.upper()} ({len(means)} seeds)")
+            ax.plot(steps[keep], mean, label=f"{algo.upper()} ({len(means)} seed{'s' if len(means) > 1 else ''})")
             ax.fill_between(steps[keep], mean - std, mean + std, alpha=0.2)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("evaluation return")
@@ -386,7 +388,7 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
     for key, disclosure in RUN_DISCLOSURES.items():
         count = sum(1 for run in every_run if run.get(key))
         if count:
-            lines.append(f"- {count} of these runs {disclosure} (`{key}`).")
+            lines.append(f"- {disclosure}: {count} of {len(every_run)} runs (`{key}`).")
     lines.append("")
     reading = reading or suite.path.with_suffix(".reading.md")
     if reading.is_file():
