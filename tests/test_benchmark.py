@@ -10,7 +10,7 @@ import yaml
 
 from sb3_mpo.benchmark.cli import main
 from sb3_mpo.benchmark.report import QUIET_SPEED_FOLDER, collect, iqm_interval, library_versions_line
-from sb3_mpo.benchmark.runner import ResultError, load_result
+from sb3_mpo.benchmark.runner import ResultError, load_result, run_job
 from sb3_mpo.benchmark.suite import RESULTS_DIR, SUITES_DIR, load_suite
 
 TINY = {
@@ -72,6 +72,7 @@ def test_local_backend_writes_one_valid_file_per_run(local_store):
         # MPO's critic target as trained: the Pendulum-v1 entry's 5-step returns; nothing for SAC
         assert result["critic_target"] == ("n_step (n_steps=5)" if job.algo == "mpo" else None)
         assert result["commit"] != "" and result["versions"]["stable_baselines3"]
+        assert result["torch_threads"] == 1  # the runner's default
         # the simulator's version is recorded too (a MuJoCo release can move the numbers); the tests install MuJoCo
         assert result["versions"]["mujoco"] == mujoco.__version__
         assert not list(results.rglob("*.tmp")), "a temporary file was left behind"
@@ -167,6 +168,38 @@ def test_report_gives_no_spread_for_a_single_seed(local_store, tmp_path):
     assert f"| SAC | 200 | 1 | {kept:.1f} ± — | {kept:.1f} | {kept:.1f} |" in page
     mpo_row = next(line for line in page.splitlines() if line.startswith("| MPO | 200 | 2 |"))
     assert " ± —" not in mpo_row and mpo_row.count("[") == 1  # two seeds: a std and an interval
+
+
+def test_runs_with_more_torch_threads_get_speed_rows_of_their_own(local_store, tmp_path):
+    """A run redone with --threads 2 records it, and the speed table never takes one median over both thread counts."""
+    suite_path, results = local_store
+    store = copy_store(results, tmp_path / "results")
+    redone = next(job for job in load_suite(suite_path).jobs if job.algo == "sac" and job.seed == 1)
+    redone.result_path(store).unlink()
+    command = ["run", str(suite_path), "--results", str(store), "--algos", "sac", "--seeds", "1", "--threads", "2"]
+    assert main(command) == 0
+    assert load_result(redone.result_path(store), redone)["torch_threads"] == 2
+    out = tmp_path / "page.md"
+    assert main(["report", str(suite_path), "--results", str(store), "--out", str(out), "--figures", str(tmp_path)]) == 0
+    speed_rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| Pendulum-v1 | SAC | [8] |")]
+    assert [(row[4], row[5]) for row in speed_rows] == [("1", "1"), ("2", "1")]  # threads, runs
+    mpo_rows = [line for line in out.read_text().splitlines() if line.startswith("| Pendulum-v1 | MPO | [8] | 16 | 1 | 2 |")]
+    assert len(mpo_rows) == 1
+
+
+@pytest.mark.parametrize("threads", ["0", "-1", "two"])
+def test_torch_threads_must_be_a_positive_integer(local_store, threads, capsys):
+    suite_path, results = local_store
+    with pytest.raises(SystemExit):
+        main(["run", str(suite_path), "--results", str(results), "--threads", threads])
+    assert f"argument --threads: expected a positive integer, got '{threads}'" in capsys.readouterr().err
+
+
+def test_run_job_refuses_a_bad_thread_count_before_training(local_store):
+    suite_path, _ = local_store
+    job = load_suite(suite_path).jobs[0]
+    with pytest.raises(ValueError, match="torch_threads must be a positive integer, got 0"):
+        run_job(job, torch_threads=0)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing_key", "short_curve", "wrong_run"])

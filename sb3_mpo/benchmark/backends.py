@@ -30,7 +30,8 @@ def run_local(jobs: list[JobT], workers: int | None = None, worker: Worker = run
     Run jobs in local worker processes, yielding each outcome as it finishes.
 
     :param jobs: The jobs to run
-    :param workers: Number of parallel processes (default: one per core); each job uses one torch thread
+    :param workers: Number of parallel processes (default: one per core); each uses the torch threads its ``worker``
+        sets (one by default, ``--threads`` in the command line)
     :param worker: The function that runs one job (default: a suite's training run)
     """
     workers = workers or os.cpu_count() or 1

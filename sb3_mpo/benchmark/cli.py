@@ -3,6 +3,7 @@
 
     python -m sb3_mpo.benchmark run quick                      # local processes, one per core; resumes
     python -m sb3_mpo.benchmark run full --ray-address auto    # on a Ray cluster
+    python -m sb3_mpo.benchmark run discrete --workers 1 --threads 2   # one run at a time, two torch threads
     python -m sb3_mpo.benchmark status quick
     python -m sb3_mpo.benchmark report quick                   # regenerates the suite's page from the stored files
 
@@ -62,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         return f"final return {result['final_return']:.1f}, {steps_per_second:.1f} env steps/s, {minutes:.1f} min"
 
     checkpoints = _checkpoints(args)
-    worker = functools.partial(run_job_safely, checkpoints=checkpoints, checkpoint_minutes=args.checkpoint_minutes)
+    worker = functools.partial(
+        run_job_safely, checkpoints=checkpoints, checkpoint_minutes=args.checkpoint_minutes, torch_threads=args.threads
+    )
     failures = run_and_store(
         pending, args.results, describe, args.backend, args.workers, args.ray_address, worker, checkpoints
     )
@@ -98,6 +101,17 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sb3_mpo.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -116,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             command.add_argument("--no-checkpoints", action="store_true", help="neither save nor resume checkpoints")
     commands.choices["run"].add_argument("--backend", choices=["local", "ray"], default="local")
-    commands.choices["run"].add_argument("--workers", type=int, help="local processes (default: one per core)")
+    commands.choices["run"].add_argument("--workers", type=_positive_int, help="local processes (default: one per core)")
+    commands.choices["run"].add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch threads per run (default 1; workers x threads should not exceed the cores); recorded in each result",
+    )
     commands.choices["run"].add_argument(
         "--checkpoint-minutes",
         type=float,

@@ -168,19 +168,28 @@ def sample_efficiency_table(results: Results) -> list[str]:
     return header + lines
 
 
+def torch_threads(run: dict[str, Any]) -> int:
+    """The torch threads a run trained with (files from before the runner recorded it ran with one)."""
+    return int(run.get("torch_threads", 1))
+
+
 def speed_table(results: Results) -> list[str]:
+    """Median speeds per environment and algorithm, a row per torch-thread count so that no median mixes them."""
     lines = [
-        "| environment | algorithm | network | batch | env steps/s (median) | gradient steps/s (median) |",
-        "|---|---|---|---|---|---|",
+        "| environment | algorithm | network | batch | torch threads | runs | env steps/s (median) "
+        "| gradient steps/s (median) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for env, runs_by_algo in results.items():
-        for algo, runs in runs_by_algo.items():
-            gradient = [run["gradient_steps_per_second"] for run in runs if run.get("gradient_steps_per_second")]
-            lines.append(
-                f"| {env} | {algo.upper()} | {runs[0].get('net_arch', '—')} | {runs[0].get('batch_size', '—')} "
-                f"| {np.median([run['env_steps_per_second'] for run in runs]):.1f} "
-                f"| {_fmt(float(np.median(gradient)) if gradient else None)} |"
-            )
+        for algo, all_runs in runs_by_algo.items():
+            for threads in sorted({torch_threads(run) for run in all_runs}):
+                runs = [run for run in all_runs if torch_threads(run) == threads]
+                gradient = [run["gradient_steps_per_second"] for run in runs if run.get("gradient_steps_per_second")]
+                lines.append(
+                    f"| {env} | {algo.upper()} | {runs[0].get('net_arch', '—')} | {runs[0].get('batch_size', '—')} "
+                    f"| {threads} | {len(runs)} | {np.median([run['env_steps_per_second'] for run in runs]):.1f} "
+                    f"| {_fmt(float(np.median(gradient)) if gradient else None)} |"
+                )
     return lines
 
 
@@ -405,7 +414,7 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         efficiency = sample_efficiency_table(results)
         if efficiency:
             lines += ["## Sample efficiency: MPO at N steps vs on-policy baselines", "", *efficiency, ""]
-        lines += ["## Speed", "", "Training wall-clock only (evaluation excluded), one torch thread per run.", ""]
+        lines += ["## Speed", "", "Training wall-clock only (evaluation excluded).", ""]
         lines += [*speed_table(results), ""]
         quiet = quiet_speed_table(list(results), results_dir)
         lines += [*quiet, ""] if quiet else []

@@ -186,7 +186,9 @@ def zoo_config(job: Job, folder: Path) -> tuple[str | None, str]:
     return str(config), f"{label}, entry {job.zoo_entry}"
 
 
-def run_job(job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0) -> dict[str, Any]:
+def run_job(
+    job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0, torch_threads: int = 1
+) -> dict[str, Any]:
     """
     Train ``job.algo`` on ``job.env`` with RL Zoo's settings (rl_zoo3's experiment manager, MPO registered) and
     evaluate it deterministically every ``job.eval_freq`` steps on a separate environment (SB3's ``EvalCallback``,
@@ -197,6 +199,8 @@ def run_job(job: Job, checkpoints: Path | None = None, checkpoint_minutes: float
     :param job: The run
     :param checkpoints: Folder of the mid-run checkpoints (the job's own is :meth:`Job.checkpoint_path`); None: none
     :param checkpoint_minutes: Minimum wall-clock between two checkpoints (0: at every rollout)
+    :param torch_threads: Threads torch may use in this worker (workers x threads should not exceed the cores);
+        recorded in the result, since it changes the speed figures
     :return: Its result record (see :data:`REQUIRED_KEYS`); the caller writes it (and removes the checkpoint)
     """
     import numpy as np
@@ -208,7 +212,9 @@ def run_job(job: Job, checkpoints: Path | None = None, checkpoint_minutes: float
     from sb3_mpo.zoo.exp_manager import MPOExperimentManager
     from sb3_mpo.zoo.registration import register
 
-    th.set_num_threads(1)
+    if not isinstance(torch_threads, int) or torch_threads < 1:
+        raise ValueError(f"torch_threads must be a positive integer, got {torch_threads!r}")
+    th.set_num_threads(torch_threads)
     register()
     commit = git_commit()  # the code this worker process imported, whatever the checkout becomes while it trains
     checkpoint_folder = job.checkpoint_path(checkpoints) if checkpoints is not None else None
@@ -296,6 +302,7 @@ def run_job(job: Job, checkpoints: Path | None = None, checkpoint_minutes: float
         # SB3's _n_updates counts gradient steps for off-policy algorithms, but epochs or iterations for on-policy ones
         "n_updates": n_updates,
         "gradient_steps_per_second": n_updates / train_seconds if off_policy else None,
+        "torch_threads": torch_threads,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         # The network and batch the run actually used (defaults included), for the speed table
         "net_arch": repr(getattr(model.policy, "net_arch", None)),
@@ -313,10 +320,10 @@ def run_job(job: Job, checkpoints: Path | None = None, checkpoint_minutes: float
 
 
 def run_job_safely(
-    job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0
+    job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0, torch_threads: int = 1
 ) -> tuple[Job, dict[str, Any] | None, str]:
     """:func:`run_job` for a worker pool: a failure comes back as its traceback instead of stopping the other jobs."""
     try:
-        return job, run_job(job, checkpoints, checkpoint_minutes), ""
+        return job, run_job(job, checkpoints, checkpoint_minutes, torch_threads), ""
     except Exception:
         return job, None, traceback.format_exc()
