@@ -1,6 +1,7 @@
 """The benchmark runner (local processes and Ray), its result store and the rliable report, on a tiny suite."""
 
 import json
+import re
 from pathlib import Path
 
 import mujoco
@@ -156,7 +157,7 @@ def test_report_shows_quiet_speed_records_and_discloses_converted_and_resumed_ru
 
 
 def test_report_gives_no_spread_for_a_single_seed(local_store, tmp_path):
-    """An algorithm with one stored seed gets its return without a std or an interval, which one run cannot give."""
+    """An algorithm with one stored seed gets its return without a std or an interval (here or in the aggregate)."""
     suite_path, results = local_store
     store = copy_store(results, tmp_path / "results")
     sac_jobs = [job for job in load_suite(suite_path).jobs if job.algo == "sac"]
@@ -168,6 +169,11 @@ def test_report_gives_no_spread_for_a_single_seed(local_store, tmp_path):
     assert f"| SAC | 200 | 1 | {kept:.1f} ± — | {kept:.1f} | {kept:.1f} |" in page
     mpo_row = next(line for line in page.splitlines() if line.startswith("| MPO | 200 | 2 |"))
     assert " ± —" not in mpo_row and mpo_row.count("[") == 1  # two seeds: a std and an interval
+    # the aggregate table too: one run per environment gives the IQM alone, two give an interval
+    sac_iqm = next(line for line in page.splitlines() if line.startswith("| SAC | 1 | "))
+    mpo_iqm = next(line for line in page.splitlines() if line.startswith("| MPO | 2 | "))
+    assert re.fullmatch(r"\| SAC \| 1 \| -?\d\.\d\d \|", sac_iqm)
+    assert re.fullmatch(r"\| MPO \| 2 \| -?\d\.\d\d \[-?\d\.\d\d, -?\d\.\d\d\] \|", mpo_iqm)
 
 
 def test_runs_with_more_torch_threads_get_speed_rows_of_their_own(local_store, tmp_path):

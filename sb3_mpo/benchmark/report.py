@@ -109,6 +109,12 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _point_and_interval(point: float, low: float, high: float, runs: int, digits: int = 1) -> str:
+    """``point [low, high]``; the point alone for one run, whose bootstrap interval of one point would read as certainty."""
+    estimate = f"{point:.{digits}f}"
+    return estimate if runs == 1 else f"{estimate} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def threshold_table(runs_by_algo: dict[str, list[dict[str, Any]]], threshold: float) -> list[str]:
     """Per algorithm: how many seeds' evaluation return reached ``threshold`` within the budget, and when first."""
     lines = [
@@ -134,11 +140,10 @@ def env_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
     for algo, runs in runs_by_algo.items():
         point, low, high = iqm[algo]
         per_seed = ", ".join(f"{value:.1f}" for value in finals[algo])
-        # one seed has no spread: a std of 0 and an interval of one point would read as certainty
-        spread, interval = ("—", "") if len(runs) == 1 else (f"{finals[algo].std():.1f}", f" [{low:.1f}, {high:.1f}]")
+        spread = "—" if len(runs) == 1 else f"{finals[algo].std():.1f}"  # one seed has no spread, not a std of 0
         lines.append(
             f"| {algo.upper()} | {runs[0]['steps']:,} | {len(runs)} | {finals[algo].mean():.1f} ± {spread} "
-            f"| {point:.1f}{interval} | {per_seed} |"
+            f"| {_point_and_interval(point, low, high, len(runs))} | {per_seed} |"
         )
     return lines
 
@@ -260,7 +265,8 @@ def aggregate_section(results: Results, figures: Path, relative: Callable[[Path]
     ]
     for algo in scores:
         low, high = interval[algo][:, 0]
-        lines.append(f"| {algo.upper()} | {scores[algo].shape[0]} | {point[algo][0]:.2f} [{low:.2f}, {high:.2f}] |")
+        runs = scores[algo].shape[0]
+        lines.append(f"| {algo.upper()} | {runs} | {_point_and_interval(point[algo][0], low, high, runs, digits=2)} |")
     if "mpo" in scores:
         pairs = {f"mpo,{algo}": (scores["mpo"], scores[algo]) for algo in scores if algo != "mpo"}
         with _seeded_bootstrap() as rng:
