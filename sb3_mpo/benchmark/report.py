@@ -274,9 +274,11 @@ def aggregate_section(results: Results, figures: Path, relative: Callable[[Path]
                 pairs, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=rng
             )
         lines += ["", "| P(MPO > baseline) | estimate [95% CI] |", "|---|---|"]
-        for pair in pairs:
+        for pair, (mpo, baseline) in pairs.items():
             low, high = probability_interval[pair][:, 0] if probability_interval[pair].ndim > 1 else probability_interval[pair]
-            lines.append(f"| MPO > {pair.split(',')[1].upper()} | {float(probability[pair]):.2f} [{low:.2f}, {high:.2f}] |")
+            # a baseline of one run per environment leaves only MPO's runs to resample: no interval of the comparison
+            estimate = _point_and_interval(float(probability[pair]), low, high, min(len(mpo), len(baseline)), digits=2)
+            lines.append(f"| MPO > {pair.split(',')[1].upper()} | {estimate} |")
 
     import matplotlib.pyplot as plt
 
