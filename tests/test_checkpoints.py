@@ -79,14 +79,15 @@ def test_interrupted_run_resumes_with_its_model_replay_buffer_and_schedule(suite
 
     restore = checkpoints_module.restore
     monkeypatch.setattr(checkpoints_module, "restore", spy)
-    resumed = run_job(job, checkpoints, checkpoint_minutes=0)
-    uninterrupted = run_job(job)
+    resumed = run_job(job, checkpoints, checkpoint_minutes=0, torch_threads=2)  # a leg may use other threads
+    uninterrupted = run_job(job)  # (and sets this process back to one thread)
 
     # Saved at the start of step 151's rollout: 150 stored transitions and the updates of steps 51-150
     # (learning_starts=50, one per step); the resumed run carries on from there and loses no update
     assert restored["size"] == 150 and restored["n_updates"] == 100
     assert restored["ended"] == 1.0, "the stored episode must end where the checkpoint cut it"
-    assert resumed["resumes"] == [{"step": 150, "commit": git_commit()}] and uninterrupted["resumes"] == []
+    assert resumed["resumes"] == [{"step": 150, "commit": git_commit(), "torch_threads": 2}]
+    assert uninterrupted["resumes"] == [] and (resumed["torch_threads"], uninterrupted["torch_threads"]) == (2, 1)
     assert uninterrupted["commit"] == git_commit(), "a worker records the commit of the code it imported"
     assert [point["step"] for point in resumed["curve"]] == [100, 200, 300], "evaluations keep their schedule"
     assert resumed["curve"][0] == uninterrupted["curve"][0], "the evaluation before the interruption is kept as it was"

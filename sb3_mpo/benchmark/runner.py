@@ -200,7 +200,8 @@ def run_job(
     :param checkpoints: Folder of the mid-run checkpoints (the job's own is :meth:`Job.checkpoint_path`); None: none
     :param checkpoint_minutes: Minimum wall-clock between two checkpoints (0: at every rollout)
     :param torch_threads: Threads torch may use in this worker (workers x threads should not exceed the cores);
-        recorded in the result, since it changes the speed figures
+        recorded in the result, since it changes the speed figures (a resumed run records its last leg's there, and
+        each resume its own)
     :return: Its result record (see :data:`REQUIRED_KEYS`); the caller writes it (and removes the checkpoint)
     """
     import numpy as np
@@ -252,7 +253,7 @@ def run_job(
         if state is not None:
             assert checkpoint_folder is not None
             model = restore(model, checkpoint_folder, state, evaluation)
-            state["resumes"].append({"step": int(model.num_timesteps), "commit": commit})
+            state["resumes"].append({"step": int(model.num_timesteps), "commit": commit, "torch_threads": torch_threads})
         checkpoint = None
         if checkpoint_folder is not None:
             checkpoint = RunCheckpoint(checkpoint_folder, job, evaluation, checkpoint_minutes * 60, state)
