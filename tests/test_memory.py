@@ -1,12 +1,14 @@
 """The benchmark runner hands the C heap's free memory back to the system between rollouts."""
 
 import platform
+import subprocess
+import sys
 
 import pytest
 from stable_baselines3 import A2C
 
 from sb3_mpo.benchmark import memory
-from sb3_mpo.benchmark.memory import ReleaseFreeMemory, glibc_malloc_trim
+from sb3_mpo.benchmark.memory import ReleaseFreeMemory, glibc_malloc_trim, keep_freed_blocks_in_heap
 from sb3_mpo.benchmark.runner import run_job
 from sb3_mpo.benchmark.suite import Job
 
@@ -16,6 +18,47 @@ def test_glibc_malloc_trim_is_found_and_callable():
     trim = glibc_malloc_trim()
     assert trim is not None
     assert trim(0) in (0, 1), "malloc_trim returns 1 when it released memory, else 0"
+
+
+# Run in a fresh interpreter: the settings are process-wide. mallinfo2 (glibc >= 2.33) reports the heap's size (arena)
+# and the number of blocks in their own mmap (hblks).
+HEAP_PROBE = """
+import ctypes
+from sb3_mpo.benchmark.memory import keep_freed_blocks_in_heap
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+assert keep_freed_blocks_in_heap()
+mmapped = libc.mallinfo2().hblks
+blocks = [libc.malloc(16 << 20) for _ in range(3)]  # like an update's loss tensors
+in_heap = libc.mallinfo2().hblks == mmapped
+heap_with_blocks = libc.mallinfo2().arena
+for block in reversed(blocks):
+    libc.free(block)
+heap_after_free = libc.mallinfo2().arena
+big = libc.malloc(64 << 20)
+print(in_heap, heap_after_free >= heap_with_blocks >= 48 << 20, libc.mallinfo2().hblks == mmapped + 1)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_blocks_in_heap_serves_large_tensors_from_a_heap_that_free_does_not_shrink():
+    out = subprocess.run([sys.executable, "-c", HEAP_PROBE], capture_output=True, text=True, check=True).stdout.split()
+    in_heap, kept_after_free, larger_block_mmapped = out
+    assert in_heap == "True", "16 MiB blocks come from the heap, not from their own mmap"
+    assert kept_after_free == "True", "freeing them leaves the heap's top in place (no brk shrink, no fresh page faults)"
+    assert larger_block_mmapped == "True", "a block above the 32 MiB threshold still gets its own mmap"
+
+
+def test_keep_freed_blocks_in_heap_refuses_quietly_without_glibc(monkeypatch):
+    monkeypatch.setattr(memory, "glibc_malloc_trim", lambda: None)
+    assert keep_freed_blocks_in_heap() is False
 
 
 @pytest.mark.parametrize("interval_seconds, expected", [(0.0, 10), (3600.0, 0)])

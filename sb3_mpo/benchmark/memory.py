@@ -8,6 +8,13 @@ back. A QR-DQN run with RL Zoo's LunarLander-v3 settings (a (128, 170, 170) pair
 Calling ``malloc_trim(0)`` on that process (1.25 GB resident) brought it to 0.71 GB. Fixing the threshold instead
 (``MALLOC_MMAP_THRESHOLD_=1048576``) held it at 0.5 GB but doubled the cost of the loss, as every tensor became a fresh
 ``mmap``. :class:`ReleaseFreeMemory` trims the heap now and then, between rollouts.
+
+The default thresholds also cost time: glibc shrinks the heap's top (``brk``) whenever more than twice the dynamic
+threshold lies free there, so each update freed its 15 MB loss tensors back to the system and faulted fresh zeroed
+pages in for the next one: 184,000 page faults per second, and 23% of the process's CPU time in the kernel, for that
+QR-DQN run. :func:`keep_freed_blocks_in_heap` fixes the thresholds (blocks up to 32 MiB from the heap, which is trimmed
+only by :class:`ReleaseFreeMemory`): the faults fell to ~1,000 per second, the run trained 21% more env steps in the
+next ten minutes, and its resident memory stayed at 0.85-0.94 GB.
 """
 
 import ctypes
@@ -26,6 +33,28 @@ def glibc_malloc_trim() -> Callable[[int], int] | None:
         return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None
+
+
+# mallopt's parameters, from glibc's <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_blocks_in_heap(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2**30) -> bool:
+    """
+    Make glibc serve blocks up to ``mmap_threshold`` bytes from the heap and keep the heap's free top instead of
+    shrinking it, so that tensors freed by one update are reused by the next without fresh page faults. Call it once
+    in a benchmark worker, beside :class:`ReleaseFreeMemory`, which then bounds the heap. It changes the process's
+    allocator: a library import never should.
+
+    :param mmap_threshold: Blocks larger than this go to their own ``mmap`` (glibc accepts at most 32 MiB on 64-bit)
+    :param trim_threshold: Free bytes at the heap's top above which ``free`` shrinks the heap
+    :return: Whether both settings were accepted; False where the C library is not glibc
+    """
+    if glibc_malloc_trim() is None:
+        return False
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
 class ReleaseFreeMemory(BaseCallback):

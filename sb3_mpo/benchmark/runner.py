@@ -209,13 +209,14 @@ def run_job(
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
     from sb3_mpo.benchmark.checkpoints import RunCheckpoint, TimedEvalCallback, read_state, restore
-    from sb3_mpo.benchmark.memory import ReleaseFreeMemory
+    from sb3_mpo.benchmark.memory import ReleaseFreeMemory, keep_freed_blocks_in_heap
     from sb3_mpo.zoo.exp_manager import MPOExperimentManager
     from sb3_mpo.zoo.registration import register
 
     if not isinstance(torch_threads, int) or torch_threads < 1:
         raise ValueError(f"torch_threads must be a positive integer, got {torch_threads!r}")
     th.set_num_threads(torch_threads)
+    keep_freed_blocks_in_heap()
     register()
     commit = git_commit()  # the code this worker process imported, whatever the checkout becomes while it trains
     checkpoint_folder = job.checkpoint_path(checkpoints) if checkpoints is not None else None
