@@ -18,9 +18,12 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sb3_mpo.benchmark.suite import Job
+
+if TYPE_CHECKING:
+    from sb3_mpo.zoo.exp_manager import MPOExperimentManager
 
 #: Version of the result-file layout; files of another version are reported and not used
 SCHEMA = 1
@@ -186,6 +189,37 @@ def zoo_config(job: Job, folder: Path) -> tuple[str | None, str]:
     return str(config), f"{label}, entry {job.zoo_entry}"
 
 
+def zoo_experiment(job: Job, log_folder: str) -> tuple["MPOExperimentManager", str]:
+    """
+    rl_zoo3's experiment manager (with MPO registered) for a job: RL Zoo's wrappers, ``n_envs``, normalisation and
+    settings, with the suite's overrides; its own evaluation is off (the runner evaluates).
+
+    :param job: The run
+    :param log_folder: Where rl_zoo3 may write (a temporary folder)
+    :return: The manager, whose ``setup_experiment()`` builds the model, and where the settings come from
+    """
+    from sb3_mpo.zoo.exp_manager import MPOExperimentManager
+    from sb3_mpo.zoo.registration import register
+
+    register()
+    config, hyperparams_source = zoo_config(job, Path(log_folder))
+    args = argparse.Namespace(algo=job.zoo_algo, env=job.env, seed=job.seed, n_timesteps=job.steps, suite=job.suite)
+    manager = MPOExperimentManager(
+        args,
+        job.zoo_algo,
+        job.env,
+        log_folder,
+        n_timesteps=job.steps,
+        eval_freq=-1,  # the runner evaluates instead
+        hyperparams=job.hyperparams,
+        seed=job.seed,
+        verbose=0,
+        device="cpu",
+        config=config,
+    )
+    return manager, hyperparams_source
+
+
 def run_job(
     job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0, torch_threads: int = 1
 ) -> dict[str, Any]:
@@ -210,33 +244,16 @@ def run_job(
 
     from sb3_mpo.benchmark.checkpoints import RunCheckpoint, TimedEvalCallback, read_state, restore
     from sb3_mpo.benchmark.memory import ReleaseFreeMemory, keep_freed_blocks_in_heap
-    from sb3_mpo.zoo.exp_manager import MPOExperimentManager
-    from sb3_mpo.zoo.registration import register
 
     if not isinstance(torch_threads, int) or torch_threads < 1:
         raise ValueError(f"torch_threads must be a positive integer, got {torch_threads!r}")
     th.set_num_threads(torch_threads)
     keep_freed_blocks_in_heap()
-    register()
     commit = git_commit()  # the code this worker process imported, whatever the checkout becomes while it trains
     checkpoint_folder = job.checkpoint_path(checkpoints) if checkpoints is not None else None
     state = read_state(checkpoint_folder, job) if checkpoint_folder is not None else None
     with tempfile.TemporaryDirectory() as log_folder:
-        config, hyperparams_source = zoo_config(job, Path(log_folder))
-        args = argparse.Namespace(algo=job.zoo_algo, env=job.env, seed=job.seed, n_timesteps=job.steps, suite=job.suite)
-        manager = MPOExperimentManager(
-            args,
-            job.zoo_algo,
-            job.env,
-            log_folder,
-            n_timesteps=job.steps,
-            eval_freq=-1,  # rl_zoo3's own evaluation is replaced by the one below
-            hyperparams=job.hyperparams,
-            seed=job.seed,
-            verbose=0,
-            device="cpu",
-            config=config,
-        )
+        manager, hyperparams_source = zoo_experiment(job, log_folder)
         with contextlib.redirect_stdout(io.StringIO()):  # rl_zoo3 prints its set-up; the runner prints one line per job
             model, saved_hyperparams = manager.setup_experiment()  # type: ignore[misc]
             eval_env = manager.create_envs(n_envs=1, eval_env=True)
