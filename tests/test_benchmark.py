@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sb3_mpo.benchmark.cli import main
-from sb3_mpo.benchmark.report import QUIET_SPEED_FOLDER, collect, iqm_interval, library_versions_line
+from sb3_mpo.benchmark.report import QUIET_SPEED_FOLDER, collect, interval_estimates, iqm_interval, library_versions_line
 from sb3_mpo.benchmark.runner import ResultError, load_result, run_job
 from sb3_mpo.benchmark.suite import RESULTS_DIR, SUITES_DIR, load_suite
 
@@ -336,6 +336,23 @@ def test_bootstrap_intervals_are_reproducible():
     assert np.array_equal(np.random.get_state()[1], after_first)  # the global generator was restored
     low, high = first["mpo"][1:]
     assert low < first["mpo"][0] < high  # a real interval, not a degenerate one
+
+
+def test_an_interval_does_not_depend_on_the_other_algorithms_on_the_page():
+    """Adding an algorithm (before the others, with another seed count) leaves every other algorithm's interval as it
+    was, for the IQM and for the probability of improvement: each key draws from its own seeded bootstrap."""
+    from rliable import metrics
+
+    draw = np.random.default_rng(3)
+    mpo, sac, ppo = draw.normal(size=(5, 2)), draw.normal(size=(5, 2)), draw.normal(size=(3, 2))
+    alone = iqm_interval({"mpo": mpo[:, 0]})
+    assert iqm_interval({"ppo": ppo[:, 0], "mpo": mpo[:, 0], "sac": sac[:, 0]})["mpo"] == alone["mpo"]
+    pairs = {"mpo,sac": (mpo, sac)}
+    point, interval = interval_estimates(pairs, metrics.probability_of_improvement)
+    more_point, more_interval = interval_estimates({"mpo,ppo": (mpo, ppo), **pairs}, metrics.probability_of_improvement)
+    assert more_point["mpo,sac"] == point["mpo,sac"]
+    assert np.array_equal(more_interval["mpo,sac"], interval["mpo,sac"])
+    assert not np.array_equal(more_interval["mpo,ppo"], interval["mpo,sac"])  # the keys are not all given one result
 
 
 def test_library_versions_line_shows_every_version_the_runs_recorded():

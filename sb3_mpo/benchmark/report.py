@@ -60,6 +60,35 @@ def _seeded_bootstrap() -> Iterator[np.random.RandomState]:
         np.random.set_state(state)
 
 
+def interval_estimates(
+    scores: dict[str, Any], metric: Callable[..., np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """
+    rliable's point estimates and 95% stratified-bootstrap intervals, one key at a time, each bootstrap seeded
+    afresh: a key's interval depends on its own scores only, not on which other algorithms (and how many of their
+    runs) share the page and so drew from the generator before it.
+
+    :param scores: Score matrices (runs x tasks), or tuples of them for a metric of several, by key
+    :param metric: The aggregate metric, as rliable takes it
+    :return: The point estimates and the intervals by key
+    """
+    from rliable import library
+
+    points, intervals = {}, {}
+    for key, score in scores.items():
+        with _seeded_bootstrap() as rng:
+            point, interval = library.get_interval_estimates({key: score}, metric, reps=BOOTSTRAP_REPS, random_state=rng)
+        points[key], intervals[key] = point[key], interval[key]
+    return points, intervals
+
+
+def _iqm(scores: np.ndarray) -> np.ndarray:
+    """The interquartile mean of a (runs x tasks) score matrix, as the one-element array rliable's intervals take."""
+    from rliable import metrics
+
+    return np.array([metrics.aggregate_iqm(scores)])
+
+
 Results = dict[str, dict[str, list[dict[str, Any]]]]  # env -> algo -> runs (sorted by seed)
 
 
@@ -89,13 +118,8 @@ def collect(suite: Suite, results_dir: Path) -> tuple[Results, list[str], list[s
 
 def iqm_interval(finals: dict[str, np.ndarray]) -> dict[str, tuple[float, float, float]]:
     """IQM of each algorithm's final returns with its 95% stratified-bootstrap confidence interval (rliable)."""
-    from rliable import library, metrics
-
     scores = {algo: values.reshape(-1, 1) for algo, values in finals.items()}
-    with _seeded_bootstrap() as rng:
-        point, interval = library.get_interval_estimates(
-            scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=BOOTSTRAP_REPS, random_state=rng
-        )
+    point, interval = interval_estimates(scores, _iqm)
     return {algo: (float(point[algo][0]), float(interval[algo][0, 0]), float(interval[algo][1, 0])) for algo in scores}
 
 
@@ -253,10 +277,7 @@ def aggregate_section(results: Results, figures: Path, relative: Callable[[Path]
     scores, envs = normalised_scores(results)
     if len(scores) < 2:
         return ["Aggregates need two algorithms that ran on every environment of the suite."]
-    with _seeded_bootstrap() as rng:
-        point, interval = library.get_interval_estimates(
-            scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=BOOTSTRAP_REPS, random_state=rng
-        )
+    point, interval = interval_estimates(scores, _iqm)
     lines = [
         f"Over {len(envs)} environment(s) ({', '.join(envs)}), normalised final returns:",
         "",
@@ -269,10 +290,7 @@ def aggregate_section(results: Results, figures: Path, relative: Callable[[Path]
         lines.append(f"| {algo.upper()} | {runs} | {_point_and_interval(point[algo][0], low, high, runs, digits=2)} |")
     if "mpo" in scores:
         pairs = {f"mpo,{algo}": (scores["mpo"], scores[algo]) for algo in scores if algo != "mpo"}
-        with _seeded_bootstrap() as rng:
-            probability, probability_interval = library.get_interval_estimates(
-                pairs, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=rng
-            )
+        probability, probability_interval = interval_estimates(pairs, metrics.probability_of_improvement)
         lines += ["", "| P(MPO > baseline) | estimate [95% CI] |", "|---|---|"]
         for pair, (mpo, baseline) in pairs.items():
             low, high = probability_interval[pair][:, 0] if probability_interval[pair].ndim > 1 else probability_interval[pair]
@@ -283,8 +301,11 @@ def aggregate_section(results: Results, figures: Path, relative: Callable[[Path]
     import matplotlib.pyplot as plt
 
     taus = np.linspace(0.0, 1.0, 51)
-    with _seeded_bootstrap():
-        profiles, profile_intervals = library.create_performance_profile(scores, taus, reps=BOOTSTRAP_REPS)
+    profiles, profile_intervals = {}, {}
+    for algo, score in scores.items():  # each algorithm's band from its own seeded bootstrap, as for the intervals
+        with _seeded_bootstrap():
+            profile, profile_interval = library.create_performance_profile({algo: score}, taus, reps=BOOTSTRAP_REPS)
+        profiles[algo], profile_intervals[algo] = profile[algo], profile_interval[algo]
     fig, ax = plt.subplots(figsize=(6, 4))
     plot_utils.plot_performance_profiles(
         profiles, taus, performance_profile_cis=profile_intervals, ax=ax, xlabel=r"normalised final return $\tau$",
