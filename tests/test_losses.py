@@ -310,6 +310,121 @@ def test_categorical_temperature_dual_minimiser_achieves_kl_bound(epsilon):
     np.testing.assert_allclose(losses.categorical_kl(weights.log(), log_probs_old).mean().item(), epsilon, rtol=1e-4)
 
 
+def _np_tilted_kl(q_values: np.ndarray, temperature: float, probs_prior: np.ndarray) -> float:
+    """mean_s KL(q || p) with q(a|s) proportional to p(a|s) exp(Q(s,a)/eta), by loops; q_values and probs (K, B)."""
+    kls = []
+    for s in range(q_values.shape[1]):
+        unnormalised = probs_prior[:, s] * np.exp((q_values[:, s] - q_values[:, s].max()) / temperature)
+        kls.append(_np_kl(unnormalised / unnormalised.sum(), probs_prior[:, s]))
+    return float(np.mean(kls))
+
+
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_tilted_kl_matches_brute_force_and_batches_candidates(with_prior):
+    """tilted_kl equals the looped KL(q_eta || p), for uniform samples and for a prior with a zero-probability action."""
+    rng = _rng(21)
+    q_values = rng.normal(scale=3.0, size=(6, 10))
+    probs = np.full_like(q_values, 1.0 / 6)
+    if with_prior:
+        probs = _random_probs(rng, 10, 6).T.copy()
+        probs[2, 3] = 0.0
+        probs[:, 3] /= probs[:, 3].sum()
+    with np.errstate(divide="ignore"):
+        log_prior = _t(np.log(probs)) if with_prior else None
+    etas = [0.05, 0.7, 4.0, 90.0]
+    for eta in etas:
+        value = losses.tilted_kl(_t(q_values), th.tensor(eta, dtype=DTYPE), log_prior).item()
+        np.testing.assert_allclose(value, _np_tilted_kl(q_values, eta, probs), rtol=1e-9, atol=1e-12)
+    batched = losses.tilted_kl(_t(q_values), _t(etas), log_prior)
+    np.testing.assert_allclose(batched.numpy(), [_np_tilted_kl(q_values, eta, probs) for eta in etas], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("epsilon", [0.01, 0.1, 0.5])
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_solve_temperature_matches_scipy_minimiser_of_the_dual(epsilon, with_prior):
+    """The solved eta is scipy's minimiser of the dual g (numpy loops), and it satisfies the bound KL <= eps."""
+    rng = _rng(8)
+    n_actions, batch_size = 7, 12
+    q_values = rng.normal(scale=2.0, size=(n_actions, batch_size))
+    probs = _random_probs(rng, batch_size, n_actions).T.copy() if with_prior else np.full_like(q_values, 1 / n_actions)
+
+    def dual(eta: float) -> float:
+        if with_prior:
+            return _np_categorical_dual(q_values.T, probs.T, eta, epsilon)
+        return _np_temperature_dual(q_values, eta, epsilon)
+
+    result = optimize.minimize_scalar(dual, bounds=(1e-4, 1e4), method="bounded", options={"xatol": 1e-12})
+    log_prior = _t(np.log(probs)) if with_prior else None
+    eta = losses.solve_temperature(_t(q_values), epsilon, log_prior).item()
+    np.testing.assert_allclose(eta, result.x, rtol=1e-5)
+    assert _np_tilted_kl(q_values, eta, probs) <= epsilon * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("shape", ["outlier", "student_t", "bimodal", "ties"])
+@pytest.mark.parametrize("warm_start", [None, 0.01, 1e3])
+def test_solve_temperature_converges_on_awkward_batches(shape, warm_start):
+    """On heavy-tailed, bimodal or tied Q-values, cold or badly warm-started, eta is scipy's root of KL(eta) = eps."""
+    rng = _rng(11)
+    q_values = {
+        "outlier": np.where(rng.random((20, 16)) < 0.05, 30.0, 0.0) + rng.normal(scale=0.1, size=(20, 16)),
+        "student_t": rng.standard_t(df=1.5, size=(20, 16)),
+        "bimodal": rng.choice([-5.0, 5.0], size=(20, 16)) + rng.normal(scale=0.3, size=(20, 16)),
+        "ties": rng.integers(0, 3, size=(20, 16)).astype(float),
+    }[shape]
+    uniform = np.full_like(q_values, 1 / 20)
+    root = optimize.brentq(lambda eta: _np_tilted_kl(q_values, eta, uniform) - 0.1, 1e-3, 1e4, xtol=1e-14)
+    initial = None if warm_start is None else th.tensor(warm_start, dtype=DTYPE)
+    eta = losses.solve_temperature(_t(q_values), 0.1, initial=initial).item()
+    np.testing.assert_allclose(eta, root, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, 1e4, 1e6])
+def test_solve_temperature_follows_the_reward_scale_in_float32(scale):
+    """Scaling Q by c scales the solved eta by c (float32, Q offset by 1e3 * c), and the weights keep KL = eps."""
+    rng = _rng(3)
+    q_values = rng.normal(size=(20, 64)) + 1e3
+    reference = losses.solve_temperature(th.as_tensor(q_values), 0.1).item()  # float64
+    q_scaled = th.as_tensor(q_values * scale, dtype=th.float32)
+    eta = losses.solve_temperature(q_scaled, 0.1)
+    np.testing.assert_allclose(eta.item() / scale, reference, rtol=1e-4)
+    kl = losses.sample_kl_to_old(losses.e_step_weights(q_scaled, eta)).item()
+    np.testing.assert_allclose(kl, 0.1, rtol=1e-3)
+
+
+def test_solve_temperature_is_practically_greedy_when_the_bound_is_loose():
+    """With eps above the greedy KL (log N for N distinct samples), eta is tiny and q puts its mass on the best sample."""
+    q_values = _t(_rng(4).normal(size=(5, 3)))
+    eta = losses.solve_temperature(q_values, epsilon=2.0)  # log 5 = 1.61 < 2
+    weights = losses.e_step_weights(q_values, eta)
+    np.testing.assert_allclose(weights.max(dim=0).values.numpy(), 1.0, atol=1e-6)
+    assert th.equal(weights.argmax(dim=0), q_values.argmax(dim=0))
+
+
+def test_solve_temperature_of_tied_values_is_finite_and_gives_uniform_weights():
+    """All Q-values equal (e.g. the action penalty with every sample inside the bounds): finite eta, uniform weights."""
+    q_values = th.zeros(8, 4, dtype=DTYPE)
+    eta = losses.solve_temperature(q_values, 1e-3)
+    assert th.isfinite(eta) and eta > 0
+    np.testing.assert_allclose(losses.e_step_weights(q_values, eta).numpy(), 1 / 8)
+
+
+def test_temperature_duals_keep_their_gradient_in_float32_for_large_q():
+    """With |Q|/eta ~ 1e5, the float32 gradients of both duals equal the float64 closed form eps - mean KL."""
+    rng = _rng(6)
+    q_values = rng.normal(scale=1.0, size=(20, 32)) + 1e5
+    probs = _random_probs(rng, 32, 20)
+    epsilon, eta = 0.1, 1.0
+    expected = epsilon - _np_tilted_kl(q_values, eta, np.full_like(q_values, 1 / 20))
+    expected_categorical = epsilon - _np_tilted_kl(q_values, eta, probs.T)
+    q32 = th.as_tensor(q_values, dtype=th.float32)
+    temperature = th.tensor(eta, requires_grad=True)
+    (grad,) = th.autograd.grad(losses.temperature_dual(q32, temperature, epsilon), temperature)
+    np.testing.assert_allclose(grad.item(), expected, rtol=1e-3, atol=1e-4)
+    log_probs = th.as_tensor(np.log(probs), dtype=th.float32)
+    (grad,) = th.autograd.grad(losses.categorical_temperature_dual(q32.T, log_probs, temperature, epsilon), temperature)
+    np.testing.assert_allclose(grad.item(), expected_categorical, rtol=1e-3, atol=1e-4)
+
+
 def test_categorical_temperature_dual_is_convex_in_eta():
     """Slopes of the categorical dual between consecutive grid points of eta are non-decreasing (convexity)."""
     rng = _rng(13)

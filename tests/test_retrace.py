@@ -261,3 +261,56 @@ def test_float32_batched_and_shape_checks() -> None:
     np.testing.assert_allclose(targets.numpy(), run_retrace(data, 0.99, 0.95), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="rewards"):
         retrace_targets(tensors[0], tensors[1], tensors[2][:, :3], *tensors[3:], gamma=0.99, lambda_=0.95)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_model_retrace_loss_matches_a_separate_pass_over_the_observations(env_id: str) -> None:
+    """
+    The model scores a_{t+1} at s_{t+1} inside its one target forward at the next observations. The critic loss equals
+    the one computed with Q'(s_t, a_t) and log pi_old(a_t|s_t) from a second, separate pass over the observations,
+    on segments that hold episode ends (5-step episodes).
+    """
+    import gymnasium as gym
+
+    from sb3_mpo import MPO
+    from sb3_mpo.mpo.mpo import _flatten_time
+    from sb3_mpo.mpo.policies import CategoricalActor
+
+    env = gym.make(env_id, max_episode_steps=5)
+    model = MPO("MlpPolicy", env, seed=0, learning_starts=50, batch_size=64, policy_kwargs=dict(net_arch=[32, 32]))
+    model.learn(200)
+    segments = model.replay_buffer.sample(16)
+    assert (segments.episode_ends[:, :-1] * segments.valid[:, 1:]).sum() == 0  # segments stop at episode ends
+    assert segments.valid.min() == 0 and segments.episode_ends.max() == 1
+
+    th.manual_seed(3)
+    loss = model._retrace_evaluation(segments).critic_loss
+
+    n_segments, length = segments.rewards.shape
+    observations = _flatten_time(segments.observations)
+    actions = segments.actions.reshape(n_segments * length, -1)
+    th.manual_seed(3)  # the same action samples at the next observations
+    targets, _ = model._target_policy_values(_flatten_time(segments.next_observations))
+    with th.no_grad():
+        taken_q = model._taken_q_values(model.critic_target, observations, actions).reshape(n_segments, length)
+        if isinstance(model.actor_target, CategoricalActor):
+            log_probs = model.actor_target.log_probs(observations).gather(1, actions.long()).squeeze(-1)
+        else:
+            mean, std = model.actor_target.distribution_params(observations)
+            log_probs = th.distributions.Normal(mean, std).log_prob(actions).sum(-1)
+    expected_targets = retrace_targets(
+        taken_q,
+        targets.expected_q().reshape(n_segments, length),
+        segments.rewards,
+        segments.terminations,
+        segments.episode_ends,
+        segments.valid,
+        log_probs.reshape(n_segments, length) - segments.behaviour_log_probs,
+        model.gamma,
+        model.retrace_lambda,
+    )
+    valid = segments.valid.reshape(-1) > 0.5
+    with th.no_grad():
+        current = model._taken_q_values(model.critic, observations, actions).reshape(-1)[valid]
+    expected = 0.5 * th.mean((current - expected_targets.reshape(-1)[valid]) ** 2)
+    th.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)

@@ -41,6 +41,19 @@ def inverse_positive(value: float, floor: float = 1e-8) -> float:
     return shifted + math.log(-math.expm1(-shifted))
 
 
+def inverse_positive_tensor(values: th.Tensor, floor: float = 1e-8) -> th.Tensor:
+    """
+    :func:`inverse_positive` of a tensor, for multipliers set from a computed value.
+
+    :param values: Multipliers; values at or below ``floor`` map to the raw parameter of the smallest normal float
+        above it
+    :param floor: The floor used by :func:`positive`
+    :return: The raw parameters
+    """
+    shifted = (values - floor).clamp(min=th.finfo(values.dtype).tiny)
+    return shifted + th.log(-th.expm1(-shifted))
+
+
 def temperature_dual(q_values: th.Tensor, temperature: th.Tensor, epsilon: float) -> th.Tensor:
     """
     Convex dual of the non-parametric E-step (paper, Sec. 3.2, Eq. (9)); its minimiser is the temperature η.
@@ -55,8 +68,11 @@ def temperature_dual(q_values: th.Tensor, temperature: th.Tensor, epsilon: float
     :return: g(η), a scalar
     """
     n_samples = q_values.shape[0]
-    log_mean_exp = th.logsumexp(q_values / temperature, dim=0) - math.log(n_samples)
-    return temperature * epsilon + temperature * log_mean_exp.mean()
+    # Centring each state's Q-values on their maximum changes neither g's gradient in η nor its minimiser, and keeps
+    # Q/η small where |Q| ≫ η (in float32 the raw form loses the gradient once |Q|/η reaches about 1e4)
+    q_max = q_values.detach().max(dim=0).values
+    log_mean_exp = th.logsumexp((q_values - q_max) / temperature, dim=0) - math.log(n_samples)
+    return temperature * epsilon + temperature * log_mean_exp.mean() + q_max.mean()
 
 
 def e_step_weights(q_values: th.Tensor, temperature: th.Tensor) -> th.Tensor:
@@ -67,11 +83,11 @@ def e_step_weights(q_values: th.Tensor, temperature: th.Tensor) -> th.Tensor:
 
     Because the a_j are drawn from π_old, the density cancels and the weights are a softmax over the N samples.
 
-    :param q_values: Q(s, a_j), shape (N, B)
+    :param q_values: Q(s, a_j), shape (N, B), or (..., N, B) for several objectives with temperatures (..., 1, 1)
     :param temperature: η > 0
     :return: Weights q_j(s), shape (N, B), summing to one over the samples of each state; no gradient flows
     """
-    return th.softmax(q_values.detach() / temperature.detach(), dim=0)
+    return th.softmax(q_values.detach() / temperature.detach(), dim=-2)
 
 
 def categorical_e_step_weights(q_values: th.Tensor, log_probs_old: th.Tensor, temperature: th.Tensor) -> th.Tensor:
@@ -102,8 +118,103 @@ def categorical_temperature_dual(
     :param epsilon: Bound ε on KL(q || π_old)
     :return: g(η), a scalar
     """
-    log_partition = th.logsumexp(log_probs_old.detach() + q_values / temperature, dim=-1)
-    return temperature * epsilon + temperature * log_partition.mean()
+    q_max = q_values.detach().max(dim=-1, keepdim=True).values  # as in temperature_dual
+    log_partition = th.logsumexp(log_probs_old.detach() + (q_values - q_max) / temperature, dim=-1)
+    return temperature * epsilon + temperature * log_partition.mean() + q_max.mean()
+
+
+def _tilted_statistics(
+    centred_q: th.Tensor, log_temperature: th.Tensor, log_prior: th.Tensor | None
+) -> tuple[th.Tensor, th.Tensor]:
+    """
+    KL(q_η || p) and Var_{q_η}(Q/η), each averaged over states (see :func:`tilted_kl`).
+
+    :param centred_q: Q-values minus their maximum per state, shape (..., K, B)
+    :param log_temperature: log η, shape (...)
+    :param log_prior: log p, shape (..., K, B), or ``None`` for a uniform p over the K actions
+    :return: Both, shape (...)
+    """
+    scaled = centred_q * th.exp(-log_temperature)[..., None, None]
+    logits = scaled if log_prior is None else scaled + log_prior
+    log_partition = th.logsumexp(logits, dim=-2, keepdim=True)
+    weights = th.exp(logits - log_partition)
+    first = th.sum(weights * scaled, dim=-2)
+    second = th.sum(weights * scaled**2, dim=-2)
+    kl = first - log_partition.squeeze(-2)
+    if log_prior is None:
+        kl = kl + math.log(centred_q.shape[-2])
+    return kl.mean(dim=-1), (second - first**2).mean(dim=-1)
+
+
+def tilted_kl(q_values: th.Tensor, temperature: th.Tensor, log_prior: th.Tensor | None = None) -> th.Tensor:
+    """
+    KL(q_η || p) of the E-step's solution q_η(a|s) ∝ p(a|s)·exp(Q(s, a)/η) (paper, Sec. 3.2, Eq. (8)) to its prior p,
+    averaged over states: the quantity the E-step bounds by ε. With the log-partition log Z_s = log Σ_a p·exp(Q/η),
+
+    KL_s = E_{q_η}[Q(s, ·)] / η − log Z_s
+
+    so that g'(η) = ε − mean_s KL_s for the dual g of Eq. (9). Actions with p = 0 carry no weight. Leading dimensions
+    are independent problems, or candidate temperatures: Q of shape (K, B) with η of shape (T,) gives T KLs.
+
+    :param q_values: Q(s, a) of K candidate actions (samples of π_old, or a whole discrete action set), shape (..., K, B)
+    :param temperature: η > 0, shape (...) (a scalar for one problem)
+    :param log_prior: log p(a|s), shape (..., K, B); ``None`` for K samples of π_old (p uniform over them, 1/K)
+    :return: The mean KL over states, shape (...)
+    """
+    centred = q_values - q_values.max(dim=-2, keepdim=True).values
+    return _tilted_statistics(centred, temperature.log(), log_prior)[0]
+
+
+def solve_temperature(
+    q_values: th.Tensor,
+    epsilon: float | th.Tensor,
+    log_prior: th.Tensor | None = None,
+    initial: th.Tensor | None = None,
+    iterations: int = 8,
+    span: float = 1e6,
+) -> th.Tensor:
+    """
+    The E-step's temperature, solved on the batch: the minimiser η* of the convex dual g(η) (paper, Sec. 3.2, Eq. (9)),
+    i.e. the η at which KL(q_η || p) = ε (:func:`tilted_kl`, which falls monotonically from its greedy limit at η → 0
+    to 0 at η → ∞). Being a function of the batch alone, η* follows any scale of the rewards: multiplying Q by c
+    multiplies η* by c. Leading dimensions are independent E-steps (e.g. the return's and the action penalty's),
+    solved together.
+
+    The root is bracketed from the data: tilting a distribution by Q/η moves it by at most KL ≤ (ΔQ_s/η)²/8 (Hoeffding's
+    lemma, ΔQ_s the spread of state s's Q-values), so η_hi = sqrt(mean_s ΔQ_s² / (8ε)) satisfies the bound, and
+    η_hi / ``span`` is the bracket's lower end. Newton's method then runs on x = log η, where
+    dKL/dx = −mean_s Var_{q_η}(Q/η); a step that would leave the bracket is replaced by bisection, and each iterate
+    narrows the bracket. The number of steps is fixed (no host-device synchronisation). When even the lower end
+    satisfies the bound (ε at or above the greedy KL, e.g. ε ≥ log K for samples), the result tends to the lower end:
+    the E-step is then practically greedy.
+
+    :param q_values: Q(s, a) of K candidate actions per state, shape (..., K, B); no gradient flows
+    :param epsilon: Bound ε on KL(q || p), a float or one per problem, shape (...)
+    :param log_prior: log p(a|s), shape (..., K, B); ``None`` for K samples of π_old
+    :param initial: A first guess of η*, shape (...), such as the previous batch's (clipped into the bracket);
+        ``None`` starts at the bracket's upper end
+    :param iterations: Newton steps
+    :param span: Ratio between the bracket's upper and lower ends
+    :return: η* > 0, shape (...)
+    """
+    q_values = q_values.detach()
+    log_prior = None if log_prior is None else log_prior.detach()
+    tiny = th.finfo(q_values.dtype).tiny
+    centred = q_values - q_values.max(dim=-2, keepdim=True).values
+    spread_squared = th.mean(centred.min(dim=-2).values ** 2, dim=-1)
+    high = 0.5 * th.log(spread_squared / (8.0 * epsilon) + tiny)
+    low = high - math.log(span)
+    log_temperature = high if initial is None else th.clamp(initial.detach().log(), low, high)
+    for _ in range(iterations):
+        kl, variance = _tilted_statistics(centred, log_temperature, log_prior)
+        excess = kl - epsilon
+        # KL falls as η grows: an excess means η* lies above the iterate
+        low = th.where(excess > 0, log_temperature, low)
+        high = th.where(excess > 0, high, log_temperature)
+        newton = log_temperature + excess / variance.clamp(min=tiny)
+        inside = (newton >= low) & (newton <= high)
+        log_temperature = th.where(inside, newton, 0.5 * (low + high))
+    return log_temperature.exp()
 
 
 def sample_kl_to_old(weights: th.Tensor) -> th.Tensor:
@@ -230,18 +341,37 @@ def decoupled_m_step_loss(
     are scored under π_μ = N(μ_θ, σ_old) and π_Σ = N(μ_old, σ_θ), so the mean is fitted with the covariance held at its
     old value and vice versa. The old statistics are stop-gradients.
 
+    A Gaussian log-likelihood is quadratic in the sample, so the weighted sum over the N samples only needs three
+    weighted moments of the samples about μ_old (constants of the E-step, computed once without gradient):
+    m₀ = Σ_j q_j, D = Σ_j q_j (a_j − μ_old) and S = Σ_j q_j (a_j − μ_old)². With δ = μ_θ − μ_old, per action dimension,
+
+    Σ_j q_j log N(a_j; μ_θ, σ_old) = −(S − 2δD + m₀δ²) / (2σ_old²) − m₀ (log σ_old + ½ log 2π)
+    Σ_j q_j log N(a_j; μ_old, σ_θ) = −S / (2σ_θ²) − m₀ (log σ_θ + ½ log 2π)
+
+    which is the same objective, exactly, with a (B, A) graph for autograd instead of an (N, B, A) one.
+
     :param weights: E-step weights, shape (N, B); several objectives' weights may be summed beforehand
     :param actions: The sampled actions, shape (N, B, A)
     :param mean: Mean of π_θ, shape (B, A)
     :param std: Standard deviation of π_θ, shape (B, A)
     :param mean_old: Mean of π_old, shape (B, A)
     :param std_old: Standard deviation of π_old, shape (B, A)
-    :return: −(log-likelihood under π_μ + log-likelihood under π_Σ), a scalar
+    :return: −mean_s (log-likelihood under π_μ + log-likelihood under π_Σ), a scalar
     """
-    mean_old, std_old, actions = mean_old.detach(), std_old.detach(), actions.detach()
-    log_prob_mean = gaussian_log_prob(actions, mean, std_old)
-    log_prob_std = gaussian_log_prob(actions, mean_old, std)
-    return -(weighted_log_likelihood(weights, log_prob_mean) + weighted_log_likelihood(weights, log_prob_std))
+    mean_old, std_old = mean_old.detach(), std_old.detach()
+    with th.no_grad():
+        weights = weights.unsqueeze(-1)
+        deviations = actions - mean_old
+        mass = weights.sum(dim=0)  # m₀, (B, 1)
+        first = th.sum(weights * deviations, dim=0)  # D, (B, A)
+        second = th.sum(weights * deviations**2, dim=0)  # S, (B, A)
+    shift = mean - mean_old
+    half_log_two_pi = 0.5 * math.log(2 * math.pi)
+    log_likelihood_mean = -(second - 2 * shift * first + mass * shift**2) / (2 * std_old**2) - mass * (
+        th.log(std_old) + half_log_two_pi
+    )
+    log_likelihood_std = -second / (2 * std**2) - mass * (th.log(std) + half_log_two_pi)
+    return -th.sum(log_likelihood_mean + log_likelihood_std, dim=-1).mean()
 
 
 def lagrangian_penalty(multiplier: th.Tensor, kl: th.Tensor) -> th.Tensor:

@@ -31,6 +31,8 @@ from sb3_mpo.mpo.retrace import retrace_targets
 SelfMPO = TypeVar("SelfMPO", bound="MPO")
 QTarget = Literal["n_step", "retrace"]
 Q_TARGETS: tuple[str, ...] = ("n_step", "retrace")
+TemperatureUpdate = Literal["solve", "gradient"]
+TEMPERATURE_UPDATES: tuple[str, ...] = ("solve", "gradient")
 
 
 class NonFiniteError(FloatingPointError):
@@ -97,6 +99,18 @@ class PolicyEvaluation(NamedTuple):
     improvement: ImprovementBatch
 
 
+class TakenActionValues(NamedTuple):
+    """The target networks' view of stored actions: Q'(s, a) and log π_old(a|s), each of shape (B,)."""
+
+    q_values: th.Tensor
+    log_probs: th.Tensor
+
+
+def _delay(values: th.Tensor) -> th.Tensor:
+    """Shift a (B, L) tensor one step later in time: out[:, t] = values[:, t − 1], and out[:, 0] = 0."""
+    return F.pad(values[:, :-1], (1, 0))
+
+
 def _flatten_time(observations: PyTorchObs) -> PyTorchObs:
     """Merge the batch and time axes of segment observations: (B, L, ...) -> (B·L, ...)."""
     if isinstance(observations, dict):
@@ -107,39 +121,55 @@ def _flatten_time(observations: PyTorchObs) -> PyTorchObs:
 class LagrangeMultipliers(nn.Module):
     """
     The dual variables of MPO, stored unconstrained and mapped through :func:`~sb3_mpo.mpo.losses.positive`:
-    the E-step temperature η, the M-step multipliers α of the trust regions (for a Gaussian policy α_μ and α_Σ,
-    one per action dimension or one in all; for a categorical policy a single α), and, with action penalisation,
-    the temperature of the penalty objective.
+    the temperatures of the E-steps (η of the return and, with action penalisation, the penalty's) and the M-step
+    multipliers α of the trust regions (for a Gaussian policy α_μ and α_Σ, one per action dimension or one in all;
+    for a categorical policy a single α).
 
-    :param init_temperature: Initial η
+    :param init_temperatures: Initial temperature of each E-step objective: (η,) or (η, η_penalty)
     :param alphas: For each trust region, its name, the initial α and the number of constraints, e.g.
         ``{"mean": (1.0, A), "std": (10.0, A)}``; stored as parameters ``raw_alpha_<name>``
-    :param init_temperature_penalty: Initial temperature of the action-penalty E-step, ``None`` when unused
     :param floor: Smallest value any multiplier may take
+    :param learn_temperatures: Whether the temperatures are a parameter moved by the dual's gradient; otherwise they
+        are a buffer that holds the latest solved values (:meth:`store_temperatures`), saved and restored with the rest
     """
 
     def __init__(
         self,
-        init_temperature: float,
+        init_temperatures: tuple[float, ...],
         alphas: dict[str, tuple[float, int]],
-        init_temperature_penalty: float | None = None,
         floor: float = 1e-8,
+        learn_temperatures: bool = True,
     ):
         super().__init__()
         self.floor = floor
         self.alpha_names = tuple(alphas)
-
-        def raw(value: float, shape: tuple[int, ...] = ()) -> nn.Parameter:
-            return nn.Parameter(th.full(shape, losses.inverse_positive(value, floor)))
-
-        self.raw_temperature = raw(init_temperature)
+        raw_temperatures = th.tensor([losses.inverse_positive(init, floor) for init in init_temperatures])
+        if learn_temperatures:
+            self.raw_temperatures = nn.Parameter(raw_temperatures)
+        else:
+            self.register_buffer("raw_temperatures", raw_temperatures)
         for name, (init, n_constraints) in alphas.items():
-            self.register_parameter(f"raw_alpha_{name}", raw(init, (n_constraints,)))
-        self.raw_temperature_penalty = raw(init_temperature_penalty) if init_temperature_penalty is not None else None
+            raw_alpha = th.full((n_constraints,), losses.inverse_positive(init, floor))
+            self.register_parameter(f"raw_alpha_{name}", nn.Parameter(raw_alpha))
+
+    @property
+    def temperatures(self) -> th.Tensor:
+        """The temperature of each E-step objective, shape (1,) or (2,)."""
+        return losses.positive(self.raw_temperatures, self.floor)
 
     @property
     def temperature(self) -> th.Tensor:
-        return losses.positive(self.raw_temperature, self.floor)
+        """The temperature η of the return's E-step."""
+        return self.temperatures[0]
+
+    @th.no_grad()
+    def store_temperatures(self, values: th.Tensor) -> None:
+        """
+        Store solved temperatures (see ``learn_temperatures``), so that they are logged, saved and restored.
+
+        :param values: One per E-step objective
+        """
+        self.raw_temperatures.copy_(losses.inverse_positive_tensor(values, self.floor))
 
     def alpha(self, name: str) -> th.Tensor:
         """
@@ -147,11 +177,6 @@ class LagrangeMultipliers(nn.Module):
         :return: Its multipliers α, one per constraint
         """
         return losses.positive(getattr(self, f"raw_alpha_{name}"), self.floor)
-
-    @property
-    def temperature_penalty(self) -> th.Tensor:
-        assert self.raw_temperature_penalty is not None, "action penalisation is off"
-        return losses.positive(self.raw_temperature_penalty, self.floor)
 
 
 class MPO(OffPolicyAlgorithm):
@@ -207,7 +232,12 @@ class MPO(OffPolicyAlgorithm):
         bounding; ``None`` switches action penalisation off
     :param per_dim_constraints: One trust region (and multiplier) per action dimension rather than a joint one
         (``Box`` only)
-    :param init_temperature: Initial temperature η (and initial temperature of the action penalty)
+    :param temperature_update: How the E-step's temperature η (and the action penalty's) is found: ``"solve"``
+        minimises the convex dual on every batch (:func:`~sb3_mpo.mpo.losses.solve_temperature`), so that
+        KL(q || π_old) = ε whatever the scale of the rewards; ``"gradient"`` takes one Adam step on the dual per update
+        (``dual_learning_rate``), as DeepMind's and Tonic's implementations do, so η moves slowly under large rewards
+    :param init_temperature: Initial temperature η (and initial temperature of the action penalty); with
+        ``temperature_update="solve"`` only the value logged before the first update
     :param init_alpha_mean: Initial multiplier α_μ (with ``Discrete`` actions: the initial α of ``epsilon_policy``)
     :param init_alpha_std: Initial multiplier α_Σ
     :param dual_learning_rate: Learning rate of the Adam optimiser of the temperatures and multipliers
@@ -231,6 +261,9 @@ class MPO(OffPolicyAlgorithm):
         "MultiInputPolicy": MultiInputPolicy,
     }
     policy: MPOPolicy
+    #: Newton steps of the temperature solve per update (``temperature_update="solve"``), warm-started at the previous
+    #: batch's temperature; see :func:`~sb3_mpo.mpo.losses.solve_temperature`
+    temperature_iterations: int = 4
     actor: GaussianActor | CategoricalActor
     actor_target: GaussianActor | CategoricalActor
     critic: SampledCritic | QNetwork
@@ -262,6 +295,7 @@ class MPO(OffPolicyAlgorithm):
         epsilon_policy: float = 1e-2,
         epsilon_penalty: float | None = 1e-3,
         per_dim_constraints: bool = True,
+        temperature_update: TemperatureUpdate = "solve",
         init_temperature: float = 1.0,
         init_alpha_mean: float = 1.0,
         init_alpha_std: float = 10.0,
@@ -293,6 +327,7 @@ class MPO(OffPolicyAlgorithm):
             epsilon_std=epsilon_std,
             epsilon_policy=epsilon_policy,
             epsilon_penalty=epsilon_penalty,
+            temperature_update=temperature_update,
             init_temperature=init_temperature,
             init_alpha_mean=init_alpha_mean,
             init_alpha_std=init_alpha_std,
@@ -341,6 +376,7 @@ class MPO(OffPolicyAlgorithm):
         self.epsilon_policy = epsilon_policy
         self.epsilon_penalty = epsilon_penalty
         self.per_dim_constraints = per_dim_constraints
+        self.temperature_update = temperature_update
         self.init_temperature = init_temperature
         self.init_alpha_mean = init_alpha_mean
         self.init_alpha_std = init_alpha_std
@@ -375,6 +411,7 @@ class MPO(OffPolicyAlgorithm):
             ("segment_length", kwargs["segment_length"] >= 1, "a positive integer"),
             ("retrace_lambda", 0 <= kwargs["retrace_lambda"] <= 1, "a float in [0, 1]"),
             ("n_action_samples", kwargs["n_action_samples"] >= 2, "an integer >= 2"),
+            ("temperature_update", kwargs["temperature_update"] in TEMPERATURE_UPDATES, f"one of {TEMPERATURE_UPDATES}"),
             ("target_update_interval", kwargs["target_update_interval"] >= 1, "a positive integer"),
             ("dual_learning_rate", kwargs["dual_learning_rate"] > 0, "a positive float"),
             ("max_grad_norm", kwargs["max_grad_norm"] is None or kwargs["max_grad_norm"] > 0, "a positive float or None"),
@@ -431,11 +468,11 @@ class MPO(OffPolicyAlgorithm):
             n_constraints = get_action_dim(self.action_space) if self.per_dim_constraints else 1
             alphas = {"mean": (self.init_alpha_mean, n_constraints), "std": (self.init_alpha_std, n_constraints)}
         self.multipliers = LagrangeMultipliers(
-            init_temperature=self.init_temperature,
+            init_temperatures=(self.init_temperature,) * (2 if self.action_penalty else 1),
             alphas=alphas,
-            init_temperature_penalty=self.init_temperature if self.action_penalty else None,
+            learn_temperatures=self.temperature_update == "gradient",
         ).to(self.device)
-        self.multipliers_optimizer = th.optim.Adam(self.multipliers.parameters(), lr=self.dual_learning_rate)
+        self.multipliers_optimizer = th.optim.Adam(self.multipliers.parameters(), lr=self.dual_learning_rate, fused=True)
 
     def _create_aliases(self) -> None:
         self.actor = self.policy.actor
@@ -573,26 +610,40 @@ class MPO(OffPolicyAlgorithm):
             polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
         return {**checked, "q_mean": evaluation.q_mean}
 
-    def _target_policy_values(self, observations: PyTorchObs) -> ImprovementBatch:
+    def _target_policy_values(
+        self, observations: PyTorchObs, taken_actions: th.Tensor | None = None
+    ) -> tuple[ImprovementBatch, TakenActionValues | None]:
         """
         Score the target policy's actions with the target critic: the one big forward that serves both the critic
         target (their expectation) and the E-step (their weights). A Gaussian policy draws N actions per state; a
-        categorical one enumerates every action.
+        categorical one enumerates every action. The same forward also scores actions taken at these states, as
+        Retrace needs: their target Q-values and target log-probabilities.
 
         :param observations: B states
-        :return: The actions' target Q-values and the target policy's statistics
+        :param taken_actions: Stored actions (Gaussian-space, or action indices) at these states, shape (B, action_dim)
+        :return: The sampled (or enumerated) actions' target Q-values with the target policy's statistics, and the
+            taken actions' values (``None`` without ``taken_actions``)
         """
+        taken = None
         with th.no_grad():
             if isinstance(self.actor_target, CategoricalActor):
-                return CategoricalImprovementBatch(
-                    observations, self.critic_target(observations), self.actor_target.log_probs(observations)
-                )
+                q_values = self.critic_target(observations)
+                log_probs_old = self.actor_target.log_probs(observations)
+                if taken_actions is not None:
+                    indices = taken_actions.long().reshape(-1, 1)
+                    taken = TakenActionValues(
+                        q_values.gather(1, indices).squeeze(-1), log_probs_old.gather(1, indices).squeeze(-1)
+                    )
+                return CategoricalImprovementBatch(observations, q_values, log_probs_old), taken
             critic_target = cast(SampledCritic, self.critic_target)
             mean_old, std_old = self.actor_target.distribution_params(observations)
             noise = th.randn((self.n_action_samples, *mean_old.shape), device=self.device)
             actions = mean_old + std_old * noise  # (N, B, A), Gaussian space
-            q_values = critic_target.sampled_q_values(observations, self.actor_target.squash(actions))  # (N, B)
-        return SampledImprovementBatch(observations, actions, q_values, mean_old, std_old)
+            scored = actions if taken_actions is None else th.cat([actions, taken_actions.unsqueeze(0)])
+            q_values = critic_target.sampled_q_values(observations, self.actor_target.squash(scored))  # (N[+1], B)
+            if taken_actions is not None:
+                taken = TakenActionValues(q_values[-1], losses.gaussian_log_prob(taken_actions, mean_old, std_old))
+        return SampledImprovementBatch(observations, actions, q_values[: self.n_action_samples], mean_old, std_old), taken
 
     def _taken_q_values(self, critic: SampledCritic | QNetwork, observations: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """
@@ -605,21 +656,10 @@ class MPO(OffPolicyAlgorithm):
             return critic(observations).gather(1, actions.long().reshape(-1, 1))
         return critic(observations, self.actor_target.squash(actions))[0]
 
-    def _target_log_prob(self, observations: PyTorchObs, actions: th.Tensor) -> th.Tensor:
-        """
-        :param observations: B states
-        :param actions: The stored actions, shape (B, action_dim)
-        :return: log π_old(a|s) under the target policy, shape (B,)
-        """
-        if isinstance(self.actor_target, CategoricalActor):
-            return self.actor_target.log_probs(observations).gather(1, actions.long().reshape(-1, 1)).squeeze(-1)
-        mean_target, std_target = self.actor_target.distribution_params(observations)
-        return losses.gaussian_log_prob(actions, mean_target, std_target)
-
     def _n_step_evaluation(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
         """Expected-SARSA critic loss over (n-step) transitions (paper, Sec. 4, Eq. (13) with the traces cut)."""
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-        targets = self._target_policy_values(replay_data.next_observations)
+        targets, _ = self._target_policy_values(replay_data.next_observations)
         target_q_values = losses.expected_sarsa_target(
             replay_data.rewards, replay_data.dones, discounts, targets.expected_q().unsqueeze(-1)
         )
@@ -636,18 +676,21 @@ class MPO(OffPolicyAlgorithm):
         observations = _flatten_time(segments.observations)
         next_observations = _flatten_time(segments.next_observations)
         actions = segments.actions.reshape(n_segments * length, -1)
-        targets = self._target_policy_values(next_observations)
+        # Where step t + 1 is valid, s_{t+1} is both the next observation of step t and the observation of step t + 1,
+        # so the one forward of the target networks at the next observations also scores a_{t+1} (Q'(s_{t+1}, a_{t+1})
+        # and log π_old(a_{t+1}|s_{t+1})). Retrace reads neither at t = 0, nor at invalid steps.
+        following_actions = th.cat([segments.actions[:, 1:], segments.actions[:, -1:]], dim=1).flatten(0, 1)
+        targets, following = self._target_policy_values(next_observations, following_actions)
+        assert following is not None
         with th.no_grad():
-            taken_q_values = self._taken_q_values(self.critic_target, observations, actions).reshape(n_segments, length)
-            log_probs = self._target_log_prob(observations, actions).reshape(n_segments, length)
             target_q_values = retrace_targets(
-                q_values=taken_q_values,
+                q_values=_delay(following.q_values.reshape(n_segments, length)),
                 expected_next_q=targets.expected_q().reshape(n_segments, length),
                 rewards=segments.rewards,
                 terminations=segments.terminations,
                 episode_ends=segments.episode_ends,
                 valid=segments.valid,
-                log_ratios=log_probs - segments.behaviour_log_probs,
+                log_ratios=_delay(following.log_probs.reshape(n_segments, length)) - segments.behaviour_log_probs,
                 gamma=self.gamma,
                 lambda_=self.retrace_lambda,
             )
@@ -663,18 +706,19 @@ class MPO(OffPolicyAlgorithm):
         :param batch: States, N sampled actions per state, their Q-values and the target policy's statistics
         :return: The policy loss, the loss of the temperatures and multipliers, and detached diagnostics
         """
-        # E-step: non-parametric improvement of the sampled actions, temperature from the convex dual
-        temperature = self.multipliers.temperature
-        weights = losses.e_step_weights(batch.q_values, temperature)
-        dual_loss = losses.temperature_dual(batch.q_values, temperature, self.epsilon)
-        diagnostics = {"temperature": temperature.detach(), "kl_q": losses.sample_kl_to_old(weights)}
+        # E-step: non-parametric improvement of the sampled actions, temperature from the convex dual. With action
+        # penalisation (MO-MPO) a second objective, −‖a − clip(a)‖², re-weights the same samples with its own bound.
+        q_values, epsilons = batch.q_values.unsqueeze(0), [self.epsilon]
         if self.action_penalty:
             assert self.epsilon_penalty is not None
-            penalty_q_values = losses.action_penalty_q(batch.actions)
-            temperature_penalty = self.multipliers.temperature_penalty
-            weights = weights + losses.e_step_weights(penalty_q_values, temperature_penalty)
-            dual_loss = dual_loss + losses.temperature_dual(penalty_q_values, temperature_penalty, self.epsilon_penalty)
-            diagnostics["temperature_penalty"] = temperature_penalty.detach()
+            q_values = th.stack([batch.q_values, losses.action_penalty_q(batch.actions)])
+            epsilons.append(self.epsilon_penalty)
+        temperatures, dual_loss = self._e_step_temperatures(q_values, epsilons)
+        objective_weights = losses.e_step_weights(q_values, temperatures[:, None, None])
+        weights = objective_weights.sum(dim=0)
+        diagnostics = {"temperature": temperatures[0].detach(), "kl_q": losses.sample_kl_to_old(objective_weights[0])}
+        if self.action_penalty:
+            diagnostics["temperature_penalty"] = temperatures[1].detach()
 
         # M-step: weighted maximum likelihood under the decoupled KL trust regions
         actor = cast(GaussianActor, self.actor)
@@ -710,9 +754,11 @@ class MPO(OffPolicyAlgorithm):
         :param batch: States, every action's target Q-value and the target policy's log-probabilities
         :return: The policy loss, the loss of the temperature and multiplier, and detached diagnostics
         """
-        temperature = self.multipliers.temperature
+        temperatures, dual_loss = self._e_step_temperatures(
+            batch.q_values.T[None], [self.epsilon], batch.log_probs_old.T[None]
+        )
+        temperature = temperatures[0]
         weights = losses.categorical_e_step_weights(batch.q_values, batch.log_probs_old, temperature)
-        dual_loss = losses.categorical_temperature_dual(batch.q_values, batch.log_probs_old, temperature, self.epsilon)
 
         log_probs = cast(CategoricalActor, self.actor).log_probs(batch.observations)
         kl = losses.categorical_kl(batch.log_probs_old, log_probs).mean()
@@ -729,6 +775,36 @@ class MPO(OffPolicyAlgorithm):
             "entropy": th.distributions.Categorical(logits=log_probs.detach()).entropy().mean(),
         }
         return policy_loss, dual_loss, diagnostics
+
+    def _e_step_temperatures(
+        self, q_values: th.Tensor, epsilons: list[float], log_prior: th.Tensor | None = None
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        The temperatures of the E-steps (paper, Sec. 3.2, Eq. (9)): solved on the batch, warm-started at the previous
+        batch's solution, or the learned ones with the dual loss whose gradient moves them (``temperature_update``).
+
+        :param q_values: Q(s, a) of K candidate actions per state for each E-step objective, shape (P, K, B)
+        :param epsilons: The objectives' KL bounds
+        :param log_prior: log π_old(a|s) of an enumerated action set, shape (P, K, B); ``None`` for samples of π_old
+        :return: The temperatures, shape (P,), and the dual loss (zero when solved)
+        """
+        temperatures = self.multipliers.temperatures
+        if self.temperature_update == "solve":
+            epsilon = th.tensor(epsilons, dtype=q_values.dtype, device=q_values.device)
+            temperatures = losses.solve_temperature(
+                q_values, epsilon, log_prior, initial=temperatures, iterations=self.temperature_iterations
+            )
+            self.multipliers.store_temperatures(temperatures)
+            return temperatures, th.zeros((), device=q_values.device)
+        dual_loss = th.zeros((), device=q_values.device)
+        for index, epsilon in enumerate(epsilons):
+            if log_prior is None:
+                dual_loss = dual_loss + losses.temperature_dual(q_values[index], temperatures[index], epsilon)
+            else:
+                dual_loss = dual_loss + losses.categorical_temperature_dual(
+                    q_values[index].T, log_prior[index].T, temperatures[index], epsilon
+                )
+        return temperatures, dual_loss
 
     def _clip_grad_norm(self, optimizer: th.optim.Optimizer) -> th.Tensor:
         parameters = [param for group in optimizer.param_groups for param in group["params"]]

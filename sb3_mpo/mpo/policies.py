@@ -295,14 +295,21 @@ class SampledCritic(ContinuousCritic):
 
     def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """
+        Q-values of N actions per state. The first layer acts on the concatenation [features, action], so its
+        features half is computed once per state and broadcast over the samples: W·[f; a] + b = (W_f·f + b) + W_a·a.
+
         :param obs: Observation batch of B states
         :param actions: N actions per state, shape (N, B, A)
         :return: Q(s, a_j), shape (N, B)
         """
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
             features = self.extract_features(obs, self.features_extractor)
-        features = features.unsqueeze(0).expand(actions.shape[0], -1, -1)
-        return self.q_networks[0](th.cat([features, actions], dim=-1)).squeeze(-1)
+        q_network = self.q_networks[0]
+        first = q_network[0]
+        assert isinstance(first, nn.Linear), "the critic's first layer acts on [features, action]"
+        n_features = features.shape[-1]
+        hidden = F.linear(features, first.weight[:, :n_features], first.bias) + F.linear(actions, first.weight[:, n_features:])
+        return q_network[1:](hidden).squeeze(-1)
 
 
 class MPOPolicy(BasePolicy):
@@ -362,6 +369,7 @@ class MPOPolicy(BasePolicy):
             squash_output=True,
             normalize_images=normalize_images,
         )
+        self.optimizer_kwargs = self.default_optimizer_kwargs(self.optimizer_class, self.optimizer_kwargs)
         if net_arch is None:
             net_arch = [256, 256]
         actor_arch, critic_arch = get_actor_critic_arch(net_arch)
@@ -412,6 +420,24 @@ class MPOPolicy(BasePolicy):
         self.critic.optimizer = self.optimizer_class(
             self.critic.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs  # type: ignore[call-arg]
         )
+
+    @staticmethod
+    def default_optimizer_kwargs(
+        optimizer_class: type[th.optim.Optimizer], optimizer_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """
+        Adam runs its fused implementation (one kernel per parameter group, on CPU as on GPU) unless the caller chose an
+        implementation: the same update as the default per-tensor loop, about five times faster on CPU.
+
+        :param optimizer_class: The optimiser class
+        :param optimizer_kwargs: The caller's keyword arguments
+        :return: The keyword arguments to use
+        """
+        if optimizer_class is th.optim.Adam and not {"fused", "foreach", "capturable", "differentiable"} & set(
+            optimizer_kwargs
+        ):
+            return {**optimizer_kwargs, "fused": True}
+        return optimizer_kwargs
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

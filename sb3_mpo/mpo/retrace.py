@@ -37,7 +37,7 @@ def retrace_targets(
     usually estimated with N samples of the target policy, averaged by the caller. Call it under ``th.no_grad()``
     to get constant targets.
 
-    :param q_values: Q'(s_t, a_t) of the target critic at the stored actions
+    :param q_values: Q'(s_t, a_t) of the target critic at the stored actions; the value at t = 0 is not used
     :param expected_next_q: E_{a ~ π(·|s_{t+1})} Q'(s_{t+1}, a), with s_{t+1} the next observation of step t
         (the terminal observation at the end of an episode)
     :param rewards: r_t

@@ -1,0 +1,34 @@
+"""The E-step's temperature follows the scale of the rewards: the E-step KL stays at its bound without VecNormalize."""
+
+import gymnasium as gym
+import pytest
+from gymnasium.wrappers import TransformReward
+
+from sb3_mpo import MPO
+from sb3_mpo.mpo import losses
+from sb3_mpo.mpo.mpo import CategoricalImprovementBatch
+
+SMALL = dict(learning_starts=300, batch_size=64, policy_kwargs=dict(net_arch=[64, 64]))
+
+
+def fresh_e_step_kl(model: MPO) -> float:
+    """KL(q || pi_old) of the E-step on a new replay batch, at the temperature the model holds after training."""
+    replay_data = model.replay_buffer.sample(32)
+    batch, _ = model._target_policy_values(replay_data.next_observations.flatten(0, 1))
+    temperature = model.multipliers.temperature.detach()
+    if isinstance(batch, CategoricalImprovementBatch):
+        return losses.tilted_kl(batch.q_values.T, temperature, batch.log_probs_old.T).item()
+    return losses.tilted_kl(batch.q_values, temperature).item()
+
+
+@pytest.mark.parametrize(
+    "env_id, scale, steps",
+    [("Pendulum-v1", 1e3, 1000), ("Pendulum-v1", 1e-3, 1000), ("CartPole-v1", 1e4, 1000)],
+)
+def test_e_step_kl_stays_at_its_bound_under_scaled_rewards(env_id, scale, steps):
+    """With rewards scaled by 1e-3 to 1e4, the temperature keeps KL(q || pi_old) within a few times epsilon."""
+    env = TransformReward(gym.make(env_id), lambda reward: reward * scale)
+    model = MPO("MlpPolicy", env, seed=0, **SMALL)
+    model.learn(steps)
+    assert model.logger.name_to_value["train/kl_q"] == pytest.approx(model.epsilon, rel=1e-2)
+    assert fresh_e_step_kl(model) < 3 * model.epsilon
