@@ -24,6 +24,20 @@ ActionBounding = Literal["clip", "tanh"]
 ACTION_BOUNDINGS: tuple[str, ...] = ("clip", "tanh")
 
 
+def layer_norm_input_block(network: nn.Sequential) -> None:
+    """
+    Turn the first hidden layer of an MLP built by SB3's ``create_mlp`` ([Linear, activation, Linear, ...]) into the
+    input block of DeepMind Acme's ``LayerNormMLP``: Linear → LayerNorm → tanh, the later layers keeping their
+    activation (Acme's MPO uses ELU there). Furuta et al. 2021 ("Co-Adaptation of Algorithmic and Implementational
+    Innovations in Inference-based Deep Reinforcement Learning", arXiv 2103.17258) found this normalisation critical
+    for MPO. A network without hidden layers is left as it is.
+
+    :param network: The MLP, changed in place
+    """
+    if len(network) >= 2 and isinstance(network[0], nn.Linear):
+        network[1] = nn.Sequential(nn.LayerNorm(network[0].out_features), nn.Tanh())
+
+
 class MPOActor(BasePolicy):
     """
     What MPO's actors share: an MLP head on features that, with a shared extractor, belong to the critic.
@@ -335,6 +349,9 @@ class MPOPolicy(BasePolicy):
     :param share_features_extractor: Whether to share the features extractor between the actor and the critic.
         Unlike SAC, a shared extractor is trained by the critic loss: MPO's policy loss is a weighted likelihood
         that carries no value information.
+    :param layer_norm: Give the actor's and the critic's MLPs the input block of Acme's ``LayerNormMLP``: the first
+        hidden layer is Linear → LayerNorm → tanh, the others keep ``activation_fn`` (Acme's MPO: ``nn.ELU``);
+        see :func:`layer_norm_input_block`
     """
 
     actor: GaussianActor | CategoricalActor
@@ -358,6 +375,7 @@ class MPOPolicy(BasePolicy):
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = False,
+        layer_norm: bool = False,
     ):
         super().__init__(
             observation_space,
@@ -377,6 +395,7 @@ class MPOPolicy(BasePolicy):
         self.net_arch = net_arch
         self.activation_fn = activation_fn
         self.share_features_extractor = share_features_extractor
+        self.layer_norm = layer_norm
         common = {
             "observation_space": self.observation_space,
             "action_space": self.action_space,
@@ -454,6 +473,7 @@ class MPOPolicy(BasePolicy):
                 features_extractor_class=self.features_extractor_class,
                 features_extractor_kwargs=self.features_extractor_kwargs,
                 share_features_extractor=self.share_features_extractor,
+                layer_norm=self.layer_norm,
             )
         )
         return data
@@ -470,8 +490,14 @@ class MPOPolicy(BasePolicy):
         if self.discrete:
             for gaussian_only in ("init_std", "min_std", "action_bounding"):
                 actor_kwargs.pop(gaussian_only)
-            return CategoricalActor(**actor_kwargs).to(self.device)
-        return GaussianActor(**actor_kwargs).to(self.device)
+            actor: GaussianActor | CategoricalActor = CategoricalActor(**actor_kwargs)
+            network = actor.logits
+        else:
+            actor = GaussianActor(**actor_kwargs)
+            network = actor.latent_pi
+        if self.layer_norm:
+            layer_norm_input_block(network)
+        return actor.to(self.device)
 
     def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> SampledCritic | QNetwork:
         critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
@@ -481,8 +507,14 @@ class MPOPolicy(BasePolicy):
             # SB3's DQN network: the features go through an MLP with one output per action
             for continuous_only in ("n_critics", "share_features_extractor"):
                 critic_kwargs.pop(continuous_only)
-            return QNetwork(**critic_kwargs).to(self.device)
-        return SampledCritic(**critic_kwargs).to(self.device)
+            critic: SampledCritic | QNetwork = QNetwork(**critic_kwargs)
+            network = critic.q_net
+        else:
+            critic = SampledCritic(**critic_kwargs)
+            network = critic.q_networks[0]
+        if self.layer_norm:
+            layer_norm_input_block(network)
+        return critic.to(self.device)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self._predict(obs, deterministic=deterministic)
