@@ -11,6 +11,7 @@ from sb3_mpo.benchmark import memory
 from sb3_mpo.benchmark.memory import ReleaseFreeMemory, glibc_malloc_trim, keep_freed_blocks_in_heap
 from sb3_mpo.benchmark.runner import run_job
 from sb3_mpo.benchmark.suite import Job
+from sb3_mpo.common import allocator
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
@@ -57,7 +58,7 @@ def test_keep_freed_blocks_in_heap_serves_large_tensors_from_a_heap_that_free_do
 
 
 def test_keep_freed_blocks_in_heap_refuses_quietly_without_glibc(monkeypatch):
-    monkeypatch.setattr(memory, "glibc_malloc_trim", lambda: None)
+    monkeypatch.setattr(allocator, "glibc_malloc_trim", lambda: None)
     assert keep_freed_blocks_in_heap() is False
 
 
@@ -76,3 +77,31 @@ def test_benchmark_runs_use_it(monkeypatch):
     hyperparams = {"learning_starts": 20, "batch_size": 8, "n_action_samples": 2, "policy_kwargs": "dict(net_arch=[8])"}
     run_job(Job("memory", "mpo", "Pendulum-v1", 0, 40, 40, 1, hyperparams=hyperparams))
     assert rollouts == list(range(40)), "one rollout per step (train_freq=1)"
+
+
+# After MPO's learn, is a 16 MiB block served from the heap (True) or from its own mmap (False)?
+MPO_PROBE = """
+import ctypes, sys
+from sb3_mpo import MPO
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+MPO.keep_freed_memory_in_heap = sys.argv[1] == "on"
+small = dict(learning_starts=5, batch_size=8, n_action_samples=2, policy_kwargs=dict(net_arch=[8]))
+MPO("MlpPolicy", "Pendulum-v1", **small).learn(10)
+mmapped = libc.mallinfo2().hblks
+libc.malloc(16 << 20)
+print(libc.mallinfo2().hblks == mmapped)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.parametrize("setting, in_heap", [("on", "True"), ("off", "False")])
+def test_mpo_learn_keeps_freed_blocks_in_heap_unless_switched_off(setting, in_heap):
+    out = subprocess.run([sys.executable, "-c", MPO_PROBE, setting], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-1] == in_heap

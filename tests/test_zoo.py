@@ -161,14 +161,19 @@ def test_unknown_env_uses_default_block(tmp_path: Path, unknown_env: str, capsys
     "hyperparam, message",
     [
         ("n_action_sample:10", r"Unknown hyperparameter 'n_action_sample' for MPO\. Did you mean 'n_action_samples'\?"),
-        ("batch_size:'64'", r"'batch_size'='64' has type str, expected int"),
-        ("epsilon_std:'1e-5'", r"'epsilon_std'='1e-5' has type str, expected float.*!!float"),
+        ("batch_size:'64'", r"MPO: batch_size='64' is invalid, expected a positive integer"),
+        ("epsilon_std:'1e-5'", r"MPO: epsilon_std='1e-5' is invalid, expected a finite positive float.*!!float"),
         ("policy_kwargs:dict(net_arc=[64])", r"'policy_kwargs' key 'net_arc' for MPOPolicy\. Did you mean 'net_arch'\?"),
-        ("policy_kwargs:dict(action_bounding='tan')", r"'action_bounding'='tan' .* expected one of 'clip', 'tanh'"),
+        (
+            "policy_kwargs:dict(action_bounding='tan')",
+            r"policy_kwargs\['action_bounding'\]='tan' .* expected one of 'clip', 'tanh'",
+        ),
+        ("policy_kwargs:dict(net_arch=[0])", r"MPO: policy_kwargs\['net_arch'\]=\[0\] is invalid, expected None, a list"),
         ("learning_rate:'fast'", r"'learning_rate'='fast' is neither a number nor a linear schedule"),
         ("noise_type:'normal'", r"'noise_type' is not used by MPO"),
         ("seed:3", r"'seed' is set by rl_zoo3's --seed flag"),
-        ("epsilon:-1.0", r"MPO: epsilon=-1.0 is invalid"),  # MPO's constructor checks the values
+        ("epsilon:-1.0", r"MPO: epsilon=-1.0 is invalid"),
+        ("buffer_size:10", r"MPO: buffer_size=10 is invalid, expected an integer >= batch_size"),  # left to MPO's constructor
     ],
 )
 def test_bad_hyperparameter_names_the_key(tmp_path: Path, hyperparam: str, message: str) -> None:
@@ -192,10 +197,34 @@ def test_bad_hyperparameter_names_the_key(tmp_path: Path, hyperparam: str, messa
         (dict, type[MPO], False),
         (lambda _: 1e-3, float | Schedule, True),
         ("lin_1e-3", float | Schedule, False),
+        (np.int64(3), int, True),
+        (np.float32(0.5), float, True),
+        (np.bool_(True), int, False),
     ],
 )
 def test_matches_annotation(value: Any, annotation: Any, expected: bool) -> None:
     assert matches_annotation(value, annotation) is expected
+
+
+@pytest.mark.parametrize(
+    "hyperparams",
+    [
+        dict(learning_rate="3e-4"),
+        dict(batch_size=None),
+        dict(learning_starts=float("nan")),
+        dict(tau=float("inf")),
+        dict(n_action_samples=2.5),
+        dict(policy_kwargs=dict(net_arch=[32, "a"])),
+        dict(policy_kwargs=dict(net_arch=dict(pi=[64]))),
+    ],
+)
+def test_zoo_and_constructor_refuse_the_same_values(hyperparams: dict[str, Any]) -> None:
+    """The RL Zoo check and MPO's constructor run the same check: the same values are refused with the same message."""
+    with pytest.raises(ValueError) as constructor:
+        MPO("MlpPolicy", ENV_ID, **hyperparams)
+    with pytest.raises(ValueError) as zoo_check:
+        check_mpo_hyperparams(hyperparams)
+    assert str(zoo_check.value) == str(constructor.value)
 
 
 GAUSSIAN_PARAMS = {"n_action_samples", "epsilon_mean", "epsilon_std", "action_bounding"}

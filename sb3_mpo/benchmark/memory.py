@@ -19,48 +19,17 @@ of 25.6 over the last eleven, with resident memory at 0.83-0.94 GB and a peak of
 fresh processes (``benchmarks/allocator.py``, results in ``benchmarks/results/allocator/``), the fixed thresholds gave
 QR-DQN on LunarLander-v3 1.28x the gradient steps per second and MPO on Pendulum-v1 1.13x.
 
-Outside the benchmark runner, a training script gets the same by calling :func:`keep_freed_blocks_in_heap` once at
-start-up and passing :class:`ReleaseFreeMemory` as a callback to ``learn``.
+MPO's ``learn`` applies :func:`~sb3_mpo.common.allocator.keep_freed_blocks_in_heap` itself; another algorithm's
+training script gets the same by calling it once at start-up and passing :class:`ReleaseFreeMemory` to ``learn``.
 """
 
-import ctypes
-import sys
 import time
-from collections.abc import Callable
 
 from stable_baselines3.common.callbacks import BaseCallback
 
+from sb3_mpo.common.allocator import glibc_malloc_trim, keep_freed_blocks_in_heap
 
-def glibc_malloc_trim() -> Callable[[int], int] | None:
-    """:return: glibc's ``malloc_trim``, or None where the C library is not glibc (macOS, Windows, musl)"""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-# mallopt's parameters, from glibc's <malloc.h>
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-
-
-def keep_freed_blocks_in_heap(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2**30) -> bool:
-    """
-    Make glibc serve blocks up to ``mmap_threshold`` bytes from the heap and keep the heap's free top instead of
-    shrinking it, so that tensors freed by one update are reused by the next without fresh page faults. Call it once
-    in a benchmark worker, beside :class:`ReleaseFreeMemory`, which then bounds the heap. It changes the process's
-    allocator: a library import never should.
-
-    :param mmap_threshold: Blocks larger than this go to their own ``mmap`` (glibc accepts at most 32 MiB on 64-bit)
-    :param trim_threshold: Free bytes at the heap's top above which ``free`` shrinks the heap
-    :return: Whether both settings were accepted; False where the C library is not glibc
-    """
-    if glibc_malloc_trim() is None:
-        return False
-    mallopt = ctypes.CDLL("libc.so.6").mallopt
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+__all__ = ["ReleaseFreeMemory", "glibc_malloc_trim", "keep_freed_blocks_in_heap"]
 
 
 class ReleaseFreeMemory(BaseCallback):

@@ -1,0 +1,293 @@
+"""Bad inputs are refused early, with an error that names them: arguments, action spaces, replay buffers, transitions."""
+
+import re
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from stable_baselines3 import SAC
+from stable_baselines3.common.envs import SimpleMultiObsEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from sb3_mpo import MPO, NonFiniteError
+from sb3_mpo.common.checks import non_finite_transition
+
+TINY = dict(batch_size=16, n_action_samples=4, policy_kwargs=dict(net_arch=[8]))
+
+
+# Arguments
+
+
+@pytest.mark.parametrize(
+    "name, value, accepted",
+    [
+        ("learning_rate", "3e-4", "a finite positive Python float or a schedule"),
+        ("learning_rate", None, "a finite positive Python float or a schedule"),
+        ("learning_rate", float("inf"), "a finite positive Python float or a schedule"),
+        ("learning_rate", np.float32(3e-4), "a finite positive Python float or a schedule"),
+        ("batch_size", "256", "a positive integer"),
+        ("batch_size", [256], "a positive integer"),
+        ("batch_size", 32.0, "a positive integer"),
+        ("batch_size", True, "a positive integer"),
+        ("epsilon", "0.1", "a finite positive float"),
+        ("epsilon", float("inf"), "a finite positive float"),
+        ("gamma", None, r"a float in \[0, 1\]"),
+        ("gamma", float("nan"), r"a float in \[0, 1\]"),
+        ("tau", [0.005], r"a float in \(0, 1\]"),
+        ("segment_length", "8", "a positive integer"),
+        ("segment_length", 2.5, "a positive integer"),
+        ("n_action_samples", 2.5, "an integer >= 2"),
+        ("init_temperature", float("inf"), "a finite positive float"),
+        ("dual_learning_rate", float("inf"), "a finite positive float"),
+        ("max_grad_norm", float("nan"), "a finite positive float or None"),
+        ("epsilon_penalty", float("inf"), "a finite positive float or None"),
+        ("q_target", None, "one of 'n_step', 'retrace'"),
+        ("temperature_update", "newton", "one of 'solve', 'gradient'"),
+        ("per_dim_constraints", "yes", "bool"),
+        ("learning_starts", float("nan"), "a non-negative integer"),
+        ("learning_starts", -1, "a non-negative integer"),
+    ],
+)
+def test_bad_argument_is_named_with_its_value_and_what_is_accepted(name: str, value: Any, accepted: str) -> None:
+    """Strings, None, lists, bools, floats for integers and non-finite numbers: a ValueError naming all three."""
+    with pytest.raises(ValueError, match=rf"^MPO: {name}={re.escape(repr(value))} is invalid, expected {accepted}"):
+        MPO("MlpPolicy", "Pendulum-v1", **{name: value})
+
+
+def test_numeric_string_gets_the_yaml_hint() -> None:
+    with pytest.raises(ValueError, match=r"epsilon_std='1e-5' is invalid.*write !!float 1e-3 or 1\.0e-3"):
+        MPO("MlpPolicy", "Pendulum-v1", epsilon_std="1e-5")
+
+
+@pytest.mark.parametrize(
+    "policy_kwargs, message",
+    [
+        (dict(net_arch=[0]), r"policy_kwargs\['net_arch'\]=\[0\] is invalid, expected None, a list of positive integers"),
+        (dict(net_arch=[-1]), r"policy_kwargs\['net_arch'\]=\[-1\] is invalid"),
+        (dict(net_arch=[32, "a"]), r"policy_kwargs\['net_arch'\]=\[32, 'a'\] is invalid"),
+        (dict(net_arch=(32, 32)), r"policy_kwargs\['net_arch'\]=\(32, 32\) is invalid"),
+        (dict(net_arch=dict(pi=[32])), r"policy_kwargs\['net_arch'\]=\{'pi': \[32\]\} is invalid.*keys 'pi' and 'qf'"),
+        (dict(init_std="0.5"), r"policy_kwargs\['init_std'\]='0\.5' is invalid, expected a finite positive float.*!!float"),
+        (dict(min_std=float("inf")), r"policy_kwargs\['min_std'\]=inf is invalid, expected a finite positive float"),
+        (dict(action_bounding="sigmoid"), r"policy_kwargs\['action_bounding'\]='sigmoid' is invalid, expected one of"),
+        (dict(net_arc=[64]), r"'policy_kwargs' key 'net_arc' for MPOPolicy\. Did you mean 'net_arch'\?"),
+        (dict(action_space=spaces.Discrete(2)), r"'policy_kwargs' key 'action_space' is set by MPO itself"),
+    ],
+)
+def test_bad_policy_kwargs_are_refused_at_construction(policy_kwargs: dict[str, Any], message: str) -> None:
+    """net_arch=[0] would silently train a network that ignores the observation; the others would fail inside torch."""
+    with pytest.raises(ValueError, match=message):
+        MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=policy_kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(batch_size=np.int64(16), buffer_size=np.int32(1000), segment_length=np.int64(4), n_action_samples=np.int16(4)),
+        dict(learning_rate=np.float64(1e-3), gamma=1, tau=1, epsilon=np.float32(0.1), max_grad_norm=None),
+        dict(policy_kwargs=dict(net_arch=dict(pi=[8], qf=[np.int64(16)]), init_std=0.3, min_std=np.float32(1e-3))),
+        dict(policy_kwargs=dict(net_arch=[])),
+    ],
+)
+def test_good_arguments_are_accepted(kwargs: dict[str, Any]) -> None:
+    """NumPy numbers, integers for floats, a dict net_arch and no hidden layer at all are all valid."""
+    model = MPO("MlpPolicy", "Pendulum-v1", learning_starts=20, **{**TINY, **kwargs})
+    model.learn(40)
+    assert model._n_updates > 0
+
+
+# Action spaces
+
+
+class ActionSpaceEnv(gym.Env):
+    """One-step episodes with a given action space."""
+
+    observation_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+
+    def __init__(self, action_space: spaces.Space):
+        self.action_space = action_space
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        assert self.action_space.contains(action), f"{action} is outside {self.action_space}"
+        return self.observation_space.sample(), 0.0, True, False, {}
+
+
+@pytest.mark.parametrize(
+    "action_space, message",
+    [
+        (
+            spaces.Box(np.float32([-1.0, 0.5, 0.0]), np.float32([1.0, 0.5, 0.0])),
+            r"low < high in every dimension.*dimension\(s\) \[1, 2\] have low >= high",
+        ),
+        (
+            spaces.Box(np.float32([[0.0, 0.0]]), np.float32([[1.0, 0.0]])),
+            r"dimension\(s\) \[\(0, 1\)\] have low >= high",
+        ),
+        (
+            spaces.Discrete(3, start=1),
+            r"actions start at 0, got Discrete\(3, start=1\).*action_space is Discrete\(3\).*returns a \+ 1",
+        ),
+    ],
+)
+def test_action_space_mpo_cannot_act_in_is_refused(action_space: spaces.Space, message: str) -> None:
+    """A constant Box dimension gave NaN actions; Discrete(3, start=1) sent actions outside the space."""
+    with pytest.raises(ValueError, match=message):
+        MPO("MlpPolicy", ActionSpaceEnv(action_space))
+
+
+# Replay buffers
+
+
+def saved_buffer(model: Any, path: Any) -> Any:
+    """Collect a few transitions with ``model`` (no update) and save its replay buffer to ``path``."""
+    model.learn(30)
+    model.save_replay_buffer(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "algo, saved, loading, message",
+    [
+        (SAC, dict(), dict(), r"q_target='retrace'.*it is a ReplayBuffer, where this model samples a SegmentReplayBuffer"),
+        (
+            MPO,
+            dict(segment_length=4),
+            dict(segment_length=8),
+            r"it has segment_length=4, where this model has segment_length=8",
+        ),
+        (MPO, dict(), dict(q_target="n_step"), r"it is a SegmentReplayBuffer, where this model samples a ReplayBuffer"),
+        (
+            MPO,
+            dict(q_target="n_step", n_steps=3),
+            dict(q_target="n_step", n_steps=5),
+            r"it has n_steps=3, where this model has n_steps=5",
+        ),
+    ],
+)
+def test_replay_buffer_sampled_otherwise_is_refused(
+    tmp_path: Any, algo: type, saved: dict[str, Any], loading: dict[str, Any], message: str
+) -> None:
+    """SAC's transitions in a Retrace model trained on 1-step targets; another segment length replaced the model's."""
+    kwargs = dict(learning_starts=100, buffer_size=200, batch_size=16, seed=0)
+    saving_model = algo("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[8]), **kwargs, **saved)
+    path = saved_buffer(saving_model, tmp_path / "buffer.pkl")
+    model = MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[8]), **kwargs, **loading)
+    own = model.replay_buffer
+    with pytest.raises(ValueError, match=message):
+        model.load_replay_buffer(path)
+    assert model.replay_buffer is own
+
+
+def test_replay_buffer_with_the_same_settings_loads(tmp_path: Any) -> None:
+    kwargs = dict(
+        learning_starts=100, buffer_size=200, batch_size=16, segment_length=4, policy_kwargs=dict(net_arch=[8]), seed=0
+    )
+    path = saved_buffer(MPO("MlpPolicy", "Pendulum-v1", **kwargs), tmp_path / "buffer.pkl")
+    model = MPO("MlpPolicy", "Pendulum-v1", **kwargs)
+    model.load_replay_buffer(path)
+    assert model.replay_buffer.pos == 30
+
+
+# Transitions
+
+
+class Poison(gym.Wrapper):
+    """
+    Put ``value`` into one quantity of one step: the first observation after reset (``"observation"``), or at step
+    ``at_step`` the reward, the next observation, or the terminal observation of an episode that then ends.
+    """
+
+    def __init__(self, env: gym.Env, quantity: str, at_step: int, value: float = np.nan):
+        super().__init__(env)
+        self.quantity, self.at_step, self.value = quantity, at_step, value
+        self.n_steps = 0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        observation, info = self.env.reset(**kwargs)
+        if self.quantity == "observation" and self.n_steps == 0:
+            observation = self._poisoned(observation)
+        return observation, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self.n_steps += 1
+        if self.n_steps == self.at_step:
+            if self.quantity == "reward":
+                reward = self.value
+            elif self.quantity in ("next observation", "terminal observation"):
+                observation = self._poisoned(observation)
+                terminated = terminated or self.quantity == "terminal observation"
+        return observation, reward, terminated, truncated, info
+
+    def _poisoned(self, observation: Any) -> Any:
+        if isinstance(observation, dict):
+            return {**observation, "vec": self._poisoned(observation["vec"])}
+        observation = np.array(observation, copy=True)
+        observation[0] = self.value
+        return observation
+
+
+def poisoned_vec_env(quantity: str, at_step: int, value: float, dict_observations: bool = False) -> DummyVecEnv:
+    """Two environments, of which the second one is poisoned."""
+
+    def make(poisoned: bool) -> gym.Env:
+        env = SimpleMultiObsEnv(random_start=True, discrete_actions=False) if dict_observations else gym.make("Pendulum-v1")
+        return Poison(env, quantity, at_step, value) if poisoned else env
+
+    return DummyVecEnv([lambda: make(False), lambda: make(True)])
+
+
+@pytest.mark.parametrize(
+    "quantity, value, normalize, dict_observations",
+    [
+        ("observation", np.nan, False, False),
+        ("next observation", np.nan, False, False),
+        ("next observation", np.inf, True, False),
+        ("reward", np.inf, False, False),
+        ("reward", -np.inf, True, False),
+        ("terminal observation", np.nan, False, False),
+        ("next observation", np.nan, False, True),
+        ("terminal observation", np.inf, False, True),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # VecNormalize's statistics of the inf
+def test_non_finite_transition_is_refused_before_it_is_stored(
+    quantity: str, value: float, normalize: bool, dict_observations: bool
+) -> None:
+    """The error names the quantity, the env and the env step, and the replay buffer holds only finite values."""
+    at_step = 1 if quantity == "observation" else 6
+    env = poisoned_vec_env(quantity, at_step, value, dict_observations)
+    if normalize:
+        env = VecNormalize(env)
+    policy = "MultiInputPolicy" if dict_observations else "MlpPolicy"
+    model = MPO(policy, env, learning_starts=1000, buffer_size=100, seed=0, **TINY)
+    with pytest.raises(NonFiniteError, match=rf"non-finite {quantity} from env 1 at env step {2 * at_step};"):
+        model.learn(40)
+    buffer = model.replay_buffer
+    assert buffer.pos == at_step - 1  # nothing of the poisoned step, for either environment
+    for name in ("observations", "next_observations", "actions", "rewards"):
+        stored = getattr(buffer, name)
+        for array in stored.values() if isinstance(stored, dict) else [stored]:
+            assert np.isfinite(array).all()
+
+
+@pytest.mark.parametrize(
+    "quantities, terminal_observations, expected",
+    [
+        (dict(action=np.array([[0.0], [np.nan], [np.inf]])), {}, ("action", 1)),
+        (dict(reward=np.array([1.0, 2.0]), observation=np.array([[0.0, 1.0], [1.0, -np.inf]])), {}, ("observation", 1)),
+        (dict(observation={"a": np.zeros((3, 2)), "b": np.array([[1.0], [1.0], [np.nan]])}), {}, ("observation", 2)),
+        (dict(observation=np.full((2, 4), 255, dtype=np.uint8)), {1: np.array([np.nan])}, ("terminal observation", 1)),
+        (dict(observation=np.zeros((2, 3)), action=np.array([0, 1])), {0: {"a": np.ones(2)}}, None),
+    ],
+)
+def test_non_finite_transition_finds_the_quantity_and_env(
+    quantities: dict[str, Any], terminal_observations: dict[int, Any], expected: tuple[str, int] | None
+) -> None:
+    assert non_finite_transition(quantities, terminal_observations) == expected
