@@ -15,6 +15,7 @@ run resumes from its checkpoint; the checkpoint is removed when the run's result
 
 import argparse
 import functools
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -91,7 +92,20 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Modules the report needs beyond the package's own dependencies: they come with the [benchmarks] extra
+REPORT_MODULES = ("rliable", "matplotlib", "pandas")
+
+
+def missing_modules(names: tuple[str, ...]) -> list[str]:
+    """:return: The modules among ``names`` that cannot be imported"""
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
 def report(args: argparse.Namespace) -> int:
+    missing = missing_modules(REPORT_MODULES)
+    if missing:
+        print(f"report needs {', '.join(missing)}: install them with  pip install -e \".[benchmarks]\"", file=sys.stderr)
+        return 2
     from sb3_mpo.benchmark.report import write_report
 
     suite = load_suite(args.suite)
