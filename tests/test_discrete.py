@@ -40,7 +40,7 @@ def test_critic_outputs_every_action_and_targets_are_exact():
     model = MPO("MlpPolicy", "CartPole-v1", seed=1, **SMALL)
     obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(7)]))
     assert model.critic(obs).shape == (7, 2)
-    batch, _ = model._target_policy_values(obs)
+    batch, _ = model.improvement.target_values(obs)
     probs = batch.log_probs_old.exp()
     th.testing.assert_close(probs.sum(-1), th.ones(7))
     expected = batch.q_values[:, 0] * probs[:, 0] + batch.q_values[:, 1] * probs[:, 1]
@@ -52,13 +52,13 @@ def test_categorical_m_step_respects_trust_region():
     model = MPO("MlpPolicy", "CartPole-v1", seed=2, epsilon_policy=1e-3, dual_learning_rate=0.1, **SMALL)
     obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(64)]))
     with th.no_grad():
-        batch, _ = model._target_policy_values(obs)
+        batch, _ = model.improvement.target_values(obs)
     # Make one action look far better, so the unconstrained M-step would move the policy a long way
     batch = batch._replace(q_values=th.stack([th.zeros(64), 50.0 * th.ones(64)], dim=-1))
     optimizers = [model.actor.optimizer, model.multipliers_optimizer]
     kls = []
     for _ in range(300):
-        policy_loss, dual_loss, diagnostics = model._categorical_improvement(batch)
+        policy_loss, dual_loss, diagnostics = model.improvement.improve(batch)
         for optimizer in optimizers:
             optimizer.zero_grad()
         (policy_loss + dual_loss).backward()
@@ -157,7 +157,7 @@ def test_categorical_e_step_weights_in_training_batch_match_brute_force():
     """The weights the model uses on a real batch equal pi_old(a|s) exp(Q(s,a)/eta), normalised by a Python loop."""
     model = MPO("MlpPolicy", "CartPole-v1", seed=4, **SMALL)
     obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(3)]))
-    batch, _ = model._target_policy_values(obs)
+    batch, _ = model.improvement.target_values(obs)
     eta = model.multipliers.temperature.detach()
     weights = losses.categorical_e_step_weights(batch.q_values, batch.log_probs_old, eta)
     for s in range(3):

@@ -290,9 +290,9 @@ def test_model_retrace_loss_matches_a_separate_pass_over_the_observations(env_id
     observations = _flatten_time(segments.observations)
     actions = segments.actions.reshape(n_segments * length, -1)
     th.manual_seed(3)  # the same action samples at the next observations
-    targets, _ = model._target_policy_values(_flatten_time(segments.next_observations))
+    targets, _ = model.improvement.target_values(_flatten_time(segments.next_observations))
     with th.no_grad():
-        taken_q = model._taken_q_values(model.critic_target, observations, actions).reshape(n_segments, length)
+        taken_q = model.improvement.taken_q_values(model.critic_target, observations, actions).reshape(n_segments, length)
         if isinstance(model.actor_target, CategoricalActor):
             log_probs = model.actor_target.log_probs(observations).gather(1, actions.long()).squeeze(-1)
         else:
@@ -311,6 +311,6 @@ def test_model_retrace_loss_matches_a_separate_pass_over_the_observations(env_id
     )
     valid = segments.valid.reshape(-1) > 0.5
     with th.no_grad():
-        current = model._taken_q_values(model.critic, observations, actions).reshape(-1)[valid]
+        current = model.improvement.taken_q_values(model.critic, observations, actions).reshape(-1)[valid]
     expected = 0.5 * th.mean((current - expected_targets.reshape(-1)[valid]) ** 2)
     th.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)

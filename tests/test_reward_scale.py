@@ -6,7 +6,7 @@ from gymnasium.wrappers import TransformReward
 
 from sb3_mpo import MPO
 from sb3_mpo.mpo import losses
-from sb3_mpo.mpo.mpo import CategoricalImprovementBatch
+from sb3_mpo.mpo.improvement import CategoricalImprovementBatch
 
 SMALL = dict(learning_starts=300, batch_size=64, policy_kwargs=dict(net_arch=[64, 64]))
 
@@ -14,7 +14,7 @@ SMALL = dict(learning_starts=300, batch_size=64, policy_kwargs=dict(net_arch=[64
 def fresh_e_step_kl(model: MPO) -> float:
     """KL(q || pi_old) of the E-step on a new replay batch, at the temperature the model holds after training."""
     replay_data = model.replay_buffer.sample(32)
-    batch, _ = model._target_policy_values(replay_data.next_observations.flatten(0, 1))
+    batch, _ = model.improvement.target_values(replay_data.next_observations.flatten(0, 1))
     temperature = model.multipliers.temperature.detach()
     if isinstance(batch, CategoricalImprovementBatch):
         return losses.tilted_kl(batch.q_values.T, temperature, batch.log_probs_old.T).item()

@@ -1,7 +1,7 @@
 import io
 import pathlib
 from collections import defaultdict
-from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, cast
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import torch as th
@@ -11,17 +11,16 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from stable_baselines3.dqn.policies import QNetwork
-from torch import nn
 from torch.nn import functional as F
 
 from sb3_mpo.common import checks
 from sb3_mpo.common.allocator import keep_freed_blocks_in_heap
 from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples
 from sb3_mpo.mpo import losses
+from sb3_mpo.mpo.improvement import ImprovementBatch, LagrangeMultipliers, PolicyImprovement, make_improvement
 from sb3_mpo.mpo.policies import (
     CategoricalActor,
     CnnPolicy,
@@ -45,71 +44,12 @@ class NonFiniteError(FloatingPointError):
     """
 
 
-def _select_observations(observations: PyTorchObs, mask: th.Tensor) -> PyTorchObs:
-    """Keep the states of an observation batch where ``mask`` (shape (B,)) is true."""
-    if isinstance(observations, dict):
-        return {key: obs[mask] for key, obs in observations.items()}
-    return observations[mask]
-
-
-class SampledImprovementBatch(NamedTuple):
-    """What the E-step and M-step need for a Gaussian policy: B states, N target-policy samples per state."""
-
-    observations: PyTorchObs
-    actions: th.Tensor  # (N, B, A), Gaussian space
-    q_values: th.Tensor  # (N, B), target critic
-    mean_old: th.Tensor  # (B, A)
-    std_old: th.Tensor  # (B, A)
-
-    def expected_q(self) -> th.Tensor:
-        """Monte-Carlo estimate of E_{π_old}[Q'(s, ·)] from the N samples, shape (B,)."""
-        return self.q_values.mean(dim=0)
-
-    def select(self, mask: th.Tensor) -> "SampledImprovementBatch":
-        """Keep the states where ``mask`` (shape (B,)) is true."""
-        return SampledImprovementBatch(
-            _select_observations(self.observations, mask),
-            self.actions[:, mask],
-            self.q_values[:, mask],
-            self.mean_old[mask],
-            self.std_old[mask],
-        )
-
-
-class CategoricalImprovementBatch(NamedTuple):
-    """What the E-step and M-step need for a categorical policy: B states and every action's Q' and π_old."""
-
-    observations: PyTorchObs
-    q_values: th.Tensor  # (B, n_actions), target critic
-    log_probs_old: th.Tensor  # (B, n_actions)
-
-    def expected_q(self) -> th.Tensor:
-        """Exact E_{π_old}[Q'(s, ·)] over the action set, shape (B,)."""
-        return losses.categorical_expectation(self.q_values, self.log_probs_old)
-
-    def select(self, mask: th.Tensor) -> "CategoricalImprovementBatch":
-        """Keep the states where ``mask`` (shape (B,)) is true."""
-        return CategoricalImprovementBatch(
-            _select_observations(self.observations, mask), self.q_values[mask], self.log_probs_old[mask]
-        )
-
-
-ImprovementBatch = SampledImprovementBatch | CategoricalImprovementBatch
-
-
 class PolicyEvaluation(NamedTuple):
     """The critic's loss and the batch on which the policy is then improved."""
 
     critic_loss: th.Tensor
     q_mean: th.Tensor
     improvement: ImprovementBatch
-
-
-class TakenActionValues(NamedTuple):
-    """The target networks' view of stored actions: Q'(s, a) and log π_old(a|s), each of shape (B,)."""
-
-    q_values: th.Tensor
-    log_probs: th.Tensor
 
 
 def _delay(values: th.Tensor) -> th.Tensor:
@@ -122,67 +62,6 @@ def _flatten_time(observations: PyTorchObs) -> PyTorchObs:
     if isinstance(observations, dict):
         return {key: obs.flatten(0, 1) for key, obs in observations.items()}
     return observations.flatten(0, 1)
-
-
-class LagrangeMultipliers(nn.Module):
-    """
-    The dual variables of MPO, stored unconstrained and mapped through :func:`~sb3_mpo.mpo.losses.positive`:
-    the temperatures of the E-steps (η of the return and, with action penalisation, the penalty's) and the M-step
-    multipliers α of the trust regions (for a Gaussian policy α_μ and α_Σ, one per action dimension or one in all;
-    for a categorical policy a single α).
-
-    :param init_temperatures: Initial temperature of each E-step objective: (η,) or (η, η_penalty)
-    :param alphas: For each trust region, its name, the initial α and the number of constraints, e.g.
-        ``{"mean": (1.0, A), "std": (10.0, A)}``; stored as parameters ``raw_alpha_<name>``
-    :param floor: Smallest value any multiplier may take
-    :param learn_temperatures: Whether the temperatures are a parameter moved by the dual's gradient; otherwise they
-        are a buffer that holds the latest solved values (:meth:`store_temperatures`), saved and restored with the rest
-    """
-
-    def __init__(
-        self,
-        init_temperatures: tuple[float, ...],
-        alphas: dict[str, tuple[float, int]],
-        floor: float = 1e-8,
-        learn_temperatures: bool = True,
-    ):
-        super().__init__()
-        self.floor = floor
-        self.alpha_names = tuple(alphas)
-        raw_temperatures = th.tensor([losses.inverse_positive(init, floor) for init in init_temperatures])
-        if learn_temperatures:
-            self.raw_temperatures = nn.Parameter(raw_temperatures)
-        else:
-            self.register_buffer("raw_temperatures", raw_temperatures)
-        for name, (init, n_constraints) in alphas.items():
-            raw_alpha = th.full((n_constraints,), losses.inverse_positive(init, floor))
-            self.register_parameter(f"raw_alpha_{name}", nn.Parameter(raw_alpha))
-
-    @property
-    def temperatures(self) -> th.Tensor:
-        """The temperature of each E-step objective, shape (1,) or (2,)."""
-        return losses.positive(self.raw_temperatures, self.floor)
-
-    @property
-    def temperature(self) -> th.Tensor:
-        """The temperature η of the return's E-step."""
-        return self.temperatures[0]
-
-    @th.no_grad()
-    def store_temperatures(self, values: th.Tensor) -> None:
-        """
-        Store solved temperatures (see ``learn_temperatures``), so that they are logged, saved and restored.
-
-        :param values: One per E-step objective
-        """
-        self.raw_temperatures.copy_(losses.inverse_positive_tensor(values, self.floor))
-
-    def alpha(self, name: str) -> th.Tensor:
-        """
-        :param name: A trust region given at construction
-        :return: Its multipliers α, one per constraint
-        """
-        return losses.positive(getattr(self, f"raw_alpha_{name}"), self.floor)
 
 
 class MPO(OffPolicyAlgorithm):
@@ -267,6 +146,8 @@ class MPO(OffPolicyAlgorithm):
         "MultiInputPolicy": MultiInputPolicy,
     }
     policy: MPOPolicy
+    #: The Gaussian or categorical half of MPO (behaviour, target scoring, E-step and M-step), chosen in ``_setup_model``
+    improvement: PolicyImprovement
     #: Newton steps of the temperature solve per update (``temperature_update="solve"``), warm-started at the previous
     #: batch's temperature; see :func:`~sb3_mpo.mpo.losses.solve_temperature`
     temperature_iterations: int = 4
@@ -561,14 +442,11 @@ class MPO(OffPolicyAlgorithm):
         self._create_aliases()
         self.batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
         self.batch_norm_stats_target = get_parameters_by_name(self.critic_target, ["running_"])
-        if self.discrete:
-            alphas = {"policy": (self.init_alpha_mean, 1)}
-        else:
-            n_constraints = get_action_dim(self.action_space) if self.per_dim_constraints else 1
-            alphas = {"mean": (self.init_alpha_mean, n_constraints), "std": (self.init_alpha_std, n_constraints)}
+        # The Gaussian or categorical half of MPO, chosen once
+        self.improvement = make_improvement(self)
         self.multipliers = LagrangeMultipliers(
-            init_temperatures=(self.init_temperature,) * (2 if self.action_penalty else 1),
-            alphas=alphas,
+            init_temperatures=(self.init_temperature,) * self.improvement.n_objectives,
+            alphas=self.improvement.trust_regions(),
             learn_temperatures=self.temperature_update == "gradient",
         ).to(self.device)
         self.multipliers_optimizer = th.optim.Adam(self.multipliers.parameters(), lr=self.dual_learning_rate, fused=True)
@@ -578,17 +456,6 @@ class MPO(OffPolicyAlgorithm):
         self.actor_target = self.policy.actor_target
         self.critic = self.policy.critic
         self.critic_target = self.policy.critic_target
-
-    @property
-    def discrete(self) -> bool:
-        """Whether the action space is ``Discrete`` (categorical MPO)."""
-        return isinstance(self.action_space, spaces.Discrete)
-
-    @property
-    def action_penalty(self) -> bool:
-        """Whether the MO-MPO action penalty runs: only for clipped (unbounded) Gaussians, when ``epsilon_penalty`` is set."""
-        actor = self.policy.actor
-        return self.epsilon_penalty is not None and isinstance(actor, GaussianActor) and actor.action_bounding == "clip"
 
     def _sample_action(
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
@@ -603,10 +470,7 @@ class MPO(OffPolicyAlgorithm):
         :return: action to take in the environment and action to store in the buffer
         """
         warm_up = self.num_timesteps < learning_starts
-        if self.discrete:
-            action, buffer_action, log_prob = self._sample_categorical_action(warm_up, n_envs)
-        else:
-            action, buffer_action, log_prob = self._sample_gaussian_action(warm_up, n_envs)
+        action, buffer_action, log_prob = self.improvement.behaviour(None if warm_up else self._last_obs_tensor(), n_envs)
         if isinstance(self.replay_buffer, SegmentReplayBuffer):
             self.replay_buffer.stage_behaviour_log_prob(log_prob)
         return action, buffer_action
@@ -614,40 +478,6 @@ class MPO(OffPolicyAlgorithm):
     def _last_obs_tensor(self) -> PyTorchObs:
         assert self._last_obs is not None, "self._last_obs was not set"
         return self.policy.obs_to_tensor(self._last_obs)[0]
-
-    def _sample_gaussian_action(self, warm_up: bool, n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """
-        Replay stores the policy's Gaussian sample ``u`` (not the clipped or squashed action) so the learner works with
-        exact Gaussian densities; the environment receives ``squash(u)`` rescaled to its bounds.
-
-        :return: The environment's action, the Gaussian-space action ``u`` and its behaviour log-density
-        """
-        actor = cast(GaussianActor, self.actor)
-        if warm_up:
-            squashed = np.array([self.policy.scale_action(self.action_space.sample()) for _ in range(n_envs)])
-            raw = actor.unsquash(squashed)
-            log_prob = actor.uniform_log_density(raw)
-        else:
-            with th.no_grad():
-                mean, std = actor.distribution_params(self._last_obs_tensor())
-                raw_tensor = mean + std * th.randn_like(mean)
-                squashed = actor.squash(raw_tensor).cpu().numpy()
-                log_prob = losses.gaussian_log_prob(raw_tensor, mean, std).cpu().numpy()
-            raw = raw_tensor.cpu().numpy()
-        return self.policy.unscale_action(squashed), raw, log_prob
-
-    def _sample_categorical_action(self, warm_up: bool, n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """
-        :return: The action (for the environment and for replay, the same) and its behaviour log-probability
-        """
-        if warm_up:
-            actions = np.array([self.action_space.sample() for _ in range(n_envs)])
-            return actions, actions, np.full(n_envs, -np.log(self.action_space.n))  # type: ignore[attr-defined]
-        actor = cast(CategoricalActor, self.actor)
-        with th.no_grad():
-            actions_tensor, log_prob = actor.sample(self._last_obs_tensor())
-        actions = actions_tensor.cpu().numpy()
-        return actions, actions, log_prob.cpu().numpy()
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         # Switch to train mode (this affects batch norm / dropout)
@@ -679,10 +509,7 @@ class MPO(OffPolicyAlgorithm):
             evaluation = self._retrace_evaluation(replay_data)
         else:
             evaluation = self._n_step_evaluation(replay_data)
-        if isinstance(evaluation.improvement, CategoricalImprovementBatch):
-            policy_loss, dual_loss, diagnostics = self._categorical_improvement(evaluation.improvement)
-        else:
-            policy_loss, dual_loss, diagnostics = self._gaussian_improvement(evaluation.improvement)
+        policy_loss, dual_loss, diagnostics = self.improvement.improve(evaluation.improvement)
 
         # The three losses touch disjoint parameters: one backward pass serves all of them
         optimizers = [self.critic.optimizer, self.actor.optimizer, self.multipliers_optimizer]
@@ -709,60 +536,14 @@ class MPO(OffPolicyAlgorithm):
             polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
         return {**checked, "q_mean": evaluation.q_mean}
 
-    def _target_policy_values(
-        self, observations: PyTorchObs, taken_actions: th.Tensor | None = None
-    ) -> tuple[ImprovementBatch, TakenActionValues | None]:
-        """
-        Score the target policy's actions with the target critic: the one big forward that serves both the critic
-        target (their expectation) and the E-step (their weights). A Gaussian policy draws N actions per state; a
-        categorical one enumerates every action. The same forward also scores actions taken at these states, as
-        Retrace needs: their target Q-values and target log-probabilities.
-
-        :param observations: B states
-        :param taken_actions: Stored actions (Gaussian-space, or action indices) at these states, shape (B, action_dim)
-        :return: The sampled (or enumerated) actions' target Q-values with the target policy's statistics, and the
-            taken actions' values (``None`` without ``taken_actions``)
-        """
-        taken = None
-        with th.no_grad():
-            if isinstance(self.actor_target, CategoricalActor):
-                q_values = self.critic_target(observations)
-                log_probs_old = self.actor_target.log_probs(observations)
-                if taken_actions is not None:
-                    indices = taken_actions.long().reshape(-1, 1)
-                    taken = TakenActionValues(
-                        q_values.gather(1, indices).squeeze(-1), log_probs_old.gather(1, indices).squeeze(-1)
-                    )
-                return CategoricalImprovementBatch(observations, q_values, log_probs_old), taken
-            critic_target = cast(SampledCritic, self.critic_target)
-            mean_old, std_old = self.actor_target.distribution_params(observations)
-            noise = th.randn((self.n_action_samples, *mean_old.shape), device=self.device)
-            actions = mean_old + std_old * noise  # (N, B, A), Gaussian space
-            scored = actions if taken_actions is None else th.cat([actions, taken_actions.unsqueeze(0)])
-            q_values = critic_target.sampled_q_values(observations, self.actor_target.squash(scored))  # (N[+1], B)
-            if taken_actions is not None:
-                taken = TakenActionValues(q_values[-1], losses.gaussian_log_prob(taken_actions, mean_old, std_old))
-        return SampledImprovementBatch(observations, actions, q_values[: self.n_action_samples], mean_old, std_old), taken
-
-    def _taken_q_values(self, critic: SampledCritic | QNetwork, observations: PyTorchObs, actions: th.Tensor) -> th.Tensor:
-        """
-        :param critic: The online or the target critic
-        :param observations: B states
-        :param actions: The stored actions (Gaussian-space, or action indices), shape (B, action_dim)
-        :return: Q(s, a), shape (B, 1)
-        """
-        if isinstance(self.actor_target, CategoricalActor):
-            return critic(observations).gather(1, actions.long().reshape(-1, 1))
-        return critic(observations, self.actor_target.squash(actions))[0]
-
     def _n_step_evaluation(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
         """Expected-SARSA critic loss over (n-step) transitions (paper, Sec. 4, Eq. (13) with the traces cut)."""
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-        targets, _ = self._target_policy_values(replay_data.next_observations)
+        targets, _ = self.improvement.target_values(replay_data.next_observations)
         target_q_values = losses.expected_sarsa_target(
             replay_data.rewards, replay_data.dones, discounts, targets.expected_q().unsqueeze(-1)
         )
-        current_q_values = self._taken_q_values(self.critic, replay_data.observations, replay_data.actions)
+        current_q_values = self.improvement.taken_q_values(self.critic, replay_data.observations, replay_data.actions)
         critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
         return PolicyEvaluation(critic_loss, current_q_values.detach().mean(), targets)
 
@@ -779,7 +560,7 @@ class MPO(OffPolicyAlgorithm):
         # so the one forward of the target networks at the next observations also scores a_{t+1} (Q'(s_{t+1}, a_{t+1})
         # and log π_old(a_{t+1}|s_{t+1})). Retrace reads neither at t = 0, nor at invalid steps.
         following_actions = th.cat([segments.actions[:, 1:], segments.actions[:, -1:]], dim=1).flatten(0, 1)
-        targets, following = self._target_policy_values(next_observations, following_actions)
+        targets, following = self.improvement.target_values(next_observations, following_actions)
         assert following is not None
         with th.no_grad():
             target_q_values = retrace_targets(
@@ -794,116 +575,9 @@ class MPO(OffPolicyAlgorithm):
                 lambda_=self.retrace_lambda,
             )
         valid = segments.valid.reshape(-1) > 0.5
-        current_q_values = self._taken_q_values(self.critic, observations, actions).reshape(-1)[valid]
+        current_q_values = self.improvement.taken_q_values(self.critic, observations, actions).reshape(-1)[valid]
         critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values.reshape(-1)[valid])
         return PolicyEvaluation(critic_loss, current_q_values.detach().mean(), targets.select(valid))
-
-    def _gaussian_improvement(self, batch: SampledImprovementBatch) -> tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]:
-        """
-        E-step (paper, Sec. 3.2) and M-step (Sec. 3.3, Appendix D.3) on sampled actions and their target Q-values.
-
-        :param batch: States, N sampled actions per state, their Q-values and the target policy's statistics
-        :return: The policy loss, the loss of the temperatures and multipliers, and detached diagnostics
-        """
-        # E-step: non-parametric improvement of the sampled actions, temperature from the convex dual. With action
-        # penalisation (MO-MPO) a second objective, −‖a − clip(a)‖², re-weights the same samples with its own bound.
-        q_values, epsilons = batch.q_values.unsqueeze(0), [self.epsilon]
-        if self.action_penalty:
-            assert self.epsilon_penalty is not None
-            q_values = th.stack([batch.q_values, losses.action_penalty_q(batch.actions)])
-            epsilons.append(self.epsilon_penalty)
-        temperatures, dual_loss = self._e_step_temperatures(q_values, epsilons)
-        objective_weights = losses.e_step_weights(q_values, temperatures[:, None, None])
-        weights = objective_weights.sum(dim=0)
-        diagnostics = {"temperature": temperatures[0].detach(), "kl_q": losses.sample_kl_to_old(objective_weights[0])}
-        if self.action_penalty:
-            diagnostics["temperature_penalty"] = temperatures[1].detach()
-
-        # M-step: weighted maximum likelihood under the decoupled KL trust regions
-        actor = cast(GaussianActor, self.actor)
-        mean, std = actor.distribution_params(batch.observations)
-        kl = losses.decoupled_gaussian_kl(batch.mean_old, batch.std_old, mean, std, per_dim=self.per_dim_constraints)
-        alpha_mean, alpha_std = self.multipliers.alpha("mean"), self.multipliers.alpha("std")
-        policy_loss = (
-            losses.decoupled_m_step_loss(weights, batch.actions, mean, std, batch.mean_old, batch.std_old)
-            + losses.lagrangian_penalty(alpha_mean, kl.mean)
-            + losses.lagrangian_penalty(alpha_std, kl.std)
-        )
-        dual_loss = (
-            dual_loss
-            + losses.multiplier_loss(alpha_mean, self.epsilon_mean, kl.mean)
-            + losses.multiplier_loss(alpha_std, self.epsilon_std, kl.std)
-        )
-        diagnostics.update(
-            alpha_mean=alpha_mean.detach().mean(),
-            alpha_std=alpha_std.detach().mean(),
-            kl_mean=kl.mean.detach().mean(),
-            kl_std=kl.std.detach().mean(),
-            std_mean=std.detach().mean(),
-        )
-        return policy_loss, dual_loss, diagnostics
-
-    def _categorical_improvement(
-        self, batch: CategoricalImprovementBatch
-    ) -> tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]:
-        """
-        Exact E-step over the action set (paper, Sec. 3.2, Eq. (8)-(9)) and M-step (Sec. 3.3, Eq. (12)) with one
-        trust region KL(π_old || π) ≤ ``epsilon_policy`` on the categorical policy.
-
-        :param batch: States, every action's target Q-value and the target policy's log-probabilities
-        :return: The policy loss, the loss of the temperature and multiplier, and detached diagnostics
-        """
-        temperatures, dual_loss = self._e_step_temperatures(
-            batch.q_values.T[None], [self.epsilon], batch.log_probs_old.T[None]
-        )
-        temperature = temperatures[0]
-        weights = losses.categorical_e_step_weights(batch.q_values, batch.log_probs_old, temperature)
-
-        log_probs = cast(CategoricalActor, self.actor).log_probs(batch.observations)
-        kl = losses.categorical_kl(batch.log_probs_old, log_probs).mean()
-        alpha = self.multipliers.alpha("policy")
-        # Σ_a q(a|s) log π(a|s) is the weighted likelihood with the actions as the "samples" axis
-        policy_loss = -losses.weighted_log_likelihood(weights.T, log_probs.T) + losses.lagrangian_penalty(alpha, kl)
-        dual_loss = dual_loss + losses.multiplier_loss(alpha, self.epsilon_policy, kl)
-        diagnostics = {
-            "temperature": temperature.detach(),
-            "kl_q": losses.categorical_kl(weights.log(), batch.log_probs_old).mean(),
-            "alpha_policy": alpha.detach().mean(),
-            "kl_policy": kl.detach(),
-            # torch's entropy treats a zero probability as 0·log 0 = 0
-            "entropy": th.distributions.Categorical(logits=log_probs.detach()).entropy().mean(),
-        }
-        return policy_loss, dual_loss, diagnostics
-
-    def _e_step_temperatures(
-        self, q_values: th.Tensor, epsilons: list[float], log_prior: th.Tensor | None = None
-    ) -> tuple[th.Tensor, th.Tensor]:
-        """
-        The temperatures of the E-steps (paper, Sec. 3.2, Eq. (9)): solved on the batch, warm-started at the previous
-        batch's solution, or the learned ones with the dual loss whose gradient moves them (``temperature_update``).
-
-        :param q_values: Q(s, a) of K candidate actions per state for each E-step objective, shape (P, K, B)
-        :param epsilons: The objectives' KL bounds
-        :param log_prior: log π_old(a|s) of an enumerated action set, shape (P, K, B); ``None`` for samples of π_old
-        :return: The temperatures, shape (P,), and the dual loss (zero when solved)
-        """
-        temperatures = self.multipliers.temperatures
-        if self.temperature_update == "solve":
-            epsilon = th.tensor(epsilons, dtype=q_values.dtype, device=q_values.device)
-            temperatures = losses.solve_temperature(
-                q_values, epsilon, log_prior, initial=temperatures, iterations=self.temperature_iterations
-            )
-            self.multipliers.store_temperatures(temperatures)
-            return temperatures, th.zeros((), device=q_values.device)
-        dual_loss = th.zeros((), device=q_values.device)
-        for index, epsilon in enumerate(epsilons):
-            if log_prior is None:
-                dual_loss = dual_loss + losses.temperature_dual(q_values[index], temperatures[index], epsilon)
-            else:
-                dual_loss = dual_loss + losses.categorical_temperature_dual(
-                    q_values[index].T, log_prior[index].T, temperatures[index], epsilon
-                )
-        return temperatures, dual_loss
 
     def _clip_grad_norm(self, optimizer: th.optim.Optimizer) -> th.Tensor:
         parameters = [param for group in optimizer.param_groups for param in group["params"]]
@@ -953,7 +627,8 @@ class MPO(OffPolicyAlgorithm):
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "actor", "actor_target", "critic", "critic_target", "multipliers"]
+        excluded = ["actor", "actor_target", "critic", "critic_target", "multipliers", "improvement"]
+        return [*super()._excluded_save_params(), *excluded]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "actor.optimizer", "critic.optimizer", "multipliers", "multipliers_optimizer"]
