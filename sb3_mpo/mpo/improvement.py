@@ -325,26 +325,74 @@ class GaussianImprovement(PolicyImprovement):
 
         # M-step: weighted maximum likelihood under the decoupled KL trust regions
         mean, std = self.actor.distribution_params(batch.observations)
+        penalties, multiplier_losses, trust_diagnostics = self.trust_region_losses(batch, mean, std)
+        likelihood_loss = losses.decoupled_m_step_loss(weights, batch.actions, mean, std, batch.mean_old, batch.std_old)
+        policy_loss = sum(penalties, start=likelihood_loss)
+        return policy_loss, sum(multiplier_losses, start=dual_loss), {**diagnostics, **trust_diagnostics}
+
+    def trust_region_losses(
+        self, batch: SampledImprovementBatch, mean: th.Tensor, std: th.Tensor
+    ) -> tuple[list[th.Tensor], list[th.Tensor], dict[str, th.Tensor]]:
+        """
+        The decoupled trust regions C_μ ≤ ε_μ and C_Σ ≤ ε_Σ (paper, Appendix D.3) in Lagrangian form.
+
+        :param batch: The states and the target policy's statistics there
+        :param mean: Mean of π_θ at the batch's states, shape (B, A)
+        :param std: Standard deviation of π_θ there, shape (B, A)
+        :return: The policy's penalties α·KL and the multipliers' losses α·(ε − KL), mean half first (to be summed onto
+            the other losses in this order), and detached diagnostics
+        """
+        model = self.model
         kl = losses.decoupled_gaussian_kl(batch.mean_old, batch.std_old, mean, std, per_dim=model.per_dim_constraints)
         alpha_mean, alpha_std = model.multipliers.alpha("mean"), model.multipliers.alpha("std")
-        policy_loss = (
-            losses.decoupled_m_step_loss(weights, batch.actions, mean, std, batch.mean_old, batch.std_old)
-            + losses.lagrangian_penalty(alpha_mean, kl.mean)
-            + losses.lagrangian_penalty(alpha_std, kl.std)
+        penalties = [losses.lagrangian_penalty(alpha_mean, kl.mean), losses.lagrangian_penalty(alpha_std, kl.std)]
+        multiplier_losses = [
+            losses.multiplier_loss(alpha_mean, model.epsilon_mean, kl.mean),
+            losses.multiplier_loss(alpha_std, model.epsilon_std, kl.std),
+        ]
+        diagnostics = {
+            "alpha_mean": alpha_mean.detach().mean(),
+            "alpha_std": alpha_std.detach().mean(),
+            "kl_mean": kl.mean.detach().mean(),
+            "kl_std": kl.std.detach().mean(),
+            "std_mean": std.detach().mean(),
+        }
+        return penalties, multiplier_losses, diagnostics
+
+
+class ParametricGaussianImprovement(GaussianImprovement):
+    """
+    MPO's parametric policy improvement for ``Box`` actions (``policy_improvement="parametric"``; paper, Sec. 3.2 with
+    a parametric q(a|s; θ) of the policy's own form, so that there is no separate M-step): the policy maximises the
+    expected advantage of its own reparameterised samples, A(s, a) = Q'(s, a) − E_{π_old} Q'(s, ·), read through the
+    target critic (whose parameters the policy loss leaves alone), under the same decoupled trust regions as the
+    non-parametric M-step. With the clip bounding and ``epsilon_penalty`` set, the action penalty −‖a − clip(a)‖² is
+    added to the advantage, so the Gaussian is still pulled back inside the bounds. There is no temperature: the trust
+    regions alone bound the step, and their multipliers scale with the size of the advantages.
+    """
+
+    @property
+    def n_objectives(self) -> int:
+        return 1
+
+    def improve(self, batch: ImprovementBatch) -> ImprovementLosses:
+        assert isinstance(batch, SampledImprovementBatch)
+        actor, critic = self.actor, cast(SampledCritic, self.model.critic_target)
+        mean, std = actor.distribution_params(batch.observations)
+        noise = th.randn_like(batch.actions)
+        actions_mean, actions_std = losses.decoupled_reparameterised_actions(noise, mean, std, batch.mean_old, batch.std_old)
+        actions = th.cat([actions_mean, actions_std])  # (2N, B, A)
+        q_values = critic.sampled_q_values(batch.observations, actor.squash(actions))
+        if self.action_penalty:
+            q_values = q_values + losses.action_penalty_q(actions)
+        n_samples = actions_mean.shape[0]
+        improvement_loss = losses.parametric_improvement_loss(q_values[:n_samples], q_values[n_samples:], batch.expected_q())
+        penalties, multiplier_losses, diagnostics = self.trust_region_losses(batch, mean, std)
+        return (
+            sum(penalties, start=improvement_loss),
+            sum(multiplier_losses, start=th.zeros_like(improvement_loss)),
+            diagnostics,
         )
-        dual_loss = (
-            dual_loss
-            + losses.multiplier_loss(alpha_mean, model.epsilon_mean, kl.mean)
-            + losses.multiplier_loss(alpha_std, model.epsilon_std, kl.std)
-        )
-        diagnostics.update(
-            alpha_mean=alpha_mean.detach().mean(),
-            alpha_std=alpha_std.detach().mean(),
-            kl_mean=kl.mean.detach().mean(),
-            kl_std=kl.std.detach().mean(),
-            std_mean=std.detach().mean(),
-        )
-        return policy_loss, dual_loss, diagnostics
 
 
 class CategoricalImprovement(PolicyImprovement):
@@ -418,7 +466,17 @@ class CategoricalImprovement(PolicyImprovement):
 
 
 def make_improvement(model: "MPO") -> PolicyImprovement:
-    """:return: The improvement of the model's action space (``Discrete``: categorical; ``Box``: Gaussian)"""
+    """
+    :return: The improvement of the model's action space (``Discrete``: categorical; ``Box``: Gaussian) and of its
+        ``policy_improvement``
+    """
     if isinstance(model.action_space, spaces.Discrete):
+        if model.policy_improvement != "nonparametric":
+            raise ValueError(
+                f"MPO: policy_improvement={model.policy_improvement!r} is invalid with a Discrete action space, expected "
+                "'nonparametric': the categorical E-step is already exact over the action set"
+            )
         return CategoricalImprovement(model)
+    if model.policy_improvement == "parametric":
+        return ParametricGaussianImprovement(model)
     return GaussianImprovement(model)

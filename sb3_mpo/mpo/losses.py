@@ -374,6 +374,41 @@ def decoupled_m_step_loss(
     return -th.sum(log_likelihood_mean + log_likelihood_std, dim=-1).mean()
 
 
+def decoupled_reparameterised_actions(
+    noise: th.Tensor, mean: th.Tensor, std: th.Tensor, mean_old: th.Tensor, std_old: th.Tensor
+) -> tuple[th.Tensor, th.Tensor]:
+    """
+    Reparameterised samples for the parametric policy improvement (paper, Sec. 3.2, the parametric variational
+    distribution q(a|s; θ)), decoupled as the M-step is (Appendix D.3): a_μ = μ_θ + σ_old·ξ carries gradient to the mean
+    only and a_Σ = μ_old + σ_θ·ξ to the standard deviation only, with the same standard normal noise ξ.
+
+    :param noise: ξ ~ N(0, I), shape (N, B, A)
+    :param mean: Mean of π_θ, shape (B, A)
+    :param std: Standard deviation of π_θ, shape (B, A)
+    :param mean_old: Mean of π_old, shape (B, A)
+    :param std_old: Standard deviation of π_old, shape (B, A)
+    :return: a_μ and a_Σ, each of shape (N, B, A)
+    """
+    mean_old, std_old, noise = mean_old.detach(), std_old.detach(), noise.detach()
+    return mean + std_old * noise, mean_old + std * noise
+
+
+def parametric_improvement_loss(q_values_mean: th.Tensor, q_values_std: th.Tensor, baseline: th.Tensor) -> th.Tensor:
+    """
+    Loss of the parametric policy improvement (paper, Sec. 3.2 with a parametric q, which then is the policy itself):
+    −mean_s E_{ξ}[A(s, a_μ(ξ)) + A(s, a_Σ(ξ))], the Monte-Carlo estimate of the expected advantage under π_μ and π_Σ
+    (see :func:`decoupled_reparameterised_actions`), whose gradient reaches θ through the actions. The baseline V(s)
+    changes the value, not the gradient.
+
+    :param q_values_mean: Q(s, a_μ), shape (N, B)
+    :param q_values_std: Q(s, a_Σ), shape (N, B)
+    :param baseline: V(s), shape (B,); no gradient flows into it
+    :return: The loss, a scalar
+    """
+    baseline = baseline.detach()
+    return -((q_values_mean - baseline).mean() + (q_values_std - baseline).mean())
+
+
 def lagrangian_penalty(multiplier: th.Tensor, kl: th.Tensor) -> th.Tensor:
     """
     The trust-region term the policy pays in the M-step's Lagrangian (paper, Sec. 3.3, Eq. (12) relaxed as in

@@ -35,6 +35,7 @@ from sb3_mpo.mpo.retrace import retrace_targets
 SelfMPO = TypeVar("SelfMPO", bound="MPO")
 QTarget = Literal["n_step", "retrace"]
 TemperatureUpdate = Literal["solve", "gradient"]
+PolicyImprovementKind = Literal["nonparametric", "parametric"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -117,6 +118,10 @@ class MPO(OffPolicyAlgorithm):
         bounding; ``None`` switches action penalisation off
     :param per_dim_constraints: One trust region (and multiplier) per action dimension rather than a joint one
         (``Box`` only)
+    :param policy_improvement: ``"nonparametric"`` (the default): the E-step re-weights N samples of the target policy
+        and the M-step fits the policy to them; ``"parametric"`` (``Box`` only): the policy maximises the expected
+        advantage of its own reparameterised samples through the target critic, under the same trust regions
+        (paper, Sec. 3.2; :class:`~sb3_mpo.mpo.improvement.ParametricGaussianImprovement`)
     :param temperature_update: How the E-step's temperature η (and the action penalty's) is found: ``"solve"``
         minimises the convex dual on every batch (:func:`~sb3_mpo.mpo.losses.solve_temperature`), so that
         KL(q || π_old) = ε whatever the scale of the rewards; ``"gradient"`` takes one Adam step on the dual per update
@@ -187,6 +192,7 @@ class MPO(OffPolicyAlgorithm):
         epsilon_policy: float = 1e-2,
         epsilon_penalty: float | None = 1e-3,
         per_dim_constraints: bool = True,
+        policy_improvement: PolicyImprovementKind = "nonparametric",
         temperature_update: TemperatureUpdate = "solve",
         init_temperature: float = 1.0,
         init_alpha_mean: float = 1.0,
@@ -219,6 +225,7 @@ class MPO(OffPolicyAlgorithm):
             epsilon_std=epsilon_std,
             epsilon_policy=epsilon_policy,
             epsilon_penalty=epsilon_penalty,
+            policy_improvement=policy_improvement,
             temperature_update=temperature_update,
             init_temperature=init_temperature,
             init_alpha_mean=init_alpha_mean,
@@ -274,6 +281,7 @@ class MPO(OffPolicyAlgorithm):
         self.epsilon_policy = epsilon_policy
         self.epsilon_penalty = epsilon_penalty
         self.per_dim_constraints = per_dim_constraints
+        self.policy_improvement = policy_improvement
         self.temperature_update = temperature_update
         self.init_temperature = init_temperature
         self.init_alpha_mean = init_alpha_mean

@@ -1,0 +1,57 @@
+"""MPO's parametric policy improvement (policy_improvement="parametric"): trains, respects its trust regions, reloads."""
+
+import numpy as np
+import pytest
+import torch as th
+
+from sb3_mpo import MPO
+from sb3_mpo.mpo.improvement import ParametricGaussianImprovement
+
+SMALL = dict(learning_starts=100, batch_size=64, n_action_samples=8, policy_kwargs=dict(net_arch=[32, 32]))
+
+
+@pytest.fixture(scope="module")
+def parametric_model():
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, policy_improvement="parametric", **SMALL)
+    model.learn(400)
+    return model
+
+
+def test_parametric_improvement_trains_and_logs(parametric_model):
+    assert isinstance(parametric_model.improvement, ParametricGaussianImprovement)
+    logged = parametric_model.logger.name_to_value
+    for key in ("train/actor_loss", "train/kl_mean", "train/kl_std", "train/alpha_mean", "train/alpha_std"):
+        assert np.isfinite(logged[key]), key
+    assert "train/temperature" not in logged  # no E-step, no temperature
+    assert set(dict(parametric_model.multipliers.named_parameters())) == {"raw_alpha_mean", "raw_alpha_std"}
+
+
+def test_parametric_trust_regions_hold_on_a_fixed_critic(parametric_model):
+    """With the critic frozen, 300 updates keep the measured mean and std KLs within a few times their bounds."""
+    model = parametric_model
+    model._update_learning_rate = lambda optimizers: None  # train() would reset the critic's learning rate
+    for group in model.critic.optimizer.param_groups:
+        group["lr"] = 0.0
+    model.train(300, model.batch_size)
+    logged = model.logger.name_to_value
+    assert logged["train/kl_mean"] < 3 * model.epsilon_mean
+    assert logged["train/kl_std"] < 3 * model.epsilon_std
+
+
+def test_parametric_improvement_saves_and_loads(parametric_model, tmp_path):
+    parametric_model.save(tmp_path / "model.zip")
+    loaded = MPO.load(tmp_path / "model.zip", env=parametric_model.get_env())
+    assert loaded.policy_improvement == "parametric" and isinstance(loaded.improvement, ParametricGaussianImprovement)
+    for name, value in parametric_model.multipliers.state_dict().items():
+        assert th.equal(value, loaded.multipliers.state_dict()[name]), name
+    loaded.learn(50, reset_num_timesteps=False)
+
+
+def test_parametric_improvement_is_refused_for_discrete_actions():
+    with pytest.raises(ValueError, match="policy_improvement='parametric' is invalid with a Discrete action space"):
+        MPO("MlpPolicy", "CartPole-v1", policy_improvement="parametric")
+
+
+def test_unknown_policy_improvement_is_refused():
+    with pytest.raises(ValueError, match="policy_improvement"):
+        MPO("MlpPolicy", "Pendulum-v1", policy_improvement="exact")
