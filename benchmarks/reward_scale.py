@@ -14,8 +14,6 @@ docs/reward_scale.md.
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_mpo import MPO
-from sb3_mpo.benchmark.runner import git_commit, write_result
+from sb3_mpo.benchmark.runner import stamp, write_result
 from sb3_mpo.benchmark.suite import RESULTS_DIR
 from sb3_mpo.common.hyperparams import load_hyperparams
 
@@ -79,9 +77,7 @@ def run(env_id: str, scale: float, seed: int, update: str, steps: int) -> dict[s
         "final_temperature": float(model.multipliers.temperature),
         "train_seconds": seconds,
         "hyperparams": {key: repr(value) for key, value in hyperparams.items()},
-        "commit": git_commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "torch": th.__version__,
+        **stamp(),
     }
 
 

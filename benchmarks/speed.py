@@ -9,8 +9,6 @@ times ``train()`` alone on a filled buffer.
 """
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
@@ -19,7 +17,7 @@ from stable_baselines3 import SAC
 
 from sb3_mpo import MPO
 from sb3_mpo.benchmark.report import QUIET_SPEED_FOLDER, SPEED_KEYS
-from sb3_mpo.benchmark.runner import git_commit, write_result
+from sb3_mpo.benchmark.runner import stamp, write_result
 from sb3_mpo.benchmark.suite import RESULTS_DIR
 from sb3_mpo.common.hyperparams import load_hyperparams
 
@@ -64,17 +62,14 @@ def main() -> None:
         print(f"{name:5} {median['env_steps_per_second']:>12.1f} {median['gradient_steps_per_second']:>13.1f}")
     ratio = medians["sac"]["env_steps_per_second"] / medians["mpo"]["env_steps_per_second"]
     print(f"MPO wall-clock per env step / SAC's: {ratio:.2f}")
-    commit = git_commit()
     record = {
         "env": args.env,
-        "commit": commit,
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
-        "torch": th.__version__,
+        **stamp(),
         "figures": figures,
         "medians": medians,
         "mpo_over_sac_wall_clock_per_env_step": ratio,
     }
-    write_result(RESULTS / f"{args.env}_{commit}.json", record)
+    write_result(RESULTS / f"{args.env}_{record['commit']}.json", record)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ algorithm's median over SAC's, round by round).
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_mpo import MPO
-from sb3_mpo.benchmark.runner import git_commit, write_result
+from sb3_mpo.benchmark.runner import stamp, write_result
 from sb3_mpo.benchmark.suite import RESULTS_DIR
 
 RESULTS = RESULTS_DIR / "update_cost"
@@ -109,18 +107,15 @@ def main() -> None:
             parser.error("--algos must include sac, the reference")
         th.set_num_threads(1)
         milliseconds = measure(args.env, args.algos, args.rounds, args.updates, args.warm_up)
-        commit = git_commit()
         record = {
             "env": args.env,
-            "commit": commit,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "torch": th.__version__,
+            **stamp(),
             "rounds": args.rounds,
             "updates": args.updates,
             "labels": {name: CONFIGURATIONS[name][2] for name in args.algos},
             "milliseconds": milliseconds,
         }
-        write_result(RESULTS / f"{args.env}_{commit}.json", record)
+        write_result(RESULTS / f"{args.env}_{record['commit']}.json", record)
     write_page(RESULTS, PAGE)
     print(PAGE.read_text())
 

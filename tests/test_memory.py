@@ -23,9 +23,8 @@ def test_glibc_malloc_trim_is_found_and_callable():
 
 # Run in a fresh interpreter: the settings are process-wide. mallinfo2 (glibc >= 2.33) reports the heap's size (arena)
 # and the number of blocks in their own mmap (hblks).
-HEAP_PROBE = """
+MALLINFO = """
 import ctypes
-from sb3_mpo.benchmark.memory import keep_freed_blocks_in_heap
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -35,6 +34,9 @@ libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
+"""
+HEAP_PROBE = MALLINFO + """
+from sb3_mpo.benchmark.memory import keep_freed_blocks_in_heap
 assert keep_freed_blocks_in_heap()
 mmapped = libc.mallinfo2().hblks
 blocks = [libc.malloc(16 << 20) for _ in range(3)]  # like an update's loss tensors
@@ -80,17 +82,10 @@ def test_benchmark_runs_use_it(monkeypatch):
 
 
 # After MPO's learn, is a 16 MiB block served from the heap (True) or from its own mmap (False)?
-MPO_PROBE = """
-import ctypes, sys
+MPO_PROBE = MALLINFO + """
+import sys
 from sb3_mpo import MPO
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
-libc.malloc.restype = ctypes.c_void_p
 MPO.keep_freed_memory_in_heap = sys.argv[1] == "on"
 small = dict(learning_starts=5, batch_size=8, n_action_samples=2, policy_kwargs=dict(net_arch=[8]))
 MPO("MlpPolicy", "Pendulum-v1", **small).learn(10)

@@ -153,6 +153,13 @@ def machine() -> str:
     return f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cores {platform.system()}"
 
 
+def stamp() -> dict[str, str]:
+    """What a stored measurement must say about where it was made: the commit, the machine and torch's version."""
+    import torch
+
+    return {"commit": git_commit(), "machine": machine(), "torch": torch.__version__}
+
+
 def zoo_hyperparams_file(algo: str) -> Path:
     """The RL Zoo hyperparameter file of an algorithm: sb3-mpo's for MPO, rl_zoo3's tuned file otherwise."""
     if algo == "mpo":
