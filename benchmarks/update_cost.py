@@ -13,6 +13,7 @@ algorithm's median over SAC's, round by round).
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,9 @@ def write_page(results_dir: Path, page: Path) -> None:
         lines += [
             f"## {record['env']}, commit {record['commit']}",
             "",
-            f"{record['machine']}, torch {record['torch']}; {record['rounds']} rounds of {record['updates']} gradient steps.",
+            f"{record['machine']}, torch {record['torch']}; {record['rounds']} rounds of {record['updates']} gradient steps; "
+            f"1-minute load average {record['load_average'][0]:.1f} before and {record['load_average'][1]:.1f} after "
+            "(other processes shared the cores when it is above 1).",
             "",
             "| configuration | ms per gradient step (median) | range | / SAC (median of rounds) |",
             "|---|---|---|---|",
@@ -106,10 +109,12 @@ def main() -> None:
         if "sac" not in args.algos:
             parser.error("--algos must include sac, the reference")
         th.set_num_threads(1)
+        load_before = os.getloadavg()[0]
         milliseconds = measure(args.env, args.algos, args.rounds, args.updates, args.warm_up)
         record = {
             "env": args.env,
             **stamp(),
+            "load_average": [load_before, os.getloadavg()[0]],  # the machine's other work, before and after
             "rounds": args.rounds,
             "updates": args.updates,
             "labels": {name: CONFIGURATIONS[name][2] for name in args.algos},

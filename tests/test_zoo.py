@@ -14,6 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 import yaml
 
 optuna = pytest.importorskip("optuna")
@@ -349,3 +350,14 @@ def test_record_video_and_plots(trained: Path, tmp_path: Path, monkeypatch: pyte
     assert list((tmp_path / "videos").glob("*.mp4"))
     zoo("all_plots", "--algo", ALGO_NAME, "--env", ENV_ID, "-f", trained, "--no-display", "-o", tmp_path / "results")
     assert (tmp_path / "results.pkl").is_file()
+
+
+@pytest.mark.parametrize("environ, expected", [({}, 1), ({"OMP_NUM_THREADS": "2"}, 2)])
+def test_zoo_commands_run_with_one_torch_thread_unless_told(environ, expected):
+    from sb3_mpo.zoo.cli import set_torch_threads
+
+    before = th.get_num_threads()
+    try:
+        assert set_torch_threads(environ) == expected and th.get_num_threads() == expected
+    finally:
+        th.set_num_threads(before)
