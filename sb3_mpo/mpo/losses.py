@@ -36,14 +36,13 @@ def inverse_positive(value: float, floor: float = 1e-8) -> float:
     """
     if value <= floor:
         raise ValueError(f"A multiplier's initial value must exceed its floor {floor}, got {value}")
-    shifted = value - floor
-    # softplus^-1(y) = log(exp(y) - 1) = y + log(1 - exp(-y)), stable for large y
-    return shifted + math.log(-math.expm1(-shifted))
+    return float(inverse_positive_tensor(th.tensor(value, dtype=th.float64), floor))
 
 
 def inverse_positive_tensor(values: th.Tensor, floor: float = 1e-8) -> th.Tensor:
     """
-    :func:`inverse_positive` of a tensor, for multipliers set from a computed value.
+    Inverse of :func:`positive` for a tensor, e.g. multipliers set from a computed value (:func:`inverse_positive`
+    is this for one float).
 
     :param values: Multipliers; values at or below ``floor`` map to the raw parameter of the smallest normal float
         above it
@@ -51,6 +50,7 @@ def inverse_positive_tensor(values: th.Tensor, floor: float = 1e-8) -> th.Tensor
     :return: The raw parameters
     """
     shifted = (values - floor).clamp(min=th.finfo(values.dtype).tiny)
+    # softplus^-1(y) = log(exp(y) - 1) = y + log(1 - exp(-y)), stable for large y
     return shifted + th.log(-th.expm1(-shifted))
 
 
