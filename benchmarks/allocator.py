@@ -1,10 +1,10 @@
 """
 Speed of a benchmark worker under glibc's default heap thresholds and under the fixed ones the runner sets
-(:func:`sb3_mpo.benchmark.memory.keep_freed_blocks_in_heap`), each measurement in a fresh process, the two settings
+(:func:`benchmarks.memory.keep_freed_blocks_in_heap`), each measurement in a fresh process, the two settings
 alternating so that both see the same machine. Writes benchmarks/results/allocator/<algo>_<env>_<commit>.json and
 prints a table.
 
-    python benchmarks/allocator.py --algo qrdqn --env LunarLander-v3 --threads 2 --updates 512 --repeats 3
+    python -m benchmarks.allocator --algo qrdqn --env LunarLander-v3 --threads 2 --updates 512 --repeats 3
 
 Each process builds the model as a suite run does (rl_zoo3's experiment manager, RL Zoo's settings; sb3-mpo's for
 MPO), fills its replay buffer up to ``learning_starts``, then times ``train()`` over ``--updates`` gradient steps and
@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from sb3_mpo.benchmark.runner import git_commit, machine, write_result, zoo_experiment
-from sb3_mpo.benchmark.suite import RESULTS_DIR, Job
+from benchmarks.results import write_result
+from benchmarks.stamp import git_commit, machine
+from benchmarks.suite import RESULTS_DIR, Job
+from benchmarks.zoo import zoo_experiment
 
 RESULTS = RESULTS_DIR / "allocator"
 SETTINGS = ("glibc_default", "kept_in_heap")
@@ -39,7 +41,7 @@ def measure(algo: str, env: str, threads: int, updates: int, setting: str) -> di
     import torch as th
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
-    from sb3_mpo.benchmark.memory import keep_freed_blocks_in_heap
+    from benchmarks.memory import keep_freed_blocks_in_heap
 
     th.set_num_threads(threads)
     if setting == "kept_in_heap" and not keep_freed_blocks_in_heap():

@@ -4,7 +4,7 @@ Allocated memory of the trajectory-segment replay buffer against SB3's ReplayBuf
 The arrays are allocated with ``np.zeros`` (pages are only committed when written), so this reads their ``nbytes``
 without filling them and runs in a second. Usage::
 
-    python benchmarks/buffer_memory.py [--env HalfCheetah-v5] [--buffer-size 1000000] [--n-envs 1]
+    python -m benchmarks.buffer_memory [--env HalfCheetah-v5] [--buffer-size 1000000] [--n-envs 1]
 """
 
 import argparse
@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.buffers import ReplayBuffer
 
-from sb3_mpo.benchmark.runner import git_commit
+from benchmarks.stamp import git_commit
 from sb3_mpo.common.buffers import SegmentReplayBuffer
 
 TARGET_RATIO = 1.15

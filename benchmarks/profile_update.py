@@ -1,7 +1,7 @@
 """
 Where an MPO gradient step spends its time: torch.profiler over ``train()`` on a filled replay buffer, one torch thread.
 
-    python benchmarks/profile_update.py --env HalfCheetah-v5 --updates 100 [--q-target n_step] [--rows 25]
+    python -m benchmarks.profile_update --env HalfCheetah-v5 --updates 100 [--q-target n_step] [--rows 25]
 
 Prints the operators that take the most self CPU time, and the mean wall-clock per update outside the profiler.
 """

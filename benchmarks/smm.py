@@ -4,9 +4,9 @@ uniform-random policy on PointRooms (coverage, state entropy and KL to uniform o
 on MountainCarContinuous-v0 (which seeds reach the goal within the budget). One JSON file per run under
 benchmarks/results/smm/; finished runs are skipped, so the benchmark resumes; local processes or Ray, as the suites.
 
-    python benchmarks/smm.py --seeds 0 1 2 3 4 --steps 100000            # everything missing, one process per core
-    python benchmarks/smm.py --configs mpo mpo_smm4 --envs MountainCarContinuous-v0
-    python benchmarks/smm.py --report docs/smm_results.md                 # tables from the stored files
+    python -m benchmarks.smm --seeds 0 1 2 3 4 --steps 100000            # everything missing, one process per core
+    python -m benchmarks.smm --configs mpo mpo_smm4 --envs MountainCarContinuous-v0
+    python -m benchmarks.smm --report docs/results/smm.md                 # tables from the stored files
 
 Every learner uses two hidden layers of 64 units, batch 128 and 1000 warm-up steps (the same for all, so that only
 the exploration differs); SMM snapshots the policy every tenth of the budget and is measured through the historical
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from sb3_mpo.benchmark.backends import run_and_store
-from sb3_mpo.benchmark.runner import library_versions, machine
-from sb3_mpo.benchmark.suite import RESULTS_DIR
+from benchmarks.backends import run_and_store
+from benchmarks.stamp import library_versions, machine
+from benchmarks.suite import RESULTS_DIR
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "random": {"algo": None},

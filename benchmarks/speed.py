@@ -2,7 +2,7 @@
 Speed of MPO vs SB3's SAC at the same network size and batch, on one core, alternating the two algorithms so that
 both see the same machine state. Writes benchmarks/results/speed_quiet/<env>_<commit>.json and prints a table.
 
-    python benchmarks/speed.py --env Pendulum-v1 --steps 2000 --repeats 3
+    python -m benchmarks.speed --env Pendulum-v1 --steps 2000 --repeats 3
 
 Env steps/s times ``learn()`` after the warm-up (collection + one update per step, as configured); gradient steps/s
 times ``train()`` alone on a filled buffer.
@@ -15,10 +15,11 @@ import numpy as np
 import torch as th
 from stable_baselines3 import SAC
 
+from benchmarks.report import QUIET_SPEED_FOLDER, SPEED_KEYS
+from benchmarks.results import write_result
+from benchmarks.stamp import stamp
+from benchmarks.suite import RESULTS_DIR
 from sb3_mpo import MPO
-from sb3_mpo.benchmark.report import QUIET_SPEED_FOLDER, SPEED_KEYS
-from sb3_mpo.benchmark.runner import stamp, write_result
-from sb3_mpo.benchmark.suite import RESULTS_DIR
 from sb3_mpo.common.hyperparams import load_hyperparams
 
 RESULTS = RESULTS_DIR / QUIET_SPEED_FOLDER

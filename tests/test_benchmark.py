@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from sb3_mpo.benchmark.cli import main
-from sb3_mpo.benchmark.report import QUIET_SPEED_FOLDER, collect, interval_estimates, iqm_interval, library_versions_line
-from sb3_mpo.benchmark.runner import ResultError, load_result, run_job
-from sb3_mpo.benchmark.suite import RESULTS_DIR, SUITES_DIR, load_suite
+from benchmarks.cli import main
+from benchmarks.report import QUIET_SPEED_FOLDER, collect, interval_estimates, iqm_interval, library_versions_line
+from benchmarks.results import ResultError, load_result
+from benchmarks.suite import RESULTS_DIR, SUITES_DIR, load_suite
+from benchmarks.training import run_job
 
 TINY = {
     "name": "tiny",
@@ -272,12 +273,12 @@ def test_suite_page_must_be_a_relative_markdown_path(tmp_path, page):
 def test_report_writes_the_suites_page_by_default(local_store, tmp_path, monkeypatch):
     """Without --out, `report` writes the suite's own page (never another suite's), its figures beside it."""
     suite_path, results = local_store
-    monkeypatch.setattr("sb3_mpo.benchmark.suite.BENCHMARKS_DIR", tmp_path / "benchmarks")
-    assert load_suite(suite_path).page_path == tmp_path / "docs" / "tiny.md"
+    monkeypatch.setattr("benchmarks.suite.BENCHMARKS_DIR", tmp_path / "benchmarks")
+    assert load_suite(suite_path).page_path == tmp_path / "docs" / "results" / "tiny.md"
     spec = {**yaml.safe_load(suite_path.read_text()), "page": "docs/smoke/page.md"}
     assert main(["report", str(write_suite(tmp_path, spec)), "--results", str(results)]) == 0
     assert (tmp_path / "docs" / "smoke" / "page.md").read_text().startswith("# Benchmark suite `tiny`")
-    assert (tmp_path / "docs" / "smoke" / "figures" / "benchmarks" / "tiny" / "Pendulum-v1.png").is_file()
+    assert (tmp_path / "docs" / "smoke" / "figures" / "tiny" / "Pendulum-v1.png").is_file()
 
 
 def test_budget_multiplier_scales_steps_and_evaluations(tmp_path):

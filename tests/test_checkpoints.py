@@ -14,11 +14,13 @@ import yaml
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 
-from sb3_mpo.benchmark import checkpoints as checkpoints_module
-from sb3_mpo.benchmark.checkpoints import RunCheckpoint, job_signature, read_state, saved_step
-from sb3_mpo.benchmark.cli import main
-from sb3_mpo.benchmark.runner import git_commit, load_result, run_job, run_job_safely
-from sb3_mpo.benchmark.suite import Job, load_suite
+from benchmarks import checkpoints as checkpoints_module
+from benchmarks.checkpoints import RunCheckpoint, job_signature, read_state, saved_step
+from benchmarks.cli import main
+from benchmarks.results import load_result
+from benchmarks.stamp import git_commit
+from benchmarks.suite import Job, load_suite
+from benchmarks.training import run_job, run_job_safely
 from sb3_mpo.common.buffers import end_newest_episodes
 
 SPEC = {
@@ -178,7 +180,7 @@ def test_stopping_the_driver_stops_its_workers(suite_path, tmp_path):
     """`kill DRIVER` ends the training processes too (the checkpoint keeps their progress), leaving no orphan."""
     suite = SPEC | {"envs": {"Pendulum-v1": SPEC["envs"]["Pendulum-v1"] | {"steps": 1_000_000, "eval_freq": 500_000}}}
     suite_path.write_text(yaml.safe_dump(suite))
-    command = [sys.executable, "-m", "sb3_mpo.benchmark", "run", str(suite_path), "--results", str(tmp_path), "--workers", "1"]
+    command = [sys.executable, "-m", "benchmarks", "run", str(suite_path), "--results", str(tmp_path), "--workers", "1"]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, workers = time.monotonic() + 60, []
     while not workers and time.monotonic() < deadline:

@@ -35,7 +35,7 @@ def test_readme_example_runs_after_the_main_install(tmp_path):
 
 def test_benchmark_report_names_the_install_it_needs(monkeypatch, capsys):
     """Without rliable, `report` stops before writing anything and names the extra to install."""
-    from sb3_mpo.benchmark import cli
+    from benchmarks import cli
 
     monkeypatch.setattr(cli, "missing_modules", lambda names: ["rliable"])
     assert cli.main(["report", "tiny"]) == 2

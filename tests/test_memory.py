@@ -7,10 +7,10 @@ import sys
 import pytest
 from stable_baselines3 import A2C
 
-from sb3_mpo.benchmark import memory
-from sb3_mpo.benchmark.memory import ReleaseFreeMemory, glibc_malloc_trim, keep_freed_blocks_in_heap
-from sb3_mpo.benchmark.runner import run_job
-from sb3_mpo.benchmark.suite import Job
+from benchmarks import memory
+from benchmarks.memory import ReleaseFreeMemory, glibc_malloc_trim, keep_freed_blocks_in_heap
+from benchmarks.suite import Job
+from benchmarks.training import run_job
 from sb3_mpo.common import allocator
 
 
@@ -36,7 +36,7 @@ libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 """
 HEAP_PROBE = MALLINFO + """
-from sb3_mpo.benchmark.memory import keep_freed_blocks_in_heap
+from benchmarks.memory import keep_freed_blocks_in_heap
 assert keep_freed_blocks_in_heap()
 mmapped = libc.mallinfo2().hblks
 blocks = [libc.malloc(16 << 20) for _ in range(3)]  # like an update's loss tensors

@@ -225,9 +225,9 @@ class PolicyImprovement(ABC):
         model = self.model
         temperatures = model.multipliers.temperatures
         if model.temperature_update == "solve":
-            epsilon = th.tensor(epsilons, dtype=q_values.dtype, device=q_values.device)
+            bounds = th.tensor(epsilons, dtype=q_values.dtype, device=q_values.device)
             temperatures = losses.solve_temperature(
-                q_values, epsilon, log_prior, initial=temperatures, iterations=model.temperature_iterations
+                q_values, bounds, log_prior, initial=temperatures, iterations=model.temperature_iterations
             )
             model.multipliers.store_temperatures(temperatures)
             return temperatures, th.zeros((), device=q_values.device)

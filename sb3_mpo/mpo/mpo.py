@@ -105,7 +105,7 @@ class MPO(OffPolicyAlgorithm):
         :class:`~sb3_mpo.common.buffers.SegmentReplayBuffer`, as in the paper) or ``"n_step"`` (expected-SARSA n-step
         return over transitions, for ``n_steps > 1`` or a replay buffer of your own); with Retrace, ``batch_size``
         still counts transitions (``ceil(batch_size / segment_length)`` segments). The default is the measured one:
-        docs/critic_targets.md
+        docs/results/critic_targets.md
     :param segment_length: Length L of the trajectory segments used by Retrace
     :param retrace_lambda: Trace decay λ of Retrace, c_k = λ·min(1, π(a_k|s_k) / b(a_k|s_k))
     :param n_action_samples: Number N of actions sampled per state for the E-step and the critic target

@@ -24,7 +24,7 @@ ActionBounding = Literal["clip", "tanh"]
 ACTION_BOUNDINGS: tuple[str, ...] = ("clip", "tanh")
 
 
-def layer_norm_input_block(network: nn.Sequential) -> None:
+def layer_norm_input_block(network: nn.Module) -> None:
     """
     Turn the first hidden layer of an MLP built by SB3's ``create_mlp`` ([Linear, activation, Linear, ...]) into the
     input block of DeepMind Acme's ``LayerNormMLP``: Linear → LayerNorm → tanh, the later layers keeping their
@@ -32,8 +32,10 @@ def layer_norm_input_block(network: nn.Sequential) -> None:
     Innovations in Inference-based Deep Reinforcement Learning", arXiv 2103.17258) found this normalisation critical
     for MPO. A network without hidden layers is left as it is.
 
-    :param network: The MLP, changed in place
+    :param network: The MLP (an ``nn.Sequential``), changed in place
     """
+    if not isinstance(network, nn.Sequential):
+        raise TypeError(f"layer_norm_input_block needs an nn.Sequential MLP, got {type(network).__name__}")
     if len(network) >= 2 and isinstance(network[0], nn.Linear):
         network[1] = nn.Sequential(nn.LayerNorm(network[0].out_features), nn.Tanh())
 
@@ -319,6 +321,7 @@ class SampledCritic(ContinuousCritic):
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
             features = self.extract_features(obs, self.features_extractor)
         q_network = self.q_networks[0]
+        assert isinstance(q_network, nn.Sequential), "SB3's create_mlp builds the critic as an nn.Sequential"
         first = q_network[0]
         assert isinstance(first, nn.Linear), "the critic's first layer acts on [features, action]"
         n_features = features.shape[-1]
@@ -340,7 +343,7 @@ class MPOPolicy(BasePolicy):
     :param init_std: Standard deviation of the untrained policy, in normalised action units ([-1, 1]) (``Box`` only)
     :param min_std: Lower bound of the policy's standard deviation (``Box`` only)
     :param action_bounding: ``"clip"`` (unbounded Gaussian, actions clipped into the box) or ``"tanh"`` (squashed
-        Gaussian); see docs/action_bounding.md for the measured comparison (``Box`` only)
+        Gaussian); see docs/results/action_bounding.md for the measured comparison (``Box`` only)
     :param features_extractor_class: Features extractor to use.
     :param features_extractor_kwargs: Keyword arguments to pass to the features extractor.
     :param normalize_images: Whether to normalize images or not, dividing by 255.0 (True by default)
@@ -491,10 +494,10 @@ class MPOPolicy(BasePolicy):
             for gaussian_only in ("init_std", "min_std", "action_bounding"):
                 actor_kwargs.pop(gaussian_only)
             actor: GaussianActor | CategoricalActor = CategoricalActor(**actor_kwargs)
-            network = actor.logits
+            network = actor.get_submodule("logits")
         else:
             actor = GaussianActor(**actor_kwargs)
-            network = actor.latent_pi
+            network = actor.get_submodule("latent_pi")
         if self.layer_norm:
             layer_norm_input_block(network)
         return actor.to(self.device)
@@ -508,7 +511,7 @@ class MPOPolicy(BasePolicy):
             for continuous_only in ("n_critics", "share_features_extractor"):
                 critic_kwargs.pop(continuous_only)
             critic: SampledCritic | QNetwork = QNetwork(**critic_kwargs)
-            network = critic.q_net
+            network = critic.get_submodule("q_net")
         else:
             critic = SampledCritic(**critic_kwargs)
             network = critic.q_networks[0]

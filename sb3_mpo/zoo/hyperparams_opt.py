@@ -60,7 +60,7 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         sampled["epsilon_std"] = trial.suggest_float("epsilon_std", 1e-6, 1e-4, log=True)
         sampled["action_bounding"] = trial.suggest_categorical("action_bounding", ["clip", "tanh"])
     else:
-        # Around the default 1e-2, which learned CartPole-v1 on 4 of 5 seeds (docs/discrete_results.md)
+        # Around the default 1e-2, which learned CartPole-v1 on 4 of 5 seeds (docs/results/discrete.md)
         sampled["epsilon_policy"] = trial.suggest_float("epsilon_policy", 1e-3, 1e-1, log=True)
     # Display the true values next to the raw ones
     trial.set_user_attr("gamma", 1 - sampled["one_minus_gamma"])

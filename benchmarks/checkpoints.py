@@ -26,7 +26,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_mpo.benchmark.suite import Job
+from benchmarks.suite import Job
 from sb3_mpo.common.buffers import end_newest_episodes
 
 STATE_FILE = "state.json"

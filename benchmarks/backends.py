@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sb3_mpo.benchmark.runner import git_commit, run_job_safely, write_result
+from benchmarks.results import write_result
+from benchmarks.stamp import git_commit
+from benchmarks.training import run_job_safely
 
 JobT = TypeVar("JobT")
 Outcome = tuple[JobT, dict[str, Any] | None, str]
@@ -68,12 +70,15 @@ def run_ray(
 ) -> Iterator[Outcome]:
     """
     Run jobs as Ray tasks, yielding each outcome as it finishes. Every node needs sb3-mpo installed with the
-    ``benchmarks`` extra (or pass a ``runtime_env`` that installs it).
+    ``benchmarks`` extra (or a ``runtime_env`` that installs it); Ray ships this ``benchmarks`` package to the tasks
+    itself (:func:`ray_runtime_env`), since it is not part of the installed library: a caller that has already called
+    ``ray.init`` passes that runtime environment there.
 
     :param jobs: The jobs to run
     :param address: A Ray cluster's address (``"auto"``, ``"ray://head:10001"``, ...) or ``"local"`` to start a
         Ray instance on this machine
-    :param runtime_env: Ray's runtime environment for the tasks
+    :param runtime_env: Ray's runtime environment for the job, added to :func:`ray_runtime_env`'s (used when Ray is
+        started here)
     :param worker: The function that runs one job (default: a suite's training run)
     """
     try:
@@ -84,7 +89,8 @@ def run_ray(
         return
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=None if address == "local" else address, runtime_env=runtime_env, include_dashboard=False)
+        job_env = {**ray_runtime_env(), **(runtime_env or {})}
+        ray.init(address=None if address == "local" else address, runtime_env=job_env, include_dashboard=False)
     try:
         # One CPU per task, and a fresh worker process per task (max_calls=1) as in the local pool
         remote: Any = ray.remote(num_cpus=1, max_calls=1)(_apply)  # Ray wants a plain function: the worker may be a partial
@@ -95,6 +101,11 @@ def run_ray(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def ray_runtime_env() -> dict[str, Any]:
+    """Ray's runtime environment that ships this package (without its stored results) to the nodes running the tasks."""
+    return {"py_modules": [str(Path(__file__).resolve().parent)], "excludes": ["results/", "__pycache__/"]}
 
 
 def _apply(worker: Worker, job: JobT) -> Outcome:

@@ -5,7 +5,7 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
 
     name: quick
     description: A few hours of a 2-core machine.
-    page: docs/benchmarks.md        # optional: where `report` writes the page (default docs/<name>.md)
+    page: docs/quick.md            # optional: where `report` writes the page (default docs/results/<name>.md)
     eval_episodes: 10               # deterministic evaluation episodes per evaluation (>= 10 for published suites)
     budget_multiplier: {ppo: 10}    # on-policy baselines train for 10x the environment's budget
     envs:
@@ -35,9 +35,8 @@ import yaml
 
 #: Algorithms a suite may name: MPO and the SB3 / sb3-contrib algorithms rl_zoo3 has tuned files for
 KNOWN_ALGOS = ("mpo", "sac", "td3", "tqc", "ddpg", "ppo", "trpo", "a2c", "dqn", "qrdqn", "crossq", "ars")
-_CHECKOUT_BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-#: The repository's benchmarks/ folder (for an installed, not editable, package: ./benchmarks)
-BENCHMARKS_DIR = _CHECKOUT_BENCHMARKS if _CHECKOUT_BENCHMARKS.is_dir() else Path("benchmarks")
+#: The repository's benchmarks/ folder: this package, its suites and its stored results
+BENCHMARKS_DIR = Path(__file__).resolve().parent
 #: Where ``load_suite("quick")`` looks when given a bare name
 SUITES_DIR = BENCHMARKS_DIR / "suites"
 #: Where result files are stored by default, one folder per suite
@@ -85,12 +84,12 @@ class Suite:
     budget_multiplier: dict[str, int]
     path: Path
     thresholds: dict[str, float] = field(default_factory=dict)  # env -> return the report checks runs against
-    page: Path | None = None  # the report's default page, relative to the repository root (None: docs/<name>.md)
+    page: Path | None = None  # the report's default page, relative to the repository root (None: docs/results/<name>.md)
 
     @property
     def page_path(self) -> Path:
-        """The report's default page (``page``, or ``docs/<name>.md``), under the checkout holding ``benchmarks/``."""
-        return BENCHMARKS_DIR.parent / (self.page or Path("docs") / f"{self.name}.md")
+        """The report's default page (``page``, or ``docs/results/<name>.md``), under the checkout holding ``benchmarks/``."""
+        return BENCHMARKS_DIR.parent / (self.page or Path("docs") / "results" / f"{self.name}.md")
 
     def envs(self) -> list[str]:
         return list(dict.fromkeys(job.env for job in self.jobs))

@@ -1,11 +1,11 @@
 """
-``python -m sb3_mpo.benchmark COMMAND SUITE``: run a benchmark suite, show what is left of it, or report on it.
+``python -m benchmarks COMMAND SUITE``: run a benchmark suite, show what is left of it, or report on it.
 
-    python -m sb3_mpo.benchmark run quick                      # local processes, one per core; resumes
-    python -m sb3_mpo.benchmark run full --ray-address auto    # on a Ray cluster
-    python -m sb3_mpo.benchmark run discrete --workers 1 --threads 2   # one run at a time, two torch threads
-    python -m sb3_mpo.benchmark status quick
-    python -m sb3_mpo.benchmark report quick                   # regenerates the suite's page from the stored files
+    python -m benchmarks run quick                      # local processes, one per core; resumes
+    python -m benchmarks run full --ray-address auto    # on a Ray cluster
+    python -m benchmarks run discrete --workers 1 --threads 2   # one run at a time, two torch threads
+    python -m benchmarks status quick
+    python -m benchmarks report quick                   # regenerates the suite's page from the stored files
 
 SUITE is a YAML file or the name of one in benchmarks/suites/. Results go to benchmarks/results/<suite>/<env>/, one
 JSON file per finished run; runs whose file exists (and is valid) are skipped. A run saves a checkpoint every
@@ -19,10 +19,11 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from sb3_mpo.benchmark.backends import run_and_store
-from sb3_mpo.benchmark.checkpoints import saved_step
-from sb3_mpo.benchmark.runner import ResultError, load_result, run_job_safely
-from sb3_mpo.benchmark.suite import RESULTS_DIR, Job, load_suite
+from benchmarks.backends import run_and_store
+from benchmarks.checkpoints import saved_step
+from benchmarks.results import ResultError, load_result
+from benchmarks.suite import RESULTS_DIR, Job, load_suite
+from benchmarks.training import run_job_safely
 
 #: Folder of the mid-run checkpoints inside the result store (git-ignored)
 CHECKPOINTS_FOLDER = ".checkpoints"
@@ -106,11 +107,11 @@ def report(args: argparse.Namespace) -> int:
     if missing:
         print(f"report needs {', '.join(missing)}: install them with  pip install -e \".[benchmarks]\"", file=sys.stderr)
         return 2
-    from sb3_mpo.benchmark.report import write_report
+    from benchmarks.report import write_report
 
     suite = load_suite(args.suite)
     out = args.out or suite.page_path
-    write_report(suite, args.results, out, args.figures or out.parent / "figures" / "benchmarks", reading=args.reading)
+    write_report(suite, args.results, out, args.figures or out.parent / "figures", reading=args.reading)
     print(f"wrote {out}")
     return 0
 
@@ -127,7 +128,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sb3_mpo.benchmark", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
     for name, function in (("run", run), ("status", status), ("report", report)):
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands.choices["report"].add_argument("--out", type=Path, help="the page to write (default: the suite's `page`)")
     commands.choices["report"].add_argument(
-        "--figures", type=Path, help="folder of the figures (default: figures/benchmarks/ beside the page)"
+        "--figures", type=Path, help="folder of the figures (default: figures/ beside the page)"
     )
     commands.choices["report"].add_argument(
         "--reading", type=Path, help="a markdown file with the maintainers' reading, included in the page"

@@ -1,0 +1,77 @@
+"""
+Result files: one JSON record per finished run, their schema, and how they are read and written.
+
+The driver alone writes them, atomically (write to a temporary file, then rename), so an interrupted suite never
+leaves a half-written result. The report reads them with this module only: it imports neither the trainer nor torch.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.suite import Job
+
+#: Version of the result-file layout; files of another version are reported and not used
+SCHEMA = 1
+#: Keys every result file must have
+REQUIRED_KEYS = (
+    "schema",
+    "suite",
+    "algo",
+    "env",
+    "seed",
+    "steps",
+    "curve",
+    "final_return",
+    "train_seconds",
+    "env_steps_per_second",
+    "hyperparams",
+    "versions",
+    "commit",
+    "machine",
+)
+
+
+class ResultError(ValueError):
+    """A result file that cannot be used: unreadable, partial, of another schema, or not the job it claims to be."""
+
+
+def load_result(path: Path, job: Job | None = None) -> dict[str, Any]:
+    """
+    Read and check one result file.
+
+    :param path: The file
+    :param job: When given, the file must describe this job
+    :return: The result record
+    :raises ResultError: naming the file and what is wrong with it
+    """
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultError(f"{path}: unreadable ({error})") from error
+    if not isinstance(result, dict):
+        raise ResultError(f"{path}: not a result record")
+    missing = [key for key in REQUIRED_KEYS if key not in result]
+    if missing:
+        raise ResultError(f"{path}: missing keys {missing}")
+    if result["schema"] != SCHEMA:
+        raise ResultError(f"{path}: schema {result['schema']}, expected {SCHEMA}")
+    if not result["curve"] or result["curve"][-1]["step"] < result["steps"]:
+        raise ResultError(f"{path}: the evaluation curve stops before the budget of {result['steps']} steps")
+    if job is not None:
+        claimed = tuple(result[key] for key in ("suite", "algo", "env", "seed", "steps"))
+        expected = (job.suite, job.algo, job.env, job.seed, job.steps)
+        if claimed != expected:
+            raise ResultError(f"{path}: describes {claimed}, expected {expected}")
+    return result
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write a result file atomically: readers see the old file or the complete new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as file:
+        json.dump(result, file, indent=1)
+        tmp = Path(file.name)
+    os.replace(tmp, path)

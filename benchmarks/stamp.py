@@ -1,0 +1,69 @@
+"""What a stored measurement says about where it was made: the commit, the machine and the libraries' versions."""
+
+import contextlib
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+#: The repository whose commit results are stamped with
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    """The checkout's commit (``-dirty`` when it has uncommitted changes), or ``"unknown"`` outside a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPOSITORY,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+#: Installed distributions whose version can change a run's numbers besides the libraries imported below: RL Zoo
+#: (wrappers, defaults) and the simulators (a MuJoCo release can change the physics)
+OPTIONAL_DISTRIBUTIONS = ("rl_zoo3", "mujoco", "box2d", "ale-py")
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries a run imports, and of the optional ones that are installed."""
+    from importlib import metadata
+
+    import gymnasium
+    import sb3_contrib
+    import stable_baselines3
+    import torch
+
+    import sb3_mpo
+
+    versions = {
+        "sb3_mpo": sb3_mpo.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "sb3_contrib": sb3_contrib.__version__,
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "python": platform.python_version(),
+    }
+    for name in OPTIONAL_DISTRIBUTIONS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def machine() -> str:
+    return f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cores {platform.system()}"
+
+
+def stamp() -> dict[str, str]:
+    """What a stored measurement must say about where it was made: the commit, the machine and torch's version."""
+    import torch
+
+    return {"commit": git_commit(), "machine": machine(), "torch": torch.__version__}

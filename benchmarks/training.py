@@ -1,0 +1,163 @@
+"""
+Train one benchmark job and describe it in a result record.
+
+A job runs in a fresh worker process (local pool or Ray task) and returns its record; the driver writes it
+(:mod:`benchmarks.results`), so results from a cluster land in the driver's store.
+"""
+
+import contextlib
+import io
+import resource
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from benchmarks.results import SCHEMA
+from benchmarks.stamp import git_commit, library_versions, machine
+from benchmarks.suite import Job
+from benchmarks.zoo import zoo_experiment
+
+
+def critic_target(model: Any) -> str | None:
+    """
+    MPO's critic target as the model trained with it, constructor defaults included (``retrace (...)`` or
+    ``n_step (...)``), so that a result file says so even where the settings leave it to the default; ``None`` for
+    other algorithms.
+    """
+    from sb3_mpo import MPO
+
+    if not isinstance(model, MPO):
+        return None
+    if model.q_target == "retrace":
+        return f"retrace (segment_length={model.segment_length}, retrace_lambda={model.retrace_lambda})"
+    return f"n_step (n_steps={model.n_steps})"
+
+
+def run_job(
+    job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0, torch_threads: int = 1
+) -> dict[str, Any]:
+    """
+    Train ``job.algo`` on ``job.env`` with RL Zoo's settings (rl_zoo3's experiment manager, MPO registered) and
+    evaluate it deterministically every ``job.eval_freq`` steps on a separate environment (SB3's ``EvalCallback``,
+    which also syncs ``VecNormalize`` statistics). With ``checkpoints``, the run saves itself there at a rollout
+    boundary every ``checkpoint_minutes`` and, when it finds a checkpoint of the same job, resumes from it
+    (see :mod:`benchmarks.checkpoints`).
+
+    :param job: The run
+    :param checkpoints: Folder of the mid-run checkpoints (the job's own is :meth:`Job.checkpoint_path`); None: none
+    :param checkpoint_minutes: Minimum wall-clock between two checkpoints (0: at every rollout)
+    :param torch_threads: Threads torch may use in this worker (workers x threads should not exceed the cores);
+        recorded in the result, since it changes the speed figures (a resumed run records its last leg's there, and
+        each resume its own)
+    :return: Its result record (see :data:`REQUIRED_KEYS`); the caller writes it (and removes the checkpoint)
+    """
+    import numpy as np
+    import torch as th
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+    from benchmarks.checkpoints import RunCheckpoint, TimedEvalCallback, read_state, restore
+    from benchmarks.memory import ReleaseFreeMemory, keep_freed_blocks_in_heap
+
+    if not isinstance(torch_threads, int) or torch_threads < 1:
+        raise ValueError(f"torch_threads must be a positive integer, got {torch_threads!r}")
+    th.set_num_threads(torch_threads)
+    keep_freed_blocks_in_heap()
+    commit = git_commit()  # the code this worker process imported, whatever the checkout becomes while it trains
+    checkpoint_folder = job.checkpoint_path(checkpoints) if checkpoints is not None else None
+    state = read_state(checkpoint_folder, job) if checkpoint_folder is not None else None
+    with tempfile.TemporaryDirectory() as log_folder:
+        manager, hyperparams_source = zoo_experiment(job, log_folder)
+        with contextlib.redirect_stdout(io.StringIO()):  # rl_zoo3 prints its set-up; the runner prints one line per job
+            model, saved_hyperparams = manager.setup_experiment()  # type: ignore[misc]
+            eval_env = manager.create_envs(n_envs=1, eval_env=True)
+        eval_env.seed(10_000 + job.seed)
+        n_envs = model.get_env().num_envs  # type: ignore[union-attr]
+        evaluation = TimedEvalCallback(
+            eval_env,
+            n_eval_episodes=job.eval_episodes,
+            eval_freq=max(job.eval_freq // n_envs, 1),
+            log_path=log_folder,
+            deterministic=True,
+            verbose=0,
+        )
+        callbacks = [*manager.callbacks, evaluation, ReleaseFreeMemory()]
+        if state is not None:
+            assert checkpoint_folder is not None
+            model = restore(model, checkpoint_folder, state, evaluation)
+            state["resumes"].append({"step": int(model.num_timesteps), "commit": commit, "torch_threads": torch_threads})
+        checkpoint = None
+        if checkpoint_folder is not None:
+            checkpoint = RunCheckpoint(checkpoint_folder, job, evaluation, checkpoint_minutes * 60, state)
+            callbacks.append(checkpoint)
+        start = time.perf_counter()
+        model.learn(job.steps - model.num_timesteps, callback=callbacks, reset_num_timesteps=state is None)
+        total_seconds = (state["elapsed_seconds"] if state else 0.0) + time.perf_counter() - start
+        if not evaluation.evaluations_timesteps or evaluation.evaluations_timesteps[-1] < job.steps:
+            # The budget is not a multiple of eval_freq (or of the rollout): evaluate the final policy too
+            evaluation.n_calls, evaluation.eval_freq = 0, 1
+            evaluation.num_timesteps = model.num_timesteps
+            evaluation.on_step()
+        model.get_env().close()  # type: ignore[union-attr]
+        eval_env.close()
+
+    save_seconds = checkpoint.save_seconds if checkpoint is not None else 0.0
+    train_seconds = total_seconds - evaluation.eval_seconds - save_seconds
+    curve = [
+        {
+            "step": int(step),
+            "mean": float(np.mean(returns)),
+            "std": float(np.std(returns)),
+            "returns": list(map(float, returns)),
+        }
+        for step, returns in zip(evaluation.evaluations_timesteps, evaluation.evaluations_results, strict=True)
+    ]
+    n_updates = int(getattr(model, "_n_updates", 0))
+    off_policy = isinstance(model, OffPolicyAlgorithm)
+    return {
+        "schema": SCHEMA,
+        "suite": job.suite,
+        "algo": job.algo,
+        "env": job.env,
+        "seed": job.seed,
+        "steps": job.steps,
+        "eval_freq": job.eval_freq,
+        "eval_episodes": job.eval_episodes,
+        "curve": curve,
+        "final_return": curve[-1]["mean"],
+        "num_timesteps": int(model.num_timesteps),
+        "train_seconds": train_seconds,
+        "eval_seconds": evaluation.eval_seconds,
+        "checkpoint_seconds": save_seconds,
+        # Where the run was interrupted and resumed from a checkpoint (empty: trained in one go)
+        "resumes": state["resumes"] if state else [],
+        "env_steps_per_second": model.num_timesteps / train_seconds,
+        # SB3's _n_updates counts gradient steps for off-policy algorithms, but epochs or iterations for on-policy ones
+        "n_updates": n_updates,
+        "gradient_steps_per_second": n_updates / train_seconds if off_policy else None,
+        "torch_threads": torch_threads,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # The network and batch the run actually used (defaults included), for the speed table
+        "net_arch": repr(getattr(model.policy, "net_arch", None)),
+        "batch_size": getattr(model, "batch_size", None),
+        "critic_target": critic_target(model),
+        "hyperparams": {key: repr(value) for key, value in saved_hyperparams.items() if key != "n_timesteps"},
+        "hyperparams_source": hyperparams_source,
+        "overrides": {key: repr(value) for key, value in job.hyperparams.items()},
+        "versions": library_versions(),
+        "machine": machine(),
+        # "unknown" where the worker has no git checkout (a Ray node with an installed package): the driver fills it in
+        "commit": commit,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def run_job_safely(
+    job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0, torch_threads: int = 1
+) -> tuple[Job, dict[str, Any] | None, str]:
+    """:func:`run_job` for a worker pool: a failure comes back as its traceback instead of stopping the other jobs."""
+    try:
+        return job, run_job(job, checkpoints, checkpoint_minutes, torch_threads), ""
+    except Exception:
+        return job, None, traceback.format_exc()

@@ -1,5 +1,0 @@
-import sys
-
-from sb3_mpo.benchmark.cli import main
-
-sys.exit(main())
