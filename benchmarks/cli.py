@@ -21,6 +21,8 @@ from pathlib import Path
 
 from benchmarks.backends import run_and_store
 from benchmarks.checkpoints import saved_step
+from benchmarks.exploration import describe as describe_exploration
+from benchmarks.exploration import write_exploration_report
 from benchmarks.results import ResultError, load_result
 from benchmarks.suite import RESULTS_DIR, Job, load_suite
 from benchmarks.training import run_job_safely
@@ -60,18 +62,27 @@ def run(args: argparse.Namespace) -> int:
     pending = _pending(jobs, args.results)
     print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs) - len(pending)} finished, {len(pending)} to run", flush=True)
 
-    def describe(result: dict) -> str:
-        steps_per_second, minutes = result["env_steps_per_second"], result["train_seconds"] / 60
-        return f"final return {result['final_return']:.1f}, {steps_per_second:.1f} env steps/s, {minutes:.1f} min"
-
     checkpoints = _checkpoints(args)
     worker = functools.partial(
         run_job_safely, checkpoints=checkpoints, checkpoint_minutes=args.checkpoint_minutes, torch_threads=args.threads
     )
     failures = run_and_store(
-        pending, args.results, describe, args.backend, args.workers, args.ray_address, worker, checkpoints
+        pending,
+        args.results,
+        describe_exploration if suite.kind == "exploration" else describe,
+        args.backend,
+        args.workers,
+        args.ray_address,
+        worker,
+        checkpoints,
     )
     return 1 if failures else 0
+
+
+def describe(result: dict) -> str:
+    """One line about a finished run of a returns suite."""
+    steps_per_second, minutes = result["env_steps_per_second"], result["train_seconds"] / 60
+    return f"final return {result['final_return']:.1f}, {steps_per_second:.1f} env steps/s, {minutes:.1f} min"
 
 
 def _checkpoints(args: argparse.Namespace) -> Path | None:
@@ -107,11 +118,14 @@ def report(args: argparse.Namespace) -> int:
     if missing:
         print(f"report needs {', '.join(missing)}: install them with  pip install -e \".[benchmarks]\"", file=sys.stderr)
         return 2
-    from benchmarks.report import write_report
-
     suite = load_suite(args.suite)
     out = args.out or suite.page_path
-    write_report(suite, args.results, out, args.figures or out.parent / "figures", reading=args.reading)
+    if suite.kind == "exploration":
+        write_exploration_report(suite, args.results, out, reading=args.reading)
+    else:
+        from benchmarks.report import write_report
+
+        write_report(suite, args.results, out, args.figures or out.parent / "figures", reading=args.reading)
     print(f"wrote {out}")
     return 0
 

@@ -15,7 +15,7 @@ from benchmarks.suite import Job
 
 #: Version of the result-file layout; files of another version are reported and not used
 SCHEMA = 1
-#: Keys every result file must have
+#: Keys every result file of a ``returns`` suite must have
 REQUIRED_KEYS = (
     "schema",
     "suite",
@@ -28,6 +28,24 @@ REQUIRED_KEYS = (
     "train_seconds",
     "env_steps_per_second",
     "hyperparams",
+    "versions",
+    "commit",
+    "machine",
+)
+#: Keys every result file of an ``exploration`` suite must have (its records say ``"kind": "exploration"``)
+EXPLORATION_KEYS = (
+    "schema",
+    "kind",
+    "suite",
+    "algo",
+    "env",
+    "seed",
+    "steps",
+    "replay",
+    "rollouts",
+    "goal_reached",
+    "first_goal_step",
+    "train_seconds",
     "versions",
     "commit",
     "machine",
@@ -53,12 +71,15 @@ def load_result(path: Path, job: Job | None = None) -> dict[str, Any]:
         raise ResultError(f"{path}: unreadable ({error})") from error
     if not isinstance(result, dict):
         raise ResultError(f"{path}: not a result record")
-    missing = [key for key in REQUIRED_KEYS if key not in result]
+    kind = result.get("kind", "returns")
+    missing = [key for key in (EXPLORATION_KEYS if kind == "exploration" else REQUIRED_KEYS) if key not in result]
     if missing:
         raise ResultError(f"{path}: missing keys {missing}")
     if result["schema"] != SCHEMA:
         raise ResultError(f"{path}: schema {result['schema']}, expected {SCHEMA}")
-    if not result["curve"] or result["curve"][-1]["step"] < result["steps"]:
+    if job is not None and kind != job.kind:
+        raise ResultError(f"{path}: holds a result of kind {kind!r}, expected {job.kind!r}")
+    if kind == "returns" and (not result["curve"] or result["curve"][-1]["step"] < result["steps"]):
         raise ResultError(f"{path}: the evaluation curve stops before the budget of {result['steps']} steps")
     if job is not None:
         claimed = tuple(result[key] for key in ("suite", "algo", "env", "seed", "steps"))

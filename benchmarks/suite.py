@@ -23,6 +23,10 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
     variants:                       # optional: named variants of an algorithm, usable in any env's algos
       mpo_1step: {algo: mpo, hyperparams: {q_target: n_step, n_steps: 1}}
 
+A suite of ``kind: exploration`` (default ``returns``) measures state coverage instead of returns: its ``algos`` are
+the learners of :mod:`benchmarks.exploration` (``random``, ``mpo``, ``sac``, ``mpo_smm1``, ``mpo_smm4``), trained
+without RL Zoo, and it takes neither ``variants``, ``zoo_entry``, ``hyperparams`` nor ``budget_multiplier``.
+
 Every algorithm trains with RL Zoo's entry for the environment (rl_zoo3's tuned files; sb3-mpo's own file for MPO),
 through rl_zoo3's experiment manager, so normalisation, ``n_envs``, wrappers and schedules are those of RL Zoo.
 """
@@ -35,6 +39,8 @@ import yaml
 
 #: Algorithms a suite may name: MPO and the SB3 / sb3-contrib algorithms rl_zoo3 has tuned files for
 KNOWN_ALGOS = ("mpo", "sac", "td3", "tqc", "ddpg", "ppo", "trpo", "a2c", "dqn", "qrdqn", "crossq", "ars")
+#: What a suite measures: returns of RL Zoo-configured runs, or the state coverage of exploration learners
+SUITE_KINDS = ("returns", "exploration")
 #: The repository's benchmarks/ folder: this package, its suites and its stored results
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 #: Where ``load_suite("quick")`` looks when given a bare name
@@ -57,6 +63,7 @@ class Job:
     hyperparams: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     zoo_entry: str | None = None
     base_algo: str = ""  # the algorithm a variant runs ("" : ``algo`` itself)
+    kind: str = "returns"  # the suite's kind (see SUITE_KINDS)
 
     @property
     def zoo_algo(self) -> str:
@@ -64,16 +71,21 @@ class Job:
         return self.base_algo or self.algo
 
     @property
+    def env_folder(self) -> str:
+        """The environment's id as one path component (a namespaced id ``ns/Name-v0`` becomes ``ns-Name-v0``)."""
+        return self.env.replace("/", "-")
+
+    @property
     def name(self) -> str:
-        return f"{self.algo}_{self.env}_seed{self.seed}_{self.steps}"
+        return f"{self.algo}_{self.env_folder}_seed{self.seed}_{self.steps}"
 
     def result_path(self, results_dir: Path) -> Path:
         """The run's result file: ``<results_dir>/<suite>/<env>/<algo>_<env>_seed<k>_<steps>.json``."""
-        return results_dir / self.suite / self.env / f"{self.name}.json"
+        return results_dir / self.suite / self.env_folder / f"{self.name}.json"
 
     def checkpoint_path(self, checkpoints_dir: Path) -> Path:
         """The run's mid-run checkpoint folder: ``<checkpoints_dir>/<suite>/<env>/<algo>_<env>_seed<k>_<steps>/``."""
-        return checkpoints_dir / self.suite / self.env / self.name
+        return checkpoints_dir / self.suite / self.env_folder / self.name
 
 
 @dataclass
@@ -85,6 +97,7 @@ class Suite:
     path: Path
     thresholds: dict[str, float] = field(default_factory=dict)  # env -> return the report checks runs against
     page: Path | None = None  # the report's default page, relative to the repository root (None: docs/results/<name>.md)
+    kind: str = "returns"  # what the suite measures (see SUITE_KINDS)
 
     @property
     def page_path(self) -> Path:
@@ -114,6 +127,15 @@ def load_suite(name_or_path: str | Path) -> Suite:
     with open(path) as file:
         spec = yaml.safe_load(file) or {}
     name = spec.get("name", path.stem)
+    kind = spec.get("kind", "returns")
+    _require(kind in SUITE_KINDS, f"{path}: kind", f"must be one of {SUITE_KINDS}, got {kind!r}")
+    exploration = kind == "exploration"
+    if exploration:
+        from benchmarks.exploration import LEARNERS
+
+        for key in ("variants", "budget_multiplier"):
+            _require(key not in spec, f"{path}: {key}", "an exploration suite takes none")
+    algos = tuple(LEARNERS) if exploration else KNOWN_ALGOS
     eval_episodes = int(spec.get("eval_episodes", 10))
     _require(eval_episodes >= 1, f"{path}: eval_episodes", f"must be a positive integer, got {eval_episodes}")
     multiplier = {str(algo): int(factor) for algo, factor in (spec.get("budget_multiplier") or {}).items()}
@@ -131,10 +153,11 @@ def load_suite(name_or_path: str | Path) -> Suite:
         where = f"{path}: envs.{env_id}"
         missing = {"steps", "seeds", "algos"} - set(settings)
         _require(not missing, where, f"missing keys {sorted(missing)}")
-        unknown = set(settings["algos"]) - set(KNOWN_ALGOS) - set(variants)
-        _require(
-            not unknown, f"{where}.algos", f"unknown algorithms {sorted(unknown)}, expected some of {KNOWN_ALGOS} or a variant"
-        )
+        unknown = set(settings["algos"]) - set(algos) - set(variants)
+        _require(not unknown, f"{where}.algos", f"unknown algorithms {sorted(unknown)}, expected some of {algos} or a variant")
+        if exploration:
+            for key in ("zoo_entry", "hyperparams"):
+                _require(key not in settings, f"{where}.{key}", "an exploration suite takes none")
         steps, eval_freq = int(settings["steps"]), int(settings.get("eval_freq", settings["steps"]))
         _require(steps >= 1 and 1 <= eval_freq <= steps, where, f"need 1 <= eval_freq <= steps, got {eval_freq}, {steps}")
         if settings.get("threshold") is not None:
@@ -157,9 +180,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
                         hyperparams={**(variant.get("hyperparams") or {}), **(overrides.get(algo) or {})},
                         zoo_entry=settings.get("zoo_entry"),
                         base_algo=variant.get("algo", ""),
+                        kind=kind,
                     )
                 )
     page = Path(spec["page"]) if spec.get("page") is not None else None
     _require(page is None or (page.suffix == ".md" and not page.is_absolute()), f"{path}: page",
              f"must be a relative .md path, got {page}")  # fmt: skip
-    return Suite(name, str(spec.get("description", "")), jobs, multiplier, path, thresholds, page)
+    return Suite(name, str(spec.get("description", "")), jobs, multiplier, path, thresholds, page, kind)

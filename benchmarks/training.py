@@ -156,8 +156,15 @@ def run_job(
 def run_job_safely(
     job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0, torch_threads: int = 1
 ) -> tuple[Job, dict[str, Any] | None, str]:
-    """:func:`run_job` for a worker pool: a failure comes back as its traceback instead of stopping the other jobs."""
+    """
+    :func:`run_job` (or, for a job of an exploration suite, :func:`benchmarks.exploration.run_exploration_job`, which
+    keeps no checkpoint) for a worker pool: a failure comes back as its traceback instead of stopping the other jobs.
+    """
     try:
+        if job.kind == "exploration":
+            from benchmarks.exploration import run_exploration_job
+
+            return job, run_exploration_job(job, torch_threads), ""
         return job, run_job(job, checkpoints, checkpoint_minutes, torch_threads), ""
     except Exception:
         return job, None, traceback.format_exc()

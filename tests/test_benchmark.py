@@ -1,5 +1,6 @@
 """The benchmark runner (local processes and Ray), its result store and the rliable report, on a tiny suite."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -364,3 +365,53 @@ def test_library_versions_line_shows_every_version_the_runs_recorded():
     ]
     assert library_versions_line(runs) == "torch 2.13.0, mujoco 3.3.0 / 4.0.0 / not recorded"
     assert library_versions_line([]) == "—"
+
+
+EXPLORATION = {
+    "name": "tiny_exploration",
+    "kind": "exploration",
+    "envs": {"sb3_mpo/PointRooms-v0": {"steps": 300, "seeds": [0], "algos": ["random", "mpo"]}},
+}
+
+
+def test_exploration_suite_runs_through_the_runner_and_reports(tmp_path):
+    """An exploration suite's runs are jobs of the same runner, stored under the env's folder, and reported as tables."""
+    suite_path, results = write_suite(tmp_path, EXPLORATION), tmp_path / "results"
+    assert main(["run", str(suite_path), "--results", str(results), "--workers", "1"]) == 0
+    suite = load_suite(suite_path)
+    for job in suite.jobs:
+        path = job.result_path(results)
+        assert path.parent.name == "sb3_mpo-PointRooms-v0"
+        result = load_result(path, job)
+        assert result["kind"] == "exploration" and result["algo"] == job.algo and result["steps"] == 300
+        assert 0.0 < result["replay"]["coverage"] <= 1.0 and len(result["replay"]["room_fractions"]) == 4
+    page = tmp_path / "page.md"
+    assert main(["report", str(suite_path), "--results", str(results), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "- Runs stored: 2 of 2" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| random |", "| mpo |"))]
+    assert len(rows) == 2 and all("| 1 | 300 |" in row for row in rows)
+    assert "Visits per room in replay" in text  # PointRooms has rooms, not a goal
+
+
+def test_results_of_the_other_kind_are_refused(local_store, tmp_path):
+    """A returns record is not accepted for an exploration job (same name and path), and the refusal says why."""
+    suite_path, results = local_store
+    returns_job = load_suite(suite_path).jobs[0]
+    exploration_job = dataclasses.replace(returns_job, kind="exploration")
+    with pytest.raises(ResultError, match="of kind 'returns', expected 'exploration'"):
+        load_result(returns_job.result_path(results), exploration_job)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"kind": "coverage"}, r"kind: must be one of \('returns', 'exploration'\)"),
+        ({"variants": {"x": {"algo": "mpo"}}}, "variants: an exploration suite takes none"),
+        ({"envs": {"Pendulum-v1": {"steps": 10, "seeds": [0], "algos": ["td3"]}}}, r"unknown algorithms \['td3'\]"),
+        ({"envs": {"Pendulum-v1": {"steps": 10, "seeds": [0], "algos": ["mpo"], "zoo_entry": "X"}}}, "zoo_entry: an exp"),
+    ],
+)
+def test_exploration_suites_refuse_what_they_cannot_run(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        load_suite(write_suite(tmp_path, {**EXPLORATION, **change}))
