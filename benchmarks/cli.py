@@ -6,6 +6,7 @@
     python -m benchmarks run discrete --workers 1 --threads 2   # one run at a time, two torch threads
     python -m benchmarks status quick
     python -m benchmarks report quick                   # regenerates the suite's page from the stored files
+    python -m benchmarks standings                      # regenerates the README's standings table
 
 SUITE is a YAML file or the name of one in benchmarks/suites/. Results go to benchmarks/results/<suite>/<env>/, one
 JSON file per finished run; runs whose file exists (and is valid) are skipped. A run saves a checkpoint every
@@ -130,6 +131,15 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def standings(args: argparse.Namespace) -> int:
+    from benchmarks.standings import README, write_standings
+
+    readme = args.readme or README
+    write_standings(readme, args.results)
+    print(f"wrote the standings of {readme}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1 (argparse names the option in its error)."""
     try:
@@ -182,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.choices["report"].add_argument(
         "--reading", type=Path, help="a markdown file with the maintainers' reading, included in the page"
     )
+    standings_command = commands.add_parser("standings", help="regenerate the README's standings table")
+    standings_command.set_defaults(function=standings)
+    standings_command.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of the result store")
+    standings_command.add_argument("--readme", type=Path, help="the file holding the table (default: README.md)")
     args = parser.parse_args(argv)
     if getattr(args, "ray_address", None):
         args.backend = "ray"

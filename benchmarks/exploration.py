@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.results import SCHEMA, ResultError, load_result
+from benchmarks.report import collect
+from benchmarks.results import SCHEMA
 from benchmarks.stamp import git_commit, library_versions, machine
 from benchmarks.suite import Job, Suite
 
@@ -201,18 +202,9 @@ def write_exploration_report(suite: Suite, results_dir: Path, out: Path, reading
     :param out: The page to write
     :param reading: A markdown file with the reading (default: the suite's ``.reading.md`` beside its YAML file)
     """
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {env: {} for env in suite.envs()}
-    problems, missing = [], 0
-    for job in suite.jobs:
-        path = job.result_path(results_dir)
-        if not path.exists():
-            missing += 1
-            continue
-        try:
-            runs[job.env].setdefault(job.algo, []).append(load_result(path, job))
-        except ResultError as error:
-            problems.append(str(error))
-            print(f"skipped: {error}", file=sys.stderr)
+    runs, problems, missing = collect(suite, results_dir)
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
     every_run = [run for by_learner in runs.values() for chosen in by_learner.values() for run in chosen]
     torch_versions = sorted({run["versions"]["torch"] for run in every_run})
     lines = [
@@ -223,7 +215,7 @@ def write_exploration_report(suite: Suite, results_dir: Path, out: Path, reading
         "",
         suite.description.strip(),
         "",
-        f"- Runs stored: {len(every_run)} of {len(suite.jobs)}" + (f"; not finished yet: {missing}" if missing else ""),
+        f"- Runs stored: {len(every_run)} of {len(suite.jobs)}" + (f"; not finished yet: {len(missing)}" if missing else ""),
         f"- Machines: {', '.join(sorted({run['machine'] for run in every_run})) or '—'}",
         f"- Commits: {', '.join(sorted({run['commit'] for run in every_run})) or '—'}",
         f"- torch: {', '.join(torch_versions) or '—'}",

@@ -13,6 +13,7 @@ import yaml
 from benchmarks.cli import main
 from benchmarks.report import QUIET_SPEED_FOLDER, collect, interval_estimates, iqm_interval, library_versions_line
 from benchmarks.results import ResultError, load_result
+from benchmarks.standings import BEGIN, END, README, Row, load_rows, replace_block, standings_line, standings_table
 from benchmarks.suite import RESULTS_DIR, SUITES_DIR, load_suite
 from benchmarks.training import run_job
 
@@ -415,3 +416,32 @@ def test_results_of_the_other_kind_are_refused(local_store, tmp_path):
 def test_exploration_suites_refuse_what_they_cannot_run(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         load_suite(write_suite(tmp_path, {**EXPLORATION, **change}))
+
+
+def test_readme_standings_are_generated_from_the_stored_results():
+    """The README's table is exactly what the stored files give (regenerate it with `python -m benchmarks standings`)."""
+    text = README.read_text()
+    assert replace_block(text, standings_table(load_rows())) == text
+
+
+def test_standings_rank_mpo_among_the_baselines_at_its_budget(local_store, tmp_path):
+    """A row compares MPO with the runs at its own budget, and ranks it by mean final return."""
+    suite_path, results = local_store
+    suite = load_suite(suite_path)
+    row = Row(suite=str(suite_path), env="Pendulum-v1", mpo="mpo", label="tiny")
+    line = standings_line(row, results)
+    finals = {algo: [load_result(job.result_path(results), job)["final_return"] for job in suite.jobs if job.algo == algo]
+              for algo in ("mpo", "sac")}  # fmt: skip
+    rank = 1 + (np.mean(finals["sac"]) > np.mean(finals["mpo"]))
+    assert line == (
+        f"| tiny | 200 | {np.mean(finals['mpo']):.1f} ± {np.std(finals['mpo']):.1f} (2) "
+        f"| {np.mean(finals['sac']):.1f} ± {np.std(finals['sac']):.1f} (2) | — | {rank} of 2 |"
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\nold table\n{END}\nafter\n")
+    rows_file = tmp_path / "rows.yml"
+    rows_file.write_text(yaml.safe_dump({"rows": [vars(row)]}))
+    with pytest.raises(ValueError, match="no standings block"):
+        replace_block("no markers", [])
+    regenerated = replace_block(readme.read_text(), standings_table(load_rows(rows_file), results))
+    assert regenerated.startswith(f"intro\n{BEGIN}\n| task |") and regenerated.endswith(f"{line}\n{END}\nafter\n")
