@@ -520,6 +520,14 @@ class MPOPolicy(BasePolicy):
         return critic.to(self.device)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        """
+        The actor's actions for a batch of observations.
+
+        :param obs: Observation batch
+        :param deterministic: Take the Gaussian's mean or the most probable action instead of a sample
+        :return: Actions in the normalised box [-1, 1] (clipped or squashed) for a ``Box`` space, action indices
+            for a ``Discrete`` one
+        """
         return self._predict(obs, deterministic=deterministic)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
