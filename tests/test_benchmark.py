@@ -445,3 +445,14 @@ def test_standings_rank_mpo_among_the_baselines_at_its_budget(local_store, tmp_p
         replace_block("no markers", [])
     regenerated = replace_block(readme.read_text(), standings_table(load_rows(rows_file), results))
     assert regenerated.startswith(f"intro\n{BEGIN}\n| task |") and regenerated.endswith(f"{line}\n{END}\nafter\n")
+
+
+def test_the_library_never_imports_the_benchmark_instrument():
+    """The layering is benchmarks -> zoo -> mpo: no module of the installed package imports `benchmarks`."""
+    package = Path(__file__).resolve().parents[1] / "sb3_mpo"
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if re.search(r"^\s*(from|import)\s+benchmarks\b", path.read_text(), flags=re.MULTILINE)
+    ]
+    assert offenders == []
