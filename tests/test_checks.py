@@ -48,6 +48,9 @@ TINY = dict(batch_size=16, n_action_samples=4, policy_kwargs=dict(net_arch=[8]))
         ("per_dim_constraints", "yes", "bool"),
         ("learning_starts", float("nan"), "a non-negative integer"),
         ("learning_starts", -1, "a non-negative integer"),
+        ("replay_fraction", 0.0, r"a float in \(0, 1\]"),
+        ("replay_fraction", 1.5, r"a float in \(0, 1\]"),
+        ("replay_fraction", float("nan"), r"a float in \(0, 1\]"),
     ],
 )
 def test_bad_argument_is_named_with_its_value_and_what_is_accepted(name: str, value: Any, accepted: str) -> None:

@@ -228,7 +228,7 @@ def test_zoo_and_constructor_refuse_the_same_values(hyperparams: dict[str, Any])
     assert str(zoo_check.value) == str(constructor.value)
 
 
-GAUSSIAN_PARAMS = {"n_action_samples", "epsilon_mean", "epsilon_std", "action_bounding"}
+GAUSSIAN_PARAMS = {"n_action_samples", "epsilon_mean", "epsilon_std", "action_bounding", "policy_improvement"}
 
 
 @pytest.mark.parametrize("env_id, n_actions", [(ENV_ID, 1), ("CartPole-v1", 0)])

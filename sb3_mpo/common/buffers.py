@@ -6,7 +6,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
-from stable_baselines3.common.type_aliases import PyTorchObs
+from stable_baselines3.common.type_aliases import PyTorchObs, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
 NumpyObs = np.ndarray | dict[str, np.ndarray]
@@ -209,30 +209,27 @@ class SegmentReplayBuffer(ReplayBuffer):
             return {key: array[indices] for key, array in observations.items()}
         return observations[indices]
 
-    def _stored_range(self) -> tuple[int, int]:
+    def sample(  # type: ignore[override]
+        self, batch_size: int, env: VecNormalize | None = None, replay_fraction: float = 1.0
+    ) -> SegmentSamples:
         """
-        :return: The row of the oldest sampleable transition and the number of sampleable transitions per environment
-        """
-        if not self.full:
-            return 0, self.pos
-        if self.optimize_memory_usage:
-            # Row ``pos`` holds the newest next observation: its own transition is gone
-            return (self.pos + 1) % self.buffer_size, self.buffer_size - 1
-        return self.pos, self.buffer_size
-
-    def sample(self, batch_size: int, env: VecNormalize | None = None) -> SegmentSamples:  # type: ignore[override]
-        """
-        Sample segments whose first step is drawn uniformly among the stored transitions (and environments).
+        Sample segments whose first step is drawn uniformly among the stored transitions (and environments); with
+        ``replay_fraction`` < 1, the rest of the batch are the newest segments (see :func:`newest_windows`).
 
         :param batch_size: Number B of segments
         :param env: associated VecEnv to normalize the observations/rewards when sampling
-        :return: B segments of ``segment_length`` steps
+        :param replay_fraction: Share of the batch drawn uniformly from replay (1.0: all of it)
+        :return: B segments of ``segment_length`` steps, the uniformly drawn ones first
         """
-        _, n_stored = self._stored_range()
+        _, n_stored = stored_range(self)
         if n_stored < 1:
             raise ValueError("SegmentReplayBuffer.sample: the buffer holds no complete transition yet")
-        starts = np.random.randint(0, n_stored, size=batch_size)
-        env_indices = np.random.randint(0, self.n_envs, size=batch_size)
+        n_replay, n_online = mixed_batch_sizes(batch_size, replay_fraction)
+        starts = np.random.randint(0, n_stored, size=n_replay)
+        env_indices = np.random.randint(0, self.n_envs, size=n_replay)
+        if n_online:
+            newest_starts, newest_envs = newest_windows(n_online, n_stored, self.n_envs, self.segment_length)
+            starts, env_indices = np.concatenate([starts, newest_starts]), np.concatenate([env_indices, newest_envs])
         return self.get_segments(starts, env_indices, env=env)
 
     def get_segments(
@@ -247,7 +244,7 @@ class SegmentReplayBuffer(ReplayBuffer):
         :param env: associated VecEnv to normalize the observations/rewards when sampling
         :return: The segments
         """
-        oldest, n_stored = self._stored_range()
+        oldest, n_stored = stored_range(self)
         start_indices = np.asarray(start_indices, dtype=np.int64)
         if np.any(start_indices < 0) or np.any(start_indices >= n_stored):
             raise IndexError(f"SegmentReplayBuffer: start indices must lie in [0, {n_stored}), the stored transitions")
@@ -300,6 +297,91 @@ class DictSegmentReplayBuffer(SegmentReplayBuffer, DictReplayBuffer):  # type: i
     obs_shape: dict[str, tuple[int, ...]]  # type: ignore[assignment]
     observations: dict[str, np.ndarray]  # type: ignore[assignment]
     next_observations: dict[str, np.ndarray]  # type: ignore[assignment]
+
+
+def stored_range(buffer: ReplayBuffer) -> tuple[int, int]:
+    """
+    :param buffer: SB3's ``ReplayBuffer`` or a subclass
+    :return: The row of the oldest sampleable transition and the number of sampleable transitions per environment,
+        so that the transition of age rank k (0: the oldest) lies in row ``(oldest + k) % buffer.buffer_size``
+    """
+    if not buffer.full:
+        return 0, buffer.pos
+    if buffer.optimize_memory_usage:
+        # Row ``pos`` holds the newest next observation: its own transition is gone
+        return (buffer.pos + 1) % buffer.buffer_size, buffer.buffer_size - 1
+    return buffer.pos, buffer.buffer_size
+
+
+def mixed_batch_sizes(batch_size: int, replay_fraction: float) -> tuple[int, int]:
+    """
+    Split a batch between replay and the newest data, as Acme's MPO does with ``replay_fraction``.
+
+    :param batch_size: The batch size B
+    :param replay_fraction: The share f of the batch drawn uniformly from replay, in (0, 1]
+    :return: round(f·B) samples from replay and B − round(f·B) of the newest data
+    """
+    if not 0.0 < replay_fraction <= 1.0:
+        raise ValueError(f"replay_fraction={replay_fraction!r} is invalid, expected a float in (0, 1]")
+    n_replay = round(replay_fraction * batch_size)
+    return n_replay, batch_size - n_replay
+
+
+def newest_windows(count: int, n_stored: int, n_envs: int, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """
+    The newest data of a mixed batch: the ``count`` newest windows of ``span`` consecutive transitions that end at or
+    before the newest stored one, i.e. the contents of a FIFO queue of the newest data (Acme's online queue) that every
+    batch reads in full. Window i (0: the newest) belongs to environment i mod n_envs and starts at age rank
+    max(n_stored − span − ⌊i / n_envs⌋, 0) (early on, when fewer windows are stored, the oldest start repeats).
+
+    :param count: Number of windows
+    :param n_stored: Transitions stored per environment (age ranks 0, the oldest, to n_stored − 1)
+    :param n_envs: Number of environments
+    :param span: Transitions per window (a segment's length, an n-step return's n, or 1)
+    :return: Each window's start age rank and environment, shape (count,) each
+    """
+    index = np.arange(count)
+    return np.maximum(n_stored - span - index // n_envs, 0), index % n_envs
+
+
+def _concatenate(first: Any, second: Any) -> Any:
+    """
+    Join two batches of the same NamedTuple type along dim 0: tensors, dicts of tensors (Dict observations), and
+    fields that SB3 leaves None (``discounts`` without n-step returns).
+    """
+    if first is None:
+        return None
+    if isinstance(first, dict):
+        return {key: th.cat([first[key], second[key]]) for key in first}
+    if isinstance(first, th.Tensor):
+        return th.cat([first, second])
+    return type(first)(*(_concatenate(a, b) for a, b in zip(first, second, strict=True)))
+
+
+def sample_mixed(
+    buffer: ReplayBuffer, batch_size: int, replay_fraction: float = 1.0, env: VecNormalize | None = None
+) -> ReplayBufferSamples | SegmentSamples:
+    """
+    A batch of which ``replay_fraction`` is drawn uniformly from replay (the buffer's own ``sample``) and the rest is
+    the newest data (:func:`newest_windows`): segments for a :class:`SegmentReplayBuffer`, transitions otherwise,
+    whose windows span ``buffer.n_steps`` for SB3's ``NStepReplayBuffer`` so that their returns are complete (their
+    environments are drawn by SB3's ``_get_samples``, among data of the same age). With 1.0 it is ``buffer.sample``.
+
+    :param buffer: SB3's ``ReplayBuffer``, ``DictReplayBuffer`` or ``NStepReplayBuffer``, or a segment buffer
+    :param batch_size: Number of samples (segments for a segment buffer)
+    :param replay_fraction: Share of the batch drawn uniformly from replay, in (0, 1]
+    :param env: associated VecEnv to normalize the observations/rewards when sampling
+    :return: The batch, the uniformly drawn samples first
+    """
+    if isinstance(buffer, SegmentReplayBuffer):
+        return buffer.sample(batch_size, env=env, replay_fraction=replay_fraction)
+    n_replay, n_online = mixed_batch_sizes(batch_size, replay_fraction)
+    if n_online == 0:
+        return buffer.sample(batch_size, env=env)
+    oldest, n_stored = stored_range(buffer)
+    starts, _ = newest_windows(n_online, n_stored, 1, getattr(buffer, "n_steps", 1))
+    newest = buffer._get_samples((oldest + starts) % buffer.buffer_size, env=env)
+    return newest if n_replay == 0 else _concatenate(buffer.sample(n_replay, env=env), newest)
 
 
 def _rows_differ(new: np.ndarray, stored: np.ndarray) -> np.ndarray:

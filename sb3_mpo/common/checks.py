@@ -155,6 +155,7 @@ MPO_ARGUMENTS: dict[str, Requirement] = {
     "dual_learning_rate": POSITIVE_FLOAT,
     "max_grad_norm": optional(POSITIVE_FLOAT),
     "target_update_interval": POSITIVE_INTEGER,
+    "replay_fraction": fraction(include_zero=False),
     "stats_window_size": POSITIVE_INTEGER,
 }
 #: What the policy's arguments (``policy_kwargs``) accept beyond their annotations

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from sb3_mpo.common import checks
 from sb3_mpo.common.allocator import keep_freed_blocks_in_heap
-from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples
+from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples, sample_mixed
 from sb3_mpo.mpo import losses
 from sb3_mpo.mpo.improvement import ImprovementBatch, LagrangeMultipliers, PolicyImprovement, make_improvement
 from sb3_mpo.mpo.policies import (
@@ -133,6 +133,9 @@ class MPO(OffPolicyAlgorithm):
     :param dual_learning_rate: Learning rate of the Adam optimiser of the temperatures and multipliers
     :param max_grad_norm: Clip the gradient norm of the actor and of the critic to this value (``None``: no clipping)
     :param target_update_interval: update the target networks every ``target_update_interval`` gradient steps
+    :param replay_fraction: Share of each batch drawn uniformly from replay, in (0, 1]; the rest is the newest data
+        (the newest segments, or transitions), as a FIFO queue of the newest data that every batch reads in full
+        (Acme's ``replay_fraction``; see :func:`~sb3_mpo.common.buffers.sample_mixed`). 1.0 (the default): pure replay
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -200,6 +203,7 @@ class MPO(OffPolicyAlgorithm):
         dual_learning_rate: float = 1e-2,
         max_grad_norm: float | None = 40.0,
         target_update_interval: int = 1,
+        replay_fraction: float = 1.0,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -233,6 +237,7 @@ class MPO(OffPolicyAlgorithm):
             dual_learning_rate=dual_learning_rate,
             max_grad_norm=max_grad_norm,
             target_update_interval=target_update_interval,
+            replay_fraction=replay_fraction,
             learning_starts=learning_starts,
             train_freq=train_freq,
             gradient_steps=gradient_steps,
@@ -289,6 +294,7 @@ class MPO(OffPolicyAlgorithm):
         self.dual_learning_rate = dual_learning_rate
         self.max_grad_norm = max_grad_norm
         self.target_update_interval = target_update_interval
+        self.replay_fraction = replay_fraction
         self.multipliers: LagrangeMultipliers
         self.multipliers_optimizer: th.optim.Adam
 
@@ -447,6 +453,7 @@ class MPO(OffPolicyAlgorithm):
             # class and arguments again, instead of warning that a custom class ignores n_steps.
             self.replay_buffer_class = None
         super()._setup_model()
+        self._check_mixed_replay()
         self._create_aliases()
         self.batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
         self.batch_norm_stats_target = get_parameters_by_name(self.critic_target, ["running_"])
@@ -458,6 +465,19 @@ class MPO(OffPolicyAlgorithm):
             learn_temperatures=self.temperature_update == "gradient",
         ).to(self.device)
         self.multipliers_optimizer = th.optim.Adam(self.multipliers.parameters(), lr=self.dual_learning_rate, fused=True)
+
+    def _check_mixed_replay(self) -> None:
+        """
+        :raises ValueError: when ``replay_fraction`` < 1 with a buffer whose ``sample`` does more than draw data (e.g.
+            SMM's, which updates its models on every sample): the newest data would bypass it
+        """
+        plain_samplers = (ReplayBuffer.sample, DictReplayBuffer.sample, SegmentReplayBuffer.sample)
+        if self.replay_fraction < 1.0 and getattr(type(self.replay_buffer), "sample", None) not in plain_samplers:
+            raise ValueError(
+                f"MPO: replay_fraction={self.replay_fraction!r} is invalid with replay_buffer_class="
+                f"{type(self.replay_buffer).__name__}, whose sample() is its own; expected 1.0 with it, or a buffer of "
+                "SB3's or a SegmentReplayBuffer"
+            )
 
     def _create_aliases(self) -> None:
         self.actor = self.policy.actor
@@ -497,7 +517,7 @@ class MPO(OffPolicyAlgorithm):
 
         stats: dict[str, list[th.Tensor]] = defaultdict(list)
         for _ in range(gradient_steps):
-            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            replay_data = sample_mixed(self.replay_buffer, batch_size, self.replay_fraction, self._vec_normalize_env)  # type: ignore[arg-type]
             for key, value in self._gradient_step(replay_data).items():
                 stats[key].append(value)
 

@@ -28,11 +28,12 @@ CRITIC_TARGETS: dict[str, tuple[str, int]] = {
 def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict[str, Any]) -> dict[str, Any]:
     """
     Sample MPO hyperparameters: the learning rate, the batch, the E-step bound ``epsilon``, the critic target
-    (Retrace or 1-, 3- or 5-step returns, ``tau``, ``gamma``) and the network size; then the settings of the action
-    space's policy.
-    With ``Box`` actions: ``n_action_samples``, the M-step trust regions (``epsilon_mean``, ``epsilon_std``) and how
-    actions are bounded. With ``Discrete`` actions: the categorical trust region ``epsilon_policy`` (the E-step and
-    the critic target enumerate the actions, so there is no sample count to tune).
+    (Retrace or 1-, 3- or 5-step returns, ``tau``, ``gamma``), the share of replay in each batch (``replay_fraction``)
+    and the network size; then the settings of the action space's policy.
+    With ``Box`` actions: ``n_action_samples``, the M-step trust regions (``epsilon_mean``, ``epsilon_std``), how
+    actions are bounded and the kind of policy improvement (``policy_improvement``). With ``Discrete`` actions: the
+    categorical trust region ``epsilon_policy`` (the E-step and the critic target enumerate the actions, so there is no
+    sample count to tune).
     Scales spanning decades are sampled in log space.
 
     :param trial: The Optuna trial that records the suggestions
@@ -53,12 +54,15 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         # Polyak coefficient of the target networks
         "tau": trial.suggest_float("tau", 0.001, 0.05, log=True),
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
+        # Pure replay (the default), or a quarter or half of each batch from the newest data
+        "replay_fraction": trial.suggest_categorical("replay_fraction", [1.0, 0.75, 0.5]),
     }
     if n_actions > 0:
         sampled["n_action_samples"] = trial.suggest_categorical("n_action_samples", [10, 20, 40])
         sampled["epsilon_mean"] = trial.suggest_float("epsilon_mean", 1e-4, 1e-2, log=True)
         sampled["epsilon_std"] = trial.suggest_float("epsilon_std", 1e-6, 1e-4, log=True)
         sampled["action_bounding"] = trial.suggest_categorical("action_bounding", ["clip", "tanh"])
+        sampled["policy_improvement"] = trial.suggest_categorical("policy_improvement", ["nonparametric", "parametric"])
     else:
         # Around the default 1e-2, which learned CartPole-v1 on 4 of 5 seeds (docs/results/discrete.md)
         sampled["epsilon_policy"] = trial.suggest_float("epsilon_policy", 1e-3, 1e-1, log=True)
