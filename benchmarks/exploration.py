@@ -12,6 +12,7 @@ mid-run checkpoint: an interrupted one starts again.
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
     commit = git_commit()
     settings = LEARNERS[job.algo]
     n_skills = settings.get("n_skills")
-    base_space = gym.make(job.env).observation_space
+    base_space: Any = gym.make(job.env).observation_space  # a Box: the metrics read its first two dimensions
     low, high = base_space.low, base_space.high
 
     def make_env() -> gym.Env:
@@ -102,19 +103,21 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
     env = make_vec_env(make_env, n_envs=1, seed=job.seed)
     start = time.perf_counter()
     goals = GoalTracker()
+    action_shape = tuple(env.action_space.shape or ())
+    predict: Callable[..., Any]
     if settings["algo"] is None:
         rng = np.random.default_rng(job.seed)
         env.reset()
         visited = []
         for step in range(job.steps):
-            obs, _, dones, infos = env.step(rng.uniform(-1, 1, size=(1, *env.action_space.shape)))
-            visited.append(infos[0]["terminal_observation"] if dones[0] else obs[0])
+            obs, _, dones, infos = env.step(rng.uniform(-1, 1, size=(1, *action_shape)))
+            visited.append(infos[0]["terminal_observation"] if dones[0] else np.asarray(obs)[0])
             if goals.first_goal is None and first_termination(dones, infos):
                 goals.first_goal = step + 1
         replay_states = np.array(visited)
 
         def predict(obs: np.ndarray, episode_start: Any = None, deterministic: bool = False) -> tuple[np.ndarray, None]:
-            return rng.uniform(-1, 1, size=(len(obs), *env.action_space.shape)), None
+            return rng.uniform(-1, 1, size=(len(obs), *action_shape)), None
 
     else:
         kwargs: dict[str, Any] = dict(policy_kwargs=dict(net_arch=[64, 64]), batch_size=128, learning_starts=1000)

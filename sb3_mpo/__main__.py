@@ -39,10 +39,12 @@ class PrintEvaluation(BaseCallback):
         return True
 
 
-def main() -> None:
+def build_parser(prog: str = "python -m sb3_mpo", description: str | None = None) -> argparse.ArgumentParser:
+    """The command line of the main job (also that of :mod:`sb3_mpo.distributed`, with its own options added)."""
     parser = argparse.ArgumentParser(
-        prog="python -m sb3_mpo",
-        description="Train MPO with the settings shipped for RL Zoo (sb3_mpo/hyperparams/mpo.yml) and print evaluations.",
+        prog=prog,
+        description=description
+        or "Train MPO with the settings shipped for RL Zoo (sb3_mpo/hyperparams/mpo.yml) and print evaluations.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--env", default="Pendulum-v1", help="Gymnasium environment id (Box or Discrete actions)")
@@ -52,25 +54,46 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10, help="deterministic episodes of the final evaluation")
     parser.add_argument("--save", default=None, help="where to save the trained model (.zip)")
     parser.add_argument("-v", "--verbose", type=int, default=0)
-    args = parser.parse_args()
+    return parser
 
-    th.set_num_threads(1)  # small networks: one thread is fastest on CPU
-    model = MPO("MlpPolicy", args.env, seed=args.seed, verbose=args.verbose, **load_hyperparams(args.env))
+
+def train_and_report(args: argparse.Namespace, model: MPO, chief: bool = True, label: str = "MPO") -> None:
+    """
+    Train ``model`` for ``args.steps`` steps; the chief prints an evaluation every ``args.eval_freq`` steps, the final
+    evaluation and what the score means, and saves the model where ``args.save`` says.
+
+    :param args: The parsed command line of :func:`build_parser`
+    :param model: The model to train
+    :param chief: Whether this process reports and saves (the only process, or rank 0 of data-parallel training)
+    :param label: How the lines name the run
+    """
     eval_env = make_vec_env(args.env, n_envs=1, seed=args.seed + 10_000)
-    progress = EvalCallback(
-        eval_env, eval_freq=args.eval_freq, n_eval_episodes=5, callback_after_eval=PrintEvaluation(), verbose=0
-    )
-    print(f"MPO on {args.env}, {args.steps} steps; every {args.eval_freq} steps, the mean return of 5 evaluation episodes:")
+    progress = None
+    if chief:
+        progress = EvalCallback(
+            eval_env, eval_freq=args.eval_freq, n_eval_episodes=5, callback_after_eval=PrintEvaluation(), verbose=0
+        )
+        every = f"every {args.eval_freq} steps, the mean return of 5 evaluation episodes"
+        print(f"{label} on {args.env}, {args.steps} steps; {every}:")
     model.learn(args.steps, callback=progress)
+    if not chief:
+        return
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
     print(
-        f"MPO on {args.env} after {args.steps} steps (seed {args.seed}): mean return {mean:.1f} +/- {std:.1f} over "
+        f"{label} on {args.env} after {args.steps} steps (seed {args.seed}): mean return {mean:.1f} +/- {std:.1f} over "
         f"{args.eval_episodes} deterministic evaluation episodes"
     )
     if args.env in REFERENCE_SCORES:
         print(f"For {args.env}, {REFERENCE_SCORES[args.env]}.")
     if args.save:
         model.save(args.save)
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    th.set_num_threads(1)  # small networks: one thread is fastest on CPU
+    model = MPO("MlpPolicy", args.env, seed=args.seed, verbose=args.verbose, **load_hyperparams(args.env))
+    train_and_report(args, model)
 
 
 if __name__ == "__main__":

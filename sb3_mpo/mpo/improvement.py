@@ -229,6 +229,7 @@ class PolicyImprovement(ABC):
             temperatures = losses.solve_temperature(
                 q_values, bounds, log_prior, initial=temperatures, iterations=model.temperature_iterations
             )
+            model._average_over_workers([temperatures])  # data-parallel training: every worker uses the same η
             model.multipliers.store_temperatures(temperatures)
             return temperatures, th.zeros((), device=q_values.device)
         dual_loss = th.zeros((), device=q_values.device)

@@ -544,6 +544,7 @@ class MPO(OffPolicyAlgorithm):
         for optimizer in optimizers:
             optimizer.zero_grad()
         (evaluation.critic_loss + policy_loss + dual_loss).backward()
+        self._average_over_workers([param.grad for param in self._trained_parameters if param.grad is not None])
         checked = {
             "critic_loss": evaluation.critic_loss.detach(),
             "actor_loss": policy_loss.detach(),
@@ -606,6 +607,21 @@ class MPO(OffPolicyAlgorithm):
         current_q_values = self.improvement.taken_q_values(self.critic, observations, actions).reshape(-1)[valid]
         critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values.reshape(-1)[valid])
         return PolicyEvaluation(critic_loss, current_q_values.detach().mean(), targets.select(valid))
+
+    @property
+    def _trained_parameters(self) -> list[th.nn.Parameter]:
+        """The parameters of the critic's, the actor's and the multipliers' optimisers, in a fixed order."""
+        optimizers = [self.critic.optimizer, self.actor.optimizer, self.multipliers_optimizer]
+        return [param for optimizer in optimizers for group in optimizer.param_groups for param in group["params"]]
+
+    def _average_over_workers(self, tensors: list[th.Tensor]) -> None:
+        """
+        Replace each tensor, in place, by its mean over the workers of data-parallel training (the gradients after the
+        backward pass, the solved temperatures): :class:`~sb3_mpo.distributed.DistributedMPO` all-reduces them. A
+        single process is the only worker, so here nothing changes.
+
+        :param tensors: The tensors, in the same order on every worker
+        """
 
     def _clip_grad_norm(self, optimizer: th.optim.Optimizer) -> th.Tensor:
         parameters = [param for group in optimizer.param_groups for param in group["params"]]

@@ -1,0 +1,160 @@
+"""Data-parallel MPO on torch.distributed (gloo): two CPU worker processes on Pendulum-v1."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch as th
+
+from sb3_mpo import MPO
+
+#: What each worker runs: a tiny MPO, trained, checked and resumed; its rank and world come from the environment, as
+#: torchrun would set them
+WORKER = r"""
+import json, os, sys, time
+from pathlib import Path
+
+import gymnasium as gym
+import torch as th
+
+from sb3_mpo.distributed import DistributedMPO, init_workers
+
+out, mode = Path(sys.argv[1]), sys.argv[2]
+th.set_num_threads(1)
+init_workers(timeout_seconds=10 if mode == "hang" else 60)
+rank = int(os.environ["RANK"])
+kwargs = dict(learning_starts=40, batch_size=32, n_action_samples=4, policy_kwargs=dict(net_arch=[16]), seed=0)
+
+
+def fingerprint(model):
+    tensors = {**model.policy.state_dict(), **{f"multipliers.{k}": v for k, v in model.multipliers.state_dict().items()}}
+    for name, optimizer in (("actor", model.actor.optimizer), ("critic", model.critic.optimizer)):
+        for index, state in optimizer.state_dict()["state"].items():
+            tensors[f"{name}.adam.{index}"] = state["exp_avg"]
+    return {name: tensor.double().sum().item() for name, tensor in sorted(tensors.items())}
+
+
+if mode == "train":
+    model = DistributedMPO("MlpPolicy", "Pendulum-v1", **kwargs)
+    calls = []
+    average = model._average_over_workers
+
+    def recorded(tensors):
+        before = [tensor.clone() for tensor in tensors]
+        average(tensors)
+        if len(calls) < 4:
+            calls.append((before, [tensor.clone() for tensor in tensors]))
+
+    model._average_over_workers = recorded
+    model.learn(120)
+    th.save(calls, out / f"calls{rank}.pt")
+    temperature = model.multipliers.temperature.item()
+    result = {"trained": fingerprint(model), "n_updates": model._n_updates, "temperature": temperature}
+    if model.is_chief:
+        model.save(out / "model")
+    th.distributed.barrier()
+    resumed = DistributedMPO.load(out / "model", env=gym.make("Pendulum-v1"))
+    resumed.learn(60, reset_num_timesteps=False)
+    result.update(resumed=fingerprint(resumed), resumed_updates=resumed._n_updates)
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+else:  # one worker dies, or hangs, before its first update
+    model = DistributedMPO("MlpPolicy", "Pendulum-v1", **{**kwargs, "learning_starts": 5})
+    if rank == 1 and mode == "kill":
+        os._exit(3)
+    if rank == 1:
+        time.sleep(15)  # longer than the group's 10 s timeout
+        os._exit(4)
+    start = time.perf_counter()
+    try:
+        model.learn(100)
+        (out / "survivor.json").write_text(json.dumps({"error": None}))
+    except Exception as error:
+        report = {"error": type(error).__name__, "message": str(error), "seconds": time.perf_counter() - start}
+        (out / "survivor.json").write_text(json.dumps(report))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_workers(tmp_path: Path, mode: str, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+    """Start two worker processes as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and wait for both."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    port = free_port()
+    processes = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        command = [sys.executable, str(script), str(tmp_path), mode]
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    deadline = time.monotonic() + timeout
+    results = []
+    for process in processes:
+        try:
+            stdout, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            pytest.fail(f"the workers hung for {timeout} s")
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return results
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distributed")
+    for result in run_workers(folder, "train"):
+        assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def test_workers_hold_identical_parameters_multipliers_and_optimiser_states(trained):
+    ranks = [json.loads((trained / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert ranks[0]["n_updates"] == ranks[1]["n_updates"] > 0
+    assert ranks[0]["trained"] == ranks[1]["trained"]  # every tensor's sum, in float64: bit-identical updates
+    assert ranks[0]["temperature"] == ranks[1]["temperature"]
+
+
+def test_the_averaged_gradient_is_the_mean_of_the_workers_gradients(trained):
+    calls = [th.load(trained / f"calls{rank}.pt") for rank in range(2)]
+    assert len(calls[0]) == len(calls[1]) == 4  # the first update's temperatures and gradients, then the second's
+    for (before0, after0), (before1, after1) in zip(calls[0], calls[1], strict=True):
+        for local0, local1, mean0, mean1 in zip(before0, before1, after0, after1, strict=True):
+            assert th.equal(mean0, mean1)
+            th.testing.assert_close(mean0, (local0 + local1) / 2)
+        # The workers' own gradients differ (their own data): the average is not a copy of either
+        assert any(not th.equal(local0, local1) for local0, local1 in zip(before0, before1, strict=True))
+
+
+def test_the_chiefs_save_loads_anywhere_and_resumes_on_every_worker(trained):
+    ranks = [json.loads((trained / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert ranks[0]["resumed"] == ranks[1]["resumed"] and ranks[0]["resumed"] != ranks[0]["trained"]
+    assert ranks[0]["resumed_updates"] > ranks[0]["n_updates"]
+    model = MPO.load(trained / "model")  # a single process reads the chief's file as a plain MPO
+    assert model._n_updates == ranks[0]["n_updates"]
+
+
+@pytest.mark.parametrize("mode, code", [("kill", 3), ("hang", 4)])
+def test_a_dead_or_silent_worker_makes_the_others_fail_instead_of_hanging(tmp_path, mode, code):
+    """A dead worker's peers fail at once, a silent one's after the group's timeout (10 s here), with a clear error."""
+    _, lost = run_workers(tmp_path, mode, timeout=120)
+    assert lost.returncode == code
+    report = json.loads((tmp_path / "survivor.json").read_text())
+    assert report["error"] == "WorkerLostError", "the survivor trained on alone"
+    assert "another worker died or did not answer" in report["message"] and "gradient update 1 " in report["message"]
+    assert report["seconds"] < (5 if mode == "kill" else 40)
+
+
+def test_distributed_mpo_refuses_to_start_outside_a_process_group():
+    from sb3_mpo.distributed import DistributedMPO
+
+    with pytest.raises(RuntimeError, match=r"needs an initialised torch\.distributed process group"):
+        DistributedMPO("MlpPolicy", "Pendulum-v1")
