@@ -6,6 +6,7 @@ multi-process study, which needs several processes.
 """
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -361,3 +362,16 @@ def test_zoo_commands_run_with_one_torch_thread_unless_told(environ, expected):
         assert set_torch_threads(environ) == expected and th.get_num_threads() == expected
     finally:
         th.set_num_threads(before)
+
+
+def test_shipped_policy_kwargs_are_read_without_eval():
+    """RL Zoo's policy_kwargs strings: literals and torch.nn layers are read, anything else is refused by name."""
+    from torch import nn
+
+    from sb3_mpo.common.hyperparams import parse_policy_kwargs
+
+    parsed = parse_policy_kwargs("dict(layer_norm=True, activation_fn=nn.ELU, net_arch=[256, 256])")
+    assert parsed == {"layer_norm": True, "activation_fn": nn.ELU, "net_arch": [256, 256]}
+    for text in ("dict(activation_fn=nn.functional)", "dict(activation_fn=os.system)", "dict(net_arch=list(range(3)))"):
+        with pytest.raises(ValueError, match=re.escape(f"policy_kwargs={text!r} is not supported here")):
+            parse_policy_kwargs(text)

@@ -5,15 +5,27 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
 HYPERPARAMS_PATH = Path(__file__).parent.parent / "hyperparams" / "mpo.yml"
 # Keys of an RL Zoo entry that configure the experiment rather than the algorithm's constructor
 ZOO_ONLY_KEYS = ("n_timesteps", "policy", "normalize", "n_envs", "env_wrapper", "callback", "frame_stack", "vec_env_wrapper")
 
 
+def _literal_or_module(node: ast.expr) -> Any:
+    """A literal value, or a torch layer class written ``nn.Name`` (as RL Zoo writes ``activation_fn=nn.ELU``)."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "nn":
+        layer = getattr(nn, node.attr, None)
+        if not (isinstance(layer, type) and issubclass(layer, nn.Module)):
+            raise ValueError(f"nn.{node.attr} is not a torch.nn layer")
+        return layer
+    return ast.literal_eval(node)
+
+
 def parse_policy_kwargs(text: str) -> dict[str, Any]:
     """
-    Read RL Zoo's ``"dict(net_arch=[400, 300])"`` strings without ``eval()``: only literal keyword values are accepted.
+    Read RL Zoo's ``"dict(net_arch=[400, 300], activation_fn=nn.ELU)"`` strings without ``eval()``: only literal
+    keyword values and ``torch.nn`` layer classes are accepted.
 
     :param text: The string from a hyperparameter file
     :return: The keyword arguments
@@ -21,7 +33,10 @@ def parse_policy_kwargs(text: str) -> dict[str, Any]:
     call = ast.parse(text, mode="eval").body
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "dict" and not call.args):
         raise ValueError(f"policy_kwargs={text!r} is not supported here: expected a string like 'dict(net_arch=[64, 64])'")
-    return {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords if keyword.arg is not None}
+    try:
+        return {keyword.arg: _literal_or_module(keyword.value) for keyword in call.keywords if keyword.arg is not None}
+    except ValueError as error:
+        raise ValueError(f"policy_kwargs={text!r} is not supported here: {error}") from error
 
 
 def zoo_entry_to_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
