@@ -1,6 +1,7 @@
 """
 MPO under rescaled rewards, without VecNormalize: the E-step's temperature solved on every batch (``solve``, the
-default) against one Adam step on the dual per update (``gradient``, the reference implementations' way).
+default) against one Adam step on the dual per update (``gradient``, the reference implementations' way), and the
+solved temperature with PopArt's value normalisation (``popart``: ``value_normalization=True``).
 
     python -m benchmarks.reward_scale run --env Pendulum-v1 --steps 20000 --scales 1e-3 1 1e3 1e4 --seeds 0 1 2
     python -m benchmarks.reward_scale page                                                        # regenerate the page
@@ -8,7 +9,7 @@ default) against one Adam step on the dual per update (``gradient``, the referen
 Each run trains MPO with the environment's shipped entry (sb3_mpo/hyperparams/mpo.yml) on rewards multiplied by the
 scale, then evaluates the deterministic policy on the unscaled environment (10 episodes), so returns are comparable
 across scales. It also records the E-step's KL(q || pi_old) over training (the logged ``train/kl_q``, in units of its
-bound epsilon). Results: benchmarks/results/reward_scale/<env>/<update>_x<scale>_seed<k>.json; page:
+bound epsilon). Results: benchmarks/results/reward_scale/<env>/<configuration>_x<scale>_seed<k>.json; page:
 docs/results/reward_scale.md.
 """
 
@@ -16,7 +17,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -33,7 +34,12 @@ from sb3_mpo.common.hyperparams import load_hyperparams
 
 RESULTS = RESULTS_DIR / "reward_scale"
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "reward_scale.md"
-UPDATES = ("gradient", "solve")
+#: MPO's arguments in each configuration
+CONFIGURATIONS: dict[str, dict[str, Any]] = {
+    "gradient": {"temperature_update": "gradient"},
+    "solve": {"temperature_update": "solve"},
+    "popart": {"temperature_update": "solve", "value_normalization": True},
+}
 
 
 class RecordKL(BaseCallback):
@@ -52,10 +58,10 @@ class RecordKL(BaseCallback):
             self.kl.append(float(value))
 
 
-def run(env_id: str, scale: float, seed: int, update: Literal["solve", "gradient"], steps: int) -> dict[str, Any]:
+def run(env_id: str, scale: float, seed: int, configuration: str, steps: int) -> dict[str, Any]:
     hyperparams = load_hyperparams(env_id)
     env = TransformReward(gym.make(env_id), lambda reward: float(reward) * scale)
-    model = MPO("MlpPolicy", env, seed=seed, temperature_update=update, **hyperparams)
+    model = MPO("MlpPolicy", env, seed=seed, **CONFIGURATIONS[configuration], **hyperparams)
     recorder = RecordKL()
     start = time.perf_counter()
     model.learn(steps, callback=recorder)
@@ -69,7 +75,9 @@ def run(env_id: str, scale: float, seed: int, update: Literal["solve", "gradient
         "env": env_id,
         "scale": scale,
         "seed": seed,
-        "temperature_update": update,
+        "configuration": configuration,
+        "temperature_update": model.temperature_update,
+        "value_normalization": model.value_normalization,
         "steps": steps,
         "final_return": float(np.mean(returns)),
         "final_return_std": float(np.std(returns)),
@@ -82,8 +90,8 @@ def run(env_id: str, scale: float, seed: int, update: Literal["solve", "gradient
     }
 
 
-def result_path(env_id: str, update: str, scale: float, seed: int) -> Path:
-    return RESULTS / env_id / f"{update}_x{scale:g}_seed{seed}.json"
+def result_path(env_id: str, configuration: str, scale: float, seed: int) -> Path:
+    return RESULTS / env_id / f"{configuration}_x{scale:g}_seed{seed}.json"
 
 
 def write_page() -> None:
@@ -96,15 +104,16 @@ def write_page() -> None:
         "the environment's shipped entry on rewards multiplied by the scale (no VecNormalize); the return is that of the",
         "deterministic policy on the unscaled environment (10 episodes), so it compares across scales. KL / ε is the",
         "E-step's achieved KL(q ‖ π_old) over its bound, logged after each training phase: median and maximum over the",
-        "second half of training. `solve` is the default temperature update, `gradient` one Adam step on the dual.",
+        "second half of training. `solve` is the default temperature update, `gradient` one Adam step on the dual,",
+        "`popart` the solved temperature with PopArt's value normalisation (`value_normalization=True`).",
         "",
-        "| environment | steps | temperature update | reward scale | seeds | final return (mean ± std over seeds) "
+        "| environment | steps | configuration | reward scale | seeds | final return (mean ± std over seeds) "
         "| KL / ε, median | KL / ε, max | commits |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, int, str, float], list[dict[str, Any]]] = {}
     for record in records:
-        key = (record["env"], record["steps"], record["temperature_update"], record["scale"])
+        key = (record["env"], record["steps"], record.get("configuration", record["temperature_update"]), record["scale"])
         groups.setdefault(key, []).append(record)
     for (env_id, steps, update, scale), runs in sorted(groups.items()):
         returns = np.array([run["final_return"] for run in runs])
@@ -126,7 +135,7 @@ def main() -> None:
     run_parser.add_argument("--env", default="Pendulum-v1")
     run_parser.add_argument("--scales", type=float, nargs="+", default=[1e-3, 1.0, 1e3, 1e4])
     run_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    run_parser.add_argument("--updates", nargs="+", default=list(UPDATES), choices=UPDATES)
+    run_parser.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
     run_parser.add_argument("--steps", type=int, default=20_000)
     commands.add_parser("page", help="regenerate the page only")
     args = parser.parse_args()
@@ -134,11 +143,11 @@ def main() -> None:
         th.set_num_threads(1)
         for seed in args.seeds:
             for scale in args.scales:
-                for update in args.updates:
-                    path = result_path(args.env, update, scale, seed)
+                for configuration in args.configurations:
+                    path = result_path(args.env, configuration, scale, seed)
                     if path.exists():
                         continue
-                    record = run(args.env, scale, seed, update, args.steps)
+                    record = run(args.env, scale, seed, configuration, args.steps)
                     write_result(path, record)
                     kl = record["kl_over_epsilon_median_second_half"]
                     print(f"{path.name}: return {record['final_return']:.1f}, KL/eps {kl:.2f}", flush=True)

@@ -29,7 +29,9 @@ from sb3_mpo.mpo.policies import (
     MPOPolicy,
     MultiInputPolicy,
     SampledCritic,
+    critic_output_layers,
 )
+from sb3_mpo.mpo.popart import PopArt
 from sb3_mpo.mpo.retrace import retrace_targets
 
 SelfMPO = TypeVar("SelfMPO", bound="MPO")
@@ -133,6 +135,10 @@ class MPO(OffPolicyAlgorithm):
     :param dual_learning_rate: Learning rate of the Adam optimiser of the temperatures and multipliers
     :param max_grad_norm: Clip the gradient norm of the actor and of the critic to this value (``None``: no clipping)
     :param target_update_interval: update the target networks every ``target_update_interval`` gradient steps
+    :param value_normalization: Learn normalised values with PopArt (van Hasselt et al. 2016): the critic's targets
+        are normalised by running estimates of their mean and standard deviation, and its output layer is rescaled
+        whenever they move so that its values are kept; with the solved temperature, training is then the same at any
+        reward scale (see :mod:`sb3_mpo.mpo.popart`)
     :param replay_fraction: Share of each batch drawn uniformly from replay, in (0, 1]; the rest is the newest data
         (the newest segments, or transitions), as a FIFO queue of the newest data that every batch reads in full
         (Acme's ``replay_fraction``; see :func:`~sb3_mpo.common.buffers.sample_mixed`). 1.0 (the default): pure replay
@@ -156,6 +162,8 @@ class MPO(OffPolicyAlgorithm):
     policy: MPOPolicy
     #: The Gaussian or categorical half of MPO (behaviour, target scoring, E-step and M-step), chosen in ``_setup_model``
     improvement: PolicyImprovement
+    #: Step size β of the moving averages of PopArt's statistics (``value_normalization=True``)
+    value_normalization_rate: ClassVar[float] = 3e-4
     #: Newton steps of the temperature solve per update (``temperature_update="solve"``), warm-started at the previous
     #: batch's temperature; see :func:`~sb3_mpo.mpo.losses.solve_temperature`
     temperature_iterations: int = 4
@@ -204,6 +212,7 @@ class MPO(OffPolicyAlgorithm):
         max_grad_norm: float | None = 40.0,
         target_update_interval: int = 1,
         replay_fraction: float = 1.0,
+        value_normalization: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -238,6 +247,7 @@ class MPO(OffPolicyAlgorithm):
             max_grad_norm=max_grad_norm,
             target_update_interval=target_update_interval,
             replay_fraction=replay_fraction,
+            value_normalization=value_normalization,
             learning_starts=learning_starts,
             train_freq=train_freq,
             gradient_steps=gradient_steps,
@@ -295,6 +305,8 @@ class MPO(OffPolicyAlgorithm):
         self.max_grad_norm = max_grad_norm
         self.target_update_interval = target_update_interval
         self.replay_fraction = replay_fraction
+        self.value_normalization = value_normalization
+        self.value_normalizer: PopArt | None = None
         self.multipliers: LagrangeMultipliers
         self.multipliers_optimizer: th.optim.Adam
 
@@ -465,6 +477,8 @@ class MPO(OffPolicyAlgorithm):
             learn_temperatures=self.temperature_update == "gradient",
         ).to(self.device)
         self.multipliers_optimizer = th.optim.Adam(self.multipliers.parameters(), lr=self.dual_learning_rate, fused=True)
+        if self.value_normalization:
+            self.value_normalizer = PopArt(self.value_normalization_rate).to(self.device)
 
     def _check_mixed_replay(self) -> None:
         """
@@ -568,13 +582,15 @@ class MPO(OffPolicyAlgorithm):
     def _n_step_evaluation(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
         """Expected-SARSA critic loss over (n-step) transitions (paper, Sec. 4, Eq. (13) with the traces cut)."""
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        self._initialise_value_normalizer(replay_data.rewards)
         targets, _ = self.improvement.target_values(replay_data.next_observations)
         target_q_values = losses.expected_sarsa_target(
-            replay_data.rewards, replay_data.dones, discounts, targets.expected_q().unsqueeze(-1)
+            replay_data.rewards, replay_data.dones, discounts, self._values(targets.expected_q()).unsqueeze(-1)
         )
+        target_q_values, targets = self._normalised_targets(target_q_values, targets)
         current_q_values = self.improvement.taken_q_values(self.critic, replay_data.observations, replay_data.actions)
         critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
-        return PolicyEvaluation(critic_loss, current_q_values.detach().mean(), targets)
+        return PolicyEvaluation(critic_loss, self._values(current_q_values.detach().mean()), targets)
 
     def _retrace_evaluation(self, segments: SegmentSamples) -> PolicyEvaluation:
         """
@@ -589,12 +605,14 @@ class MPO(OffPolicyAlgorithm):
         # so the one forward of the target networks at the next observations also scores a_{t+1} (Q'(s_{t+1}, a_{t+1})
         # and log π_old(a_{t+1}|s_{t+1})). Retrace reads neither at t = 0, nor at invalid steps.
         following_actions = th.cat([segments.actions[:, 1:], segments.actions[:, -1:]], dim=1).flatten(0, 1)
+        valid = segments.valid.reshape(-1) > 0.5
+        self._initialise_value_normalizer(segments.rewards.reshape(-1)[valid])
         targets, following = self.improvement.target_values(next_observations, following_actions)
         assert following is not None
         with th.no_grad():
             target_q_values = retrace_targets(
-                q_values=_delay(following.q_values.reshape(n_segments, length)),
-                expected_next_q=targets.expected_q().reshape(n_segments, length),
+                q_values=_delay(self._values(following.q_values).reshape(n_segments, length)),
+                expected_next_q=self._values(targets.expected_q()).reshape(n_segments, length),
                 rewards=segments.rewards,
                 terminations=segments.terminations,
                 episode_ends=segments.episode_ends,
@@ -603,10 +621,36 @@ class MPO(OffPolicyAlgorithm):
                 gamma=self.gamma,
                 lambda_=self.retrace_lambda,
             )
-        valid = segments.valid.reshape(-1) > 0.5
+        target_q_values, targets = self._normalised_targets(target_q_values.reshape(-1)[valid], targets)
         current_q_values = self.improvement.taken_q_values(self.critic, observations, actions).reshape(-1)[valid]
-        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values.reshape(-1)[valid])
-        return PolicyEvaluation(critic_loss, current_q_values.detach().mean(), targets.select(valid))
+        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
+        return PolicyEvaluation(critic_loss, self._values(current_q_values.detach().mean()), targets.select(valid))
+
+    def _initialise_value_normalizer(self, rewards: th.Tensor) -> None:
+        """With value normalisation, set its first statistics from the first batch's rewards."""
+        if self.value_normalizer is not None:
+            self.value_normalizer.initialise(rewards, self.gamma)
+
+    def _values(self, critic_outputs: th.Tensor) -> th.Tensor:
+        """The values Q of the critics' outputs: σ·q̂ + μ with value normalisation, the outputs themselves without."""
+        return critic_outputs if self.value_normalizer is None else self.value_normalizer.denormalize(critic_outputs)
+
+    def _normalised_targets(self, target_q_values: th.Tensor, batch: ImprovementBatch) -> tuple[th.Tensor, ImprovementBatch]:
+        """
+        With value normalisation, move PopArt's statistics towards the critic's targets (rescaling the output layers of
+        the critic and of the target critic, whose values are kept) and express the targets, and the target critic's
+        values in the batch, in the new normalisation; without it, return them as they are.
+
+        :param target_q_values: The critic's targets Q
+        :param batch: The batch of the improvement step, scored by the target critic before the update
+        :return: The regression targets of the critic's outputs, and the batch
+        """
+        if self.value_normalizer is None:
+            return target_q_values, batch
+        layers = [*critic_output_layers(self.critic), *critic_output_layers(self.critic_target)]
+        old = self.value_normalizer.update(target_q_values, layers)
+        batch = batch._replace(q_values=self.value_normalizer.renormalize(batch.q_values, old))
+        return self.value_normalizer.normalize(target_q_values), batch
 
     @property
     def _trained_parameters(self) -> list[th.nn.Parameter]:
@@ -671,9 +715,11 @@ class MPO(OffPolicyAlgorithm):
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     def _excluded_save_params(self) -> list[str]:
-        excluded = ["actor", "actor_target", "critic", "critic_target", "multipliers", "improvement"]
+        excluded = ["actor", "actor_target", "critic", "critic_target", "multipliers", "improvement", "value_normalizer"]
         return [*super()._excluded_save_params(), *excluded]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "actor.optimizer", "critic.optimizer", "multipliers", "multipliers_optimizer"]
+        if self.value_normalizer is not None:
+            state_dicts.append("value_normalizer")
         return state_dicts, []

@@ -329,6 +329,17 @@ class SampledCritic(ContinuousCritic):
         return q_network[1:](hidden).squeeze(-1)
 
 
+def critic_output_layers(critic: SampledCritic | QNetwork) -> list[nn.Linear]:
+    """
+    :param critic: A critic of MPO's (one Q-network, as MPO uses) or SB3's DQN network (one output per action)
+    :return: The last linear layer of each of its Q-networks: the layers whose outputs are the values
+    """
+    networks = list(critic.q_networks) if isinstance(critic, SampledCritic) else [critic.get_submodule("q_net")]
+    layers = [list(network.children())[-1] for network in networks]
+    assert all(isinstance(layer, nn.Linear) for layer in layers), "SB3's create_mlp ends a Q-network with a Linear layer"
+    return layers  # type: ignore[return-value]
+
+
 class MPOPolicy(BasePolicy):
     """
     Policy class (actor, critic and their target copies) for MPO. A ``Box`` action space gets a Gaussian actor and a

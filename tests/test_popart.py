@@ -1,0 +1,85 @@
+"""Value normalisation (PopArt): its maths against direct computation, and MPO's updates made independent of the
+reward scale."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium.wrappers import TransformReward
+
+from sb3_mpo import MPO
+from sb3_mpo.mpo.policies import critic_output_layers
+from sb3_mpo.mpo.popart import moments_std, preserving_output_layer, updated_moments
+
+
+def test_the_rescaled_output_layer_keeps_every_value():
+    """σ'(W'h + b') + μ' = σ(Wh + b) + μ for random layers, inputs and statistics, in float64."""
+    generator = th.Generator().manual_seed(0)
+    weight, bias = th.randn(3, 5, generator=generator, dtype=th.float64), th.randn(3, generator=generator, dtype=th.float64)
+    hidden = th.randn(7, 5, generator=generator, dtype=th.float64)
+    old, new = (th.tensor(-40.0, dtype=th.float64), th.tensor(12.0, dtype=th.float64)), (
+        th.tensor(3.5, dtype=th.float64),
+        th.tensor(0.25, dtype=th.float64),
+    )
+    new_weight, new_bias = preserving_output_layer(weight, bias, old, new)
+    before = old[1] * (hidden @ weight.T + bias) + old[0]
+    after = new[1] * (hidden @ new_weight.T + new_bias) + new[0]
+    th.testing.assert_close(after, before)
+
+
+def test_moments_follow_their_moving_averages_and_the_std_never_vanishes():
+    targets = th.tensor([1.0, 2.0, 4.0])
+    mean, mean_square = updated_moments(th.tensor(0.5, dtype=th.float64), th.tensor(2.0, dtype=th.float64), targets, 0.1)
+    assert mean.item() == pytest.approx(0.9 * 0.5 + 0.1 * np.mean([1, 2, 4]))
+    assert mean_square.item() == pytest.approx(0.9 * 2.0 + 0.1 * np.mean([1, 4, 16]))
+    assert moments_std(mean, mean_square).item() == pytest.approx(np.sqrt(mean_square.item() - mean.item() ** 2))
+    constant = th.tensor(1e4, dtype=th.float64)  # every target equal: the std is floored relative to their size
+    assert moments_std(constant, constant**2).item() == pytest.approx(1e-6 * 1e4)
+
+
+def test_popart_update_keeps_the_critics_values():
+    model = MPO("MlpPolicy", "Pendulum-v1", value_normalization=True, seed=0)
+    normalizer = model.value_normalizer
+    normalizer.initialise(th.tensor([-3.0, -1.0, -8.0]), model.gamma)
+    obs, actions = th.randn(16, 3), th.rand(1, 16, 1) * 2 - 1
+    before = [normalizer.denormalize(critic.sampled_q_values(obs, actions)) for critic in (model.critic, model.critic_target)]
+    layers = [*critic_output_layers(model.critic), *critic_output_layers(model.critic_target)]
+    normalizer.update(th.linspace(-900.0, 100.0, 64), layers)
+    after = [normalizer.denormalize(critic.sampled_q_values(obs, actions)) for critic in (model.critic, model.critic_target)]
+    for values_before, values_after in zip(before, after, strict=True):
+        th.testing.assert_close(values_after, values_before, rtol=1e-5, atol=1e-3)
+
+
+def train(scale: float, value_normalization: bool, **kwargs) -> MPO:
+    env = TransformReward(gym.make("Pendulum-v1"), lambda reward: float(reward) * scale)
+    model = MPO(
+        "MlpPolicy", env, seed=3, learning_starts=100, batch_size=64, n_action_samples=8,
+        value_normalization=value_normalization, policy_kwargs=dict(net_arch=[32, 32]), **kwargs,
+    )  # fmt: skip
+    th.set_num_threads(1)
+    return model.learn(300)
+
+
+def actor_parameters(model: MPO) -> th.Tensor:
+    return th.cat([param.detach().reshape(-1) for param in model.actor.parameters()])
+
+
+@pytest.mark.parametrize("q_target", ["retrace", "n_step"])
+def test_updates_do_not_depend_on_the_reward_scale(q_target):
+    """Rewards x1000: with PopArt the policy learns the same (the statistics scale instead); without, it does not."""
+    normalised = [train(scale, True, q_target=q_target) for scale in (1.0, 1000.0)]
+    th.testing.assert_close(actor_parameters(normalised[1]), actor_parameters(normalised[0]), rtol=1e-3, atol=1e-4)
+    (mean, std), (scaled_mean, scaled_std) = (model.value_normalizer.statistics() for model in normalised)
+    assert scaled_mean.item() == pytest.approx(1000 * mean.item(), rel=1e-3)
+    assert scaled_std.item() == pytest.approx(1000 * std.item(), rel=1e-3)
+    plain = [train(scale, False, q_target=q_target) for scale in (1.0, 1000.0)]
+    assert not th.allclose(actor_parameters(plain[1]), actor_parameters(plain[0]), rtol=1e-3, atol=1e-4)
+
+
+def test_the_statistics_are_saved_and_restored(tmp_path):
+    model = train(1.0, True)
+    model.save(tmp_path / "model")
+    loaded = MPO.load(tmp_path / "model")
+    for saved, restored in zip(model.value_normalizer.statistics(), loaded.value_normalizer.statistics(), strict=True):
+        assert th.equal(saved, restored)
+    assert bool(loaded.value_normalizer.initialised)
