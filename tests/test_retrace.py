@@ -273,7 +273,7 @@ def test_model_retrace_loss_matches_a_separate_pass_over_the_observations(env_id
     import gymnasium as gym
 
     from sb3_mpo import MPO
-    from sb3_mpo.mpo.mpo import _flatten_time
+    from sb3_mpo.mpo.evaluation import _flatten_time
     from sb3_mpo.mpo.policies import CategoricalActor
 
     env = gym.make(env_id, max_episode_steps=5)
@@ -284,7 +284,7 @@ def test_model_retrace_loss_matches_a_separate_pass_over_the_observations(env_id
     assert segments.valid.min() == 0 and segments.episode_ends.max() == 1
 
     th.manual_seed(3)
-    loss = model._retrace_evaluation(segments).critic_loss
+    loss = model.evaluation.evaluate(segments).critic_loss
 
     n_segments, length = segments.rewards.shape
     observations = _flatten_time(segments.observations)

@@ -1,7 +1,7 @@
 import io
 import pathlib
 from collections import defaultdict
-from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch as th
@@ -14,13 +14,12 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from stable_baselines3.dqn.policies import QNetwork
-from torch.nn import functional as F
 
 from sb3_mpo.common import checks
 from sb3_mpo.common.allocator import keep_freed_blocks_in_heap
 from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples, sample_mixed
-from sb3_mpo.mpo import losses
-from sb3_mpo.mpo.improvement import ImprovementBatch, LagrangeMultipliers, PolicyImprovement, make_improvement
+from sb3_mpo.mpo.evaluation import CriticEvaluation, make_evaluation
+from sb3_mpo.mpo.improvement import LagrangeMultipliers, PolicyImprovement, make_improvement
 from sb3_mpo.mpo.policies import (
     CategoricalActor,
     CnnPolicy,
@@ -29,10 +28,8 @@ from sb3_mpo.mpo.policies import (
     MPOPolicy,
     MultiInputPolicy,
     SampledCritic,
-    critic_output_layers,
 )
 from sb3_mpo.mpo.popart import PopArt
-from sb3_mpo.mpo.retrace import retrace_targets
 
 SelfMPO = TypeVar("SelfMPO", bound="MPO")
 QTarget = Literal["n_step", "retrace"]
@@ -45,26 +42,6 @@ class NonFiniteError(FloatingPointError):
     Raised when a loss, gradient or multiplier becomes NaN or infinite (training stops before any parameter moves), or
     when an environment hands over a non-finite observation, action or reward (refused before it is stored).
     """
-
-
-class PolicyEvaluation(NamedTuple):
-    """The critic's loss and the batch on which the policy is then improved."""
-
-    critic_loss: th.Tensor
-    q_mean: th.Tensor
-    improvement: ImprovementBatch
-
-
-def _delay(values: th.Tensor) -> th.Tensor:
-    """Shift a (B, L) tensor one step later in time: out[:, t] = values[:, t − 1], and out[:, 0] = 0."""
-    return F.pad(values[:, :-1], (1, 0))
-
-
-def _flatten_time(observations: PyTorchObs) -> PyTorchObs:
-    """Merge the batch and time axes of segment observations: (B, L, ...) -> (B·L, ...)."""
-    if isinstance(observations, dict):
-        return {key: obs.flatten(0, 1) for key, obs in observations.items()}
-    return observations.flatten(0, 1)
 
 
 class MPO(OffPolicyAlgorithm):
@@ -162,6 +139,8 @@ class MPO(OffPolicyAlgorithm):
     policy: MPOPolicy
     #: The Gaussian or categorical half of MPO (behaviour, target scoring, E-step and M-step), chosen in ``_setup_model``
     improvement: PolicyImprovement
+    #: The critic's targets and loss (Retrace over segments, or n-step returns), chosen in ``_setup_model``
+    evaluation: CriticEvaluation
     #: Step size β of the moving averages of PopArt's statistics (``value_normalization=True``)
     value_normalization_rate: ClassVar[float] = 3e-4
     #: Newton steps of the temperature solve per update (``temperature_update="solve"``), warm-started at the previous
@@ -469,8 +448,9 @@ class MPO(OffPolicyAlgorithm):
         self._create_aliases()
         self.batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
         self.batch_norm_stats_target = get_parameters_by_name(self.critic_target, ["running_"])
-        # The Gaussian or categorical half of MPO, chosen once
+        # The Gaussian or categorical improvement, and the n-step or Retrace evaluation, chosen once
         self.improvement = make_improvement(self)
+        self.evaluation = make_evaluation(self)
         self.multipliers = LagrangeMultipliers(
             init_temperatures=(self.init_temperature,) * self.improvement.n_objectives,
             alphas=self.improvement.trust_regions(),
@@ -547,10 +527,7 @@ class MPO(OffPolicyAlgorithm):
         :param replay_data: A batch of transitions (n-step) or of trajectory segments (Retrace)
         :return: Detached diagnostics for the logger
         """
-        if isinstance(replay_data, SegmentSamples):
-            evaluation = self._retrace_evaluation(replay_data)
-        else:
-            evaluation = self._n_step_evaluation(replay_data)
+        evaluation = self.evaluation.evaluate(replay_data)
         policy_loss, dual_loss, diagnostics = self.improvement.improve(evaluation.improvement)
 
         # The three losses touch disjoint parameters: one backward pass serves all of them
@@ -578,79 +555,6 @@ class MPO(OffPolicyAlgorithm):
             # Copy running stats, see SB3 GH issue #996
             polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
         return {**checked, "q_mean": evaluation.q_mean}
-
-    def _n_step_evaluation(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
-        """Expected-SARSA critic loss over (n-step) transitions (paper, Sec. 4, Eq. (13) with the traces cut)."""
-        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-        self._initialise_value_normalizer(replay_data.rewards)
-        targets, _ = self.improvement.target_values(replay_data.next_observations)
-        target_q_values = losses.expected_sarsa_target(
-            replay_data.rewards, replay_data.dones, discounts, self._values(targets.expected_q()).unsqueeze(-1)
-        )
-        target_q_values, targets = self._normalised_targets(target_q_values, targets)
-        current_q_values = self.improvement.taken_q_values(self.critic, replay_data.observations, replay_data.actions)
-        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
-        return PolicyEvaluation(critic_loss, self._values(current_q_values.detach().mean()), targets)
-
-    def _retrace_evaluation(self, segments: SegmentSamples) -> PolicyEvaluation:
-        """
-        Retrace critic loss over trajectory segments (paper, Sec. 4, Eq. (13)). Every valid step of a segment is a
-        regression target; the E-step and M-step run at the valid steps' next states.
-        """
-        n_segments, length = segments.rewards.shape
-        observations = _flatten_time(segments.observations)
-        next_observations = _flatten_time(segments.next_observations)
-        actions = segments.actions.reshape(n_segments * length, -1)
-        # Where step t + 1 is valid, s_{t+1} is both the next observation of step t and the observation of step t + 1,
-        # so the one forward of the target networks at the next observations also scores a_{t+1} (Q'(s_{t+1}, a_{t+1})
-        # and log π_old(a_{t+1}|s_{t+1})). Retrace reads neither at t = 0, nor at invalid steps.
-        following_actions = th.cat([segments.actions[:, 1:], segments.actions[:, -1:]], dim=1).flatten(0, 1)
-        valid = segments.valid.reshape(-1) > 0.5
-        self._initialise_value_normalizer(segments.rewards.reshape(-1)[valid])
-        targets, following = self.improvement.target_values(next_observations, following_actions)
-        assert following is not None
-        with th.no_grad():
-            target_q_values = retrace_targets(
-                q_values=_delay(self._values(following.q_values).reshape(n_segments, length)),
-                expected_next_q=self._values(targets.expected_q()).reshape(n_segments, length),
-                rewards=segments.rewards,
-                terminations=segments.terminations,
-                episode_ends=segments.episode_ends,
-                valid=segments.valid,
-                log_ratios=_delay(following.log_probs.reshape(n_segments, length)) - segments.behaviour_log_probs,
-                gamma=self.gamma,
-                lambda_=self.retrace_lambda,
-            )
-        target_q_values, targets = self._normalised_targets(target_q_values.reshape(-1)[valid], targets)
-        current_q_values = self.improvement.taken_q_values(self.critic, observations, actions).reshape(-1)[valid]
-        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
-        return PolicyEvaluation(critic_loss, self._values(current_q_values.detach().mean()), targets.select(valid))
-
-    def _initialise_value_normalizer(self, rewards: th.Tensor) -> None:
-        """With value normalisation, set its first statistics from the first batch's rewards."""
-        if self.value_normalizer is not None:
-            self.value_normalizer.initialise(rewards, self.gamma)
-
-    def _values(self, critic_outputs: th.Tensor) -> th.Tensor:
-        """The values Q of the critics' outputs: σ·q̂ + μ with value normalisation, the outputs themselves without."""
-        return critic_outputs if self.value_normalizer is None else self.value_normalizer.denormalize(critic_outputs)
-
-    def _normalised_targets(self, target_q_values: th.Tensor, batch: ImprovementBatch) -> tuple[th.Tensor, ImprovementBatch]:
-        """
-        With value normalisation, move PopArt's statistics towards the critic's targets (rescaling the output layers of
-        the critic and of the target critic, whose values are kept) and express the targets, and the target critic's
-        values in the batch, in the new normalisation; without it, return them as they are.
-
-        :param target_q_values: The critic's targets Q
-        :param batch: The batch of the improvement step, scored by the target critic before the update
-        :return: The regression targets of the critic's outputs, and the batch
-        """
-        if self.value_normalizer is None:
-            return target_q_values, batch
-        layers = [*critic_output_layers(self.critic), *critic_output_layers(self.critic_target)]
-        old = self.value_normalizer.update(target_q_values, layers)
-        batch = batch._replace(q_values=self.value_normalizer.renormalize(batch.q_values, old))
-        return self.value_normalizer.normalize(target_q_values), batch
 
     @property
     def _trained_parameters(self) -> list[th.nn.Parameter]:
@@ -715,7 +619,8 @@ class MPO(OffPolicyAlgorithm):
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     def _excluded_save_params(self) -> list[str]:
-        excluded = ["actor", "actor_target", "critic", "critic_target", "multipliers", "improvement", "value_normalizer"]
+        excluded = ["actor", "actor_target", "critic", "critic_target", "multipliers", "improvement", "evaluation"]
+        excluded.append("value_normalizer")
         return [*super()._excluded_save_params(), *excluded]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

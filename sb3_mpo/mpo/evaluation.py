@@ -1,0 +1,149 @@
+"""
+Policy evaluation, the critic's half of an MPO update (paper, Sec. 4): the critic's targets from the target networks,
+as expected-SARSA n-step returns over transitions or Retrace over trajectory segments, and its regression loss; with
+value normalisation, in PopArt's normalised units (:mod:`sb3_mpo.mpo.popart`). The kind is chosen once, from
+``q_target``, in :func:`make_evaluation`.
+"""
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch as th
+from stable_baselines3.common.type_aliases import PyTorchObs, ReplayBufferSamples
+from torch.nn import functional as F
+
+from sb3_mpo.common.buffers import SegmentSamples
+from sb3_mpo.mpo import losses
+from sb3_mpo.mpo.improvement import ImprovementBatch
+from sb3_mpo.mpo.policies import critic_output_layers
+from sb3_mpo.mpo.retrace import retrace_targets
+
+if TYPE_CHECKING:
+    from sb3_mpo.mpo.mpo import MPO
+
+
+class PolicyEvaluation(NamedTuple):
+    """The critic's loss and the batch on which the policy is then improved."""
+
+    critic_loss: th.Tensor
+    q_mean: th.Tensor
+    improvement: ImprovementBatch
+
+
+def _delay(values: th.Tensor) -> th.Tensor:
+    """Shift a (B, L) tensor one step later in time: out[:, t] = values[:, t − 1], and out[:, 0] = 0."""
+    return F.pad(values[:, :-1], (1, 0))
+
+
+def _flatten_time(observations: PyTorchObs) -> PyTorchObs:
+    """Merge the batch and time axes of segment observations: (B, L, ...) -> (B·L, ...)."""
+    if isinstance(observations, dict):
+        return {key: obs.flatten(0, 1) for key, obs in observations.items()}
+    return observations.flatten(0, 1)
+
+
+class CriticEvaluation(ABC):
+    """
+    The critic-target half of an :class:`~sb3_mpo.MPO` model; like its policy improvement, it reads the model's
+    networks and hyperparameters, so it always sees their current values (also after ``load``).
+
+    :param model: The MPO model it belongs to
+    """
+
+    def __init__(self, model: "MPO"):
+        self.model = model
+
+    @abstractmethod
+    def evaluate(self, replay_data: Any) -> PolicyEvaluation:
+        """
+        :param replay_data: A batch of the model's replay buffer
+        :return: The critic's loss, its mean value, and the batch (scored by the target networks) to improve on
+        """
+
+    def initialise_value_normalizer(self, rewards: th.Tensor) -> None:
+        """With value normalisation, set its first statistics from the first batch's rewards."""
+        if self.model.value_normalizer is not None:
+            self.model.value_normalizer.initialise(rewards, self.model.gamma)
+
+    def values(self, critic_outputs: th.Tensor) -> th.Tensor:
+        """The values Q of the critics' outputs: σ·q̂ + μ with value normalisation, the outputs themselves without."""
+        normalizer = self.model.value_normalizer
+        return critic_outputs if normalizer is None else normalizer.denormalize(critic_outputs)
+
+    def normalised_targets(self, target_q_values: th.Tensor, batch: ImprovementBatch) -> tuple[th.Tensor, ImprovementBatch]:
+        """
+        With value normalisation, move PopArt's statistics towards the critic's targets (rescaling the output layers of
+        the critic and of the target critic, whose values are kept) and express the targets, and the target critic's
+        values in the batch, in the new normalisation; without it, return them as they are.
+
+        :param target_q_values: The critic's targets Q
+        :param batch: The batch of the improvement step, scored by the target critic before the update
+        :return: The regression targets of the critic's outputs, and the batch
+        """
+        model, normalizer = self.model, self.model.value_normalizer
+        if normalizer is None:
+            return target_q_values, batch
+        layers = [*critic_output_layers(model.critic), *critic_output_layers(model.critic_target)]
+        old = normalizer.update(target_q_values, layers)
+        batch = batch._replace(q_values=normalizer.renormalize(batch.q_values, old))
+        return normalizer.normalize(target_q_values), batch
+
+
+class NStepEvaluation(CriticEvaluation):
+    """Expected-SARSA critic loss over (n-step) transitions (paper, Sec. 4, Eq. (13) with the traces cut)."""
+
+    def evaluate(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
+        model = self.model
+        discounts = replay_data.discounts if replay_data.discounts is not None else model.gamma
+        self.initialise_value_normalizer(replay_data.rewards)
+        targets, _ = model.improvement.target_values(replay_data.next_observations)
+        target_q_values = losses.expected_sarsa_target(
+            replay_data.rewards, replay_data.dones, discounts, self.values(targets.expected_q()).unsqueeze(-1)
+        )
+        target_q_values, targets = self.normalised_targets(target_q_values, targets)
+        current_q_values = model.improvement.taken_q_values(model.critic, replay_data.observations, replay_data.actions)
+        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
+        return PolicyEvaluation(critic_loss, self.values(current_q_values.detach().mean()), targets)
+
+
+class RetraceEvaluation(CriticEvaluation):
+    """
+    Retrace critic loss over trajectory segments (paper, Sec. 4, Eq. (13)). Every valid step of a segment is a
+    regression target; the E-step and M-step run at the valid steps' next states.
+    """
+
+    def evaluate(self, segments: SegmentSamples) -> PolicyEvaluation:
+        model = self.model
+        n_segments, length = segments.rewards.shape
+        observations = _flatten_time(segments.observations)
+        next_observations = _flatten_time(segments.next_observations)
+        actions = segments.actions.reshape(n_segments * length, -1)
+        # Where step t + 1 is valid, s_{t+1} is both the next observation of step t and the observation of step t + 1,
+        # so the one forward of the target networks at the next observations also scores a_{t+1} (Q'(s_{t+1}, a_{t+1})
+        # and log π_old(a_{t+1}|s_{t+1})). Retrace reads neither at t = 0, nor at invalid steps.
+        following_actions = th.cat([segments.actions[:, 1:], segments.actions[:, -1:]], dim=1).flatten(0, 1)
+        valid = segments.valid.reshape(-1) > 0.5
+        self.initialise_value_normalizer(segments.rewards.reshape(-1)[valid])
+        targets, following = model.improvement.target_values(next_observations, following_actions)
+        assert following is not None
+        with th.no_grad():
+            target_q_values = retrace_targets(
+                q_values=_delay(self.values(following.q_values).reshape(n_segments, length)),
+                expected_next_q=self.values(targets.expected_q()).reshape(n_segments, length),
+                rewards=segments.rewards,
+                terminations=segments.terminations,
+                episode_ends=segments.episode_ends,
+                valid=segments.valid,
+                log_ratios=_delay(following.log_probs.reshape(n_segments, length)) - segments.behaviour_log_probs,
+                gamma=model.gamma,
+                lambda_=model.retrace_lambda,
+            )
+        target_q_values, targets = self.normalised_targets(target_q_values.reshape(-1)[valid], targets)
+        current_q_values = model.improvement.taken_q_values(model.critic, observations, actions).reshape(-1)[valid]
+        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
+        return PolicyEvaluation(critic_loss, self.values(current_q_values.detach().mean()), targets.select(valid))
+
+
+def make_evaluation(model: "MPO") -> CriticEvaluation:
+    """:return: The critic evaluation of the model's ``q_target``: Retrace over segments, or n-step returns"""
+    return RetraceEvaluation(model) if model.q_target == "retrace" else NStepEvaluation(model)
