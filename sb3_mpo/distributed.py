@@ -68,8 +68,8 @@ class DistributedMPO(MPO):
     """
     MPO trained by all the processes of an initialised ``torch.distributed`` group (see :func:`init_workers`), each
     with its own environment and replay buffer, their gradients averaged before every update. Takes MPO's arguments;
-    ``train_freq`` must count steps (with episodes, workers would update at different times), and ``seed`` is each
-    worker's base seed (worker k uses ``seed + k``). Only rank 0 logs.
+    ``train_freq`` must count steps (with episodes, workers would update at different times), ``value_normalization``
+    is not supported yet, and ``seed`` is each worker's base seed (worker k uses ``seed + k``). Only rank 0 logs.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -84,6 +84,11 @@ class DistributedMPO(MPO):
             raise ValueError(
                 f"DistributedMPO: train_freq={train_freq!r} is invalid, expected a number of steps (an int or (n, 'step')): "
                 "workers must update at the same steps"
+            )
+        if kwargs.get("value_normalization"):
+            raise ValueError(
+                "DistributedMPO: value_normalization=True is not supported yet (each worker's PopArt statistics would "
+                "follow its own targets and the critics would drift apart); expected False"
             )
         if self.rank != 0:
             kwargs["verbose"] = 0

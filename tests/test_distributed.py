@@ -158,3 +158,14 @@ def test_distributed_mpo_refuses_to_start_outside_a_process_group():
 
     with pytest.raises(RuntimeError, match=r"needs an initialised torch\.distributed process group"):
         DistributedMPO("MlpPolicy", "Pendulum-v1")
+
+
+def test_distributed_mpo_refuses_value_normalization(monkeypatch):
+    """PopArt's statistics are per worker: until they are averaged too, the combination is refused before training."""
+    from sb3_mpo import distributed
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    with pytest.raises(ValueError, match=r"value_normalization=True is not supported yet"):
+        distributed.DistributedMPO("MlpPolicy", "Pendulum-v1", value_normalization=True)
