@@ -23,6 +23,7 @@ import torch as th
 from sb3_contrib import TQC, CrossQ
 from stable_baselines3 import SAC
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from torch import nn
 
 from benchmarks.results import write_result
 from benchmarks.stamp import stamp
@@ -42,6 +43,8 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
     "mpo_n10": (MPO, {"n_action_samples": 10}, "MPO, N=10"),
     "mpo_1step": (MPO, {"q_target": "n_step"}, "MPO, 1-step targets, N=20"),
     "mpo_gradient": (MPO, {"temperature_update": "gradient"}, "MPO, temperature by a gradient step"),
+    "mpo_ln": (MPO, {"policy_kwargs": {"layer_norm": True, "activation_fn": nn.ELU}}, "MPO, Acme's LayerNorm torso + ELU"),
+    "mpo_popart": (MPO, {"value_normalization": True}, "MPO, PopArt value normalisation"),
 }
 
 
