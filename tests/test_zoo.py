@@ -304,7 +304,7 @@ def test_optimize_with_storage(tmp_path: Path, backend: str) -> None:
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert set(trials[1].params) == {
         *("one_minus_gamma", "learning_rate", "batch_size_pow", "n_action_samples", "epsilon", "epsilon_mean"),
-        *("epsilon_std", "q_target", "tau", "net_arch", "action_bounding"),
+        *("epsilon_std", "q_target", "tau", "net_arch", "action_bounding", "replay_fraction", "policy_improvement"),
     }
     # Train with a stored trial's hyperparameters (rl_zoo3 ignores --trial-id 0, hence trial 1)
     zoo(
