@@ -8,9 +8,10 @@ Every worker (one process, launched by ``torchrun``) owns its environments and i
 batch; the gradients are averaged over the workers (one all-reduce of all of them per update) before the same
 optimiser step, so that every worker holds the same parameters after each update, target networks and optimiser
 states included. The temperatures solved by each worker's E-step are averaged too, so every worker weights its samples
-with the same η. Rank 0 (the chief) logs, evaluates and saves; every worker can load the saved model and resume.
-A non-finite loss or gradient on any worker stops every worker at the same update, and a worker that dies or stops
-answering makes the others fail with an error after ``timeout_seconds`` instead of waiting forever.
+with the same η; with value normalisation, PopArt's statistics follow the workers' average moments. Rank 0 (the
+chief) logs, evaluates and saves; every worker can load the saved model and resume. A non-finite loss or gradient on
+any worker stops every worker at the same update, and a worker that dies or stops answering makes the others fail
+with an error after ``timeout_seconds`` instead of waiting forever.
 
     torchrun --nproc-per-node 2 -m sb3_mpo.distributed --env Pendulum-v1 --steps 20000
 
@@ -68,8 +69,8 @@ class DistributedMPO(MPO):
     """
     MPO trained by all the processes of an initialised ``torch.distributed`` group (see :func:`init_workers`), each
     with its own environment and replay buffer, their gradients averaged before every update. Takes MPO's arguments;
-    ``train_freq`` must count steps (with episodes, workers would update at different times), ``value_normalization``
-    is not supported yet, and ``seed`` is each worker's base seed (worker k uses ``seed + k``). Only rank 0 logs.
+    ``train_freq`` must count steps (with episodes, workers would update at different times), and ``seed`` is each
+    worker's base seed (worker k uses ``seed + k``). Only rank 0 logs.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -84,11 +85,6 @@ class DistributedMPO(MPO):
             raise ValueError(
                 f"DistributedMPO: train_freq={train_freq!r} is invalid, expected a number of steps (an int or (n, 'step')): "
                 "workers must update at the same steps"
-            )
-        if kwargs.get("value_normalization"):
-            raise ValueError(
-                "DistributedMPO: value_normalization=True is not supported yet (each worker's PopArt statistics would "
-                "follow its own targets and the critics would drift apart); expected False"
             )
         if self.rank != 0:
             kwargs["verbose"] = 0

@@ -24,15 +24,18 @@ import torch as th
 
 from sb3_mpo.distributed import DistributedMPO, init_workers
 
-out, mode = Path(sys.argv[1]), sys.argv[2]
+out, mode, value_normalization = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "popart"
 th.set_num_threads(1)
 init_workers(timeout_seconds=10 if mode == "hang" else 60)
 rank = int(os.environ["RANK"])
-kwargs = dict(learning_starts=40, batch_size=32, n_action_samples=4, policy_kwargs=dict(net_arch=[16]), seed=0)
+kwargs = dict(learning_starts=40, batch_size=32, n_action_samples=4, policy_kwargs=dict(net_arch=[16]), seed=0,
+              value_normalization=value_normalization)
 
 
 def fingerprint(model):
     tensors = {**model.policy.state_dict(), **{f"multipliers.{k}": v for k, v in model.multipliers.state_dict().items()}}
+    if model.value_normalizer is not None:
+        tensors.update({f"popart.{k}": v for k, v in model.value_normalizer.state_dict().items()})
     for name, optimizer in (("actor", model.actor.optimizer), ("critic", model.critic.optimizer)):
         for index, state in optimizer.state_dict()["state"].items():
             tensors[f"{name}.adam.{index}"] = state["exp_avg"]
@@ -85,7 +88,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_workers(tmp_path: Path, mode: str, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+def run_workers(tmp_path: Path, mode: str, popart: bool = False, timeout: float = 240) -> list[subprocess.CompletedProcess]:
     """Start two worker processes as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and wait for both."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -93,7 +96,7 @@ def run_workers(tmp_path: Path, mode: str, timeout: float = 240) -> list[subproc
     processes = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        command = [sys.executable, str(script), str(tmp_path), mode]
+        command = [sys.executable, str(script), str(tmp_path), mode, "popart" if popart else "plain"]
         processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     deadline = time.monotonic() + timeout
     results = []
@@ -108,10 +111,11 @@ def run_workers(tmp_path: Path, mode: str, timeout: float = 240) -> list[subproc
     return results
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "popart"])
+def trained(request, tmp_path_factory):
+    """Two workers trained, then resumed from the chief's save; with PopArt's value normalisation or without."""
     folder = tmp_path_factory.mktemp("distributed")
-    for result in run_workers(folder, "train"):
+    for result in run_workers(folder, "train", popart=request.param):
         assert result.returncode == 0, result.stderr[-3000:]
     return folder
 
@@ -158,14 +162,3 @@ def test_distributed_mpo_refuses_to_start_outside_a_process_group():
 
     with pytest.raises(RuntimeError, match=r"needs an initialised torch\.distributed process group"):
         DistributedMPO("MlpPolicy", "Pendulum-v1")
-
-
-def test_distributed_mpo_refuses_value_normalization(monkeypatch):
-    """PopArt's statistics are per worker: until they are averaged too, the combination is refused before training."""
-    from sb3_mpo import distributed
-
-    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
-    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
-    with pytest.raises(ValueError, match=r"value_normalization=True is not supported yet"):
-        distributed.DistributedMPO("MlpPolicy", "Pendulum-v1", value_normalization=True)

@@ -9,7 +9,7 @@ from gymnasium.wrappers import TransformReward
 
 from sb3_mpo import MPO
 from sb3_mpo.mpo.policies import critic_output_layers
-from sb3_mpo.mpo.popart import moments_std, preserving_output_layer, updated_moments
+from sb3_mpo.mpo.popart import batch_moments, moments_std, preserving_output_layer, updated_moments
 
 
 def test_the_rescaled_output_layer_keeps_every_value():
@@ -29,7 +29,9 @@ def test_the_rescaled_output_layer_keeps_every_value():
 
 def test_moments_follow_their_moving_averages_and_the_std_never_vanishes():
     targets = th.tensor([1.0, 2.0, 4.0])
-    mean, mean_square = updated_moments(th.tensor(0.5, dtype=th.float64), th.tensor(2.0, dtype=th.float64), targets, 0.1)
+    moments = batch_moments(targets)
+    assert moments.tolist() == pytest.approx([np.mean([1, 2, 4]), np.mean([1, 4, 16])])
+    mean, mean_square = updated_moments(th.tensor(0.5, dtype=th.float64), th.tensor(2.0, dtype=th.float64), moments, 0.1)
     assert mean.item() == pytest.approx(0.9 * 0.5 + 0.1 * np.mean([1, 2, 4]))
     assert mean_square.item() == pytest.approx(0.9 * 2.0 + 0.1 * np.mean([1, 4, 16]))
     assert moments_std(mean, mean_square).item() == pytest.approx(np.sqrt(mean_square.item() - mean.item() ** 2))
@@ -40,11 +42,14 @@ def test_moments_follow_their_moving_averages_and_the_std_never_vanishes():
 def test_popart_update_keeps_the_critics_values():
     model = MPO("MlpPolicy", "Pendulum-v1", value_normalization=True, seed=0)
     normalizer = model.value_normalizer
-    normalizer.initialise(th.tensor([-3.0, -1.0, -8.0]), model.gamma)
+    rewards = th.tensor([-3.0, -1.0, -8.0])
+    normalizer.initialise(batch_moments(rewards), model.gamma)
+    mean, std = normalizer.statistics()  # (mean r, std r) / (1 - gamma)
+    assert (mean.item(), std.item()) == pytest.approx((-4.0 / 0.01, np.std([-3.0, -1.0, -8.0]) / 0.01))
     obs, actions = th.randn(16, 3), th.rand(1, 16, 1) * 2 - 1
     before = [normalizer.denormalize(critic.sampled_q_values(obs, actions)) for critic in (model.critic, model.critic_target)]
     layers = [*critic_output_layers(model.critic), *critic_output_layers(model.critic_target)]
-    normalizer.update(th.linspace(-900.0, 100.0, 64), layers)
+    normalizer.update(batch_moments(th.linspace(-900.0, 100.0, 64)), layers)
     after = [normalizer.denormalize(critic.sampled_q_values(obs, actions)) for critic in (model.critic, model.critic_target)]
     for values_before, values_after in zip(before, after, strict=True):
         th.testing.assert_close(values_after, values_before, rtol=1e-5, atol=1e-3)

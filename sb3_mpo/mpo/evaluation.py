@@ -16,6 +16,7 @@ from sb3_mpo.common.buffers import SegmentSamples
 from sb3_mpo.mpo import losses
 from sb3_mpo.mpo.improvement import ImprovementBatch
 from sb3_mpo.mpo.policies import critic_output_layers
+from sb3_mpo.mpo.popart import batch_moments
 from sb3_mpo.mpo.retrace import retrace_targets
 
 if TYPE_CHECKING:
@@ -61,9 +62,16 @@ class CriticEvaluation(ABC):
         """
 
     def initialise_value_normalizer(self, rewards: th.Tensor) -> None:
-        """With value normalisation, set its first statistics from the first batch's rewards."""
-        if self.model.value_normalizer is not None:
-            self.model.value_normalizer.initialise(rewards, self.model.gamma)
+        """With value normalisation, set its first statistics from the first batch's rewards (all workers' batches)."""
+        normalizer = self.model.value_normalizer
+        if normalizer is not None and not bool(normalizer.initialised):
+            normalizer.initialise(self.moments_over_workers(rewards), self.model.gamma)
+
+    def moments_over_workers(self, values: th.Tensor) -> th.Tensor:
+        """The batch's (mean, mean square), averaged over the workers of data-parallel training."""
+        moments = batch_moments(values)
+        self.model._average_over_workers([moments])
+        return moments
 
     def values(self, critic_outputs: th.Tensor) -> th.Tensor:
         """The values Q of the critics' outputs: σ·q̂ + μ with value normalisation, the outputs themselves without."""
@@ -84,7 +92,7 @@ class CriticEvaluation(ABC):
         if normalizer is None:
             return target_q_values, batch
         layers = [*critic_output_layers(model.critic), *critic_output_layers(model.critic_target)]
-        old = normalizer.update(target_q_values, layers)
+        old = normalizer.update(self.moments_over_workers(target_q_values), layers)
         batch = batch._replace(q_values=normalizer.renormalize(batch.q_values, old))
         return normalizer.normalize(target_q_values), batch
 

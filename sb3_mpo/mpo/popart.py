@@ -26,18 +26,26 @@ def moments_std(mean: th.Tensor, mean_square: th.Tensor) -> th.Tensor:
     return th.maximum((mean_square - mean**2).clamp(min=0.0).sqrt(), floor)
 
 
-def updated_moments(mean: th.Tensor, mean_square: th.Tensor, targets: th.Tensor, rate: float) -> tuple[th.Tensor, th.Tensor]:
+def batch_moments(values: th.Tensor) -> th.Tensor:
+    """
+    :param values: A batch of values (any shape)
+    :return: Their first two moments (mean(y), mean(y²)) in float64, shape (2,): what data-parallel workers average
+    """
+    values = values.double()
+    return th.stack([values.mean(), (values**2).mean()])
+
+
+def updated_moments(mean: th.Tensor, mean_square: th.Tensor, moments: th.Tensor, rate: float) -> tuple[th.Tensor, th.Tensor]:
     """
     One step of the exponential moving averages of the targets' moments (PopArt, Sec. 2, Eq. (2) with step size β).
 
     :param mean: ν₁
     :param mean_square: ν₂
-    :param targets: A batch of targets (any shape)
+    :param moments: The batch's (mean(y), mean(y²)), see :func:`batch_moments`
     :param rate: β in (0, 1]
     :return: (1 − β)·ν₁ + β·mean(y), (1 − β)·ν₂ + β·mean(y²)
     """
-    targets = targets.to(mean.dtype)
-    return (1 - rate) * mean + rate * targets.mean(), (1 - rate) * mean_square + rate * (targets**2).mean()
+    return (1 - rate) * mean + rate * moments[0], (1 - rate) * mean_square + rate * moments[1]
 
 
 def preserving_output_layer(
@@ -92,28 +100,32 @@ class PopArt(nn.Module):
         mean, std = self.statistics()
         return (normalized.double() * std + mean).to(normalized.dtype)
 
-    def initialise(self, rewards: th.Tensor, gamma: float) -> None:
-        """Set (μ, σ) from a batch of rewards, unless already set: (mean r, std r) / (1 − γ)."""
+    def initialise(self, reward_moments: th.Tensor, gamma: float) -> None:
+        """
+        Set (μ, σ) from a batch of rewards, unless already set: (mean r, std r) / (1 − γ), i.e. ν₁ = mean(r) / (1 − γ)
+        and ν₂ = mean(r²) / (1 − γ)².
+
+        :param reward_moments: The batch's (mean(r), mean(r²)), see :func:`batch_moments`
+        :param gamma: The discount factor γ
+        """
         if bool(self.initialised):
             return
-        rewards = rewards.double()
         horizon = 1.0 / (1.0 - gamma) if gamma < 1 else 1.0
-        mean, std = rewards.mean() * horizon, rewards.std(unbiased=False) * horizon
-        self.mean.copy_(mean)
-        self.mean_square.copy_(mean**2 + std**2)
+        self.mean.copy_(reward_moments[0] * horizon)
+        self.mean_square.copy_(reward_moments[1] * horizon**2)
         self.initialised.fill_(True)
 
     @th.no_grad()
-    def update(self, targets: th.Tensor, output_layers: list[nn.Linear]) -> tuple[th.Tensor, th.Tensor]:
+    def update(self, target_moments: th.Tensor, output_layers: list[nn.Linear]) -> tuple[th.Tensor, th.Tensor]:
         """
         Move the statistics towards a batch of targets and rescale the output layers so that their values are kept.
 
-        :param targets: The critic's (unnormalised) targets
+        :param target_moments: The (mean(y), mean(y²)) of the critic's unnormalised targets, see :func:`batch_moments`
         :param output_layers: The last linear layers of the online and of the target critic
         :return: The previous statistics (μ, σ)
         """
         old = self.statistics()
-        mean, mean_square = updated_moments(self.mean, self.mean_square, targets, self.rate)
+        mean, mean_square = updated_moments(self.mean, self.mean_square, target_moments, self.rate)
         self.mean.copy_(mean)
         self.mean_square.copy_(mean_square)
         new = self.statistics()
