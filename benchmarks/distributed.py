@@ -108,7 +108,8 @@ def page() -> str:
     lines += ["", "Evaluation curves (mean return against the env steps of all workers):", ""]
     for record in records:
         points = ", ".join(f"{point['env_steps']:,}: {point['mean']:.0f}" for point in record["curve"])
-        lines.append(f"- {record['env']}, {record['workers']} workers: {points}")
+        workers = f"{record['workers']} worker" + ("s" if record["workers"] > 1 else "")
+        lines.append(f"- {record['env']}, {workers}: {points}")
     return "\n".join(lines) + "\n"
 
 
