@@ -40,3 +40,35 @@ def test_benchmark_report_names_the_install_it_needs(monkeypatch, capsys):
     monkeypatch.setattr(cli, "missing_modules", lambda names: ["rliable"])
     assert cli.main(["report", "tiny"]) == 2
     assert 'pip install -e ".[benchmarks]"' in capsys.readouterr().err
+
+
+def readme_commands() -> list[str]:
+    """The README's commands of RL Zoo and the benchmarks, as written there (the block after the example)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = re.findall(r"each after its install:\n\n```bash\n(.*?)```", readme, flags=re.DOTALL)
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.startswith("python -m")]
+
+
+def test_readme_commands_run_as_written(tmp_path):
+    """Each command of the README, with its budget shortened: train, enjoy what it trained, the tiny suite, report."""
+    shorten = {
+        "python -m sb3_mpo.zoo train": ["-n", "300", "--eval-freq", "-1", "--hyperparams", "learning_starts:100"],
+        "python -m sb3_mpo.zoo enjoy": ["-n", "50", "--no-render"],
+        "python -m benchmarks run tiny": ["--results", str(tmp_path / "results"), "--workers", "1"],
+        "python -m benchmarks report quick": ["--out", str(tmp_path / "quick.md")],
+    }
+    commands = readme_commands()
+    assert len(commands) == 5, commands  # train, enjoy, run tiny, run quick, report quick
+    repository = Path(__file__).resolve().parents[1]
+    for command in commands:
+        if command == "python -m benchmarks run quick":  # hours: only check that the suite loads and what it would run
+            command = "python -m benchmarks status quick"
+        extra = next((arguments for prefix, arguments in shorten.items() if command.startswith(prefix)), [])
+        words = command.split()
+        # The zoo writes logs/ where it runs; the benchmarks find their suites from the repository root
+        cwd = repository if words[2].startswith("benchmarks") else tmp_path
+        done = subprocess.run([sys.executable, *words[1:], *extra], cwd=cwd, capture_output=True, text=True)
+        assert done.returncode == 0, f"{command}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    assert (tmp_path / "logs" / "mpo" / "Pendulum-v1_1" / "Pendulum-v1.zip").is_file()
+    assert (tmp_path / "quick.md").read_text().startswith("# Benchmark suite `quick`")
+    assert len(list((tmp_path / "results" / "tiny").rglob("*.json"))) == 4
