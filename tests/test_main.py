@@ -6,8 +6,19 @@ import sys
 from pathlib import Path
 
 
+def readme_main_job() -> list[str]:
+    """The arguments of the README's main job, as written in its first set-up command."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (command,) = re.findall(r"```bash\npip install torch==[^\n]*&& (python -m sb3_mpo [^\n]*)\n```", readme)
+    return command.split()[3:]
+
+
 def test_main_job_prints_progress_and_final_evaluation(tmp_path):
-    command = [sys.executable, "-m", "sb3_mpo", "--steps", "600", "--eval-freq", "200", "--eval-episodes", "2"]
+    """The README's main job as written (Pendulum-v1, 20k steps), its budget shortened to 600 steps."""
+    arguments = readme_main_job()
+    assert arguments == ["--env", "Pendulum-v1", "--steps", "20000"]
+    arguments[arguments.index("--steps") + 1] = "600"
+    command = [sys.executable, "-m", "sb3_mpo", *arguments, "--eval-freq", "200", "--eval-episodes", "2"]
     out = subprocess.run([*command, "--save", str(tmp_path / "model")], capture_output=True, text=True, check=True).stdout
     progress = re.findall(r"^\s+(\d+) steps\s+\d+:\d\d\s+evaluation return\s+(-?\d+\.\d)$", out, flags=re.MULTILINE)
     assert [int(step) for step, _ in progress] == [200, 400, 600]
