@@ -67,17 +67,16 @@ def train_and_report(args: argparse.Namespace, model: MPO, chief: bool = True, l
     :param chief: Whether this process reports and saves (the only process, or rank 0 of data-parallel training)
     :param label: How the lines name the run
     """
-    eval_env = make_vec_env(args.env, n_envs=1, seed=args.seed + 10_000)
-    progress = None
-    if chief:
-        progress = EvalCallback(
-            eval_env, eval_freq=args.eval_freq, n_eval_episodes=5, callback_after_eval=PrintEvaluation(), verbose=0
-        )
-        every = f"every {args.eval_freq} steps, the mean return of 5 evaluation episodes"
-        print(f"{label} on {args.env}, {args.steps} steps; {every}:")
-    model.learn(args.steps, callback=progress)
-    if not chief:
+    if not chief:  # another worker of data-parallel training: it trains, rank 0 evaluates
+        model.learn(args.steps)
         return
+    eval_env = make_vec_env(args.env, n_envs=1, seed=args.seed + 10_000)
+    progress = EvalCallback(
+        eval_env, eval_freq=args.eval_freq, n_eval_episodes=5, callback_after_eval=PrintEvaluation(), verbose=0
+    )
+    every = f"every {args.eval_freq} steps, the mean return of 5 evaluation episodes"
+    print(f"{label} on {args.env}, {args.steps} steps; {every}:")
+    model.learn(args.steps, callback=progress)
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
     print(
         f"{label} on {args.env} after {args.steps} steps (seed {args.seed}): mean return {mean:.1f} +/- {std:.1f} over "

@@ -40,7 +40,7 @@ import torch.distributed as dist
 from stable_baselines3.common.logger import configure
 
 from sb3_mpo.common.hyperparams import load_hyperparams
-from sb3_mpo.mpo.mpo import MPO, NonFiniteError
+from sb3_mpo.mpo.mpo import MPO, NonFiniteError, optimized_parameters
 
 #: Seconds a worker waits for the others in a collective before it fails
 DEFAULT_TIMEOUT_SECONDS = 300.0
@@ -121,6 +121,9 @@ class DistributedMPO(MPO):
                 f"the process group's timeout at gradient update {self._n_updates + 1} (env step {self.num_timesteps}); "
                 f"training stops. The backend said: {error}"
             ) from error
+
+    def _average_gradients(self, optimizers: list[th.optim.Optimizer]) -> None:
+        self._average_over_workers([param.grad for param in optimized_parameters(optimizers) if param.grad is not None])
 
     def _average_over_workers(self, tensors: list[th.Tensor]) -> None:
         if not tensors:

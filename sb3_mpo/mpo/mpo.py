@@ -44,6 +44,11 @@ class NonFiniteError(FloatingPointError):
     """
 
 
+def optimized_parameters(optimizers: list[th.optim.Optimizer]) -> list[th.nn.Parameter]:
+    """The parameters the optimisers update, in their order."""
+    return [param for optimizer in optimizers for group in optimizer.param_groups for param in group["params"]]
+
+
 class MPO(OffPolicyAlgorithm):
     """
     Maximum a Posteriori Policy Optimisation (MPO)
@@ -535,7 +540,7 @@ class MPO(OffPolicyAlgorithm):
         for optimizer in optimizers:
             optimizer.zero_grad()
         (evaluation.critic_loss + policy_loss + dual_loss).backward()
-        self._average_over_workers([param.grad for param in self._trained_parameters if param.grad is not None])
+        self._average_gradients(optimizers)
         checked = {
             "critic_loss": evaluation.critic_loss.detach(),
             "actor_loss": policy_loss.detach(),
@@ -556,11 +561,13 @@ class MPO(OffPolicyAlgorithm):
             polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
         return {**checked, "q_mean": evaluation.q_mean}
 
-    @property
-    def _trained_parameters(self) -> list[th.nn.Parameter]:
-        """The parameters of the critic's, the actor's and the multipliers' optimisers, in a fixed order."""
-        optimizers = [self.critic.optimizer, self.actor.optimizer, self.multipliers_optimizer]
-        return [param for optimizer in optimizers for group in optimizer.param_groups for param in group["params"]]
+    def _average_gradients(self, optimizers: list[th.optim.Optimizer]) -> None:
+        """
+        Average the gradients of the optimisers' parameters over the workers of data-parallel training, after the
+        backward pass (:class:`~sb3_mpo.distributed.DistributedMPO`); a single process has nothing to average.
+
+        :param optimizers: The optimisers about to step, in the same order on every worker
+        """
 
     def _average_over_workers(self, tensors: list[th.Tensor]) -> None:
         """
@@ -572,7 +579,7 @@ class MPO(OffPolicyAlgorithm):
         """
 
     def _clip_grad_norm(self, optimizer: th.optim.Optimizer) -> th.Tensor:
-        parameters = [param for group in optimizer.param_groups for param in group["params"]]
+        parameters = optimized_parameters([optimizer])
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
         return th.nn.utils.clip_grad_norm_(parameters, max_norm).detach()
 
