@@ -125,6 +125,7 @@ class DistributedMPO(MPO):
     def _average_gradients(self, optimizers: list[th.optim.Optimizer]) -> None:
         self._average_over_workers([param.grad for param in optimized_parameters(optimizers) if param.grad is not None])
 
+    @th.compiler.disable  # with compile_update, the collective runs eagerly between the compiled graphs
     def _average_over_workers(self, tensors: list[th.Tensor]) -> None:
         if not tensors:
             return
