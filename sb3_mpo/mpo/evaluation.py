@@ -6,7 +6,7 @@ value normalisation, in PopArt's normalised units (:mod:`sb3_mpo.mpo.popart`). T
 """
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch as th
 from stable_baselines3.common.type_aliases import PyTorchObs, ReplayBufferSamples
@@ -14,8 +14,8 @@ from torch.nn import functional as F
 
 from sb3_mpo.common.buffers import SegmentSamples
 from sb3_mpo.mpo import losses
-from sb3_mpo.mpo.improvement import ImprovementBatch
-from sb3_mpo.mpo.policies import critic_output_layers
+from sb3_mpo.mpo.improvement import ImprovementBatch, SampledImprovementBatch
+from sb3_mpo.mpo.policies import GaussianActor, SampledCritic, critic_output_layers
 from sb3_mpo.mpo.popart import batch_moments
 from sb3_mpo.mpo.retrace import retrace_targets
 
@@ -114,6 +114,30 @@ class NStepEvaluation(CriticEvaluation):
         return PolicyEvaluation(critic_loss, self.values(current_q_values.detach().mean()), targets)
 
 
+class CategoricalNStepEvaluation(CriticEvaluation):
+    """
+    Distributional expected-SARSA critic loss over (n-step) transitions, for a categorical critic of a Gaussian policy
+    (Bellemare et al. 2017, as in DeepMind's MPO with a categorical critic): the target distribution is the mixture,
+    over the N sampled actions of π_old, of the target critic's distributions at s', shifted to r + γⁿ·z and projected
+    onto the support; the critic minimises its cross-entropy. The E-step and M-step read the critics' means.
+    """
+
+    def evaluate(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
+        model = self.model
+        critic = cast(SampledCritic, model.critic)
+        assert critic.atoms is not None, "a categorical critic has a support"
+        discounts = replay_data.discounts if replay_data.discounts is not None else model.gamma
+        targets, _ = model.improvement.target_values(replay_data.next_observations)
+        assert isinstance(targets, SampledImprovementBatch) and targets.value_probs is not None
+        with th.no_grad():
+            target_atoms = losses.expected_sarsa_target(replay_data.rewards, replay_data.dones, discounts, critic.atoms)
+            target_probs = losses.categorical_projection(target_atoms, targets.value_probs, critic.atoms)
+        actor = cast(GaussianActor, model.actor)
+        logits = critic(replay_data.observations, actor.squash(replay_data.actions))[0]
+        critic_loss = losses.categorical_cross_entropy(logits, target_probs)
+        return PolicyEvaluation(critic_loss, critic.values(logits.detach()).mean(), targets)
+
+
 class RetraceEvaluation(CriticEvaluation):
     """
     Retrace critic loss over trajectory segments (paper, Sec. 4, Eq. (13)). Every valid step of a segment is a
@@ -153,5 +177,11 @@ class RetraceEvaluation(CriticEvaluation):
 
 
 def make_evaluation(model: "MPO") -> CriticEvaluation:
-    """:return: The critic evaluation of the model's ``q_target``: Retrace over segments, or n-step returns"""
-    return RetraceEvaluation(model) if model.q_target == "retrace" else NStepEvaluation(model)
+    """
+    :return: The critic evaluation of the model's ``q_target`` (Retrace over segments, or n-step returns) and critic
+        (of expected values, or categorical)
+    """
+    if model.q_target == "retrace":
+        return RetraceEvaluation(model)
+    distributional = isinstance(model.critic, SampledCritic) and model.critic.distributional
+    return CategoricalNStepEvaluation(model) if distributional else NStepEvaluation(model)

@@ -42,6 +42,9 @@ class SampledImprovementBatch(NamedTuple):
     q_values: th.Tensor  # (N, B), target critic
     mean_old: th.Tensor  # (B, A)
     std_old: th.Tensor  # (B, A)
+    #: With a categorical critic: the target critic's distribution of returns under π_old, the mixture of the N samples'
+    #: distributions, shape (B, n_atoms); None otherwise
+    value_probs: th.Tensor | None = None
 
     def expected_q(self) -> th.Tensor:
         """Monte-Carlo estimate of E_{π_old}[Q'(s, ·)] from the N samples, shape (B,)."""
@@ -55,6 +58,7 @@ class SampledImprovementBatch(NamedTuple):
             self.q_values[:, mask],
             self.mean_old[mask],
             self.std_old[mask],
+            None if self.value_probs is None else self.value_probs[mask],
         )
 
 
@@ -298,10 +302,14 @@ class GaussianImprovement(PolicyImprovement):
             noise = th.randn((model.n_action_samples, *mean_old.shape), device=model.device)
             actions = mean_old + std_old * noise  # (N, B, A), Gaussian space
             scored = actions if taken_actions is None else th.cat([actions, taken_actions.unsqueeze(0)])
-            q_values = critic_target.sampled_q_values(observations, actor_target.squash(scored))  # (N[+1], B)
+            outputs = critic_target.sampled_outputs(observations, actor_target.squash(scored))
+            q_values = critic_target.values(outputs)  # (N[+1], B)
             if taken_actions is not None:
                 taken = TakenActionValues(q_values[-1], losses.gaussian_log_prob(taken_actions, mean_old, std_old))
-        return SampledImprovementBatch(observations, actions, q_values[: model.n_action_samples], mean_old, std_old), taken
+            n_samples = model.n_action_samples
+            value_probs = th.softmax(outputs[:n_samples], dim=-1).mean(dim=0) if critic_target.distributional else None
+        batch = SampledImprovementBatch(observations, actions, q_values[:n_samples], mean_old, std_old, value_probs)
+        return batch, taken
 
     def taken_q_values(self, critic: SampledCritic | QNetwork, observations: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         return critic(observations, self.actor.squash(actions))[0]

@@ -482,3 +482,48 @@ def categorical_kl(log_probs_old: th.Tensor, log_probs: th.Tensor) -> th.Tensor:
     probs_old = log_probs_old.exp()
     # Actions with π_old(a|s) = 0 contribute nothing (0·log 0 = 0), even where log π_θ(a|s) = -inf
     return th.sum(th.where(probs_old > 0, probs_old * (log_probs_old - log_probs), 0.0), dim=-1)
+
+
+def categorical_projection(target_atoms: th.Tensor, probs: th.Tensor, atoms: th.Tensor) -> th.Tensor:
+    """
+    Project a distribution with mass ``probs`` on the shifted atoms T z_j (e.g. r + γⁿ·z_j) onto the fixed support
+    z_1 < ... < z_K of a categorical critic (Bellemare et al. 2017, "A Distributional Perspective on Reinforcement
+    Learning", Eq. (7)): each mass p_j is split between the two support atoms around clip(T z_j, z_1, z_K), in
+    proportion to its closeness,
+
+    (Φ T p)_i = Σ_j [1 − |clip(T z_j, z_1, z_K) − z_i| / Δz]₀¹ · p_j,
+
+    which keeps the total mass and, for targets inside the support, the mean.
+
+    :param target_atoms: Where each atom's mass moves, T z_j, shape (B, K)
+    :param probs: The mass of each atom, shape (B, K)
+    :param atoms: The support z, evenly spaced and increasing, shape (K,)
+    :return: The projected probabilities on the support, shape (B, K)
+    """
+    spacing = atoms[1] - atoms[0]
+    clipped = target_atoms.clamp(atoms[0], atoms[-1])
+    closeness = (1.0 - (clipped.unsqueeze(-2) - atoms.unsqueeze(-1)).abs() / spacing).clamp(min=0.0)  # (B, K_i, K_j)
+    return (closeness * probs.unsqueeze(-2)).sum(dim=-1)
+
+
+def categorical_cross_entropy(logits: th.Tensor, target_probs: th.Tensor) -> th.Tensor:
+    """
+    The loss of a categorical critic (Bellemare et al. 2017, Algorithm 1): the cross-entropy −Σ_i m_i log p_i(s, a)
+    of its distribution p = softmax(logits) against the projected target m, averaged over the batch.
+
+    :param logits: The critic's logits at the stored (s, a), shape (B, K)
+    :param target_probs: The projected target distributions m, shape (B, K) (no gradient flows into them)
+    :return: The mean cross-entropy, a scalar
+    """
+    return -(target_probs.detach() * th.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def categorical_mean(logits: th.Tensor, atoms: th.Tensor) -> th.Tensor:
+    """
+    The value of a categorical critic, Q(s, a) = Σ_i softmax(logits)_i · z_i: what the E-step and M-step read.
+
+    :param logits: Logits over the support, shape (..., K)
+    :param atoms: The support z, shape (K,)
+    :return: The means, shape (...)
+    """
+    return th.softmax(logits, dim=-1) @ atoms

@@ -324,12 +324,24 @@ class MPO(OffPolicyAlgorithm):
             policy_class = cls.policy_aliases[policy] if isinstance(policy, str) else policy
             checks.check_policy_kwargs(owner, policy_class, arguments["policy_kwargs"])
         batch_size, n_steps = arguments["batch_size"], arguments["n_steps"]
+        categorical_critic = (arguments["policy_kwargs"] or {}).get("critic_support") is not None
         relations = [
             ("buffer_size", arguments["buffer_size"] >= batch_size, f"an integer >= batch_size={batch_size}"),
             (
                 "n_steps",
                 arguments["q_target"] != "retrace" or n_steps == 1,
                 "1 with q_target='retrace' (the default); pass q_target='n_step' for n-step returns",
+            ),
+            (
+                "q_target",
+                arguments["q_target"] == "n_step" or not categorical_critic,
+                "'n_step' with a categorical critic (policy_kwargs critic_support): Retrace's per-step corrections of "
+                "expected values have no distributional form here",
+            ),
+            (
+                "value_normalization",
+                not (arguments["value_normalization"] and categorical_critic),
+                "False with a categorical critic (policy_kwargs critic_support), whose support already fixes the scale",
             ),
         ]
         for name, ok, accepted in relations:

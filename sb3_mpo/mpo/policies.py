@@ -18,7 +18,7 @@ from stable_baselines3.dqn.policies import QNetwork
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_mpo.mpo.losses import inverse_positive
+from sb3_mpo.mpo.losses import categorical_mean, inverse_positive
 
 ActionBounding = Literal["clip", "tanh"]
 ACTION_BOUNDINGS: tuple[str, ...] = ("clip", "tanh")
@@ -297,26 +297,55 @@ class CategoricalActor(MPOActor):
 class SampledCritic(ContinuousCritic):
     """
     Q-network of MPO: SB3's :class:`ContinuousCritic` with one network, plus an evaluation of many sampled actions per
-    state that runs the features extractor once per state, not once per sample.
-    See :class:`~stable_baselines3.common.policies.ContinuousCritic` for the parameters.
+    state that runs the features extractor once per state, not once per sample. With ``critic_support`` it is a
+    categorical (distributional) critic: the network outputs logits over ``n_atoms`` evenly spaced returns, and its
+    Q-value is their mean (:func:`~sb3_mpo.mpo.losses.categorical_mean`).
+    See :class:`~stable_baselines3.common.policies.ContinuousCritic` for the other parameters.
+
+    :param critic_support: (v_min, v_max) of a categorical critic's support, or ``None`` for a critic of expected values
+    :param n_atoms: Number of atoms of a categorical critic's support
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    atoms: th.Tensor | None
+
+    def __init__(self, *args: Any, critic_support: tuple[float, float] | None = None, n_atoms: int = 51, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        q_network = self.q_networks[0]
+        assert isinstance(q_network, nn.Sequential), "SB3's create_mlp builds the critic as an nn.Sequential"
+        atoms = None
+        if critic_support is not None:
+            last = q_network[-1]
+            assert isinstance(last, nn.Linear), "SB3's create_mlp ends a Q-network with a Linear layer"
+            q_network[-1] = nn.Linear(last.in_features, n_atoms)
+            atoms = th.linspace(float(critic_support[0]), float(critic_support[1]), n_atoms)
+        self.register_buffer("atoms", atoms)  # None (no buffer) for a critic of expected values
         # Each activation of the MLP follows a Linear layer, whose backward does not need its output: activations may
         # overwrite it, which saves one (N·B x width) allocation per hidden layer in the large sampled forward
-        for module in self.q_networks[0].modules():
+        for module in q_network.modules():
             if getattr(module, "inplace", None) is False:
                 setattr(module, "inplace", True)  # noqa: B010  (nn.Module attribute typing)
 
-    def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+    @property
+    def distributional(self) -> bool:
+        """Whether the critic outputs a categorical distribution of returns rather than their expectation."""
+        return self.atoms is not None
+
+    def values(self, outputs: th.Tensor) -> th.Tensor:
         """
-        Q-values of N actions per state. The first layer acts on the concatenation [features, action], so its
-        features half is computed once per state and broadcast over the samples: W·[f; a] + b = (W_f·f + b) + W_a·a.
+        :param outputs: The network's outputs, shape (..., 1), or (..., n_atoms) logits for a categorical critic
+        :return: The Q-values they stand for, shape (...)
+        """
+        return outputs.squeeze(-1) if self.atoms is None else categorical_mean(outputs, self.atoms)
+
+    def sampled_outputs(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """
+        The network's outputs for N actions per state. The first layer acts on the concatenation [features, action],
+        so its features half is computed once per state and broadcast over the samples: W·[f; a] + b = (W_f·f + b) +
+        W_a·a.
 
         :param obs: Observation batch of B states
         :param actions: N actions per state, shape (N, B, A)
-        :return: Q(s, a_j), shape (N, B)
+        :return: The outputs, shape (N, B, 1), or (N, B, n_atoms) logits for a categorical critic
         """
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
             features = self.extract_features(obs, self.features_extractor)
@@ -326,7 +355,17 @@ class SampledCritic(ContinuousCritic):
         assert isinstance(first, nn.Linear), "the critic's first layer acts on [features, action]"
         n_features = features.shape[-1]
         hidden = F.linear(features, first.weight[:, :n_features], first.bias) + F.linear(actions, first.weight[:, n_features:])
-        return q_network[1:](hidden).squeeze(-1)
+        return q_network[1:](hidden)
+
+    def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """
+        Q-values of N actions per state (see :meth:`sampled_outputs`).
+
+        :param obs: Observation batch of B states
+        :param actions: N actions per state, shape (N, B, A)
+        :return: Q(s, a_j), shape (N, B)
+        """
+        return self.values(self.sampled_outputs(obs, actions))
 
 
 def critic_output_layers(critic: SampledCritic | QNetwork) -> list[nn.Linear]:
@@ -366,6 +405,11 @@ class MPOPolicy(BasePolicy):
     :param layer_norm: Give the actor's and the critic's MLPs the input block of Acme's ``LayerNormMLP``: the first
         hidden layer is Linear → LayerNorm → tanh, the others keep ``activation_fn`` (Acme's MPO: ``nn.ELU``);
         see :func:`layer_norm_input_block`
+    :param critic_support: (v_min, v_max): make the critic categorical (distributional), with ``n_atoms`` evenly spaced
+        atoms from v_min to v_max, trained by cross-entropy against projected targets (``Box`` only, with
+        ``q_target="n_step"``); returns outside the support are clipped to its ends. ``None``: a critic of expected
+        values
+    :param n_atoms: Number of atoms of a categorical critic's support
     """
 
     actor: GaussianActor | CategoricalActor
@@ -390,7 +434,10 @@ class MPOPolicy(BasePolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = False,
         layer_norm: bool = False,
+        critic_support: tuple[float, float] | None = None,
+        n_atoms: int = 51,
     ):
+        self.check_critic_support(action_space, critic_support, n_atoms)
         super().__init__(
             observation_space,
             action_space,
@@ -425,7 +472,29 @@ class MPOPolicy(BasePolicy):
             "action_bounding": action_bounding,
         }
         self.critic_kwargs = {**common, "net_arch": critic_arch, "n_critics": 1}
+        # A tuple of floats, also when a saved model's policy_kwargs come back as a list
+        self.critic_support = None if critic_support is None else (float(critic_support[0]), float(critic_support[1]))
+        self.n_atoms = n_atoms
+        if self.critic_support is not None:
+            self.critic_kwargs.update(critic_support=self.critic_support, n_atoms=n_atoms)
         self._build(lr_schedule)
+
+    @staticmethod
+    def check_critic_support(action_space: spaces.Space, critic_support: tuple[float, float] | None, n_atoms: int) -> None:
+        """:raises ValueError: naming ``critic_support`` or ``n_atoms`` when they cannot make a categorical critic"""
+        if critic_support is None:
+            return
+        if isinstance(action_space, spaces.Discrete):
+            raise ValueError(
+                f"MPOPolicy: critic_support={critic_support!r} is invalid with a Discrete action space, expected None "
+                "(the categorical critic is for Box actions; a Discrete critic already outputs every action's value)"
+            )
+        if len(critic_support) != 2 or not all(np.isfinite(critic_support)) or not critic_support[0] < critic_support[1]:
+            raise ValueError(
+                f"MPOPolicy: critic_support={critic_support!r} is invalid, expected finite (v_min, v_max) with v_min < v_max"
+            )
+        if n_atoms < 2:
+            raise ValueError(f"MPOPolicy: n_atoms={n_atoms!r} is invalid, expected an integer >= 2")
 
     def _build(self, lr_schedule: Schedule) -> None:
         if self.share_features_extractor:
@@ -488,6 +557,8 @@ class MPOPolicy(BasePolicy):
                 features_extractor_kwargs=self.features_extractor_kwargs,
                 share_features_extractor=self.share_features_extractor,
                 layer_norm=self.layer_norm,
+                critic_support=self.critic_support,
+                n_atoms=self.n_atoms,
             )
         )
         return data

@@ -1,0 +1,169 @@
+"""The categorical (distributional) critic: projection, loss and value against independent computations, and the model."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from torch.distributions import Categorical
+
+from sb3_mpo import MPO
+from sb3_mpo.common.hyperparams import load_hyperparams
+from sb3_mpo.mpo import losses
+from sb3_mpo.mpo.evaluation import CategoricalNStepEvaluation
+from sb3_mpo.mpo.policies import SampledCritic
+
+SUPPORT = (-10.0, 10.0)
+
+
+def brute_force_projection(target_atoms: np.ndarray, probs: np.ndarray, atoms: np.ndarray) -> np.ndarray:
+    """Bellemare et al. (2017), Algorithm 1: the lower / upper neighbour split, one mass at a time."""
+    v_min, v_max, spacing = atoms[0], atoms[-1], atoms[1] - atoms[0]
+    projected = np.zeros_like(probs)
+    for row in range(probs.shape[0]):
+        for j, target in enumerate(target_atoms[row]):
+            position = (np.clip(target, v_min, v_max) - v_min) / spacing
+            lower, upper = int(np.floor(position)), int(np.ceil(position))
+            if lower == upper:
+                projected[row, lower] += probs[row, j]
+            else:
+                projected[row, lower] += probs[row, j] * (upper - position)
+                projected[row, upper] += probs[row, j] * (position - lower)
+    return projected
+
+
+def test_projection_matches_the_papers_algorithm() -> None:
+    generator = th.Generator().manual_seed(0)
+    atoms = th.linspace(*SUPPORT, 11, dtype=th.float64)
+    probs = th.softmax(th.randn(16, 11, generator=generator, dtype=th.float64), dim=-1)
+    rewards = 6.0 * th.randn(16, 1, generator=generator, dtype=th.float64)  # some targets leave the support
+    rewards[0] = 2.0  # with discount 1 below, a shift by a whole number of atoms: every mass lands on an atom
+    discounts = th.rand(16, 1, generator=generator, dtype=th.float64)
+    discounts[0] = 1.0
+    target_atoms = rewards + discounts * atoms
+    projected = losses.categorical_projection(target_atoms, probs, atoms)
+    expected = brute_force_projection(target_atoms.numpy(), probs.numpy(), atoms.numpy())
+    np.testing.assert_allclose(projected.numpy(), expected, atol=1e-12)
+    th.testing.assert_close(projected.sum(dim=-1), th.ones(16, dtype=th.float64))
+
+
+def test_projection_keeps_the_mean_of_targets_inside_the_support() -> None:
+    atoms = th.linspace(*SUPPORT, 21, dtype=th.float64)
+    probs = th.softmax(th.randn(8, 21, dtype=th.float64), dim=-1)
+    target_atoms = 0.5 + 0.9 * atoms.expand(8, 21)  # within [-8.5, 9.5]
+    projected = losses.categorical_projection(target_atoms, probs, atoms)
+    th.testing.assert_close(projected @ atoms, (probs * target_atoms).sum(dim=-1))
+
+
+def test_cross_entropy_and_mean_match_torch_distributions() -> None:
+    logits, atoms = th.randn(5, 7, dtype=th.float64), th.linspace(-3.0, 3.0, 7, dtype=th.float64)
+    target = th.softmax(th.randn(5, 7, dtype=th.float64), dim=-1)
+    distribution = Categorical(logits=logits)
+    log_probs = th.stack([distribution.log_prob(th.full((5,), i)) for i in range(7)], dim=-1)
+    th.testing.assert_close(losses.categorical_cross_entropy(logits, target), -(target * log_probs).sum(-1).mean())
+    th.testing.assert_close(losses.categorical_mean(logits, atoms), distribution.probs @ atoms)
+
+
+def categorical_model(**kwargs) -> MPO:
+    policy_kwargs = {"critic_support": SUPPORT, "n_atoms": 11, "net_arch": [16, 16], **kwargs.pop("policy_kwargs", {})}
+    return MPO(
+        "MlpPolicy", "Pendulum-v1", q_target="n_step", n_steps=3, batch_size=32, policy_kwargs=policy_kwargs, seed=0, **kwargs
+    )
+
+
+def test_critic_loss_is_the_cross_entropy_to_the_projected_shifted_target() -> None:
+    """A target critic whose every output is a point mass on atom k: whatever actions are sampled, the target is
+    r + γⁿ(1 − done)·z_k, projected; the loss is the online critic's cross-entropy to it."""
+    model = categorical_model(learning_starts=10_000)
+    model.learn(100)
+    assert isinstance(model.evaluation, CategoricalNStepEvaluation)
+    critic_target = model.critic_target
+    assert isinstance(critic_target, SampledCritic) and critic_target.atoms is not None
+    last = critic_target.q_networks[0][-1]
+    with th.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-50.0)
+        last.bias[7] = 50.0  # z_7 = 4
+    batch = model.replay_buffer.sample(32)
+    evaluation = model.evaluation.evaluate(batch)
+
+    atoms = critic_target.atoms.numpy()
+    point_mass = np.eye(11)[[7] * 32]
+    shifted = batch.rewards.numpy() + batch.discounts.numpy() * (1 - batch.dones.numpy()) * atoms
+    target = brute_force_projection(shifted, point_mass, atoms)
+    logits = model.critic(batch.observations, model.actor.squash(batch.actions))[0]
+    distribution = Categorical(logits=logits)
+    expected = -np.mean(
+        [sum(target[b, i] * distribution.log_prob(th.tensor(i))[b].item() for i in range(11)) for b in range(32)]
+    )
+    assert evaluation.critic_loss.item() == pytest.approx(expected, rel=1e-5)
+    th.testing.assert_close(
+        evaluation.improvement.value_probs, th.tensor(np.eye(11)[[7] * 32], dtype=th.float32), atol=1e-6, rtol=0
+    )
+    th.testing.assert_close(evaluation.improvement.q_values, th.full_like(evaluation.improvement.q_values, 4.0))
+
+
+def test_categorical_critic_outputs_logits_and_its_values_are_their_means() -> None:
+    model = categorical_model(policy_kwargs={"layer_norm": True})
+    critic = model.critic
+    assert isinstance(critic, SampledCritic) and critic.distributional
+    observations, actions = th.randn(4, 3), th.rand(6, 4, 1) * 2 - 1
+    logits = critic.sampled_outputs(observations, actions)
+    assert logits.shape == (6, 4, 11)
+    looped = th.stack([critic(observations, actions[j])[0] for j in range(6)])
+    th.testing.assert_close(logits, looped)
+    th.testing.assert_close(critic.sampled_q_values(observations, actions), Categorical(logits=looped).probs @ critic.atoms)
+
+
+def test_categorical_critic_survives_save_and_load(tmp_path: Path) -> None:
+    model = categorical_model(learning_starts=50)
+    model.learn(150)
+    model.save(tmp_path / "model.zip")
+    loaded = MPO.load(tmp_path / "model.zip", env=model.get_env())
+    assert loaded.policy.critic_support == SUPPORT and loaded.policy.n_atoms == 11
+    th.testing.assert_close(loaded.policy.state_dict(), model.policy.state_dict())
+    observations = th.randn(5, 3)
+    actions = th.rand(2, 5, 1) * 2 - 1
+    th.testing.assert_close(
+        loaded.critic.sampled_q_values(observations, actions), model.critic.sampled_q_values(observations, actions)
+    )
+    loaded.learn(50, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 200
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "policy_kwargs", "match"),
+    [
+        ({}, {"critic_support": SUPPORT}, "q_target='retrace'"),
+        ({"q_target": "n_step", "value_normalization": True}, {"critic_support": SUPPORT}, "value_normalization=True"),
+        ({"q_target": "n_step"}, {"critic_support": (1.0, -1.0)}, "critic_support=\\(1.0, -1.0\\)"),
+        ({"q_target": "n_step"}, {"critic_support": (-1.0, float("inf"))}, "critic_support"),
+        ({"q_target": "n_step"}, {"critic_support": SUPPORT, "n_atoms": 1}, "n_atoms=1"),
+    ],
+)
+def test_bad_categorical_critics_are_refused(kwargs: dict, policy_kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=policy_kwargs, **kwargs)
+
+
+def test_categorical_critic_is_refused_for_discrete_actions() -> None:
+    with pytest.raises(ValueError, match="Discrete"):
+        MPO("MlpPolicy", "CartPole-v1", q_target="n_step", policy_kwargs={"critic_support": SUPPORT})
+
+
+def test_pendulum_learns_with_a_categorical_critic() -> None:
+    """The shipped Pendulum-v1 entry with a categorical critic over returns in [-1700, 100] reaches -400 within 10k steps
+    (a random policy scores about -1200), as the expected-value critic does in test_learning.py."""
+    hyperparams = load_hyperparams("Pendulum-v1")
+    hyperparams["policy_kwargs"] = {"critic_support": (-1700.0, 100.0), "n_atoms": 51}
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **hyperparams)
+    eval_env = make_vec_env("Pendulum-v1", n_envs=1, seed=10_000)
+    returns = []
+    while model.num_timesteps < 10_000:
+        model.learn(2_000, reset_num_timesteps=False)
+        returns.append(round(evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)[0]))
+        if returns[-1] >= -400:
+            break
+    assert max(returns) >= -400, f"evaluation returns every 2k steps: {returns}"
