@@ -40,6 +40,56 @@ def layer_norm_input_block(network: nn.Module) -> None:
         network[1] = nn.Sequential(nn.LayerNorm(network[0].out_features), nn.Tanh())
 
 
+class ResidualBlock(nn.Module):
+    """
+    SimBa's residual feed-forward block (Lee et al. 2024, "SimBa: Simplicity Bias for Scaling Up Parameters in Deep
+    Reinforcement Learning", arXiv 2410.09754, Sec. 4): x + W₂·act(W₁·LayerNorm(x)), the inner layer ``expansion``
+    times wider than x.
+
+    :param width: Width of x
+    :param activation_fn: The inner activation (SimBa: ReLU)
+    :param expansion: Width of the inner layer over ``width``
+    """
+
+    def __init__(self, width: int, activation_fn: type[nn.Module], expansion: int = 4):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, expansion * width), activation_fn(), nn.Linear(expansion * width, width)
+        )
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return x + self.mlp(x)
+
+
+def residual_torso(network: nn.Module, activation_fn: type[nn.Module]) -> None:
+    """
+    Turn an MLP built by SB3's ``create_mlp`` with k hidden layers of one width h into SimBa's network (Lee et al.
+    2024, Sec. 4): the first Linear embeds the input in h dimensions, k residual blocks (:class:`ResidualBlock`)
+    follow, then a LayerNorm, then the MLP's output layer if it has one. Every path from input to output keeps a
+    linear route, and the normalisation keeps the features' scale, which SimBa credits for training larger networks
+    without overfitting.
+
+    :param network: The MLP (an ``nn.Sequential`` with at least one hidden layer, all of one width), changed in place
+    :param activation_fn: The blocks' inner activation
+    """
+    if not isinstance(network, nn.Sequential):
+        raise TypeError(f"residual_torso needs an nn.Sequential MLP, got {type(network).__name__}")
+    linears = [module for module in network if isinstance(module, nn.Linear)]
+    output = [network[-1]] if len(linears) > 1 and network[-1] is linears[-1] else []
+    hidden = linears[: len(linears) - len(output)]
+    widths = {layer.out_features for layer in hidden}
+    if not hidden or len(widths) != 1:
+        raise ValueError(
+            f"residual_torso needs hidden layers of one width, got widths {[layer.out_features for layer in hidden]}"
+        )
+    width = hidden[0].out_features
+    layers = [hidden[0], *(ResidualBlock(width, activation_fn) for _ in hidden), nn.LayerNorm(width), *output]
+    for index in reversed(range(len(network))):
+        del network[index]
+    for layer in layers:
+        network.append(layer)
+
+
 class MPOActor(BasePolicy):
     """
     What MPO's actors share: an MLP head on features that, with a shared extractor, belong to the critic.
@@ -405,6 +455,10 @@ class MPOPolicy(BasePolicy):
     :param layer_norm: Give the actor's and the critic's MLPs the input block of Acme's ``LayerNormMLP``: the first
         hidden layer is Linear → LayerNorm → tanh, the others keep ``activation_fn`` (Acme's MPO: ``nn.ELU``);
         see :func:`layer_norm_input_block`
+    :param residual: Give the actor's and the critic's MLPs SimBa's residual form: the first layer embeds, then one
+        residual block per hidden layer (LayerNorm → Linear(h, 4h) → ``activation_fn`` → Linear(4h, h), added to its
+        input), then a LayerNorm; every hidden layer of a network must have the same width. See
+        :func:`residual_torso`
     :param critic_support: (v_min, v_max): make the critic categorical (distributional), with ``n_atoms`` evenly spaced
         atoms from v_min to v_max, trained by cross-entropy against projected targets (``Box`` only, with
         ``q_target="n_step"``); returns outside the support are clipped to its ends. ``None``: a critic of expected
@@ -434,10 +488,16 @@ class MPOPolicy(BasePolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = False,
         layer_norm: bool = False,
+        residual: bool = False,
         critic_support: tuple[float, float] | None = None,
         n_atoms: int = 51,
     ):
         self.check_critic_support(action_space, critic_support, n_atoms)
+        if residual and layer_norm:
+            raise ValueError(
+                "MPOPolicy: residual=True is invalid with layer_norm=True, expected one of the two torsos (SimBa's "
+                "residual blocks normalise every block's input already)"
+            )
         super().__init__(
             observation_space,
             action_space,
@@ -452,11 +512,17 @@ class MPOPolicy(BasePolicy):
         if net_arch is None:
             net_arch = [256, 256]
         actor_arch, critic_arch = get_actor_critic_arch(net_arch)
+        if residual and not all(arch and len(set(arch)) == 1 for arch in (actor_arch, critic_arch)):
+            raise ValueError(
+                f"MPOPolicy: net_arch={net_arch!r} is invalid with residual=True, expected hidden layers of one width "
+                "in each network (e.g. [256, 256]: an embedding of width 256 and two residual blocks)"
+            )
 
         self.net_arch = net_arch
         self.activation_fn = activation_fn
         self.share_features_extractor = share_features_extractor
         self.layer_norm = layer_norm
+        self.residual = residual
         common = {
             "observation_space": self.observation_space,
             "action_space": self.action_space,
@@ -557,6 +623,7 @@ class MPOPolicy(BasePolicy):
                 features_extractor_kwargs=self.features_extractor_kwargs,
                 share_features_extractor=self.share_features_extractor,
                 layer_norm=self.layer_norm,
+                residual=self.residual,
                 critic_support=self.critic_support,
                 n_atoms=self.n_atoms,
             )
@@ -580,8 +647,7 @@ class MPOPolicy(BasePolicy):
         else:
             actor = GaussianActor(**actor_kwargs)
             network = actor.get_submodule("latent_pi")
-        if self.layer_norm:
-            layer_norm_input_block(network)
+        self._shape_torso(network)
         return actor.to(self.device)
 
     def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> SampledCritic | QNetwork:
@@ -597,9 +663,15 @@ class MPOPolicy(BasePolicy):
         else:
             critic = SampledCritic(**critic_kwargs)
             network = critic.q_networks[0]
+        self._shape_torso(network)
+        return critic.to(self.device)
+
+    def _shape_torso(self, network: nn.Module) -> None:
+        """Give a freshly built MLP of the actor or the critic the torso the policy was asked for."""
         if self.layer_norm:
             layer_norm_input_block(network)
-        return critic.to(self.device)
+        if self.residual:
+            residual_torso(network, self.activation_fn)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         """
