@@ -93,3 +93,18 @@ def test_compile_update_survives_save_and_load(tmp_path: Path, same_random_draws
 def test_compile_update_must_be_a_boolean() -> None:
     with pytest.raises(ValueError, match="compile_update"):
         MPO("MlpPolicy", "Pendulum-v1", compile_update="yes")  # type: ignore[arg-type]
+
+
+def test_without_a_cpu_compiler_the_update_runs_eagerly_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor import cpp_builder, exc
+
+    def no_compiler() -> str:
+        raise exc.InvalidCxxCompiler
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.warns(UserWarning, match="compile_update=True: torch.compile needs a C\\+\\+ compiler"):
+        model = make_model(compile_update=True, env="Pendulum-v1", device="cpu")
+    assert model._compute_losses == model._losses
+    model.learning_starts = 50
+    model.learn(100)
+    assert model._n_updates > 0

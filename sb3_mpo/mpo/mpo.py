@@ -18,6 +18,7 @@ from stable_baselines3.dqn.policies import QNetwork
 from sb3_mpo.common import checks
 from sb3_mpo.common.allocator import keep_freed_blocks_in_heap
 from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples, sample_mixed
+from sb3_mpo.common.compilation import compile_if_possible
 from sb3_mpo.mpo.evaluation import CriticEvaluation, make_evaluation
 from sb3_mpo.mpo.improvement import LagrangeMultipliers, PolicyImprovement, make_improvement
 from sb3_mpo.mpo.policies import (
@@ -128,7 +129,8 @@ class MPO(OffPolicyAlgorithm):
         forward over the sampled actions, the E-step and the M-step) with ``torch.compile``; the backward pass and the
         optimiser steps run as usual. The maths is the same (tested against the eager update on fixed batches), but
         the random draws of a compiled graph come from a different stream. Compiling takes tens of seconds at the first
-        update and needs a C++ compiler on a CPU; the gain is measured in docs/results/update_cost.md
+        update and needs a C++ compiler on a CPU (without one, a warning says so and the update runs eagerly); the gain
+        is measured in docs/results/update_cost.md
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -484,7 +486,9 @@ class MPO(OffPolicyAlgorithm):
         self.multipliers_optimizer = th.optim.Adam(self.multipliers.parameters(), lr=self.dual_learning_rate, fused=True)
         if self.value_normalization:
             self.value_normalizer = PopArt(self.value_normalization_rate).to(self.device)
-        self._compute_losses = th.compile(self._losses) if self.compile_update else self._losses
+        self._compute_losses = (
+            compile_if_possible(self._losses, self.device, "compile_update=True") if self.compile_update else self._losses
+        )
 
     def _check_mixed_replay(self) -> None:
         """
