@@ -1,10 +1,13 @@
-"""The categorical (distributional) critic: projection, loss and value against independent computations, and the model."""
+"""The distributional critics (categorical, Gaussian mixture): their losses and values against independent computations,
+and the model with each."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch as th
+from scipy import stats
+from scipy.special import logsumexp
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from torch.distributions import Categorical
@@ -12,7 +15,7 @@ from torch.distributions import Categorical
 from sb3_mpo import MPO
 from sb3_mpo.common.hyperparams import load_hyperparams
 from sb3_mpo.mpo import losses
-from sb3_mpo.mpo.evaluation import CategoricalNStepEvaluation
+from sb3_mpo.mpo.evaluation import CategoricalNStepEvaluation, MixtureNStepEvaluation
 from sb3_mpo.mpo.policies import SampledCritic
 
 SUPPORT = (-10.0, 10.0)
@@ -158,6 +161,122 @@ def test_pendulum_learns_with_a_categorical_critic() -> None:
     (a random policy scores about -1200), as the expected-value critic does in test_learning.py."""
     hyperparams = load_hyperparams("Pendulum-v1")
     hyperparams["policy_kwargs"] = {"critic_support": (-1700.0, 100.0), "n_atoms": 51}
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **hyperparams)
+    eval_env = make_vec_env("Pendulum-v1", n_envs=1, seed=10_000)
+    returns = []
+    while model.num_timesteps < 10_000:
+        model.learn(2_000, reset_num_timesteps=False)
+        returns.append(round(evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)[0]))
+        if returns[-1] >= -400:
+            break
+    assert max(returns) >= -400, f"evaluation returns every 2k steps: {returns}"
+
+
+# === Gaussian mixture critic ===
+
+
+def random_mixtures(batch: int, components: int, seed: int = 0) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    generator = th.Generator().manual_seed(seed)
+    logits = th.randn(batch, components, generator=generator, dtype=th.float64)
+    means = 5.0 * th.randn(batch, components, generator=generator, dtype=th.float64)
+    scales = 0.1 + th.rand(batch, components, generator=generator, dtype=th.float64)
+    return logits, means, scales
+
+
+def test_mixture_log_prob_matches_scipy() -> None:
+    logits, means, scales = random_mixtures(4, 3)
+    values = 6.0 * th.randn(4, 7, dtype=th.float64)
+    weights = th.softmax(logits, dim=-1).numpy()
+    expected = np.log(
+        [
+            [
+                sum(weights[b, m] * stats.norm.pdf(value, means[b, m].item(), scales[b, m].item()) for m in range(3))
+                for value in row
+            ]
+            for b, row in enumerate(values.numpy())
+        ]
+    )
+    np.testing.assert_allclose(losses.mixture_log_prob(values, logits, means, scales).numpy(), expected, rtol=1e-10)
+
+
+def test_mixture_mean_and_samples_have_the_mixtures_moments() -> None:
+    logits, means, scales = random_mixtures(3, 4, seed=1)
+    weights = th.softmax(logits, dim=-1)
+    mean = (weights * means).sum(-1)
+    variance = (weights * (scales**2 + means**2)).sum(-1) - mean**2
+    th.testing.assert_close(losses.mixture_mean(logits, means), mean)
+    th.manual_seed(0)
+    n = 200_000
+    samples = losses.sample_mixture(logits.expand(n, 3, 4), means.expand(n, 3, 4), scales.expand(n, 3, 4))
+    assert samples.shape == (n, 3)
+    standard_error = (variance / n).sqrt()
+    assert ((samples.mean(0) - mean).abs() < 5 * standard_error).all()
+    th.testing.assert_close(samples.var(0), variance, rtol=0.03, atol=0.0)
+
+
+def mixture_model(**kwargs) -> MPO:
+    policy_kwargs = {"critic_mixture": 3, "net_arch": [16, 16], **kwargs.pop("policy_kwargs", {})}
+    return MPO(
+        "MlpPolicy", "Pendulum-v1", q_target="n_step", n_steps=3, batch_size=32, policy_kwargs=policy_kwargs, seed=0, **kwargs
+    )
+
+
+def test_mixture_critic_loss_is_the_likelihood_of_shifted_target_samples() -> None:
+    """A target critic whose every mixture is (almost) a point mass at c: every sampled next return is c, so the loss
+    is −log p(r + γⁿ(1 − done)·c | s, a) under the online critic's mixture, computed here with scipy."""
+    model = mixture_model(learning_starts=10_000)
+    model.learn(100)
+    assert isinstance(model.evaluation, MixtureNStepEvaluation)
+    critic_target, c = model.critic_target, 4.0
+    assert isinstance(critic_target, SampledCritic) and critic_target.distribution == "mixture"
+    last = critic_target.q_networks[0][-1]
+    with th.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(th.tensor([50.0, -50.0, -50.0, c, 0.0, 0.0, -50.0, -50.0, -50.0]))  # logits, means, raw scales
+    batch = model.replay_buffer.sample(32)
+    th.manual_seed(0)
+    evaluation = model.evaluation.evaluate(batch)
+
+    samples = evaluation.improvement.value_samples
+    assert samples is not None and samples.shape == (32, model.n_action_samples)
+    th.testing.assert_close(samples, th.full_like(samples, c), atol=0.01, rtol=0)
+    targets = (batch.rewards + batch.discounts * (1 - batch.dones) * c).numpy().ravel()
+    logits, means, scales = model.critic.mixture(model.critic(batch.observations, model.actor.squash(batch.actions))[0])
+    weights, means, scales = th.softmax(logits, -1).detach().numpy(), means.detach().numpy(), scales.detach().numpy()
+    log_likelihoods = [logsumexp(stats.norm.logpdf(targets[b], means[b], scales[b]), b=weights[b]) for b in range(32)]
+    assert evaluation.critic_loss.item() == pytest.approx(-np.mean(log_likelihoods), rel=1e-3)
+    th.testing.assert_close(evaluation.improvement.q_values, th.full_like(evaluation.improvement.q_values, c))
+
+
+def test_mixture_critic_survives_save_and_load(tmp_path: Path) -> None:
+    model = mixture_model(learning_starts=50)
+    model.learn(150)
+    model.save(tmp_path / "model.zip")
+    loaded = MPO.load(tmp_path / "model.zip", env=model.get_env())
+    assert loaded.policy.critic_mixture == 3 and loaded.critic.distribution == "mixture"
+    th.testing.assert_close(loaded.policy.state_dict(), model.policy.state_dict())
+    loaded.learn(50, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 200
+
+
+@pytest.mark.parametrize(
+    ("env", "kwargs", "policy_kwargs", "match"),
+    [
+        ("Pendulum-v1", {}, {"critic_mixture": 5}, "q_target='retrace'"),
+        ("Pendulum-v1", {"q_target": "n_step"}, {"critic_mixture": 0}, "critic_mixture=0"),
+        ("Pendulum-v1", {"q_target": "n_step"}, {"critic_mixture": 5, "critic_support": SUPPORT}, "one distributional critic"),
+        ("CartPole-v1", {"q_target": "n_step"}, {"critic_mixture": 5}, "Discrete"),
+    ],
+)
+def test_bad_mixture_critics_are_refused(env: str, kwargs: dict, policy_kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MPO("MlpPolicy", env, policy_kwargs=policy_kwargs, **kwargs)
+
+
+def test_pendulum_learns_with_a_mixture_critic() -> None:
+    """The shipped Pendulum-v1 entry with a mixture of 5 Gaussians as its critic reaches -400 within 10k steps."""
+    hyperparams = load_hyperparams("Pendulum-v1")
+    hyperparams["policy_kwargs"] = {"critic_mixture": 5}
     model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **hyperparams)
     eval_env = make_vec_env("Pendulum-v1", n_envs=1, seed=10_000)
     returns = []

@@ -138,6 +138,28 @@ class CategoricalNStepEvaluation(CriticEvaluation):
         return PolicyEvaluation(critic_loss, critic.values(logits.detach()).mean(), targets)
 
 
+class MixtureNStepEvaluation(CriticEvaluation):
+    """
+    Distributional expected-SARSA critic loss over (n-step) transitions, for a mixture-of-Gaussians critic of a
+    Gaussian policy (Shahriari et al. 2022, Acme's default MPO critic): one return is drawn from the target critic's
+    mixture at each of the N actions sampled from π_old at s', and the critic maximises the likelihood of their
+    shifted values r + γⁿ·z under its mixture at (s, a). The E-step and M-step read the critics' means.
+    """
+
+    def evaluate(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
+        model = self.model
+        critic = cast(SampledCritic, model.critic)
+        discounts = replay_data.discounts if replay_data.discounts is not None else model.gamma
+        targets, _ = model.improvement.target_values(replay_data.next_observations)
+        assert isinstance(targets, SampledImprovementBatch) and targets.value_samples is not None
+        actor = cast(GaussianActor, model.actor)
+        outputs = critic(replay_data.observations, actor.squash(replay_data.actions))[0]
+        critic_loss = losses.mixture_cross_entropy(
+            replay_data.rewards, replay_data.dones, discounts, targets.value_samples, *critic.mixture(outputs)
+        )
+        return PolicyEvaluation(critic_loss, critic.values(outputs.detach()).mean(), targets)
+
+
 class RetraceEvaluation(CriticEvaluation):
     """
     Retrace critic loss over trajectory segments (paper, Sec. 4, Eq. (13)). Every valid step of a segment is a
@@ -179,9 +201,10 @@ class RetraceEvaluation(CriticEvaluation):
 def make_evaluation(model: "MPO") -> CriticEvaluation:
     """
     :return: The critic evaluation of the model's ``q_target`` (Retrace over segments, or n-step returns) and critic
-        (of expected values, or categorical)
+        (of expected values, categorical, or a Gaussian mixture)
     """
     if model.q_target == "retrace":
         return RetraceEvaluation(model)
-    distributional = isinstance(model.critic, SampledCritic) and model.critic.distributional
-    return CategoricalNStepEvaluation(model) if distributional else NStepEvaluation(model)
+    distribution = model.critic.distribution if isinstance(model.critic, SampledCritic) else "expected"
+    evaluations = {"categorical": CategoricalNStepEvaluation, "mixture": MixtureNStepEvaluation}
+    return evaluations.get(distribution, NStepEvaluation)(model)

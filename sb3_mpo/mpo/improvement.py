@@ -45,6 +45,9 @@ class SampledImprovementBatch(NamedTuple):
     #: With a categorical critic: the target critic's distribution of returns under π_old, the mixture of the N samples'
     #: distributions, shape (B, n_atoms); None otherwise
     value_probs: th.Tensor | None = None
+    #: With a mixture critic: one return drawn from the target critic's mixture at each of the N samples, shape (B, N);
+    #: None otherwise
+    value_samples: th.Tensor | None = None
 
     def expected_q(self) -> th.Tensor:
         """Monte-Carlo estimate of E_{π_old}[Q'(s, ·)] from the N samples, shape (B,)."""
@@ -59,6 +62,7 @@ class SampledImprovementBatch(NamedTuple):
             self.mean_old[mask],
             self.std_old[mask],
             None if self.value_probs is None else self.value_probs[mask],
+            None if self.value_samples is None else self.value_samples[mask],
         )
 
 
@@ -307,8 +311,14 @@ class GaussianImprovement(PolicyImprovement):
             if taken_actions is not None:
                 taken = TakenActionValues(q_values[-1], losses.gaussian_log_prob(taken_actions, mean_old, std_old))
             n_samples = model.n_action_samples
-            value_probs = th.softmax(outputs[:n_samples], dim=-1).mean(dim=0) if critic_target.distributional else None
-        batch = SampledImprovementBatch(observations, actions, q_values[:n_samples], mean_old, std_old, value_probs)
+            value_probs = value_samples = None
+            if critic_target.distribution == "categorical":
+                value_probs = th.softmax(outputs[:n_samples], dim=-1).mean(dim=0)
+            elif critic_target.distribution == "mixture":
+                value_samples = losses.sample_mixture(*critic_target.mixture(outputs[:n_samples])).T
+        batch = SampledImprovementBatch(
+            observations, actions, q_values[:n_samples], mean_old, std_old, value_probs, value_samples
+        )
         return batch, taken
 
     def taken_q_values(self, critic: SampledCritic | QNetwork, observations: PyTorchObs, actions: th.Tensor) -> th.Tensor:

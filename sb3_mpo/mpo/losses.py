@@ -527,3 +527,73 @@ def categorical_mean(logits: th.Tensor, atoms: th.Tensor) -> th.Tensor:
     :return: The means, shape (...)
     """
     return th.softmax(logits, dim=-1) @ atoms
+
+
+def mixture_log_prob(values: th.Tensor, logits: th.Tensor, means: th.Tensor, scales: th.Tensor) -> th.Tensor:
+    """
+    Log-density of values under one-dimensional Gaussian mixtures, log Σ_m w_m N(v; μ_m, σ_m²) with w = softmax(logits):
+    the likelihood of a mixture-of-Gaussians critic (Shahriari et al. 2022, "Revisiting Gaussian mixture critics in
+    off-policy reinforcement learning: a sample-based approach", Sec. 3).
+
+    :param values: K values per mixture, shape (B, K)
+    :param logits: Unnormalised log-weights of the M components, shape (B, M)
+    :param means: The components' means, shape (B, M)
+    :param scales: The components' standard deviations, shape (B, M)
+    :return: log p(v), shape (B, K)
+    """
+    log_weights = th.log_softmax(logits, dim=-1).unsqueeze(-2)  # (B, 1, M)
+    standardised = (values.unsqueeze(-1) - means.unsqueeze(-2)) / scales.unsqueeze(-2)  # (B, K, M)
+    log_densities = -0.5 * standardised**2 - th.log(scales.unsqueeze(-2)) - 0.5 * math.log(2 * math.pi)
+    return th.logsumexp(log_weights + log_densities, dim=-1)
+
+
+def mixture_mean(logits: th.Tensor, means: th.Tensor) -> th.Tensor:
+    """
+    The value of a mixture-of-Gaussians critic, Q(s, a) = Σ_m w_m μ_m with w = softmax(logits).
+
+    :param logits: Unnormalised log-weights, shape (..., M)
+    :param means: The components' means, shape (..., M)
+    :return: The means of the mixtures, shape (...)
+    """
+    return (th.softmax(logits, dim=-1) * means).sum(dim=-1)
+
+
+def sample_mixture(logits: th.Tensor, means: th.Tensor, scales: th.Tensor) -> th.Tensor:
+    """
+    One sample of each Gaussian mixture: a component m ~ softmax(logits), then v ~ N(μ_m, σ_m²).
+
+    :param logits: Unnormalised log-weights, shape (..., M)
+    :param means: The components' means, shape (..., M)
+    :param scales: The components' standard deviations, shape (..., M)
+    :return: The samples, shape (...)
+    """
+    component = th.distributions.Categorical(logits=logits).sample().unsqueeze(-1)
+    mean, scale = means.gather(-1, component).squeeze(-1), scales.gather(-1, component).squeeze(-1)
+    return mean + scale * th.randn_like(mean)
+
+
+def mixture_cross_entropy(
+    rewards: th.Tensor,
+    dones: th.Tensor,
+    discounts: th.Tensor | float,
+    next_samples: th.Tensor,
+    logits: th.Tensor,
+    means: th.Tensor,
+    scales: th.Tensor,
+) -> th.Tensor:
+    """
+    Sample-based loss of a mixture-of-Gaussians critic (Shahriari et al. 2022, Eq. (5)): the target returns are
+    y_k = r + (1 − done)·γⁿ·z_k with z_k samples of the target critic's mixtures at s' (one per action sampled from
+    π_old), and the critic minimises −mean_k log p(y_k | s, a).
+
+    :param rewards: (Discounted n-step) rewards, shape (B, 1)
+    :param dones: Terminations, shape (B, 1)
+    :param discounts: γⁿ per sample, shape (B, 1), or a float
+    :param next_samples: Samples z_k of the returns at s', shape (B, K)
+    :param logits: The critic's mixture at (s, a): log-weights, shape (B, M)
+    :param means: The components' means, shape (B, M)
+    :param scales: The components' standard deviations, shape (B, M)
+    :return: The mean negative log-likelihood, a scalar
+    """
+    targets = expected_sarsa_target(rewards, dones, discounts, next_samples).detach()
+    return -mixture_log_prob(targets, logits, means, scales).mean()

@@ -326,7 +326,8 @@ class MPO(OffPolicyAlgorithm):
             policy_class = cls.policy_aliases[policy] if isinstance(policy, str) else policy
             checks.check_policy_kwargs(owner, policy_class, arguments["policy_kwargs"])
         batch_size, n_steps = arguments["batch_size"], arguments["n_steps"]
-        categorical_critic = (arguments["policy_kwargs"] or {}).get("critic_support") is not None
+        policy_kwargs = arguments["policy_kwargs"] or {}
+        distributional = any(policy_kwargs.get(key) is not None for key in ("critic_support", "critic_mixture"))
         relations = [
             ("buffer_size", arguments["buffer_size"] >= batch_size, f"an integer >= batch_size={batch_size}"),
             (
@@ -336,14 +337,15 @@ class MPO(OffPolicyAlgorithm):
             ),
             (
                 "q_target",
-                arguments["q_target"] == "n_step" or not categorical_critic,
-                "'n_step' with a categorical critic (policy_kwargs critic_support): Retrace's per-step corrections of "
-                "expected values have no distributional form here",
+                arguments["q_target"] == "n_step" or not distributional,
+                "'n_step' with a distributional critic (policy_kwargs critic_support or critic_mixture): Retrace's "
+                "per-step corrections of expected values have no distributional form here",
             ),
             (
                 "value_normalization",
-                not (arguments["value_normalization"] and categorical_critic),
-                "False with a categorical critic (policy_kwargs critic_support), whose support already fixes the scale",
+                not (arguments["value_normalization"] and distributional),
+                "False with a distributional critic (policy_kwargs critic_support or critic_mixture), whose outputs "
+                "PopArt does not rescale",
             ),
         ]
         for name, ok, accepted in relations:

@@ -1,4 +1,4 @@
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch as th
@@ -18,10 +18,11 @@ from stable_baselines3.dqn.policies import QNetwork
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_mpo.mpo.losses import categorical_mean, inverse_positive
+from sb3_mpo.mpo.losses import categorical_mean, inverse_positive, mixture_mean
 
 ActionBounding = Literal["clip", "tanh"]
 ACTION_BOUNDINGS: tuple[str, ...] = ("clip", "tanh")
+CriticDistribution = Literal["expected", "categorical", "mixture"]
 
 
 def layer_norm_input_block(network: nn.Module) -> None:
@@ -347,28 +348,43 @@ class CategoricalActor(MPOActor):
 class SampledCritic(ContinuousCritic):
     """
     Q-network of MPO: SB3's :class:`ContinuousCritic` with one network, plus an evaluation of many sampled actions per
-    state that runs the features extractor once per state, not once per sample. With ``critic_support`` it is a
-    categorical (distributional) critic: the network outputs logits over ``n_atoms`` evenly spaced returns, and its
-    Q-value is their mean (:func:`~sb3_mpo.mpo.losses.categorical_mean`).
-    See :class:`~stable_baselines3.common.policies.ContinuousCritic` for the other parameters.
+    state that runs the features extractor once per state, not once per sample. It may be distributional: with
+    ``critic_support`` a categorical critic (logits over ``n_atoms`` evenly spaced returns), with ``critic_mixture`` a
+    mixture of that many Gaussians (log-weights, means and standard deviations); its Q-value is then the mean of its
+    distribution. See :class:`~stable_baselines3.common.policies.ContinuousCritic` for the other parameters.
 
-    :param critic_support: (v_min, v_max) of a categorical critic's support, or ``None`` for a critic of expected values
+    :param critic_support: (v_min, v_max) of a categorical critic's support
     :param n_atoms: Number of atoms of a categorical critic's support
+    :param critic_mixture: Number of Gaussian components of a mixture critic
     """
 
+    #: Smallest standard deviation of a mixture critic's components
+    min_scale: ClassVar[float] = 1e-3
     atoms: th.Tensor | None
 
-    def __init__(self, *args: Any, critic_support: tuple[float, float] | None = None, n_atoms: int = 51, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        critic_support: tuple[float, float] | None = None,
+        n_atoms: int = 51,
+        critic_mixture: int | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         q_network = self.q_networks[0]
         assert isinstance(q_network, nn.Sequential), "SB3's create_mlp builds the critic as an nn.Sequential"
+        last = q_network[-1]
+        assert isinstance(last, nn.Linear), "SB3's create_mlp ends a Q-network with a Linear layer"
         atoms = None
+        self.distribution: CriticDistribution = "expected"
         if critic_support is not None:
-            last = q_network[-1]
-            assert isinstance(last, nn.Linear), "SB3's create_mlp ends a Q-network with a Linear layer"
+            self.distribution = "categorical"
             q_network[-1] = nn.Linear(last.in_features, n_atoms)
             atoms = th.linspace(float(critic_support[0]), float(critic_support[1]), n_atoms)
-        self.register_buffer("atoms", atoms)  # None (no buffer) for a critic of expected values
+        elif critic_mixture is not None:
+            self.distribution = "mixture"
+            q_network[-1] = nn.Linear(last.in_features, 3 * critic_mixture)
+        self.register_buffer("atoms", atoms)  # None (no buffer) unless categorical
         # Each activation of the MLP follows a Linear layer, whose backward does not need its output: activations may
         # overwrite it, which saves one (N·B x width) allocation per hidden layer in the large sampled forward
         for module in q_network.modules():
@@ -377,15 +393,30 @@ class SampledCritic(ContinuousCritic):
 
     @property
     def distributional(self) -> bool:
-        """Whether the critic outputs a categorical distribution of returns rather than their expectation."""
-        return self.atoms is not None
+        """Whether the critic outputs a distribution of returns rather than their expectation."""
+        return self.distribution != "expected"
+
+    def mixture(self, outputs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """
+        :param outputs: A mixture critic's outputs, shape (..., 3·M)
+        :return: The mixtures' log-weights, means and standard deviations (softplus, plus ``min_scale``), each (..., M)
+        """
+        logits, means, raw_scales = outputs.chunk(3, dim=-1)
+        return logits, means, F.softplus(raw_scales) + self.min_scale
 
     def values(self, outputs: th.Tensor) -> th.Tensor:
         """
-        :param outputs: The network's outputs, shape (..., 1), or (..., n_atoms) logits for a categorical critic
-        :return: The Q-values they stand for, shape (...)
+        :param outputs: The network's outputs, shape (..., 1), (..., n_atoms) logits of a categorical critic, or
+            (..., 3·M) of a mixture critic
+        :return: The Q-values they stand for (the means of the distributions), shape (...)
         """
-        return outputs.squeeze(-1) if self.atoms is None else categorical_mean(outputs, self.atoms)
+        if self.distribution == "categorical":
+            assert self.atoms is not None
+            return categorical_mean(outputs, self.atoms)
+        if self.distribution == "mixture":
+            logits, means, _ = self.mixture(outputs)
+            return mixture_mean(logits, means)
+        return outputs.squeeze(-1)
 
     def sampled_outputs(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """
@@ -464,6 +495,9 @@ class MPOPolicy(BasePolicy):
         ``q_target="n_step"``); returns outside the support are clipped to its ends. ``None``: a critic of expected
         values
     :param n_atoms: Number of atoms of a categorical critic's support
+    :param critic_mixture: Make the critic a mixture of this many Gaussians (Acme's MPO default: 5), trained on samples
+        of the target critic's mixtures (Shahriari et al. 2022); ``Box`` only, with ``q_target="n_step"``; not with
+        ``critic_support``
     """
 
     actor: GaussianActor | CategoricalActor
@@ -491,8 +525,9 @@ class MPOPolicy(BasePolicy):
         residual: bool = False,
         critic_support: tuple[float, float] | None = None,
         n_atoms: int = 51,
+        critic_mixture: int | None = None,
     ):
-        self.check_critic_support(action_space, critic_support, n_atoms)
+        self.check_distributional_critic(action_space, critic_support, n_atoms, critic_mixture)
         if residual and layer_norm:
             raise ValueError(
                 "MPOPolicy: residual=True is invalid with layer_norm=True, expected one of the two torsos (SimBa's "
@@ -540,21 +575,35 @@ class MPOPolicy(BasePolicy):
         self.critic_kwargs = {**common, "net_arch": critic_arch, "n_critics": 1}
         # A tuple of floats, also when a saved model's policy_kwargs come back as a list
         self.critic_support = None if critic_support is None else (float(critic_support[0]), float(critic_support[1]))
-        self.n_atoms = n_atoms
+        self.n_atoms, self.critic_mixture = n_atoms, critic_mixture
         if self.critic_support is not None:
             self.critic_kwargs.update(critic_support=self.critic_support, n_atoms=n_atoms)
+        if critic_mixture is not None:
+            self.critic_kwargs.update(critic_mixture=critic_mixture)
         self._build(lr_schedule)
 
     @staticmethod
-    def check_critic_support(action_space: spaces.Space, critic_support: tuple[float, float] | None, n_atoms: int) -> None:
-        """:raises ValueError: naming ``critic_support`` or ``n_atoms`` when they cannot make a categorical critic"""
-        if critic_support is None:
+    def check_distributional_critic(
+        action_space: spaces.Space, critic_support: tuple[float, float] | None, n_atoms: int, critic_mixture: int | None
+    ) -> None:
+        """:raises ValueError: naming the argument when they cannot make a distributional critic"""
+        if critic_support is None and critic_mixture is None:
             return
+        name, value = ("critic_support", critic_support) if critic_support is not None else ("critic_mixture", critic_mixture)
         if isinstance(action_space, spaces.Discrete):
             raise ValueError(
-                f"MPOPolicy: critic_support={critic_support!r} is invalid with a Discrete action space, expected None "
-                "(the categorical critic is for Box actions; a Discrete critic already outputs every action's value)"
+                f"MPOPolicy: {name}={value!r} is invalid with a Discrete action space, expected None (distributional "
+                "critics are for Box actions; a Discrete critic already outputs every action's value)"
             )
+        if critic_support is not None and critic_mixture is not None:
+            raise ValueError(
+                f"MPOPolicy: critic_mixture={critic_mixture!r} is invalid with critic_support={critic_support!r}, "
+                "expected one distributional critic: categorical (critic_support) or a Gaussian mixture (critic_mixture)"
+            )
+        if critic_mixture is not None and critic_mixture < 1:
+            raise ValueError(f"MPOPolicy: critic_mixture={critic_mixture!r} is invalid, expected an integer >= 1")
+        if critic_support is None:
+            return
         if len(critic_support) != 2 or not all(np.isfinite(critic_support)) or not critic_support[0] < critic_support[1]:
             raise ValueError(
                 f"MPOPolicy: critic_support={critic_support!r} is invalid, expected finite (v_min, v_max) with v_min < v_max"
@@ -626,6 +675,7 @@ class MPOPolicy(BasePolicy):
                 residual=self.residual,
                 critic_support=self.critic_support,
                 n_atoms=self.n_atoms,
+                critic_mixture=self.critic_mixture,
             )
         )
         return data
