@@ -35,6 +35,8 @@ RESULTS = RESULTS_DIR / "update_cost"
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "update_cost.md"
 NETWORK = [256, 256]
 
+#: The shipped MuJoCo entries' networks
+LN_TORSO: dict[str, Any] = {"policy_kwargs": {"layer_norm": True, "activation_fn": nn.ELU}}
 #: name -> (class, keyword arguments, what it is)
 CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] = {
     "sac": (SAC, {}, "SB3 SAC, defaults"),
@@ -44,10 +46,12 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
     "mpo_n10": (MPO, {"n_action_samples": 10}, "MPO, N=10"),
     "mpo_1step": (MPO, {"q_target": "n_step"}, "MPO, 1-step targets, N=20"),
     "mpo_gradient": (MPO, {"temperature_update": "gradient"}, "MPO, temperature by a gradient step"),
-    "mpo_ln": (MPO, {"policy_kwargs": {"layer_norm": True, "activation_fn": nn.ELU}}, "MPO, Acme's LayerNorm torso + ELU"),
+    "mpo_ln": (MPO, LN_TORSO, "MPO, Acme's LayerNorm torso + ELU"),
     "mpo_popart": (MPO, {"value_normalization": True}, "MPO, PopArt value normalisation"),
     "mpo_compiled": (MPO, {"compile_update": True}, "MPO, defaults, compiled losses (compile_update)"),
     "mpo_1step_compiled": (MPO, {"q_target": "n_step", "compile_update": True}, "MPO, 1-step targets, compiled losses"),
+    "mpo_ln_compiled": (MPO, {**LN_TORSO, "compile_update": True}, "MPO, Acme's LayerNorm torso + ELU, compiled losses"),
+    "mpo_ln_n10": (MPO, {**LN_TORSO, "n_action_samples": 10}, "MPO, Acme's LayerNorm torso + ELU, N=10"),
 }
 
 
