@@ -58,20 +58,19 @@ def standings_line(row: Row, results_dir: Path = RESULTS_DIR) -> str | None:
     if not mpo_runs:
         return None
     budget = mpo_runs[0]["steps"]
+    trains = {job.algo: job.zoo_algo for job in suite.jobs}  # a variant's name -> the algorithm it runs
     finals = {
         algo: [run["final_return"] for run in runs if run["steps"] == budget]
         for algo, runs in runs_by_algo.items()
-        if algo == row.mpo or (algo in KNOWN_ALGOS and algo != "mpo")  # MPO itself, or a baseline
+        if algo == row.mpo or trains.get(algo, algo) in set(KNOWN_ALGOS) - {"mpo"}  # MPO itself, or a baseline
     }
     finals = {algo: values for algo, values in finals.items() if values}
     others = [algo for algo in finals if algo not in (row.mpo, "sac")]
     ranking = sorted(finals, key=lambda algo: -float(np.mean(finals[algo])))
     sac = _cell(finals["sac"]) if "sac" in finals else "—"
     rest = ", ".join(f"{algo.upper()} {_cell(finals[algo])}" for algo in others) or "—"
-    return (
-        f"| {row.label} | {budget:,} | {_cell(finals[row.mpo])} | {sac} | {rest} "
-        f"| {ranking.index(row.mpo) + 1} of {len(ranking)} |"
-    )
+    rank = f"{ranking.index(row.mpo) + 1} of {len(ranking)}" if len(ranking) > 1 else "— (no baseline yet)"
+    return f"| {row.label} | {budget:,} | {_cell(finals[row.mpo])} | {sac} | {rest} | {rank} |"
 
 
 def standings_table(rows: list[Row], results_dir: Path = RESULTS_DIR) -> list[str]:

@@ -447,6 +447,28 @@ def test_standings_rank_mpo_among_the_baselines_at_its_budget(local_store, tmp_p
     assert regenerated.startswith(f"intro\n{BEGIN}\n| task |") and regenerated.endswith(f"{line}\n{END}\nafter\n")
 
 
+def test_standings_list_baselines_run_as_variants_and_rank_mpo_only_against_one(local_store, tmp_path):
+    """A baseline run under a variant's name (e.g. CrossQ with smaller critics) is a baseline; MPO alone has no rank."""
+    _, results = local_store
+    settings = TINY["envs"]["Pendulum-v1"]
+    hyperparams = {"mpo": settings["hyperparams"]["mpo"], "sac_small": settings["hyperparams"]["sac"]}
+    spec = {**TINY, "name": "variants", "variants": {"sac_small": {"algo": "sac"}}}
+    spec["envs"] = {"Pendulum-v1": {**settings, "algos": ["mpo", "sac_small"], "hyperparams": hyperparams}}
+    variant_suite = load_suite(write_suite(tmp_path, spec))
+    store = tmp_path / "results"
+    for job in variant_suite.jobs:
+        source = dataclasses.replace(job, suite="tiny", algo=job.zoo_algo, base_algo="").result_path(results)
+        record = {**json.loads(source.read_text()), "suite": "variants", "algo": job.algo}
+        job.result_path(store).parent.mkdir(parents=True, exist_ok=True)
+        job.result_path(store).write_text(json.dumps(record))
+    row = Row(suite=str(tmp_path / "variants.yml"), env="Pendulum-v1", mpo="mpo", label="tiny")
+    assert "| SAC_SMALL " in standings_line(row, store) and standings_line(row, store).endswith(" of 2 |")
+    for job in variant_suite.jobs:
+        if job.algo == "sac_small":
+            job.result_path(store).unlink()
+    assert standings_line(row, store).endswith("| — | — | — (no baseline yet) |")
+
+
 def test_the_library_never_imports_the_benchmark_instrument():
     """The layering is benchmarks -> zoo -> mpo: no module of the installed package imports `benchmarks`."""
     package = Path(__file__).resolve().parents[1] / "sb3_mpo"
