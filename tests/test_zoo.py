@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch as th
 import yaml
+from torch import nn
 
 optuna = pytest.importorskip("optuna")
 rl_zoo3 = pytest.importorskip("rl_zoo3")
@@ -31,7 +32,7 @@ from sb3_mpo.zoo import ALGO_NAME, HYPERPARAMS_PATH, register  # noqa: E402
 from sb3_mpo.zoo.checks import check_mpo_hyperparams, check_zoo_entry, matches_annotation  # noqa: E402
 from sb3_mpo.zoo.cli import main  # noqa: E402
 from sb3_mpo.zoo.exp_manager import MPOExperimentManager  # noqa: E402
-from sb3_mpo.zoo.hyperparams_opt import convert_mpo_params, sample_mpo_params  # noqa: E402
+from sb3_mpo.zoo.hyperparams_opt import TORSOS, convert_mpo_params, sample_mpo_params  # noqa: E402
 
 ENV_ID = "Pendulum-v1"
 # Small networks and batches: the tests check the plumbing, not learning
@@ -239,7 +240,7 @@ GAUSSIAN_PARAMS = {"n_action_samples", "epsilon_mean", "epsilon_std", "action_bo
 @pytest.mark.parametrize("env_id, n_actions", [(ENV_ID, 1), ("CartPole-v1", 0)])
 def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(5):
+    for _ in range(12):
         trial = study.ask()
         sampled = sample_mpo_params(trial, n_actions=n_actions, n_envs=1, additional_args={})
         # rl_zoo3 rebuilds the hyperparameters of a stored trial (--trial-id) with the converter
@@ -251,9 +252,23 @@ def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
             assert GAUSSIAN_PARAMS <= set(trial.params) and "epsilon_policy" not in trial.params
         else:
             assert not GAUSSIAN_PARAMS & set(trial.params) and 1e-3 <= sampled["epsilon_policy"] <= 1e-1
+        assert trial.params["torso"] in TORSOS
+        # A distributional critic is searched only where it is accepted: Box actions with n-step targets
+        assert ("critic" in trial.params) == (n_actions > 0 and sampled["q_target"] == "n_step")
         check_mpo_hyperparams(sampled)
         MPO("MlpPolicy", env_id, **sampled)  # the constructor accepts every sample
         study.tell(trial, 0.0)
+
+
+def test_converter_maps_torsos_and_critics_to_policy_kwargs() -> None:
+    base = {"one_minus_gamma": 0.01, "batch_size_pow": 8, "net_arch": "medium", "q_target": "1-step"}
+    assert convert_mpo_params({**base, "torso": "layer_norm", "critic": "mixture"})["policy_kwargs"] == {
+        "net_arch": [256, 256],
+        "layer_norm": True,
+        "activation_fn": nn.ELU,
+        "critic_mixture": 5,
+    }
+    assert convert_mpo_params({**base, "torso": "residual"})["policy_kwargs"] == {"net_arch": [256, 256], "residual": True}
 
 
 def test_converter_maps_the_critic_target_and_reads_studies_that_sampled_n_steps() -> None:

@@ -9,12 +9,24 @@ parameters when training is resumed from a study with ``--storage ... --study-na
 from typing import Any
 
 import optuna
+from torch import nn
 
 #: Hidden layers of the actor and the critic for each ``net_arch`` choice (the names of rl_zoo3's off-policy samplers)
 NET_ARCHS: dict[str, list[int]] = {
     "small": [64, 64],
     "medium": [256, 256],
 }
+
+#: The policy's torso options for each ``torso`` choice: SB3's MLP, Acme's LayerNorm input block with ELU (the shipped
+#: MuJoCo entries'), or SimBa's residual blocks
+TORSOS: dict[str, dict[str, Any]] = {
+    "mlp": {},
+    "layer_norm": {"layer_norm": True, "activation_fn": nn.ELU},
+    "residual": {"residual": True},
+}
+
+#: The critic of each ``critic`` choice (with n-step targets): expected values, or Acme's mixture of 5 Gaussians
+CRITICS: dict[str, dict[str, Any]] = {"expected": {}, "mixture": {"critic_mixture": 5}}
 
 #: The critic target of each ``q_target`` choice: MPO's ``(q_target, n_steps)``
 CRITIC_TARGETS: dict[str, tuple[str, int]] = {
@@ -28,12 +40,13 @@ CRITIC_TARGETS: dict[str, tuple[str, int]] = {
 def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict[str, Any]) -> dict[str, Any]:
     """
     Sample MPO hyperparameters: the learning rate, the batch, the E-step bound ``epsilon``, the critic target
-    (Retrace or 1-, 3- or 5-step returns, ``tau``, ``gamma``), the share of replay in each batch (``replay_fraction``)
-    and the network size; then the settings of the action space's policy.
+    (Retrace or 1-, 3- or 5-step returns, ``tau``, ``gamma``), the share of replay in each batch (``replay_fraction``),
+    the network size and torso (:data:`TORSOS`); then the settings of the action space's policy.
     With ``Box`` actions: ``n_action_samples``, the M-step trust regions (``epsilon_mean``, ``epsilon_std``), how
-    actions are bounded and the kind of policy improvement (``policy_improvement``). With ``Discrete`` actions: the
-    categorical trust region ``epsilon_policy`` (the E-step and the critic target enumerate the actions, so there is no
-    sample count to tune).
+    actions are bounded, the kind of policy improvement (``policy_improvement``) and, with n-step targets, the critic
+    (expected values or a Gaussian mixture: :data:`CRITICS`; Retrace is written for expected values). With ``Discrete``
+    actions: the categorical trust region ``epsilon_policy`` (the E-step and the critic target enumerate the actions, so
+    there is no sample count to tune).
     Scales spanning decades are sampled in log space.
 
     :param trial: The Optuna trial that records the suggestions
@@ -54,6 +67,7 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         # Polyak coefficient of the target networks
         "tau": trial.suggest_float("tau", 0.001, 0.05, log=True),
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
+        "torso": trial.suggest_categorical("torso", list(TORSOS)),
         # Pure replay (the default), or a quarter or half of each batch from the newest data
         "replay_fraction": trial.suggest_categorical("replay_fraction", [1.0, 0.75, 0.5]),
     }
@@ -63,6 +77,8 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         sampled["epsilon_std"] = trial.suggest_float("epsilon_std", 1e-6, 1e-4, log=True)
         sampled["action_bounding"] = trial.suggest_categorical("action_bounding", ["clip", "tanh"])
         sampled["policy_improvement"] = trial.suggest_categorical("policy_improvement", ["nonparametric", "parametric"])
+        if sampled["q_target"] != "retrace":
+            sampled["critic"] = trial.suggest_categorical("critic", list(CRITICS))
     else:
         # Around the default 1e-2, which learned CartPole-v1 on 4 of 5 seeds (docs/results/discrete.md)
         sampled["epsilon_policy"] = trial.suggest_float("epsilon_policy", 1e-3, 1e-1, log=True)
@@ -86,7 +102,12 @@ def convert_mpo_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
         hyperparams["q_target"], hyperparams["n_steps"] = CRITIC_TARGETS[hyperparams["q_target"]]
     else:  # a study from before Retrace was searched: it sampled n_steps alone
         hyperparams["q_target"] = "n_step"
-    hyperparams["policy_kwargs"] = {"net_arch": NET_ARCHS[hyperparams.pop("net_arch")]}
+    # Studies from before the torso and the critic were searched sampled neither: SB3's MLP, expected values
+    hyperparams["policy_kwargs"] = {
+        "net_arch": NET_ARCHS[hyperparams.pop("net_arch")],
+        **TORSOS[hyperparams.pop("torso", "mlp")],
+        **CRITICS[hyperparams.pop("critic", "expected")],
+    }
     if "action_bounding" in hyperparams:
         hyperparams["policy_kwargs"]["action_bounding"] = hyperparams.pop("action_bounding")
     return hyperparams
