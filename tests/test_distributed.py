@@ -65,6 +65,9 @@ if mode == "train":
     resumed.learn(60, reset_num_timesteps=False)
     result.update(resumed=fingerprint(resumed), resumed_updates=resumed._n_updates)
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+    # Leave together: a process that exits while its peer's gloo connections are still open may abort at exit
+    th.distributed.barrier()
+    th.distributed.destroy_process_group()
 else:  # one worker dies, or hangs, before its first update
     model = DistributedMPO("MlpPolicy", "Pendulum-v1", **{**kwargs, "learning_starts": 5})
     if rank == 1 and mode == "kill":
