@@ -1,7 +1,7 @@
 """
 Where an MPO gradient step spends its time: torch.profiler over ``train()`` on a filled replay buffer, one torch thread.
 
-    python -m benchmarks.profile_update --env HalfCheetah-v5 --updates 100 [--q-target n_step] [--rows 25]
+    python -m benchmarks.profile_update --env HalfCheetah-v5 --updates 100 [--q-target n_step] [--target-precision bfloat16]
 
 Prints the operators that take the most self CPU time, and the mean wall-clock per update outside the profiler.
 """
@@ -21,18 +21,27 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=100)
     parser.add_argument("--q-target", default="retrace", choices=["retrace", "n_step"])
     parser.add_argument("--n-action-samples", type=int, default=20)
+    parser.add_argument("--target-precision", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--rows", type=int, default=25, help="operators shown")
     parser.add_argument("--sort", default="self_cpu_time_total")
     args = parser.parse_args()
     th.set_num_threads(1)
 
-    model = MPO("MlpPolicy", args.env, q_target=args.q_target, n_action_samples=args.n_action_samples, seed=0)
+    model = MPO(
+        "MlpPolicy",
+        args.env,
+        q_target=args.q_target,
+        n_action_samples=args.n_action_samples,
+        target_precision=args.target_precision,
+        seed=0,
+    )
     model.learn(2000)  # fill the buffer past learning_starts
     model.train(20, model.batch_size)  # warm the allocator
     start = time.perf_counter()
     model.train(args.updates, model.batch_size)
     per_update = (time.perf_counter() - start) / args.updates
-    print(f"{args.env}, q_target={args.q_target}, N={args.n_action_samples}: {1e3 * per_update:.2f} ms per update")
+    settings = f"q_target={args.q_target}, N={args.n_action_samples}, target_precision={args.target_precision}"
+    print(f"{args.env}, {settings}: {1e3 * per_update:.2f} ms per update")
 
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         model.train(args.updates, model.batch_size)

@@ -52,6 +52,17 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
     "mpo_1step_compiled": (MPO, {"q_target": "n_step", "compile_update": True}, "MPO, 1-step targets, compiled losses"),
     "mpo_ln_compiled": (MPO, {**LN_TORSO, "compile_update": True}, "MPO, Acme's LayerNorm torso + ELU, compiled losses"),
     "mpo_ln_n10": (MPO, {**LN_TORSO, "n_action_samples": 10}, "MPO, Acme's LayerNorm torso + ELU, N=10"),
+    "mpo_bf16": (MPO, {"target_precision": "bfloat16"}, "MPO, defaults, bfloat16 target pass (target_precision)"),
+    "mpo_1step_bf16": (
+        MPO,
+        {"q_target": "n_step", "target_precision": "bfloat16"},
+        "MPO, 1-step targets, bfloat16 target pass",
+    ),
+    "mpo_ln_bf16": (
+        MPO,
+        {**LN_TORSO, "target_precision": "bfloat16"},
+        "MPO, Acme's LayerNorm torso + ELU, bfloat16 target pass",
+    ),
 }
 
 

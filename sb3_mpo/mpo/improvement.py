@@ -306,7 +306,9 @@ class GaussianImprovement(PolicyImprovement):
             noise = th.randn((model.n_action_samples, *mean_old.shape), device=model.device)
             actions = mean_old + std_old * noise  # (N, B, A), Gaussian space
             scored = actions if taken_actions is None else th.cat([actions, taken_actions.unsqueeze(0)])
-            outputs = critic_target.sampled_outputs(observations, actor_target.squash(scored))
+            outputs = critic_target.sampled_outputs(
+                observations, actor_target.squash(scored), getattr(th, model.target_precision)
+            )
             q_values = critic_target.values(outputs)  # (N[+1], B)
             if taken_actions is not None:
                 taken = TakenActionValues(q_values[-1], losses.gaussian_log_prob(taken_actions, mean_old, std_old))
@@ -494,6 +496,11 @@ def make_improvement(model: "MPO") -> PolicyImprovement:
             raise ValueError(
                 f"MPO: policy_improvement={model.policy_improvement!r} is invalid with a Discrete action space, expected "
                 "'nonparametric': the categorical E-step is already exact over the action set"
+            )
+        if model.target_precision != "float32":
+            raise ValueError(
+                f"MPO: target_precision={model.target_precision!r} is invalid with a Discrete action space, expected "
+                "'float32': the categorical target critic scores every action in one small forward pass, not N samples"
             )
         return CategoricalImprovement(model)
     if model.policy_improvement == "parametric":

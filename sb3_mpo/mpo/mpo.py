@@ -36,6 +36,7 @@ SelfMPO = TypeVar("SelfMPO", bound="MPO")
 QTarget = Literal["n_step", "retrace"]
 TemperatureUpdate = Literal["solve", "gradient"]
 PolicyImprovementKind = Literal["nonparametric", "parametric"]
+TargetPrecision = Literal["float32", "bfloat16"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -131,6 +132,12 @@ class MPO(OffPolicyAlgorithm):
         the random draws of a compiled graph come from a different stream. Compiling takes tens of seconds at the first
         update and needs a C++ compiler on a CPU (without one, a warning says so and the update runs eagerly); the gain
         is measured in docs/results/update_cost.md
+    :param target_precision: Floating-point type of the hidden layers in the target critic's forward pass over the N
+        sampled actions per state, the largest computation of an update (``Box`` actions): ``"float32"`` (the default)
+        or ``"bfloat16"``, under ``torch.autocast``. The inputs, the output layer, the Q-values and every loss stay in
+        float32; the critic's training and the policy's gradients are untouched. bfloat16 matrix products are fast on
+        CPUs with AMX or AVX512-BF16 (recent Xeons) and on GPUs with bfloat16 support, and may be slower elsewhere;
+        the Q-values then differ by a small fraction of their spread over the sampled actions (see docs/algorithm.md)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -205,6 +212,7 @@ class MPO(OffPolicyAlgorithm):
         replay_fraction: float = 1.0,
         value_normalization: bool = False,
         compile_update: bool = False,
+        target_precision: TargetPrecision = "float32",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -241,6 +249,7 @@ class MPO(OffPolicyAlgorithm):
             replay_fraction=replay_fraction,
             value_normalization=value_normalization,
             compile_update=compile_update,
+            target_precision=target_precision,
             learning_starts=learning_starts,
             train_freq=train_freq,
             gradient_steps=gradient_steps,
@@ -300,6 +309,7 @@ class MPO(OffPolicyAlgorithm):
         self.replay_fraction = replay_fraction
         self.value_normalization = value_normalization
         self.compile_update = compile_update
+        self.target_precision = target_precision
         self.value_normalizer: PopArt | None = None
         self.multipliers: LagrangeMultipliers
         self.multipliers_optimizer: th.optim.Adam

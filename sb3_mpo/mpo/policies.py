@@ -418,7 +418,7 @@ class SampledCritic(ContinuousCritic):
             return mixture_mean(logits, means)
         return outputs.squeeze(-1)
 
-    def sampled_outputs(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+    def sampled_outputs(self, obs: PyTorchObs, actions: th.Tensor, hidden_dtype: th.dtype = th.float32) -> th.Tensor:
         """
         The network's outputs for N actions per state. The first layer acts on the concatenation [features, action],
         so its features half is computed once per state and broadcast over the samples: W·[f; a] + b = (W_f·f + b) +
@@ -426,6 +426,8 @@ class SampledCritic(ContinuousCritic):
 
         :param obs: Observation batch of B states
         :param actions: N actions per state, shape (N, B, A)
+        :param hidden_dtype: Floating-point type of the hidden layers (``torch.bfloat16``: under ``torch.autocast``,
+            with the features extractor and the output layer in float32, so that the outputs keep float32's resolution)
         :return: The outputs, shape (N, B, 1), or (N, B, n_atoms) logits for a categorical critic
         """
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
@@ -435,8 +437,17 @@ class SampledCritic(ContinuousCritic):
         first = q_network[0]
         assert isinstance(first, nn.Linear), "the critic's first layer acts on [features, action]"
         n_features = features.shape[-1]
-        hidden = F.linear(features, first.weight[:, :n_features], first.bias) + F.linear(actions, first.weight[:, n_features:])
-        return q_network[1:](hidden)
+
+        def first_layer() -> th.Tensor:
+            return F.linear(features, first.weight[:, :n_features], first.bias) + F.linear(
+                actions, first.weight[:, n_features:]
+            )
+
+        if len(q_network) == 1:  # no hidden layer: the first layer is the output layer
+            return first_layer()
+        with th.autocast(actions.device.type, dtype=hidden_dtype, enabled=hidden_dtype != th.float32):
+            hidden = q_network[1:-1](first_layer())
+        return q_network[-1](hidden.float())
 
     def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """

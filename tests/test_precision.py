@@ -1,0 +1,103 @@
+"""``target_precision``: the target critic's pass over the sampled actions with bfloat16 hidden layers."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch as th
+from torch import nn
+
+from sb3_mpo import MPO
+from sb3_mpo.mpo.policies import SampledCritic
+
+
+def small_model(**kwargs: Any) -> MPO:
+    # learning_starts above the steps taken: learn() only fills the buffer, the test runs the updates itself
+    model = MPO(
+        "MlpPolicy",
+        kwargs.pop("env", "Pendulum-v1"),
+        learning_starts=10_000,
+        batch_size=64,
+        q_target="n_step",
+        seed=0,
+        **kwargs,
+    )
+    model.learn(300)
+    return model
+
+
+def sampled_batch(critic: SampledCritic, n_samples: int = 20, n_states: int = 64) -> tuple[th.Tensor, th.Tensor]:
+    generator = th.Generator().manual_seed(0)
+    obs_dim = critic.features_extractor.features_dim
+    action_dim = critic.q_networks[0][0].in_features - obs_dim
+    observations = th.randn(n_states, obs_dim, generator=generator)
+    actions = th.rand(n_samples, n_states, action_dim, generator=generator) * 2 - 1
+    return observations, actions
+
+
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [{}, {"layer_norm": True, "activation_fn": nn.ELU}, {"net_arch": [64, 64, 64]}],
+    ids=["relu", "layer_norm_elu", "three_layers"],
+)
+def test_bfloat16_hidden_layers_give_float32_outputs_close_to_the_float32_pass(policy_kwargs: dict[str, Any]) -> None:
+    """The outputs stay float32 and differ from the float32 pass by bfloat16 roundings of the hidden activations."""
+    critic = small_model(policy_kwargs=policy_kwargs).critic_target
+    assert isinstance(critic, SampledCritic)
+    observations, actions = sampled_batch(critic)
+    with th.no_grad():
+        exact = critic.sampled_outputs(observations, actions)
+        mixed = critic.sampled_outputs(observations, actions, th.bfloat16)
+    assert mixed.dtype == th.float32 and mixed.shape == exact.shape
+    assert not th.equal(mixed, exact), "the bfloat16 path computed in float32"
+    error = (mixed - exact).abs()
+    # relative to the outputs' own spread over the sampled actions, the error is small
+    spread = exact.std(dim=0).mean()
+    assert error.mean() < 0.05 * spread, (error.mean(), spread)
+    assert error.max() < 0.25 * spread, (error.max(), spread)
+
+
+def test_float32_is_the_default_and_matches_the_full_forward_pass() -> None:
+    critic = small_model().critic_target
+    assert isinstance(critic, SampledCritic)
+    observations, actions = sampled_batch(critic, n_samples=3, n_states=5)
+    with th.no_grad():
+        sampled = critic.sampled_outputs(observations, actions)
+        full = th.stack([critic(observations, sample)[0] for sample in actions])
+    th.testing.assert_close(sampled, full, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_update_stays_close_to_the_float32_update() -> None:
+    """One update's losses from the same batch and random draws: bfloat16 moves them by a fraction of a percent."""
+    model = small_model()
+    th.manual_seed(1)
+    batch = model.replay_buffer.sample(model.batch_size)
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        model.target_precision = precision
+        th.manual_seed(2)
+        critic_loss, policy_loss, _, diagnostics = model._losses(batch)
+        results[precision] = (critic_loss, policy_loss, diagnostics["kl_q"], diagnostics["temperature"])
+    for exact, mixed in zip(results["float32"], results["bfloat16"], strict=True):
+        th.testing.assert_close(mixed, exact, rtol=2e-2, atol=1e-4)
+
+
+def test_target_precision_survives_save_and_load(tmp_path: Path) -> None:
+    model = small_model(target_precision="bfloat16")
+    model.save(tmp_path / "model.zip")
+    loaded = MPO.load(tmp_path / "model.zip")
+    assert loaded.target_precision == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"env": "Pendulum-v1", "target_precision": "float16"}, "target_precision='float16'.*'bfloat16'"),
+        ({"env": "Pendulum-v1", "target_precision": th.bfloat16}, "target_precision"),
+        ({"env": "CartPole-v1", "target_precision": "bfloat16"}, "target_precision='bfloat16' is invalid with a Discrete"),
+    ],
+)
+def test_bad_target_precision_is_refused(kwargs: dict[str, Any], match: str) -> None:
+    env = kwargs.pop("env")
+    with pytest.raises(ValueError, match=match):
+        MPO("MlpPolicy", env, **kwargs)
