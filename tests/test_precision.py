@@ -8,7 +8,7 @@ import torch as th
 from torch import nn
 
 from sb3_mpo import MPO
-from sb3_mpo.mpo.policies import SampledCritic
+from sb3_mpo.mpo.policies import SampledCritic, linear_in
 
 
 def small_model(**kwargs: Any) -> MPO:
@@ -33,6 +33,20 @@ def sampled_batch(critic: SampledCritic, n_samples: int = 20, n_states: int = 64
     observations = th.randn(n_states, obs_dim, generator=generator)
     actions = th.rand(n_samples, n_states, action_dim, generator=generator) * 2 - 1
     return observations, actions
+
+
+def test_linear_in_bfloat16_is_the_rounded_layer_up_to_one_rounding_of_its_output() -> None:
+    """Against float64 arithmetic on the bfloat16-rounded inputs, weight and bias: one bfloat16 rounding apart."""
+    generator = th.Generator().manual_seed(0)
+    layer = nn.Linear(64, 32)
+    inputs = th.randn(100, 64, generator=generator)
+    result = linear_in(th.bfloat16, layer, inputs)
+    rounded = [tensor.detach().to(th.bfloat16).double() for tensor in (inputs, layer.weight, layer.bias)]
+    reference = th.nn.functional.linear(*rounded)
+    assert result.dtype == th.float32
+    assert th.all((result.double() - reference).abs() <= 2.0**-8 * reference.abs() + 1e-6)
+    assert not th.equal(result, layer(inputs)), "the product ran in float32"
+    assert th.equal(linear_in(th.float32, layer, inputs), layer(inputs))
 
 
 @pytest.mark.parametrize(

@@ -132,12 +132,13 @@ class MPO(OffPolicyAlgorithm):
         the random draws of a compiled graph come from a different stream. Compiling takes tens of seconds at the first
         update and needs a C++ compiler on a CPU (without one, a warning says so and the update runs eagerly); the gain
         is measured in docs/results/update_cost.md
-    :param target_precision: Floating-point type of the hidden layers in the target critic's forward pass over the N
-        sampled actions per state, the largest computation of an update (``Box`` actions): ``"float32"`` (the default)
-        or ``"bfloat16"``, under ``torch.autocast``. The inputs, the output layer, the Q-values and every loss stay in
-        float32; the critic's training and the policy's gradients are untouched. bfloat16 matrix products are fast on
-        CPUs with AMX or AVX512-BF16 (recent Xeons) and on GPUs with bfloat16 support, and may be slower elsewhere;
-        the Q-values then differ by a small fraction of their spread over the sampled actions (see docs/algorithm.md)
+    :param target_precision: Floating-point type of the hidden layers' matrix products in the target critic's forward
+        pass over the N sampled actions per state, the largest computation of an update (``Box`` actions):
+        ``"float32"`` (the default) or ``"bfloat16"``. The first layer, the activations, the output layer, the Q-values
+        and every loss stay in float32; the critic's training and the policy's gradients are untouched. bfloat16
+        matrix products are fast on CPUs with AMX or AVX512-BF16 (recent Xeons) and on GPUs with bfloat16 support, and
+        may be slower elsewhere; the Q-values then differ by a small fraction of their spread over the sampled actions
+        (see docs/algorithm.md)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)

@@ -41,6 +41,23 @@ def layer_norm_input_block(network: nn.Module) -> None:
         network[1] = nn.Sequential(nn.LayerNorm(network[0].out_features), nn.Tanh())
 
 
+def linear_in(dtype: th.dtype, layer: nn.Linear, inputs: th.Tensor) -> th.Tensor:
+    """
+    A float32 linear layer computed in another floating-point type: inputs, weight and bias rounded to ``dtype``, the
+    result returned in float32. With ``torch.bfloat16`` the matrix product runs on the bfloat16 units of the hardware
+    (AMX or AVX512-BF16 on recent x86 CPUs, tensor cores on GPUs), which accumulate in float32.
+
+    :param dtype: The type to compute in (``torch.float32``: the layer itself)
+    :param layer: The layer, whose parameters stay float32
+    :param inputs: Its float32 inputs
+    :return: ``layer(inputs)``, computed in ``dtype``, as float32
+    """
+    if dtype == th.float32:
+        return layer(inputs)
+    bias = None if layer.bias is None else layer.bias.to(dtype)
+    return F.linear(inputs.to(dtype), layer.weight.to(dtype), bias).float()
+
+
 class ResidualBlock(nn.Module):
     """
     SimBa's residual feed-forward block (Lee et al. 2024, "SimBa: Simplicity Bias for Scaling Up Parameters in Deep
@@ -426,8 +443,9 @@ class SampledCritic(ContinuousCritic):
 
         :param obs: Observation batch of B states
         :param actions: N actions per state, shape (N, B, A)
-        :param hidden_dtype: Floating-point type of the hidden layers (``torch.bfloat16``: under ``torch.autocast``,
-            with the features extractor and the output layer in float32, so that the outputs keep float32's resolution)
+        :param hidden_dtype: Floating-point type of the matrix products of the hidden ``Linear`` layers after the
+            first (see :func:`linear_in`); the first layer, the activations, normalisations and the output layer run
+            in float32, so that the outputs keep float32's resolution
         :return: The outputs, shape (N, B, 1), or (N, B, n_atoms) logits for a categorical critic
         """
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
@@ -437,17 +455,12 @@ class SampledCritic(ContinuousCritic):
         first = q_network[0]
         assert isinstance(first, nn.Linear), "the critic's first layer acts on [features, action]"
         n_features = features.shape[-1]
-
-        def first_layer() -> th.Tensor:
-            return F.linear(features, first.weight[:, :n_features], first.bias) + F.linear(
-                actions, first.weight[:, n_features:]
-            )
-
+        hidden = F.linear(features, first.weight[:, :n_features], first.bias) + F.linear(actions, first.weight[:, n_features:])
         if len(q_network) == 1:  # no hidden layer: the first layer is the output layer
-            return first_layer()
-        with th.autocast(actions.device.type, dtype=hidden_dtype, enabled=hidden_dtype != th.float32):
-            hidden = q_network[1:-1](first_layer())
-        return q_network[-1](hidden.float())
+            return hidden
+        for module in list(q_network)[1:-1]:
+            hidden = linear_in(hidden_dtype, module, hidden) if isinstance(module, nn.Linear) else module(hidden)
+        return q_network[-1](hidden)
 
     def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """
