@@ -10,14 +10,22 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
+#: What runs write (result files and the pages generated from them): changing them does not change what a run computes
+OUTPUTS = ("benchmarks/results", "docs/results")
+
+
 def git_commit() -> str:
-    """The checkout's commit (``-dirty`` when it has uncommitted changes), or ``"unknown"`` outside a git checkout."""
+    """
+    The checkout's commit (``-dirty`` when a tracked file other than the stored results and their pages has uncommitted
+    changes, so that runs writing their results beside the code keep a clean stamp), or ``"unknown"`` outside a git
+    checkout.
+    """
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){path}" for path in OUTPUTS)],
             cwd=REPOSITORY,
             capture_output=True,
             text=True,

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import mujoco
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmarks import stamp
 from benchmarks.cli import main
 from benchmarks.report import QUIET_SPEED_FOLDER, collect, interval_estimates, iqm_interval, library_versions_line
 from benchmarks.results import ResultError, load_result
@@ -478,3 +480,24 @@ def test_the_library_never_imports_the_benchmark_instrument():
         if re.search(r"^\s*(from|import)\s+benchmarks\b", path.read_text(), flags=re.MULTILINE)
     ]
     assert offenders == []
+
+
+def test_commit_stamp_is_dirty_for_changed_code_not_for_changed_results(tmp_path, monkeypatch):
+    """Runs write results and pages beside the code: those leave the stamp clean, a changed tracked source does not."""
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for path in ("code.py", "benchmarks/results/run.json", "docs/results/page.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("original\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
+    monkeypatch.setattr(stamp, "REPOSITORY", tmp_path)
+    clean = stamp.git_commit()
+    assert re.fullmatch(r"[0-9a-f]{7,}", clean)
+    (tmp_path / "benchmarks/results/run.json").write_text("rewritten\n")
+    (tmp_path / "docs/results/page.md").unlink()
+    assert stamp.git_commit() == clean
+    (tmp_path / "code.py").write_text("changed\n")
+    assert stamp.git_commit() == f"{clean}-dirty"
