@@ -1,5 +1,6 @@
 import io
 import pathlib
+import warnings
 from collections import defaultdict
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -171,6 +172,9 @@ class MPO(OffPolicyAlgorithm):
     #: in again (:mod:`sb3_mpo.common.allocator`): 1.3x faster updates on HalfCheetah-v5. Process-wide; set to False
     #: before ``learn`` to leave the C library's defaults alone.
     keep_freed_memory_in_heap: ClassVar[bool] = True
+    #: Scale of the returns, mean |r| / (1 - γ) over the warm-up's rewards, above which the first update warns that the
+    #: critic, which starts near 0, cannot follow them without ``value_normalization`` (docs/results/reward_scale.md)
+    large_return_scale: ClassVar[float] = 1e4
     actor: GaussianActor | CategoricalActor
     actor_target: GaussianActor | CategoricalActor
     critic: SampledCritic | QNetwork
@@ -552,6 +556,8 @@ class MPO(OffPolicyAlgorithm):
             # batch_size counts transitions: as many segments as hold about that many
             batch_size = max(1, -(-batch_size // self.segment_length))
 
+        if self._n_updates == 0:
+            self._warn_if_returns_are_large()
         stats: dict[str, list[th.Tensor]] = defaultdict(list)
         for _ in range(gradient_steps):
             replay_data = sample_mixed(self.replay_buffer, batch_size, self.replay_fraction, self._vec_normalize_env)  # type: ignore[arg-type]
@@ -561,6 +567,33 @@ class MPO(OffPolicyAlgorithm):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         for key, values in stats.items():
             self.logger.record(f"train/{key}", th.stack(values).mean().item())
+
+    def _warn_if_returns_are_large(self) -> None:
+        """
+        Before the first update, warn when the rewards collected so far (as the critic will see them, after
+        VecNormalize) put the returns, mean |r| / (1 - γ), above ``large_return_scale`` and ``value_normalization`` is
+        off: the solved temperature keeps the E-step right at any scale, but a critic that starts near 0 moves its
+        outputs by small Adam steps and may never reach such values.
+        """
+        rewards = getattr(self.replay_buffer, "rewards", None)
+        if self.value_normalization or rewards is None:
+            return
+        stored = rewards if self.replay_buffer.full else rewards[: self.replay_buffer.pos]  # type: ignore[union-attr]
+        if stored.size == 0:
+            return
+        if self._vec_normalize_env is not None:
+            stored = self._vec_normalize_env.normalize_reward(stored)
+        mean_reward = float(np.abs(stored).mean())
+        scale = mean_reward / (1.0 - self.gamma)
+        if scale > self.large_return_scale:
+            warnings.warn(
+                f"MPO: the rewards collected so far average |r| = {mean_reward:.3g}, so returns reach about "
+                f"|r| / (1 - gamma) = {scale:.3g}, above {self.large_return_scale:.0e}. The critic starts near 0 and "
+                "its Adam steps move its outputs slowly, so it may never catch up with returns of this size (Pendulum-v1 "
+                "with rewards x1e4 did not learn in 20k steps; docs/results/reward_scale.md). Pass "
+                "value_normalization=True (PopArt) or normalise the rewards (VecNormalize(norm_reward=True)).",
+                stacklevel=2,
+            )
 
     def _gradient_step(self, replay_data: ReplayBufferSamples | SegmentSamples) -> dict[str, th.Tensor]:
         """
