@@ -42,7 +42,9 @@ def load_rows(path: Path = STANDINGS_FILE) -> list[Row]:
 
 
 def _cell(finals: list[float]) -> str:
-    return f"{np.mean(finals):.1f} ± {np.std(finals):.1f} ({len(finals)})"
+    """Mean ± standard deviation over seeds, and the seed count; one seed has no spread to give."""
+    spread = f"{np.std(finals):.1f}" if len(finals) > 1 else "—"
+    return f"{np.mean(finals):.1f} ± {spread} ({len(finals)})"
 
 
 def standings_line(row: Row, results_dir: Path = RESULTS_DIR) -> str | None:

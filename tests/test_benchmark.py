@@ -471,6 +471,19 @@ def test_standings_list_baselines_run_as_variants_and_rank_mpo_only_against_one(
     assert standings_line(row, store).endswith("| — | — | — (no baseline yet) |")
 
 
+def test_standings_give_no_spread_for_a_single_seed(local_store, tmp_path):
+    """One seed is shown as its value with a dash for the spread, as the suites' pages show it, not as ± 0.0."""
+    suite_path, results = local_store
+    single = tmp_path / "single"
+    for path in results.rglob("*.json"):
+        if "seed0" in path.name:
+            target = single / path.relative_to(results)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(path.read_text())
+    line = standings_line(Row(suite=str(suite_path), env="Pendulum-v1", mpo="mpo", label="tiny"), single)
+    assert line.count("± — (1)") == 2 and "± 0.0" not in line
+
+
 def test_the_library_never_imports_the_benchmark_instrument():
     """The layering is benchmarks -> zoo -> mpo: no module of the installed package imports `benchmarks`."""
     package = Path(__file__).resolve().parents[1] / "sb3_mpo"
