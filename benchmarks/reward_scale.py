@@ -34,6 +34,8 @@ from sb3_mpo.common.hyperparams import load_hyperparams
 
 RESULTS = RESULTS_DIR / "reward_scale"
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "reward_scale.md"
+#: The maintainers' reading of the stored runs, placed on the page
+READING = Path(__file__).with_name("reward_scale.reading.md")
 #: MPO's arguments in each configuration
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "gradient": {"temperature_update": "gradient"},
@@ -94,6 +96,20 @@ def result_path(env_id: str, configuration: str, scale: float, seed: int) -> Pat
     return RESULTS / env_id / f"{configuration}_x{scale:g}_seed{seed}.json"
 
 
+def within_unit_scale(returns: np.ndarray, unit_returns: np.ndarray | None) -> str:
+    """
+    Whether a group of runs ends inside the spread of the same configuration's runs on unscaled rewards (the goal of
+    the reliability issue): its mean within their lowest and highest final return.
+
+    :param returns: The group's final returns
+    :param unit_returns: The final returns of the same environment, budget and configuration at scale 1, if stored
+    :return: "yes", "no", or "—" where there is nothing to compare with
+    """
+    if unit_returns is None or len(unit_returns) < 2:
+        return "—"
+    return "yes" if unit_returns.min() <= returns.mean() <= unit_returns.max() else "no"
+
+
 def write_page() -> None:
     """Regenerate the page from every stored run."""
     records = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*/*.json"))]
@@ -107,24 +123,33 @@ def write_page() -> None:
         "second half of training. `solve` is the default temperature update, `gradient` one Adam step on the dual,",
         "`popart` the solved temperature with PopArt's value normalisation (`value_normalization=True`).",
         "",
+        "The goal is every scale's mean final return within the spread (lowest to highest) of the same configuration's",
+        "runs at scale 1, with no collapse; the column 'within ×1 spread' says whether it is met (— where fewer than two",  # noqa: RUF001
+        "runs at scale 1 are stored).",
+        "",
         "| environment | steps | configuration | reward scale | seeds | final return (mean ± std over seeds) "
-        "| KL / ε, median | KL / ε, max | commits |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| within ×1 spread | KL / ε, median | KL / ε, max | commits |",  # noqa: RUF001
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, int, str, float], list[dict[str, Any]]] = {}
     for record in records:
         key = (record["env"], record["steps"], record.get("configuration", record["temperature_update"]), record["scale"])
         groups.setdefault(key, []).append(record)
+    finals = {key: np.array([run["final_return"] for run in runs]) for key, runs in groups.items()}
     for (env_id, steps, update, scale), runs in sorted(groups.items()):
-        returns = np.array([run["final_return"] for run in runs])
+        returns = finals[(env_id, steps, update, scale)]
+        spread = f"{returns.std():.1f}" if len(runs) > 1 else "—"
+        within = within_unit_scale(returns, finals.get((env_id, steps, update, 1.0)))
         commits = ", ".join(sorted({run["commit"] for run in runs}))
         lines.append(
-            f"| {env_id} | {steps} | {update} | {scale:g} | {len(runs)} | {returns.mean():.1f} ± {returns.std():.1f} "
+            f"| {env_id} | {steps} | {update} | {scale:g} | {len(runs)} | {returns.mean():.1f} ± {spread} | {within} "
             f"| {np.median([run['kl_over_epsilon_median_second_half'] for run in runs]):.2f} "
             f"| {max(run['kl_over_epsilon_max_second_half'] for run in runs):.2f} | {commits} |"
         )
     machines = sorted({record["machine"] for record in records})
     lines += ["", f"Machines: {'; '.join(machines)}." if machines else "No run is stored yet.", ""]
+    if READING.is_file():
+        lines += ["## Reading", "", READING.read_text().strip(), ""]
     PAGE.write_text("\n".join(lines))
 
 

@@ -15,6 +15,7 @@ from benchmarks import stamp
 from benchmarks.cli import main
 from benchmarks.report import QUIET_SPEED_FOLDER, collect, interval_estimates, iqm_interval, library_versions_line
 from benchmarks.results import ResultError, load_result
+from benchmarks.reward_scale import within_unit_scale
 from benchmarks.standings import BEGIN, END, README, Row, load_rows, replace_block, standings_line, standings_table
 from benchmarks.suite import RESULTS_DIR, SUITES_DIR, load_suite
 from benchmarks.training import run_job
@@ -497,6 +498,7 @@ def test_the_library_never_imports_the_benchmark_instrument():
 
 def test_commit_stamp_is_dirty_for_changed_code_not_for_changed_results(tmp_path, monkeypatch):
     """Runs write results and pages beside the code: those leave the stamp clean, a changed tracked source does not."""
+
     def git(*args: str) -> None:
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 
@@ -514,3 +516,11 @@ def test_commit_stamp_is_dirty_for_changed_code_not_for_changed_results(tmp_path
     assert stamp.git_commit() == clean
     (tmp_path / "code.py").write_text("changed\n")
     assert stamp.git_commit() == f"{clean}-dirty"
+
+
+def test_reward_scale_page_compares_each_scale_with_the_unscaled_runs_spread():
+    unit = np.array([-150.0, -120.0, -135.0])
+    assert within_unit_scale(np.array([-140.0, -125.0]), unit) == "yes"
+    assert within_unit_scale(np.array([-1000.0, -130.0]), unit) == "no"
+    assert within_unit_scale(np.array([-130.0]), unit[:1]) == "—"
+    assert within_unit_scale(np.array([-130.0]), None) == "—"
