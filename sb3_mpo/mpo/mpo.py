@@ -172,7 +172,7 @@ class MPO(OffPolicyAlgorithm):
     #: in again (:mod:`sb3_mpo.common.allocator`): 1.3x faster updates on HalfCheetah-v5. Process-wide; set to False
     #: before ``learn`` to leave the C library's defaults alone.
     keep_freed_memory_in_heap: ClassVar[bool] = True
-    #: Scale of the returns, mean |r| / (1 - γ) over the warm-up's rewards, above which the first update warns that the
+    #: Scale of the returns, ``mean |r| / (1 - γ)`` over the warm-up's rewards, above which the first update warns that the
     #: critic, which starts near 0, cannot follow them without ``value_normalization`` (docs/results/reward_scale.md)
     large_return_scale: ClassVar[float] = 1e4
     actor: GaussianActor | CategoricalActor
@@ -571,12 +571,12 @@ class MPO(OffPolicyAlgorithm):
     def _warn_if_returns_are_large(self) -> None:
         """
         Before the first update, warn when the rewards collected so far (as the critic will see them, after
-        VecNormalize) put the returns, mean |r| / (1 - γ), above ``large_return_scale`` and ``value_normalization`` is
+        VecNormalize) put the returns, ``mean |r| / (1 - γ)``, above ``large_return_scale`` and ``value_normalization`` is
         off: the solved temperature keeps the E-step right at any scale, but a critic that starts near 0 moves its
         outputs by small Adam steps and may never reach such values.
         """
         rewards = getattr(self.replay_buffer, "rewards", None)
-        if self.value_normalization or rewards is None:
+        if self.value_normalization or rewards is None or self.gamma >= 1.0:  # undiscounted: no horizon to scale by
             return
         stored = rewards if self.replay_buffer.full else rewards[: self.replay_buffer.pos]  # type: ignore[union-attr]
         if stored.size == 0:
