@@ -133,6 +133,12 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
+def mean_and_spread(finals: np.ndarray | list[float]) -> str:
+    """``mean ± std`` of final returns over seeds; one seed has no spread, so it reads ``mean ± —``, not a std of 0."""
+    spread = "—" if len(finals) == 1 else f"{np.std(finals):.1f}"
+    return f"{np.mean(finals):.1f} ± {spread}"
+
+
 def _point_and_interval(point: float, low: float, high: float, runs: int, digits: int = 1) -> str:
     """``point [low, high]``; the point alone for one run, whose bootstrap interval of one point would read as certainty."""
     estimate = f"{point:.{digits}f}"
@@ -164,9 +170,8 @@ def env_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
     for algo, runs in runs_by_algo.items():
         point, low, high = iqm[algo]
         per_seed = ", ".join(f"{value:.1f}" for value in finals[algo])
-        spread = "—" if len(runs) == 1 else f"{finals[algo].std():.1f}"  # one seed has no spread, not a std of 0
         lines.append(
-            f"| {algo.upper()} | {runs[0]['steps']:,} | {len(runs)} | {finals[algo].mean():.1f} ± {spread} "
+            f"| {algo.upper()} | {runs[0]['steps']:,} | {len(runs)} | {mean_and_spread(finals[algo])} "
             f"| {_point_and_interval(point, low, high, len(runs))} | {per_seed} |"
         )
     return lines

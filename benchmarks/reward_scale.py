@@ -26,6 +26,7 @@ from gymnasium.wrappers import TransformReward
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 
+from benchmarks.report import mean_and_spread
 from benchmarks.results import write_result
 from benchmarks.stamp import stamp
 from benchmarks.suite import RESULTS_DIR
@@ -138,11 +139,10 @@ def write_page() -> None:
     finals = {key: np.array([run["final_return"] for run in runs]) for key, runs in groups.items()}
     for (env_id, steps, update, scale), runs in sorted(groups.items()):
         returns = finals[(env_id, steps, update, scale)]
-        spread = f"{returns.std():.1f}" if len(runs) > 1 else "—"
         within = within_unit_scale(returns, finals.get((env_id, steps, update, 1.0)))
         commits = ", ".join(sorted({run["commit"] for run in runs}))
         lines.append(
-            f"| {env_id} | {steps} | {update} | {scale:g} | {len(runs)} | {returns.mean():.1f} ± {spread} | {within} "
+            f"| {env_id} | {steps} | {update} | {scale:g} | {len(runs)} | {mean_and_spread(returns)} | {within} "
             f"| {np.median([run['kl_over_epsilon_median_second_half'] for run in runs]):.2f} "
             f"| {max(run['kl_over_epsilon_max_second_half'] for run in runs):.2f} | {commits} |"
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.report import collect
+from benchmarks.report import collect, mean_and_spread
 from benchmarks.suite import BENCHMARKS_DIR, KNOWN_ALGOS, RESULTS_DIR, load_suite
 
 #: Which rows the table has (see the file's comments)
@@ -42,9 +42,8 @@ def load_rows(path: Path = STANDINGS_FILE) -> list[Row]:
 
 
 def _cell(finals: list[float]) -> str:
-    """Mean ± standard deviation over seeds, and the seed count; one seed has no spread to give."""
-    spread = f"{np.std(finals):.1f}" if len(finals) > 1 else "—"
-    return f"{np.mean(finals):.1f} ± {spread} ({len(finals)})"
+    """Mean ± standard deviation over seeds (see :func:`~benchmarks.report.mean_and_spread`), and the seed count."""
+    return f"{mean_and_spread(finals)} ({len(finals)})"
 
 
 def standings_line(row: Row, results_dir: Path = RESULTS_DIR) -> str | None:
