@@ -2,6 +2,7 @@
 Where an MPO gradient step spends its time: torch.profiler over ``train()`` on a filled replay buffer, one torch thread.
 
     python -m benchmarks.profile_update --env HalfCheetah-v5 --updates 100 [--q-target n_step] [--target-precision bfloat16]
+        [--layer-norm] [--shapes]
 
 Prints the operators that take the most self CPU time, and the mean wall-clock per update outside the profiler.
 """
@@ -10,6 +11,7 @@ import argparse
 import time
 
 import torch as th
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from sb3_mpo import MPO
@@ -22,6 +24,8 @@ def main() -> None:
     parser.add_argument("--q-target", default="retrace", choices=["retrace", "n_step"])
     parser.add_argument("--n-action-samples", type=int, default=20)
     parser.add_argument("--target-precision", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--layer-norm", action="store_true", help="Acme's torso: LayerNorm input block and ELU")
+    parser.add_argument("--shapes", action="store_true", help="one row per operator and input shapes")
     parser.add_argument("--rows", type=int, default=25, help="operators shown")
     parser.add_argument("--sort", default="self_cpu_time_total")
     args = parser.parse_args()
@@ -33,6 +37,7 @@ def main() -> None:
         q_target=args.q_target,
         n_action_samples=args.n_action_samples,
         target_precision=args.target_precision,
+        policy_kwargs=dict(layer_norm=True, activation_fn=nn.ELU) if args.layer_norm else None,
         seed=0,
     )
     model.learn(2000)  # fill the buffer past learning_starts
@@ -40,12 +45,15 @@ def main() -> None:
     start = time.perf_counter()
     model.train(args.updates, model.batch_size)
     per_update = (time.perf_counter() - start) / args.updates
-    settings = f"q_target={args.q_target}, N={args.n_action_samples}, target_precision={args.target_precision}"
+    settings = (
+        f"q_target={args.q_target}, N={args.n_action_samples}, target_precision={args.target_precision}, "
+        f"layer_norm={args.layer_norm}"
+    )
     print(f"{args.env}, {settings}: {1e3 * per_update:.2f} ms per update")
 
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as profiler:
         model.train(args.updates, model.batch_size)
-    print(profiler.key_averages().table(sort_by=args.sort, row_limit=args.rows))
+    print(profiler.key_averages(group_by_input_shape=args.shapes).table(sort_by=args.sort, row_limit=args.rows))
 
 
 if __name__ == "__main__":

@@ -115,3 +115,24 @@ def test_bad_target_precision_is_refused(kwargs: dict[str, Any], match: str) -> 
     env = kwargs.pop("env")
     with pytest.raises(ValueError, match=match):
         MPO("MlpPolicy", env, **kwargs)
+
+
+def test_parametric_improvement_reads_its_actions_through_the_bfloat16_pass() -> None:
+    """The parametric policy loss and its gradients move by bfloat16 roundings only, and do move: the pass is used."""
+    model = small_model(policy_improvement="parametric")
+    th.manual_seed(1)
+    batch = model.replay_buffer.sample(model.batch_size)
+    losses, gradients = {}, {}
+    for precision in ("float32", "bfloat16"):
+        model.target_precision = precision
+        model.actor.zero_grad()
+        th.manual_seed(2)
+        _, policy_loss, _, _ = model._losses(batch)
+        policy_loss.backward()
+        losses[precision] = policy_loss.detach()
+        gradients[precision] = th.cat([parameter.grad.flatten() for parameter in model.actor.parameters()])
+    # the baseline V(s) comes from the target pass and moves the loss, not its gradients: these come from the 2N actions
+    assert not th.equal(gradients["bfloat16"], gradients["float32"]), "the parametric pass ignored target_precision"
+    th.testing.assert_close(losses["bfloat16"], losses["float32"], rtol=2e-2, atol=1e-4)
+    cosine = th.nn.functional.cosine_similarity(gradients["bfloat16"], gradients["float32"], dim=0)
+    assert cosine > 0.99, cosine

@@ -389,7 +389,8 @@ class ParametricGaussianImprovement(GaussianImprovement):
     target critic (whose parameters the policy loss leaves alone), under the same decoupled trust regions as the
     non-parametric M-step. With the clip bounding and ``epsilon_penalty`` set, the action penalty −‖a − clip(a)‖² is
     added to the advantage, so the Gaussian is still pulled back inside the bounds. There is no temperature: the trust
-    regions alone bound the step, and their multipliers scale with the size of the advantages.
+    regions alone bound the step, and their multipliers scale with the size of the advantages. The 2N actions pass
+    through the target critic with gradient (to the actions only) in ``target_precision``, like the target pass.
     """
 
     @property
@@ -403,7 +404,7 @@ class ParametricGaussianImprovement(GaussianImprovement):
         noise = th.randn_like(batch.actions)
         actions_mean, actions_std = losses.decoupled_reparameterised_actions(noise, mean, std, batch.mean_old, batch.std_old)
         actions = th.cat([actions_mean, actions_std])  # (2N, B, A)
-        q_values = critic.sampled_q_values(batch.observations, actor.squash(actions))
+        q_values = critic.sampled_q_values(batch.observations, actor.squash(actions), getattr(th, self.model.target_precision))
         if self.action_penalty:
             q_values = q_values + losses.action_penalty_q(actions)
         n_samples = actions_mean.shape[0]

@@ -136,7 +136,9 @@ class MPO(OffPolicyAlgorithm):
     :param target_precision: Floating-point type of the hidden layers' matrix products in the target critic's forward
         pass over the N sampled actions per state, the largest computation of an update (``Box`` actions):
         ``"float32"`` (the default) or ``"bfloat16"``. The first layer, the activations, the output layer, the Q-values
-        and every loss stay in float32; the critic's training and the policy's gradients are untouched. bfloat16
+        and every loss stay in float32; the critic's training is untouched, and so are the policy's gradients with the
+        non-parametric improvement (the parametric one reads its 2N actions through the same pass, with gradient to the
+        actions, so its gradients carry the bfloat16 roundings too). bfloat16
         matrix products are fast on CPUs with AMX or AVX512-BF16 (recent Xeons) and on GPUs with bfloat16 support, and
         may be slower elsewhere; the Q-values then differ by a small fraction of their spread over the sampled actions
         (see docs/algorithm.md)

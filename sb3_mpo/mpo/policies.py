@@ -462,15 +462,16 @@ class SampledCritic(ContinuousCritic):
             hidden = linear_in(hidden_dtype, module, hidden) if isinstance(module, nn.Linear) else module(hidden)
         return q_network[-1](hidden)
 
-    def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+    def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor, hidden_dtype: th.dtype = th.float32) -> th.Tensor:
         """
         Q-values of N actions per state (see :meth:`sampled_outputs`).
 
         :param obs: Observation batch of B states
         :param actions: N actions per state, shape (N, B, A)
+        :param hidden_dtype: Floating-point type of the hidden layers' matrix products (see :meth:`sampled_outputs`)
         :return: Q(s, a_j), shape (N, B)
         """
-        return self.values(self.sampled_outputs(obs, actions))
+        return self.values(self.sampled_outputs(obs, actions, hidden_dtype))
 
 
 def critic_output_layers(critic: SampledCritic | QNetwork) -> list[nn.Linear]:
