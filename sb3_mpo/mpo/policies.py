@@ -439,7 +439,7 @@ class SampledCritic(ContinuousCritic):
         """
         The network's outputs for N actions per state. The first layer acts on the concatenation [features, action],
         so its features half is computed once per state and broadcast over the samples: W·[f; a] + b = (W_f·f + b) +
-        W_a·a.
+        W_a·a, as one batched product that adds the per-state term while it writes its output.
 
         :param obs: Observation batch of B states
         :param actions: N actions per state, shape (N, B, A)
@@ -455,7 +455,9 @@ class SampledCritic(ContinuousCritic):
         first = q_network[0]
         assert isinstance(first, nn.Linear), "the critic's first layer acts on [features, action]"
         n_features = features.shape[-1]
-        hidden = F.linear(features, first.weight[:, :n_features], first.bias) + F.linear(actions, first.weight[:, n_features:])
+        per_state = F.linear(features, first.weight[:, :n_features], first.bias)
+        action_weight = first.weight[:, n_features:].T.expand(actions.shape[0], -1, -1)
+        hidden = th.baddbmm(per_state, actions, action_weight)
         if len(q_network) == 1:  # no hidden layer: the first layer is the output layer
             return hidden
         for module in list(q_network)[1:-1]:
