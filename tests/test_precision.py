@@ -8,6 +8,7 @@ import torch as th
 from torch import nn
 
 from sb3_mpo import MPO
+from sb3_mpo.common import precision as hardware
 from sb3_mpo.mpo.policies import SampledCritic, linear_in
 
 
@@ -109,6 +110,7 @@ def test_target_precision_survives_save_and_load(tmp_path: Path) -> None:
         ({"env": "Pendulum-v1", "target_precision": "float16"}, "target_precision='float16'.*'bfloat16'"),
         ({"env": "Pendulum-v1", "target_precision": th.bfloat16}, "target_precision"),
         ({"env": "CartPole-v1", "target_precision": "bfloat16"}, "target_precision='bfloat16' is invalid with a Discrete"),
+        ({"env": "Pendulum-v1", "target_precision": "Auto"}, "'float32', 'bfloat16', 'auto'"),
     ],
 )
 def test_bad_target_precision_is_refused(kwargs: dict[str, Any], match: str) -> None:
@@ -136,3 +138,52 @@ def test_parametric_improvement_reads_its_actions_through_the_bfloat16_pass() ->
     th.testing.assert_close(losses["bfloat16"], losses["float32"], rtol=2e-2, atol=1e-4)
     cosine = th.nn.functional.cosine_similarity(gradients["bfloat16"], gradients["float32"], dim=0)
     assert cosine > 0.99, cosine
+
+
+@pytest.fixture
+def fresh_hardware_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resolution caches each device's answer; a test that fakes the hardware starts from an empty cache."""
+    monkeypatch.setattr(hardware, "_NATIVE_BFLOAT16", {})
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, False, True), (False, True, True), (False, False, False)])
+def test_auto_on_a_cpu_follows_its_bfloat16_units(
+    fresh_hardware_answers: None, monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, expected: bool
+) -> None:
+    monkeypatch.setattr(th.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(th.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    cpu = th.device("cpu")
+    assert hardware.target_dtype("auto", cpu) == (th.bfloat16 if expected else th.float32)
+    # explicit choices ignore the hardware; a categorical critic keeps float32 under "auto"
+    assert hardware.target_dtype("float32", cpu) == th.float32
+    assert hardware.target_dtype("bfloat16", cpu) == th.bfloat16
+    assert hardware.target_dtype("auto", cpu, sampled=False) == th.float32
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), th.float32), ((8, 0), th.bfloat16), ((9, 0), th.bfloat16)])
+def test_auto_on_a_gpu_needs_ampere_or_later(
+    fresh_hardware_answers: None, monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], expected: th.dtype
+) -> None:
+    monkeypatch.setattr(th.cuda, "get_device_capability", lambda device=None: capability)
+    assert hardware.target_dtype("auto", th.device("cuda", 0)) == expected
+    assert hardware.target_dtype("auto", th.device("mps")) == th.float32
+
+
+def test_auto_resolves_on_the_model_and_again_after_loading(
+    fresh_hardware_answers: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(th.cpu, "_is_amx_tile_supported", lambda: True)
+    model = small_model(target_precision="auto")
+    assert model.target_dtype == th.bfloat16
+    model.save(tmp_path / "model.zip")
+    # loaded on a machine without bfloat16 units, the same model computes its target pass in float32
+    monkeypatch.setattr(hardware, "_NATIVE_BFLOAT16", {})
+    monkeypatch.setattr(th.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(th.cpu, "_is_avx512_bf16_supported", lambda: False)
+    loaded = MPO.load(tmp_path / "model.zip")
+    assert loaded.target_precision == "auto" and loaded.target_dtype == th.float32
+
+
+def test_auto_with_discrete_actions_is_accepted_and_keeps_float32() -> None:
+    model = MPO("MlpPolicy", "CartPole-v1", target_precision="auto")
+    assert model.target_dtype == th.float32

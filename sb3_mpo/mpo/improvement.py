@@ -306,9 +306,7 @@ class GaussianImprovement(PolicyImprovement):
             noise = th.randn((model.n_action_samples, *mean_old.shape), device=model.device)
             actions = mean_old + std_old * noise  # (N, B, A), Gaussian space
             scored = actions if taken_actions is None else th.cat([actions, taken_actions.unsqueeze(0)])
-            outputs = critic_target.sampled_outputs(
-                observations, actor_target.squash(scored), getattr(th, model.target_precision)
-            )
+            outputs = critic_target.sampled_outputs(observations, actor_target.squash(scored), model.target_dtype)
             q_values = critic_target.values(outputs)  # (N[+1], B)
             if taken_actions is not None:
                 taken = TakenActionValues(q_values[-1], losses.gaussian_log_prob(taken_actions, mean_old, std_old))
@@ -404,7 +402,7 @@ class ParametricGaussianImprovement(GaussianImprovement):
         noise = th.randn_like(batch.actions)
         actions_mean, actions_std = losses.decoupled_reparameterised_actions(noise, mean, std, batch.mean_old, batch.std_old)
         actions = th.cat([actions_mean, actions_std])  # (2N, B, A)
-        q_values = critic.sampled_q_values(batch.observations, actor.squash(actions), getattr(th, self.model.target_precision))
+        q_values = critic.sampled_q_values(batch.observations, actor.squash(actions), self.model.target_dtype)
         if self.action_penalty:
             q_values = q_values + losses.action_penalty_q(actions)
         n_samples = actions_mean.shape[0]
@@ -498,10 +496,11 @@ def make_improvement(model: "MPO") -> PolicyImprovement:
                 f"MPO: policy_improvement={model.policy_improvement!r} is invalid with a Discrete action space, expected "
                 "'nonparametric': the categorical E-step is already exact over the action set"
             )
-        if model.target_precision != "float32":
+        if model.target_precision == "bfloat16":
             raise ValueError(
                 f"MPO: target_precision={model.target_precision!r} is invalid with a Discrete action space, expected "
-                "'float32': the categorical target critic scores every action in one small forward pass, not N samples"
+                "'float32' or 'auto' (which keeps float32 there): the categorical target critic scores every action in "
+                "one small forward pass, not N samples"
             )
         return CategoricalImprovement(model)
     if model.policy_improvement == "parametric":

@@ -20,6 +20,7 @@ from sb3_mpo.common import checks
 from sb3_mpo.common.allocator import keep_freed_blocks_in_heap
 from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples, sample_mixed
 from sb3_mpo.common.compilation import compile_if_possible
+from sb3_mpo.common.precision import TargetPrecision, target_dtype
 from sb3_mpo.mpo.evaluation import CriticEvaluation, make_evaluation
 from sb3_mpo.mpo.improvement import LagrangeMultipliers, PolicyImprovement, make_improvement
 from sb3_mpo.mpo.policies import (
@@ -37,7 +38,6 @@ SelfMPO = TypeVar("SelfMPO", bound="MPO")
 QTarget = Literal["n_step", "retrace"]
 TemperatureUpdate = Literal["solve", "gradient"]
 PolicyImprovementKind = Literal["nonparametric", "parametric"]
-TargetPrecision = Literal["float32", "bfloat16"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -135,13 +135,16 @@ class MPO(OffPolicyAlgorithm):
         is measured in docs/results/update_cost.md
     :param target_precision: Floating-point type of the hidden layers' matrix products in the target critic's forward
         pass over the N sampled actions per state, the largest computation of an update (``Box`` actions):
-        ``"float32"`` (the default) or ``"bfloat16"``. The first layer, the activations, the output layer, the Q-values
+        ``"float32"`` (the default), ``"bfloat16"``, or ``"auto"``: bfloat16 where the device multiplies bfloat16
+        matrices natively (a CPU with AMX or AVX512-BF16, a CUDA GPU of compute capability 8.0 or above), float32
+        elsewhere and with ``Discrete`` actions (:attr:`target_dtype` says which). The first layer, the activations, the
+        output layer, the Q-values
         and every loss stay in float32; the critic's training is untouched, and so are the policy's gradients with the
         non-parametric improvement (the parametric one reads its 2N actions through the same pass, with gradient to the
         actions, so its gradients carry the bfloat16 roundings too). bfloat16
         matrix products are fast on CPUs with AMX or AVX512-BF16 (recent Xeons) and on GPUs with bfloat16 support, and
         may be slower elsewhere; the Q-values then differ by a small fraction of their spread over the sampled actions
-        (see docs/algorithm.md)
+        (see docs/algorithm.md). A saved ``"auto"`` model resolves it again where it is loaded
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -497,6 +500,10 @@ class MPO(OffPolicyAlgorithm):
         # The Gaussian or categorical improvement, and the n-step or Retrace evaluation, chosen once
         self.improvement = make_improvement(self)
         self.evaluation = make_evaluation(self)
+        # Resolve "auto" for this device now: a compiled update can read the answer but not ask the hardware
+        resolved = str(self.target_dtype).removeprefix("torch.")
+        if self.target_precision == "auto" and self.verbose >= 1:
+            print(f"MPO: target_precision='auto' computes the target pass in {resolved} on {self.device}")
         self.multipliers = LagrangeMultipliers(
             init_temperatures=(self.init_temperature,) * self.improvement.n_objectives,
             alphas=self.improvement.trust_regions(),
@@ -711,6 +718,11 @@ class MPO(OffPolicyAlgorithm):
         if self.keep_freed_memory_in_heap:
             keep_freed_blocks_in_heap(trim_threshold=256 * 2**20)
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+
+    @property
+    def target_dtype(self) -> th.dtype:
+        """The type of the hidden layers' matrix products in the target pass: ``target_precision`` resolved here."""
+        return target_dtype(self.target_precision, self.device, sampled=isinstance(self.action_space, spaces.Box))
 
     def _excluded_save_params(self) -> list[str]:
         # Rebuilt by _setup_model: the networks' aliases, the halves of the update and the (compiled) losses
