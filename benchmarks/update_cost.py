@@ -63,6 +63,16 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
         {**LN_TORSO, "target_precision": "bfloat16"},
         "MPO, Acme's LayerNorm torso + ELU, bfloat16 target pass",
     ),
+    "mpo_bf16_compiled": (
+        MPO,
+        {"target_precision": "bfloat16", "compile_update": True},
+        "MPO, defaults, bfloat16 target pass, compiled losses",
+    ),
+    "mpo_1step_bf16_compiled": (
+        MPO,
+        {"q_target": "n_step", "target_precision": "bfloat16", "compile_update": True},
+        "MPO, 1-step targets, bfloat16 target pass, compiled losses",
+    ),
 }
 
 
