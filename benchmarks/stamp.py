@@ -36,6 +36,24 @@ def git_commit() -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
+def commit_time(commit: str) -> int:
+    """
+    :param commit: A stamp written by :func:`git_commit` (``-dirty`` allowed)
+    :return: The commit's time (Unix seconds), or 0 where this checkout does not hold it (a shallow clone, "unknown")
+    """
+    try:
+        output = subprocess.run(
+            ["git", "show", "-s", "--format=%ct", commit.removesuffix("-dirty")],
+            cwd=REPOSITORY,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 0
+    return int(output) if output.isdigit() else 0
+
+
 #: Installed distributions whose version can change a run's numbers besides the libraries imported below: RL Zoo
 #: (wrappers, defaults) and the simulators (a MuJoCo release can change the physics)
 OPTIONAL_DISTRIBUTIONS = ("rl_zoo3", "mujoco", "box2d", "ale-py")

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -516,6 +517,18 @@ def test_commit_stamp_is_dirty_for_changed_code_not_for_changed_results(tmp_path
     assert stamp.git_commit() == clean
     (tmp_path / "code.py").write_text("changed\n")
     assert stamp.git_commit() == f"{clean}-dirty"
+    # pages order measurements by their commit's time; a stamp the checkout does not hold sorts first (time 0)
+    later_date = {**os.environ, "GIT_COMMITTER_DATE": "2030-01-01T00:00:00"}
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "later"],
+        cwd=tmp_path,
+        check=True,
+        env=later_date,
+    )
+    later = stamp.git_commit()
+    assert stamp.commit_time(f"{clean}-dirty") == stamp.commit_time(clean) > 0
+    assert stamp.commit_time(later) > stamp.commit_time(clean)
+    assert stamp.commit_time("unknown") == 0 and stamp.commit_time("0000000") == 0
 
 
 def test_reward_scale_page_compares_each_scale_with_the_unscaled_runs_spread():
