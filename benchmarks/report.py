@@ -372,6 +372,9 @@ def settings_section(results: Results) -> list[str]:
             # Recorded since Retrace became MPO's default, so that a default critic target is visible too
             targets = sorted({run["critic_target"] for run in runs if run.get("critic_target")})
             settings += f"; critic target as trained: {' / '.join(targets)}" if targets else ""
+            # Recorded since target_precision="auto" exists: the type the target pass computed in on the run's machine
+            dtypes = sorted({run["target_dtype"] for run in runs if run.get("target_dtype")})
+            settings += f"; target pass in {' / '.join(dtypes)}" if dtypes else ""
             lines.append(f"| {env} | {algo.upper()} | {runs[0]['hyperparams_source']}{overrides} | {settings} |")
     return lines
 

@@ -35,6 +35,16 @@ def critic_target(model: Any) -> str | None:
     return f"n_step (n_steps={model.n_steps})"
 
 
+def target_pass_dtype(model: Any) -> str | None:
+    """
+    The type MPO's target pass computed in (``target_precision`` resolved on the machine that ran it, so that an
+    ``"auto"`` run says what it chose); ``None`` for other algorithms.
+    """
+    from sb3_mpo import MPO
+
+    return str(model.target_dtype).removeprefix("torch.") if isinstance(model, MPO) else None
+
+
 def run_job(
     job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0, torch_threads: int = 1
 ) -> dict[str, Any]:
@@ -142,6 +152,7 @@ def run_job(
         "net_arch": repr(getattr(model.policy, "net_arch", None)),
         "batch_size": getattr(model, "batch_size", None),
         "critic_target": critic_target(model),
+        "target_dtype": target_pass_dtype(model),
         "hyperparams": {key: repr(value) for key, value in saved_hyperparams.items() if key != "n_timesteps"},
         "hyperparams_source": hyperparams_source,
         "overrides": {key: repr(value) for key, value in job.hyperparams.items()},

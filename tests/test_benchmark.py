@@ -79,6 +79,8 @@ def test_local_backend_writes_one_valid_file_per_run(local_store):
         assert (result["net_arch"], result["batch_size"]) == ("[8]", 16)  # what the model actually used
         # MPO's critic target as trained: the Pendulum-v1 entry's 5-step returns; nothing for SAC
         assert result["critic_target"] == ("n_step (n_steps=5)" if job.algo == "mpo" else None)
+        # and the type of its target pass, the constructor's default float32 here
+        assert result["target_dtype"] == ("float32" if job.algo == "mpo" else None)
         assert result["commit"] != "" and result["versions"]["stable_baselines3"]
         assert result["torch_threads"] == 1  # the runner's default
         # the simulator's version is recorded too (a MuJoCo release can move the numbers); the tests install MuJoCo
@@ -120,7 +122,8 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
     assert "IQM [95% CI]" in page
     assert re.search(r"^\| MPO > SAC \| \d\.\d\d \[\d\.\d\d, \d\.\d\d\] \|$", page, flags=re.MULTILINE)  # two runs each
     assert "| MPO | 2 / 2 | 100, 100 | 2 / 2 |" in page  # the threshold table: first evaluation, every seed
-    assert "; critic target as trained: n_step (n_steps=5) |" in page  # the settings of MPO's runs; none for SAC's
+    # the settings of MPO's runs; none for SAC's
+    assert "; critic target as trained: n_step (n_steps=5); target pass in float32 |" in page
     assert page.count("critic target as trained") == 1
     for figure in ("Pendulum-v1.png", "performance_profile.png"):
         path = tmp_path / "fig" / "tiny" / figure
