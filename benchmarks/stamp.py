@@ -14,6 +14,11 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 OUTPUTS = ("benchmarks/results", "docs/results")
 
 
+def _git(*args: str) -> str:
+    """:return: The output of ``git ARGS`` in the repository, stripped; raises OSError or CalledProcessError"""
+    return subprocess.run(["git", *args], cwd=REPOSITORY, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def git_commit() -> str:
     """
     The checkout's commit (``-dirty`` when a tracked file other than the stored results and their pages has uncommitted
@@ -21,16 +26,8 @@ def git_commit() -> str:
     checkout.
     """
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){path}" for path in OUTPUTS)],
-            cwd=REPOSITORY,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){path}" for path in OUTPUTS))
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
@@ -42,13 +39,7 @@ def commit_time(commit: str) -> int:
     :return: The commit's time (Unix seconds), or 0 where this checkout does not hold it (a shallow clone, "unknown")
     """
     try:
-        output = subprocess.run(
-            ["git", "show", "-s", "--format=%ct", commit.removesuffix("-dirty")],
-            cwd=REPOSITORY,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        output = _git("show", "-s", "--format=%ct", commit.removesuffix("-dirty"))
     except (OSError, subprocess.CalledProcessError):
         return 0
     return int(output) if output.isdigit() else 0
