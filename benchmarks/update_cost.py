@@ -63,6 +63,16 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
         {**LN_TORSO, "target_precision": "bfloat16"},
         "MPO, Acme's LayerNorm torso + ELU, bfloat16 target pass",
     ),
+    "mpo_ln_parametric": (
+        MPO,
+        {**LN_TORSO, "policy_improvement": "parametric"},
+        "MPO, Acme's LayerNorm torso + ELU, parametric improvement",
+    ),
+    "mpo_ln_parametric_bf16": (
+        MPO,
+        {**LN_TORSO, "policy_improvement": "parametric", "target_precision": "bfloat16"},
+        "MPO, Acme's LayerNorm torso + ELU, parametric improvement, bfloat16 target pass",
+    ),
     "mpo_bf16_compiled": (
         MPO,
         {"target_precision": "bfloat16", "compile_update": True},
