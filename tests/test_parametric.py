@@ -1,11 +1,14 @@
 """MPO's parametric policy improvement (policy_improvement="parametric"): trains, respects its trust regions, reloads."""
 
+import re
+
 import numpy as np
 import pytest
 import torch as th
 
 from sb3_mpo import MPO
 from sb3_mpo.mpo.improvement import ParametricGaussianImprovement
+from sb3_mpo.mpo.policies import SampledCritic
 
 SMALL = dict(learning_starts=100, batch_size=64, n_action_samples=8, policy_kwargs=dict(net_arch=[32, 32]))
 
@@ -55,3 +58,37 @@ def test_parametric_improvement_is_refused_for_discrete_actions():
 def test_unknown_policy_improvement_is_refused():
     with pytest.raises(ValueError, match="policy_improvement"):
         MPO("MlpPolicy", "Pendulum-v1", policy_improvement="exact")
+
+
+@pytest.mark.parametrize("parametric_samples, rows", [(None, 2 * 8), (1, 2), (3, 6)])
+def test_parametric_samples_sets_the_actions_scored_per_state(parametric_samples, rows, monkeypatch, tmp_path):
+    """K reparameterised actions per state for each half of the loss (N by default): the critic scores 2K per state."""
+    model = MPO(
+        "MlpPolicy", "Pendulum-v1", seed=0, policy_improvement="parametric", parametric_samples=parametric_samples, **SMALL
+    )
+    model.learn(150)
+    scored = []
+    original = SampledCritic.sampled_q_values
+
+    def recording(self, obs, actions, *args):
+        scored.append(actions.shape[0])
+        return original(self, obs, actions, *args)
+
+    monkeypatch.setattr(SampledCritic, "sampled_q_values", recording)
+    model.train(2, model.batch_size)
+    assert scored == [rows, rows]
+    model.save(tmp_path / "model.zip")
+    assert MPO.load(tmp_path / "model.zip").parametric_samples == parametric_samples
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"policy_improvement": "parametric", "parametric_samples": 0}, "parametric_samples=0 is invalid"),
+        ({"policy_improvement": "parametric", "parametric_samples": 2.0}, "parametric_samples=2.0 is invalid"),
+        ({"parametric_samples": 4}, "parametric_samples=4 is invalid, expected None unless policy_improvement='parametric'"),
+    ],
+)
+def test_bad_parametric_samples_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        MPO("MlpPolicy", "Pendulum-v1", **kwargs)

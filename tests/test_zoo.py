@@ -255,6 +255,8 @@ def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
         assert trial.params["torso"] in TORSOS
         # A distributional critic is searched only where it is accepted: Box actions with n-step targets
         assert ("critic" in trial.params) == (n_actions > 0 and sampled["q_target"] == "n_step")
+        # The parametric improvement's sample count only where it is used
+        assert ("parametric_samples" in trial.params) == (sampled.get("policy_improvement") == "parametric")
         check_mpo_hyperparams(sampled)
         MPO("MlpPolicy", env_id, **sampled)  # the constructor accepts every sample
         study.tell(trial, 0.0)

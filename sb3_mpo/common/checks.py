@@ -144,6 +144,7 @@ MPO_ARGUMENTS: dict[str, Requirement] = {
     "segment_length": POSITIVE_INTEGER,
     "retrace_lambda": fraction(include_zero=True),
     "n_action_samples": integer_at_least(2),
+    "parametric_samples": optional(POSITIVE_INTEGER),
     "epsilon": POSITIVE_FLOAT,
     "epsilon_mean": POSITIVE_FLOAT,
     "epsilon_std": POSITIVE_FLOAT,

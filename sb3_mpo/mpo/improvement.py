@@ -387,8 +387,9 @@ class ParametricGaussianImprovement(GaussianImprovement):
     target critic (whose parameters the policy loss leaves alone), under the same decoupled trust regions as the
     non-parametric M-step. With the clip bounding and ``epsilon_penalty`` set, the action penalty −‖a − clip(a)‖² is
     added to the advantage, so the Gaussian is still pulled back inside the bounds. There is no temperature: the trust
-    regions alone bound the step, and their multipliers scale with the size of the advantages. The 2N actions pass
-    through the target critic with gradient (to the actions only) in ``target_precision``, like the target pass.
+    regions alone bound the step, and their multipliers scale with the size of the advantages. Each half of the loss
+    draws K = ``parametric_samples`` actions per state (N = ``n_action_samples`` by default); the 2K actions pass through
+    the target critic with gradient (to the actions only) in ``target_precision``, like the target pass.
     """
 
     @property
@@ -399,13 +400,13 @@ class ParametricGaussianImprovement(GaussianImprovement):
         assert isinstance(batch, SampledImprovementBatch)
         actor, critic = self.actor, cast(SampledCritic, self.model.critic_target)
         mean, std = actor.distribution_params(batch.observations)
-        noise = th.randn_like(batch.actions)
+        n_samples = self.model.parametric_samples or batch.actions.shape[0]
+        noise = th.randn((n_samples, *mean.shape), device=mean.device)
         actions_mean, actions_std = losses.decoupled_reparameterised_actions(noise, mean, std, batch.mean_old, batch.std_old)
-        actions = th.cat([actions_mean, actions_std])  # (2N, B, A)
+        actions = th.cat([actions_mean, actions_std])  # (2K, B, A)
         q_values = critic.sampled_q_values(batch.observations, actor.squash(actions), self.model.target_dtype)
         if self.action_penalty:
             q_values = q_values + losses.action_penalty_q(actions)
-        n_samples = actions_mean.shape[0]
         improvement_loss = losses.parametric_improvement_loss(q_values[:n_samples], q_values[n_samples:], batch.expected_q())
         penalties, multiplier_losses, diagnostics = self.trust_region_losses(batch, mean, std)
         return (

@@ -109,6 +109,11 @@ class MPO(OffPolicyAlgorithm):
         and the M-step fits the policy to them; ``"parametric"`` (``Box`` only): the policy maximises the expected
         advantage of its own reparameterised samples through the target critic, under the same trust regions
         (paper, Sec. 3.2; :class:`~sb3_mpo.mpo.improvement.ParametricGaussianImprovement`)
+    :param parametric_samples: Reparameterised actions per state for each half (mean and covariance) of the parametric
+        improvement's loss; ``None`` uses ``n_action_samples``. Its critic pass runs forward and backward over
+        2·``parametric_samples`` actions per state, its largest cost (7x SAC's gradient step with the LayerNorm torso
+        on HalfCheetah-v5 shapes at 20: docs/results/update_cost.md), and pathwise gradients need few samples (SAC
+        uses one). Only with ``policy_improvement="parametric"``
     :param temperature_update: How the E-step's temperature η (and the action penalty's) is found: ``"solve"``
         minimises the convex dual on every batch (:func:`~sb3_mpo.mpo.losses.solve_temperature`), so that
         KL(q || π_old) = ε whatever the scale of the rewards; ``"gradient"`` takes one Adam step on the dual per update
@@ -212,6 +217,7 @@ class MPO(OffPolicyAlgorithm):
         epsilon_penalty: float | None = 1e-3,
         per_dim_constraints: bool = True,
         policy_improvement: PolicyImprovementKind = "nonparametric",
+        parametric_samples: int | None = None,
         temperature_update: TemperatureUpdate = "solve",
         init_temperature: float = 1.0,
         init_alpha_mean: float = 1.0,
@@ -249,6 +255,7 @@ class MPO(OffPolicyAlgorithm):
             epsilon_policy=epsilon_policy,
             epsilon_penalty=epsilon_penalty,
             policy_improvement=policy_improvement,
+            parametric_samples=parametric_samples,
             temperature_update=temperature_update,
             init_temperature=init_temperature,
             init_alpha_mean=init_alpha_mean,
@@ -309,6 +316,7 @@ class MPO(OffPolicyAlgorithm):
         self.epsilon_penalty = epsilon_penalty
         self.per_dim_constraints = per_dim_constraints
         self.policy_improvement = policy_improvement
+        self.parametric_samples = parametric_samples
         self.temperature_update = temperature_update
         self.init_temperature = init_temperature
         self.init_alpha_mean = init_alpha_mean
@@ -360,6 +368,12 @@ class MPO(OffPolicyAlgorithm):
                 arguments["q_target"] == "n_step" or not distributional,
                 "'n_step' with a distributional critic (policy_kwargs critic_support or critic_mixture): Retrace's "
                 "per-step corrections of expected values have no distributional form here",
+            ),
+            (
+                "parametric_samples",
+                arguments["parametric_samples"] is None or arguments["policy_improvement"] == "parametric",
+                "None unless policy_improvement='parametric' (the non-parametric improvement draws no reparameterised "
+                "actions)",
             ),
             (
                 "value_normalization",

@@ -77,6 +77,9 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         sampled["epsilon_std"] = trial.suggest_float("epsilon_std", 1e-6, 1e-4, log=True)
         sampled["action_bounding"] = trial.suggest_categorical("action_bounding", ["clip", "tanh"])
         sampled["policy_improvement"] = trial.suggest_categorical("policy_improvement", ["nonparametric", "parametric"])
+        if sampled["policy_improvement"] == "parametric":
+            # Pathwise gradients need few samples; 20 is n_action_samples' default
+            sampled["parametric_samples"] = trial.suggest_categorical("parametric_samples", [1, 4, 20])
         if sampled["q_target"] != "retrace":
             sampled["critic"] = trial.suggest_categorical("critic", list(CRITICS))
     else:
