@@ -2,7 +2,7 @@ import io
 import pathlib
 import warnings
 from collections import defaultdict
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import numpy as np
 import torch as th
@@ -185,6 +185,8 @@ class MPO(OffPolicyAlgorithm):
     #: Scale of the returns, ``mean |r| / (1 - γ)`` over the warm-up's rewards, above which the first update warns that the
     #: critic, which starts near 0, cannot follow them without ``value_normalization`` (docs/results/reward_scale.md)
     large_return_scale: ClassVar[float] = 1e4
+    #: A mean policy standard deviation within this factor of ``min_std`` counts as collapsed (warned once)
+    collapsed_std_factor: ClassVar[float] = 2.0
     actor: GaussianActor | CategoricalActor
     actor_target: GaussianActor | CategoricalActor
     critic: SampledCritic | QNetwork
@@ -514,6 +516,7 @@ class MPO(OffPolicyAlgorithm):
         # The Gaussian or categorical improvement, and the n-step or Retrace evaluation, chosen once
         self.improvement = make_improvement(self)
         self.evaluation = make_evaluation(self)
+        self._warned_collapse = False  # the exploration-collapse warning, once per model (and again after loading)
         # Resolve "auto" for this device now: a compiled update can read the answer but not ask the hardware
         resolved = str(self.target_dtype).removeprefix("torch.")
         if self.target_precision == "auto" and self.verbose >= 1:
@@ -588,8 +591,31 @@ class MPO(OffPolicyAlgorithm):
                 stats[key].append(value)
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        for key, values in stats.items():
-            self.logger.record(f"train/{key}", th.stack(values).mean().item())
+        means = {key: th.stack(values).mean().item() for key, values in stats.items()}
+        for key, mean in means.items():
+            self.logger.record(f"train/{key}", mean)
+        if "std_mean" in means:
+            self._warn_if_exploration_collapsed(means["std_mean"])
+
+    def _warn_if_exploration_collapsed(self, std_mean: float) -> None:
+        """
+        Warn (once per model) when the Gaussian policy's standard deviation, averaged over the last batches' states and
+        action dimensions, has come down to within ``collapsed_std_factor`` times its floor ``min_std``: the policy then
+        explores no more, and the M-step's gradient on the standard deviation vanishes through the softplus, so it may
+        never rise again.
+
+        :param std_mean: The mean standard deviation of π_θ on the last batches
+        """
+        floor = cast(GaussianActor, self.actor).min_std
+        if self._warned_collapse or std_mean > self.collapsed_std_factor * floor:
+            return
+        self._warned_collapse = True
+        warnings.warn(
+            f"MPO: the policy's standard deviation has collapsed to its floor (mean {std_mean:.3g} over the last "
+            f"batches, min_std={floor:.3g}) at env step {self.num_timesteps}: it no longer explores. Raise "
+            "policy_kwargs min_std, or slow the covariance's shrinking with a smaller epsilon_std.",
+            stacklevel=2,
+        )
 
     def _warn_if_returns_are_large(self) -> None:
         """
