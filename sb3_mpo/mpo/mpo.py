@@ -21,6 +21,7 @@ from sb3_mpo.common.allocator import keep_freed_blocks_in_heap
 from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples, sample_mixed
 from sb3_mpo.common.compilation import compile_if_possible
 from sb3_mpo.common.precision import TargetPrecision, target_dtype
+from sb3_mpo.mpo import health
 from sb3_mpo.mpo.evaluation import CriticEvaluation, make_evaluation
 from sb3_mpo.mpo.improvement import LagrangeMultipliers, PolicyImprovement, make_improvement
 from sb3_mpo.mpo.policies import (
@@ -187,6 +188,10 @@ class MPO(OffPolicyAlgorithm):
     large_return_scale: ClassVar[float] = 1e4
     #: A mean policy standard deviation within this factor of ``min_std`` counts as collapsed (warned once)
     collapsed_std_factor: ClassVar[float] = 2.0
+    #: A mean Q-value beyond this factor times ``max |r| / (1 - γ)`` over the rewards in replay counts as diverged
+    diverged_value_factor: ClassVar[float] = 2.0
+    #: Gradient steps between two checks of the critic against the rewards in replay (each reads the whole replay)
+    health_check_interval: ClassVar[int] = 1000
     actor: GaussianActor | CategoricalActor
     actor_target: GaussianActor | CategoricalActor
     critic: SampledCritic | QNetwork
@@ -516,7 +521,7 @@ class MPO(OffPolicyAlgorithm):
         # The Gaussian or categorical improvement, and the n-step or Retrace evaluation, chosen once
         self.improvement = make_improvement(self)
         self.evaluation = make_evaluation(self)
-        self._warned_collapse = False  # the exploration-collapse warning, once per model (and again after loading)
+        self._warned: set[str] = set()  # the health warnings given (_warn_once), once per kind
         # Resolve "auto" for this device now: a compiled update can read the answer but not ask the hardware
         resolved = str(self.target_dtype).removeprefix("torch.")
         if self.target_precision == "auto" and self.verbose >= 1:
@@ -583,7 +588,11 @@ class MPO(OffPolicyAlgorithm):
             batch_size = max(1, -(-batch_size // self.segment_length))
 
         if self._n_updates == 0:
-            self._warn_if_returns_are_large()
+            rewards = self._critic_rewards()
+            self._warn_once(
+                "large_returns",
+                None if rewards is None else health.large_returns(rewards, self.gamma, self.large_return_scale),
+            )
         stats: dict[str, list[th.Tensor]] = defaultdict(list)
         for _ in range(gradient_steps):
             replay_data = sample_mixed(self.replay_buffer, batch_size, self.replay_fraction, self._vec_normalize_env)  # type: ignore[arg-type]
@@ -594,55 +603,54 @@ class MPO(OffPolicyAlgorithm):
         means = {key: th.stack(values).mean().item() for key, values in stats.items()}
         for key, mean in means.items():
             self.logger.record(f"train/{key}", mean)
-        if "std_mean" in means:
-            self._warn_if_exploration_collapsed(means["std_mean"])
+        self._report_health(means, gradient_steps)
 
-    def _warn_if_exploration_collapsed(self, std_mean: float) -> None:
+    def _critic_rewards(self) -> np.ndarray | None:
         """
-        Warn (once per model) when the Gaussian policy's standard deviation, averaged over the last batches' states and
-        action dimensions, has come down to within ``collapsed_std_factor`` times its floor ``min_std``: the policy then
-        explores no more, and the M-step's gradient on the standard deviation vanishes through the softplus, so it may
-        never rise again.
-
-        :param std_mean: The mean standard deviation of π_θ on the last batches
-        """
-        floor = cast(GaussianActor, self.actor).min_std
-        if self._warned_collapse or std_mean > self.collapsed_std_factor * floor:
-            return
-        self._warned_collapse = True
-        warnings.warn(
-            f"MPO: the policy's standard deviation has collapsed to its floor (mean {std_mean:.3g} over the last "
-            f"batches, min_std={floor:.3g}) at env step {self.num_timesteps}: it no longer explores. Raise "
-            "policy_kwargs min_std, or slow the covariance's shrinking with a smaller epsilon_std.",
-            stacklevel=2,
-        )
-
-    def _warn_if_returns_are_large(self) -> None:
-        """
-        Before the first update, warn when the rewards collected so far (as the critic will see them, after
-        VecNormalize) put the returns, ``mean |r| / (1 - γ)``, above ``large_return_scale`` and ``value_normalization`` is
-        off: the solved temperature keeps the E-step right at any scale, but a critic that starts near 0 moves its
-        outputs by small Adam steps and may never reach such values.
+        :return: The rewards in replay as the critic sees them (after VecNormalize); None where nothing is stored, where
+            PopArt rescales the values, or where no discounted horizon bounds the returns (gamma 1)
         """
         rewards = getattr(self.replay_buffer, "rewards", None)
-        if self.value_normalization or rewards is None or self.gamma >= 1.0:  # undiscounted: no horizon to scale by
-            return
+        if self.value_normalization or rewards is None or self.gamma >= 1.0:
+            return None
         stored = rewards if self.replay_buffer.full else rewards[: self.replay_buffer.pos]  # type: ignore[union-attr]
         if stored.size == 0:
-            return
-        if self._vec_normalize_env is not None:
-            stored = self._vec_normalize_env.normalize_reward(stored)
-        mean_reward = float(np.abs(stored).mean())
-        scale = mean_reward / (1.0 - self.gamma)
-        if scale > self.large_return_scale:
-            warnings.warn(
-                f"MPO: the rewards collected so far average |r| = {mean_reward:.3g}, so returns reach about "
-                f"|r| / (1 - gamma) = {scale:.3g}, above {self.large_return_scale:.0e}. The critic starts near 0 and "
-                "its Adam steps move its outputs slowly, so it may never catch up with returns of this size (Pendulum-v1 "
-                "with rewards x1e4 did not learn in 20k steps; docs/results/reward_scale.md). Pass "
-                "value_normalization=True (PopArt) or normalise the rewards (VecNormalize(norm_reward=True)).",
-                stacklevel=2,
-            )
+            return None
+        return stored if self._vec_normalize_env is None else self._vec_normalize_env.normalize_reward(stored)
+
+    def _report_health(self, means: dict[str, float], gradient_steps: int) -> None:
+        """
+        Warn of what would otherwise fail silently (:mod:`sb3_mpo.mpo.health`), once per kind: a Gaussian policy whose
+        standard deviation has collapsed to ``min_std``, after every call, and a critic whose mean value lies beyond any
+        return of the rewards in replay, every ``health_check_interval`` updates (it reads the whole replay).
+
+        :param means: The diagnostics of the last call's gradient steps, averaged
+        :param gradient_steps: How many gradient steps that call took
+        """
+        if "std_mean" in means:
+            floor = cast(GaussianActor, self.actor).min_std
+            message = health.collapsed_exploration(means["std_mean"], floor, self.collapsed_std_factor, self.num_timesteps)
+            self._warn_once("collapsed_exploration", message)
+        interval = self.health_check_interval
+        if (
+            self._n_updates // interval > (self._n_updates - gradient_steps) // interval
+            and "diverged_critic" not in self._warned
+        ):
+            rewards = self._critic_rewards()
+            if rewards is not None:
+                message = health.diverged_critic(
+                    means["q_mean"], rewards, self.gamma, self.diverged_value_factor, self.num_timesteps
+                )
+                self._warn_once("diverged_critic", message)
+
+    def _warn_once(self, kind: str, message: str | None) -> None:
+        """
+        :param kind: What the message is about: each kind warns once per model (and again after loading)
+        :param message: The warning, or None when there is nothing to say
+        """
+        if message is not None and kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(message, stacklevel=3)
 
     def _gradient_step(self, replay_data: ReplayBufferSamples | SegmentSamples) -> dict[str, th.Tensor]:
         """
