@@ -33,6 +33,8 @@ from sb3_mpo import MPO
 
 RESULTS = RESULTS_DIR / "update_cost"
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "update_cost.md"
+#: The maintainers' reading of the stored measurements, placed on the page before them
+READING = Path(__file__).with_name("update_cost.reading.md")
 NETWORK = [256, 256]
 
 #: The shipped MuJoCo entries' networks
@@ -115,8 +117,8 @@ def measure(
     return milliseconds, setup_seconds
 
 
-def write_page(results_dir: Path, page: Path) -> None:
-    """Regenerate the page from every stored measurement."""
+def write_page(results_dir: Path, page: Path, reading: Path = READING) -> None:
+    """Regenerate the page from every stored measurement, with the reading (when there is one) first."""
     lines = [
         "# The cost of a gradient step",
         "",
@@ -127,6 +129,8 @@ def write_page(results_dir: Path, page: Path) -> None:
         "commit first.",
         "",
     ]
+    if reading.is_file():
+        lines += ["## Reading", "", reading.read_text().strip(), ""]
     records = [json.loads(path.read_text()) for path in results_dir.glob("*.json")]
     for record in sorted(records, key=lambda record: (record["env"], -commit_time(record["commit"]))):
         sac = np.array(record["milliseconds"]["sac"])

@@ -540,3 +540,37 @@ def test_reward_scale_page_compares_each_scale_with_the_unscaled_runs_spread():
     assert within_unit_scale(np.array([-1000.0, -130.0]), unit) == "no"
     assert within_unit_scale(np.array([-130.0]), unit[:1]) == "—"
     assert within_unit_scale(np.array([-130.0]), None) == "—"
+
+
+def test_update_cost_page_reads_ratios_round_by_round_newest_commit_first(tmp_path, monkeypatch):
+    from benchmarks import update_cost
+
+    def record(commit: str, mpo: list[float]) -> dict:
+        return {
+            "env": "Pendulum-v1",
+            "commit": commit,
+            "machine": "test machine",
+            "torch": "2",
+            "load_average": [1.0, 1.0],
+            "rounds": 3,
+            "updates": 50,
+            "labels": {"sac": "SB3 SAC", "mpo": "MPO"},
+            "milliseconds": {"sac": [10.0, 20.0, 10.0], "mpo": mpo},
+            "setup_seconds": {"sac": 1.0, "mpo": 2.0},
+        }
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "a.json").write_text(json.dumps(record("old1234", [15.0, 20.0, 12.0])))
+    (results / "b.json").write_text(json.dumps(record("new5678", [10.0, 10.0, 10.0])))
+    monkeypatch.setattr(update_cost, "commit_time", {"old1234": 100, "new5678": 200}.get)
+    reading = tmp_path / "reading.md"
+    reading.write_text("**What the numbers say.**\n")
+    page = tmp_path / "page.md"
+    update_cost.write_page(results, page, reading)
+    text = page.read_text()
+    assert text.index("## Reading") < text.index("**What the numbers say.**") < text.index("## Pendulum-v1, commit new5678")
+    assert text.index("commit new5678") < text.index("commit old1234")
+    # per round 1.5, 1.0 and 1.2 (not the ratio of medians, 15 / 10): the median is 1.20
+    assert "| MPO | 15.00 | 12.00-20.00 | 1.20 | 2 |" in text
+    assert "| MPO | 10.00 | 10.00-10.00 | 1.00 | 2 |" in text  # per round 1.0, 0.5 and 1.0
