@@ -84,6 +84,7 @@ def test_health_messages_name_what_they_measured() -> None:
     assert health.diverged_critic(399.0, rewards, 0.99, factor=2.0, env_step=7) is None
     message = health.diverged_critic(-401.0, rewards, 0.99, factor=2.0, env_step=7)
     assert message is not None and "-401" in message and "400" in message and "env step 7" in message
+    assert health.diverged_critic(0.3, np.zeros(5), 0.99, factor=2.0, env_step=7) is None  # no reward seen yet
     assert health.collapsed_exploration(2.1e-4, 1e-4, factor=2.0, env_step=3) is None
     assert "min_std=0.0001" in (health.collapsed_exploration(2e-4, 1e-4, factor=2.0, env_step=3) or "")
     assert health.large_returns(rewards, 0.99, limit=150.0) is None  # scale 1.5 / 0.01 = 150
@@ -118,4 +119,15 @@ def test_a_critic_within_the_returns_is_not_reported(monkeypatch: pytest.MonkeyP
     assert warnings_about(model, "diverged", updates=3) == []
     # PopArt rescales the values, so their size says nothing there: not checked
     model = filled_model(value_normalization=True)
+    assert model._critic_rewards() is None
+
+
+def test_rewards_relabelled_at_sampling_are_not_compared() -> None:
+    """SMM's buffer samples rewards it computes then (intrinsic ones): the stored rewards bound nothing."""
+    from sb3_mpo.exploration.smm import SMMReplayBuffer
+
+    assert SMMReplayBuffer.relabels_rewards
+    model = filled_model()
+    assert model._critic_rewards() is not None
+    model.replay_buffer.relabels_rewards = True  # type: ignore[attr-defined]
     assert model._critic_rewards() is None

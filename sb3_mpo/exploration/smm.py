@@ -305,6 +305,9 @@ class SMMReplayBuffer(ReplayBuffer):
     (``n_skills``, ``target_log_prob``, the coefficients, ...), e.g. through ``replay_buffer_kwargs``.
     """
 
+    #: The rewards it samples are not the ones it stores: checks of the critic against the stored rewards do not apply
+    relabels_rewards = True
+
     def __init__(
         self,
         buffer_size: int,

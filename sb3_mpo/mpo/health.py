@@ -80,7 +80,7 @@ def diverged_critic(q_mean: float, rewards: np.ndarray, gamma: float, factor: fl
     :return: The warning, or None
     """
     bound = return_bound(rewards, gamma)
-    if abs(q_mean) <= factor * bound:
+    if bound == 0.0 or abs(q_mean) <= factor * bound:  # all rewards zero so far (sparse tasks): nothing to compare with
         return None
     return (
         f"MPO: the critic has diverged: its mean Q-value {q_mean:.3g} at env step {env_step} lies beyond "

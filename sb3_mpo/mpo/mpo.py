@@ -608,10 +608,12 @@ class MPO(OffPolicyAlgorithm):
     def _critic_rewards(self) -> np.ndarray | None:
         """
         :return: The rewards in replay as the critic sees them (after VecNormalize); None where nothing is stored, where
-            PopArt rescales the values, or where no discounted horizon bounds the returns (gamma 1)
+            the buffer relabels the rewards it samples (SMM), where PopArt rescales the values, or where no discounted
+            horizon bounds the returns (gamma 1)
         """
         rewards = getattr(self.replay_buffer, "rewards", None)
-        if self.value_normalization or rewards is None or self.gamma >= 1.0:
+        relabelled = getattr(self.replay_buffer, "relabels_rewards", False)
+        if self.value_normalization or rewards is None or relabelled or self.gamma >= 1.0:
             return None
         stored = rewards if self.replay_buffer.full else rewards[: self.replay_buffer.pos]  # type: ignore[union-attr]
         if stored.size == 0:
