@@ -324,10 +324,11 @@ def test_optimize_with_storage(tmp_path: Path, backend: str) -> None:
     trials = optuna.load_study(study_name="s", storage=open_storage(storage)).trials
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     critic = {"critic"} if trials[1].params["q_target"] != "retrace" else set()  # searched with n-step targets only
+    parametric = {"parametric_samples"} if trials[1].params["policy_improvement"] == "parametric" else set()
     assert set(trials[1].params) == {
         *("one_minus_gamma", "learning_rate", "batch_size_pow", "n_action_samples", "epsilon", "epsilon_mean"),
         *("epsilon_std", "q_target", "tau", "net_arch", "action_bounding", "replay_fraction", "policy_improvement"),
-        *("torso", *critic),
+        *("torso", *critic, *parametric),
     }
     # Train with a stored trial's hyperparameters (rl_zoo3 ignores --trial-id 0, hence trial 1)
     zoo(
