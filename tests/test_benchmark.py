@@ -10,6 +10,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 import pytest
+import torch as th
 import yaml
 
 from benchmarks import stamp
@@ -20,6 +21,10 @@ from benchmarks.reward_scale import within_unit_scale
 from benchmarks.standings import BEGIN, END, README, Row, load_rows, replace_block, standings_line, standings_table
 from benchmarks.suite import RESULTS_DIR, SUITES_DIR, load_suite
 from benchmarks.training import run_job
+from sb3_mpo.common.precision import target_dtype
+
+#: What the Pendulum-v1 entry's target_precision="auto" resolves to on this machine's CPU
+PENDULUM_TARGET_DTYPE = str(target_dtype("auto", th.device("cpu"))).removeprefix("torch.")
 
 TINY = {
     "name": "tiny",
@@ -79,8 +84,8 @@ def test_local_backend_writes_one_valid_file_per_run(local_store):
         assert (result["net_arch"], result["batch_size"]) == ("[8]", 16)  # what the model actually used
         # MPO's critic target as trained: the Pendulum-v1 entry's 5-step returns; nothing for SAC
         assert result["critic_target"] == ("n_step (n_steps=5)" if job.algo == "mpo" else None)
-        # and the type of its target pass, the constructor's default float32 here
-        assert result["target_dtype"] == ("float32" if job.algo == "mpo" else None)
+        # and the type of its target pass: the Pendulum-v1 entry's "auto", resolved on this machine
+        assert result["target_dtype"] == (PENDULUM_TARGET_DTYPE if job.algo == "mpo" else None)
         assert result["commit"] != "" and result["versions"]["stable_baselines3"]
         assert result["torch_threads"] == 1  # the runner's default
         # the simulator's version is recorded too (a MuJoCo release can move the numbers); the tests install MuJoCo
@@ -123,7 +128,7 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
     assert re.search(r"^\| MPO > SAC \| \d\.\d\d \[\d\.\d\d, \d\.\d\d\] \|$", page, flags=re.MULTILINE)  # two runs each
     assert "| MPO | 2 / 2 | 100, 100 | 2 / 2 |" in page  # the threshold table: first evaluation, every seed
     # the settings of MPO's runs; none for SAC's
-    assert "; critic target as trained: n_step (n_steps=5); target pass in float32 |" in page
+    assert f"; critic target as trained: n_step (n_steps=5); target pass in {PENDULUM_TARGET_DTYPE} |" in page
     assert page.count("critic target as trained") == 1
     for figure in ("Pendulum-v1.png", "performance_profile.png"):
         path = tmp_path / "fig" / "tiny" / figure
