@@ -41,8 +41,9 @@ def target_pass_dtype(model: Any) -> str | None:
     ``"auto"`` run says what it chose); ``None`` for other algorithms.
     """
     from sb3_mpo import MPO
+    from sb3_mpo.common.precision import dtype_name
 
-    return str(model.target_dtype).removeprefix("torch.") if isinstance(model, MPO) else None
+    return dtype_name(model.target_dtype) if isinstance(model, MPO) else None
 
 
 def run_job(

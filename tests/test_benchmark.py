@@ -21,10 +21,10 @@ from benchmarks.reward_scale import within_unit_scale
 from benchmarks.standings import BEGIN, END, README, Row, load_rows, replace_block, standings_line, standings_table
 from benchmarks.suite import RESULTS_DIR, SUITES_DIR, load_suite
 from benchmarks.training import run_job
-from sb3_mpo.common.precision import target_dtype
+from sb3_mpo.common.precision import dtype_name, target_dtype
 
 #: What the Pendulum-v1 entry's target_precision="auto" resolves to on this machine's CPU
-PENDULUM_TARGET_DTYPE = str(target_dtype("auto", th.device("cpu"))).removeprefix("torch.")
+PENDULUM_TARGET_DTYPE = dtype_name(target_dtype("auto", th.device("cpu")))
 
 TINY = {
     "name": "tiny",

@@ -52,3 +52,8 @@ def target_dtype(precision: TargetPrecision, device: th.device, sampled: bool = 
     if precision == "auto":
         return th.bfloat16 if sampled and has_bfloat16_units(device) else th.float32
     return getattr(th, precision)
+
+
+def dtype_name(dtype: th.dtype) -> str:
+    """:return: The type's name as ``target_precision`` spells it (``"bfloat16"`` for ``torch.bfloat16``)"""
+    return str(dtype).removeprefix("torch.")

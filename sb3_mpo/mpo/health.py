@@ -39,7 +39,7 @@ def large_returns(rewards: np.ndarray, gamma: float, limit: float) -> str | None
     if scale <= limit:
         return None
     return (
-        f"MPO: the rewards collected so far average |r| = {float(np.abs(rewards).mean()):.3g}, so returns reach about "
+        f"MPO: the rewards collected so far average |r| = {scale * (1.0 - gamma):.3g}, so returns reach about "
         f"|r| / (1 - gamma) = {scale:.3g}, above {limit:.0e}. The critic starts near 0 and its Adam steps move its "
         "outputs slowly, so it may never catch up with returns of this size (Pendulum-v1 with rewards x1e4 did not learn "
         "in 20k steps; docs/results/reward_scale.md). Pass value_normalization=True (PopArt) or normalise the rewards "

@@ -20,7 +20,7 @@ from sb3_mpo.common import checks
 from sb3_mpo.common.allocator import keep_freed_blocks_in_heap
 from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples, sample_mixed
 from sb3_mpo.common.compilation import compile_if_possible
-from sb3_mpo.common.precision import TargetPrecision, target_dtype
+from sb3_mpo.common.precision import TargetPrecision, dtype_name, target_dtype
 from sb3_mpo.mpo import health
 from sb3_mpo.mpo.evaluation import CriticEvaluation, make_evaluation
 from sb3_mpo.mpo.improvement import LagrangeMultipliers, PolicyImprovement, make_improvement
@@ -144,13 +144,12 @@ class MPO(OffPolicyAlgorithm):
         ``"float32"`` (the default), ``"bfloat16"``, or ``"auto"``: bfloat16 where the device multiplies bfloat16
         matrices natively (a CPU with AMX or AVX512-BF16, a CUDA GPU of compute capability 8.0 or above), float32
         elsewhere and with ``Discrete`` actions (:attr:`target_dtype` says which). The first layer, the activations, the
-        output layer, the Q-values
-        and every loss stay in float32; the critic's training is untouched, and so are the policy's gradients with the
-        non-parametric improvement (the parametric one reads its 2N actions through the same pass, with gradient to the
-        actions, so its gradients carry the bfloat16 roundings too). bfloat16
-        matrix products are fast on CPUs with AMX or AVX512-BF16 (recent Xeons) and on GPUs with bfloat16 support, and
-        may be slower elsewhere; the Q-values then differ by a small fraction of their spread over the sampled actions
-        (see docs/algorithm.md). A saved ``"auto"`` model resolves it again where it is loaded
+        output layer, the Q-values and every loss stay in float32; the critic's training is untouched, and so are the
+        policy's gradients with the non-parametric improvement (the parametric one reads its 2·``parametric_samples``
+        actions through the same pass, with gradient to the actions, so its gradients carry the bfloat16 roundings
+        too). bfloat16 matrix products are fast on CPUs with AMX or AVX512-BF16 (recent Xeons) and on GPUs with
+        bfloat16 support, and may be slower elsewhere; the Q-values then differ by a small fraction of their spread
+        over the sampled actions (see docs/algorithm.md). A saved ``"auto"`` model resolves it again where it is loaded
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -523,7 +522,7 @@ class MPO(OffPolicyAlgorithm):
         self.evaluation = make_evaluation(self)
         self._warned: set[str] = set()  # the health warnings given (_warn_once), once per kind
         # Resolve "auto" for this device now: a compiled update can read the answer but not ask the hardware
-        resolved = str(self.target_dtype).removeprefix("torch.")
+        resolved = dtype_name(self.target_dtype)
         if self.target_precision == "auto" and self.verbose >= 1:
             print(f"MPO: target_precision='auto' computes the target pass in {resolved} on {self.device}")
         self.multipliers = LagrangeMultipliers(
