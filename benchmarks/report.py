@@ -229,25 +229,35 @@ def speed_table(results: Results) -> list[str]:
 
 def quiet_speed_table(envs: list[str], results_dir: Path) -> list[str]:
     """
-    The measurements of ``benchmarks/speed.py`` for ``envs`` (``<results_dir>/speed/<env>_<commit>.json``): MPO and SAC
-    alternating in one otherwise idle process, so free of a neighbour's load, unlike the suite runs' figures.
+    The measurements of ``benchmarks/speed.py`` for ``envs`` (``<results_dir>/speed_quiet/<env>_<commit>.json``): MPO
+    and SAC alternating in one process, so that both see the same load (recorded as the 1-minute load average where
+    the record has it), unlike the suite runs' figures.
     """
     rows = []
     for env in envs:
         for path in sorted((results_dir / QUIET_SPEED_FOLDER).glob(f"{env}_*.json")):
             record = json.loads(path.read_text())
             medians = record["medians"]
-            cells = [env, record["commit"], *(f"{medians[algo][key]:.1f}" for key in SPEED_KEYS for algo in ("mpo", "sac"))]
+            load = record.get("load_average")
+            cells = [
+                env,
+                record["commit"],
+                record.get("mpo_target_dtype", "float32"),
+                f"{load[0]:.1f}-{load[1]:.1f}" if load else "—",
+                *(f"{medians[algo][key]:.1f}" for key in SPEED_KEYS for algo in ("mpo", "sac")),
+            ]
             rows.append(f"| {' | '.join(cells)} | {record['mpo_over_sac_wall_clock_per_env_step']:.2f} |")
     if not rows:
         return []
     return [
-        "Quiet-machine measurements (`python -m benchmarks.speed`: one process and one torch thread, MPO and SAC "
-        "alternating, both with (256, 256) networks and batch 256; medians of the repeats):",
+        "Alternating measurements (`python -m benchmarks.speed`: one process and one torch thread, MPO on its RL Zoo "
+        "entry and SAC on its defaults alternating, so that both see the same load; (256, 256) networks and batch 256; "
+        "medians of the repeats; the load is the machine's 1-minute load average during the measurement, — where "
+        "not recorded; records before the entries' `auto` ran the target pass in float32):",
         "",
-        "| environment | commit | MPO env steps/s | SAC env steps/s | MPO gradient steps/s | SAC gradient steps/s "
-        "| MPO / SAC time per env step |",
-        "|---|---|---|---|---|---|---|",
+        "| environment | commit | MPO target pass | load | MPO env steps/s | SAC env steps/s | MPO gradient steps/s "
+        "| SAC gradient steps/s | MPO / SAC time per env step |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
 

@@ -1,6 +1,8 @@
 """
 Speed of MPO vs SB3's SAC at the same network size and batch, on one core, alternating the two algorithms so that
-both see the same machine state. Writes benchmarks/results/speed_quiet/<env>_<commit>.json and prints a table.
+both see the same machine state. MPO trains with its RL Zoo entry (sb3_mpo/hyperparams/mpo.yml), SAC with its
+constructor's defaults. Writes benchmarks/results/speed_quiet/<env>_<commit>.json and prints a table; the record keeps
+the type MPO's target pass ran in and the machine's load average over the measurement, which says how quiet it was.
 
     python -m benchmarks.speed --env Pendulum-v1 --steps 2000 --repeats 3
 
@@ -9,6 +11,7 @@ times ``train()`` alone on a filled buffer.
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -21,6 +24,7 @@ from benchmarks.stamp import stamp
 from benchmarks.suite import RESULTS_DIR
 from sb3_mpo import MPO
 from sb3_mpo.common.hyperparams import load_hyperparams
+from sb3_mpo.common.precision import dtype_name
 
 RESULTS = RESULTS_DIR / QUIET_SPEED_FOLDER
 
@@ -51,10 +55,12 @@ def main() -> None:
     for model in models.values():
         model.learn(1000)  # past learning_starts, buffers warm
     figures: dict[str, dict[str, list[float]]] = {name: {key: [] for key in SPEED_KEYS} for name in models}
+    loads = [os.getloadavg()[0]]
     for _ in range(args.repeats):
         for name, model in models.items():
             for key, value in zip(SPEED_KEYS, measure(model, args.steps, args.updates), strict=True):
                 figures[name][key].append(value)
+        loads.append(os.getloadavg()[0])
 
     medians = {name: {key: float(np.median(values)) for key, values in fig.items()} for name, fig in figures.items()}
     print(f"{args.env}: median over {args.repeats} alternating repeats, one torch thread")
@@ -62,13 +68,16 @@ def main() -> None:
     for name, median in medians.items():
         print(f"{name:5} {median['env_steps_per_second']:>12.1f} {median['gradient_steps_per_second']:>13.1f}")
     ratio = medians["sac"]["env_steps_per_second"] / medians["mpo"]["env_steps_per_second"]
-    print(f"MPO wall-clock per env step / SAC's: {ratio:.2f}")
+    print(f"MPO wall-clock per env step / SAC's: {ratio:.2f} (MPO's target pass in {models['mpo'].target_dtype})")
+    print(f"1-minute load average: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
     record = {
         "env": args.env,
         **stamp(),
         "figures": figures,
         "medians": medians,
         "mpo_over_sac_wall_clock_per_env_step": ratio,
+        "mpo_target_dtype": dtype_name(models["mpo"].target_dtype),
+        "load_average": [min(loads), max(loads)],
     }
     write_result(RESULTS / f"{args.env}_{record['commit']}.json", record)
 

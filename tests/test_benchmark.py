@@ -160,10 +160,14 @@ def test_report_shows_quiet_speed_records_and_discloses_converted_and_resumed_ru
     (store / QUIET_SPEED_FOLDER).mkdir()
     (store / QUIET_SPEED_FOLDER / "Pendulum-v1_abc1234.json").write_text(json.dumps(speed))
     (store / QUIET_SPEED_FOLDER / "Hopper-v5_abc1234.json").write_text(json.dumps({**speed, "env": "Hopper-v5"}))
+    newer = {**speed, "commit": "def5678", "mpo_target_dtype": "bfloat16", "load_average": [0.96, 2.14]}
+    (store / QUIET_SPEED_FOLDER / "Pendulum-v1_def5678.json").write_text(json.dumps(newer))
     out = tmp_path / "page.md"
     assert main(["report", str(suite_path), "--results", str(store), "--out", str(out), "--figures", str(tmp_path)]) == 0
     page = out.read_text()
-    assert "| Pendulum-v1 | abc1234 | 40.0 | 60.0 | 41.0 | 62.0 | 1.50 |" in page
+    # a record from before speed.py kept the target pass's type and the load: float32 (the only one then), load unknown
+    assert "| Pendulum-v1 | abc1234 | float32 | — | 40.0 | 60.0 | 41.0 | 62.0 | 1.50 |" in page
+    assert "| Pendulum-v1 | def5678 | bfloat16 | 1.0-2.1 | 40.0 | 60.0 | 41.0 | 62.0 | 1.50 |" in page
     assert "Hopper-v5" not in page  # not an environment of the suite
     runs = len(jobs)
     assert "- Trained not through the experiment manager but by the retired `benchmarks/compare.py`" in page
