@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     th.set_num_threads(1)
+    code = stamp()  # the code as it is when the measurement starts
 
     # Same networks (256-256) and batch (256) for both; learning rates do not affect speed
     models = {
@@ -68,11 +69,11 @@ def main() -> None:
     for name, median in medians.items():
         print(f"{name:5} {median['env_steps_per_second']:>12.1f} {median['gradient_steps_per_second']:>13.1f}")
     ratio = medians["sac"]["env_steps_per_second"] / medians["mpo"]["env_steps_per_second"]
-    print(f"MPO wall-clock per env step / SAC's: {ratio:.2f} (MPO's target pass in {models['mpo'].target_dtype})")
+    print(f"MPO wall-clock per env step / SAC's: {ratio:.2f} (MPO's target pass in {dtype_name(models['mpo'].target_dtype)})")
     print(f"1-minute load average: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
     record = {
         "env": args.env,
-        **stamp(),
+        **code,
         "figures": figures,
         "medians": medians,
         "mpo_over_sac_wall_clock_per_env_step": ratio,
