@@ -39,6 +39,8 @@ NETWORK = [256, 256]
 
 #: The shipped MuJoCo entries' networks
 LN_TORSO: dict[str, Any] = {"policy_kwargs": {"layer_norm": True, "activation_fn": nn.ELU}}
+#: SimBa's residual torso (Lee et al. 2024) with its ReLU
+SIMBA_TORSO: dict[str, Any] = {"policy_kwargs": {"residual": True}}
 #: name -> (class, keyword arguments, what it is)
 CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] = {
     "sac": (SAC, {}, "SB3 SAC, defaults"),
@@ -74,6 +76,12 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
         MPO,
         {**LN_TORSO, "policy_improvement": "parametric", "target_precision": "bfloat16"},
         "MPO, Acme's LayerNorm torso + ELU, parametric improvement, bfloat16 target pass",
+    ),
+    "mpo_simba": (MPO, SIMBA_TORSO, "MPO, SimBa's residual torso (two blocks of width 256, 4x inner width)"),
+    "mpo_simba_bf16": (
+        MPO,
+        {**SIMBA_TORSO, "target_precision": "bfloat16"},
+        "MPO, SimBa's residual torso, bfloat16 target pass",
     ),
     "mpo_bf16_compiled": (
         MPO,

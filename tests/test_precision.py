@@ -52,8 +52,8 @@ def test_linear_in_bfloat16_is_the_rounded_layer_up_to_one_rounding_of_its_outpu
 
 @pytest.mark.parametrize(
     "policy_kwargs",
-    [{}, {"layer_norm": True, "activation_fn": nn.ELU}, {"net_arch": [64, 64, 64]}],
-    ids=["relu", "layer_norm_elu", "three_layers"],
+    [{}, {"layer_norm": True, "activation_fn": nn.ELU}, {"net_arch": [64, 64, 64]}, {"residual": True}],
+    ids=["relu", "layer_norm_elu", "three_layers", "residual"],
 )
 def test_bfloat16_hidden_layers_give_float32_outputs_close_to_the_float32_pass(policy_kwargs: dict[str, Any]) -> None:
     """The outputs stay float32 and differ from the float32 pass by bfloat16 roundings of the hidden activations."""
@@ -72,8 +72,9 @@ def test_bfloat16_hidden_layers_give_float32_outputs_close_to_the_float32_pass(p
     assert error.max() < 0.25 * spread, (error.max(), spread)
 
 
-def test_float32_is_the_default_and_matches_the_full_forward_pass() -> None:
-    critic = small_model().critic_target
+@pytest.mark.parametrize("policy_kwargs", [{}, {"residual": True}], ids=["relu", "residual"])
+def test_float32_is_the_default_and_matches_the_full_forward_pass(policy_kwargs: dict[str, Any]) -> None:
+    critic = small_model(policy_kwargs=policy_kwargs).critic_target
     assert isinstance(critic, SampledCritic)
     observations, actions = sampled_batch(critic, n_samples=3, n_states=5)
     with th.no_grad():

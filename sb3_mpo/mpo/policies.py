@@ -78,6 +78,31 @@ class ResidualBlock(nn.Module):
     def forward(self, x: th.Tensor) -> th.Tensor:
         return x + self.mlp(x)
 
+    def forward_in(self, dtype: th.dtype, x: th.Tensor) -> th.Tensor:
+        """The block with its two matrix products computed in ``dtype`` (see :func:`linear_in`); the rest in float32."""
+        return x + module_in(dtype, self.mlp, x)
+
+
+def module_in(dtype: th.dtype, module: nn.Module, inputs: th.Tensor) -> th.Tensor:
+    """
+    A float32 module with its matrix products computed in ``dtype``: each ``nn.Linear`` through :func:`linear_in`,
+    into ``nn.Sequential`` containers and SimBa's residual blocks; anything else (activations, normalisations) as is.
+
+    :param dtype: The type of the matrix products (``torch.float32``: the module itself)
+    :param module: The module, whose parameters stay float32
+    :param inputs: Its float32 inputs
+    :return: ``module(inputs)`` with its matrix products in ``dtype``, as float32
+    """
+    if isinstance(module, nn.Linear):
+        return linear_in(dtype, module, inputs)
+    if isinstance(module, ResidualBlock):
+        return module.forward_in(dtype, inputs)
+    if isinstance(module, nn.Sequential):
+        for layer in module:
+            inputs = module_in(dtype, layer, inputs)
+        return inputs
+    return module(inputs)
+
 
 def residual_torso(network: nn.Module, activation_fn: type[nn.Module]) -> None:
     """
@@ -444,7 +469,8 @@ class SampledCritic(ContinuousCritic):
         :param obs: Observation batch of B states
         :param actions: N actions per state, shape (N, B, A)
         :param hidden_dtype: Floating-point type of the matrix products of the hidden ``Linear`` layers after the
-            first (see :func:`linear_in`); the first layer, the activations, normalisations and the output layer run
+            first, residual blocks' included (see :func:`module_in`); the first layer, the activations, normalisations
+            and the output layer run
             in float32, so that the outputs keep float32's resolution
         :return: The outputs, shape (N, B, 1), or (N, B, n_atoms) logits for a categorical critic
         """
@@ -461,7 +487,7 @@ class SampledCritic(ContinuousCritic):
         if len(q_network) == 1:  # no hidden layer: the first layer is the output layer
             return hidden
         for module in list(q_network)[1:-1]:
-            hidden = linear_in(hidden_dtype, module, hidden) if isinstance(module, nn.Linear) else module(hidden)
+            hidden = module_in(hidden_dtype, module, hidden)
         return q_network[-1](hidden)
 
     def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor, hidden_dtype: th.dtype = th.float32) -> th.Tensor:
