@@ -35,6 +35,7 @@ def worker(env_id: str, steps: int, eval_freq: int, seed: int, out: Path) -> Non
     from sb3_mpo.distributed import DistributedMPO, init_workers
 
     th.set_num_threads(1)
+    code = stamp()  # the code as it is when the run starts
     init_workers()
     model = DistributedMPO("MlpPolicy", env_id, seed=seed, **load_hyperparams(env_id))
     evaluation = None
@@ -63,7 +64,7 @@ def worker(env_id: str, steps: int, eval_freq: int, seed: int, out: Path) -> Non
             {"env_steps": int(step) * workers, "mean": float(sum(returns) / len(returns))}
             for step, returns in zip(evaluation.evaluations_timesteps, evaluation.evaluations_results, strict=True)
         ],
-        **stamp(),
+        **code,
     }
     write_result(out, record)
 

@@ -62,6 +62,7 @@ class RecordKL(BaseCallback):
 
 
 def run(env_id: str, scale: float, seed: int, configuration: str, steps: int) -> dict[str, Any]:
+    code = stamp()  # the code as it is when the run starts
     hyperparams = load_hyperparams(env_id)
     env = TransformReward(gym.make(env_id), lambda reward: float(reward) * scale)
     model = MPO("MlpPolicy", env, seed=seed, **CONFIGURATIONS[configuration], **hyperparams)
@@ -89,7 +90,7 @@ def run(env_id: str, scale: float, seed: int, configuration: str, steps: int) ->
         "final_temperature": float(model.multipliers.temperature),
         "train_seconds": seconds,
         "hyperparams": {key: repr(value) for key, value in hyperparams.items()},
-        **stamp(),
+        **code,
     }
 
 

@@ -178,10 +178,11 @@ def main() -> None:
             parser.error("--algos must include sac, the reference")
         th.set_num_threads(1)
         load_before = os.getloadavg()[0]
+        code = stamp()  # the code as it is when the measurement starts
         milliseconds, setup_seconds = measure(args.env, args.algos, args.rounds, args.updates, args.warm_up)
         record = {
             "env": args.env,
-            **stamp(),
+            **code,
             "load_average": [load_before, os.getloadavg()[0]],  # the machine's other work, before and after
             "rounds": args.rounds,
             "updates": args.updates,
