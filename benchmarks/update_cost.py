@@ -83,6 +83,11 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
         {**SIMBA_TORSO, "target_precision": "bfloat16"},
         "MPO, SimBa's residual torso, bfloat16 target pass",
     ),
+    "mpo_simba128_bf16": (
+        MPO,
+        {"policy_kwargs": {"residual": True, "net_arch": [128, 128]}, "target_precision": "bfloat16"},
+        "MPO, SimBa's residual torso of width 128 (4x inner width), bfloat16 target pass",
+    ),
     "mpo_bf16_compiled": (
         MPO,
         {"target_precision": "bfloat16", "compile_update": True},
