@@ -5,6 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from torch import nn
+
+from sb3_mpo import MPO
+from sb3_mpo.common.precision import target_dtype
+
 
 def readme_main_job() -> list[str]:
     """The arguments of the README's main job, as written in its first set-up command."""
@@ -42,6 +47,19 @@ def test_readme_example_runs_after_the_main_install(tmp_path):
     script.write_text(example.replace("total_timesteps=20_000", "total_timesteps=300"))
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert re.search(r"mean return over 10 episodes: -?\d+\.\d \+/- \d+\.\d", out)
+
+
+def test_readme_mujoco_networks_build_acmes_torso():
+    """The README's line for MuJoCo-like tasks, as written there, builds Acme's torso with the target pass on auto."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (snippet,) = re.findall(r"as the entries do:\n\n```python\n(.*?)```", readme, flags=re.DOTALL)
+    namespace: dict = {"MPO": MPO}
+    exec(snippet, namespace)
+    model = namespace["model"]
+    assert model.target_precision == "auto" and model.target_dtype == target_dtype("auto", model.device)
+    for network in (model.actor.latent_pi, model.critic.q_networks[0]):
+        assert any(isinstance(module, nn.LayerNorm) for module in network.modules())
+        assert any(isinstance(module, nn.ELU) for module in network.modules())
 
 
 def test_benchmark_report_names_the_install_it_needs(monkeypatch, capsys):
