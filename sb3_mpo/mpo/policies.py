@@ -96,7 +96,8 @@ class ResidualBlock(nn.Module):
 def module_in(dtype: th.dtype, module: nn.Module, inputs: th.Tensor) -> th.Tensor:
     """
     A float32 module with its matrix products computed in ``dtype``: each ``nn.Linear`` through :func:`linear_in`,
-    into ``nn.Sequential`` containers and SimBa's residual blocks; anything else (activations, normalisations) as is.
+    inside ``nn.Sequential`` containers too, and SimBa's residual blocks through :meth:`ResidualBlock.forward_in`;
+    anything else (activations, normalisations) as is, in float32.
 
     :param dtype: The type of the matrix products (``torch.float32``: the module itself)
     :param module: The module, whose parameters stay float32
@@ -479,9 +480,9 @@ class SampledCritic(ContinuousCritic):
         :param obs: Observation batch of B states
         :param actions: N actions per state, shape (N, B, A)
         :param hidden_dtype: Floating-point type of the matrix products of the hidden ``Linear`` layers after the
-            first, residual blocks' included (see :func:`module_in`); the first layer, the activations, normalisations
-            and the output layer run
-            in float32, so that the outputs keep float32's resolution
+            first, residual blocks' included (see :func:`module_in`); the first layer, the activations and
+            normalisations (but a residual block's inner activation) and the output layer run in float32, so that the
+            outputs keep float32's resolution
         :return: The outputs, shape (N, B, 1), or (N, B, n_atoms) logits for a categorical critic
         """
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
