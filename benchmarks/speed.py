@@ -49,10 +49,8 @@ def main() -> None:
     code = stamp()  # the code as it is when the measurement starts
 
     # Same networks (256-256) and batch (256) for both; learning rates do not affect speed
-    models = {
-        "mpo": MPO("MlpPolicy", args.env, seed=0, **load_hyperparams(args.env)),
-        "sac": SAC("MlpPolicy", args.env, seed=0),
-    }
+    mpo = MPO("MlpPolicy", args.env, seed=0, **load_hyperparams(args.env))
+    models = {"mpo": mpo, "sac": SAC("MlpPolicy", args.env, seed=0)}
     for model in models.values():
         model.learn(1000)  # past learning_starts, buffers warm
     figures: dict[str, dict[str, list[float]]] = {name: {key: [] for key in SPEED_KEYS} for name in models}
@@ -69,7 +67,7 @@ def main() -> None:
     for name, median in medians.items():
         print(f"{name:5} {median['env_steps_per_second']:>12.1f} {median['gradient_steps_per_second']:>13.1f}")
     ratio = medians["sac"]["env_steps_per_second"] / medians["mpo"]["env_steps_per_second"]
-    print(f"MPO wall-clock per env step / SAC's: {ratio:.2f} (MPO's target pass in {dtype_name(models['mpo'].target_dtype)})")
+    print(f"MPO wall-clock per env step / SAC's: {ratio:.2f} (MPO's target pass in {dtype_name(mpo.target_dtype)})")
     print(f"1-minute load average: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
     record = {
         "env": args.env,
@@ -77,7 +75,7 @@ def main() -> None:
         "figures": figures,
         "medians": medians,
         "mpo_over_sac_wall_clock_per_env_step": ratio,
-        "mpo_target_dtype": dtype_name(models["mpo"].target_dtype),
+        "mpo_target_dtype": dtype_name(mpo.target_dtype),
         "load_average": [min(loads), max(loads)],
     }
     write_result(RESULTS / f"{args.env}_{record['commit']}.json", record)

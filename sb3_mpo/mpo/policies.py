@@ -89,6 +89,7 @@ class ResidualBlock(nn.Module):
         :return: The block's float32 output
         """
         norm, first, activation, second = self.mlp
+        assert isinstance(first, nn.Linear) and isinstance(second, nn.Linear), "built by __init__ as LN, Linear, act, Linear"
         hidden = F.linear(norm(x).to(dtype), first.weight.to(dtype), first.bias.to(dtype))
         return x + F.linear(activation(hidden), second.weight.to(dtype), second.bias.to(dtype)).float()
 
