@@ -35,14 +35,39 @@ BUFFER_FILE = "replay_buffer.pkl"
 VEC_NORMALIZE_FILE = "vec_normalize.pkl"
 
 
+def training_diagnostics(name_to_value: dict[str, Any]) -> dict[str, float]:
+    """
+    :param name_to_value: SB3's logger values since its last dump (``model.logger.name_to_value``)
+    :return: The numbers the algorithm's ``train()`` logged (keys ``train/...``: for MPO its temperature, KL, policy
+        std, Q-values and losses; for SAC its entropy coefficient and losses), as floats
+    """
+    return {
+        key: float(value)
+        for key, value in sorted(name_to_value.items())
+        if key.startswith("train/") and isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 class TimedEvalCallback(EvalCallback):
-    """SB3's EvalCallback that also measures the time spent evaluating, to exclude it from the training time."""
+    """
+    SB3's EvalCallback that also measures the time spent evaluating, to exclude it from the training time, and keeps,
+    with each evaluation, what training logged last (:func:`training_diagnostics`, taken before the evaluation dumps
+    the logger; empty before the first update), so that a curve can be read beside its temperature, KL or critic.
+    """
 
     eval_seconds = 0.0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.diagnostics: list[dict[str, float]] = []  # one per evaluation, as SB3's evaluations_* lists
+
     def _on_step(self) -> bool:
         start = time.perf_counter()
+        evaluations = len(self.evaluations_timesteps)
+        logged = dict(self.model.logger.name_to_value)  # an evaluation dumps (and so clears) the logger
         keep_going = super()._on_step()
+        if len(self.evaluations_timesteps) > evaluations:
+            self.diagnostics.append(training_diagnostics(logged))
         self.eval_seconds += time.perf_counter() - start
         return keep_going
 
@@ -53,11 +78,13 @@ class TimedEvalCallback(EvalCallback):
             "timesteps": [int(step) for step in self.evaluations_timesteps],
             "results": [list(map(float, returns)) for returns in self.evaluations_results],
             "lengths": [list(map(int, lengths)) for lengths in self.evaluations_length],
+            "diagnostics": [dict(values) for values in self.diagnostics],
         }
 
     def restore_curve(self, curve: dict[str, list], eval_seconds: float, n_calls: int) -> None:
         """
-        :param curve: The evaluations so far (:attr:`curve_state`)
+        :param curve: The evaluations so far (:attr:`curve_state`; a checkpoint written before diagnostics were kept
+            restores empty ones)
         :param eval_seconds: The time they took
         :param n_calls: The steps of the vectorised environment so far, which schedule the next evaluation
         """
@@ -65,6 +92,7 @@ class TimedEvalCallback(EvalCallback):
         self.evaluations_timesteps = list(curve["timesteps"])
         self.evaluations_results = [list(returns) for returns in curve["results"]]
         self.evaluations_length = [list(lengths) for lengths in curve["lengths"]]
+        self.diagnostics = [dict(values) for values in curve.get("diagnostics", [{} for _ in curve["timesteps"]])]
         self.eval_seconds = eval_seconds
 
 

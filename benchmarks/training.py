@@ -121,8 +121,12 @@ def run_job(
             "mean": float(np.mean(returns)),
             "std": float(np.std(returns)),
             "returns": list(map(float, returns)),
+            # what train() logged last before this evaluation (see TimedEvalCallback)
+            "train": diagnostics,
         }
-        for step, returns in zip(evaluation.evaluations_timesteps, evaluation.evaluations_results, strict=True)
+        for step, returns, diagnostics in zip(
+            evaluation.evaluations_timesteps, evaluation.evaluations_results, evaluation.diagnostics, strict=True
+        )
     ]
     n_updates = int(getattr(model, "_n_updates", 0))
     off_policy = isinstance(model, OffPolicyAlgorithm)

@@ -79,6 +79,14 @@ def test_local_backend_writes_one_valid_file_per_run(local_store):
         assert [point["step"] for point in result["curve"]] == [100, 200]
         assert all(len(point["returns"]) == 2 for point in result["curve"])
         assert result["final_return"] == result["curve"][-1]["mean"]
+        # each evaluation keeps what training logged last: nothing before the first update (learning_starts=100),
+        # then the algorithm's own numbers (MPO's temperature and KL, SAC's entropy coefficient), counting its updates
+        first, last = (point["train"] for point in result["curve"])
+        assert first == {}
+        mpo_keys = {"train/temperature", "train/kl_q", "train/std_mean", "train/q_mean"}
+        own = mpo_keys if job.algo == "mpo" else {"train/ent_coef"}
+        assert own <= set(last) and last["train/n_updates"] == result["n_updates"] - 1
+        assert all(np.isfinite(value) for value in last.values())
         assert result["env_steps_per_second"] > 0 and result["gradient_steps_per_second"] > 0
         assert result["hyperparams"]["policy_kwargs"] == repr("dict(net_arch=[8])")
         assert (result["net_arch"], result["batch_size"]) == ("[8]", 16)  # what the model actually used

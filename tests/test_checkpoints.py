@@ -93,6 +93,7 @@ def test_interrupted_run_resumes_with_its_model_replay_buffer_and_schedule(suite
     assert uninterrupted["commit"] == git_commit(), "a worker records the commit of the code it imported"
     assert [point["step"] for point in resumed["curve"]] == [100, 200, 300], "evaluations keep their schedule"
     assert resumed["curve"][0] == uninterrupted["curve"][0], "the evaluation before the interruption is kept as it was"
+    assert "train/temperature" in resumed["curve"][0]["train"], "with what training had logged by then"
     assert resumed["num_timesteps"] == 300 and resumed["n_updates"] == uninterrupted["n_updates"] == 250
     assert resumed["train_seconds"] > 0 and resumed["checkpoint_seconds"] > 0
 
