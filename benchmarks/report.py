@@ -177,6 +177,41 @@ def env_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+#: What training logged, shown per environment where the runs recorded it (key -> column title)
+DIAGNOSTICS = {
+    "train/temperature": "MPO's temperature η",
+    "train/kl_q": "KL(q ‖ π_old)",
+    "train/std_mean": "policy std (mean)",
+    "train/q_mean": "Q (mean)",
+    "train/ent_coef": "SAC's entropy coefficient",
+    "train/critic_loss": "critic loss",
+}
+
+
+def diagnostics_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """
+    Per algorithm, the medians over its seeds of what training logged last before the final evaluation (the result
+    files' ``curve[-1]["train"]``, :data:`DIAGNOSTICS` only); nothing where no run recorded any.
+    """
+    finals = {algo: [run["curve"][-1].get("train") or {} for run in runs] for algo, runs in runs_by_algo.items()}
+    keys = [key for key in DIAGNOSTICS if any(key in logged for runs in finals.values() for logged in runs)]
+    if not keys:
+        return []
+    lines = [
+        "Training at the final evaluation (what `train()` logged last; medians over the seeds that recorded it):",
+        "",
+        f"| algorithm | seeds | {' | '.join(DIAGNOSTICS[key] for key in keys)} |",
+        f"|---|---|{'---|' * len(keys)}",
+    ]
+    for algo, runs in finals.items():
+        recorded = [logged for logged in runs if logged]
+        if recorded:
+            values = [[logged[key] for logged in recorded if key in logged] for key in keys]
+            cells = [f"{np.median(found):.3g}" if found else "—" for found in values]
+            lines.append(f"| {algo.upper()} | {len(recorded)} | {' | '.join(cells)} |")
+    return lines
+
+
 def sample_efficiency_table(results: Results) -> list[str]:
     """MPO's return at its budget N beside each on-policy baseline's at N and at its own budget (10·N in the suites)."""
     lines = []
@@ -475,6 +510,8 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         figure = figures / f"{env}.png"
         curve_figure(env, runs_by_algo, figure)
         lines += [f"## {env}", "", *env_table(runs_by_algo), ""]
+        diagnostics = diagnostics_table(runs_by_algo)
+        lines += [*diagnostics, ""] if diagnostics else []
         if env in suite.thresholds:
             lines += [*threshold_table(runs_by_algo, suite.thresholds[env]), ""]
         lines += [f"![{env} learning curves]({relative(figure)})", ""]

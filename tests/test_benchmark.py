@@ -138,6 +138,21 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
     # the settings of MPO's runs; none for SAC's
     assert f"; critic target as trained: n_step (n_steps=5); target pass in {PENDULUM_TARGET_DTYPE} |" in page
     assert page.count("critic target as trained") == 1
+    # what training logged before the final evaluation, medians over seeds; "—" where an algorithm logs no such number
+    columns = "MPO's temperature η | KL(q ‖ π_old) | policy std (mean) | Q (mean) | SAC's entropy coefficient | critic loss"
+    assert f"| algorithm | seeds | {columns} |" in page
+    finals = {
+        algo: [
+            load_result(job.result_path(results), job)["curve"][-1]["train"]
+            for job in load_suite(suite_path).jobs
+            if job.algo == algo
+        ]
+        for algo in ("mpo", "sac")
+    }
+    temperature = np.median([logged["train/temperature"] for logged in finals["mpo"]])
+    entropy_coefficient = np.median([logged["train/ent_coef"] for logged in finals["sac"]])
+    assert f"| MPO | 2 | {temperature:.3g} | " in page
+    assert re.search(rf"^\| SAC \| 2 \| — \| — \| — \| — \| {entropy_coefficient:.3g} \| ", page, flags=re.MULTILINE)
     for figure in ("Pendulum-v1.png", "performance_profile.png"):
         path = tmp_path / "fig" / "tiny" / figure
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
