@@ -321,7 +321,34 @@ def normalised_scores(results: Results) -> tuple[dict[str, np.ndarray], list[str
     return scores, envs
 
 
-def aggregate_section(results: Results, figures: Path, relative: Callable[[Path], str]) -> list[str]:
+def improvement_pairs(names: list[str], trains: dict[str, str]) -> list[tuple[str, str]]:
+    """
+    The comparisons whose probability of improvement a page shows: every MPO run (the algorithm itself or a variant
+    of it) against every baseline, and the shipped entry (``mpo``) against each variant of it.
+
+    :param names: The algorithms of the aggregate, as the suite names them
+    :param trains: A name -> the algorithm it trains (a variant's base; a plain algorithm's own name)
+    :return: (MPO's name, the other's name) pairs
+    """
+    mpo = [name for name in names if trains.get(name, name) == "mpo"]
+    baselines = [name for name in names if name not in mpo]
+    variants = [name for name in mpo if name != "mpo"] if "mpo" in mpo else []
+    return [(first, second) for first in mpo for second in baselines] + [("mpo", variant) for variant in variants]
+
+
+def aggregate_section(
+    results: Results, figures: Path, relative: Callable[[Path], str], trains: dict[str, str] | None = None
+) -> list[str]:
+    """
+    The aggregate over the suite's environments (rliable): IQM of normalised final returns with bootstrap intervals,
+    the probability of improvement of MPO's runs over the others (:func:`improvement_pairs`) and a performance profile.
+
+    :param results: The runs, by environment and algorithm
+    :param figures: Folder of the page's figures
+    :param relative: A figure's path as the page links it
+    :param trains: A name -> the algorithm it trains, for the suite's variants; a name not in it trains itself
+    :return: The section's markdown lines
+    """
     from rliable import library, metrics, plot_utils
 
     scores, envs = normalised_scores(results)
@@ -338,15 +365,17 @@ def aggregate_section(results: Results, figures: Path, relative: Callable[[Path]
         low, high = interval[algo][:, 0]
         runs = scores[algo].shape[0]
         lines.append(f"| {algo.upper()} | {runs} | {_point_and_interval(point[algo][0], low, high, runs, digits=2)} |")
-    if "mpo" in scores:
-        pairs = {f"mpo,{algo}": (scores["mpo"], scores[algo]) for algo in scores if algo != "mpo"}
+    compared = improvement_pairs(list(scores), trains or {})
+    if compared:
+        pairs = {f"{first},{second}": (scores[first], scores[second]) for first, second in compared}
         probability, probability_interval = interval_estimates(pairs, metrics.probability_of_improvement)
         lines += ["", "| P(MPO > baseline) | estimate [95% CI] |", "|---|---|"]
         for pair, (mpo, baseline) in pairs.items():
             low, high = probability_interval[pair][:, 0] if probability_interval[pair].ndim > 1 else probability_interval[pair]
             # a baseline of one run per environment leaves only MPO's runs to resample: no interval of the comparison
             estimate = _point_and_interval(float(probability[pair]), low, high, min(len(mpo), len(baseline)), digits=2)
-            lines.append(f"| MPO > {pair.split(',')[1].upper()} | {estimate} |")
+            first, second = pair.split(",")
+            lines.append(f"| {first.upper()} > {second.upper()} | {estimate} |")
 
     import matplotlib.pyplot as plt
 
@@ -516,7 +545,8 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
             lines += [*threshold_table(runs_by_algo, suite.thresholds[env]), ""]
         lines += [f"![{env} learning curves]({relative(figure)})", ""]
     if results:
-        lines += ["## Aggregate over environments", "", *aggregate_section(results, figures, relative), ""]
+        trains = {job.algo: job.zoo_algo for job in suite.jobs}
+        lines += ["## Aggregate over environments", "", *aggregate_section(results, figures, relative, trains), ""]
         efficiency = sample_efficiency_table(results)
         if efficiency:
             lines += ["## Sample efficiency: MPO at N steps vs on-policy baselines", "", *efficiency, ""]

@@ -15,7 +15,14 @@ import yaml
 
 from benchmarks import stamp
 from benchmarks.cli import main
-from benchmarks.report import QUIET_SPEED_FOLDER, collect, interval_estimates, iqm_interval, library_versions_line
+from benchmarks.report import (
+    QUIET_SPEED_FOLDER,
+    collect,
+    improvement_pairs,
+    interval_estimates,
+    iqm_interval,
+    library_versions_line,
+)
 from benchmarks.results import ResultError, load_result
 from benchmarks.reward_scale import within_unit_scale
 from benchmarks.standings import BEGIN, END, README, Row, load_rows, replace_block, standings_line, standings_table
@@ -197,6 +204,16 @@ def test_report_shows_quiet_speed_records_and_discloses_converted_and_resumed_ru
     assert f"each names its original): 1 of {runs} runs (`migrated_from`)." in page
     assert "- Interrupted and resumed from a mid-run checkpoint (" in page
     assert f"each file lists where): 1 of {runs} runs (`resumes`)." in page
+
+
+def test_probability_of_improvement_pairs_every_mpo_run_with_every_baseline():
+    """A variant of MPO is compared with the baselines (a dev set's `mpo_ln` with SAC), never a baseline with another."""
+    trains = {"mpo_ln": "mpo", "crossq_256": "crossq", "mpo_n10": "mpo"}
+    assert improvement_pairs(["mpo_ln", "sac", "crossq_256"], trains) == [("mpo_ln", "sac"), ("mpo_ln", "crossq_256")]
+    # the shipped entry is compared with the baselines and with each of its variants
+    assert improvement_pairs(["mpo", "mpo_n10", "sac"], trains) == [("mpo", "sac"), ("mpo_n10", "sac"), ("mpo", "mpo_n10")]
+    assert improvement_pairs(["mpo_ln", "mpo_n10"], trains) == []  # variants alone: nothing to compare with
+    assert improvement_pairs(["sac", "td3"], {}) == []
 
 
 def test_report_gives_no_spread_for_a_single_seed(local_store, tmp_path):
