@@ -70,8 +70,18 @@ def linear_in(dtype: th.dtype, layer: nn.Linear, inputs: th.Tensor) -> th.Tensor
     """
     if dtype == th.float32:
         return layer(inputs)
+    return linear_as(dtype, layer, inputs).float()
+
+
+def linear_as(dtype: th.dtype, layer: nn.Linear, inputs: th.Tensor) -> th.Tensor:
+    """
+    :param dtype: The type to compute in
+    :param layer: A float32 linear layer, whose parameters stay float32
+    :param inputs: Its inputs, of any floating-point type
+    :return: ``layer(inputs)`` with inputs, weight and bias rounded to ``dtype``, left in ``dtype`` (see :func:`linear_in`)
+    """
     bias = None if layer.bias is None else layer.bias.to(dtype)
-    return F.linear(inputs.to(dtype), layer.weight.to(dtype), bias).float()
+    return F.linear(inputs.to(dtype), layer.weight.to(dtype), bias)
 
 
 class ResidualBlock(nn.Module):
@@ -106,8 +116,7 @@ class ResidualBlock(nn.Module):
         """
         norm, first, activation, second = self.mlp
         assert isinstance(first, nn.Linear) and isinstance(second, nn.Linear), "built by __init__ as LN, Linear, act, Linear"
-        hidden = F.linear(norm(x).to(dtype), first.weight.to(dtype), first.bias.to(dtype))
-        return x + F.linear(activation(hidden), second.weight.to(dtype), second.bias.to(dtype)).float()
+        return x + linear_as(dtype, second, activation(linear_as(dtype, first, norm(x)))).float()
 
 
 def module_in(dtype: th.dtype, module: nn.Module, inputs: th.Tensor) -> th.Tensor:
