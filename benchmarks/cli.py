@@ -11,7 +11,9 @@
 SUITE is a YAML file or the name of one in benchmarks/suites/. Results go to benchmarks/results/<suite>/<env>/, one
 JSON file per finished run; runs whose file exists (and is valid) are skipped. A run saves a checkpoint every
 --checkpoint-minutes, at a rollout boundary (under benchmarks/results/.checkpoints/, not committed), and an interrupted
-run resumes from its checkpoint; the checkpoint is removed when the run's result file is written.
+run resumes from its checkpoint; the checkpoint is removed when the run's result file is written. A finished run whose
+stored settings differ from those its suite gives now (a variant, an override or an RL Zoo entry edited since) is
+listed by ``run`` and ``status``, and kept unless ``run --rerun-changed`` is given.
 """
 
 import argparse
@@ -24,7 +26,7 @@ from benchmarks.backends import run_and_store
 from benchmarks.checkpoints import saved_step
 from benchmarks.exploration import describe as describe_exploration
 from benchmarks.exploration import write_exploration_report
-from benchmarks.results import ResultError, load_result
+from benchmarks.results import ResultError, changed_settings, describe_changes, load_result
 from benchmarks.suite import RESULTS_DIR, Job, load_suite
 from benchmarks.training import run_job_safely
 
@@ -57,10 +59,38 @@ def _pending(jobs: list[Job], results_dir: Path) -> list[Job]:
     return pending
 
 
+def _changed(jobs: list[Job], results_dir: Path) -> dict[Job, str]:
+    """
+    The finished runs of a returns suite whose stored settings are not those the suite gives them now (its variants
+    or overrides, or the RL Zoo entry, were edited after they ran), each with a line that says what differs.
+
+    :param jobs: Jobs with a valid result file
+    :param results_dir: The result store
+    """
+    from benchmarks.zoo import algorithm_defaults, zoo_settings
+
+    defaults = functools.cache(algorithm_defaults)
+    changed = {}
+    for job in jobs:
+        if job.kind != "returns":
+            continue  # exploration learners are configured in code, not by RL Zoo entries
+        result = load_result(job.result_path(results_dir), job)
+        changes = changed_settings(result["hyperparams"], zoo_settings(job), defaults(job.zoo_algo))
+        if changes:
+            changed[job] = describe_changes(changes, result["commit"])
+    return changed
+
+
 def run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     jobs = _selected(suite.jobs, args)
     pending = _pending(jobs, args.results)
+    changed = _changed([job for job in jobs if job not in pending], args.results)
+    for job, how in changed.items():
+        action = "it will be redone" if args.rerun_changed else "kept (--rerun-changed redoes it)"
+        print(f"{job.name} was trained with other settings than the suite gives now, {action}: {how}", file=sys.stderr)
+    if args.rerun_changed:
+        pending += list(changed)
     print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs) - len(pending)} finished, {len(pending)} to run", flush=True)
 
     checkpoints = _checkpoints(args)
@@ -97,11 +127,16 @@ def status(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     jobs = _selected(suite.jobs, args)
     pending = set(_pending(jobs, args.results))
+    changed = _changed([job for job in jobs if job not in pending], args.results)
     checkpoints = _checkpoints(args)
     for job in jobs:
         step = saved_step(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
-        print(f"{'todo' if job in pending else 'done'}  {job.name}" + (f"  (checkpoint at {step} steps)" if step else ""))
-    print(f"{len(jobs) - len(pending)} / {len(jobs)} finished")
+        note = f"  (checkpoint at {step} steps)" if step else ""
+        if job in changed:
+            note = f"  (settings changed since: {changed[job]})"
+        print(f"{'todo' if job in pending else 'done'}  {job.name}{note}")
+    stale = f", {len(changed)} of them with other settings than now" if changed else ""
+    print(f"{len(jobs) - len(pending)} / {len(jobs)} finished{stale}")
     return 0
 
 
@@ -169,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             command.add_argument("--no-checkpoints", action="store_true", help="neither save nor resume checkpoints")
     commands.choices["run"].add_argument("--backend", choices=["local", "ray"], default="local")
+    commands.choices["run"].add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="also redo finished runs whose stored settings differ from those the suite gives now (each is listed)",
+    )
     commands.choices["run"].add_argument("--workers", type=_positive_int, help="local processes (default: one per core)")
     commands.choices["run"].add_argument(
         "--threads",

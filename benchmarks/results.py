@@ -8,6 +8,7 @@ leaves a half-written result. The report reads them with this module only: it im
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,47 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
         json.dump(result, file, indent=1)
         tmp = Path(file.name)
     os.replace(tmp, path)
+
+
+def stored_form(hyperparams: Mapping[str, Any]) -> dict[str, str]:
+    """
+    Settings as result files store them: the ``repr`` of each value rl_zoo3 resolved (an entry's ``policy_kwargs``
+    string stays a string), without ``n_timesteps``, which the suite's budget replaces.
+    """
+    return {key: repr(value) for key, value in hyperparams.items() if key != "n_timesteps"}
+
+
+def changed_settings(
+    stored: Mapping[str, str], current: Mapping[str, str], defaults: Mapping[str, str]
+) -> dict[str, tuple[str | None, str | None]]:
+    """
+    The settings in which a stored run and the run its suite would start now differ, both in :func:`stored_form`.
+    A setting one side does not name is the algorithm's default there; where the algorithm has none for it (a
+    required argument, an RL Zoo key), the difference is reported.
+
+    :param stored: The settings the run trained with (its result file's ``hyperparams``)
+    :param current: The settings the suite gives the run now (its RL Zoo entry after the suite's overrides)
+    :param defaults: The algorithm's keyword defaults, in the same form
+    :return: For each differing setting, its stored and current value (None: not named on that side)
+    """
+    changes = {}
+    for key in sorted(stored.keys() | current.keys()):
+        then, now = stored.get(key), current.get(key)
+        if (then if then is not None else defaults.get(key)) != (now if now is not None else defaults.get(key)):
+            changes[key] = (then, now)
+    return changes
+
+
+def describe_changes(changes: Mapping[str, tuple[str | None, str | None]], commit: str) -> str:
+    """
+    One line for :func:`changed_settings`' result: ``key: then -> now`` for each setting, where a setting a side does
+    not name is that side's default (the stored run's: the default of the commit it trained at).
+    """
+
+    def shown(value: str | None, default: str) -> str:
+        return default if value is None else value
+
+    return "; ".join(
+        f"{key}: {shown(then, f'not set (default at {commit})')} -> {shown(now, 'not set (default)')}"
+        for key, (then, now) in changes.items()
+    )

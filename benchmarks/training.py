@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results import SCHEMA
+from benchmarks.results import SCHEMA, stored_form
 from benchmarks.stamp import git_commit, library_versions, machine
 from benchmarks.suite import Job
 from benchmarks.zoo import zoo_experiment
@@ -158,7 +158,7 @@ def run_job(
         "batch_size": getattr(model, "batch_size", None),
         "critic_target": critic_target(model),
         "target_dtype": target_pass_dtype(model),
-        "hyperparams": {key: repr(value) for key, value in saved_hyperparams.items() if key != "n_timesteps"},
+        "hyperparams": stored_form(saved_hyperparams),
         "hyperparams_source": hyperparams_source,
         "overrides": {key: repr(value) for key, value in job.hyperparams.items()},
         "versions": library_versions(),

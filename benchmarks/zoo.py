@@ -1,9 +1,14 @@
 """rl_zoo3's side of a benchmark run: which tuned entry a job trains with, and the experiment manager that builds it."""
 
 import argparse
+import contextlib
+import inspect
+import io
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchmarks.results import stored_form
 from benchmarks.suite import Job
 
 if TYPE_CHECKING:
@@ -75,3 +80,26 @@ def zoo_experiment(job: Job, log_folder: str) -> tuple["MPOExperimentManager", s
         config=config,
     )
     return manager, hyperparams_source
+
+
+def zoo_settings(job: Job) -> dict[str, str]:
+    """
+    The settings ``job`` would train with now: its RL Zoo entry after the suite's overrides, as rl_zoo3 resolves them
+    for training, in the form result files store them (:func:`benchmarks.results.stored_form`). Builds no model.
+    """
+    with tempfile.TemporaryDirectory() as log_folder:
+        manager, _ = zoo_experiment(job, log_folder)
+        with contextlib.redirect_stdout(io.StringIO()):  # rl_zoo3 prints the settings it reads
+            _, saved_hyperparams = manager.read_hyperparameters()
+    return stored_form(saved_hyperparams)
+
+
+def algorithm_defaults(algo: str) -> dict[str, str]:
+    """The keyword defaults of an algorithm's class (rl_zoo3's registry, MPO included), in the stored form."""
+    from rl_zoo3.utils import ALGOS
+
+    from sb3_mpo.zoo.registration import register
+
+    register()
+    parameters = inspect.signature(ALGOS[algo].__init__).parameters.values()
+    return stored_form({item.name: item.default for item in parameters if item.default is not inspect.Parameter.empty})

@@ -23,11 +23,12 @@ from benchmarks.report import (
     iqm_interval,
     library_versions_line,
 )
-from benchmarks.results import ResultError, load_result
+from benchmarks.results import ResultError, changed_settings, describe_changes, load_result
 from benchmarks.reward_scale import within_unit_scale
 from benchmarks.standings import BEGIN, END, README, Row, load_rows, replace_block, standings_line, standings_table
 from benchmarks.suite import RESULTS_DIR, SUITES_DIR, load_suite
 from benchmarks.training import run_job
+from benchmarks.zoo import algorithm_defaults, zoo_settings
 from sb3_mpo.common.precision import dtype_name, target_dtype
 
 #: What the Pendulum-v1 entry's target_precision="auto" resolves to on this machine's CPU
@@ -304,6 +305,57 @@ def test_damaged_result_file_is_reported_and_skipped(local_store, tmp_path, dama
     main(["status", str(suite_path), "--results", str(copy)])
     output = capsys.readouterr()
     assert f"todo  {suite.jobs[0].name}" in output.out and "will be redone" in output.err
+
+
+def test_changed_settings_fill_unnamed_settings_with_the_algorithms_defaults():
+    defaults = {"gamma": "0.99", "target_precision": "'float32'"}
+    # naming a default explicitly changes nothing, on either side
+    assert changed_settings({"gamma": "0.99"}, {"target_precision": "'float32'"}, defaults) == {}
+    assert changed_settings({"target_precision": "'float32'"}, {}, defaults) == {}
+    # a value that moved, a default left for another value, a setting the algorithm has no default for
+    assert changed_settings({"gamma": "0.98"}, {"gamma": "0.99"}, defaults) == {"gamma": ("0.98", "0.99")}
+    assert changed_settings({}, {"target_precision": "'auto'"}, defaults) == {"target_precision": (None, "'auto'")}
+    assert changed_settings({"policy": "'MlpPolicy'"}, {}, defaults) == {"policy": ("'MlpPolicy'", None)}
+    line = describe_changes({"gamma": ("0.98", "0.99"), "target_precision": (None, "'auto'")}, "abc1234")
+    assert line == "gamma: 0.98 -> 0.99; target_precision: not set (default at abc1234) -> 'auto'"
+
+
+def test_the_settings_a_run_stores_are_those_its_suite_resolves(local_store):
+    """The check that compares stored runs with their suite resolves settings as training does: no change is found."""
+    suite_path, results = local_store
+    for job in load_suite(suite_path).jobs:
+        assert zoo_settings(job) == load_result(job.result_path(results), job)["hyperparams"]
+    mpo_defaults = algorithm_defaults("mpo")
+    assert mpo_defaults["target_precision"] == repr("float32") and "policy" not in mpo_defaults  # policy is required
+
+
+def test_runs_stored_with_other_settings_are_listed_and_kept_unless_asked(local_store, tmp_path, capsys):
+    """After a suite's override is edited, status and run name the stale runs and what changed; only
+    --rerun-changed redoes them, with the new settings."""
+    suite_path, results = local_store
+    store = copy_store(results, tmp_path / "results")
+    spec = yaml.safe_load(suite_path.read_text())
+    spec["envs"]["Pendulum-v1"]["hyperparams"]["mpo"]["batch_size"] = 8
+    edited = write_suite(tmp_path, spec)
+    stale = [job for job in load_suite(edited).jobs if job.algo == "mpo"]
+    before = result_files(store)
+
+    assert main(["status", str(edited), "--results", str(store)]) == 0
+    output = capsys.readouterr().out
+    for job in load_suite(edited).jobs:
+        changed = f"done  {job.name}  (settings changed since: batch_size: 16 -> 8)"
+        assert (changed in output) == (job in stale) and f"done  {job.name}" in output
+    assert "4 / 4 finished, 2 of them with other settings than now" in output
+    assert main(["run", str(edited), "--results", str(store)]) == 0
+    output = capsys.readouterr()
+    assert output.err.count("with other settings than the suite gives now, kept (--rerun-changed redoes it)") == 2
+    assert "4 finished, 0 to run" in output.out and result_files(store) == before
+
+    assert main(["run", str(edited), "--results", str(store), "--seeds", "0", "--rerun-changed"]) == 0
+    assert "2 runs, 1 finished, 1 to run" in capsys.readouterr().out
+    assert load_result(stale[0].result_path(store), stale[0])["hyperparams"]["batch_size"] == "8"
+    assert main(["status", str(edited), "--results", str(store)]) == 0
+    assert "4 / 4 finished, 1 of them with other settings than now" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
