@@ -26,6 +26,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
+from benchmarks.results import changed_settings, describe_changes
 from benchmarks.suite import Job
 from sb3_mpo.common.buffers import end_newest_episodes
 
@@ -122,13 +123,22 @@ class RunCheckpoint(BaseCallback):
     :param evaluation: The run's evaluation callback, whose curve and timings are stored
     :param interval_seconds: Minimum wall-clock between two saves
     :param state: The restored state of a resumed run (its timings and resumes carry on), or None
+    :param settings: The settings the run trains with (its RL Zoo entry after the suite's overrides, in the stored
+        form), kept so that the checkpoint resumes only under the same ones
     """
 
     def __init__(
-        self, folder: Path, job: Job, evaluation: TimedEvalCallback, interval_seconds: float, state: dict[str, Any] | None
+        self,
+        folder: Path,
+        job: Job,
+        evaluation: TimedEvalCallback,
+        interval_seconds: float,
+        state: dict[str, Any] | None,
+        settings: dict[str, str],
     ):
         super().__init__()
         self.folder, self.job, self.evaluation, self.interval_seconds = folder, job, evaluation, interval_seconds
+        self.settings = settings
         self.previous_seconds = state["elapsed_seconds"] if state else 0.0
         self.resumes: list[dict[str, Any]] = list(state["resumes"]) if state else []
         self.save_seconds = state["save_seconds"] if state else 0.0
@@ -166,6 +176,7 @@ class RunCheckpoint(BaseCallback):
         self.save_seconds += time.perf_counter() - start
         state = {
             "job": job_signature(self.job),
+            "settings": self.settings,
             "num_timesteps": int(model.num_timesteps),
             "curve": self.evaluation.curve_state,
             "elapsed_seconds": self.elapsed_seconds,
@@ -194,12 +205,29 @@ def _read_state_file(folder: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-def read_state(folder: Path, job: Job) -> dict[str, Any] | None:
+def read_state(folder: Path, job: Job, settings: dict[str, str] | None = None) -> dict[str, Any] | None:
     """
-    :return: The checkpoint's state when ``folder`` holds a complete checkpoint of this very job, else None
+    :param folder: The job's checkpoint folder
+    :param job: The job about to train
+    :param settings: The settings it trains with now (stored form); None: not compared
+    :return: The checkpoint's state when ``folder`` holds a complete checkpoint of this very job, saved under the same
+        settings (a checkpoint from before settings were kept is taken on its job alone), else None
     """
     state = _read_state_file(folder)
-    return state if state is not None and state.get("job") == job_signature(job) else None
+    if state is None or state.get("job") != job_signature(job):
+        return None
+    return state if settings is None or state.get("settings", settings) == settings else None
+
+
+def stale_checkpoint(folder: Path, settings: dict[str, str]) -> str | None:
+    """
+    :return: What differs, when ``folder`` holds a checkpoint saved under other settings than ``settings`` (an RL Zoo
+        entry or suite override edited since), else None
+    """
+    saved = (_read_state_file(folder) or {}).get("settings")
+    if saved is None or saved == settings:
+        return None
+    return describe_changes(changed_settings(saved, settings, {}), "the checkpoint's code")
 
 
 def saved_step(folder: Path) -> int | None:

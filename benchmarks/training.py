@@ -8,6 +8,7 @@ A job runs in a fresh worker process (local pool or Ray task) and returns its re
 import contextlib
 import io
 import resource
+import sys
 import tempfile
 import time
 import traceback
@@ -68,7 +69,7 @@ def run_job(
     import torch as th
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
-    from benchmarks.checkpoints import RunCheckpoint, TimedEvalCallback, read_state, restore
+    from benchmarks.checkpoints import RunCheckpoint, TimedEvalCallback, read_state, restore, stale_checkpoint
     from benchmarks.memory import ReleaseFreeMemory, keep_freed_blocks_in_heap
 
     if not isinstance(torch_threads, int) or torch_threads < 1:
@@ -77,12 +78,18 @@ def run_job(
     keep_freed_blocks_in_heap()
     commit = git_commit()  # the code this worker process imported, whatever the checkout becomes while it trains
     checkpoint_folder = job.checkpoint_path(checkpoints) if checkpoints is not None else None
-    state = read_state(checkpoint_folder, job) if checkpoint_folder is not None else None
     with tempfile.TemporaryDirectory() as log_folder:
         manager, hyperparams_source = zoo_experiment(job, log_folder)
         with contextlib.redirect_stdout(io.StringIO()):  # rl_zoo3 prints its set-up; the runner prints one line per job
             model, saved_hyperparams = manager.setup_experiment()  # type: ignore[misc]
             eval_env = manager.create_envs(n_envs=1, eval_env=True)
+        settings = stored_form(saved_hyperparams)
+        state = None
+        if checkpoint_folder is not None:
+            state = read_state(checkpoint_folder, job, settings)
+            stale = stale_checkpoint(checkpoint_folder, settings)
+            if stale is not None:
+                print(f"{job.name}: its checkpoint was saved under other settings, it starts over: {stale}", file=sys.stderr)
         eval_env.seed(10_000 + job.seed)
         n_envs = model.get_env().num_envs  # type: ignore[union-attr]
         evaluation = TimedEvalCallback(
@@ -100,7 +107,7 @@ def run_job(
             state["resumes"].append({"step": int(model.num_timesteps), "commit": commit, "torch_threads": torch_threads})
         checkpoint = None
         if checkpoint_folder is not None:
-            checkpoint = RunCheckpoint(checkpoint_folder, job, evaluation, checkpoint_minutes * 60, state)
+            checkpoint = RunCheckpoint(checkpoint_folder, job, evaluation, checkpoint_minutes * 60, state, settings)
             callbacks.append(checkpoint)
         start = time.perf_counter()
         model.learn(job.steps - model.num_timesteps, callback=callbacks, reset_num_timesteps=state is None)
@@ -158,7 +165,7 @@ def run_job(
         "batch_size": getattr(model, "batch_size", None),
         "critic_target": critic_target(model),
         "target_dtype": target_pass_dtype(model),
-        "hyperparams": stored_form(saved_hyperparams),
+        "hyperparams": settings,
         "hyperparams_source": hyperparams_source,
         "overrides": {key: repr(value) for key, value in job.hyperparams.items()},
         "versions": library_versions(),

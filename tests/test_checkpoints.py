@@ -15,7 +15,7 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 
 from benchmarks import checkpoints as checkpoints_module
-from benchmarks.checkpoints import RunCheckpoint, job_signature, read_state, saved_step
+from benchmarks.checkpoints import RunCheckpoint, job_signature, read_state, saved_step, stale_checkpoint
 from benchmarks.cli import main
 from benchmarks.results import load_result
 from benchmarks.stamp import git_commit
@@ -151,6 +151,31 @@ def test_a_checkpoint_resumes_only_the_job_that_wrote_it(tmp_path):
     ):
         assert read_state(folder, other) is None
     assert read_state(tmp_path / "nothing", job) is None
+
+
+def test_a_checkpoint_saved_under_other_settings_is_not_resumed_and_the_run_says_so(suite_path, tmp_path, capsys):
+    """An RL Zoo entry or override edited while a run was interrupted: the run starts over, under the new settings."""
+    (job,) = load_suite(suite_path).jobs
+    checkpoints = tmp_path / "checkpoints"
+    folder = job.checkpoint_path(checkpoints)
+    settings = {"batch_size": "16", "gamma": "0.99"}
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"job": job_signature(job), "settings": settings, "num_timesteps": 5}))
+    assert read_state(folder, job, settings)["num_timesteps"] == 5
+    assert read_state(folder, job) is not None, "without settings to compare, the job alone decides"
+    assert read_state(folder, job, {**settings, "gamma": "0.98"}) is None
+    assert stale_checkpoint(folder, settings) is None
+    assert stale_checkpoint(folder, {**settings, "gamma": "0.98"}) == "gamma: 0.99 -> 0.98"
+    legacy = {"job": job_signature(job), "num_timesteps": 5}  # saved before checkpoints kept their settings
+    (folder / "state.json").write_text(json.dumps(legacy))
+    assert read_state(folder, job, settings) is not None and stale_checkpoint(folder, settings) is None
+
+    # a run whose checkpoint holds other settings trains from step 0 and records no resume
+    (folder / "state.json").write_text(json.dumps({**legacy, "settings": {"batch_size": "64"}}))
+    result = run_job(job, checkpoints, checkpoint_minutes=60)
+    assert result["resumes"] == [] and result["hyperparams"]["batch_size"] == "16"
+    error = capsys.readouterr().err
+    assert f"{job.name}: its checkpoint was saved under other settings, it starts over: batch_size: 64 -> 16; " in error
 
 
 @pytest.mark.parametrize("optimize_memory_usage", [False, True])
