@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.backends import run_and_store
-from benchmarks.checkpoints import saved_step
+from benchmarks.checkpoints import saved_step, stale_checkpoint
 from benchmarks.exploration import describe as describe_exploration
 from benchmarks.exploration import write_exploration_report
 from benchmarks.results import ResultError, changed_settings, describe_changes, load_result
@@ -123,6 +123,14 @@ def _checkpoints(args: argparse.Namespace) -> Path | None:
     return args.checkpoints or args.results / CHECKPOINTS_FOLDER
 
 
+def _stale_note(job: Job, checkpoints: Path) -> str:
+    """What status adds to a checkpoint saved under other settings than the suite gives its run now."""
+    from benchmarks.zoo import zoo_settings
+
+    stale = stale_checkpoint(job.checkpoint_path(checkpoints), zoo_settings(job)) if job.kind == "returns" else None
+    return "" if stale is None else f", saved under other settings, the run will start over: {stale}"
+
+
 def status(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     jobs = _selected(suite.jobs, args)
@@ -131,7 +139,7 @@ def status(args: argparse.Namespace) -> int:
     checkpoints = _checkpoints(args)
     for job in jobs:
         step = saved_step(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
-        note = f"  (checkpoint at {step} steps)" if step else ""
+        note = f"  (checkpoint at {step} steps{_stale_note(job, checkpoints)})" if step else ""
         if job in changed:
             note = f"  (settings changed since: {changed[job]})"
         print(f"{'todo' if job in pending else 'done'}  {job.name}{note}")

@@ -437,19 +437,44 @@ def library_versions_line(runs: list[dict[str, Any]]) -> str:
     return ", ".join(f"{name} {' / '.join(sorted(seen))}" for name, seen in zip(names, versions, strict=True))
 
 
+def settings_row(env: str, algo: str, runs: list[dict[str, Any]], seeds: str) -> str:
+    """One row of the settings table: what a group of runs trained with, as their files record it."""
+    settings = ", ".join(f"{key}={value}" for key, value in sorted(runs[0]["hyperparams"].items()))
+    overrides = f" (suite overrides: {', '.join(runs[0]['overrides'])})" if runs[0].get("overrides") else ""
+    # Recorded since Retrace became MPO's default, so that a default critic target is visible too
+    targets = sorted({run["critic_target"] for run in runs if run.get("critic_target")})
+    settings += f"; critic target as trained: {' / '.join(targets)}" if targets else ""
+    # Recorded since target_precision="auto" exists: the type the target pass computed in on the run's machine
+    dtypes = sorted({run["target_dtype"] for run in runs if run.get("target_dtype")})
+    settings += f"; target pass in {' / '.join(dtypes)}" if dtypes else ""
+    return f"| {env} | {algo.upper()}{seeds} | {runs[0]['hyperparams_source']}{overrides} | {settings} |"
+
+
 def settings_section(results: Results) -> list[str]:
+    """
+    The settings table: one row per algorithm and environment, or one per distinct setting, with its seeds, where the
+    runs of one algorithm on one environment trained with different settings (an entry or override changed between
+    seeds), followed by a note saying so.
+    """
     lines = ["| environment | algorithm | source | hyperparameters (after the suite's overrides) |", "|---|---|---|---|"]
+    mixed = []
     for env, runs_by_algo in results.items():
         for algo, runs in runs_by_algo.items():
-            settings = ", ".join(f"{key}={value}" for key, value in sorted(runs[0]["hyperparams"].items()))
-            overrides = f" (suite overrides: {', '.join(runs[0]['overrides'])})" if runs[0].get("overrides") else ""
-            # Recorded since Retrace became MPO's default, so that a default critic target is visible too
-            targets = sorted({run["critic_target"] for run in runs if run.get("critic_target")})
-            settings += f"; critic target as trained: {' / '.join(targets)}" if targets else ""
-            # Recorded since target_precision="auto" exists: the type the target pass computed in on the run's machine
-            dtypes = sorted({run["target_dtype"] for run in runs if run.get("target_dtype")})
-            settings += f"; target pass in {' / '.join(dtypes)}" if dtypes else ""
-            lines.append(f"| {env} | {algo.upper()} | {runs[0]['hyperparams_source']}{overrides} | {settings} |")
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for run in runs:
+                groups.setdefault(json.dumps([run["hyperparams"], run.get("overrides")], sort_keys=True), []).append(run)
+            for group in groups.values():
+                seeds = f" (seeds {', '.join(str(run['seed']) for run in group)})" if len(groups) > 1 else ""
+                lines.append(settings_row(env, algo, group, seeds))
+            if len(groups) > 1:
+                mixed.append(f"{algo.upper()} on {env}")
+    if mixed:
+        lines += [
+            "",
+            f"Trained with different settings from seed to seed: {', '.join(mixed)} (one row per setting above). The "
+            "tables and figures pool their seeds; a suite whose entry changed between runs shows this until "
+            "`python -m benchmarks run SUITE --rerun-changed` has redone the older ones.",
+        ]
     return lines
 
 

@@ -207,6 +207,24 @@ def test_report_shows_quiet_speed_records_and_discloses_converted_and_resumed_ru
     assert f"each file lists where): 1 of {runs} runs (`resumes`)." in page
 
 
+def test_report_gives_each_setting_its_own_row_when_seeds_trained_with_different_ones(local_store, tmp_path):
+    """A suite half redone after its entry changed: the page says which seeds trained with which settings."""
+    suite_path, results = local_store
+    store = copy_store(results, tmp_path / "results")
+    (older,) = [job for job in load_suite(suite_path).jobs if job.algo == "mpo" and job.seed == 1]
+    path = older.result_path(store)
+    record = json.loads(path.read_text())
+    record["hyperparams"]["batch_size"] = "64"
+    path.write_text(json.dumps(record))
+    out = tmp_path / "page.md"
+    assert main(["report", str(suite_path), "--results", str(store), "--out", str(out), "--figures", str(tmp_path)]) == 0
+    page = out.read_text()
+    assert re.search(r"^\| Pendulum-v1 \| MPO \(seeds 0\) \| .*batch_size=16,", page, flags=re.MULTILINE)
+    assert re.search(r"^\| Pendulum-v1 \| MPO \(seeds 1\) \| .*batch_size=64,", page, flags=re.MULTILINE)
+    assert re.search(r"^\| Pendulum-v1 \| SAC \| ", page, flags=re.MULTILINE), "SAC's seeds agree: one row"
+    assert "Trained with different settings from seed to seed: MPO on Pendulum-v1 (one row per setting above)." in page
+
+
 def test_probability_of_improvement_pairs_every_mpo_run_with_every_baseline():
     """A variant of MPO is compared with the baselines (a dev set's `mpo_ln` with SAC), never a baseline with another."""
     trains = {"mpo_ln": "mpo", "crossq_256": "crossq", "mpo_n10": "mpo"}

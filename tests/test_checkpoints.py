@@ -170,8 +170,12 @@ def test_a_checkpoint_saved_under_other_settings_is_not_resumed_and_the_run_says
     (folder / "state.json").write_text(json.dumps(legacy))
     assert read_state(folder, job, settings) is not None and stale_checkpoint(folder, settings) is None
 
-    # a run whose checkpoint holds other settings trains from step 0 and records no resume
+    # status says so, and a run whose checkpoint holds other settings trains from step 0 and records no resume
     (folder / "state.json").write_text(json.dumps({**legacy, "settings": {"batch_size": "64"}}))
+    assert main(["status", str(suite_path), "--checkpoints", str(checkpoints), "--results", str(tmp_path)]) == 0
+    stale = "saved under other settings, the run will start over: batch_size: 64 -> 16; "
+    expected = f"todo  {job.name}  (checkpoint at 5 steps, {stale}"
+    assert expected in capsys.readouterr().out
     result = run_job(job, checkpoints, checkpoint_minutes=60)
     assert result["resumes"] == [] and result["hyperparams"]["batch_size"] == "16"
     error = capsys.readouterr().err
