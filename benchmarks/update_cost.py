@@ -72,6 +72,11 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
         {**LN_TORSO, "policy_improvement": "parametric"},
         "MPO, Acme's LayerNorm torso + ELU, parametric improvement",
     ),
+    "mpo_ln_parametric_k4": (
+        MPO,
+        {**LN_TORSO, "policy_improvement": "parametric", "parametric_samples": 4},
+        "MPO, Acme's LayerNorm torso + ELU, parametric improvement with 4 actions per half",
+    ),
     "mpo_ln_parametric_bf16": (
         MPO,
         {**LN_TORSO, "policy_improvement": "parametric", "target_precision": "bfloat16"},
