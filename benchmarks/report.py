@@ -299,8 +299,9 @@ def quiet_speed_table(envs: list[str], results_dir: Path) -> list[str]:
 
 def normalised_scores(results: Results) -> tuple[dict[str, np.ndarray], list[str]]:
     """
-    Final returns min-max normalised per environment, as rliable's (runs x tasks) matrices. An algorithm enters the
-    aggregates only if it ran on every environment; it contributes as many runs as its smallest seed count.
+    Final returns min-max normalised per environment over the aggregate's runs, as rliable's (runs x tasks) matrices.
+    An algorithm enters the aggregates only if it ran on every environment (so one run on fewer, e.g. a variant
+    measured on one task, moves no score); it contributes as many runs as its smallest seed count.
 
     :return: The score matrices by algorithm, and the environments (columns)
     """
@@ -313,7 +314,7 @@ def normalised_scores(results: Results) -> tuple[dict[str, np.ndarray], list[str
         n_runs = min(len(results[env][algo]) for env in envs)
         columns = []
         for env in envs:
-            every_final = np.array([run["final_return"] for runs in results[env].values() for run in runs])
+            every_final = np.array([run["final_return"] for other in algos for run in results[env][other]])
             low, high = every_final.min(), every_final.max()
             finals = np.array([run["final_return"] for run in results[env][algo][:n_runs]])
             columns.append((finals - low) / (high - low) if high > low else np.ones_like(finals))

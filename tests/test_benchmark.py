@@ -22,6 +22,7 @@ from benchmarks.report import (
     interval_estimates,
     iqm_interval,
     library_versions_line,
+    normalised_scores,
 )
 from benchmarks.results import ResultError, changed_settings, describe_changes, load_result
 from benchmarks.reward_scale import within_unit_scale
@@ -223,6 +224,23 @@ def test_report_gives_each_setting_its_own_row_when_seeds_trained_with_different
     assert re.search(r"^\| Pendulum-v1 \| MPO \(seeds 1\) \| .*batch_size=64,", page, flags=re.MULTILINE)
     assert re.search(r"^\| Pendulum-v1 \| SAC \| ", page, flags=re.MULTILINE), "SAC's seeds agree: one row"
     assert "Trained with different settings from seed to seed: MPO on Pendulum-v1 (one row per setting above)." in page
+
+
+def test_normalised_scores_span_the_aggregates_runs_only():
+    """A variant run on one task of two stays out of the aggregate and moves no other algorithm's score."""
+
+    def runs(*finals: float) -> list[dict]:
+        return [{"final_return": final} for final in finals]
+
+    results = {"A": {"mpo": runs(0.0, 10.0), "sac": runs(5.0, 20.0)}, "B": {"mpo": runs(1.0, 3.0), "sac": runs(2.0, 2.0)}}
+    scores, envs = normalised_scores(results)
+    assert envs == ["A", "B"] and list(scores) == ["mpo", "sac"]
+    np.testing.assert_allclose(scores["mpo"], [[0.0, 0.0], [0.5, 1.0]])
+    np.testing.assert_allclose(scores["sac"], [[0.25, 0.5], [1.0, 0.5]])
+    with_variant, _ = normalised_scores({**results, "A": {**results["A"], "mpo_variant": runs(-100.0, 100.0)}})
+    assert list(with_variant) == ["mpo", "sac"]
+    for algo in scores:
+        np.testing.assert_array_equal(with_variant[algo], scores[algo])
 
 
 def test_probability_of_improvement_pairs_every_mpo_run_with_every_baseline():
