@@ -42,22 +42,6 @@ def layer_norm_input_block(network: nn.Module) -> None:
         network[1] = nn.Sequential(nn.LayerNorm(network[0].out_features), nn.Tanh())
 
 
-def elu_by_exp(x: th.Tensor) -> th.Tensor:
-    """
-    ELU with α = 1 (Clevert et al. 2016), written as max(x, exp(min(x, 0)) − 1): for x > 0 the second term is 0 < x,
-    for x ≤ 0 it is eˣ − 1 ≥ x. The same function as ``torch.nn.functional.elu`` up to float32 rounding (one ulp of
-    eˣ), about 1.5x faster on a CPU, whose ``elu`` and ``expm1`` kernels are slower than its ``exp``; the target
-    critic's pass over the sampled actions applies it to 20·B rows.
-
-    :param x: Input
-    :return: ELU(x)
-    """
-    negative = th.clamp(x, max=0)
-    if x.requires_grad and th.is_grad_enabled():
-        return th.maximum(x, th.exp(negative) - 1)
-    return th.maximum(x, negative.exp_().sub_(1))  # nothing to differentiate: in place
-
-
 def linear_in(dtype: th.dtype, layer: nn.Linear, inputs: th.Tensor) -> th.Tensor:
     """
     A float32 linear layer computed in another floating-point type: inputs, weight and bias rounded to ``dtype``, the
@@ -129,14 +113,12 @@ def modules_in(dtype: th.dtype, modules: Iterable[nn.Module], inputs: th.Tensor)
     """
     Float32 layers applied in turn (nested ``nn.Sequential`` containers opened), their matrix products computed in
     ``dtype``: each ``nn.Linear`` through :func:`linear_as`, SimBa's residual blocks through
-    :meth:`ResidualBlock.forward_in`. An activation between two linear layers, ReLU or ELU (through
-    :func:`elu_by_exp`), stays in ``dtype`` too: the next layer rounds its inputs to ``dtype`` anyway, so this is
-    exact for ReLU and within a rounding of ``dtype`` for ELU, and it saves two conversions and, for ELU, its
-    elementwise passes over 20·B rows at twice the width. Anything else (normalisations, tanh), and an activation
-    that feeds no linear layer of ``modules``, runs in float32, so the result keeps float32's resolution.
+    :meth:`ResidualBlock.forward_in`. An activation between two linear layers, ReLU or ELU, stays in ``dtype`` too:
+    the next layer rounds its inputs to ``dtype`` anyway, so this is exact for ReLU and within a rounding of ``dtype``
+    for ELU, and it saves two conversions of 20·B rows. Anything else (normalisations, tanh), and an activation that
+    feeds no linear layer of ``modules``, runs in float32, so the result keeps float32's resolution.
 
-    :param dtype: The type of the matrix products (``torch.float32``: the layers themselves, ELU through
-        :func:`elu_by_exp`)
+    :param dtype: The type of the matrix products (``torch.float32``: the layers themselves)
     :param modules: The layers, whose parameters stay float32
     :param inputs: Their float32 inputs
     :return: The layers' float32 output
@@ -146,10 +128,8 @@ def modules_in(dtype: th.dtype, modules: Iterable[nn.Module], inputs: th.Tensor)
         feeds_linear = index + 1 < len(layers) and isinstance(layers[index + 1], nn.Linear)
         if isinstance(layer, nn.Linear):
             inputs = layer(inputs) if dtype == th.float32 else linear_as(dtype, layer, inputs)
-        elif isinstance(layer, nn.ReLU) and not layer.inplace:
-            inputs = F.relu(inputs if feeds_linear else inputs.float())
-        elif isinstance(layer, nn.ELU) and layer.alpha == 1.0 and not layer.inplace:
-            inputs = elu_by_exp(inputs if feeds_linear else inputs.float())
+        elif isinstance(layer, (nn.ReLU, nn.ELU)):
+            inputs = layer(inputs if feeds_linear else inputs.float())
         elif isinstance(layer, ResidualBlock):
             inputs = layer.forward_in(dtype, inputs.float())
         else:
