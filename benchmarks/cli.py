@@ -139,7 +139,7 @@ def status(args: argparse.Namespace) -> int:
     checkpoints = _checkpoints(args)
     for job in jobs:
         step = saved_step(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
-        note = f"  (checkpoint at {step} steps{_stale_note(job, checkpoints)})" if step else ""
+        note = f"  (checkpoint at {step} steps{_stale_note(job, checkpoints)})" if step and checkpoints else ""
         if job in changed:
             note = f"  (settings changed since: {changed[job]})"
         print(f"{'todo' if job in pending else 'done'}  {job.name}{note}")

@@ -3,8 +3,10 @@ The README's standings: MPO's final return beside every baseline's at the same b
 the stored result files (``python -m benchmarks standings``) between two markers of the README, never typed.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -41,9 +43,21 @@ def load_rows(path: Path = STANDINGS_FILE) -> list[Row]:
     return rows
 
 
-def _cell(finals: list[float]) -> str:
-    """Mean ± standard deviation over seeds (see :func:`~benchmarks.report.mean_and_spread`), and the seed count."""
-    return f"{mean_and_spread(finals)} ({len(finals)})"
+#: Marks a cell whose seeds trained with different settings (see :data:`MIXED_NOTE`)
+MIXED = "†"
+MIXED_NOTE = (
+    f"{MIXED} Its seeds trained with different settings (an entry changed between runs): the suite's page gives a "
+    "settings row per setting, and `python -m benchmarks run SUITE --rerun-changed` redoes the older runs."
+)
+
+
+def _cell(runs: list[dict[str, Any]]) -> str:
+    """
+    Mean ± standard deviation over seeds (see :func:`~benchmarks.report.mean_and_spread`), the seed count, and
+    :data:`MIXED` where the seeds' stored settings differ.
+    """
+    mixed = len({json.dumps(run["hyperparams"], sort_keys=True) for run in runs}) > 1
+    return f"{mean_and_spread([run['final_return'] for run in runs])} ({len(runs)}){MIXED if mixed else ''}"
 
 
 def standings_line(row: Row, results_dir: Path = RESULTS_DIR) -> str | None:
@@ -60,18 +74,18 @@ def standings_line(row: Row, results_dir: Path = RESULTS_DIR) -> str | None:
         return None
     budget = mpo_runs[0]["steps"]
     trains = {job.algo: job.zoo_algo for job in suite.jobs}  # a variant's name -> the algorithm it runs
-    finals = {
-        algo: [run["final_return"] for run in runs if run["steps"] == budget]
+    at_budget = {
+        algo: [run for run in runs if run["steps"] == budget]
         for algo, runs in runs_by_algo.items()
         if algo == row.mpo or trains.get(algo, algo) in set(KNOWN_ALGOS) - {"mpo"}  # MPO itself, or a baseline
     }
-    finals = {algo: values for algo, values in finals.items() if values}
-    others = [algo for algo in finals if algo not in (row.mpo, "sac")]
-    ranking = sorted(finals, key=lambda algo: -float(np.mean(finals[algo])))
-    sac = _cell(finals["sac"]) if "sac" in finals else "—"
-    rest = ", ".join(f"{algo.upper()} {_cell(finals[algo])}" for algo in others) or "—"
+    at_budget = {algo: runs for algo, runs in at_budget.items() if runs}
+    others = [algo for algo in at_budget if algo not in (row.mpo, "sac")]
+    ranking = sorted(at_budget, key=lambda algo: -float(np.mean([run["final_return"] for run in at_budget[algo]])))
+    sac = _cell(at_budget["sac"]) if "sac" in at_budget else "—"
+    rest = ", ".join(f"{algo.upper()} {_cell(at_budget[algo])}" for algo in others) or "—"
     rank = f"{ranking.index(row.mpo) + 1} of {len(ranking)}" if len(ranking) > 1 else "— (no baseline yet)"
-    return f"| {row.label} | {budget:,} | {_cell(finals[row.mpo])} | {sac} | {rest} | {rank} |"
+    return f"| {row.label} | {budget:,} | {_cell(at_budget[row.mpo])} | {sac} | {rest} | {rank} |"
 
 
 def standings_table(rows: list[Row], results_dir: Path = RESULTS_DIR) -> list[str]:
@@ -80,7 +94,8 @@ def standings_table(rows: list[Row], results_dir: Path = RESULTS_DIR) -> list[st
         "| task | steps | MPO | SAC | other baselines at the same steps | MPO's rank |",
         "|---|---|---|---|---|---|",
     ]
-    return lines + [line for row in rows if (line := standings_line(row, results_dir)) is not None]
+    lines += [line for row in rows if (line := standings_line(row, results_dir)) is not None]
+    return lines + (["", MIXED_NOTE] if any(MIXED in line for line in lines) else [])
 
 
 def replace_block(text: str, table: list[str]) -> str:

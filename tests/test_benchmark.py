@@ -26,7 +26,17 @@ from benchmarks.report import (
 )
 from benchmarks.results import ResultError, changed_settings, describe_changes, load_result
 from benchmarks.reward_scale import within_unit_scale
-from benchmarks.standings import BEGIN, END, README, Row, load_rows, replace_block, standings_line, standings_table
+from benchmarks.standings import (
+    BEGIN,
+    END,
+    MIXED_NOTE,
+    README,
+    Row,
+    load_rows,
+    replace_block,
+    standings_line,
+    standings_table,
+)
 from benchmarks.suite import RESULTS_DIR, SUITES_DIR, load_suite
 from benchmarks.training import run_job
 from benchmarks.zoo import algorithm_defaults, zoo_settings
@@ -590,6 +600,19 @@ def test_standings_rank_mpo_among_the_baselines_at_its_budget(local_store, tmp_p
         replace_block("no markers", [])
     regenerated = replace_block(readme.read_text(), standings_table(load_rows(rows_file), results))
     assert regenerated.startswith(f"intro\n{BEGIN}\n| task |") and regenerated.endswith(f"{line}\n{END}\nafter\n")
+
+
+def test_standings_mark_a_cell_whose_seeds_trained_with_different_settings(local_store, tmp_path):
+    suite_path, results = local_store
+    store = copy_store(results, tmp_path / "results")
+    row = Row(suite=str(suite_path), env="Pendulum-v1", mpo="mpo", label="tiny")
+    assert "†" not in standings_line(row, store) and MIXED_NOTE not in standings_table([row], store)
+    (job,) = [job for job in load_suite(suite_path).jobs if job.algo == "mpo" and job.seed == 1]
+    record = json.loads(job.result_path(store).read_text())
+    job.result_path(store).write_text(json.dumps({**record, "hyperparams": {**record["hyperparams"], "gamma": "0.9"}}))
+    mpo_cell, sac_cell = standings_line(row, store).split(" | ")[2:4]
+    assert mpo_cell.endswith(" (2)†") and sac_cell.endswith(" (2)")
+    assert standings_table([row], store)[-2:] == ["", MIXED_NOTE]
 
 
 def test_standings_list_baselines_run_as_variants_and_rank_mpo_only_against_one(local_store, tmp_path):
