@@ -221,8 +221,10 @@ def read_state(folder: Path, job: Job, settings: dict[str, str] | None = None) -
 
 def stale_checkpoint(folder: Path, settings: dict[str, str]) -> str | None:
     """
-    :return: What differs, when ``folder`` holds a checkpoint saved under other settings than ``settings`` (an RL Zoo
-        entry or suite override edited since), else None
+    :param folder: A job's checkpoint folder
+    :param settings: The settings its run trains with now (stored form)
+    :return: What differs, when ``folder`` holds a checkpoint saved under other settings (an RL Zoo entry or suite
+        override edited since; compared exactly, as the checkpoint's model keeps its own), else None
     """
     saved = (_read_state_file(folder) or {}).get("settings")
     if saved is None or saved == settings:

@@ -75,7 +75,11 @@ def _changed(jobs: list[Job], results_dir: Path) -> dict[Job, str]:
         if job.kind != "returns":
             continue  # exploration learners are configured in code, not by RL Zoo entries
         result = load_result(job.result_path(results_dir), job)
-        changes = changed_settings(result["hyperparams"], zoo_settings(job), defaults(job.zoo_algo))
+        try:
+            changes = changed_settings(result["hyperparams"], zoo_settings(job), defaults(job.zoo_algo))
+        except (KeyError, ValueError) as error:  # e.g. an RL Zoo entry that rl_zoo3 no longer has
+            print(f"{job.name}: its settings cannot be resolved now, not compared ({error!r})", file=sys.stderr)
+            continue
         if changes:
             changed[job] = describe_changes(changes, result["commit"])
     return changed
@@ -124,10 +128,20 @@ def _checkpoints(args: argparse.Namespace) -> Path | None:
 
 
 def _stale_note(job: Job, checkpoints: Path) -> str:
-    """What status adds to a checkpoint saved under other settings than the suite gives its run now."""
+    """
+    :param job: A job with a checkpoint
+    :param checkpoints: The folder of mid-run checkpoints
+    :return: What ``status`` adds to the checkpoint's line when it was saved under other settings than the suite
+        gives its run now (the run will start over), else an empty string
+    """
     from benchmarks.zoo import zoo_settings
 
-    stale = stale_checkpoint(job.checkpoint_path(checkpoints), zoo_settings(job)) if job.kind == "returns" else None
+    if job.kind != "returns":
+        return ""
+    try:
+        stale = stale_checkpoint(job.checkpoint_path(checkpoints), zoo_settings(job))
+    except (KeyError, ValueError) as error:
+        return f", its settings cannot be resolved now ({error!r})"
     return "" if stale is None else f", saved under other settings, the run will start over: {stale}"
 
 

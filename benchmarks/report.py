@@ -5,8 +5,8 @@ and IQM with 95% stratified-bootstrap confidence intervals over seeds, by rliabl
 the sample-efficiency comparison with on-policy baselines, and a speed table.
 
 Statistics follow Agarwal et al. (2021), "Deep Reinforcement Learning at the Edge of the Statistical Precipice"
-(rliable). Returns are aggregated over environments after min-max normalisation per environment, over every final
-return of every algorithm the suite stores for that environment (0 = worst run, 1 = best run); these normalised
+(rliable). Returns are aggregated over environments after min-max normalisation per environment, over the final
+returns of the algorithms that ran on every environment of the suite (0 = worst run, 1 = best run); these normalised
 scores compare the algorithms of this page with each other and with nothing else.
 """
 
@@ -438,8 +438,25 @@ def library_versions_line(runs: list[dict[str, Any]]) -> str:
     return ", ".join(f"{name} {' / '.join(sorted(seen))}" for name, seen in zip(names, versions, strict=True))
 
 
+def stored_settings_groups(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """
+    :param runs: Runs of one algorithm on one environment
+    :return: The runs grouped by the settings their files store (``hyperparams``), in order of first appearance
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(json.dumps(run["hyperparams"], sort_keys=True), []).append(run)
+    return list(groups.values())
+
+
 def settings_row(env: str, algo: str, runs: list[dict[str, Any]], seeds: str) -> str:
-    """One row of the settings table: what a group of runs trained with, as their files record it."""
+    """
+    :param env: The environment
+    :param algo: The algorithm's name in the suite
+    :param runs: Runs of it that stored the same settings
+    :param seeds: What follows the algorithm's name (the seeds, where its runs fall in several groups)
+    :return: The row of the settings table: what the runs trained with, as their files record it
+    """
     settings = ", ".join(f"{key}={value}" for key, value in sorted(runs[0]["hyperparams"].items()))
     overrides = f" (suite overrides: {', '.join(runs[0]['overrides'])})" if runs[0].get("overrides") else ""
     # Recorded since Retrace became MPO's default, so that a default critic target is visible too
@@ -453,18 +470,18 @@ def settings_row(env: str, algo: str, runs: list[dict[str, Any]], seeds: str) ->
 
 def settings_section(results: Results) -> list[str]:
     """
-    The settings table: one row per algorithm and environment, or one per distinct setting, with its seeds, where the
-    runs of one algorithm on one environment trained with different settings (an entry or override changed between
-    seeds), followed by a note saying so.
+    The settings table: one row per algorithm and environment, or, where the runs of one algorithm on one environment
+    stored different settings (:func:`stored_settings_groups`), one per setting with its seeds, and a note saying so.
+
+    :param results: The runs, by environment and algorithm
+    :return: The table's markdown lines
     """
     lines = ["| environment | algorithm | source | hyperparameters (after the suite's overrides) |", "|---|---|---|---|"]
     mixed = []
     for env, runs_by_algo in results.items():
         for algo, runs in runs_by_algo.items():
-            groups: dict[str, list[dict[str, Any]]] = {}
-            for run in runs:
-                groups.setdefault(json.dumps([run["hyperparams"], run.get("overrides")], sort_keys=True), []).append(run)
-            for group in groups.values():
+            groups = stored_settings_groups(runs)
+            for group in groups:
                 seeds = f" (seeds {', '.join(str(run['seed']) for run in group)})" if len(groups) > 1 else ""
                 lines.append(settings_row(env, algo, group, seeds))
             if len(groups) > 1:
@@ -472,9 +489,9 @@ def settings_section(results: Results) -> list[str]:
     if mixed:
         lines += [
             "",
-            f"Trained with different settings from seed to seed: {', '.join(mixed)} (one row per setting above). The "
-            "tables and figures pool their seeds; a suite whose entry changed between runs shows this until "
-            "`python -m benchmarks run SUITE --rerun-changed` has redone the older ones.",
+            f"Stored settings that differ from seed to seed: {', '.join(mixed)} (one row per setting above; a setting "
+            "a row does not name was the default of its runs' commit). The tables and figures pool their seeds. "
+            "`python -m benchmarks status SUITE` says which runs differ from the suite's current settings.",
         ]
     return lines
 

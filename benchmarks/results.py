@@ -101,8 +101,9 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
 
 def stored_form(hyperparams: Mapping[str, Any]) -> dict[str, str]:
     """
-    Settings as result files store them: the ``repr`` of each value rl_zoo3 resolved (an entry's ``policy_kwargs``
-    string stays a string), without ``n_timesteps``, which the suite's budget replaces.
+    :param hyperparams: Settings as rl_zoo3 resolved them (an RL Zoo entry after a suite's overrides)
+    :return: The settings as result files store them: the ``repr`` of each value (an entry's ``policy_kwargs`` string
+        stays a string), without ``n_timesteps``, which the suite's budget replaces
     """
     return {key: repr(value) for key, value in hyperparams.items() if key != "n_timesteps"}
 
@@ -112,12 +113,14 @@ def changed_settings(
 ) -> dict[str, tuple[str | None, str | None]]:
     """
     The settings in which a stored run and the run its suite would start now differ, both in :func:`stored_form`.
-    A setting one side does not name is the algorithm's default there; where the algorithm has none for it (a
-    required argument, an RL Zoo key), the difference is reported.
+    A setting that only the current side names counts as the algorithm's current default on the stored side, which
+    is what the stored run used unless that default changed since (its commit tells); the difference is reported
+    where the values differ, or where the algorithm has no default for it (a required argument, an RL Zoo key): the
+    run did not record it. A setting that only the stored side names is compared with the current default likewise.
 
     :param stored: The settings the run trained with (its result file's ``hyperparams``)
     :param current: The settings the suite gives the run now (its RL Zoo entry after the suite's overrides)
-    :param defaults: The algorithm's keyword defaults, in the same form
+    :param defaults: The algorithm's current keyword defaults, in the same form
     :return: For each differing setting, its stored and current value (None: not named on that side)
     """
     changes = {}
@@ -130,14 +133,18 @@ def changed_settings(
 
 def describe_changes(changes: Mapping[str, tuple[str | None, str | None]], commit: str) -> str:
     """
-    One line for :func:`changed_settings`' result: ``key: then -> now`` for each setting, where a setting a side does
-    not name is that side's default (the stored run's: the default of the commit it trained at).
+    One line for :func:`changed_settings`' result: ``key: then -> now`` for each setting, where a setting the stored
+    side does not name reads ``not recorded (commit ...)`` and one the current side does not name ``not set``.
+
+    :param changes: The differing settings, as :func:`changed_settings` returns them
+    :param commit: The commit the stored side trained at (or another label of its code)
+    :return: The line
     """
 
-    def shown(value: str | None, default: str) -> str:
-        return default if value is None else value
+    def shown(value: str | None, unset: str) -> str:
+        return unset if value is None else value
 
     return "; ".join(
-        f"{key}: {shown(then, f'not set (default at {commit})')} -> {shown(now, 'not set (default)')}"
+        f"{key}: {shown(then, f'not recorded ({commit})')} -> {shown(now, 'not set (default)')}"
         for key, (then, now) in changes.items()
     )

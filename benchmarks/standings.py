@@ -3,7 +3,6 @@ The README's standings: MPO's final return beside every baseline's at the same b
 the stored result files (``python -m benchmarks standings``) between two markers of the README, never typed.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks.report import collect, mean_and_spread
+from benchmarks.report import collect, mean_and_spread, stored_settings_groups
 from benchmarks.suite import BENCHMARKS_DIR, KNOWN_ALGOS, RESULTS_DIR, load_suite
 
 #: Which rows the table has (see the file's comments)
@@ -46,8 +45,8 @@ def load_rows(path: Path = STANDINGS_FILE) -> list[Row]:
 #: Marks a cell whose seeds trained with different settings (see :data:`MIXED_NOTE`)
 MIXED = "†"
 MIXED_NOTE = (
-    f"{MIXED} Its seeds trained with different settings (an entry changed between runs): the suite's page gives a "
-    "settings row per setting, and `python -m benchmarks run SUITE --rerun-changed` redoes the older runs."
+    f"{MIXED} Its seeds stored different settings (an entry changed between runs): the suite's page gives a settings "
+    "row per setting."
 )
 
 
@@ -56,7 +55,7 @@ def _cell(runs: list[dict[str, Any]]) -> str:
     Mean ± standard deviation over seeds (see :func:`~benchmarks.report.mean_and_spread`), the seed count, and
     :data:`MIXED` where the seeds' stored settings differ.
     """
-    mixed = len({json.dumps(run["hyperparams"], sort_keys=True) for run in runs}) > 1
+    mixed = len(stored_settings_groups(runs)) > 1
     return f"{mean_and_spread([run['final_return'] for run in runs])} ({len(runs)}){MIXED if mixed else ''}"
 
 

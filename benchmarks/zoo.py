@@ -86,6 +86,10 @@ def zoo_settings(job: Job) -> dict[str, str]:
     """
     The settings ``job`` would train with now: its RL Zoo entry after the suite's overrides, as rl_zoo3 resolves them
     for training, in the form result files store them (:func:`benchmarks.results.stored_form`). Builds no model.
+
+    :param job: The run
+    :return: Its settings
+    :raises ValueError: where rl_zoo3 finds no entry for it
     """
     with tempfile.TemporaryDirectory() as log_folder:
         manager, _ = zoo_experiment(job, log_folder)
@@ -95,7 +99,10 @@ def zoo_settings(job: Job) -> dict[str, str]:
 
 
 def algorithm_defaults(algo: str) -> dict[str, str]:
-    """The keyword defaults of an algorithm's class (rl_zoo3's registry, MPO included), in the stored form."""
+    """
+    :param algo: An algorithm of rl_zoo3's registry (MPO included)
+    :return: The keyword defaults of its class, in the stored form
+    """
     from rl_zoo3.utils import ALGOS
 
     from sb3_mpo.zoo.registration import register

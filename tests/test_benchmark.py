@@ -233,7 +233,7 @@ def test_report_gives_each_setting_its_own_row_when_seeds_trained_with_different
     assert re.search(r"^\| Pendulum-v1 \| MPO \(seeds 0\) \| .*batch_size=16,", page, flags=re.MULTILINE)
     assert re.search(r"^\| Pendulum-v1 \| MPO \(seeds 1\) \| .*batch_size=64,", page, flags=re.MULTILINE)
     assert re.search(r"^\| Pendulum-v1 \| SAC \| ", page, flags=re.MULTILINE), "SAC's seeds agree: one row"
-    assert "Trained with different settings from seed to seed: MPO on Pendulum-v1 (one row per setting above)." in page
+    assert "Stored settings that differ from seed to seed: MPO on Pendulum-v1 (one row per setting above; " in page
 
 
 def test_normalised_scores_span_the_aggregates_runs_only():
@@ -363,7 +363,8 @@ def test_changed_settings_fill_unnamed_settings_with_the_algorithms_defaults():
     assert changed_settings({}, {"target_precision": "'auto'"}, defaults) == {"target_precision": (None, "'auto'")}
     assert changed_settings({"policy": "'MlpPolicy'"}, {}, defaults) == {"policy": ("'MlpPolicy'", None)}
     line = describe_changes({"gamma": ("0.98", "0.99"), "target_precision": (None, "'auto'")}, "abc1234")
-    assert line == "gamma: 0.98 -> 0.99; target_precision: not set (default at abc1234) -> 'auto'"
+    assert line == "gamma: 0.98 -> 0.99; target_precision: not recorded (abc1234) -> 'auto'"
+    assert describe_changes({"gamma": ("0.98", None)}, "abc1234") == "gamma: 0.98 -> not set (default)"
 
 
 def test_the_settings_a_run_stores_are_those_its_suite_resolves(local_store):

@@ -86,8 +86,14 @@ def test_activations_between_bfloat16_layers_stay_bfloat16_and_the_last_one_floa
     layers = [nn.Linear(16, 64), activation_fn(inplace=inplace), nn.Linear(64, 64), activation_fn(inplace=inplace)]
     layers += [nn.Linear(64, 32), activation_fn(inplace=inplace)]
     inputs = th.randn(500, 16, generator=generator)
+    received: list[th.dtype] = []
     with th.no_grad():
         exact = nn.Sequential(*layers)(inputs.clone())
+        hooks = [layer.register_forward_pre_hook(lambda _, args: received.append(args[0].dtype)) for layer in layers[1::2]]
+        modules_in(th.bfloat16, layers, inputs)
+        for hook in hooks:
+            hook.remove()
+        assert received == [th.bfloat16, th.bfloat16, th.float32], "between two products in bfloat16, the last in float32"
         reference = inputs
         for layer in layers:
             reference = linear_in(th.bfloat16, layer, reference) if isinstance(layer, nn.Linear) else layer(reference)
@@ -150,9 +156,11 @@ def test_bad_target_precision_is_refused(kwargs: dict[str, Any], match: str) -> 
         MPO("MlpPolicy", env, **kwargs)
 
 
-def test_parametric_improvement_reads_its_actions_through_the_bfloat16_pass() -> None:
-    """The parametric policy loss and its gradients move by bfloat16 roundings only, and do move: the pass is used."""
-    model = small_model(policy_improvement="parametric")
+@pytest.mark.parametrize("net_arch", [[64, 64], [64, 64, 64]], ids=["two_layers", "three_layers"])
+def test_parametric_improvement_reads_its_actions_through_the_bfloat16_pass(net_arch: list[int]) -> None:
+    """The parametric policy loss and its gradients move by bfloat16 roundings only, and do move: the pass is used
+    (with three layers, through an in-place activation kept in bfloat16 between two products)."""
+    model = small_model(policy_improvement="parametric", policy_kwargs={"net_arch": net_arch})
     th.manual_seed(1)
     batch = model.replay_buffer.sample(model.batch_size)
     losses, gradients = {}, {}

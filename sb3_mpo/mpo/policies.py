@@ -105,7 +105,10 @@ class ResidualBlock(nn.Module):
 
 
 def flat_layers(modules: Iterable[nn.Module]) -> list[nn.Module]:
-    """:return: The layers of ``modules`` in order, those of nested ``nn.Sequential`` containers in their place"""
+    """
+    :param modules: Modules, some of them perhaps ``nn.Sequential`` containers
+    :return: Their layers in order, those of nested containers in their place
+    """
     return [layer for module in modules for layer in (flat_layers(module) if isinstance(module, nn.Sequential) else [module])]
 
 
@@ -113,10 +116,11 @@ def modules_in(dtype: th.dtype, modules: Iterable[nn.Module], inputs: th.Tensor)
     """
     Float32 layers applied in turn (nested ``nn.Sequential`` containers opened), their matrix products computed in
     ``dtype``: each ``nn.Linear`` through :func:`linear_as`, SimBa's residual blocks through
-    :meth:`ResidualBlock.forward_in`. An activation between two linear layers, ReLU or ELU, stays in ``dtype`` too:
-    the next layer rounds its inputs to ``dtype`` anyway, so this is exact for ReLU and within a rounding of ``dtype``
-    for ELU, and it saves two conversions of 20·B rows. Anything else (normalisations, tanh), and an activation that
-    feeds no linear layer of ``modules``, runs in float32, so the result keeps float32's resolution.
+    :meth:`ResidualBlock.forward_in`. An activation between two of these products, ReLU or ELU, stays in ``dtype``
+    too: the next layer rounds its inputs to ``dtype`` anyway, so this is exact for ReLU and within a rounding of
+    ``dtype`` for ELU, and it saves two conversions of 20·B rows. Anything else (normalisations, tanh), an activation
+    of float32 inputs, and one that feeds no linear layer of ``modules``, runs in float32, so the result keeps
+    float32's resolution.
 
     :param dtype: The type of the matrix products (``torch.float32``: the layers themselves)
     :param modules: The layers, whose parameters stay float32
@@ -502,9 +506,9 @@ class SampledCritic(ContinuousCritic):
         :param obs: Observation batch of B states
         :param actions: N actions per state, shape (N, B, A)
         :param hidden_dtype: Floating-point type of the matrix products of the hidden ``Linear`` layers after the
-            first, residual blocks' included, and of the activations between them (see :func:`modules_in`); the first
-            layer, the normalisations, the last hidden activation and the output layer run in float32, so that the
-            outputs keep float32's resolution
+            first, residual blocks' included, and of the activations between two of them (see :func:`modules_in`);
+            the first layer and the activation after it, the normalisations, the last hidden activation and the output
+            layer run in float32, so that the outputs keep float32's resolution
         :return: The outputs, shape (N, B, 1), or (N, B, n_atoms) logits for a categorical critic
         """
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
