@@ -362,6 +362,8 @@ def test_changed_settings_fill_unnamed_settings_with_the_algorithms_defaults():
     assert changed_settings({"gamma": "0.98"}, {"gamma": "0.99"}, defaults) == {"gamma": ("0.98", "0.99")}
     assert changed_settings({}, {"target_precision": "'auto'"}, defaults) == {"target_precision": (None, "'auto'")}
     assert changed_settings({"policy": "'MlpPolicy'"}, {}, defaults) == {"policy": ("'MlpPolicy'", None)}
+    # a setting the run did not record and that has no default cannot be confirmed: it is listed
+    assert changed_settings({}, {"policy": "'MlpPolicy'"}, defaults) == {"policy": (None, "'MlpPolicy'")}
     line = describe_changes({"gamma": ("0.98", "0.99"), "target_precision": (None, "'auto'")}, "abc1234")
     assert line == "gamma: 0.98 -> 0.99; target_precision: not recorded (abc1234) -> 'auto'"
     assert describe_changes({"gamma": ("0.98", None)}, "abc1234") == "gamma: 0.98 -> not set (default)"
