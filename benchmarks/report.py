@@ -588,8 +588,7 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
             lines += [*threshold_table(runs_by_algo, suite.thresholds[env]), ""]
         lines += [f"![{env} learning curves]({relative(figure)})", ""]
     if results:
-        trains = {job.algo: job.zoo_algo for job in suite.jobs}
-        lines += ["## Aggregate over environments", "", *aggregate_section(results, figures, relative, trains), ""]
+        lines += ["## Aggregate over environments", "", *aggregate_section(results, figures, relative, suite.trains()), ""]
         efficiency = sample_efficiency_table(results)
         if efficiency:
             lines += ["## Sample efficiency: MPO at N steps vs on-policy baselines", "", *efficiency, ""]

@@ -72,7 +72,7 @@ def standings_line(row: Row, results_dir: Path = RESULTS_DIR) -> str | None:
     if not mpo_runs:
         return None
     budget = mpo_runs[0]["steps"]
-    trains = {job.algo: job.zoo_algo for job in suite.jobs}  # a variant's name -> the algorithm it runs
+    trains = suite.trains()
     at_budget = {
         algo: [run for run in runs if run["steps"] == budget]
         for algo, runs in runs_by_algo.items()

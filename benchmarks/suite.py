@@ -107,6 +107,10 @@ class Suite:
     def envs(self) -> list[str]:
         return list(dict.fromkeys(job.env for job in self.jobs))
 
+    def trains(self) -> dict[str, str]:
+        """:return: Each algorithm name of the suite -> the algorithm it trains (a variant's base, else itself)"""
+        return {job.algo: job.zoo_algo for job in self.jobs}
+
 
 def _require(condition: bool, where: str, message: str) -> None:
     if not condition:
