@@ -129,6 +129,19 @@ def run_jobs(
     return backends[backend]()
 
 
+def keep(job: Any, checkpoints: Path) -> None:
+    """
+    Keep a finished job's checkpoint, which its worker saved at the end of the run, as its final state.
+
+    :param job: The job
+    :param checkpoints: The folder of checkpoints
+    """
+    final = job.final_path(checkpoints)
+    shutil.rmtree(final, ignore_errors=True)
+    if job.checkpoint_path(checkpoints).exists():
+        job.checkpoint_path(checkpoints).rename(final)
+
+
 def run_and_store(
     jobs: list[Any],
     results_dir: Path,
@@ -138,6 +151,7 @@ def run_and_store(
     ray_address: str | None = None,
     worker: Worker = run_job_safely,
     checkpoints: Path | None = None,
+    keep_final: bool = False,
 ) -> int:
     """
     Run jobs (each with a ``name`` and a ``result_path(results_dir)``) on a backend and store each finished record
@@ -147,6 +161,8 @@ def run_and_store(
     :param describe: One line about a finished record, printed after its name
     :param checkpoints: The workers' folder of mid-run checkpoints: a job's checkpoint
         (``job.checkpoint_path(checkpoints)``) is removed once its result file is written
+    :param keep_final: Keep it instead as the job's final state (``job.final_path(checkpoints)``, replacing an older
+        one): the workers saved the finished runs there for a longer run to continue
     :return: The number of failed jobs
     """
     commit, failures = git_commit(), 0
@@ -158,7 +174,9 @@ def run_and_store(
         if result.get("commit", "unknown") == "unknown":
             result["commit"] = commit
         write_result(job.result_path(results_dir), result)
-        if checkpoints is not None:
+        if checkpoints is not None and keep_final:
+            keep(job, checkpoints)
+        elif checkpoints is not None:
             shutil.rmtree(job.checkpoint_path(checkpoints), ignore_errors=True)
         print(f"done {job.name}: {describe(result)}", flush=True)
     return failures

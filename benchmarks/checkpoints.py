@@ -13,6 +13,13 @@ A resumed run is not bit-identical to an uninterrupted one: the environments res
 stored transition is ended as a time-limit truncation, so no return is bootstrapped across the gap) and the random
 generators are not restored. Its result records where it was resumed (``resumes``), and the report says how many runs
 were.
+
+A finished run can keep its final state in the same form (``run --keep-final``, :meth:`Job.final_path`), and a longer
+run of the same training (algorithm, settings, seed, evaluation) in another suite can start from it instead of from
+step 0 (``run --continue-from``, :func:`continue_from_final`): a 300k-step run picks up a 100k-step run's model, replay
+buffer and curve. That is the same training as a fresh longer run where nothing depends on the budget: the algorithms
+of :data:`CONTINUABLE_ALGOS`, under settings without a schedule (RL Zoo's ``lin_`` values follow the progress through
+the budget). Its result says which run it continued (``continued_from``), and the report says how many runs did.
 """
 
 import json
@@ -34,6 +41,9 @@ STATE_FILE = "state.json"
 MODEL_FILE = "model.zip"
 BUFFER_FILE = "replay_buffer.pkl"
 VEC_NORMALIZE_FILE = "vec_normalize.pkl"
+#: Algorithms whose training does not depend on its budget under constant settings: off-policy learners whose updates
+#: read no progress through ``total_timesteps`` (DQN's and QR-DQN's exploration schedule does, as do on-policy ones')
+CONTINUABLE_ALGOS = ("mpo", "sac", "td3", "tqc", "ddpg", "crossq")
 
 
 def training_diagnostics(name_to_value: dict[str, Any]) -> dict[str, float]:
@@ -263,3 +273,64 @@ def restore(model: BaseAlgorithm, folder: Path, state: dict[str, Any], evaluatio
         vec_normalize.obs_rms, vec_normalize.ret_rms = saved.obs_rms, saved.ret_rms
     evaluation.restore_curve(state["curve"], state["eval_seconds"], n_calls=loaded.num_timesteps // loaded.n_envs)
     return loaded
+
+
+def training_signature(job: Job) -> dict[str, Any]:
+    """:return: :func:`job_signature` without the suite and the budget: what two runs must share to be one training"""
+    return {key: value for key, value in job_signature(job).items() if key not in ("suite", "steps")}
+
+
+def continuation_problem(job: Job, settings: dict[str, str]) -> str | None:
+    """
+    :param job: A job that would continue a shorter run
+    :param settings: The settings it trains with (stored form)
+    :return: Why its training depends on its budget, so that a shorter run's final state is not its own state at that
+        step, or None when it does not
+    """
+    if job.zoo_algo not in CONTINUABLE_ALGOS:
+        return f"{job.zoo_algo}'s training follows its budget (only {', '.join(CONTINUABLE_ALGOS)} continue)"
+    scheduled = sorted(key for key, value in settings.items() if "lin_" in value)
+    if scheduled:
+        return f"its schedules follow the budget ({', '.join(scheduled)})"
+    return None
+
+
+def continue_from_final(job: Job, shorter: list[Job], checkpoints: Path, settings: dict[str, str]) -> str | None:
+    """
+    Start ``job`` from the final state of the longest of ``shorter`` that trained the same way for fewer steps: its
+    kept final state (:meth:`Job.final_path`) becomes ``job``'s checkpoint, which :func:`read_state` then accepts, with
+    ``continued_from`` naming the run it came from. Nothing happens where ``job`` has a checkpoint of its own, its
+    training depends on its budget (:func:`continuation_problem`), or no such final state exists, was saved under other
+    settings, or ends off the evaluation grid (a fresh run evaluates at multiples of ``eval_freq`` only).
+
+    :param job: A job without a result
+    :param shorter: Jobs of another suite, the candidates
+    :param checkpoints: The folder of checkpoints and kept final states
+    :param settings: The settings ``job`` trains with (stored form)
+    :return: A line saying which run ``job`` continues, or None when it starts as it would have
+    """
+    folder = job.checkpoint_path(checkpoints)
+    if _read_state_file(folder) is not None or continuation_problem(job, settings) is not None:
+        return None
+    candidates = [
+        other
+        for other in shorter
+        if training_signature(other) == training_signature(job)
+        and other.steps < job.steps
+        and other.steps % job.eval_freq == 0
+        and (_read_state_file(other.final_path(checkpoints)) or {}).get("settings") == settings
+    ]
+    if not candidates:
+        return None
+    source = max(candidates, key=lambda other: other.steps)
+    state = _read_state_file(source.final_path(checkpoints))
+    assert state is not None
+    state["job"] = job_signature(job)
+    state["continued_from"] = {"suite": source.suite, "algo": source.algo, "step": source.steps}
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source.final_path(checkpoints), partial)
+    (partial / STATE_FILE).write_text(json.dumps(state, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)  # an unreadable leftover
+    partial.rename(folder)
+    return f"{job.name} continues {source.suite}'s {source.name} from its final state at {source.steps} steps"

@@ -11,9 +11,10 @@
 SUITE is a YAML file or the name of one in benchmarks/suites/. Results go to benchmarks/results/<suite>/<env>/, one
 JSON file per finished run; runs whose file exists (and is valid) are skipped. A run saves a checkpoint every
 --checkpoint-minutes, at a rollout boundary (under benchmarks/results/.checkpoints/, not committed), and an interrupted
-run resumes from its checkpoint; the checkpoint is removed when the run's result file is written. A finished run whose
-stored settings differ from those its suite gives now (a variant, an override or an RL Zoo entry edited since) is
-listed by ``run`` and ``status``, and kept unless ``run --rerun-changed`` is given.
+run resumes from its checkpoint; the checkpoint is removed when the run's result file is written (``--keep-final``
+keeps it as the run's final state, from which ``run --continue-from SUITE`` starts a longer run of the same training in
+another suite). A finished run whose stored settings differ from those its suite gives now (a variant, an override or
+an RL Zoo entry edited since) is listed by ``run`` and ``status``, and kept unless ``run --rerun-changed`` is given.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.backends import run_and_store
-from benchmarks.checkpoints import saved_step, stale_checkpoint
+from benchmarks.checkpoints import continue_from_final, saved_step, stale_checkpoint
 from benchmarks.exploration import describe as describe_exploration
 from benchmarks.exploration import write_exploration_report
 from benchmarks.results import ResultError, changed_settings, describe_changes, load_result
@@ -98,8 +99,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs) - len(pending)} finished, {len(pending)} to run", flush=True)
 
     checkpoints = _checkpoints(args)
+    if args.continue_from:
+        assert checkpoints is not None, "main refuses --continue-from with --no-checkpoints"
+        _continue(pending, args.continue_from, checkpoints)
     worker = functools.partial(
-        run_job_safely, checkpoints=checkpoints, checkpoint_minutes=args.checkpoint_minutes, torch_threads=args.threads
+        run_job_safely,
+        checkpoints=checkpoints,
+        checkpoint_minutes=args.checkpoint_minutes,
+        torch_threads=args.threads,
+        keep_final=args.keep_final,
     )
     failures = run_and_store(
         pending,
@@ -110,8 +118,30 @@ def run(args: argparse.Namespace) -> int:
         args.ray_address,
         worker,
         checkpoints,
+        args.keep_final,
     )
     return 1 if failures else 0
+
+
+def _continue(jobs: list[Job], shorter_suite: str, checkpoints: Path) -> None:
+    """
+    Start each job that has no checkpoint of its own from the kept final state of the same training in another suite,
+    where it has one (:func:`~benchmarks.checkpoints.continue_from_final`), and say which did.
+
+    :param jobs: The jobs about to run
+    :param shorter_suite: The other suite (a YAML file or the name of one)
+    :param checkpoints: The folder of checkpoints and kept final states
+    """
+    from benchmarks.zoo import zoo_settings
+
+    shorter = load_suite(shorter_suite)
+    continued = 0
+    for job in jobs:
+        line = continue_from_final(job, shorter.jobs, checkpoints, zoo_settings(job)) if job.kind == "returns" else None
+        if line is not None:
+            print(line, flush=True)
+            continued += 1
+    print(f"{continued} of {len(jobs)} runs continue a final state of suite {shorter.name}", flush=True)
 
 
 def describe(result: dict) -> str:
@@ -156,6 +186,8 @@ def status(args: argparse.Namespace) -> int:
         note = f"  (checkpoint at {step} steps{_stale_note(job, checkpoints)})" if step and checkpoints else ""
         if job in changed:
             note = f"  (settings changed since: {changed[job]})"
+        elif checkpoints and job not in pending and job.final_path(checkpoints).exists():
+            note = "  (final state kept)"
         print(f"{'todo' if job in pending else 'done'}  {job.name}{note}")
     stale = f", {len(changed)} of them with other settings than now" if changed else ""
     print(f"{len(jobs) - len(pending)} / {len(jobs)} finished{stale}")
@@ -245,6 +277,17 @@ def main(argv: list[str] | None = None) -> int:
         help="save a run's checkpoint at the first rollout boundary this many minutes after the last save (0: at every one)",
     )
     commands.choices["run"].add_argument(
+        "--keep-final",
+        action="store_true",
+        help="keep each finished run's final state (model, replay buffer, curve) for a longer run to continue",
+    )
+    commands.choices["run"].add_argument(
+        "--continue-from",
+        metavar="SUITE",
+        help="start each run from the final state (kept by --keep-final) of the same training in SUITE, where the "
+        "algorithm's training does not depend on its budget; the result records it",
+    )
+    commands.choices["run"].add_argument(
         "--ray-address", help="Ray cluster address ('auto', 'ray://host:10001') or 'local'; implies --backend ray"
     )
     commands.choices["report"].add_argument("--out", type=Path, help="the page to write (default: the suite's `page`)")
@@ -259,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     standings_command.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of the result store")
     standings_command.add_argument("--readme", type=Path, help="the file holding the table (default: README.md)")
     args = parser.parse_args(argv)
+    needs_checkpoints = getattr(args, "keep_final", False) or getattr(args, "continue_from", None)
+    if getattr(args, "no_checkpoints", False) and needs_checkpoints:
+        parser.error("--keep-final and --continue-from need checkpoints: drop --no-checkpoints")
     if getattr(args, "ray_address", None):
         args.backend = "ray"
     return args.function(args)

@@ -87,6 +87,13 @@ class Job:
         """The run's mid-run checkpoint folder: ``<checkpoints_dir>/<suite>/<env>/<algo>_<env>_seed<k>_<steps>/``."""
         return checkpoints_dir / self.suite / self.env_folder / self.name
 
+    def final_path(self, checkpoints_dir: Path) -> Path:
+        """
+        The run's final state, which ``run --keep-final`` keeps for a longer run to continue (``run --continue-from``):
+        ``<checkpoints_dir>/<suite>/<env>/<algo>_<env>_seed<k>_<steps>.final/``.
+        """
+        return checkpoints_dir / self.suite / self.env_folder / f"{self.name}.final"
+
 
 @dataclass
 class Suite:

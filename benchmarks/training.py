@@ -48,14 +48,18 @@ def target_pass_dtype(model: Any) -> str | None:
 
 
 def run_job(
-    job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0, torch_threads: int = 1
+    job: Job,
+    checkpoints: Path | None = None,
+    checkpoint_minutes: float = 10.0,
+    torch_threads: int = 1,
+    keep_final: bool = False,
 ) -> dict[str, Any]:
     """
     Train ``job.algo`` on ``job.env`` with RL Zoo's settings (rl_zoo3's experiment manager, MPO registered) and
     evaluate it deterministically every ``job.eval_freq`` steps on a separate environment (SB3's ``EvalCallback``,
     which also syncs ``VecNormalize`` statistics). With ``checkpoints``, the run saves itself there at a rollout
     boundary every ``checkpoint_minutes`` and, when it finds a checkpoint of the same job, resumes from it
-    (see :mod:`benchmarks.checkpoints`).
+    (see :mod:`benchmarks.checkpoints`); a checkpoint that continues a shorter run's final state is taken the same way.
 
     :param job: The run
     :param checkpoints: Folder of the mid-run checkpoints (the job's own is :meth:`Job.checkpoint_path`); None: none
@@ -63,6 +67,8 @@ def run_job(
     :param torch_threads: Threads torch may use in this worker (workers x threads should not exceed the cores);
         recorded in the result, since it changes the speed figures (a resumed run records its last leg's there, and
         each resume its own)
+    :param keep_final: Save the finished run's state in its checkpoint folder too (the caller keeps it as the final
+        state, :meth:`Job.final_path`), for a longer run of the same training to continue
     :return: Its result record (see :data:`REQUIRED_KEYS`); the caller writes it (and removes the checkpoint)
     """
     import numpy as np
@@ -101,10 +107,12 @@ def run_job(
             verbose=0,
         )
         callbacks = [*manager.callbacks, evaluation, ReleaseFreeMemory()]
+        continued = state.get("continued_from") if state else None
         if state is not None:
             assert checkpoint_folder is not None
             model = restore(model, checkpoint_folder, state, evaluation)
-            state["resumes"].append({"step": int(model.num_timesteps), "commit": commit, "torch_threads": torch_threads})
+            if not continued or continued["step"] != model.num_timesteps:  # a continuation is recorded as such
+                state["resumes"].append({"step": int(model.num_timesteps), "commit": commit, "torch_threads": torch_threads})
         checkpoint = None
         if checkpoint_folder is not None:
             checkpoint = RunCheckpoint(checkpoint_folder, job, evaluation, checkpoint_minutes * 60, state, settings)
@@ -117,6 +125,8 @@ def run_job(
             evaluation.n_calls, evaluation.eval_freq = 0, 1
             evaluation.num_timesteps = model.num_timesteps
             evaluation.on_step()
+        if keep_final and checkpoint is not None:
+            checkpoint.save()
         model.get_env().close()  # type: ignore[union-attr]
         eval_env.close()
 
@@ -154,6 +164,8 @@ def run_job(
         "checkpoint_seconds": save_seconds,
         # Where the run was interrupted and resumed from a checkpoint (empty: trained in one go)
         "resumes": state["resumes"] if state else [],
+        # The shorter run of the same training whose final state this one started from (see run --continue-from)
+        **({"continued_from": continued} if continued else {}),
         "env_steps_per_second": model.num_timesteps / train_seconds,
         # SB3's _n_updates counts gradient steps for off-policy algorithms, but epochs or iterations for on-policy ones
         "n_updates": n_updates,
@@ -177,7 +189,11 @@ def run_job(
 
 
 def run_job_safely(
-    job: Job, checkpoints: Path | None = None, checkpoint_minutes: float = 10.0, torch_threads: int = 1
+    job: Job,
+    checkpoints: Path | None = None,
+    checkpoint_minutes: float = 10.0,
+    torch_threads: int = 1,
+    keep_final: bool = False,
 ) -> tuple[Job, dict[str, Any] | None, str]:
     """
     :func:`run_job` (or, for a job of an exploration suite, :func:`benchmarks.exploration.run_exploration_job`, which
@@ -188,6 +204,6 @@ def run_job_safely(
             from benchmarks.exploration import run_exploration_job
 
             return job, run_exploration_job(job, torch_threads), ""
-        return job, run_job(job, checkpoints, checkpoint_minutes, torch_threads), ""
+        return job, run_job(job, checkpoints, checkpoint_minutes, torch_threads, keep_final), ""
     except Exception:
         return job, None, traceback.format_exc()

@@ -15,7 +15,14 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 
 from benchmarks import checkpoints as checkpoints_module
-from benchmarks.checkpoints import RunCheckpoint, job_signature, read_state, saved_step, stale_checkpoint
+from benchmarks.checkpoints import (
+    RunCheckpoint,
+    continue_from_final,
+    job_signature,
+    read_state,
+    saved_step,
+    stale_checkpoint,
+)
 from benchmarks.cli import main
 from benchmarks.results import load_result
 from benchmarks.stamp import git_commit
@@ -180,6 +187,83 @@ def test_a_checkpoint_saved_under_other_settings_is_not_resumed_and_the_run_says
     assert result["resumes"] == [] and result["hyperparams"]["batch_size"] == "16"
     error = capsys.readouterr().err
     assert f"{job.name}: its checkpoint was saved under other settings, it starts over: batch_size: 64 -> 16; " in error
+
+
+def test_a_longer_suite_continues_a_kept_final_state(suite_path, tmp_path, capsys):
+    """run --keep-final keeps a finished run's state; run --continue-from starts the same training's longer run there."""
+    results = tmp_path / "results"
+    checkpoints = results / ".checkpoints"
+    (short_job,) = load_suite(suite_path).jobs
+    longer = copy.deepcopy(SPEC)
+    longer["name"] = "longer"
+    longer["envs"]["Pendulum-v1"]["steps"] = 500
+    longer_path = tmp_path / "longer.yml"
+    longer_path.write_text(yaml.safe_dump(longer))
+    (long_job,) = load_suite(longer_path).jobs
+    common = ["--results", str(results), "--workers", "1", "--checkpoint-minutes", "60"]
+
+    assert main(["run", str(suite_path), *common, "--keep-final"]) == 0
+    short = load_result(short_job.result_path(results), short_job)
+    assert saved_step(short_job.final_path(checkpoints)) == 300 and not short_job.checkpoint_path(checkpoints).exists()
+    assert main(["status", str(suite_path), "--results", str(results)]) == 0
+    assert f"done  {short_job.name}  (final state kept)" in capsys.readouterr().out
+
+    assert main(["run", str(longer_path), *common, "--continue-from", str(suite_path)]) == 0
+    assert (
+        f"{long_job.name} continues resumable's {short_job.name} from its final state at 300 steps" in capsys.readouterr().out
+    )
+    result = load_result(long_job.result_path(results), long_job)
+    assert result["continued_from"] == {"suite": "resumable", "algo": "mpo", "step": 300}
+    assert result["resumes"] == [], "a continuation is not recorded as an interruption"
+    assert result["curve"][:3] == short["curve"], "the first part of the curve is the shorter run's"
+    assert [point["step"] for point in result["curve"]] == [100, 200, 300, 400, 500]
+    assert result["n_updates"] == short["n_updates"] + 200, "the updates of steps 301-500 come on top of the shorter run's"
+    assert saved_step(short_job.final_path(checkpoints)) == 300, "the final state stays, for a longer run still"
+    assert not long_job.checkpoint_path(checkpoints).exists()
+
+
+def test_only_the_same_training_on_the_evaluation_grid_and_independent_of_its_budget_continues(tmp_path):
+    settings = {"batch_size": "16", "learning_rate": "0.001"}
+    job = Job("long", "mpo", "Pendulum-v1", 0, 1000, 100, 10, hyperparams={"batch_size": 16})
+
+    def final_state(steps: int, saved: dict[str, str] = settings, **changes) -> Job:
+        """A kept final state of a shorter job (only its state file: what the choice reads)"""
+        short = Job("short", job.algo, job.env, job.seed, steps, job.eval_freq, job.eval_episodes, job.hyperparams)
+        short = Job(**{**short.__dict__, **changes})
+        short.final_path(tmp_path).mkdir(parents=True, exist_ok=True)
+        state = {"job": job_signature(short), "settings": saved, "num_timesteps": steps, "resumes": []}
+        (short.final_path(tmp_path) / "state.json").write_text(json.dumps(state))
+        return short
+
+    others = [
+        final_state(300),
+        final_state(600, seed=1),
+        final_state(700, eval_freq=50),
+        final_state(800, hyperparams={"batch_size": 32}),
+        final_state(900, {**settings, "learning_rate": "0.0003"}),
+        final_state(450),  # off the evaluation grid of eval_freq 100
+        final_state(1000),  # not shorter
+    ]
+    assert continue_from_final(job, others, tmp_path, settings) is not None
+    state = read_state(job.checkpoint_path(tmp_path), job, settings)
+    assert state["num_timesteps"] == 300 and state["continued_from"] == {"suite": "short", "algo": "mpo", "step": 300}
+    assert continue_from_final(job, [final_state(500)], tmp_path, settings) is None, "its own checkpoint comes first"
+    assert read_state(job.checkpoint_path(tmp_path), job, settings)["num_timesteps"] == 300
+
+    fresh = tmp_path / "fresh"
+    for other, other_settings in ((Job(**{**job.__dict__, "algo": "dqn"}), settings), (job, {**settings, "lr": "'lin_1e-3'"})):
+        short = Job(**{**other.__dict__, "suite": "short", "steps": 300})
+        short.final_path(fresh).mkdir(parents=True)
+        (short.final_path(fresh) / "state.json").write_text(
+            json.dumps({"job": job_signature(short), "settings": other_settings})
+        )
+        assert continue_from_final(other, [short], fresh, other_settings) is None, "its training follows its budget"
+
+
+def test_keep_final_and_continue_from_need_checkpoints(suite_path):
+    for option in (["--keep-final"], ["--continue-from", "quick"]):
+        with pytest.raises(SystemExit):
+            main(["run", str(suite_path), "--no-checkpoints", *option])
 
 
 @pytest.mark.parametrize("optimize_memory_usage", [False, True])
