@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from benchmarks.results import write_result
 from benchmarks.stamp import git_commit
+from benchmarks.suite import Job
 from benchmarks.training import run_job_safely
 
 JobT = TypeVar("JobT")
@@ -129,17 +130,18 @@ def run_jobs(
     return backends[backend]()
 
 
-def keep(job: Any, checkpoints: Path) -> None:
+def keep_final_state(job: Job, checkpoints: Path) -> None:
     """
-    Keep a finished job's checkpoint, which its worker saved at the end of the run, as its final state.
+    Keep a finished job's checkpoint, which its worker saved at the end of the run, as its final state (replacing an
+    older one); a job whose worker saved none (an exploration learner) keeps nothing.
 
     :param job: The job
     :param checkpoints: The folder of checkpoints
     """
-    final = job.final_path(checkpoints)
+    final, folder = job.final_path(checkpoints), job.checkpoint_path(checkpoints)
     shutil.rmtree(final, ignore_errors=True)
-    if job.checkpoint_path(checkpoints).exists():
-        job.checkpoint_path(checkpoints).rename(final)
+    if folder.exists():
+        folder.rename(final)
 
 
 def run_and_store(
@@ -175,7 +177,7 @@ def run_and_store(
             result["commit"] = commit
         write_result(job.result_path(results_dir), result)
         if checkpoints is not None and keep_final:
-            keep(job, checkpoints)
+            keep_final_state(job, checkpoints)
         elif checkpoints is not None:
             shutil.rmtree(job.checkpoint_path(checkpoints), ignore_errors=True)
         print(f"done {job.name}: {describe(result)}", flush=True)
