@@ -164,7 +164,8 @@ def run_and_store(
     :param checkpoints: The workers' folder of mid-run checkpoints: a job's checkpoint
         (``job.checkpoint_path(checkpoints)``) is removed once its result file is written
     :param keep_final: Keep it instead as the job's final state (``job.final_path(checkpoints)``, replacing an older
-        one): the workers saved the finished runs there for a longer run to continue
+        one): the workers saved the finished runs there for a longer run to continue. Without it, a final state kept
+        by an earlier run of the job is removed too, as it no longer belongs to the stored result
     :return: The number of failed jobs
     """
     commit, failures = git_commit(), 0
@@ -180,5 +181,6 @@ def run_and_store(
             keep_final_state(job, checkpoints)
         elif checkpoints is not None:
             shutil.rmtree(job.checkpoint_path(checkpoints), ignore_errors=True)
+            shutil.rmtree(job.final_path(checkpoints), ignore_errors=True)  # an earlier run's, no longer this result's
         print(f"done {job.name}: {describe(result)}", flush=True)
     return failures

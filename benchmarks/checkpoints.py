@@ -11,7 +11,9 @@ atomically (written beside it, then renamed), so an interruption while saving le
 
 A resumed run is not bit-identical to an uninterrupted one: the environments restart with a fresh episode (the last
 stored transition is ended as a time-limit truncation, so no return is bootstrapped across the gap) and the random
-generators are not restored. Its result records where it was resumed (``resumes``), and the report says how many runs
+generators restart from the run's seed instead of carrying on (SB3's ``load`` re-seeds them, and the environments are
+seeded again): exploration noise and minibatches draw what they drew at step 0, and the evaluation episodes start as
+the first evaluation's did. Its result records where it was resumed (``resumes``), and the report says how many runs
 were.
 
 A finished run can keep its final state in the same form (``run --keep-final``, :meth:`Job.final_path`), and a longer
@@ -44,6 +46,8 @@ VEC_NORMALIZE_FILE = "vec_normalize.pkl"
 #: Algorithms whose training does not depend on its budget under constant settings: off-policy learners whose updates
 #: read no progress through ``total_timesteps`` (DQN's and QR-DQN's exploration schedule does, as do on-policy ones')
 CONTINUABLE_ALGOS = ("mpo", "sac", "td3", "tqc", "ddpg", "crossq")
+#: The settings that rl_zoo3 turns into a linear schedule over the budget when they are strings (``"lin_1e-3"``)
+SCHEDULED_SETTINGS = ("learning_rate", "clip_range", "clip_range_vf", "delta_std")
 
 
 def training_diagnostics(name_to_value: dict[str, Any]) -> dict[str, float]:
@@ -135,6 +139,8 @@ class RunCheckpoint(BaseCallback):
     :param state: The restored state of a resumed run (its timings and resumes carry on), or None
     :param settings: The settings the run trains with (its RL Zoo entry after the suite's overrides, in the stored
         form), kept so that the checkpoint resumes only under the same ones
+    :param leg: What to store about the code and machine of the part of the run that saves (its ``commit`` and
+        ``torch_threads``), which a longer run that continues this one records
     """
 
     def __init__(
@@ -145,10 +151,13 @@ class RunCheckpoint(BaseCallback):
         interval_seconds: float,
         state: dict[str, Any] | None,
         settings: dict[str, str],
+        leg: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.folder, self.job, self.evaluation, self.interval_seconds = folder, job, evaluation, interval_seconds
-        self.settings = settings
+        self.settings, self.leg = settings, leg or {}
+        # The shorter run this one continues (see continue_from_final), kept through every save
+        self.continued_from = state.get("continued_from") if state else None
         self.previous_seconds = state["elapsed_seconds"] if state else 0.0
         self.resumes: list[dict[str, Any]] = list(state["resumes"]) if state else []
         self.save_seconds = state["save_seconds"] if state else 0.0
@@ -193,6 +202,8 @@ class RunCheckpoint(BaseCallback):
             "eval_seconds": self.evaluation.eval_seconds,
             "save_seconds": self.save_seconds,
             "resumes": self.resumes,
+            **self.leg,
+            **({"continued_from": self.continued_from} if self.continued_from else {}),
         }
         (partial / STATE_FILE).write_text(json.dumps(state, indent=1))
         # Swap the folders: a crash before the rename keeps the old checkpoint, one after it the new one
@@ -289,7 +300,7 @@ def continuation_problem(job: Job, settings: dict[str, str]) -> str | None:
     """
     if job.zoo_algo not in CONTINUABLE_ALGOS:
         return f"{job.zoo_algo}'s training follows its budget (only {', '.join(CONTINUABLE_ALGOS)} continue)"
-    scheduled = sorted(key for key, value in settings.items() if "lin_" in value)
+    scheduled = [key for key in SCHEDULED_SETTINGS if settings.get(key, "").startswith(("'", '"'))]  # a str's repr
     if scheduled:
         return f"its schedules follow the budget ({', '.join(scheduled)})"
     return None
@@ -299,9 +310,10 @@ def continue_from_final(job: Job, shorter: list[Job], checkpoints: Path, setting
     """
     Start ``job`` from the final state of the longest of ``shorter`` that trained the same way for fewer steps: its
     kept final state (:meth:`Job.final_path`) becomes ``job``'s checkpoint, which :func:`read_state` then accepts, with
-    ``continued_from`` naming the run it came from. Nothing happens where ``job`` has a checkpoint of its own, its
-    training depends on its budget (:func:`continuation_problem`), or no such final state exists, was saved under other
-    settings, or ends off the evaluation grid (a fresh run evaluates at multiples of ``eval_freq`` only).
+    ``continued_from`` naming the run it came from (its suite, algorithm, step, and the commit and torch threads of its
+    last part; and what that run continued, if anything). Nothing happens where ``job`` has a checkpoint of its own that
+    it would resume, its training depends on its budget (:func:`continuation_problem`), or no such final state exists,
+    was saved under other settings, or stopped at a step off the evaluation grid or not below ``job``'s budget.
 
     :param job: A job without a result
     :param shorter: Jobs of another suite, the candidates
@@ -310,27 +322,34 @@ def continue_from_final(job: Job, shorter: list[Job], checkpoints: Path, setting
     :return: A line saying which run ``job`` continues, or None when it starts as it would have
     """
     folder = job.checkpoint_path(checkpoints)
-    if _read_state_file(folder) is not None or continuation_problem(job, settings) is not None:
+    if read_state(folder, job, settings) is not None or continuation_problem(job, settings) is not None:
         return None
-    candidates = [
-        other
-        for other in shorter
+    finals = {other: _read_state_file(other.final_path(checkpoints)) or {} for other in shorter}
+    candidates = {
+        other: final["num_timesteps"]
+        for other, final in finals.items()
         if training_signature(other) == training_signature(job)
-        and other.steps < job.steps
-        and other.steps % job.eval_freq == 0
-        and (_read_state_file(other.final_path(checkpoints)) or {}).get("settings") == settings
-    ]
+        and final.get("settings") == settings
+        and isinstance(final.get("num_timesteps"), int)
+        and final["num_timesteps"] < job.steps
+        and final["num_timesteps"] % job.eval_freq == 0
+    }
     if not candidates:
         return None
-    source = max(candidates, key=lambda other: other.steps)
-    state = _read_state_file(source.final_path(checkpoints))
-    assert state is not None
-    state["job"] = job_signature(job)
-    state["continued_from"] = {"suite": source.suite, "algo": source.algo, "step": source.steps}
+    source = max(candidates, key=lambda other: candidates[other])
+    state = dict(finals[source], job=job_signature(job))
+    state["continued_from"] = {
+        "suite": source.suite,
+        "algo": source.algo,
+        "step": state["num_timesteps"],
+        "commit": state.pop("commit", None),
+        "torch_threads": state.pop("torch_threads", None),
+        **({"continued_from": state["continued_from"]} if state.get("continued_from") else {}),
+    }
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source.final_path(checkpoints), partial)
     (partial / STATE_FILE).write_text(json.dumps(state, indent=1))
     shutil.rmtree(folder, ignore_errors=True)  # an unreadable leftover
     partial.rename(folder)
-    return f"{job.name} continues {source.suite}'s {source.name} from its final state at {source.steps} steps"
+    return f"{job.name} continues {source.suite}'s {source.name} from its final state at {state['num_timesteps']} steps"

@@ -38,11 +38,11 @@ RUN_DISCLOSURES = {
     "the models directly from the same settings and evaluated them the same way (the files were converted to this layout "
     "with their numbers unchanged, and each names its original)",
     "resumes": "Interrupted and resumed from a mid-run checkpoint (model, optimisers, replay buffer and normalisation "
-    "restored; the environments restarted with a fresh episode and the random generators were not restored; each file "
+    "restored; the environments restarted with a fresh episode and the random generators from the run's seed; each file "
     "lists where)",
     "continued_from": "Continued from the kept final state of the same training (algorithm, settings, seed, evaluation) in "
-    "a shorter suite, which each file names: the first part of its curve is that run's, and at the join the environments "
-    "restarted with a fresh episode and the random generators were not restored, as at a resume",
+    "a shorter suite, which each file names: the first part of its curve and of its timings is that run's, and at the join "
+    "the environments restarted with a fresh episode and the random generators from the run's seed, as at a resume",
 }
 #: Seed of every bootstrap, so that the same result files always give the same page
 BOOTSTRAP_SEED = 0

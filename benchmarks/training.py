@@ -69,7 +69,8 @@ def run_job(
         each resume its own)
     :param keep_final: Save the finished run's state in its checkpoint folder too (the caller keeps it as the final
         state, :meth:`Job.final_path`), for a longer run of the same training to continue
-    :return: Its result record (see :data:`REQUIRED_KEYS`); the caller writes it (and removes the checkpoint)
+    :return: Its result record (see :data:`REQUIRED_KEYS`); the caller writes it (and removes the checkpoint, or keeps it
+        as the final state)
     """
     import numpy as np
     import torch as th
@@ -115,7 +116,8 @@ def run_job(
                 state["resumes"].append({"step": int(model.num_timesteps), "commit": commit, "torch_threads": torch_threads})
         checkpoint = None
         if checkpoint_folder is not None:
-            checkpoint = RunCheckpoint(checkpoint_folder, job, evaluation, checkpoint_minutes * 60, state, settings)
+            leg = {"commit": commit, "torch_threads": torch_threads}
+            checkpoint = RunCheckpoint(checkpoint_folder, job, evaluation, checkpoint_minutes * 60, state, settings, leg)
             callbacks.append(checkpoint)
         start = time.perf_counter()
         model.learn(job.steps - model.num_timesteps, callback=callbacks, reset_num_timesteps=state is None)
@@ -125,12 +127,12 @@ def run_job(
             evaluation.n_calls, evaluation.eval_freq = 0, 1
             evaluation.num_timesteps = model.num_timesteps
             evaluation.on_step()
+        save_seconds = checkpoint.save_seconds if checkpoint is not None else 0.0
         if keep_final and checkpoint is not None:
-            checkpoint.save()
+            checkpoint.save()  # not in this run's timings: the final state is for a longer run, whose timings add it
         model.get_env().close()  # type: ignore[union-attr]
         eval_env.close()
 
-    save_seconds = checkpoint.save_seconds if checkpoint is not None else 0.0
     train_seconds = total_seconds - evaluation.eval_seconds - save_seconds
     curve = [
         {

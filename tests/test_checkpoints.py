@@ -189,8 +189,10 @@ def test_a_checkpoint_saved_under_other_settings_is_not_resumed_and_the_run_says
     assert f"{job.name}: its checkpoint was saved under other settings, it starts over: batch_size: 64 -> 16; " in error
 
 
-def test_a_longer_suite_continues_a_kept_final_state(suite_path, tmp_path, capsys):
-    """run --keep-final keeps a finished run's state; run --continue-from starts the same training's longer run there."""
+def test_a_longer_suite_continues_a_kept_final_state(suite_path, tmp_path, monkeypatch, capsys):
+    """run --keep-final keeps a finished run's state; the same training's longer run starts there (run --continue-from)."""
+    from benchmarks.zoo import zoo_settings
+
     results = tmp_path / "results"
     checkpoints = results / ".checkpoints"
     (short_job,) = load_suite(suite_path).jobs
@@ -208,18 +210,35 @@ def test_a_longer_suite_continues_a_kept_final_state(suite_path, tmp_path, capsy
     assert main(["status", str(suite_path), "--results", str(results)]) == 0
     assert f"done  {short_job.name}  (final state kept)" in capsys.readouterr().out
 
+    # The continuation becomes the longer job's checkpoint; interrupted after a save of its own, it resumes as such
+    line = continue_from_final(long_job, [short_job], checkpoints, zoo_settings(long_job))
+    assert line == f"{long_job.name} continues resumable's {short_job.name} from its final state at 300 steps"
+    interrupt_at_step(monkeypatch, 400)
+    _, result, error = run_job_safely(long_job, checkpoints, checkpoint_minutes=0)
+    assert result is None and "simulated interruption" in error
+    monkeypatch.undo()
+    assert read_state(long_job.checkpoint_path(checkpoints), long_job)["continued_from"]["step"] == 300
     assert main(["run", str(longer_path), *common, "--continue-from", str(suite_path)]) == 0
-    assert (
-        f"{long_job.name} continues resumable's {short_job.name} from its final state at 300 steps" in capsys.readouterr().out
-    )
+    assert "0 of 1 runs continue a final state of suite resumable" in capsys.readouterr().out, "its own checkpoint first"
+
     result = load_result(long_job.result_path(results), long_job)
-    assert result["continued_from"] == {"suite": "resumable", "algo": "mpo", "step": 300}
-    assert result["resumes"] == [], "a continuation is not recorded as an interruption"
+    assert result["continued_from"] == {
+        "suite": "resumable",
+        "algo": "mpo",
+        "step": 300,
+        "commit": git_commit(),
+        "torch_threads": 1,
+    }
+    assert [resume["step"] for resume in result["resumes"]] == [400], "the continuation is not recorded as a resume"
     assert result["curve"][:3] == short["curve"], "the first part of the curve is the shorter run's"
     assert [point["step"] for point in result["curve"]] == [100, 200, 300, 400, 500]
     assert result["n_updates"] == short["n_updates"] + 200, "the updates of steps 301-500 come on top of the shorter run's"
     assert saved_step(short_job.final_path(checkpoints)) == 300, "the final state stays, for a longer run still"
     assert not long_job.checkpoint_path(checkpoints).exists()
+
+    short_job.result_path(results).unlink()  # a newer run of the shorter job, without --keep-final
+    assert main(["run", str(suite_path), *common]) == 0
+    assert not short_job.final_path(checkpoints).exists(), "the final state of the older run went with its result"
 
 
 def test_only_the_same_training_on_the_evaluation_grid_and_independent_of_its_budget_continues(tmp_path):
@@ -231,7 +250,8 @@ def test_only_the_same_training_on_the_evaluation_grid_and_independent_of_its_bu
         short = Job("short", job.algo, job.env, job.seed, steps, job.eval_freq, job.eval_episodes, job.hyperparams)
         short = Job(**{**short.__dict__, **changes})
         short.final_path(tmp_path).mkdir(parents=True, exist_ok=True)
-        state = {"job": job_signature(short), "settings": saved, "num_timesteps": steps, "resumes": []}
+        state = {"job": job_signature(short), "settings": saved, "num_timesteps": steps, "resumes": [], "commit": "abc1234"}
+        state["torch_threads"] = 2
         (short.final_path(tmp_path) / "state.json").write_text(json.dumps(state))
         return short
 
@@ -246,12 +266,22 @@ def test_only_the_same_training_on_the_evaluation_grid_and_independent_of_its_bu
     ]
     assert continue_from_final(job, others, tmp_path, settings) is not None
     state = read_state(job.checkpoint_path(tmp_path), job, settings)
-    assert state["num_timesteps"] == 300 and state["continued_from"] == {"suite": "short", "algo": "mpo", "step": 300}
+    assert state["num_timesteps"] == 300 and state["continued_from"] == {
+        "suite": "short",
+        "algo": "mpo",
+        "step": 300,
+        "commit": "abc1234",
+        "torch_threads": 2,
+    }
+    assert "commit" not in state, "the shorter run's last part is recorded as such, not as this run's"
     assert continue_from_final(job, [final_state(500)], tmp_path, settings) is None, "its own checkpoint comes first"
     assert read_state(job.checkpoint_path(tmp_path), job, settings)["num_timesteps"] == 300
 
     fresh = tmp_path / "fresh"
-    for other, other_settings in ((Job(**{**job.__dict__, "algo": "dqn"}), settings), (job, {**settings, "lr": "'lin_1e-3'"})):
+    for other, other_settings in (
+        (Job(**{**job.__dict__, "algo": "dqn"}), settings),
+        (job, {**settings, "learning_rate": "'lin_1e-3'"}),
+    ):
         short = Job(**{**other.__dict__, "suite": "short", "steps": 300})
         short.final_path(fresh).mkdir(parents=True)
         (short.final_path(fresh) / "state.json").write_text(
@@ -260,10 +290,13 @@ def test_only_the_same_training_on_the_evaluation_grid_and_independent_of_its_bu
         assert continue_from_final(other, [short], fresh, other_settings) is None, "its training follows its budget"
 
 
-def test_keep_final_and_continue_from_need_checkpoints(suite_path):
+def test_keep_final_and_continue_from_need_checkpoints(suite_path, tmp_path, capsys):
     for option in (["--keep-final"], ["--continue-from", "quick"]):
-        with pytest.raises(SystemExit):
-            main(["run", str(suite_path), "--no-checkpoints", *option])
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", str(suite_path), "--results", str(tmp_path / "results"), "--no-checkpoints", *option])
+        assert exit_.value.code == 2
+        assert "--keep-final and --continue-from need checkpoints: drop --no-checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists(), "nothing ran"
 
 
 @pytest.mark.parametrize("optimize_memory_usage", [False, True])
