@@ -306,14 +306,42 @@ def continuation_problem(job: Job, settings: dict[str, str]) -> str | None:
     return None
 
 
+def final_state_to_continue(
+    job: Job, shorter: list[Job], checkpoints: Path, settings: dict[str, str]
+) -> tuple[Job, dict[str, Any]] | None:
+    """
+    The final state ``job`` would start from: that of the longest of ``shorter`` that trained the same way for fewer
+    steps. There is none where ``job`` has a checkpoint of its own that it would resume, its training depends on its
+    budget (:func:`continuation_problem`), or no such final state exists, was saved under other settings, or stopped
+    at a step off the evaluation grid or not below ``job``'s budget.
+
+    :param job: A job without a result
+    :param shorter: Jobs of another suite, the candidates
+    :param checkpoints: The folder of checkpoints and kept final states
+    :param settings: The settings ``job`` trains with (stored form)
+    :return: The shorter job and its final state, or None
+    """
+    if read_state(job.checkpoint_path(checkpoints), job, settings) is not None or continuation_problem(job, settings):
+        return None
+    finals = {other: _read_state_file(other.final_path(checkpoints)) or {} for other in shorter}
+    candidates = [
+        (other, final)
+        for other, final in finals.items()
+        if training_signature(other) == training_signature(job)
+        and final.get("settings") == settings
+        and isinstance(final.get("num_timesteps"), int)
+        and final["num_timesteps"] < job.steps
+        and final["num_timesteps"] % job.eval_freq == 0
+    ]
+    return max(candidates, key=lambda candidate: candidate[1]["num_timesteps"], default=None)
+
+
 def continue_from_final(job: Job, shorter: list[Job], checkpoints: Path, settings: dict[str, str]) -> str | None:
     """
-    Start ``job`` from the final state of the longest of ``shorter`` that trained the same way for fewer steps: its
+    Start ``job`` from the final state of the same training in a shorter run (:func:`final_state_to_continue`): the
     kept final state (:meth:`Job.final_path`) becomes ``job``'s checkpoint, which :func:`read_state` then accepts, with
     ``continued_from`` naming the run it came from (its suite, algorithm, step, and the commit and torch threads of its
-    last part; and what that run continued, if anything). Nothing happens where ``job`` has a checkpoint of its own that
-    it would resume, its training depends on its budget (:func:`continuation_problem`), or no such final state exists,
-    was saved under other settings, or stopped at a step off the evaluation grid or not below ``job``'s budget.
+    last part; and what that run continued, if anything).
 
     :param job: A job without a result
     :param shorter: Jobs of another suite, the candidates
@@ -321,23 +349,11 @@ def continue_from_final(job: Job, shorter: list[Job], checkpoints: Path, setting
     :param settings: The settings ``job`` trains with (stored form)
     :return: A line saying which run ``job`` continues, or None when it starts as it would have
     """
-    folder = job.checkpoint_path(checkpoints)
-    if read_state(folder, job, settings) is not None or continuation_problem(job, settings) is not None:
+    found = final_state_to_continue(job, shorter, checkpoints, settings)
+    if found is None:
         return None
-    finals = {other: _read_state_file(other.final_path(checkpoints)) or {} for other in shorter}
-    candidates = {
-        other: final["num_timesteps"]
-        for other, final in finals.items()
-        if training_signature(other) == training_signature(job)
-        and final.get("settings") == settings
-        and isinstance(final.get("num_timesteps"), int)
-        and final["num_timesteps"] < job.steps
-        and final["num_timesteps"] % job.eval_freq == 0
-    }
-    if not candidates:
-        return None
-    source = max(candidates, key=lambda other: candidates[other])
-    state = dict(finals[source], job=job_signature(job))
+    source, final = found
+    state = dict(final, job=job_signature(job))
     state["continued_from"] = {
         "suite": source.suite,
         "algo": source.algo,
@@ -346,10 +362,11 @@ def continue_from_final(job: Job, shorter: list[Job], checkpoints: Path, setting
         "torch_threads": state.pop("torch_threads", None),
         **({"continued_from": state["continued_from"]} if state.get("continued_from") else {}),
     }
+    folder = job.checkpoint_path(checkpoints)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source.final_path(checkpoints), partial)
     (partial / STATE_FILE).write_text(json.dumps(state, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)  # an unreadable leftover
+    shutil.rmtree(folder, ignore_errors=True)  # a checkpoint it would not resume
     partial.rename(folder)
     return f"{job.name} continues {source.suite}'s {source.name} from its final state at {state['num_timesteps']} steps"

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.backends import run_and_store
-from benchmarks.checkpoints import continue_from_final, saved_step, stale_checkpoint
+from benchmarks.checkpoints import continue_from_final, final_state_to_continue, saved_step, stale_checkpoint
 from benchmarks.exploration import describe as describe_exploration
 from benchmarks.exploration import write_exploration_report
 from benchmarks.results import ResultError, changed_settings, describe_changes, load_result
@@ -175,15 +175,34 @@ def _stale_note(job: Job, checkpoints: Path) -> str:
     return "" if stale is None else f", saved under other settings, the run will start over: {stale}"
 
 
+def _continuation_note(job: Job, shorter: list[Job], checkpoints: Path) -> str:
+    """
+    :param job: A job without a result
+    :param shorter: The jobs of the suite named by ``--continue-from``
+    :param checkpoints: The folder of checkpoints and kept final states
+    :return: What ``status`` says about the final state ``run --continue-from`` would start the job from, if any
+    """
+    from benchmarks.zoo import zoo_settings
+
+    found = final_state_to_continue(job, shorter, checkpoints, zoo_settings(job)) if job.kind == "returns" else None
+    if found is None:
+        return ""
+    source, final = found
+    return f"  (would continue {source.suite}'s {source.name} from its final state at {final['num_timesteps']} steps)"
+
+
 def status(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     jobs = _selected(suite.jobs, args)
     pending = set(_pending(jobs, args.results))
     changed = _changed([job for job in jobs if job not in pending], args.results)
     checkpoints = _checkpoints(args)
+    shorter = load_suite(args.continue_from).jobs if args.continue_from and checkpoints else None
     for job in jobs:
         step = saved_step(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
         note = f"  (checkpoint at {step} steps{_stale_note(job, checkpoints)})" if step and checkpoints else ""
+        if checkpoints and shorter is not None and job in pending and not note:
+            note = _continuation_note(job, shorter, checkpoints)
         if job in changed:
             note = f"  (settings changed since: {changed[job]})"
         elif checkpoints and job not in pending and job.final_path(checkpoints).exists():
@@ -257,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
                 "--checkpoints", type=Path, help=f"folder of mid-run checkpoints (default: RESULTS/{CHECKPOINTS_FOLDER})"
             )
             command.add_argument("--no-checkpoints", action="store_true", help="neither save nor resume checkpoints")
+            command.add_argument(
+                "--continue-from",
+                metavar="SUITE",
+                help="start each run from the final state (kept by run --keep-final) of the same training in SUITE, where "
+                "the algorithm's training does not depend on its budget; the result records it (status: say which would)",
+            )
     commands.choices["run"].add_argument("--backend", choices=["local", "ray"], default="local")
     commands.choices["run"].add_argument(
         "--rerun-changed",
@@ -280,12 +305,6 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-final",
         action="store_true",
         help="keep each finished run's final state (model, replay buffer, curve) for a longer run to continue",
-    )
-    commands.choices["run"].add_argument(
-        "--continue-from",
-        metavar="SUITE",
-        help="start each run from the final state (kept by --keep-final) of the same training in SUITE, where the "
-        "algorithm's training does not depend on its budget; the result records it",
     )
     commands.choices["run"].add_argument(
         "--ray-address", help="Ray cluster address ('auto', 'ray://host:10001') or 'local'; implies --backend ray"

@@ -209,6 +209,9 @@ def test_a_longer_suite_continues_a_kept_final_state(suite_path, tmp_path, monke
     assert saved_step(short_job.final_path(checkpoints)) == 300 and not short_job.checkpoint_path(checkpoints).exists()
     assert main(["status", str(suite_path), "--results", str(results)]) == 0
     assert f"done  {short_job.name}  (final state kept)" in capsys.readouterr().out
+    assert main(["status", str(longer_path), "--results", str(results), "--continue-from", str(suite_path)]) == 0
+    expected = f"todo  {long_job.name}  (would continue resumable's {short_job.name} from its final state at 300 steps)"
+    assert expected in capsys.readouterr().out
 
     # The continuation becomes the longer job's checkpoint; interrupted after a save of its own, it resumes as such
     line = continue_from_final(long_job, [short_job], checkpoints, zoo_settings(long_job))
