@@ -4,7 +4,7 @@
     python -m benchmarks run quick                      # local processes, one per core; resumes
     python -m benchmarks run full --ray-address auto    # on a Ray cluster
     python -m benchmarks run discrete --workers 1 --threads 2   # one run at a time, two torch threads
-    python -m benchmarks status quick
+    python -m benchmarks status quick                   # done / todo, and the CPU time left
     python -m benchmarks report quick                   # regenerates the suite's page from the stored files
     python -m benchmarks standings                      # regenerates the README's standings table
 
@@ -27,7 +27,7 @@ from benchmarks.backends import run_and_store
 from benchmarks.checkpoints import continue_from_final, final_state_to_continue, saved_step, stale_checkpoint
 from benchmarks.exploration import describe as describe_exploration
 from benchmarks.exploration import write_exploration_report
-from benchmarks.results import ResultError, changed_settings, describe_changes, load_result
+from benchmarks.results import PaceKey, ResultError, changed_settings, describe_changes, load_result, pace_key, paces
 from benchmarks.suite import RESULTS_DIR, Job, load_suite
 from benchmarks.training import run_job_safely
 
@@ -175,20 +175,52 @@ def _stale_note(job: Job, checkpoints: Path) -> str:
     return "" if stale is None else f", saved under other settings, the run will start over: {stale}"
 
 
-def _continuation_note(job: Job, shorter: list[Job], checkpoints: Path) -> str:
+def _continuation(job: Job, shorter: list[Job], checkpoints: Path) -> tuple[str, int]:
     """
     :param job: A job without a result
     :param shorter: The jobs of the suite named by ``--continue-from``
     :param checkpoints: The folder of checkpoints and kept final states
-    :return: What ``status`` says about the final state ``run --continue-from`` would start the job from, if any
+    :return: What ``status`` says about the final state ``run --continue-from`` would start the job from, and its step
+        (``("", 0)`` where there is none)
     """
     from benchmarks.zoo import zoo_settings
 
     found = final_state_to_continue(job, shorter, checkpoints, zoo_settings(job)) if job.kind == "returns" else None
     if found is None:
-        return ""
+        return "", 0
     source, final = found
-    return f"  (would continue {source.suite}'s {source.name} from its final state at {final['num_timesteps']} steps)"
+    step = final["num_timesteps"]
+    return f"  (would continue {source.suite}'s {source.name} from its final state at {step} steps)", step
+
+
+def _stored_paces(results_dir: Path) -> dict[PaceKey, float]:
+    """:func:`~benchmarks.results.paces` of every valid result file of a ``returns`` suite in the store."""
+    records = []
+    for path in sorted(results_dir.glob("*/*/*.json")):
+        try:
+            record = load_result(path)
+        except ResultError:
+            continue
+        if record.get("kind", "returns") == "returns" and "hyperparams_source" in record:
+            records.append(record)
+    return paces(records)
+
+
+def _pace(job: Job, stored_paces: dict[PaceKey, float]) -> float | None:
+    """
+    :param job: A job of a ``returns`` suite
+    :param stored_paces: :func:`~benchmarks.results.paces` of the store
+    :return: The seconds per step of stored runs that trained as the job will (algorithm, environment, settings), or
+        None where there is none (or the job's settings cannot be resolved now)
+    """
+    from benchmarks.zoo import zoo_settings
+
+    if job.kind != "returns":
+        return None
+    try:
+        return stored_paces.get(pace_key(job.zoo_algo, job.env, zoo_settings(job)))
+    except (KeyError, ValueError):
+        return None
 
 
 def status(args: argparse.Namespace) -> int:
@@ -198,18 +230,33 @@ def status(args: argparse.Namespace) -> int:
     changed = _changed([job for job in jobs if job not in pending], args.results)
     checkpoints = _checkpoints(args)
     shorter = load_suite(args.continue_from).jobs if args.continue_from and checkpoints else None
+    stored_paces = _stored_paces(args.results)
+    seconds_left, unknown = 0.0, 0
     for job in jobs:
         step = saved_step(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
         note = f"  (checkpoint at {step} steps{_stale_note(job, checkpoints)})" if step and checkpoints else ""
         if checkpoints and shorter is not None and job in pending and not note:
-            note = _continuation_note(job, shorter, checkpoints)
+            note, step = _continuation(job, shorter, checkpoints)
         if job in changed:
             note = f"  (settings changed since: {changed[job]})"
         elif checkpoints and job not in pending and job.final_path(checkpoints).exists():
             note = "  (final state kept)"
+        if job in pending:
+            pace = _pace(job, stored_paces)
+            if pace is None:
+                unknown += 1
+            else:
+                seconds_left += pace * (job.steps - (step or 0))
+                note += f"  ~{pace * (job.steps - (step or 0)) / 60:.0f} min"
         print(f"{'todo' if job in pending else 'done'}  {job.name}{note}")
     stale = f", {len(changed)} of them with other settings than now" if changed else ""
     print(f"{len(jobs) - len(pending)} / {len(jobs)} finished{stale}")
+    if pending:
+        known = len(pending) - unknown
+        without = f"; {unknown} without one to go by" if unknown else ""
+        hours = seconds_left / 3600
+        print(f"left: about {hours:.1f} CPU-hours for the {known} runs with a stored run that trained the same way (at its "
+              f"pace: the ~ minutes above){without}")  # fmt: skip
     return 0
 
 

@@ -7,8 +7,9 @@ leaves a half-written result. The report reads them with this module only: it im
 
 import json
 import os
+import statistics
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,43 @@ def describe_changes(changes: Mapping[str, tuple[str | None, str | None]], commi
         f"{key}: {shown(then, f'not recorded ({commit})')} -> {shown(now, 'not set (default)')}"
         for key, (then, now) in changes.items()
     )
+
+
+def trained_algorithm(result: Mapping[str, Any]) -> str:
+    """
+    :param result: A result record of a ``returns`` suite
+    :return: The algorithm it trained (a variant's base algorithm), read off its settings' source
+        (``rl_zoo3/hyperparams/sac.yml, entry Hopper-v4`` -> ``sac``)
+    """
+    return Path(str(result["hyperparams_source"]).split(",")[0]).stem
+
+
+#: What :func:`paces` keys a pace by: the trained algorithm, the environment and the settings (stored form, sorted)
+PaceKey = tuple[str, str, tuple[tuple[str, str], ...]]
+
+
+def pace_key(algorithm: str, env: str, settings: Mapping[str, str]) -> PaceKey:
+    """
+    :param algorithm: The trained algorithm (a variant's base algorithm)
+    :param env: The environment
+    :param settings: The settings the run trains with (:func:`stored_form`)
+    :return: The key of :func:`paces` for runs that train this way
+    """
+    return algorithm, env, tuple(sorted(settings.items()))
+
+
+def paces(results: Iterable[Mapping[str, Any]]) -> dict[PaceKey, float]:
+    """
+    The wall-clock that finished runs took per environment step (training, evaluation and checkpoints over their steps,
+    as measured on their machines beside whatever else ran there), as the median over the runs that trained the same
+    way: the same algorithm, environment and settings, whatever their suite, seed and budget.
+
+    :param results: Result records of ``returns`` suites
+    :return: Seconds per step by :func:`pace_key`
+    """
+    samples: dict[PaceKey, list[float]] = {}
+    for result in results:
+        seconds = result["train_seconds"] + result.get("eval_seconds", 0.0) + result.get("checkpoint_seconds", 0.0)
+        key = pace_key(trained_algorithm(result), result["env"], result["hyperparams"])
+        samples.setdefault(key, []).append(seconds / result.get("num_timesteps", result["steps"]))
+    return {key: statistics.median(values) for key, values in samples.items()}

@@ -24,7 +24,7 @@ from benchmarks.report import (
     library_versions_line,
     normalised_scores,
 )
-from benchmarks.results import ResultError, changed_settings, describe_changes, load_result
+from benchmarks.results import ResultError, changed_settings, describe_changes, load_result, pace_key, paces, trained_algorithm
 from benchmarks.reward_scale import within_unit_scale
 from benchmarks.standings import (
     BEGIN,
@@ -367,6 +367,56 @@ def test_changed_settings_fill_unnamed_settings_with_the_algorithms_defaults():
     line = describe_changes({"gamma": ("0.98", "0.99"), "target_precision": (None, "'auto'")}, "abc1234")
     assert line == "gamma: 0.98 -> 0.99; target_precision: not recorded (abc1234) -> 'auto'"
     assert describe_changes({"gamma": ("0.98", None)}, "abc1234") == "gamma: 0.98 -> not set (default)"
+
+
+def test_paces_are_medians_over_runs_that_trained_the_same_way():
+    def record(algo: str, seconds: float, steps: int, settings: dict[str, str], source: str) -> dict:
+        return {
+            "algo": algo,
+            "env": "Hopper-v5",
+            "steps": steps,
+            "num_timesteps": steps,
+            "train_seconds": seconds,
+            "eval_seconds": 1.0,
+            "checkpoint_seconds": 1.0,
+            "hyperparams": settings,
+            "hyperparams_source": source,
+        }
+
+    mpo, sac = "sb3_mpo/hyperparams/mpo.yml", "rl_zoo3/hyperparams/sac.yml, entry Hopper-v4"
+    assert (trained_algorithm(record("x", 1, 1, {}, mpo)), trained_algorithm(record("x", 1, 1, {}, sac))) == ("mpo", "sac")
+    shipped, wider = {"batch_size": "256", "gamma": "0.99"}, {"batch_size": "512", "gamma": "0.99"}
+    measured = paces(
+        [
+            record("mpo", 98.0, 100, shipped, mpo),  # (98 + 1 + 1) s over 100 steps: 1 s per step
+            record("mpo_ln", 298.0, 100, dict(reversed(shipped.items())), mpo),  # same settings under another name
+            record("mpo", 998.0, 200, shipped, mpo),
+            record("mpo", 48.0, 100, wider, mpo),
+            record("sac", 8.0, 10, shipped, sac),
+        ]
+    )
+    assert measured == {
+        pace_key("mpo", "Hopper-v5", shipped): 3.0,  # the median of 1, 3 and 5 s per step
+        pace_key("mpo", "Hopper-v5", wider): 0.5,
+        pace_key("sac", "Hopper-v5", shipped): 1.0,
+    }
+
+
+def test_status_estimates_what_is_left_from_stored_runs_of_the_same_training(local_store, tmp_path, capsys):
+    suite_path, results = local_store
+    store = copy_store(results, tmp_path / "results")
+    job = next(job for job in load_suite(suite_path).jobs if job.algo == "mpo" and job.seed == 1)
+    job.result_path(store).unlink()
+    assert main(["status", str(suite_path), "--results", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"todo  {job.name}  ~\d+ min", out), "the other seed of the same training gives the pace"
+    assert "for the 1 runs with a stored run that trained the same way" in out and "without one" not in out
+    spec = yaml.safe_load(suite_path.read_text())
+    spec["envs"]["Pendulum-v1"]["hyperparams"]["mpo"]["batch_size"] = 8  # no stored run trained this way
+    assert main(["status", str(write_suite(tmp_path, spec)), "--results", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert f"todo  {job.name}\n" in out and "~" not in out.split(job.name)[1].split("\n")[0]
+    assert "for the 0 runs with a stored run that trained the same way" in out and "; 1 without one to go by" in out
 
 
 def test_the_settings_a_run_stores_are_those_its_suite_resolves(local_store):
