@@ -7,6 +7,7 @@ result file, so results land in one store whichever backend ran them.
 """
 
 import contextlib
+import ctypes
 import multiprocessing as mp
 import os
 import shutil
@@ -22,6 +23,8 @@ from benchmarks.stamp import git_commit
 from benchmarks.suite import Job
 from benchmarks.training import run_job_safely
 
+#: prctl's request that the kernel signal the calling process when its parent dies (Linux, <sys/prctl.h>)
+PR_SET_PDEATHSIG = 1
 JobT = TypeVar("JobT")
 Outcome = tuple[JobT, dict[str, Any] | None, str]
 #: A picklable module-level function that runs one job and returns (job, its record or None, the error's traceback)
@@ -42,8 +45,28 @@ def run_local(jobs: list[JobT], workers: int | None = None, worker: Worker = run
         return
     # spawn: a fresh interpreter per job (maxtasksperchild=1), so peak memory and torch's state are the job's own
     context = mp.get_context("spawn")
-    with _exit_on_sigterm(), context.Pool(min(workers, len(jobs)), maxtasksperchild=1) as pool:
+    pool = context.Pool(min(workers, len(jobs)), stop_with_parent, (os.getpid(),), maxtasksperchild=1)
+    with _exit_on_sigterm(), pool:
         yield from pool.imap_unordered(worker, jobs)
+
+
+def stop_with_parent(parent: int) -> None:
+    """
+    Pool initializer: ask the kernel to send this worker SIGTERM when the driver that started it dies, whatever killed
+    it. The driver stops its pool on SIGTERM itself (:func:`_exit_on_sigterm`), but nothing it runs survives SIGKILL,
+    after which its workers would train on for nobody: their results lost, their checkpoints saved for a run that no
+    longer waits for them. Linux only (``prctl``); elsewhere this does nothing.
+
+    :param parent: The driver's process id: a worker whose driver died before the request stops at once
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextlib.contextmanager

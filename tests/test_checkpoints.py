@@ -326,8 +326,9 @@ def test_end_newest_episodes_marks_a_truncation_of_open_episodes_only(optimize_m
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
-def test_stopping_the_driver_stops_its_workers(suite_path, tmp_path):
-    """`kill DRIVER` ends the training processes too (the checkpoint keeps their progress), leaving no orphan."""
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_the_driver_stops_its_workers(suite_path, tmp_path, stop):
+    """`kill DRIVER`, even `kill -9`, ends the training processes too (the checkpoint keeps their progress): no orphan."""
     suite = SPEC | {"envs": {"Pendulum-v1": SPEC["envs"]["Pendulum-v1"] | {"steps": 1_000_000, "eval_freq": 500_000}}}
     suite_path.write_text(yaml.safe_dump(suite))
     command = [sys.executable, "-m", "benchmarks", "run", str(suite_path), "--results", str(tmp_path), "--workers", "1"]
@@ -338,7 +339,7 @@ def test_stopping_the_driver_stops_its_workers(suite_path, tmp_path):
         workers = [int(pid) for pid in Path(f"/proc/{driver.pid}/task/{driver.pid}/children").read_text().split()]
     assert workers, "the driver started no worker"
     time.sleep(2)  # the worker is training
-    driver.send_signal(signal.SIGTERM)
+    driver.send_signal(stop)
     assert driver.wait(timeout=30) != 0
     deadline = time.monotonic() + 30
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
