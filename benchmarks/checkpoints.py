@@ -323,12 +323,16 @@ def final_state_to_continue(
     """
     if read_state(job.checkpoint_path(checkpoints), job, settings) is not None or continuation_problem(job, settings):
         return None
-    finals = {other: _read_state_file(other.final_path(checkpoints)) or {} for other in shorter}
+    signature = training_signature(job)
+    finals = {
+        other: _read_state_file(other.final_path(checkpoints)) or {}
+        for other in shorter
+        if training_signature(other) == signature
+    }
     candidates = [
         (other, final)
         for other, final in finals.items()
-        if training_signature(other) == training_signature(job)
-        and final.get("settings") == settings
+        if final.get("settings") == settings
         and isinstance(final.get("num_timesteps"), int)
         and final["num_timesteps"] < job.steps
         and final["num_timesteps"] % job.eval_freq == 0

@@ -157,35 +157,47 @@ def _checkpoints(args: argparse.Namespace) -> Path | None:
     return args.checkpoints or args.results / CHECKPOINTS_FOLDER
 
 
-def _stale_note(job: Job, checkpoints: Path) -> str:
+def _settings_now(job: Job) -> tuple[dict[str, str] | None, str]:
     """
-    :param job: A job with a checkpoint
-    :param checkpoints: The folder of mid-run checkpoints
-    :return: What ``status`` adds to the checkpoint's line when it was saved under other settings than the suite
-        gives its run now (the run will start over), else an empty string
+    :param job: A job
+    :return: The settings its suite gives it now (stored form), resolved once for all that ``status`` says of it, or
+        None with the reason where there are none (an exploration learner) or they cannot be resolved now
     """
     from benchmarks.zoo import zoo_settings
 
     if job.kind != "returns":
-        return ""
+        return None, ""
     try:
-        stale = stale_checkpoint(job.checkpoint_path(checkpoints), zoo_settings(job))
+        return zoo_settings(job), ""
     except (KeyError, ValueError) as error:
-        return f", its settings cannot be resolved now ({error!r})"
+        return None, f"its settings cannot be resolved now ({error!r})"
+
+
+def _stale_note(job: Job, checkpoints: Path, settings: dict[str, str] | None, unresolved: str) -> str:
+    """
+    :param job: A job with a checkpoint
+    :param checkpoints: The folder of mid-run checkpoints
+    :param settings: The settings the suite gives its run now, or None (see :func:`_settings_now`)
+    :param unresolved: Why they could not be resolved, if so
+    :return: What ``status`` adds to the checkpoint's line when it was saved under other settings than the suite
+        gives its run now (the run will start over), else an empty string
+    """
+    if settings is None:
+        return f", {unresolved}" if unresolved else ""
+    stale = stale_checkpoint(job.checkpoint_path(checkpoints), settings)
     return "" if stale is None else f", saved under other settings, the run will start over: {stale}"
 
 
-def _continuation(job: Job, shorter: list[Job], checkpoints: Path) -> tuple[str, int]:
+def _continuation(job: Job, shorter: list[Job], checkpoints: Path, settings: dict[str, str]) -> tuple[str, int]:
     """
     :param job: A job without a result
     :param shorter: The jobs of the suite named by ``--continue-from``
     :param checkpoints: The folder of checkpoints and kept final states
+    :param settings: The settings the suite gives it now
     :return: What ``status`` says about the final state ``run --continue-from`` would start the job from, and its step
         (``("", 0)`` where there is none)
     """
-    from benchmarks.zoo import zoo_settings
-
-    found = final_state_to_continue(job, shorter, checkpoints, zoo_settings(job)) if job.kind == "returns" else None
+    found = final_state_to_continue(job, shorter, checkpoints, settings)
     if found is None:
         return "", 0
     source, final = found
@@ -206,23 +218,6 @@ def _stored_paces(results_dir: Path) -> dict[PaceKey, float]:
     return paces(records)
 
 
-def _pace(job: Job, stored_paces: dict[PaceKey, float]) -> float | None:
-    """
-    :param job: A job of a ``returns`` suite
-    :param stored_paces: :func:`~benchmarks.results.paces` of the store
-    :return: The seconds per step of stored runs that trained as the job will (algorithm, environment, settings), or
-        None where there is none (or the job's settings cannot be resolved now)
-    """
-    from benchmarks.zoo import zoo_settings
-
-    if job.kind != "returns":
-        return None
-    try:
-        return stored_paces.get(pace_key(job.zoo_algo, job.env, zoo_settings(job)))
-    except (KeyError, ValueError):
-        return None
-
-
 def status(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     jobs = _selected(suite.jobs, args)
@@ -233,21 +228,25 @@ def status(args: argparse.Namespace) -> int:
     stored_paces = _stored_paces(args.results)
     seconds_left, unknown = 0.0, 0
     for job in jobs:
+        settings, unresolved = _settings_now(job) if job in pending else (None, "")
         step = saved_step(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
-        note = f"  (checkpoint at {step} steps{_stale_note(job, checkpoints)})" if step and checkpoints else ""
-        if checkpoints and shorter is not None and job in pending and not note:
-            note, step = _continuation(job, shorter, checkpoints)
+        note = ""
+        if step and checkpoints:
+            note = f"  (checkpoint at {step} steps{_stale_note(job, checkpoints, settings, unresolved)})"
+        elif checkpoints and shorter is not None and settings is not None:
+            note, step = _continuation(job, shorter, checkpoints, settings)
         if job in changed:
             note = f"  (settings changed since: {changed[job]})"
         elif checkpoints and job not in pending and job.final_path(checkpoints).exists():
             note = "  (final state kept)"
         if job in pending:
-            pace = _pace(job, stored_paces)
+            pace = None if settings is None else stored_paces.get(pace_key(job.zoo_algo, job.env, settings))
             if pace is None:
                 unknown += 1
             else:
-                seconds_left += pace * (job.steps - (step or 0))
-                note += f"  ~{pace * (job.steps - (step or 0)) / 60:.0f} min"
+                seconds = pace * (job.steps - (step or 0))
+                seconds_left += seconds
+                note += f"  ~{seconds / 60:.0f} min"
         print(f"{'todo' if job in pending else 'done'}  {job.name}{note}")
     stale = f", {len(changed)} of them with other settings than now" if changed else ""
     print(f"{len(jobs) - len(pending)} / {len(jobs)} finished{stale}")
