@@ -121,12 +121,13 @@ def run_job(
             callbacks.append(checkpoint)
         start = time.perf_counter()
         model.learn(job.steps - model.num_timesteps, callback=callbacks, reset_num_timesteps=state is None)
-        total_seconds = (state["elapsed_seconds"] if state else 0.0) + time.perf_counter() - start
         if not evaluation.evaluations_timesteps or evaluation.evaluations_timesteps[-1] < job.steps:
             # The budget is not a multiple of eval_freq (or of the rollout): evaluate the final policy too
             evaluation.n_calls, evaluation.eval_freq = 0, 1
             evaluation.num_timesteps = model.num_timesteps
             evaluation.on_step()
+        # The clock stops after that evaluation, whose time eval_seconds counts, so that none of it comes off training
+        total_seconds = (state["elapsed_seconds"] if state else 0.0) + time.perf_counter() - start
         save_seconds = checkpoint.save_seconds if checkpoint is not None else 0.0
         if keep_final and checkpoint is not None:
             checkpoint.save()  # not in this run's timings: the final state is for a longer run, whose timings add it

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import mujoco
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch as th
 import yaml
+from stable_baselines3.common import callbacks
 
 from benchmarks import stamp
 from benchmarks.cli import main
@@ -316,6 +318,27 @@ def test_run_job_refuses_a_bad_thread_count_before_training(local_store):
     job = load_suite(suite_path).jobs[0]
     with pytest.raises(ValueError, match="torch_threads must be a positive integer, got 0"):
         run_job(job, torch_threads=0)
+
+
+def test_a_final_evaluation_off_the_grid_is_timed_as_evaluation_not_training(tmp_path, monkeypatch):
+    """A budget off the evaluation grid ends with one more evaluation: its time is evaluation time, not training's."""
+    spec = {**TINY, "envs": {"Pendulum-v1": {**TINY["envs"]["Pendulum-v1"], "steps": 150, "seeds": [0]}}}
+    job = next(job for job in load_suite(write_suite(tmp_path, spec)).jobs if job.algo == "sac")
+    evaluate = callbacks.evaluate_policy
+    pause = 2.0  # each evaluation takes longer than the whole of this run's training
+
+    def slow_evaluation(*args, **kwargs):
+        time.sleep(pause)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "evaluate_policy", slow_evaluation)
+    start = time.perf_counter()
+    result = run_job(job)
+    wall = time.perf_counter() - start
+    assert [point["step"] for point in result["curve"]] == [100, 150]
+    assert result["eval_seconds"] >= 2 * pause
+    # the final evaluation's pause taken off the training time instead would leave less than nothing
+    assert 0 < result["train_seconds"] <= wall - result["eval_seconds"]
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing_key", "short_curve", "wrong_run"])
