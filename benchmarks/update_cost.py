@@ -93,6 +93,16 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
         {"policy_kwargs": {"residual": True, "net_arch": [128, 128]}, "target_precision": "bfloat16"},
         "MPO, SimBa's residual torso of width 128 (4x inner width), bfloat16 target pass",
     ),
+    "mpo_ln_brn": (
+        MPO,
+        {"policy_kwargs": {**LN_TORSO["policy_kwargs"], "batch_renorm": True}},
+        "MPO, Acme's LayerNorm torso + ELU, CrossQ's BatchRenorm critic without target",
+    ),
+    "mpo_ln_brn_bf16": (
+        MPO,
+        {"policy_kwargs": {**LN_TORSO["policy_kwargs"], "batch_renorm": True}, "target_precision": "bfloat16"},
+        "MPO, Acme's LayerNorm torso + ELU, CrossQ's BatchRenorm critic without target, bfloat16 sampled pass",
+    ),
     "mpo_bf16_compiled": (
         MPO,
         {"target_precision": "bfloat16", "compile_update": True},

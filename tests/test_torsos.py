@@ -1,14 +1,24 @@
-"""Acme's LayerNormMLP input block and SimBa's residual torso as policy options: built into every network, trained, saved
-and restored."""
+"""Acme's LayerNormMLP input block, SimBa's residual torso and CrossQ's BatchRenorm critic as policy options: built into
+their networks, trained, saved and restored."""
+
+import copy
 
 import numpy as np
 import pytest
 import torch as th
+from sb3_contrib.common.torch_layers import BatchRenorm1d
 from stable_baselines3.common.envs import FakeImageEnv, SimpleMultiObsEnv
 from torch import nn
 
 from sb3_mpo import MPO
-from sb3_mpo.mpo.policies import ResidualBlock, layer_norm_input_block, residual_torso
+from sb3_mpo.mpo.policies import (
+    ResidualBlock,
+    SharedBatchRenorm,
+    batch_renorm_torso,
+    jointly_normalized,
+    layer_norm_input_block,
+    residual_torso,
+)
 
 SMALL = dict(learning_starts=50, batch_size=32, n_action_samples=4)
 
@@ -122,3 +132,129 @@ def test_residual_categorical_critic_keeps_its_logits_layer():
 def test_bad_residual_torsos_are_refused(policy_kwargs, match):
     with pytest.raises(ValueError, match=match):
         MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=policy_kwargs)
+
+
+# === CrossQ's critic: BatchRenorm, no target critic ===
+
+
+@pytest.mark.parametrize("warmup_steps", [100, 2])
+def test_shared_batch_renorm_normalises_as_sb3_contribs_layer(warmup_steps):
+    """Batch statistics during the warm-up, renormalised ones after it (clipped r and d), running ones in evaluation."""
+    reference = BatchRenorm1d(4, momentum=0.1, warmup_steps=warmup_steps)
+    layer = SharedBatchRenorm(4, momentum=0.1, warmup_steps=warmup_steps)
+    generator = th.Generator().manual_seed(0)
+    with th.no_grad():
+        for module in (reference, layer):
+            module.scale.copy_(th.tensor([0.5, 1.0, 2.0, 3.0]))
+            module.bias.copy_(th.tensor([0.1, -0.2, 0.3, 0.0]))
+    for step in range(6):
+        x = 3.0 * th.randn(32, 4, generator=generator) + step  # a drifting input, so that r and d move off 1 and 0
+        th.testing.assert_close(layer(x), reference(x))
+        for name in ("ra_mean", "ra_var", "steps"):
+            th.testing.assert_close(getattr(layer, name), getattr(reference, name))
+    layer.eval(), reference.eval()
+    x = th.randn(8, 4, generator=generator)
+    th.testing.assert_close(layer(x), reference(x))
+
+
+def test_batch_renorm_torso_puts_a_batch_renorm_before_every_linear_layer():
+    network = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    linears = [network[0], network[2], network[4]]
+    batch_renorm_torso(network, momentum=0.01, warmup_steps=10)
+    kinds = [type(module) for module in network]
+    assert kinds == [
+        SharedBatchRenorm,
+        nn.Linear,
+        nn.ReLU,
+        SharedBatchRenorm,
+        nn.Linear,
+        nn.ReLU,
+        SharedBatchRenorm,
+        nn.Linear,
+    ]
+    assert [network[1], network[4], network[7]] == linears
+    assert [network[index].num_features for index in (0, 3, 6)] == [3, 8, 8]
+
+
+def test_jointly_normalized_scores_other_rows_with_the_graded_rows_statistics():
+    network = nn.Sequential(nn.Linear(3, 8), nn.ELU(), nn.Linear(8, 1))
+    batch_renorm_torso(network, momentum=0.01, warmup_steps=100)
+    graded, scored = th.randn(16, 3), 5.0 + 2.0 * th.randn(40, 3)  # the scored rows alone would normalise otherwise
+    reference = copy.deepcopy(network)
+    graded_out, scored_out = jointly_normalized(network, graded, scored)
+    # the graded rows: the network's own training-mode forward, which moves the running statistics the same way
+    th.testing.assert_close(graded_out, reference(graded))
+    th.testing.assert_close(network[0].ra_mean, reference[0].ra_mean)
+    # the scored rows: each normalisation uses the mean and (unbiased) variance of the graded rows at that layer
+    g, s = graded, scored
+    for layer in reference:
+        if isinstance(layer, SharedBatchRenorm):
+            mean, var = g.mean(0), g.var(0)
+            g, s = ((x - mean) / th.sqrt(var + layer.eps) for x in (g, s))  # freshly built: scale 1, bias 0
+        else:
+            g, s = layer(g), layer(s)
+    th.testing.assert_close(scored_out, s.detach())
+    assert graded_out.requires_grad and not scored_out.requires_grad
+
+
+def test_next_states_left_out_of_the_statistics_change_nothing_but_their_own_scores():
+    model = MPO("MlpPolicy", "Pendulum-v1", q_target="n_step", policy_kwargs=dict(net_arch=[8], batch_renorm=True), seed=0)
+    critic = model.critic
+    obs, actions, next_obs, next_actions = th.randn(5, 3), th.rand(5, 1), th.randn(6, 3), th.rand(4, 6, 1)
+    keep = th.tensor([True, False, True, True, False, True])
+    masked = copy.deepcopy(critic).joint_outputs(obs, actions, next_obs, next_actions, in_statistics=keep)
+    removed = critic.joint_outputs(obs, actions, next_obs[keep], next_actions[:, keep])
+    th.testing.assert_close(masked[0], removed[0])
+    th.testing.assert_close(masked[1][:, keep], removed[1])
+
+
+@pytest.mark.parametrize(
+    "policy, env, q_target",
+    [
+        ("MlpPolicy", "Pendulum-v1", "retrace"),
+        ("MlpPolicy", "Pendulum-v1", "n_step"),
+        ("CnnPolicy", FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=False), "n_step"),
+        ("MultiInputPolicy", SimpleMultiObsEnv(random_start=False, discrete_actions=False), "retrace"),
+    ],
+)
+def test_batch_renorm_critic_trains_without_its_target_and_is_saved_and_restored(policy, env, q_target, tmp_path):
+    kwargs = dict(net_arch=[16, 16], layer_norm=True, activation_fn=nn.ELU, batch_renorm=True)
+    if policy == "CnnPolicy":
+        kwargs["features_extractor_kwargs"] = dict(features_dim=16)
+    model = MPO(policy, env, seed=0, buffer_size=500, q_target=q_target, policy_kwargs=kwargs, **SMALL)
+    critic_layers = [module for module in model.critic.modules() if isinstance(module, SharedBatchRenorm)]
+    assert len(critic_layers) == 3  # before each Linear layer of the critic's MLP
+    assert not any(isinstance(module, SharedBatchRenorm) for module in model.actor.modules())
+    critic_target = copy.deepcopy(model.critic_target.state_dict())
+    actor_target = copy.deepcopy(model.actor_target.state_dict())
+    model.learn(100)
+    assert model._n_updates > 0
+    # one training-mode pass of the critic per update: the running statistics moved once per gradient step
+    assert all(int(layer.steps) == model._n_updates for layer in critic_layers)
+    assert all(th.equal(value, model.critic_target.state_dict()[name]) for name, value in critic_target.items())
+    assert not all(th.equal(value, model.actor_target.state_dict()[name]) for name, value in actor_target.items())
+    model.save(tmp_path / "model.zip")
+    loaded = MPO.load(tmp_path / "model.zip")
+    assert loaded.policy.batch_renorm
+    for name, value in model.policy.state_dict().items():
+        assert th.equal(value, loaded.policy.state_dict()[name]), name
+    observation = model.observation_space.sample()
+    np.testing.assert_array_equal(
+        model.predict(observation, deterministic=True)[0], loaded.predict(observation, deterministic=True)[0]
+    )
+
+
+@pytest.mark.parametrize(
+    "env, kwargs, policy_kwargs, match",
+    [
+        ("CartPole-v1", dict(q_target="n_step"), {}, "batch_renorm=True is invalid with a Discrete action space"),
+        ("Pendulum-v1", {}, dict(residual=True), "batch_renorm=True is invalid with residual=True"),
+        ("Pendulum-v1", dict(q_target="n_step"), dict(critic_mixture=5), "critic_mixture=5 is invalid with batch_renorm"),
+        ("Pendulum-v1", dict(value_normalization=True), {}, "value_normalization=True is invalid"),
+        ("Pendulum-v1", dict(policy_improvement="parametric"), {}, "policy_improvement='parametric' is invalid"),
+        ("Pendulum-v1", dict(compile_update=True), {}, "compile_update=True is invalid"),
+    ],
+)
+def test_bad_batch_renorm_critics_are_refused(env, kwargs, policy_kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MPO("MlpPolicy", env, policy_kwargs=dict(batch_renorm=True, **policy_kwargs), **kwargs)

@@ -14,7 +14,13 @@ from torch.nn import functional as F
 
 from sb3_mpo.common.buffers import SegmentSamples
 from sb3_mpo.mpo import losses
-from sb3_mpo.mpo.improvement import ImprovementBatch, SampledImprovementBatch
+from sb3_mpo.mpo.improvement import (
+    GaussianImprovement,
+    ImprovementBatch,
+    SampledImprovementBatch,
+    TakenActionValues,
+    select_observations,
+)
 from sb3_mpo.mpo.policies import GaussianActor, SampledCritic, critic_output_layers
 from sb3_mpo.mpo.popart import batch_moments
 from sb3_mpo.mpo.retrace import retrace_targets
@@ -73,6 +79,37 @@ class CriticEvaluation(ABC):
         self.model._average_over_workers([moments])
         return moments
 
+    def scored_batch(
+        self,
+        observations: PyTorchObs,
+        actions: th.Tensor,
+        next_observations: PyTorchObs,
+        following_actions: th.Tensor | None = None,
+        valid: th.Tensor | None = None,
+    ) -> tuple[th.Tensor | None, ImprovementBatch, TakenActionValues | None]:
+        """
+        Score the target policy's actions at the next states (and the actions taken there, as Retrace needs) in one
+        pass: the target networks' (:meth:`~sb3_mpo.mpo.improvement.PolicyImprovement.target_values`), or, for a critic
+        without target network (``batch_renorm``), the critic's, together with the stored pairs
+        (:meth:`~sb3_mpo.mpo.improvement.GaussianImprovement.joint_values`).
+
+        :param observations: States of the stored pairs, B
+        :param actions: Their stored actions, (B, action_dim)
+        :param next_observations: Their next states, B
+        :param following_actions: The actions stored at the next states, (B, action_dim), or None
+        :param valid: Which pairs are steps of the replay (not padding of a segment), (B,), or None: all
+        :return: The critic's outputs at the valid stored pairs with gradient, where this pass computed them (else
+            None: the critic scores them once PopArt has moved), the E-step's batch, and the taken actions' values
+        """
+        model = self.model
+        if not model.policy.batch_renorm:
+            targets, following = model.improvement.target_values(next_observations, following_actions)
+            return None, targets, following
+        if valid is not None:  # padding joins no statistics of the normalisation
+            observations, actions = select_observations(observations, valid), actions[valid]
+        improvement = cast(GaussianImprovement, model.improvement)
+        return improvement.joint_values(observations, actions, next_observations, following_actions, valid)
+
     def values(self, critic_outputs: th.Tensor) -> th.Tensor:
         """The values Q of the critics' outputs: σ·q̂ + μ with value normalisation, the outputs themselves without."""
         normalizer = self.model.value_normalizer
@@ -104,12 +141,15 @@ class NStepEvaluation(CriticEvaluation):
         model = self.model
         discounts = replay_data.discounts if replay_data.discounts is not None else model.gamma
         self.initialise_value_normalizer(replay_data.rewards)
-        targets, _ = model.improvement.target_values(replay_data.next_observations)
+        current_q_values, targets, _ = self.scored_batch(
+            replay_data.observations, replay_data.actions, replay_data.next_observations
+        )
         target_q_values = losses.expected_sarsa_target(
             replay_data.rewards, replay_data.dones, discounts, self.values(targets.expected_q()).unsqueeze(-1)
         )
         target_q_values, targets = self.normalised_targets(target_q_values, targets)
-        current_q_values = model.improvement.taken_q_values(model.critic, replay_data.observations, replay_data.actions)
+        if current_q_values is None:
+            current_q_values = model.improvement.taken_q_values(model.critic, replay_data.observations, replay_data.actions)
         critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
         return PolicyEvaluation(critic_loss, self.values(current_q_values.detach().mean()), targets)
 
@@ -178,7 +218,9 @@ class RetraceEvaluation(CriticEvaluation):
         following_actions = th.cat([segments.actions[:, 1:], segments.actions[:, -1:]], dim=1).flatten(0, 1)
         valid = segments.valid.reshape(-1) > 0.5
         self.initialise_value_normalizer(segments.rewards.reshape(-1)[valid])
-        targets, following = model.improvement.target_values(next_observations, following_actions)
+        current_q_values, targets, following = self.scored_batch(
+            observations, actions, next_observations, following_actions, valid
+        )
         assert following is not None
         with th.no_grad():
             target_q_values = retrace_targets(
@@ -193,7 +235,9 @@ class RetraceEvaluation(CriticEvaluation):
                 lambda_=model.retrace_lambda,
             )
         target_q_values, targets = self.normalised_targets(target_q_values.reshape(-1)[valid], targets)
-        current_q_values = model.improvement.taken_q_values(model.critic, observations, actions).reshape(-1)[valid]
+        if current_q_values is None:
+            current_q_values = model.improvement.taken_q_values(model.critic, observations, actions)[valid]
+        current_q_values = current_q_values.reshape(-1)
         critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
         return PolicyEvaluation(critic_loss, self.values(current_q_values.detach().mean()), targets.select(valid))
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 ImprovementLosses = tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]
 
 
-def _select_observations(observations: PyTorchObs, mask: th.Tensor) -> PyTorchObs:
+def select_observations(observations: PyTorchObs, mask: th.Tensor) -> PyTorchObs:
     """Keep the states of an observation batch where ``mask`` (shape (B,)) is true."""
     if isinstance(observations, dict):
         return {key: obs[mask] for key, obs in observations.items()}
@@ -56,7 +56,7 @@ class SampledImprovementBatch(NamedTuple):
     def select(self, mask: th.Tensor) -> "SampledImprovementBatch":
         """Keep the states where ``mask`` (shape (B,)) is true."""
         return SampledImprovementBatch(
-            _select_observations(self.observations, mask),
+            select_observations(self.observations, mask),
             self.actions[:, mask],
             self.q_values[:, mask],
             self.mean_old[mask],
@@ -80,7 +80,7 @@ class CategoricalImprovementBatch(NamedTuple):
     def select(self, mask: th.Tensor) -> "CategoricalImprovementBatch":
         """Keep the states where ``mask`` (shape (B,)) is true."""
         return CategoricalImprovementBatch(
-            _select_observations(self.observations, mask), self.q_values[mask], self.log_probs_old[mask]
+            select_observations(self.observations, mask), self.q_values[mask], self.log_probs_old[mask]
         )
 
 
@@ -299,23 +299,87 @@ class GaussianImprovement(PolicyImprovement):
         self, observations: PyTorchObs, taken_actions: th.Tensor | None = None
     ) -> tuple[ImprovementBatch, TakenActionValues | None]:
         model = self.model
-        actor_target, critic_target = cast(GaussianActor, model.actor_target), cast(SampledCritic, model.critic_target)
-        taken = None
+        critic_target = cast(SampledCritic, model.critic_target)
         with th.no_grad():
-            mean_old, std_old = actor_target.distribution_params(observations)
-            noise = th.randn((model.n_action_samples, *mean_old.shape), device=model.device)
-            actions = mean_old + std_old * noise  # (N, B, A), Gaussian space
-            scored = actions if taken_actions is None else th.cat([actions, taken_actions.unsqueeze(0)])
-            outputs = critic_target.sampled_outputs(observations, actor_target.squash(scored), model.target_dtype)
-            q_values = critic_target.values(outputs)  # (N[+1], B)
-            if taken_actions is not None:
-                taken = TakenActionValues(q_values[-1], losses.gaussian_log_prob(taken_actions, mean_old, std_old))
-            n_samples = model.n_action_samples
-            value_probs = value_samples = None
-            if critic_target.distribution == "categorical":
-                value_probs = th.softmax(outputs[:n_samples], dim=-1).mean(dim=0)
-            elif critic_target.distribution == "mixture":
-                value_samples = losses.sample_mixture(*critic_target.mixture(outputs[:n_samples])).T
+            mean_old, std_old, actions, scored = self.old_policy_samples(observations, taken_actions)
+            outputs = critic_target.sampled_outputs(observations, scored, model.target_dtype)
+        return self.scored_batch(observations, actions, mean_old, std_old, outputs, taken_actions)
+
+    def joint_values(
+        self,
+        observations: PyTorchObs,
+        actions: th.Tensor,
+        next_observations: PyTorchObs,
+        taken_actions: th.Tensor | None = None,
+        in_statistics: th.Tensor | None = None,
+    ) -> tuple[th.Tensor, SampledImprovementBatch, TakenActionValues | None]:
+        """
+        :meth:`target_values` for a critic without a target network (``batch_renorm``, CrossQ's rule): the critic scores
+        the stored pairs and the target policy's actions at the next states in one pass, normalised alike
+        (:meth:`~sb3_mpo.mpo.policies.SampledCritic.joint_outputs`).
+
+        :param observations: B states of stored pairs
+        :param actions: Their stored actions (Gaussian space), shape (B, A)
+        :param next_observations: B' next states
+        :param taken_actions: Stored actions at the next states (Gaussian space), shape (B', A), as Retrace needs
+        :param in_statistics: Which next states join the normalisation's statistics, shape (B',) (None: all)
+        :return: The critic's outputs at the stored pairs, (B, 1) with gradient; the batch of the E-step; the taken
+            actions' values (``None`` without ``taken_actions``)
+        """
+        model, critic = self.model, cast(SampledCritic, self.model.critic)
+        with th.no_grad():
+            mean_old, std_old, sampled, scored = self.old_policy_samples(next_observations, taken_actions)
+        current, outputs = critic.joint_outputs(
+            observations, self.actor.squash(actions), next_observations, scored, in_statistics, model.target_dtype
+        )
+        batch, taken = self.scored_batch(next_observations, sampled, mean_old, std_old, outputs, taken_actions)
+        return current, batch, taken
+
+    def old_policy_samples(
+        self, observations: PyTorchObs, taken_actions: th.Tensor | None
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+        """
+        :param observations: B states
+        :param taken_actions: Stored actions at these states to score as well, (B, A), or None
+        :return: π_old's mean and standard deviation (B, A); its N actions per state (N, B, A), Gaussian space; the
+            actions to score, squashed into the box: the N samples, then the taken actions if any, (N[+1], B, A)
+        """
+        model, actor_target = self.model, cast(GaussianActor, self.model.actor_target)
+        mean_old, std_old = actor_target.distribution_params(observations)
+        noise = th.randn((model.n_action_samples, *mean_old.shape), device=model.device)
+        actions = mean_old + std_old * noise
+        scored = actions if taken_actions is None else th.cat([actions, taken_actions.unsqueeze(0)])
+        return mean_old, std_old, actions, actor_target.squash(scored)
+
+    def scored_batch(
+        self,
+        observations: PyTorchObs,
+        actions: th.Tensor,
+        mean_old: th.Tensor,
+        std_old: th.Tensor,
+        outputs: th.Tensor,
+        taken_actions: th.Tensor | None,
+    ) -> tuple[SampledImprovementBatch, TakenActionValues | None]:
+        """
+        :param observations: B states
+        :param actions: π_old's N actions per state, (N, B, A), Gaussian space
+        :param mean_old: π_old's mean, (B, A)
+        :param std_old: π_old's standard deviation, (B, A)
+        :param outputs: The critic's outputs at the N actions, then at the taken actions if any, (N[+1], B, ·), no gradient
+        :param taken_actions: The stored actions scored last, (B, A), or None
+        :return: The E-step's batch (with a distributional critic's targets) and the taken actions' values
+        """
+        model, critic = self.model, cast(SampledCritic, self.model.critic)
+        q_values = critic.values(outputs)  # (N[+1], B)
+        n_samples = model.n_action_samples
+        taken = None
+        if taken_actions is not None:
+            taken = TakenActionValues(q_values[-1], losses.gaussian_log_prob(taken_actions, mean_old, std_old))
+        value_probs = value_samples = None
+        if critic.distribution == "categorical":
+            value_probs = th.softmax(outputs[:n_samples], dim=-1).mean(dim=0)
+        elif critic.distribution == "mixture":
+            value_samples = losses.sample_mixture(*critic.mixture(outputs[:n_samples])).T
         batch = SampledImprovementBatch(
             observations, actions, q_values[:n_samples], mean_old, std_old, value_probs, value_samples
         )

@@ -362,6 +362,7 @@ class MPO(OffPolicyAlgorithm):
         batch_size, n_steps = arguments["batch_size"], arguments["n_steps"]
         policy_kwargs = arguments["policy_kwargs"] or {}
         distributional = any(policy_kwargs.get(key) is not None for key in ("critic_support", "critic_mixture"))
+        batch_renorm = bool(policy_kwargs.get("batch_renorm", False))
         relations = [
             ("buffer_size", arguments["buffer_size"] >= batch_size, f"an integer >= batch_size={batch_size}"),
             (
@@ -386,6 +387,23 @@ class MPO(OffPolicyAlgorithm):
                 not (arguments["value_normalization"] and distributional),
                 "False with a distributional critic (policy_kwargs critic_support or critic_mixture), whose outputs "
                 "PopArt does not rescale",
+            ),
+            (
+                "value_normalization",
+                not (arguments["value_normalization"] and batch_renorm),
+                "False with policy_kwargs batch_renorm=True, whose critic scores the stored pairs before PopArt would "
+                "rescale its output layer",
+            ),
+            (
+                "policy_improvement",
+                arguments["policy_improvement"] != "parametric" or not batch_renorm,
+                "'nonparametric' with policy_kwargs batch_renorm=True (the parametric loss reads a target critic, "
+                "which that critic does not have)",
+            ),
+            (
+                "compile_update",
+                not (arguments["compile_update"] and batch_renorm),
+                "False with policy_kwargs batch_renorm=True (its update is not compiled)",
             ),
         ]
         for name, ok, accepted in relations:
@@ -683,10 +701,11 @@ class MPO(OffPolicyAlgorithm):
 
         self._n_updates += 1
         if self._n_updates % self.target_update_interval == 0:
-            polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+            if not self.policy.batch_renorm:  # CrossQ's critic has no target network: nothing reads the copy
+                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                # Copy running stats, see SB3 GH issue #996
+                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
             polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
-            # Copy running stats, see SB3 GH issue #996
-            polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
         return checked
 
     def _losses(

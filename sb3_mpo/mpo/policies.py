@@ -1,9 +1,10 @@
 from collections.abc import Iterable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from sb3_contrib.common.torch_layers import BatchRenorm1d
 from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
 from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.torch_layers import (
@@ -168,6 +169,105 @@ def residual_torso(network: nn.Module, activation_fn: type[nn.Module]) -> None:
         del network[index]
     for layer in layers:
         network.append(layer)
+
+
+class SharedBatchRenorm(BatchRenorm1d):
+    """
+    sb3-contrib's ``BatchRenorm1d`` (Ioffe 2017, "Batch Renormalization", the layer of CrossQ's critic), whose
+    normalisation of one batch can be applied to another: :meth:`batch_statistics` gives the mean and variance a
+    training-mode forward normalises its batch with (the batch's own during the first ``warmup_steps`` calls, then the
+    batch's renormalised towards the running ones by the clipped factors r and d), and :meth:`normalize` applies any
+    such pair. In training mode ``forward`` is the two in turn, as sb3-contrib's layer computes it; in evaluation mode
+    it normalises with the running statistics.
+    """
+
+    def batch_statistics(self, x: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """
+        The statistics a training-mode forward of ``x`` normalises with; like that forward, this updates the running
+        statistics and counts one step.
+
+        :param x: A batch, shape (B, num_features)
+        :return: The mean and variance to normalise with, each (num_features,); they carry the batch's gradient
+        """
+        mean, var = x.mean(dim=0), x.var(dim=0)
+        ra_mean, ra_var = cast(th.Tensor, self.ra_mean), cast(th.Tensor, self.ra_var)
+        normalising = (mean, var)
+        if int(cast(th.Tensor, self.steps)) > self.warmup_steps:
+            # y = r·(x − mean)/std + d = (x − m)/√v with m = mean − d·std/r and v = var/r², r and d held constant
+            std, running_std = (var + self.eps).sqrt(), (ra_var + self.eps).sqrt()
+            r = (std / running_std).detach().clamp(1 / self.rmax, self.rmax)
+            d = ((mean - ra_mean) / running_std).detach().clamp(-self.dmax, self.dmax)
+            normalising = (mean - d * var.sqrt() / r, var / r**2)
+        with th.no_grad():
+            ra_mean.lerp_(mean, self.momentum)
+            ra_var.lerp_(var, self.momentum)
+            cast(th.Tensor, self.steps).add_(1)
+        return normalising
+
+    def normalize(self, x: th.Tensor, mean: th.Tensor, var: th.Tensor) -> th.Tensor:
+        """
+        :param x: A batch, shape (B, num_features)
+        :param mean: The mean to normalise with, (num_features,)
+        :param var: The variance to normalise with, (num_features,)
+        :return: (x − mean)/√(var + eps), then the layer's affine map
+        """
+        normalized = (x - mean) / (var + self.eps).sqrt()
+        return self.scale * normalized + self.bias if self.affine else normalized
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        if self.training:
+            return self.normalize(x, *self.batch_statistics(x))
+        return self.normalize(x, cast(th.Tensor, self.ra_mean), cast(th.Tensor, self.ra_var))
+
+
+def batch_renorm_torso(network: nn.Module, momentum: float, warmup_steps: int) -> None:
+    """
+    Give an MLP built by SB3's ``create_mlp`` CrossQ's normalisation (Bhatt et al. 2024, "CrossQ: Batch Normalization in
+    Deep Reinforcement Learning for Greater Sample Efficiency and Simplicity", ICLR; sb3-contrib's CrossQ critic): a
+    :class:`SharedBatchRenorm` before every Linear layer, the input layer's included.
+
+    :param network: The MLP (an ``nn.Sequential``), changed in place
+    :param momentum: Rate at which the running statistics follow the batches' (CrossQ: 0.01)
+    :param warmup_steps: Training-mode calls that normalise with the batch's own statistics before the running ones
+        renormalise them (CrossQ: 100,000)
+    """
+    if not isinstance(network, nn.Sequential):
+        raise TypeError(f"batch_renorm_torso needs an nn.Sequential MLP, got {type(network).__name__}")
+    layers = list(network)
+    for index in reversed(range(len(network))):
+        del network[index]
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            network.append(SharedBatchRenorm(layer.in_features, momentum=momentum, warmup_steps=warmup_steps))
+        network.append(layer)
+
+
+def jointly_normalized(
+    modules: Iterable[nn.Module], graded: th.Tensor, scored: th.Tensor, scored_dtype: th.dtype = th.float32
+) -> tuple[th.Tensor, th.Tensor]:
+    """
+    Two batches through the same layers, normalised alike: each :class:`SharedBatchRenorm` normalises both with the
+    statistics of the ``graded`` rows (computed in training mode, which also moves its running statistics once). The
+    graded rows keep their gradient, through those statistics too; the scored rows are computed without one, their
+    matrix products in ``scored_dtype`` (as :func:`linear_in`).
+
+    :param modules: The layers (nested ``nn.Sequential`` containers opened), in training mode
+    :param graded: The rows that train the network and set the statistics, (B, in_features)
+    :param scored: The rows that are only evaluated, (K, in_features)
+    :param scored_dtype: The type of the scored rows' matrix products
+    :return: The outputs of both, (B, out_features) and (K, out_features), float32
+    """
+    for layer in flat_layers(modules):
+        if isinstance(layer, SharedBatchRenorm):
+            mean, var = layer.batch_statistics(graded)
+            graded = layer.normalize(graded, mean, var)
+            with th.no_grad():
+                scored = layer.normalize(scored, mean.detach(), var.detach())
+            continue
+        graded = layer(graded)
+        with th.no_grad():
+            scored = linear_in(scored_dtype, layer, scored) if isinstance(layer, nn.Linear) else layer(scored)
+    return graded, scored
 
 
 class MPOActor(BasePolicy):
@@ -525,6 +625,42 @@ class SampledCritic(ContinuousCritic):
             return hidden
         return q_network[-1](modules_in(hidden_dtype, list(q_network)[1:-1], hidden))
 
+    def joint_outputs(
+        self,
+        obs: PyTorchObs,
+        actions: th.Tensor,
+        next_obs: PyTorchObs,
+        next_actions: th.Tensor,
+        in_statistics: th.Tensor | None = None,
+        hidden_dtype: th.dtype = th.float32,
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        CrossQ's forward (Bhatt et al. 2024), for a critic with :class:`SharedBatchRenorm` layers and no target network:
+        the stored pairs (s, a) and the pairs (s', a'₁) of the first sampled action at each next state form one batch,
+        whose statistics every BatchRenorm layer normalises with, so that the values the critic regresses and those its
+        targets are made of are normalised alike. The N sampled actions per next state are then scored with the same
+        statistics, without gradient (see :func:`jointly_normalized`). The network runs once per row here, not once
+        per state as in :meth:`sampled_outputs`: a normalisation of the input comes first.
+
+        :param obs: Observation batch of B states, the stored pairs' states
+        :param actions: Their stored actions (squashed into the box), shape (B, A)
+        :param next_obs: Observation batch of B' next states
+        :param next_actions: N actions per next state (squashed into the box), shape (N, B', A)
+        :param in_statistics: Which next states join the statistics with their first action, shape (B',) (None: all)
+        :param hidden_dtype: Floating-point type of the sampled rows' matrix products
+        :return: The outputs of the stored pairs, (B, 1) with gradient, and of the sampled actions, (N, B', 1)
+        """
+        features = self.extract_features(obs, self.features_extractor)
+        next_features = self.extract_features(next_obs, self.features_extractor)
+        n_samples, n_next = next_actions.shape[:2]
+        sampled = th.cat([next_features.expand(n_samples, -1, -1), next_actions], dim=-1).flatten(0, 1)
+        first = sampled[:n_next] if in_statistics is None else sampled[:n_next][in_statistics]
+        graded = th.cat([th.cat([features, actions], dim=-1), first])
+        q_network = self.q_networks[0]
+        assert isinstance(q_network, nn.Sequential), "SB3's create_mlp builds the critic as an nn.Sequential"
+        graded_outputs, sampled_outputs = jointly_normalized(q_network, graded, sampled, hidden_dtype)
+        return graded_outputs[: features.shape[0]], sampled_outputs.unflatten(0, (n_samples, n_next))
+
     def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor, hidden_dtype: th.dtype = th.float32) -> th.Tensor:
         """
         Q-values of N actions per state (see :meth:`sampled_outputs`).
@@ -586,6 +722,14 @@ class MPOPolicy(BasePolicy):
     :param critic_mixture: Make the critic a mixture of this many Gaussians (Acme's MPO default: 5), trained on samples
         of the target critic's mixtures (Shahriari et al. 2022); ``Box`` only, with ``q_target="n_step"``; not with
         ``critic_support``
+    :param batch_renorm: Give the critic CrossQ's normalisation (Bhatt et al. 2024): a BatchRenorm layer before each of
+        its Linear layers (:func:`batch_renorm_torso`), and no target critic: its targets and the E-step's values come
+        from the critic itself, in one batch with the stored pairs (:meth:`SampledCritic.joint_outputs`). The target
+        policy stays, as π_old of the trust regions. ``Box`` only, with a critic of expected values; not with
+        ``residual``
+    :param batch_norm_momentum: With ``batch_renorm``: the rate at which the running statistics follow the batches'
+    :param renorm_warmup_steps: With ``batch_renorm``: gradient steps that normalise with each batch's own statistics
+        before the running ones renormalise them (CrossQ's 100,000: beyond a 100k-step run, batch normalisation)
     """
 
     actor: GaussianActor | CategoricalActor
@@ -614,8 +758,13 @@ class MPOPolicy(BasePolicy):
         critic_support: tuple[float, float] | None = None,
         n_atoms: int = 51,
         critic_mixture: int | None = None,
+        batch_renorm: bool = False,
+        batch_norm_momentum: float = 0.01,
+        renorm_warmup_steps: int = 100_000,
     ):
         self.check_distributional_critic(action_space, critic_support, n_atoms, critic_mixture)
+        if batch_renorm:
+            self.check_batch_renorm(action_space, residual, critic_support, critic_mixture)
         if residual and layer_norm:
             raise ValueError(
                 "MPOPolicy: residual=True is invalid with layer_norm=True, expected one of the two torsos (SimBa's "
@@ -646,6 +795,11 @@ class MPOPolicy(BasePolicy):
         self.share_features_extractor = share_features_extractor
         self.layer_norm = layer_norm
         self.residual = residual
+        self.batch_renorm, self.batch_norm_momentum, self.renorm_warmup_steps = (
+            batch_renorm,
+            batch_norm_momentum,
+            renorm_warmup_steps,
+        )
         common = {
             "observation_space": self.observation_space,
             "action_space": self.action_space,
@@ -698,6 +852,33 @@ class MPOPolicy(BasePolicy):
             )
         if n_atoms < 2:
             raise ValueError(f"MPOPolicy: n_atoms={n_atoms!r} is invalid, expected an integer >= 2")
+
+    @staticmethod
+    def check_batch_renorm(
+        action_space: spaces.Space,
+        residual: bool,
+        critic_support: tuple[float, float] | None,
+        critic_mixture: int | None,
+    ) -> None:
+        """:raises ValueError: naming the argument that cannot go with ``batch_renorm=True``"""
+        if isinstance(action_space, spaces.Discrete):
+            raise ValueError(
+                "MPOPolicy: batch_renorm=True is invalid with a Discrete action space, expected False (CrossQ's critic "
+                "scores sampled actions of a Box space)"
+            )
+        if residual:
+            raise ValueError(
+                "MPOPolicy: batch_renorm=True is invalid with residual=True, expected one of the two (SimBa's blocks "
+                "normalise every block's input already)"
+            )
+        if critic_support is not None or critic_mixture is not None:
+            name, value = (
+                ("critic_support", critic_support) if critic_support is not None else ("critic_mixture", critic_mixture)
+            )
+            raise ValueError(
+                f"MPOPolicy: {name}={value!r} is invalid with batch_renorm=True, expected None (the critic without a "
+                "target network regresses expected values)"
+            )
 
     def _build(self, lr_schedule: Schedule) -> None:
         if self.share_features_extractor:
@@ -764,6 +945,9 @@ class MPOPolicy(BasePolicy):
                 critic_support=self.critic_support,
                 n_atoms=self.n_atoms,
                 critic_mixture=self.critic_mixture,
+                batch_renorm=self.batch_renorm,
+                batch_norm_momentum=self.batch_norm_momentum,
+                renorm_warmup_steps=self.renorm_warmup_steps,
             )
         )
         return data
@@ -802,6 +986,8 @@ class MPOPolicy(BasePolicy):
             critic = SampledCritic(**critic_kwargs)
             network = critic.q_networks[0]
         self._shape_torso(network)
+        if self.batch_renorm:
+            batch_renorm_torso(network, self.batch_norm_momentum, self.renorm_warmup_steps)
         return critic.to(self.device)
 
     def _shape_torso(self, network: nn.Module) -> None:
