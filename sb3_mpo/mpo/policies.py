@@ -653,9 +653,10 @@ class SampledCritic(ContinuousCritic):
         features = self.extract_features(obs, self.features_extractor)
         next_features = self.extract_features(next_obs, self.features_extractor)
         n_samples, n_next = next_actions.shape[:2]
-        sampled = th.cat([next_features.expand(n_samples, -1, -1), next_actions], dim=-1).flatten(0, 1)
-        first = sampled[:n_next] if in_statistics is None else sampled[:n_next][in_statistics]
-        graded = th.cat([th.cat([features, actions], dim=-1), first])
+        first = th.cat([next_features, next_actions[0]], dim=-1)
+        graded = th.cat([th.cat([features, actions], dim=-1), first if in_statistics is None else first[in_statistics]])
+        with th.no_grad():
+            sampled = th.cat([next_features.expand(n_samples, -1, -1), next_actions], dim=-1).flatten(0, 1)
         q_network = self.q_networks[0]
         assert isinstance(q_network, nn.Sequential), "SB3's create_mlp builds the critic as an nn.Sequential"
         graded_outputs, sampled_outputs = jointly_normalized(q_network, graded, sampled, hidden_dtype)
