@@ -176,15 +176,29 @@ def test_batch_renorm_torso_puts_a_batch_renorm_before_every_linear_layer():
     assert [network[index].num_features for index in (0, 3, 6)] == [3, 8, 8]
 
 
-def test_jointly_normalized_scores_other_rows_with_the_graded_rows_statistics():
+def crossq_network() -> nn.Sequential:
     network = nn.Sequential(nn.Linear(3, 8), nn.ELU(), nn.Linear(8, 1))
     batch_renorm_torso(network, momentum=0.01, warmup_steps=100)
+    return network
+
+
+def unfoldable_network() -> nn.Sequential:
+    """Normalisations that no Linear layer follows directly: one before an activation, one last."""
+    return nn.Sequential(nn.Linear(3, 8), SharedBatchRenorm(8), nn.Tanh(), nn.Linear(8, 2), SharedBatchRenorm(2))
+
+
+@pytest.mark.parametrize("build", [crossq_network, unfoldable_network])
+def test_jointly_normalized_scores_other_rows_with_the_graded_rows_statistics(build):
+    network = build()
     graded, scored = th.randn(16, 3), 5.0 + 2.0 * th.randn(40, 3)  # the scored rows alone would normalise otherwise
     reference = copy.deepcopy(network)
     graded_out, scored_out = jointly_normalized(network, graded, scored)
     # the graded rows: the network's own training-mode forward, which moves the running statistics the same way
     th.testing.assert_close(graded_out, reference(graded))
-    th.testing.assert_close(network[0].ra_mean, reference[0].ra_mean)
+    for moved, expected in zip(network, reference, strict=True):
+        if isinstance(moved, SharedBatchRenorm):
+            th.testing.assert_close(moved.ra_mean, expected.ra_mean)
+            th.testing.assert_close(moved.ra_var, expected.ra_var)
     # the scored rows: each normalisation uses the mean and (unbiased) variance of the graded rows at that layer
     g, s = graded, scored
     for layer in reference:
@@ -195,6 +209,9 @@ def test_jointly_normalized_scores_other_rows_with_the_graded_rows_statistics():
             g, s = layer(g), layer(s)
     th.testing.assert_close(scored_out, s.detach())
     assert graded_out.requires_grad and not scored_out.requires_grad
+    # in bfloat16 the scored rows' products (the normalisations folded into them) stay within its rounding
+    _, scored_bf16 = jointly_normalized(copy.deepcopy(reference), graded, scored, th.bfloat16)
+    th.testing.assert_close(scored_bf16, s.detach(), rtol=0.05, atol=0.05)
 
 
 def test_next_states_left_out_of_the_statistics_change_nothing_but_their_own_scores():

@@ -214,6 +214,18 @@ class SharedBatchRenorm(BatchRenorm1d):
         normalized = (x - mean) / (var + self.eps).sqrt()
         return self.scale * normalized + self.bias if self.affine else normalized
 
+    def affine_map(self, mean: th.Tensor, var: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """
+        :param mean: The mean to normalise with, (num_features,)
+        :param var: The variance to normalise with, (num_features,)
+        :return: The per-feature scale and shift of :meth:`normalize` with these statistics, ``x·scale + shift``
+        """
+        scale = (var + self.eps).rsqrt()
+        if self.affine:
+            scale = self.scale * scale
+            return scale, self.bias - scale * mean
+        return scale, -scale * mean
+
     def forward(self, x: th.Tensor) -> th.Tensor:
         if self.training:
             return self.normalize(x, *self.batch_statistics(x))
@@ -249,7 +261,9 @@ def jointly_normalized(
     Two batches through the same layers, normalised alike: each :class:`SharedBatchRenorm` normalises both with the
     statistics of the ``graded`` rows (computed in training mode, which also moves its running statistics once). The
     graded rows keep their gradient, through those statistics too; the scored rows are computed without one, their
-    matrix products in ``scored_dtype`` (as :func:`linear_in`).
+    matrix products in ``scored_dtype`` (as :func:`linear_in`). For the scored rows a normalisation is a fixed
+    per-feature affine map, x·c + d, so the Linear layer after it takes it in: W·(x·c + d) + b = (W·diag(c))·x + (W·d + b),
+    and the rows pay for no normalisation pass of their own.
 
     :param modules: The layers (nested ``nn.Sequential`` containers opened), in training mode
     :param graded: The rows that train the network and set the statistics, (B, in_features)
@@ -257,16 +271,32 @@ def jointly_normalized(
     :param scored_dtype: The type of the scored rows' matrix products
     :return: The outputs of both, (B, out_features) and (K, out_features), float32
     """
+    pending: tuple[th.Tensor, th.Tensor] | None = None  # the affine map of a normalisation the scored rows still owe
     for layer in flat_layers(modules):
         if isinstance(layer, SharedBatchRenorm):
             mean, var = layer.batch_statistics(graded)
             graded = layer.normalize(graded, mean, var)
-            with th.no_grad():
-                scored = layer.normalize(scored, mean.detach(), var.detach())
+            pending = layer.affine_map(mean.detach(), var.detach())
             continue
         graded = layer(graded)
         with th.no_grad():
-            scored = linear_in(scored_dtype, layer, scored) if isinstance(layer, nn.Linear) else layer(scored)
+            if isinstance(layer, nn.Linear):
+                weight: th.Tensor = layer.weight
+                bias: th.Tensor | None = layer.bias
+                if pending is not None:
+                    scale, shift = pending
+                    bias = weight @ shift if bias is None else th.addmv(bias, weight, shift)
+                    weight = weight * scale
+                scored = F.linear(
+                    scored.to(scored_dtype), weight.to(scored_dtype), None if bias is None else bias.to(scored_dtype)
+                )
+                scored = scored.float()
+            else:
+                scored = layer(scored if pending is None else th.addcmul(pending[1], scored, pending[0]))
+        pending = None
+    if pending is not None:
+        with th.no_grad():
+            scored = th.addcmul(pending[1], scored, pending[0])
     return graded, scored
 
 
