@@ -1,5 +1,5 @@
 from collections.abc import Iterable
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal, NamedTuple, cast
 
 import numpy as np
 import torch as th
@@ -59,10 +59,10 @@ def linear_in(dtype: th.dtype, layer: nn.Linear, inputs: th.Tensor) -> th.Tensor
     return linear_as(dtype, layer, inputs).float()
 
 
-def linear_as(dtype: th.dtype, layer: nn.Linear, inputs: th.Tensor) -> th.Tensor:
+def linear_as(dtype: th.dtype, layer: "nn.Linear | FoldedLinear", inputs: th.Tensor) -> th.Tensor:
     """
     :param dtype: The type to compute in
-    :param layer: A float32 linear layer, whose parameters stay float32
+    :param layer: A float32 linear layer (or :class:`FoldedLinear`), whose parameters stay float32
     :param inputs: Its inputs, of any floating-point type
     :return: ``layer(inputs)`` with inputs, weight and bias rounded to ``dtype``, left in ``dtype`` (see :func:`linear_in`)
     """
@@ -105,7 +105,7 @@ class ResidualBlock(nn.Module):
         return x + linear_as(dtype, second, activation(linear_as(dtype, first, norm(x)))).float()
 
 
-def flat_layers(modules: Iterable[nn.Module]) -> list[nn.Module]:
+def flat_layers(modules: "Iterable[nn.Module | FixedAffine | FoldedLinear]") -> "list[nn.Module | FixedAffine | FoldedLinear]":
     """
     :param modules: Modules, some of them perhaps ``nn.Sequential`` containers
     :return: Their layers in order, those of nested containers in their place
@@ -113,10 +113,10 @@ def flat_layers(modules: Iterable[nn.Module]) -> list[nn.Module]:
     return [layer for module in modules for layer in (flat_layers(module) if isinstance(module, nn.Sequential) else [module])]
 
 
-def modules_in(dtype: th.dtype, modules: Iterable[nn.Module], inputs: th.Tensor) -> th.Tensor:
+def modules_in(dtype: th.dtype, modules: "Iterable[nn.Module | FixedAffine | FoldedLinear]", inputs: th.Tensor) -> th.Tensor:
     """
     Float32 layers applied in turn (nested ``nn.Sequential`` containers opened), their matrix products computed in
-    ``dtype``: each ``nn.Linear`` through :func:`linear_as`, SimBa's residual blocks through
+    ``dtype``: each ``nn.Linear`` (or :class:`FoldedLinear`) through :func:`linear_as`, SimBa's residual blocks through
     :meth:`ResidualBlock.forward_in`. An activation between two of these products, ReLU or ELU, stays in ``dtype``
     too: the next layer rounds its inputs to ``dtype`` anyway, so this is exact for ReLU and within a rounding of
     ``dtype`` for ELU, and it saves two conversions of 20·B rows. Anything else (normalisations, tanh), an activation
@@ -129,9 +129,10 @@ def modules_in(dtype: th.dtype, modules: Iterable[nn.Module], inputs: th.Tensor)
     :return: The layers' float32 output
     """
     layers = flat_layers(modules)
+    linear = (nn.Linear, FoldedLinear)
     for index, layer in enumerate(layers):
-        feeds_linear = index + 1 < len(layers) and isinstance(layers[index + 1], nn.Linear)
-        if isinstance(layer, nn.Linear):
+        feeds_linear = index + 1 < len(layers) and isinstance(layers[index + 1], linear)
+        if isinstance(layer, linear):
             inputs = layer(inputs) if dtype == th.float32 else linear_as(dtype, layer, inputs)
         elif isinstance(layer, (nn.ReLU, nn.ELU)):
             inputs = layer(inputs if feeds_linear else inputs.float())
@@ -254,50 +255,71 @@ def batch_renorm_torso(network: nn.Module, momentum: float, warmup_steps: int) -
         network.append(layer)
 
 
+class FixedAffine(NamedTuple):
+    """A per-feature affine map x·scale + shift: a normalisation whose statistics are fixed."""
+
+    scale: th.Tensor
+    shift: th.Tensor
+
+    def __call__(self, inputs: th.Tensor) -> th.Tensor:
+        return th.addcmul(self.shift, inputs, self.scale)
+
+    def folded_into(self, layer: nn.Linear) -> "FoldedLinear":
+        """:return: The Linear layer applied after this map, as one affine layer (call it without gradient)"""
+        bias = layer.weight @ self.shift if layer.bias is None else th.addmv(layer.bias, layer.weight, self.shift)
+        return FoldedLinear(layer.weight * self.scale, bias)
+
+
+class FoldedLinear(NamedTuple):
+    """
+    A Linear layer that takes in the fixed affine map x·c + d before it: W·(x·c + d) + b = (W·diag(c))·x + (W·d + b)
+    (:meth:`FixedAffine.folded_into`). :func:`modules_in` computes it as it computes an ``nn.Linear``.
+    """
+
+    weight: th.Tensor
+    bias: th.Tensor
+
+    def __call__(self, inputs: th.Tensor) -> th.Tensor:
+        return F.linear(inputs, self.weight, self.bias)
+
+
 def jointly_normalized(
     modules: Iterable[nn.Module], graded: th.Tensor, scored: th.Tensor, scored_dtype: th.dtype = th.float32
 ) -> tuple[th.Tensor, th.Tensor]:
     """
     Two batches through the same layers, normalised alike: each :class:`SharedBatchRenorm` normalises both with the
     statistics of the ``graded`` rows (computed in training mode, which also moves its running statistics once). The
-    graded rows keep their gradient, through those statistics too; the scored rows are computed without one, their
-    matrix products in ``scored_dtype`` (as :func:`linear_in`). For the scored rows a normalisation is a fixed
-    per-feature affine map, x·c + d, so the Linear layer after it takes it in: W·(x·c + d) + b = (W·diag(c))·x + (W·d + b),
-    and the rows pay for no normalisation pass of their own.
+    graded rows keep their gradient, through those statistics too; the scored rows are computed without one, by
+    :func:`modules_in` in ``scored_dtype``. For them a normalisation is a fixed per-feature affine map
+    (:class:`FixedAffine`), which the Linear layer after it takes in (:class:`FoldedLinear`), so they pay for no
+    normalisation pass of their own.
 
     :param modules: The layers (nested ``nn.Sequential`` containers opened), in training mode
     :param graded: The rows that train the network and set the statistics, (B, in_features)
     :param scored: The rows that are only evaluated, (K, in_features)
-    :param scored_dtype: The type of the scored rows' matrix products
+    :param scored_dtype: The type of the scored rows' matrix products (see :func:`modules_in`)
     :return: The outputs of both, (B, out_features) and (K, out_features), float32
     """
-    pending: tuple[th.Tensor, th.Tensor] | None = None  # the affine map of a normalisation the scored rows still owe
+    scored_layers: list[nn.Module | FixedAffine | FoldedLinear] = []
+    pending: FixedAffine | None = None  # a normalisation the scored rows still owe
     for layer in flat_layers(modules):
         if isinstance(layer, SharedBatchRenorm):
             mean, var = layer.batch_statistics(graded)
             graded = layer.normalize(graded, mean, var)
-            pending = layer.affine_map(mean.detach(), var.detach())
+            with th.no_grad():
+                pending = FixedAffine(*layer.affine_map(mean, var))
             continue
         graded = layer(graded)
-        with th.no_grad():
-            if isinstance(layer, nn.Linear):
-                weight: th.Tensor = layer.weight
-                bias: th.Tensor | None = layer.bias
-                if pending is not None:
-                    scale, shift = pending
-                    bias = weight @ shift if bias is None else th.addmv(bias, weight, shift)
-                    weight = weight * scale
-                scored = F.linear(
-                    scored.to(scored_dtype), weight.to(scored_dtype), None if bias is None else bias.to(scored_dtype)
-                )
-                scored = scored.float()
-            else:
-                scored = layer(scored if pending is None else th.addcmul(pending[1], scored, pending[0]))
+        if pending is not None and isinstance(layer, nn.Linear):
+            with th.no_grad():
+                scored_layers.append(pending.folded_into(layer))
+        else:
+            scored_layers.extend([layer] if pending is None else [pending, layer])
         pending = None
     if pending is not None:
-        with th.no_grad():
-            scored = th.addcmul(pending[1], scored, pending[0])
-    return graded, scored
+        scored_layers.append(pending)
+    with th.no_grad():
+        return graded, modules_in(scored_dtype, scored_layers, scored)
 
 
 class MPOActor(BasePolicy):
