@@ -15,9 +15,10 @@ from sb3_mpo.mpo.policies import (
     ResidualBlock,
     SharedBatchRenorm,
     batch_renorm_torso,
-    jointly_normalized,
     layer_norm_input_block,
+    modules_in,
     residual_torso,
+    with_batch_statistics,
 )
 
 SMALL = dict(learning_starts=50, batch_size=32, n_action_samples=4)
@@ -188,18 +189,18 @@ def unfoldable_network() -> nn.Sequential:
 
 
 @pytest.mark.parametrize("build", [crossq_network, unfoldable_network])
-def test_jointly_normalized_scores_other_rows_with_the_graded_rows_statistics(build):
+def test_other_rows_are_normalised_with_the_graded_rows_statistics(build):
     network = build()
     graded, scored = th.randn(16, 3), 5.0 + 2.0 * th.randn(40, 3)  # the scored rows alone would normalise otherwise
     reference = copy.deepcopy(network)
-    graded_out, scored_out = jointly_normalized(network, graded, scored)
+    graded_out, fixed_layers = with_batch_statistics(network, graded)
     # the graded rows: the network's own training-mode forward, which moves the running statistics the same way
     th.testing.assert_close(graded_out, reference(graded))
     for moved, expected in zip(network, reference, strict=True):
         if isinstance(moved, SharedBatchRenorm):
             th.testing.assert_close(moved.ra_mean, expected.ra_mean)
             th.testing.assert_close(moved.ra_var, expected.ra_var)
-    # the scored rows: each normalisation uses the mean and (unbiased) variance of the graded rows at that layer
+    # other rows: each normalisation uses the mean and (unbiased) variance of the graded rows at that layer
     g, s = graded, scored
     for layer in reference:
         if isinstance(layer, SharedBatchRenorm):
@@ -207,11 +208,11 @@ def test_jointly_normalized_scores_other_rows_with_the_graded_rows_statistics(bu
             g, s = ((x - mean) / th.sqrt(var + layer.eps) for x in (g, s))  # freshly built: scale 1, bias 0
         else:
             g, s = layer(g), layer(s)
-    th.testing.assert_close(scored_out, s.detach())
-    assert graded_out.requires_grad and not scored_out.requires_grad
-    # in bfloat16 the scored rows' products (the normalisations folded into them) stay within its rounding
-    _, scored_bf16 = jointly_normalized(copy.deepcopy(reference), graded, scored, th.bfloat16)
-    th.testing.assert_close(scored_bf16, s.detach(), rtol=0.05, atol=0.05)
+    assert graded_out.requires_grad
+    assert not any(tensor.requires_grad for layer in fixed_layers if isinstance(layer, tuple) for tensor in layer)
+    th.testing.assert_close(modules_in(th.float32, fixed_layers, scored), s.detach())
+    # in bfloat16 the products (the normalisations folded into them) stay within its rounding
+    th.testing.assert_close(modules_in(th.bfloat16, fixed_layers, scored), s.detach(), rtol=0.05, atol=0.05)
 
 
 def test_next_states_left_out_of_the_statistics_change_nothing_but_their_own_scores():
@@ -223,6 +224,13 @@ def test_next_states_left_out_of_the_statistics_change_nothing_but_their_own_sco
     removed = critic.joint_outputs(obs, actions, next_obs[keep], next_actions[:, keep])
     th.testing.assert_close(masked[0], removed[0])
     th.testing.assert_close(masked[1][:, keep], removed[1])
+    # the sampled actions' factored pass is the normalised network over each [next state, action] row
+    graded = th.cat([th.cat([obs, actions], dim=-1), th.cat([next_obs, next_actions[0]], dim=-1)])
+    _, fixed_layers = with_batch_statistics(copy.deepcopy(critic).q_network, graded)
+    rows = th.cat([next_obs.expand(4, -1, -1), next_actions], dim=-1)
+    th.testing.assert_close(
+        critic.joint_outputs(obs, actions, next_obs, next_actions)[1], modules_in(th.float32, fixed_layers, rows)
+    )
 
 
 @pytest.mark.parametrize(

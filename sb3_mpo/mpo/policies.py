@@ -1,4 +1,4 @@
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Literal, NamedTuple, cast
 
 import numpy as np
@@ -105,7 +105,7 @@ class ResidualBlock(nn.Module):
         return x + linear_as(dtype, second, activation(linear_as(dtype, first, norm(x)))).float()
 
 
-def flat_layers(modules: "Iterable[nn.Module | FixedAffine | FoldedLinear]") -> "list[nn.Module | FixedAffine | FoldedLinear]":
+def flat_layers(modules: "Iterable[FixedLayer]") -> "list[FixedLayer]":
     """
     :param modules: Modules, some of them perhaps ``nn.Sequential`` containers
     :return: Their layers in order, those of nested containers in their place
@@ -113,7 +113,7 @@ def flat_layers(modules: "Iterable[nn.Module | FixedAffine | FoldedLinear]") -> 
     return [layer for module in modules for layer in (flat_layers(module) if isinstance(module, nn.Sequential) else [module])]
 
 
-def modules_in(dtype: th.dtype, modules: "Iterable[nn.Module | FixedAffine | FoldedLinear]", inputs: th.Tensor) -> th.Tensor:
+def modules_in(dtype: th.dtype, modules: "Iterable[FixedLayer]", inputs: th.Tensor) -> th.Tensor:
     """
     Float32 layers applied in turn (nested ``nn.Sequential`` containers opened), their matrix products computed in
     ``dtype``: each ``nn.Linear`` (or :class:`FoldedLinear`) through :func:`linear_as`, SimBa's residual blocks through
@@ -283,25 +283,23 @@ class FoldedLinear(NamedTuple):
         return F.linear(inputs, self.weight, self.bias)
 
 
-def jointly_normalized(
-    modules: Iterable[nn.Module], graded: th.Tensor, scored: th.Tensor, scored_dtype: th.dtype = th.float32
-) -> tuple[th.Tensor, th.Tensor]:
+#: A layer as it acts on rows that a batch's fixed statistics normalise (see :func:`with_batch_statistics`)
+FixedLayer = nn.Module | FixedAffine | FoldedLinear
+
+
+def with_batch_statistics(modules: Iterable[nn.Module], graded: th.Tensor) -> tuple[th.Tensor, list[FixedLayer]]:
     """
-    Two batches through the same layers, normalised alike: each :class:`SharedBatchRenorm` normalises both with the
-    statistics of the ``graded`` rows (computed in training mode, which also moves its running statistics once). The
-    graded rows keep their gradient, through those statistics too; the scored rows are computed without one, by
-    :func:`modules_in` in ``scored_dtype``. For them a normalisation is a fixed per-feature affine map
-    (:class:`FixedAffine`), which the Linear layer after it takes in (:class:`FoldedLinear`), so they pay for no
-    normalisation pass of their own.
+    A training-mode forward of ``graded``, which keeps its gradient (through its statistics too) and moves each
+    :class:`SharedBatchRenorm`'s running statistics once; and the same layers as they act on other rows normalised with
+    the statistics of ``graded``. There each normalisation is a fixed per-feature affine map (:class:`FixedAffine`),
+    which the Linear layer after it takes in (:class:`FoldedLinear`), so those rows pay for no normalisation pass.
 
     :param modules: The layers (nested ``nn.Sequential`` containers opened), in training mode
     :param graded: The rows that train the network and set the statistics, (B, in_features)
-    :param scored: The rows that are only evaluated, (K, in_features)
-    :param scored_dtype: The type of the scored rows' matrix products (see :func:`modules_in`)
-    :return: The outputs of both, (B, out_features) and (K, out_features), float32
+    :return: Their outputs, (B, out_features), and the layers for other rows (their parameters without gradient)
     """
-    scored_layers: list[nn.Module | FixedAffine | FoldedLinear] = []
-    pending: FixedAffine | None = None  # a normalisation the scored rows still owe
+    fixed: list[FixedLayer] = []
+    pending: FixedAffine | None = None  # a normalisation the other rows still owe
     for layer in flat_layers(modules):
         if isinstance(layer, SharedBatchRenorm):
             mean, var = layer.batch_statistics(graded)
@@ -312,14 +310,39 @@ def jointly_normalized(
         graded = layer(graded)
         if pending is not None and isinstance(layer, nn.Linear):
             with th.no_grad():
-                scored_layers.append(pending.folded_into(layer))
+                fixed.append(pending.folded_into(layer))
         else:
-            scored_layers.extend([layer] if pending is None else [pending, layer])
+            fixed.extend([layer] if pending is None else [pending, layer])
         pending = None
     if pending is not None:
-        scored_layers.append(pending)
-    with th.no_grad():
-        return graded, modules_in(scored_dtype, scored_layers, scored)
+        fixed.append(pending)
+    return graded, fixed
+
+
+def sampled_pass(
+    layers: Sequence[FixedLayer], features: th.Tensor, actions: th.Tensor, hidden_dtype: th.dtype = th.float32
+) -> th.Tensor:
+    """
+    An MLP over [features, action] for N actions per state. Its first layer's features half is computed once per state
+    and broadcast over the samples: W·[f; a] + b = (W_f·f + b) + W_a·a, as one batched product that adds the per-state
+    term while it writes its output. The hidden layers after it run through :func:`modules_in` in ``hidden_dtype``; the
+    first and the output layer in float32, so that the outputs keep float32's resolution.
+
+    :param layers: The MLP's layers, the first and the last Linear (or :class:`FoldedLinear`)
+    :param features: B states' features, (B, F)
+    :param actions: N actions per state, (N, B, A)
+    :param hidden_dtype: Floating-point type of the hidden layers' matrix products
+    :return: The outputs, (N, B, out_features)
+    """
+    first, last = layers[0], layers[-1]
+    assert isinstance(first, (nn.Linear, FoldedLinear)), "the first layer acts on [features, action]"
+    n_features = features.shape[-1]
+    per_state = F.linear(features, first.weight[:, :n_features], first.bias)
+    action_weight = first.weight[:, n_features:].T.expand(actions.shape[0], -1, -1)
+    hidden = th.baddbmm(per_state, actions, action_weight)
+    if len(layers) == 1:  # no hidden layer: the first layer is the output layer
+        return hidden
+    return last(modules_in(hidden_dtype, layers[1:-1], hidden))
 
 
 class MPOActor(BasePolicy):
@@ -651,9 +674,8 @@ class SampledCritic(ContinuousCritic):
 
     def sampled_outputs(self, obs: PyTorchObs, actions: th.Tensor, hidden_dtype: th.dtype = th.float32) -> th.Tensor:
         """
-        The network's outputs for N actions per state. The first layer acts on the concatenation [features, action],
-        so its features half is computed once per state and broadcast over the samples: W·[f; a] + b = (W_f·f + b) +
-        W_a·a, as one batched product that adds the per-state term while it writes its output.
+        The network's outputs for N actions per state, its first layer's features half computed once per state
+        (:func:`sampled_pass`).
 
         :param obs: Observation batch of B states
         :param actions: N actions per state, shape (N, B, A)
@@ -665,17 +687,14 @@ class SampledCritic(ContinuousCritic):
         """
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
             features = self.extract_features(obs, self.features_extractor)
+        return sampled_pass(flat_layers(self.q_network.children()), features, actions, hidden_dtype)
+
+    @property
+    def q_network(self) -> nn.Sequential:
+        """The critic's MLP over [features, action] (MPO's critic has one)."""
         q_network = self.q_networks[0]
         assert isinstance(q_network, nn.Sequential), "SB3's create_mlp builds the critic as an nn.Sequential"
-        first = q_network[0]
-        assert isinstance(first, nn.Linear), "the critic's first layer acts on [features, action]"
-        n_features = features.shape[-1]
-        per_state = F.linear(features, first.weight[:, :n_features], first.bias)
-        action_weight = first.weight[:, n_features:].T.expand(actions.shape[0], -1, -1)
-        hidden = th.baddbmm(per_state, actions, action_weight)
-        if len(q_network) == 1:  # no hidden layer: the first layer is the output layer
-            return hidden
-        return q_network[-1](modules_in(hidden_dtype, list(q_network)[1:-1], hidden))
+        return q_network
 
     def joint_outputs(
         self,
@@ -691,8 +710,8 @@ class SampledCritic(ContinuousCritic):
         the stored pairs (s, a) and the pairs (s', a'₁) of the first sampled action at each next state form one batch,
         whose statistics every BatchRenorm layer normalises with, so that the values the critic regresses and those its
         targets are made of are normalised alike. The N sampled actions per next state are then scored with the same
-        statistics, without gradient (see :func:`jointly_normalized`). The network runs once per row here, not once
-        per state as in :meth:`sampled_outputs`: a normalisation of the input comes first.
+        statistics, without gradient (:func:`with_batch_statistics`), in the factored pass of :meth:`sampled_outputs`:
+        the input's normalisation, fixed there, is folded into the first layer.
 
         :param obs: Observation batch of B states, the stored pairs' states
         :param actions: Their stored actions (squashed into the box), shape (B, A)
@@ -704,15 +723,12 @@ class SampledCritic(ContinuousCritic):
         """
         features = self.extract_features(obs, self.features_extractor)
         next_features = self.extract_features(next_obs, self.features_extractor)
-        n_samples, n_next = next_actions.shape[:2]
         first = th.cat([next_features, next_actions[0]], dim=-1)
         graded = th.cat([th.cat([features, actions], dim=-1), first if in_statistics is None else first[in_statistics]])
+        graded_outputs, fixed_layers = with_batch_statistics(self.q_network, graded)
         with th.no_grad():
-            sampled = th.cat([next_features.expand(n_samples, -1, -1), next_actions], dim=-1).flatten(0, 1)
-        q_network = self.q_networks[0]
-        assert isinstance(q_network, nn.Sequential), "SB3's create_mlp builds the critic as an nn.Sequential"
-        graded_outputs, sampled_outputs = jointly_normalized(q_network, graded, sampled, hidden_dtype)
-        return graded_outputs[: features.shape[0]], sampled_outputs.unflatten(0, (n_samples, n_next))
+            sampled_outputs = sampled_pass(fixed_layers, next_features, next_actions, hidden_dtype)
+        return graded_outputs[: features.shape[0]], sampled_outputs
 
     def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor, hidden_dtype: th.dtype = th.float32) -> th.Tensor:
         """
