@@ -27,7 +27,16 @@ from benchmarks.backends import run_and_store
 from benchmarks.checkpoints import continue_from_final, final_state_to_continue, saved_step, stale_checkpoint
 from benchmarks.exploration import describe as describe_exploration
 from benchmarks.exploration import write_exploration_report
-from benchmarks.results import PaceKey, ResultError, changed_settings, describe_changes, load_result, pace_key, paces
+from benchmarks.results import (
+    PaceKey,
+    ResultError,
+    changed_settings,
+    describe_changes,
+    load_result,
+    pace_key,
+    paces,
+    rough_paces,
+)
 from benchmarks.suite import RESULTS_DIR, Job, load_suite
 from benchmarks.training import run_job_safely
 
@@ -226,7 +235,8 @@ def status(args: argparse.Namespace) -> int:
     checkpoints = _checkpoints(args)
     shorter = load_suite(args.continue_from).jobs if args.continue_from and checkpoints else None
     stored_paces = _stored_paces(args.results)
-    seconds_left, unknown = 0.0, 0
+    guesses = rough_paces(stored_paces)
+    seconds_left, guessed_seconds, guessed, unknown = 0.0, 0.0, 0, 0
     for job in jobs:
         settings, unresolved = _settings_now(job) if job in pending else (None, "")
         step = saved_step(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
@@ -241,21 +251,32 @@ def status(args: argparse.Namespace) -> int:
             note = "  (final state kept)"
         if job in pending:
             pace = None if settings is None else stored_paces.get(pace_key(job.zoo_algo, job.env, settings))
-            if pace is None:
-                unknown += 1
-            else:
+            guess = guesses.get((job.zoo_algo, job.env))
+            if pace is not None:
                 seconds = pace * (job.steps - (step or 0))
                 seconds_left += seconds
                 note += f"  ~{seconds / 60:.0f} min"
+            elif guess is not None:
+                seconds = guess * (job.steps - (step or 0))
+                guessed_seconds, guessed = guessed_seconds + seconds, guessed + 1
+                note += f"  ≈{seconds / 60:.0f} min"
+            else:
+                unknown += 1
         print(f"{'todo' if job in pending else 'done'}  {job.name}{note}")
     stale = f", {len(changed)} of them with other settings than now" if changed else ""
     print(f"{len(jobs) - len(pending)} / {len(jobs)} finished{stale}")
     if pending:
-        known = len(pending) - unknown
+        known = len(pending) - guessed - unknown
+        rougher = (
+            f"; about {guessed_seconds / 3600:.1f} more for the {guessed} runs paced by the same algorithm on the same task "
+            "under other settings (the ≈ minutes, rougher)"
+            if guessed
+            else ""
+        )
         without = f"; {unknown} without one to go by" if unknown else ""
         hours = seconds_left / 3600
         print(f"left: about {hours:.1f} CPU-hours for the {known} runs with a stored run that trained the same way (at its "
-              f"pace: the ~ minutes above){without}")  # fmt: skip
+              f"pace: the ~ minutes above){rougher}{without}")  # fmt: skip
     return 0
 
 

@@ -189,3 +189,17 @@ def paces(results: Iterable[Mapping[str, Any]]) -> dict[PaceKey, float]:
         key = pace_key(trained_algorithm(result), result["env"], result["hyperparams"])
         samples.setdefault(key, []).append(seconds / result.get("num_timesteps", result["steps"]))
     return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def rough_paces(exact: Mapping[PaceKey, float]) -> dict[tuple[str, str], float]:
+    """
+    A rougher guess for a training that has no stored run: the median pace of the algorithm's trainings on the
+    environment under any settings.
+
+    :param exact: Paces by training (:func:`paces`)
+    :return: Seconds per step by (trained algorithm, environment)
+    """
+    samples: dict[tuple[str, str], list[float]] = {}
+    for (algorithm, env, _), pace in exact.items():
+        samples.setdefault((algorithm, env), []).append(pace)
+    return {key: statistics.median(values) for key, values in samples.items()}
