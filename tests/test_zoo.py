@@ -257,6 +257,14 @@ def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
         assert ("critic" in trial.params) == (n_actions > 0 and sampled["q_target"] == "n_step")
         # The parametric improvement's sample count only where it is used
         assert ("parametric_samples" in trial.params) == (sampled.get("policy_improvement") == "parametric")
+        # CrossQ's critic only where it is accepted: not with SimBa's torso, the parametric improvement or a mixture
+        crossq_accepted = (
+            n_actions > 0
+            and trial.params["torso"] != "residual"
+            and sampled["policy_improvement"] == "nonparametric"
+            and trial.params.get("critic", "expected") == "expected"
+        )
+        assert ("critic_normalization" in trial.params) == crossq_accepted
         check_mpo_hyperparams(sampled)
         MPO("MlpPolicy", env_id, **sampled)  # the constructor accepts every sample
         study.tell(trial, 0.0)
@@ -271,6 +279,10 @@ def test_converter_maps_torsos_and_critics_to_policy_kwargs() -> None:
         "critic_mixture": 5,
     }
     assert convert_mpo_params({**base, "torso": "residual"})["policy_kwargs"] == {"net_arch": [256, 256], "residual": True}
+    assert convert_mpo_params({**base, "critic_normalization": "batch_renorm"})["policy_kwargs"] == {
+        "net_arch": [256, 256],
+        "batch_renorm": True,
+    }
 
 
 def test_converter_maps_the_critic_target_and_reads_studies_that_sampled_n_steps() -> None:

@@ -28,6 +28,10 @@ TORSOS: dict[str, dict[str, Any]] = {
 #: The critic of each ``critic`` choice (with n-step targets): expected values, or Acme's mixture of 5 Gaussians
 CRITICS: dict[str, dict[str, Any]] = {"expected": {}, "mixture": {"critic_mixture": 5}}
 
+#: The critic's normalisation of each ``critic_normalization`` choice: none (with its target network), or CrossQ's
+#: BatchRenorm without a target critic
+CRITIC_NORMALIZATIONS: dict[str, dict[str, Any]] = {"none": {}, "batch_renorm": {"batch_renorm": True}}
+
 #: The critic target of each ``q_target`` choice: MPO's ``(q_target, n_steps)``
 CRITIC_TARGETS: dict[str, tuple[str, int]] = {
     "retrace": ("retrace", 1),
@@ -44,7 +48,8 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
     the network size and torso (:data:`TORSOS`); then the settings of the action space's policy.
     With ``Box`` actions: ``n_action_samples``, the M-step trust regions (``epsilon_mean``, ``epsilon_std``), how
     actions are bounded, the kind of policy improvement (``policy_improvement``) and, with n-step targets, the critic
-    (expected values or a Gaussian mixture: :data:`CRITICS`; Retrace is written for expected values). With ``Discrete``
+    (expected values or a Gaussian mixture: :data:`CRITICS`; Retrace is written for expected values) and, where it is
+    accepted, CrossQ's normalisation of the critic (:data:`CRITIC_NORMALIZATIONS`). With ``Discrete``
     actions: the categorical trust region ``epsilon_policy`` (the E-step and the critic target enumerate the actions, so
     there is no sample count to tune).
     Scales spanning decades are sampled in log space.
@@ -82,6 +87,12 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
             sampled["parametric_samples"] = trial.suggest_categorical("parametric_samples", [1, 4, 20])
         if sampled["q_target"] != "retrace":
             sampled["critic"] = trial.suggest_categorical("critic", list(CRITICS))
+        if (
+            sampled["torso"] != "residual"
+            and sampled["policy_improvement"] == "nonparametric"
+            and sampled.get("critic", "expected") == "expected"
+        ):  # where CrossQ's critic is accepted
+            sampled["critic_normalization"] = trial.suggest_categorical("critic_normalization", list(CRITIC_NORMALIZATIONS))
     else:
         # Around the default 1e-2, which learned CartPole-v1 on 4 of 5 seeds (docs/results/discrete.md)
         sampled["epsilon_policy"] = trial.suggest_float("epsilon_policy", 1e-3, 1e-1, log=True)
@@ -110,6 +121,7 @@ def convert_mpo_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
         "net_arch": NET_ARCHS[hyperparams.pop("net_arch")],
         **TORSOS[hyperparams.pop("torso", "mlp")],
         **CRITICS[hyperparams.pop("critic", "expected")],
+        **CRITIC_NORMALIZATIONS[hyperparams.pop("critic_normalization", "none")],
     }
     if "action_bounding" in hyperparams:
         hyperparams["policy_kwargs"]["action_bounding"] = hyperparams.pop("action_bounding")
