@@ -798,7 +798,8 @@ class MPOPolicy(BasePolicy):
         ``residual``
     :param batch_norm_momentum: With ``batch_renorm``: the rate at which the running statistics follow the batches'
     :param renorm_warmup_steps: With ``batch_renorm``: gradient steps that normalise with each batch's own statistics
-        before the running ones renormalise them (CrossQ's 100,000: beyond a 100k-step run, batch normalisation)
+        before the running ones renormalise them (CrossQ's 100,000: a run of up to 100k updates is batch-normalised
+        throughout)
     """
 
     actor: GaussianActor | CategoricalActor
@@ -834,6 +835,14 @@ class MPOPolicy(BasePolicy):
         self.check_distributional_critic(action_space, critic_support, n_atoms, critic_mixture)
         if batch_renorm:
             self.check_batch_renorm(action_space, residual, critic_support, critic_mixture)
+            if not 0.0 < batch_norm_momentum <= 1.0:
+                raise ValueError(
+                    f"MPOPolicy: batch_norm_momentum={batch_norm_momentum!r} is invalid, expected a float in (0, 1]"
+                )
+            if isinstance(renorm_warmup_steps, bool) or not isinstance(renorm_warmup_steps, int) or renorm_warmup_steps < 0:
+                raise ValueError(
+                    f"MPOPolicy: renorm_warmup_steps={renorm_warmup_steps!r} is invalid, expected an integer >= 0"
+                )
         if residual and layer_norm:
             raise ValueError(
                 "MPOPolicy: residual=True is invalid with layer_norm=True, expected one of the two torsos (SimBa's "
@@ -864,11 +873,9 @@ class MPOPolicy(BasePolicy):
         self.share_features_extractor = share_features_extractor
         self.layer_norm = layer_norm
         self.residual = residual
-        self.batch_renorm, self.batch_norm_momentum, self.renorm_warmup_steps = (
-            batch_renorm,
-            batch_norm_momentum,
-            renorm_warmup_steps,
-        )
+        self.batch_renorm = batch_renorm
+        self.batch_norm_momentum = batch_norm_momentum
+        self.renorm_warmup_steps = renorm_warmup_steps
         common = {
             "observation_space": self.observation_space,
             "action_space": self.action_space,
