@@ -2,7 +2,7 @@
 Where an MPO gradient step spends its time: torch.profiler over ``train()`` on a filled replay buffer, one torch thread.
 
     python -m benchmarks.profile_update --env HalfCheetah-v5 --updates 100 [--q-target n_step] [--target-precision bfloat16]
-        [--layer-norm] [--shapes]
+        [--layer-norm] [--batch-renorm] [--shapes]
 
 Prints the operators that take the most self CPU time, and the mean wall-clock per update outside the profiler.
 """
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--n-action-samples", type=int, default=20)
     parser.add_argument("--target-precision", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--layer-norm", action="store_true", help="Acme's torso: LayerNorm input block and ELU")
+    parser.add_argument("--batch-renorm", action="store_true", help="CrossQ's critic: BatchRenorm, no target critic")
     parser.add_argument("--shapes", action="store_true", help="one row per operator and input shapes")
     parser.add_argument("--rows", type=int, default=25, help="operators shown")
     parser.add_argument("--sort", default="self_cpu_time_total")
@@ -37,7 +38,10 @@ def main() -> None:
         q_target=args.q_target,
         n_action_samples=args.n_action_samples,
         target_precision=args.target_precision,
-        policy_kwargs=dict(layer_norm=True, activation_fn=nn.ELU) if args.layer_norm else None,
+        policy_kwargs={
+            **(dict(layer_norm=True, activation_fn=nn.ELU) if args.layer_norm else {}),
+            **(dict(batch_renorm=True) if args.batch_renorm else {}),
+        },
         seed=0,
     )
     model.learn(2000)  # fill the buffer past learning_starts
@@ -47,7 +51,7 @@ def main() -> None:
     per_update = (time.perf_counter() - start) / args.updates
     settings = (
         f"q_target={args.q_target}, N={args.n_action_samples}, target_precision={args.target_precision}, "
-        f"layer_norm={args.layer_norm}"
+        f"layer_norm={args.layer_norm}, batch_renorm={args.batch_renorm}"
     )
     print(f"{args.env}, {settings}: {1e3 * per_update:.2f} ms per update")
 
