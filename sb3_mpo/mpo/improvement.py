@@ -303,7 +303,7 @@ class GaussianImprovement(PolicyImprovement):
         with th.no_grad():
             mean_old, std_old, actions, scored = self.old_policy_samples(observations, taken_actions)
             outputs = critic_target.sampled_outputs(observations, scored, model.target_dtype)
-        return self.scored_batch(observations, actions, mean_old, std_old, outputs, taken_actions)
+        return self.sampled_batch(observations, actions, mean_old, std_old, outputs, taken_actions)
 
     def joint_values(
         self,
@@ -332,7 +332,7 @@ class GaussianImprovement(PolicyImprovement):
         current, outputs = critic.joint_outputs(
             observations, self.actor.squash(actions), next_observations, scored, in_statistics, model.target_dtype
         )
-        batch, taken = self.scored_batch(next_observations, sampled, mean_old, std_old, outputs, taken_actions)
+        batch, taken = self.sampled_batch(next_observations, sampled, mean_old, std_old, outputs, taken_actions)
         return current, batch, taken
 
     def old_policy_samples(
@@ -351,7 +351,7 @@ class GaussianImprovement(PolicyImprovement):
         scored = actions if taken_actions is None else th.cat([actions, taken_actions.unsqueeze(0)])
         return mean_old, std_old, actions, actor_target.squash(scored)
 
-    def scored_batch(
+    def sampled_batch(
         self,
         observations: PyTorchObs,
         actions: th.Tensor,
