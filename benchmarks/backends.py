@@ -2,10 +2,11 @@
 Execution backends: where the jobs of a suite run. Both hand each finished record back to the driver, which writes the
 result file, so results land in one store whichever backend ran them.
 
-- ``run_local``: a pool of worker processes on this machine (default: one per core), a fresh process per job.
+- ``run_local``: worker processes on this machine (default: one per core at a time), a fresh process per job.
 - ``run_ray``: tasks on a Ray cluster (or a local Ray instance), one CPU each, scheduled by Ray itself.
 """
 
+import collections
 import contextlib
 import ctypes
 import multiprocessing as mp
@@ -14,7 +15,11 @@ import shutil
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Iterator
+from multiprocessing import connection
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +30,10 @@ from benchmarks.training import run_job_safely
 
 #: prctl's request that the kernel signal the calling process when its parent dies (Linux, <sys/prctl.h>)
 PR_SET_PDEATHSIG = 1
+#: How often the local driver checks that its workers still live, in seconds, when none has sent anything
+POLL_SECONDS = 1.0
+#: How long a local worker may take to exit once it has sent its job's outcome, in seconds, before it is terminated
+EXIT_SECONDS = 60.0
 JobT = TypeVar("JobT")
 Outcome = tuple[JobT, dict[str, Any] | None, str]
 #: A picklable module-level function that runs one job and returns (job, its record or None, the error's traceback)
@@ -33,7 +42,10 @@ Worker = Callable[[JobT], Outcome]
 
 def run_local(jobs: list[JobT], workers: int | None = None, worker: Worker = run_job_safely) -> Iterator[Outcome]:
     """
-    Run jobs in local worker processes, yielding each outcome as it finishes.
+    Run jobs in local worker processes, yielding each outcome as it finishes. Each job gets a fresh interpreter
+    (``spawn``), so that its peak memory and torch's state are its own, and at most ``workers`` run at once. A worker
+    that ends without handing back its outcome (killed, out of memory, a crash in native code) is its job's failure,
+    reported with the exit code, and the other jobs go on: the driver never waits on a process that is gone.
 
     :param jobs: The jobs to run
     :param workers: Number of parallel processes (default: one per core); each uses the torch threads its ``worker``
@@ -41,21 +53,81 @@ def run_local(jobs: list[JobT], workers: int | None = None, worker: Worker = run
     :param worker: The function that runs one job (default: a suite's training run)
     """
     workers = workers or os.cpu_count() or 1
-    if not jobs:
-        return
-    # spawn: a fresh interpreter per job (maxtasksperchild=1), so peak memory and torch's state are the job's own
     context = mp.get_context("spawn")
-    pool = context.Pool(min(workers, len(jobs)), stop_with_parent, (os.getpid(),), maxtasksperchild=1)
-    with _exit_on_sigterm(), pool:
-        yield from pool.imap_unordered(worker, jobs)
+    waiting = collections.deque(jobs)
+    running: dict[Connection, tuple[JobT, BaseProcess]] = {}
+    with _exit_on_sigterm():
+        try:
+            while waiting or running:
+                while waiting and len(running) < workers:
+                    job = waiting.popleft()
+                    receiver, sender = context.Pipe(duplex=False)
+                    process: BaseProcess = context.Process(target=_run_in_worker, args=(worker, job, sender, os.getpid()))
+                    process.start()
+                    sender.close()  # the worker holds the only writing end: its exit ends the pipe
+                    running[receiver] = (job, process)
+                # A worker's exit code is polled too: a process it forked may hold its end of the pipe open
+                connection.wait(list(running), timeout=POLL_SECONDS)
+                for receiver, (job, process) in list(running.items()):
+                    outcome = _outcome(receiver, job, process)
+                    if outcome is not None:
+                        del running[receiver]
+                        receiver.close()
+                        yield outcome
+        finally:
+            for receiver, (_, process) in running.items():
+                process.terminate()
+                process.join()
+                receiver.close()
+
+
+def _run_in_worker(worker: Worker, job: JobT, sender: Connection, parent: int) -> None:
+    """A worker process's whole life: run one job and send its outcome to the driver (an exception as its failure)."""
+    stop_with_parent(parent)
+    try:
+        outcome = worker(job)
+    except Exception:
+        outcome = (job, None, traceback.format_exc())
+    sender.send(outcome)
+    sender.close()
+
+
+def _outcome(receiver: Connection, job: JobT, process: BaseProcess) -> Outcome | None:
+    """
+    A running job's outcome once its worker has sent it or has ended without sending it; ``None`` while it runs. The
+    worker is given :data:`EXIT_SECONDS` to exit after sending, then terminated (a thread the job left behind).
+    """
+    if receiver.poll():
+        try:
+            outcome: Outcome = receiver.recv()
+        except EOFError:  # the pipe ended without a whole outcome: the worker is gone
+            process.join(EXIT_SECONDS)
+            return job, None, _lost(process)
+        process.join(EXIT_SECONDS)
+        if process.exitcode is None:
+            process.terminate()
+            process.join()
+        return outcome
+    if process.exitcode is not None:
+        return job, None, _lost(process)
+    return None
+
+
+def _lost(process: BaseProcess) -> str:
+    """The failure of a job whose worker ended without handing back its outcome."""
+    code = process.exitcode
+    how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+    return f"its worker process (pid {process.pid}) {how} before handing back the job's outcome"
 
 
 def stop_with_parent(parent: int) -> None:
     """
-    Pool initializer: ask the kernel to send this worker SIGTERM when the driver that started it dies, whatever killed
-    it. The driver stops its pool on SIGTERM itself (:func:`_exit_on_sigterm`), but nothing it runs survives SIGKILL,
-    after which its workers would train on for nobody: their results lost, their checkpoints saved for a run that no
-    longer waits for them. Linux only (``prctl``); elsewhere this does nothing.
+    The first thing a local worker does: ask the kernel to send it SIGTERM when the driver that started it dies,
+    whatever killed it. The driver stops its workers on SIGTERM itself (:func:`_exit_on_sigterm`), but nothing it runs
+    survives SIGKILL, after which its workers would train on for nobody: their results lost, their checkpoints saved for
+    a run that no longer waits for them. The kernel ties the request to the driver's thread that started the worker,
+    which is the one that runs :func:`run_local` (it starts every worker itself). Linux only (``prctl``); elsewhere this
+    does nothing.
 
     :param parent: The driver's process id: a worker whose driver died before the request stops at once
     """
@@ -72,8 +144,8 @@ def stop_with_parent(parent: int) -> None:
 @contextlib.contextmanager
 def _exit_on_sigterm() -> Iterator[None]:
     """
-    Turn SIGTERM into ``SystemExit`` while the pool runs, so that stopping the driver (``kill``) also stops its
-    workers (the pool's daemonic processes are terminated on exit) instead of leaving them to train for nobody.
+    Turn SIGTERM into ``SystemExit`` while local workers run, so that stopping the driver (``kill``) also stops its
+    workers (:func:`run_local` terminates those still running as it exits) instead of leaving them to train for nobody.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -116,7 +188,7 @@ def run_ray(
         job_env = {**ray_runtime_env(), **(runtime_env or {})}
         ray.init(address=None if address == "local" else address, runtime_env=job_env, include_dashboard=False)
     try:
-        # One CPU per task, and a fresh worker process per task (max_calls=1) as in the local pool
+        # One CPU per task, and a fresh worker process per task (max_calls=1) as in the local backend
         remote: Any = ray.remote(num_cpus=1, max_calls=1)(_apply)  # Ray wants a plain function: the worker may be a partial
         pending = [remote.remote(worker, job) for job in jobs]
         while pending:

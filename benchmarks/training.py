@@ -1,7 +1,7 @@
 """
 Train one benchmark job and describe it in a result record.
 
-A job runs in a fresh worker process (local pool or Ray task) and returns its record; the driver writes it
+A job runs in a fresh worker process (local backend or Ray task) and returns its record; the driver writes it
 (:mod:`benchmarks.results`), so results from a cluster land in the driver's store.
 """
 
@@ -200,7 +200,7 @@ def run_job_safely(
 ) -> tuple[Job, dict[str, Any] | None, str]:
     """
     :func:`run_job` (or, for a job of an exploration suite, :func:`benchmarks.exploration.run_exploration_job`, which
-    keeps no checkpoint) for a worker pool: a failure comes back as its traceback instead of stopping the other jobs.
+    keeps no checkpoint) for the backends: a failure comes back as its traceback instead of stopping the other jobs.
     """
     try:
         if job.kind == "exploration":
