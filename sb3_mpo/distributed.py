@@ -8,7 +8,9 @@ Every worker (one process, launched by ``torchrun``) owns its environments and i
 batch; the gradients are averaged over the workers (one all-reduce of all of them per update) before the same
 optimiser step, so that every worker holds the same parameters after each update, target networks and optimiser
 states included. The temperatures solved by each worker's E-step are averaged too, so every worker weights its samples
-with the same η; with value normalisation, PopArt's statistics follow the workers' average moments. Rank 0 (the
+with the same η; with value normalisation, PopArt's statistics follow the workers' average moments; with CrossQ's
+critic (``batch_renorm``), every BatchRenorm layer normalises with the moments of all the workers' batches together, as
+``SyncBatchNorm`` does (:func:`sum_over_workers`), so the workers' running statistics stay identical too. Rank 0 (the
 chief) logs, evaluates and saves; every worker can load the saved model and resume. A non-finite loss or gradient on
 any worker stops every worker at the same update, and a worker that dies or stops answering makes the others fail
 with an error after ``timeout_seconds`` instead of waiting forever.
@@ -37,10 +39,12 @@ from typing import Any
 
 import torch as th
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from stable_baselines3.common.logger import configure
 
 from sb3_mpo.common.hyperparams import load_hyperparams
 from sb3_mpo.mpo.mpo import MPO, NonFiniteError, optimized_parameters
+from sb3_mpo.mpo.policies import SharedBatchRenorm
 
 #: Seconds a worker waits for the others in a collective before it fails
 DEFAULT_TIMEOUT_SECONDS = 300.0
@@ -63,6 +67,26 @@ def init_workers(backend: str = "gloo", timeout_seconds: float = DEFAULT_TIMEOUT
     if dist.is_initialized():
         return
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_seconds), **kwargs)
+
+
+def sum_over_workers(tensor: th.Tensor) -> th.Tensor:
+    """
+    The sum of a tensor over the workers, differentiable: its backward pass sums the gradients over the workers in turn
+    (``torch.distributed.nn.functional.all_reduce``), so that each worker's gradient holds every worker's loss's
+    dependence on its batch, as in ``SyncBatchNorm``. CrossQ's critic sums its batch moments with it (two small
+    all-reduces per BatchRenorm layer forward, two backward).
+
+    :param tensor: This worker's part
+    :return: The sum over the workers, on every worker
+    """
+    try:
+        return dist_nn.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    except RuntimeError as error:
+        raise WorkerLostError(
+            f"DistributedMPO (rank {dist.get_rank()} of {dist.get_world_size()}): another worker died or did not answer "
+            f"within the process group's timeout while the critic's batch statistics were summed; training stops. "
+            f"The backend said: {error}"
+        ) from error
 
 
 class DistributedMPO(MPO):
@@ -109,6 +133,9 @@ class DistributedMPO(MPO):
         # Workers initialise their networks from different seeds: all start from rank 0's parameters
         for tensor in [*self.policy.state_dict().values(), *self.multipliers.state_dict().values()]:
             dist.broadcast(tensor, src=0)
+        for module in self.policy.modules():
+            if isinstance(module, SharedBatchRenorm):
+                module.sum_over_workers = sum_over_workers
 
     @contextlib.contextmanager
     def _collective(self) -> Iterator[None]:

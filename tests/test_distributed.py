@@ -22,14 +22,15 @@ from pathlib import Path
 import gymnasium as gym
 import torch as th
 
-from sb3_mpo.distributed import DistributedMPO, init_workers
+from sb3_mpo.distributed import DistributedMPO, init_workers, sum_over_workers
+from sb3_mpo.mpo.policies import SharedBatchRenorm
 
-out, mode, value_normalization = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "popart"
+out, mode, variant = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 th.set_num_threads(1)
 init_workers(timeout_seconds=10 if mode == "hang" else 60)
 rank = int(os.environ["RANK"])
-kwargs = dict(learning_starts=40, batch_size=32, n_action_samples=4, policy_kwargs=dict(net_arch=[16]), seed=0,
-              value_normalization=value_normalization)
+kwargs = dict(learning_starts=40, batch_size=32, n_action_samples=4, seed=0, value_normalization=variant == "popart",
+              policy_kwargs=dict(net_arch=[16], batch_renorm=variant == "batch_renorm"))
 
 
 def fingerprint(model):
@@ -68,6 +69,15 @@ if mode == "train":
     # Leave together: a process that exits while its peer's gloo connections are still open may abort at exit
     th.distributed.barrier()
     th.distributed.destroy_process_group()
+elif mode == "moments":  # CrossQ's critic's batch moments over both workers' batches, and their gradient
+    layer = SharedBatchRenorm(3)
+    layer.sum_over_workers = sum_over_workers
+    x = th.randn(5 + rank, 3, generator=th.Generator().manual_seed(rank), dtype=th.float64, requires_grad=True)
+    mean, var = layer.batch_moments(x)
+    (mean * (rank + 1) + var.square() * (rank + 2)).sum().backward()  # each worker's own loss of the shared moments
+    moments = {"mean": mean.tolist(), "var": var.tolist(), "grad": x.grad.tolist()}
+    (out / f"moments{rank}.json").write_text(json.dumps(moments))
+    th.distributed.destroy_process_group()
 else:  # one worker dies, or hangs, before its first update
     model = DistributedMPO("MlpPolicy", "Pendulum-v1", **{**kwargs, "learning_starts": 5})
     if rank == 1 and mode == "kill":
@@ -91,7 +101,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_workers(tmp_path: Path, mode: str, popart: bool = False, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+def run_workers(tmp_path: Path, mode: str, variant: str = "plain", timeout: float = 240) -> list[subprocess.CompletedProcess]:
     """Start two worker processes as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and wait for both."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -99,7 +109,7 @@ def run_workers(tmp_path: Path, mode: str, popart: bool = False, timeout: float 
     processes = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        command = [sys.executable, str(script), str(tmp_path), mode, "popart" if popart else "plain"]
+        command = [sys.executable, str(script), str(tmp_path), mode, variant]
         processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     deadline = time.monotonic() + timeout
     results = []
@@ -114,11 +124,11 @@ def run_workers(tmp_path: Path, mode: str, popart: bool = False, timeout: float 
     return results
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "popart"])
+@pytest.fixture(scope="module", params=["plain", "popart", "batch_renorm"])
 def trained(request, tmp_path_factory):
-    """Two workers trained, then resumed from the chief's save; with PopArt's value normalisation or without."""
+    """Two workers trained, then resumed from the chief's save: the defaults, PopArt's value normalisation, CrossQ's critic."""
     folder = tmp_path_factory.mktemp("distributed")
-    for result in run_workers(folder, "train", popart=request.param):
+    for result in run_workers(folder, "train", request.param):
         assert result.returncode == 0, result.stderr[-3000:]
     return folder
 
@@ -149,14 +159,33 @@ def test_the_chiefs_save_loads_anywhere_and_resumes_on_every_worker(trained):
     assert model._n_updates == ranks[0]["n_updates"]
 
 
-@pytest.mark.parametrize("mode, code", [("kill", 3), ("hang", 4)])
-def test_a_dead_or_silent_worker_makes_the_others_fail_instead_of_hanging(tmp_path, mode, code):
+def test_crossqs_critic_normalises_with_the_moments_of_every_workers_batch_and_their_gradient(tmp_path):
+    """Each worker's moments are those of both batches together; each one's gradient is that of the sum of both losses."""
+    for result in run_workers(tmp_path, "moments", timeout=120):
+        assert result.returncode == 0, result.stderr[-3000:]
+    workers = [json.loads((tmp_path / f"moments{rank}.json").read_text()) for rank in range(2)]
+    batches = [th.randn(5 + rank, 3, generator=th.Generator().manual_seed(rank), dtype=th.float64) for rank in range(2)]
+    together = th.cat(batches).requires_grad_()
+    mean, var = together.mean(dim=0), together.var(dim=0)  # torch's own unbiased variance, in one pass
+    sum(((mean * (rank + 1) + var.square() * (rank + 2)).sum() for rank in range(2)), th.zeros(())).backward()
+    gradients = together.grad.split([5, 6])
+    for rank, worker in enumerate(workers):
+        th.testing.assert_close(th.tensor(worker["mean"], dtype=th.float64), mean.detach())
+        th.testing.assert_close(th.tensor(worker["var"], dtype=th.float64), var.detach())
+        th.testing.assert_close(th.tensor(worker["grad"], dtype=th.float64), gradients[rank])
+
+
+@pytest.mark.parametrize("mode, code, variant", [("kill", 3, "plain"), ("hang", 4, "plain"), ("kill", 3, "batch_renorm")])
+def test_a_dead_or_silent_worker_makes_the_others_fail_instead_of_hanging(tmp_path, mode, code, variant):
     """A dead worker's peers fail at once, a silent one's after the group's timeout (10 s here), with a clear error."""
-    _, lost = run_workers(tmp_path, mode, timeout=120)
+    _, lost = run_workers(tmp_path, mode, variant, timeout=120)
     assert lost.returncode == code
     report = json.loads((tmp_path / "survivor.json").read_text())
     assert report["error"] == "WorkerLostError", "the survivor trained on alone"
-    assert "another worker died or did not answer" in report["message"] and "gradient update 1 " in report["message"]
+    assert "another worker died or did not answer" in report["message"]
+    # CrossQ's critic meets the lost worker first in its batch statistics, in the forward pass
+    where = "gradient update 1 " if variant == "plain" else "while the critic's batch statistics were summed"
+    assert where in report["message"], report["message"]
     assert report["seconds"] < (5 if mode == "kill" else 40)
 
 

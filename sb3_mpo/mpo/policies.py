@@ -1,4 +1,4 @@
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Literal, NamedTuple, cast
 
 import numpy as np
@@ -179,8 +179,27 @@ class SharedBatchRenorm(BatchRenorm1d):
     training-mode forward normalises its batch with (the batch's own during the first ``warmup_steps`` calls, then the
     batch's renormalised towards the running ones by the clipped factors r and d), and :meth:`normalize` applies any
     such pair. In training mode ``forward`` is the two in turn, as sb3-contrib's layer computes it; in evaluation mode
-    it normalises with the running statistics.
+    it normalises with the running statistics. In data-parallel training the batch's moments are those of every
+    worker's batch together, as PyTorch's ``SyncBatchNorm`` takes them (:attr:`sum_over_workers`).
     """
+
+    #: In data-parallel training (:class:`~sb3_mpo.distributed.DistributedMPO`), a differentiable sum of a tensor over
+    #: the workers, whose backward pass sums the gradients over the workers in turn; ``None`` in a single process
+    sum_over_workers: Callable[[th.Tensor], th.Tensor] | None = None
+
+    def batch_moments(self, x: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """
+        :param x: A batch, shape (B, num_features)
+        :return: Its mean and unbiased variance, each (num_features,), over every worker's batch together in
+            data-parallel training; they carry the batch's gradient
+        """
+        # two passes, where torch's var over the batch dimension took ten times as long on a CPU (and its backward twice)
+        if self.sum_over_workers is None:
+            mean = x.mean(dim=0)
+            return mean, (x - mean).square().sum(dim=0) / (x.shape[0] - 1)
+        sums = self.sum_over_workers(th.cat([x.sum(dim=0), x.new_full((1,), x.shape[0])]))
+        mean, count = sums[:-1] / sums[-1], sums[-1]
+        return mean, self.sum_over_workers((x - mean).square().sum(dim=0)) / (count - 1)
 
     def batch_statistics(self, x: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """
@@ -190,10 +209,7 @@ class SharedBatchRenorm(BatchRenorm1d):
         :param x: A batch, shape (B, num_features)
         :return: The mean and variance to normalise with, each (num_features,); they carry the batch's gradient
         """
-        mean = x.mean(dim=0)
-        # the unbiased variance, as sb3-contrib's layer takes it; two passes here, where torch's var over the batch
-        # dimension took ten times as long on a CPU (and its backward twice)
-        var = (x - mean).square().sum(dim=0) / (x.shape[0] - 1)
+        mean, var = self.batch_moments(x)  # the unbiased variance, as sb3-contrib's layer takes it
         ra_mean, ra_var = cast(th.Tensor, self.ra_mean), cast(th.Tensor, self.ra_var)
         normalising = (mean, var)
         if int(cast(th.Tensor, self.steps)) > self.warmup_steps:
