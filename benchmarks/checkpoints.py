@@ -259,6 +259,19 @@ def saved_step(folder: Path) -> int | None:
     return step if isinstance(step, int) else None
 
 
+def last_evaluation(folder: Path) -> tuple[int, float] | None:
+    """
+    :return: The step and mean return of the newest evaluation in the checkpoint in ``folder``, or None when it holds
+        none (or there is no readable checkpoint)
+    """
+    curve = (_read_state_file(folder) or {}).get("curve")
+    try:
+        returns = [float(value) for value in curve["results"][-1]]  # type: ignore[index]
+        return int(curve["timesteps"][-1]), sum(returns) / len(returns)  # type: ignore[index]
+    except (TypeError, KeyError, IndexError, ValueError, ZeroDivisionError):
+        return None
+
+
 def restore(model: BaseAlgorithm, folder: Path, state: dict[str, Any], evaluation: TimedEvalCallback) -> BaseAlgorithm:
     """
     Resume a run from its checkpoint: load the saved model into the freshly built run's environment, with its replay

@@ -24,7 +24,13 @@ import sys
 from pathlib import Path
 
 from benchmarks.backends import run_and_store
-from benchmarks.checkpoints import continue_from_final, final_state_to_continue, saved_step, stale_checkpoint
+from benchmarks.checkpoints import (
+    continue_from_final,
+    final_state_to_continue,
+    last_evaluation,
+    saved_step,
+    stale_checkpoint,
+)
 from benchmarks.exploration import describe as describe_exploration
 from benchmarks.exploration import write_exploration_report
 from benchmarks.results import (
@@ -242,7 +248,9 @@ def status(args: argparse.Namespace) -> int:
         step = saved_step(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
         note = ""
         if step and checkpoints:
-            note = f"  (checkpoint at {step} steps{_stale_note(job, checkpoints, settings, unresolved)})"
+            evaluated = last_evaluation(job.checkpoint_path(checkpoints))
+            progress = f", last evaluation {evaluated[1]:.1f} at {evaluated[0]}" if evaluated else ""
+            note = f"  (checkpoint at {step} steps{progress}{_stale_note(job, checkpoints, settings, unresolved)})"
         elif checkpoints and shorter is not None and settings is not None:
             note, step = _continuation(job, shorter, checkpoints, settings)
         if job in changed:

@@ -136,7 +136,10 @@ def test_cli_status_shows_the_checkpoint_and_run_resumes_then_removes_it(suite_p
     monkeypatch.undo()
 
     assert main(["status", str(suite_path), "--results", str(results)]) == 0
-    assert f"todo  {job.name}  (checkpoint at 100 steps)" in capsys.readouterr().out
+    curve = json.loads((folder / "state.json").read_text())["curve"]
+    assert curve["timesteps"] == [100], "the run evaluated at 100 steps before its checkpoint"
+    newest = f"last evaluation {np.mean(curve['results'][-1]):.1f} at 100"
+    assert f"todo  {job.name}  (checkpoint at 100 steps, {newest})" in capsys.readouterr().out
     assert main(["run", str(suite_path), "--results", str(results), "--workers", "1", "--checkpoint-minutes", "0"]) == 0
     result = load_result(job.result_path(results), job)
     assert [resume["step"] for resume in result["resumes"]] == [100]
