@@ -12,7 +12,10 @@ HOLD_SECONDS = 10.0
 
 
 def die_or_return(job: int) -> tuple[int, dict[str, Any] | None, str]:
-    """Job 1's worker is killed, job 2's raises, job 3's forks a process that outlives it and is killed; others return."""
+    """
+    Job 1's worker is killed, job 2's raises, job 3's forks a process that outlives it and is killed, job 5's exits with
+    code 3; the others return.
+    """
     if job == 3 and os.fork() == 0:  # the child keeps the worker's end of the pipe open after the worker is gone
         time.sleep(HOLD_SECONDS)
         os._exit(0)
@@ -20,6 +23,8 @@ def die_or_return(job: int) -> tuple[int, dict[str, Any] | None, str]:
         os.kill(os.getpid(), signal.SIGKILL)
     if job == 2:
         raise RuntimeError("job 2 failed")
+    if job == 5:
+        os._exit(3)
     return job, {"pid": os.getpid()}, ""
 
 
@@ -32,13 +37,15 @@ def sleep_a_while(job: int) -> tuple[int, dict[str, Any], str]:
 
 def test_a_worker_that_dies_is_its_jobs_failure_and_the_other_jobs_go_on():
     start = time.monotonic()
-    outcomes = {job: (result, error) for job, result, error in run_local([0, 1, 2, 3, 4], 2, die_or_return)}
-    assert sorted(outcomes) == [0, 1, 2, 3, 4]
+    outcomes = {job: (result, error) for job, result, error in run_local([0, 1, 2, 3, 4, 5], 2, die_or_return)}
+    assert sorted(outcomes) == [0, 1, 2, 3, 4, 5]
     for job in (1, 3):  # job 3's driver cannot wait for the end of the pipe: a process the worker forked holds it
         result, error = outcomes[job]
         assert result is None and "was killed by signal 9 before handing back the job's outcome" in error, error
     result, error = outcomes[2]
     assert result is None and "RuntimeError: job 2 failed" in error
+    result, error = outcomes[5]
+    assert result is None and "exited with code 3 before handing back the job's outcome" in error, error
     assert outcomes[0][0] is not None and outcomes[4][0] is not None
     assert outcomes[0][0]["pid"] != outcomes[4][0]["pid"], "a fresh process per job"
     assert time.monotonic() - start < HOLD_SECONDS * 3, "the driver waited on a process that was gone"
