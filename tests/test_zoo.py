@@ -266,7 +266,9 @@ def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
         )
         assert ("critic_normalization" in trial.params) == crossq_accepted
         check_mpo_hyperparams(sampled)
-        MPO("MlpPolicy", env_id, **sampled)  # the constructor accepts every sample
+        model = MPO("MlpPolicy", env_id, **sampled)  # the constructor accepts every sample
+        for optimizer in (model.actor.optimizer, model.critic.optimizer):
+            assert optimizer.defaults["betas"] == (trial.params["adam_beta1"], 0.999)
         study.tell(trial, 0.0)
 
 
@@ -282,6 +284,10 @@ def test_converter_maps_torsos_and_critics_to_policy_kwargs() -> None:
     assert convert_mpo_params({**base, "critic_normalization": "batch_renorm"})["policy_kwargs"] == {
         "net_arch": [256, 256],
         "batch_renorm": True,
+    }
+    assert convert_mpo_params({**base, "adam_beta1": 0.5})["policy_kwargs"] == {
+        "net_arch": [256, 256],
+        "optimizer_kwargs": {"betas": (0.5, 0.999)},
     }
 
 
@@ -338,7 +344,7 @@ def test_optimize_with_storage(tmp_path: Path, backend: str) -> None:
     critic = {"critic"} if trials[1].params["q_target"] != "retrace" else set()  # searched with n-step targets only
     parametric = {"parametric_samples"} if trials[1].params["policy_improvement"] == "parametric" else set()
     assert set(trials[1].params) == {
-        *("one_minus_gamma", "learning_rate", "batch_size_pow", "n_action_samples", "epsilon", "epsilon_mean"),
+        *("one_minus_gamma", "learning_rate", "adam_beta1", "batch_size_pow", "n_action_samples", "epsilon", "epsilon_mean"),
         *("epsilon_std", "q_target", "tau", "net_arch", "action_bounding", "replay_fraction", "policy_improvement"),
         *("torso", *critic, *parametric),
     }
