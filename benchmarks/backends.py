@@ -95,22 +95,21 @@ def _run_in_worker(worker: Worker, job: JobT, sender: Connection, parent: int) -
 def _outcome(receiver: Connection, job: JobT, process: BaseProcess) -> Outcome | None:
     """
     A running job's outcome once its worker has sent it or has ended without sending it; ``None`` while it runs. The
-    worker is given :data:`EXIT_SECONDS` to exit after sending, then terminated (a thread the job left behind).
+    worker is given :data:`EXIT_SECONDS` to exit after its pipe speaks, then terminated (a thread the job left behind).
     """
+    sent: Outcome | None = None
     if receiver.poll():
         try:
-            outcome: Outcome = receiver.recv()
+            sent = receiver.recv()
         except EOFError:  # the pipe ended without a whole outcome: the worker is gone
-            process.join(EXIT_SECONDS)
-            return job, None, _lost(process)
-        process.join(EXIT_SECONDS)
-        if process.exitcode is None:
-            process.terminate()
-            process.join()
-        return outcome
-    if process.exitcode is not None:
-        return job, None, _lost(process)
-    return None
+            pass
+    elif process.exitcode is None:
+        return None
+    process.join(EXIT_SECONDS)
+    if process.exitcode is None:
+        process.terminate()
+        process.join()
+    return sent if sent is not None else (job, None, _lost(process))
 
 
 def _lost(process: BaseProcess) -> str:
