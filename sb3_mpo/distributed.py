@@ -69,6 +69,23 @@ def init_workers(backend: str = "gloo", timeout_seconds: float = DEFAULT_TIMEOUT
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_seconds), **kwargs)
 
 
+@contextlib.contextmanager
+def _worker_lost(where: str) -> Iterator[None]:
+    """
+    Turn the backend's error about a dead or silent worker into a :class:`WorkerLostError` that says where training
+    stopped.
+
+    :param where: Where the collective ran, completing "... did not answer within the process group's timeout"
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        raise WorkerLostError(
+            f"DistributedMPO (rank {dist.get_rank()} of {dist.get_world_size()}): another worker died or did not answer "
+            f"within the process group's timeout {where}; training stops. The backend said: {error}"
+        ) from error
+
+
 def sum_over_workers(tensor: th.Tensor) -> th.Tensor:
     """
     The sum of a tensor over the workers, differentiable: its backward pass sums the gradients over the workers in turn
@@ -79,14 +96,8 @@ def sum_over_workers(tensor: th.Tensor) -> th.Tensor:
     :param tensor: This worker's part
     :return: The sum over the workers, on every worker
     """
-    try:
+    with _worker_lost("while the critic's batch statistics were summed"):
         return dist_nn.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    except RuntimeError as error:
-        raise WorkerLostError(
-            f"DistributedMPO (rank {dist.get_rank()} of {dist.get_world_size()}): another worker died or did not answer "
-            f"within the process group's timeout while the critic's batch statistics were summed; training stops. "
-            f"The backend said: {error}"
-        ) from error
 
 
 class DistributedMPO(MPO):
@@ -137,17 +148,9 @@ class DistributedMPO(MPO):
             if isinstance(module, SharedBatchRenorm):
                 module.sum_over_workers = sum_over_workers
 
-    @contextlib.contextmanager
-    def _collective(self) -> Iterator[None]:
-        """Turn the backend's error about a dead or silent worker into one that says where training stopped."""
-        try:
-            yield
-        except RuntimeError as error:
-            raise WorkerLostError(
-                f"DistributedMPO (rank {self.rank} of {self.world_size}): another worker died or did not answer within "
-                f"the process group's timeout at gradient update {self._n_updates + 1} (env step {self.num_timesteps}); "
-                f"training stops. The backend said: {error}"
-            ) from error
+    def _collective(self) -> contextlib.AbstractContextManager[None]:
+        """Turn the backend's error about a dead or silent worker into one that says at which update training stopped."""
+        return _worker_lost(f"at gradient update {self._n_updates + 1} (env step {self.num_timesteps})")
 
     def _average_gradients(self, optimizers: list[th.optim.Optimizer]) -> None:
         self._average_over_workers([param.grad for param in optimized_parameters(optimizers) if param.grad is not None])
