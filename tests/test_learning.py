@@ -13,10 +13,20 @@ EVAL_EVERY = 2_000
 THRESHOLD = -400.0  # a random policy scores about -1200; SAC's RL Zoo result at 20k steps is -157 ± 89
 
 
-@pytest.mark.parametrize("policy_kwargs", [{}, {"batch_renorm": True}], ids=["target_critic", "crossq_critic"])
+#: The critics a user can pick, each of which must learn the task: the entry's, CrossQ's (BatchRenorm, no target critic),
+#: a categorical one over returns in [-1700, 100] and a mixture of 5 Gaussians
+CRITICS = {
+    "target_critic": {},
+    "crossq_critic": {"batch_renorm": True},
+    "categorical_critic": {"critic_support": (-1700.0, 100.0), "n_atoms": 51},
+    "mixture_critic": {"critic_mixture": 5},
+}
+
+
+@pytest.mark.parametrize("policy_kwargs", CRITICS.values(), ids=CRITICS.keys())
 def test_pendulum_learns_within_10k_steps(policy_kwargs):
     """Mean deterministic return over 10 episodes reaches -400 within 10k steps (evaluated every 2k) for a fixed seed,
-    with the entry's critic and with CrossQ's (BatchRenorm, no target critic)."""
+    with each critic."""
     hyperparams = load_hyperparams("Pendulum-v1")
     hyperparams["policy_kwargs"] = {**hyperparams.get("policy_kwargs", {}), **policy_kwargs}
     model = MPO("MlpPolicy", "Pendulum-v1", seed=SEED, **hyperparams)
