@@ -2,6 +2,7 @@
 their networks, trained, saved and restored."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,33 +35,6 @@ def test_layer_norm_input_block_is_linear_layer_norm_tanh_then_the_activation():
     th.testing.assert_close(network(x), expected)
 
 
-@pytest.mark.parametrize(
-    "policy, env",
-    [
-        ("MlpPolicy", "Pendulum-v1"),
-        ("MlpPolicy", "CartPole-v1"),
-        ("CnnPolicy", FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=False)),
-        ("MultiInputPolicy", SimpleMultiObsEnv(random_start=False, discrete_actions=False)),
-    ],
-)
-def test_layer_norm_networks_train_save_and_load(policy, env, tmp_path):
-    kwargs = dict(net_arch=[16, 16], layer_norm=True, activation_fn=nn.ELU)
-    if policy == "CnnPolicy":
-        kwargs["features_extractor_kwargs"] = dict(features_dim=16)
-    model = MPO(policy, env, seed=0, buffer_size=500, policy_kwargs=kwargs, **SMALL)
-    networks = [model.actor, model.actor_target, model.critic, model.critic_target]
-    assert all(sum(isinstance(module, nn.LayerNorm) for module in network.modules()) == 1 for network in networks)
-    model.learn(100)
-    model.save(tmp_path / "model.zip")
-    loaded = MPO.load(tmp_path / "model.zip")
-    for name, value in model.policy.state_dict().items():
-        assert th.equal(value, loaded.policy.state_dict()[name]), name
-    observation = model.observation_space.sample()
-    np.testing.assert_array_equal(
-        model.predict(observation, deterministic=True)[0], loaded.predict(observation, deterministic=True)[0]
-    )
-
-
 def layer_norm(x: th.Tensor) -> th.Tensor:
     """LayerNorm without its affine part, as a freshly built nn.LayerNorm computes it."""
     return (x - x.mean(-1, keepdim=True)) / th.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
@@ -88,6 +62,38 @@ def test_residual_torso_of_a_latent_network_ends_with_its_layer_norm():
     assert [type(layer) for layer in network] == [nn.Linear, ResidualBlock, nn.LayerNorm]
 
 
+def small_policy_kwargs(policy: str, **torso: object) -> dict[str, object]:
+    """:return: policy_kwargs for a small network of ``policy`` with the torso options ``torso``"""
+    kwargs: dict[str, object] = dict(net_arch=[16, 16], **torso)
+    if policy == "CnnPolicy":
+        kwargs["features_extractor_kwargs"] = dict(features_dim=16)
+    return kwargs
+
+
+def assert_saved_and_restored(model: MPO, path: Path) -> MPO:
+    """Save ``model`` and load it back: the same parameters and statistics, the same deterministic action.
+
+    :return: The loaded model
+    """
+    model.save(path)
+    loaded = MPO.load(path)
+    for name, value in model.policy.state_dict().items():
+        assert th.equal(value, loaded.policy.state_dict()[name]), name
+    observation = model.observation_space.sample()
+    np.testing.assert_array_equal(
+        model.predict(observation, deterministic=True)[0], loaded.predict(observation, deterministic=True)[0]
+    )
+    return loaded
+
+
+#: torso -> (its policy_kwargs, the module it adds and how many of them each network holds with two hidden layers)
+TORSOS = {
+    "layer_norm": (dict(layer_norm=True, activation_fn=nn.ELU), nn.LayerNorm, 1),
+    "residual": (dict(residual=True), ResidualBlock, 2),
+}
+
+
+@pytest.mark.parametrize("torso", TORSOS)
 @pytest.mark.parametrize(
     "policy, env",
     [
@@ -97,22 +103,13 @@ def test_residual_torso_of_a_latent_network_ends_with_its_layer_norm():
         ("MultiInputPolicy", SimpleMultiObsEnv(random_start=False, discrete_actions=False)),
     ],
 )
-def test_residual_networks_train_save_and_load(policy, env, tmp_path):
-    kwargs = dict(net_arch=[16, 16], residual=True)
-    if policy == "CnnPolicy":
-        kwargs["features_extractor_kwargs"] = dict(features_dim=16)
-    model = MPO(policy, env, seed=0, buffer_size=500, policy_kwargs=kwargs, **SMALL)
+def test_torsos_train_save_and_load(torso, policy, env, tmp_path):
+    torso_kwargs, module_type, count = TORSOS[torso]
+    model = MPO(policy, env, seed=0, buffer_size=500, policy_kwargs=small_policy_kwargs(policy, **torso_kwargs), **SMALL)
     networks = [model.actor, model.actor_target, model.critic, model.critic_target]
-    assert all(sum(isinstance(module, ResidualBlock) for module in network.modules()) == 2 for network in networks)
+    assert all(sum(isinstance(module, module_type) for module in network.modules()) == count for network in networks)
     model.learn(100)
-    model.save(tmp_path / "model.zip")
-    loaded = MPO.load(tmp_path / "model.zip")
-    for name, value in model.policy.state_dict().items():
-        assert th.equal(value, loaded.policy.state_dict()[name]), name
-    observation = model.observation_space.sample()
-    np.testing.assert_array_equal(
-        model.predict(observation, deterministic=True)[0], loaded.predict(observation, deterministic=True)[0]
-    )
+    assert_saved_and_restored(model, tmp_path / "model.zip")
 
 
 def test_residual_categorical_critic_keeps_its_logits_layer():
@@ -243,9 +240,7 @@ def test_next_states_left_out_of_the_statistics_change_nothing_but_their_own_sco
     ],
 )
 def test_batch_renorm_critic_trains_without_its_target_and_is_saved_and_restored(policy, env, q_target, tmp_path):
-    kwargs = dict(net_arch=[16, 16], layer_norm=True, activation_fn=nn.ELU, batch_renorm=True)
-    if policy == "CnnPolicy":
-        kwargs["features_extractor_kwargs"] = dict(features_dim=16)
+    kwargs = small_policy_kwargs(policy, layer_norm=True, activation_fn=nn.ELU, batch_renorm=True)
     model = MPO(policy, env, seed=0, buffer_size=500, q_target=q_target, policy_kwargs=kwargs, **SMALL)
     critic_layers = [module for module in model.critic.modules() if isinstance(module, SharedBatchRenorm)]
     assert len(critic_layers) == 3  # before each Linear layer of the critic's MLP
@@ -258,15 +253,7 @@ def test_batch_renorm_critic_trains_without_its_target_and_is_saved_and_restored
     assert all(int(layer.steps) == model._n_updates for layer in critic_layers)
     assert all(th.equal(value, model.critic_target.state_dict()[name]) for name, value in critic_target.items())
     assert not all(th.equal(value, model.actor_target.state_dict()[name]) for name, value in actor_target.items())
-    model.save(tmp_path / "model.zip")
-    loaded = MPO.load(tmp_path / "model.zip")
-    assert loaded.policy.batch_renorm
-    for name, value in model.policy.state_dict().items():
-        assert th.equal(value, loaded.policy.state_dict()[name]), name
-    observation = model.observation_space.sample()
-    np.testing.assert_array_equal(
-        model.predict(observation, deterministic=True)[0], loaded.predict(observation, deterministic=True)[0]
-    )
+    assert assert_saved_and_restored(model, tmp_path / "model.zip").policy.batch_renorm
 
 
 @pytest.mark.parametrize(
