@@ -28,8 +28,9 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -95,6 +96,35 @@ class TimedEvalCallback(EvalCallback):
             "lengths": [list(map(int, lengths)) for lengths in self.evaluations_length],
             "diagnostics": [dict(values) for values in self.diagnostics],
         }
+
+    def result_curve(self) -> list[dict[str, Any]]:
+        """
+        :return: The evaluations so far as a result's curve: per evaluation its step, the mean, standard deviation and
+            list of the episodes' returns, and what training logged last before it (``train``)
+        """
+        return [
+            {
+                "step": int(step),
+                "mean": float(np.mean(returns)),
+                "std": float(np.std(returns)),
+                "returns": list(map(float, returns)),
+                "train": diagnostics,
+            }
+            for step, returns, diagnostics in zip(
+                self.evaluations_timesteps, self.evaluations_results, self.diagnostics, strict=True
+            )
+        ]
+
+    def evaluate_final(self, steps: int) -> None:
+        """
+        Evaluate the policy at the end of a run of ``steps`` steps unless the schedule just did (a budget that is not a
+        multiple of the evaluation frequency, or of the rollout, ends between two evaluations).
+        """
+        if self.evaluations_timesteps and self.evaluations_timesteps[-1] >= steps:
+            return
+        self.n_calls, self.eval_freq = 0, 1
+        self.num_timesteps = self.model.num_timesteps
+        self.on_step()
 
     def restore_curve(self, curve: dict[str, list], eval_seconds: float, n_calls: int) -> None:
         """
@@ -253,23 +283,28 @@ def stale_checkpoint(folder: Path, settings: dict[str, str]) -> str | None:
     return describe_changes(changed_settings(saved, settings, {}), "the checkpoint's code")
 
 
-def saved_step(folder: Path) -> int | None:
-    """:return: The step the checkpoint in ``folder`` reached, or None when there is none (or it is unreadable)"""
-    step = (_read_state_file(folder) or {}).get("num_timesteps")
-    return step if isinstance(step, int) else None
+class CheckpointProgress(NamedTuple):
+    """How far a checkpoint's run got."""
+
+    #: The step it reached
+    step: int
+    #: The step and mean return of its newest evaluation, or None when it holds none
+    last_evaluation: tuple[int, float] | None
 
 
-def last_evaluation(folder: Path) -> tuple[int, float] | None:
-    """
-    :return: The step and mean return of the newest evaluation in the checkpoint in ``folder``, or None when it holds
-        none (or there is no readable checkpoint)
-    """
-    curve = (_read_state_file(folder) or {}).get("curve")
+def checkpoint_progress(folder: Path) -> CheckpointProgress | None:
+    """:return: How far the checkpoint in ``folder`` got, or None when there is none (or it is unreadable)"""
+    state = _read_state_file(folder) or {}
+    step = state.get("num_timesteps")
+    if not isinstance(step, int):
+        return None
+    curve = state.get("curve")
     try:
         returns = [float(value) for value in curve["results"][-1]]  # type: ignore[index]
-        return int(curve["timesteps"][-1]), sum(returns) / len(returns)  # type: ignore[index]
+        evaluation = int(curve["timesteps"][-1]), sum(returns) / len(returns)  # type: ignore[index]
     except (TypeError, KeyError, IndexError, ValueError, ZeroDivisionError):
-        return None
+        evaluation = None
+    return CheckpointProgress(step, evaluation)
 
 
 def restore(model: BaseAlgorithm, folder: Path, state: dict[str, Any], evaluation: TimedEvalCallback) -> BaseAlgorithm:

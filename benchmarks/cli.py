@@ -25,10 +25,9 @@ from pathlib import Path
 
 from benchmarks.backends import run_and_store
 from benchmarks.checkpoints import (
+    checkpoint_progress,
     continue_from_final,
     final_state_to_continue,
-    last_evaluation,
-    saved_step,
     stale_checkpoint,
 )
 from benchmarks.exploration import describe as describe_exploration
@@ -245,12 +244,13 @@ def status(args: argparse.Namespace) -> int:
     seconds_left, guessed_seconds, guessed, unknown = 0.0, 0.0, 0, 0
     for job in jobs:
         settings, unresolved = _settings_now(job) if job in pending else (None, "")
-        step = saved_step(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
+        progress = checkpoint_progress(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
+        step = progress.step if progress else None
         note = ""
-        if step and checkpoints:
-            evaluated = last_evaluation(job.checkpoint_path(checkpoints))
-            progress = f", last evaluation {evaluated[1]:.1f} at {evaluated[0]}" if evaluated else ""
-            note = f"  (checkpoint at {step} steps{progress}{_stale_note(job, checkpoints, settings, unresolved)})"
+        if progress and progress.step and checkpoints:
+            evaluated = progress.last_evaluation
+            newest = f", last evaluation {evaluated[1]:.1f} at {evaluated[0]}" if evaluated else ""
+            note = f"  (checkpoint at {step} steps{newest}{_stale_note(job, checkpoints, settings, unresolved)})"
         elif checkpoints and shorter is not None and settings is not None:
             note, step = _continuation(job, shorter, checkpoints, settings)
         if job in changed:

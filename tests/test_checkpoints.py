@@ -17,10 +17,10 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from benchmarks import checkpoints as checkpoints_module
 from benchmarks.checkpoints import (
     RunCheckpoint,
+    checkpoint_progress,
     continue_from_final,
     job_signature,
     read_state,
-    saved_step,
     stale_checkpoint,
 )
 from benchmarks.cli import main
@@ -73,7 +73,7 @@ def test_interrupted_run_resumes_with_its_model_replay_buffer_and_schedule(suite
     interrupt_at_step(monkeypatch, 150)  # between the evaluations at 100 and 200
     _, result, error = run_job_safely(job, checkpoints, checkpoint_minutes=0)
     assert result is None and "simulated interruption" in error
-    assert saved_step(job.checkpoint_path(checkpoints)) == 150
+    assert checkpoint_progress(job.checkpoint_path(checkpoints)).step == 150
     monkeypatch.undo()
 
     restored = {}
@@ -209,7 +209,10 @@ def test_a_longer_suite_continues_a_kept_final_state(suite_path, tmp_path, monke
 
     assert main(["run", str(suite_path), *common, "--keep-final"]) == 0
     short = load_result(short_job.result_path(results), short_job)
-    assert saved_step(short_job.final_path(checkpoints)) == 300 and not short_job.checkpoint_path(checkpoints).exists()
+    assert (
+        checkpoint_progress(short_job.final_path(checkpoints)).step == 300
+        and not short_job.checkpoint_path(checkpoints).exists()
+    )
     assert main(["status", str(suite_path), "--results", str(results)]) == 0
     assert f"done  {short_job.name}  (final state kept)" in capsys.readouterr().out
     assert main(["status", str(longer_path), "--results", str(results), "--continue-from", str(suite_path)]) == 0
@@ -239,7 +242,7 @@ def test_a_longer_suite_continues_a_kept_final_state(suite_path, tmp_path, monke
     assert result["curve"][:3] == short["curve"], "the first part of the curve is the shorter run's"
     assert [point["step"] for point in result["curve"]] == [100, 200, 300, 400, 500]
     assert result["n_updates"] == short["n_updates"] + 200, "the updates of steps 301-500 come on top of the shorter run's"
-    assert saved_step(short_job.final_path(checkpoints)) == 300, "the final state stays, for a longer run still"
+    assert checkpoint_progress(short_job.final_path(checkpoints)).step == 300, "the final state stays, for a longer run still"
     assert not long_job.checkpoint_path(checkpoints).exists()
 
     short_job.result_path(results).unlink()  # a newer run of the shorter job, without --keep-final
