@@ -72,7 +72,6 @@ def run_job(
     :return: Its result record (see :data:`REQUIRED_KEYS`); the caller writes it (and removes the checkpoint, or keeps it
         as the final state)
     """
-    import numpy as np
     import torch as th
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
@@ -121,11 +120,7 @@ def run_job(
             callbacks.append(checkpoint)
         start = time.perf_counter()
         model.learn(job.steps - model.num_timesteps, callback=callbacks, reset_num_timesteps=state is None)
-        if not evaluation.evaluations_timesteps or evaluation.evaluations_timesteps[-1] < job.steps:
-            # The budget is not a multiple of eval_freq (or of the rollout): evaluate the final policy too
-            evaluation.n_calls, evaluation.eval_freq = 0, 1
-            evaluation.num_timesteps = model.num_timesteps
-            evaluation.on_step()
+        evaluation.evaluate_final(job.steps)
         # The clock stops after that evaluation, whose time eval_seconds counts, so that none of it comes off training
         total_seconds = (state["elapsed_seconds"] if state else 0.0) + time.perf_counter() - start
         save_seconds = checkpoint.save_seconds if checkpoint is not None else 0.0
@@ -135,19 +130,7 @@ def run_job(
         eval_env.close()
 
     train_seconds = total_seconds - evaluation.eval_seconds - save_seconds
-    curve = [
-        {
-            "step": int(step),
-            "mean": float(np.mean(returns)),
-            "std": float(np.std(returns)),
-            "returns": list(map(float, returns)),
-            # what train() logged last before this evaluation (see TimedEvalCallback)
-            "train": diagnostics,
-        }
-        for step, returns, diagnostics in zip(
-            evaluation.evaluations_timesteps, evaluation.evaluations_results, evaluation.diagnostics, strict=True
-        )
-    ]
+    curve = evaluation.result_curve()
     n_updates = int(getattr(model, "_n_updates", 0))
     off_policy = isinstance(model, OffPolicyAlgorithm)
     return {
