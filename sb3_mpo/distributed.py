@@ -44,7 +44,7 @@ from stable_baselines3.common.logger import configure
 
 from sb3_mpo.common.hyperparams import load_hyperparams
 from sb3_mpo.mpo.mpo import MPO, NonFiniteError, optimized_parameters
-from sb3_mpo.mpo.policies import SharedBatchRenorm
+from sb3_mpo.mpo.torsos import SharedBatchRenorm
 
 #: Seconds a worker waits for the others in a collective before it fails
 DEFAULT_TIMEOUT_SECONDS = 300.0

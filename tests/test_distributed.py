@@ -23,7 +23,7 @@ import gymnasium as gym
 import torch as th
 
 from sb3_mpo.distributed import DistributedMPO, init_workers, sum_over_workers
-from sb3_mpo.mpo.policies import SharedBatchRenorm
+from sb3_mpo.mpo.torsos import SharedBatchRenorm
 
 out, mode, variant = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 th.set_num_threads(1)

@@ -9,7 +9,8 @@ from torch import nn
 
 from sb3_mpo import MPO
 from sb3_mpo.common import precision as hardware
-from sb3_mpo.mpo.policies import SampledCritic, linear_in, modules_in
+from sb3_mpo.mpo.policies import SampledCritic
+from sb3_mpo.mpo.torsos import linear_in, modules_in
 
 
 def small_model(**kwargs: Any) -> MPO:

@@ -12,7 +12,7 @@ from stable_baselines3.common.envs import FakeImageEnv, SimpleMultiObsEnv
 from torch import nn
 
 from sb3_mpo import MPO
-from sb3_mpo.mpo.policies import (
+from sb3_mpo.mpo.torsos import (
     ResidualBlock,
     SharedBatchRenorm,
     batch_renorm_torso,
