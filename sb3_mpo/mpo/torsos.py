@@ -1,8 +1,8 @@
 """
-The networks' building blocks, as ``policy_kwargs`` options of :class:`~sb3_mpo.mpo.policies.MPOPolicy` build them
-into SB3's MLPs: Acme's LayerNorm input block, SimBa's residual torso and CrossQ's BatchRenorm critic; and the passes
-of the critic over N sampled actions per state, whose first layer is computed once per state, whose hidden layers may
-run in bfloat16, and whose normalisations may take the statistics of another batch.
+The building blocks of MPO's networks, which options of :class:`~sb3_mpo.mpo.policies.MPOPolicy` (its
+``policy_kwargs``) build into SB3's MLPs: Acme's LayerNorm input block, SimBa's residual torso and CrossQ's BatchRenorm
+critic. Also the critic's pass over N sampled actions per state: its first layer computed once per state, its hidden
+layers in bfloat16 if asked, its normalisations with the statistics of another batch if given.
 """
 
 from collections.abc import Callable, Iterable, Sequence
