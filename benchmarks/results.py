@@ -109,6 +109,10 @@ def stored_form(hyperparams: Mapping[str, Any]) -> dict[str, str]:
     return {key: repr(value) for key, value in hyperparams.items() if key != "n_timesteps"}
 
 
+#: The stored forms of an empty keyword dict (a Python dict, or an RL Zoo entry's string to evaluate)
+EMPTY_KWARGS = frozenset({"{}", "'{}'", "'dict()'"})
+
+
 def changed_settings(
     stored: Mapping[str, str], current: Mapping[str, str], defaults: Mapping[str, str]
 ) -> dict[str, tuple[str | None, str | None]]:
@@ -118,16 +122,23 @@ def changed_settings(
     is what the stored run used unless that default changed since (its commit tells); the difference is reported
     where the values differ, or where the algorithm has no default for it (a required argument, an RL Zoo key): the
     run did not record it. A setting that only the stored side names is compared with the current default likewise.
+    An empty keyword dict and ``None`` are the same setting (SB3 reads a ``None`` ``policy_kwargs`` as ``{}``).
 
     :param stored: The settings the run trained with (its result file's ``hyperparams``)
     :param current: The settings the suite gives the run now (its RL Zoo entry after the suite's overrides)
     :param defaults: The algorithm's current keyword defaults, in the same form
     :return: For each differing setting, its stored and current value (None: not named on that side)
     """
+
+    def meaning(value: str | None, key: str) -> str | None:
+        value = value if value is not None else defaults.get(key)
+        # An empty keyword dict is the None default of SB3's ``*_kwargs`` arguments, however an entry spells it
+        return "None" if value in EMPTY_KWARGS else value
+
     changes = {}
     for key in sorted(stored.keys() | current.keys()):
         then, now = stored.get(key), current.get(key)
-        if (then if then is not None else defaults.get(key)) != (now if now is not None else defaults.get(key)):
+        if meaning(then, key) != meaning(now, key):
             changes[key] = (then, now)
     return changes
 

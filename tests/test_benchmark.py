@@ -396,6 +396,13 @@ def test_changed_settings_fill_unnamed_settings_with_the_algorithms_defaults():
     assert changed_settings({"policy": "'MlpPolicy'"}, {}, defaults) == {"policy": ("'MlpPolicy'", None)}
     # a setting the run did not record and that has no default cannot be confirmed: it is listed
     assert changed_settings({}, {"policy": "'MlpPolicy'"}, defaults) == {"policy": (None, "'MlpPolicy'")}
+    # an empty keyword dict, however spelt, is the None default; a non-empty one is not
+    kwargs_default = {"policy_kwargs": "None"}
+    for empty in ("'dict()'", "{}", "'{}'", "None"):
+        assert changed_settings({}, {"policy_kwargs": empty}, kwargs_default) == {}
+        assert changed_settings({"policy_kwargs": empty}, {"policy_kwargs": "'dict()'"}, kwargs_default) == {}
+    layer_norm = "'dict(layer_norm=True)'"
+    assert changed_settings({}, {"policy_kwargs": layer_norm}, kwargs_default) == {"policy_kwargs": (None, layer_norm)}
     line = describe_changes({"gamma": ("0.98", "0.99"), "target_precision": (None, "'auto'")}, "abc1234")
     assert line == "gamma: 0.98 -> 0.99; target_precision: not recorded (abc1234) -> 'auto'"
     assert describe_changes({"gamma": ("0.98", None)}, "abc1234") == "gamma: 0.98 -> not set (default)"
