@@ -340,6 +340,57 @@ def improvement_pairs(names: list[str], trains: dict[str, str]) -> list[tuple[st
     return [(first, second) for first in mpo for second in baselines] + [("mpo", variant) for variant in variants]
 
 
+def shared_task_comparisons(
+    results: Results, in_aggregate: list[str], trains: dict[str, str]
+) -> dict[tuple[str, str], tuple[list[str], np.ndarray, np.ndarray]]:
+    """
+    The comparisons of :func:`improvement_pairs` that the aggregate leaves out, because one side did not run on every
+    environment (a baseline whose runs of one task are pending, a variant measured on one task), each over the
+    environments both ran, with as many runs per environment as each side's smallest seed count there.
+
+    :param results: The runs, by environment and algorithm
+    :param in_aggregate: The algorithms in the aggregate (:func:`normalised_scores`)
+    :param trains: A name -> the algorithm it trains, for the suite's variants
+    :return: For each (MPO's name, the other's name): the shared environments and each side's (runs x environments)
+        final returns; pairs that share no environment are left out
+    """
+    names = list(dict.fromkeys(algo for runs in results.values() for algo in runs))
+    comparisons = {}
+    for first, second in improvement_pairs(names, trains):
+        envs = [env for env in results if first in results[env] and second in results[env]]
+        if envs and not (first in in_aggregate and second in in_aggregate):
+            comparisons[first, second] = (envs, _finals(results, first, envs), _finals(results, second, envs))
+    return comparisons
+
+
+def _finals(results: Results, algo: str, envs: list[str]) -> np.ndarray:
+    """:return: ``algo``'s final returns as a (runs x environments) matrix, its smallest seed count of rows"""
+    n_runs = min(len(results[env][algo]) for env in envs)
+    return np.array([[run["final_return"] for run in results[env][algo][:n_runs]] for env in envs]).T
+
+
+def improvement_estimates(pairs: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]) -> list[tuple[tuple[str, str], str]]:
+    """
+    rliable's probability of improvement of the first side of each pair over the second, with its bootstrap interval.
+
+    :param pairs: (runs x tasks) score matrices of the two sides, by (first, second)
+    :return: Each pair with its estimate as a page shows it
+    """
+    from rliable import metrics
+
+    keyed = {f"{first},{second}": matrices for (first, second), matrices in pairs.items()}
+    probability, probability_interval = interval_estimates(keyed, metrics.probability_of_improvement)
+    estimates = []
+    for (first, second), (mpo, baseline) in pairs.items():
+        key = f"{first},{second}"
+        interval = probability_interval[key]
+        low, high = interval[:, 0] if interval.ndim > 1 else interval
+        # a baseline of one run per environment leaves only MPO's runs to resample: no interval of the comparison
+        runs = min(len(mpo), len(baseline))
+        estimates.append(((first, second), _point_and_interval(float(probability[key]), low, high, runs, digits=2)))
+    return estimates
+
+
 def aggregate_section(
     results: Results, figures: Path, relative: Callable[[Path], str], trains: dict[str, str] | None = None
 ) -> list[str]:
@@ -353,7 +404,7 @@ def aggregate_section(
     :param trains: A name -> the algorithm it trains, for the suite's variants; a name not in it trains itself
     :return: The section's markdown lines
     """
-    from rliable import library, metrics, plot_utils
+    from rliable import library, plot_utils
 
     scores, envs = normalised_scores(results)
     if len(scores) < 2:
@@ -371,15 +422,25 @@ def aggregate_section(
         lines.append(f"| {algo.upper()} | {runs} | {_point_and_interval(point[algo][0], low, high, runs, digits=2)} |")
     compared = improvement_pairs(list(scores), trains or {})
     if compared:
-        pairs = {f"{first},{second}": (scores[first], scores[second]) for first, second in compared}
-        probability, probability_interval = interval_estimates(pairs, metrics.probability_of_improvement)
         lines += ["", "| P(MPO > baseline) | estimate [95% CI] |", "|---|---|"]
-        for pair, (mpo, baseline) in pairs.items():
-            low, high = probability_interval[pair][:, 0] if probability_interval[pair].ndim > 1 else probability_interval[pair]
-            # a baseline of one run per environment leaves only MPO's runs to resample: no interval of the comparison
-            estimate = _point_and_interval(float(probability[pair]), low, high, min(len(mpo), len(baseline)), digits=2)
-            first, second = pair.split(",")
-            lines.append(f"| {first.upper()} > {second.upper()} | {estimate} |")
+        pairs = {(first, second): (scores[first], scores[second]) for first, second in compared}
+        lines += [
+            f"| {first.upper()} > {second.upper()} | {estimate} |"
+            for (first, second), estimate in improvement_estimates(pairs)
+        ]
+    partial = shared_task_comparisons(results, list(scores), trains or {})
+    if partial:
+        lines += [
+            "",
+            "Where one side of a comparison lacks an environment, over the environments both ran (final returns: the "
+            "probability compares runs within each environment, so it needs no normalisation):",
+            "",
+            "| P(MPO > baseline) | environments | estimate [95% CI] |",
+            "|---|---|---|",
+        ]
+        estimates = dict(improvement_estimates({pair: (mpo, other) for pair, (_, mpo, other) in partial.items()}))
+        for (first, second), (envs, *_) in partial.items():
+            lines.append(f"| {first.upper()} > {second.upper()} | {', '.join(envs)} | {estimates[first, second]} |")
 
     import matplotlib.pyplot as plt
 

@@ -20,11 +20,13 @@ from benchmarks.cli import main
 from benchmarks.report import (
     QUIET_SPEED_FOLDER,
     collect,
+    improvement_estimates,
     improvement_pairs,
     interval_estimates,
     iqm_interval,
     library_versions_line,
     normalised_scores,
+    shared_task_comparisons,
 )
 from benchmarks.results import (
     ResultError,
@@ -272,6 +274,36 @@ def test_probability_of_improvement_pairs_every_mpo_run_with_every_baseline():
     assert improvement_pairs(["mpo", "mpo_n10", "sac"], trains) == [("mpo", "sac"), ("mpo_n10", "sac"), ("mpo", "mpo_n10")]
     assert improvement_pairs(["mpo_ln", "mpo_n10"], trains) == []  # variants alone: nothing to compare with
     assert improvement_pairs(["sac", "td3"], {}) == []
+
+
+def test_comparisons_the_aggregate_leaves_out_are_made_over_the_shared_environments():
+    """A baseline with a task pending is compared with MPO on the tasks both ran, by brute-force counting of wins."""
+
+    def runs(*finals: float) -> list[dict]:
+        return [{"final_return": final} for final in finals]
+
+    results = {
+        "A": {"mpo": runs(1.0, 3.0, 7.0), "sac": runs(2.0, 2.0, 2.0), "crossq": runs(0.0, 4.0), "mpo_ln": runs(5.0)},
+        "B": {"mpo": runs(5.0, 6.0, 6.0), "sac": runs(1.0, 6.0, 9.0), "crossq": runs(6.0, 8.0, 2.0)},
+        "C": {"mpo": runs(0.0, 1.0, 2.0), "sac": runs(3.0, 3.0, 3.0)},
+    }
+    scores, _ = normalised_scores(results)
+    comparisons = shared_task_comparisons(results, list(scores), {"mpo_ln": "mpo"})
+    # the pairs in the aggregate (MPO and SAC) are not repeated; a variant meets every baseline it shares a task with
+    assert list(comparisons) == [("mpo", "crossq"), ("mpo_ln", "sac"), ("mpo_ln", "crossq"), ("mpo", "mpo_ln")]
+    envs, mpo, crossq = comparisons["mpo", "crossq"]
+    assert envs == ["A", "B"]
+    np.testing.assert_array_equal(mpo, [[1.0, 5.0], [3.0, 6.0], [7.0, 6.0]])
+    np.testing.assert_array_equal(crossq, [[0.0, 6.0], [4.0, 8.0]])  # its smallest seed count over A and B: 2 runs
+
+    def brute_force(x: np.ndarray, y: np.ndarray) -> float:  # wins, and half of each tie, averaged over tasks
+        per_task = [np.mean([float(a > b) + 0.5 * float(a == b) for a in x[:, t] for b in y[:, t]]) for t in range(x.shape[1])]
+        return float(np.mean(per_task))
+
+    estimates = dict(improvement_estimates({pair: (first, second) for pair, (_, first, second) in comparisons.items()}))
+    for pair, (_, first, second) in comparisons.items():
+        assert estimates[pair].startswith(f"{brute_force(first, second):.2f}")
+    assert estimates["mpo", "mpo_ln"] == f"{brute_force(*comparisons['mpo', 'mpo_ln'][1:]):.2f}"  # one run: no interval
 
 
 def test_report_gives_no_spread_for_a_single_seed(local_store, tmp_path):
