@@ -44,13 +44,12 @@ CRITIC_TARGETS: dict[str, tuple[str, int]] = {
 def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict[str, Any]) -> dict[str, Any]:
     """
     Sample MPO hyperparameters: the learning rate and Adam's beta1 (PyTorch's 0.9, or CrossQ's 0.5), the batch, the
-    E-step bound ``epsilon``, the critic target (Retrace or 1-, 3- or 5-step returns, ``tau``, ``gamma``), the share
-    of replay in each batch (``replay_fraction``),
-    the network size and torso (:data:`TORSOS`); then the settings of the action space's policy.
-    With ``Box`` actions: ``n_action_samples``, the M-step trust regions (``epsilon_mean``, ``epsilon_std``), how
-    actions are bounded, the kind of policy improvement (``policy_improvement``) and, with n-step targets, the critic
-    (expected values or a Gaussian mixture: :data:`CRITICS`; Retrace is written for expected values) and, where it is
-    accepted, CrossQ's normalisation of the critic (:data:`CRITIC_NORMALIZATIONS`). With ``Discrete``
+    E-step bound ``epsilon``, the critic target (Retrace or 1-, 3- or 5-step returns, ``tau``, ``gamma``), the share of
+    replay in each batch (``replay_fraction``), the network size and torso (:data:`TORSOS`); then the settings of the
+    action space's policy. With ``Box`` actions: ``n_action_samples``, the M-step trust regions (``epsilon_mean``,
+    ``epsilon_std``), how actions are bounded, the kind of policy improvement (``policy_improvement``) and, with n-step
+    targets, the critic (expected values or a Gaussian mixture: :data:`CRITICS`; Retrace is written for expected values)
+    and, where it is accepted, CrossQ's normalisation of the critic (:data:`CRITIC_NORMALIZATIONS`). With ``Discrete``
     actions: the categorical trust region ``epsilon_policy`` (the E-step and the critic target enumerate the actions, so
     there is no sample count to tune).
     Scales spanning decades are sampled in log space.
