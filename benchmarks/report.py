@@ -378,16 +378,18 @@ def improvement_estimates(pairs: dict[tuple[str, str], tuple[np.ndarray, np.ndar
     """
     from rliable import metrics
 
-    keyed = {f"{first},{second}": matrices for (first, second), matrices in pairs.items()}
-    probability, probability_interval = interval_estimates(keyed, metrics.probability_of_improvement)
+    keys = {pair: ",".join(pair) for pair in pairs}
+    probability, probability_interval = interval_estimates(
+        {keys[pair]: matrices for pair, matrices in pairs.items()}, metrics.probability_of_improvement
+    )
     estimates = []
-    for (first, second), (mpo, baseline) in pairs.items():
-        key = f"{first},{second}"
+    for pair, (mpo, baseline) in pairs.items():
+        key = keys[pair]
         interval = probability_interval[key]
         low, high = interval[:, 0] if interval.ndim > 1 else interval
         # a baseline of one run per environment leaves only MPO's runs to resample: no interval of the comparison
         runs = min(len(mpo), len(baseline))
-        estimates.append(((first, second), _point_and_interval(float(probability[key]), low, high, runs, digits=2)))
+        estimates.append((pair, _point_and_interval(float(probability[key]), low, high, runs, digits=2)))
     return estimates
 
 
