@@ -393,6 +393,33 @@ def improvement_estimates(pairs: dict[tuple[str, str], tuple[np.ndarray, np.ndar
     return estimates
 
 
+def shared_task_lines(results: Results, in_aggregate: list[str], trains: dict[str, str]) -> list[str]:
+    """
+    The table of :func:`shared_task_comparisons`: the probability of improvement of MPO over each baseline the
+    aggregate leaves out, over the environments both ran.
+
+    :param results: The runs, by environment and algorithm
+    :param in_aggregate: The algorithms in the aggregate (none where it could not be formed)
+    :param trains: A name -> the algorithm it trains, for the suite's variants
+    :return: The table's markdown lines (none where no such pair shares an environment)
+    """
+    partial = shared_task_comparisons(results, in_aggregate, trains)
+    if not partial:
+        return []
+    lines = [
+        "",
+        "Where one side of a comparison lacks an environment, over the environments both ran (final returns: the "
+        "probability compares runs within each environment, so it needs no normalisation):",
+        "",
+        "| P(MPO > baseline) | environments | estimate [95% CI] |",
+        "|---|---|---|",
+    ]
+    estimates = dict(improvement_estimates({pair: (mpo, other) for pair, (_, mpo, other) in partial.items()}))
+    for (first, second), (envs, *_) in partial.items():
+        lines.append(f"| {first.upper()} > {second.upper()} | {', '.join(envs)} | {estimates[first, second]} |")
+    return lines
+
+
 def aggregate_section(
     results: Results, figures: Path, relative: Callable[[Path], str], trains: dict[str, str] | None = None
 ) -> list[str]:
@@ -409,8 +436,10 @@ def aggregate_section(
     from rliable import library, plot_utils
 
     scores, envs = normalised_scores(results)
+    # shown without an aggregate too: MPO may share environments with a baseline whose other runs are pending
+    shared = shared_task_lines(results, list(scores), trains or {})
     if len(scores) < 2:
-        return ["Aggregates need two algorithms that ran on every environment of the suite."]
+        return ["Aggregates need two algorithms that ran on every environment of the suite.", *shared]
     point, interval = interval_estimates(scores, _iqm)
     lines = [
         f"Over {len(envs)} environment(s) ({', '.join(envs)}), normalised final returns:",
@@ -430,19 +459,7 @@ def aggregate_section(
             f"| {first.upper()} > {second.upper()} | {estimate} |"
             for (first, second), estimate in improvement_estimates(pairs)
         ]
-    partial = shared_task_comparisons(results, list(scores), trains or {})
-    if partial:
-        lines += [
-            "",
-            "Where one side of a comparison lacks an environment, over the environments both ran (final returns: the "
-            "probability compares runs within each environment, so it needs no normalisation):",
-            "",
-            "| P(MPO > baseline) | environments | estimate [95% CI] |",
-            "|---|---|---|",
-        ]
-        estimates = dict(improvement_estimates({pair: (mpo, other) for pair, (_, mpo, other) in partial.items()}))
-        for (first, second), (envs, *_) in partial.items():
-            lines.append(f"| {first.upper()} > {second.upper()} | {', '.join(envs)} | {estimates[first, second]} |")
+    lines += shared
 
     import matplotlib.pyplot as plt
 

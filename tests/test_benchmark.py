@@ -19,6 +19,7 @@ from benchmarks import stamp
 from benchmarks.cli import main
 from benchmarks.report import (
     QUIET_SPEED_FOLDER,
+    aggregate_section,
     collect,
     improvement_estimates,
     improvement_pairs,
@@ -304,6 +305,20 @@ def test_comparisons_the_aggregate_leaves_out_are_made_over_the_shared_environme
     for pair, (_, first, second) in comparisons.items():
         assert estimates[pair].startswith(f"{brute_force(first, second):.2f}")
     assert estimates["mpo", "mpo_ln"] == f"{brute_force(*comparisons['mpo', 'mpo_ln'][1:]):.2f}"  # one run: no interval
+
+
+def test_shared_environment_comparisons_show_before_any_aggregate(tmp_path):
+    """A long suite where only MPO finished every task: no aggregate yet, but its comparison on the task SAC finished."""
+    results = {
+        "A": {"mpo": [{"final_return": 3.0}, {"final_return": 1.0}], "sac": [{"final_return": 2.0}]},
+        "B": {"mpo": [{"final_return": 5.0}]},
+    }
+    lines = aggregate_section(results, tmp_path, str)
+    assert lines[0] == "Aggregates need two algorithms that ran on every environment of the suite."
+    # MPO's two runs against SAC's one on A: one win and one loss
+    assert "| MPO > SAC | A | 0.50 |" in lines
+    assert not list(tmp_path.iterdir()), "no performance profile without an aggregate"
+    assert aggregate_section({"A": {"mpo": results["A"]["mpo"]}}, tmp_path, str) == [lines[0]]  # nothing to compare
 
 
 def test_report_gives_no_spread_for_a_single_seed(local_store, tmp_path):
