@@ -36,7 +36,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
-from benchmarks.results import changed_settings, describe_changes
+from benchmarks.results import TRAINING_RETURN, changed_settings, describe_changes
 from benchmarks.suite import Job
 from sb3_mpo.common.buffers import end_newest_episodes
 
@@ -68,7 +68,9 @@ class TimedEvalCallback(EvalCallback):
     """
     SB3's EvalCallback that also measures the time spent evaluating, to exclude it from the training time, and keeps,
     with each evaluation, what training logged last (:func:`training_diagnostics`, taken before the evaluation dumps
-    the logger; empty before the first update), so that a curve can be read beside its temperature, KL or critic.
+    the logger; empty before the first update), so that a curve can be read beside its temperature, KL or critic, and
+    the mean return of the training episodes that ended since the previous evaluation (:data:`TRAINING_RETURN`: the
+    behaviour policy, its exploration included, where the evaluation runs the deterministic one).
     """
 
     eval_seconds = 0.0
@@ -76,14 +78,26 @@ class TimedEvalCallback(EvalCallback):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.diagnostics: list[dict[str, float]] = []  # one per evaluation, as SB3's evaluations_* lists
+        self.training_returns: list[float] = []  # of the training episodes that ended since the last evaluation
+        self._counted_step = -1  # the training step whose ended episodes are counted (the final evaluation repeats one)
 
     def _on_step(self) -> bool:
         start = time.perf_counter()
         evaluations = len(self.evaluations_timesteps)
         logged = dict(self.model.logger.name_to_value)  # an evaluation dumps (and so clears) the logger
+        if self.model.num_timesteps != self._counted_step:
+            self._counted_step = self.model.num_timesteps
+            # Monitor's summary of each training episode that this step ended
+            self.training_returns += [
+                float(info["episode"]["r"]) for info in self.locals.get("infos", ()) if "episode" in info
+            ]
         keep_going = super()._on_step()
         if len(self.evaluations_timesteps) > evaluations:
-            self.diagnostics.append(training_diagnostics(logged))
+            diagnostics = training_diagnostics(logged)
+            if self.training_returns:
+                diagnostics[TRAINING_RETURN] = float(np.mean(self.training_returns))
+            self.diagnostics.append(diagnostics)
+            self.training_returns = []
         self.eval_seconds += time.perf_counter() - start
         return keep_going
 
@@ -95,6 +109,7 @@ class TimedEvalCallback(EvalCallback):
             "results": [list(map(float, returns)) for returns in self.evaluations_results],
             "lengths": [list(map(int, lengths)) for lengths in self.evaluations_length],
             "diagnostics": [dict(values) for values in self.diagnostics],
+            "training_returns": list(self.training_returns),
         }
 
     def result_curve(self) -> list[dict[str, Any]]:
@@ -128,8 +143,8 @@ class TimedEvalCallback(EvalCallback):
 
     def restore_curve(self, curve: dict[str, list], eval_seconds: float, n_calls: int) -> None:
         """
-        :param curve: The evaluations so far (:attr:`curve_state`; a checkpoint written before diagnostics were kept
-            restores empty ones)
+        :param curve: The evaluations so far (:attr:`curve_state`; a checkpoint written before diagnostics or training
+            returns were kept restores empty ones)
         :param eval_seconds: The time they took
         :param n_calls: The steps of the vectorised environment so far, which schedule the next evaluation
         """
@@ -138,6 +153,7 @@ class TimedEvalCallback(EvalCallback):
         self.evaluations_results = [list(returns) for returns in curve["results"]]
         self.evaluations_length = [list(lengths) for lengths in curve["lengths"]]
         self.diagnostics = [dict(values) for values in curve.get("diagnostics", [{} for _ in curve["timesteps"]])]
+        self.training_returns = list(curve.get("training_returns", []))
         self.eval_seconds = eval_seconds
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.results import ResultError, load_result
+from benchmarks.results import TRAINING_RETURN, ResultError, load_result
 from benchmarks.suite import Suite
 
 #: Bootstrap repetitions of the confidence intervals
@@ -188,20 +188,24 @@ DIAGNOSTICS = {
     "train/q_mean": "Q (mean)",
     "train/ent_coef": "SAC's entropy coefficient",
     "train/critic_loss": "critic loss",
+    TRAINING_RETURN: "training episodes' return",
 }
 
 
 def diagnostics_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
     """
     Per algorithm, the medians over its seeds of what training logged last before the final evaluation (the result
-    files' ``curve[-1]["train"]``, :data:`DIAGNOSTICS` only); nothing where no run recorded any.
+    files' ``curve[-1]["train"]``, :data:`DIAGNOSTICS` only), and the mean return of its training episodes since the
+    evaluation before (the behaviour policy's, beside the deterministic one's final return); nothing where no run
+    recorded any.
     """
     finals = {algo: [run["curve"][-1].get("train") or {} for run in runs] for algo, runs in runs_by_algo.items()}
     keys = [key for key in DIAGNOSTICS if any(key in logged for runs in finals.values() for logged in runs)]
     if not keys:
         return []
     lines = [
-        "Training at the final evaluation (what `train()` logged last; medians over the seeds that recorded it):",
+        "Training at the final evaluation (what `train()` logged last, and the return of the training episodes since the "
+        "evaluation before; medians over the seeds that recorded it):",
         "",
         f"| algorithm | seeds | {' | '.join(DIAGNOSTICS[key] for key in keys)} |",
         f"|---|---|{'---|' * len(keys)}",

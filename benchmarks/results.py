@@ -17,6 +17,10 @@ from benchmarks.suite import Job
 
 #: Version of the result-file layout; files of another version are reported and not used
 SCHEMA = 1
+#: The key of an evaluation's ``train`` record that holds the mean return of the training episodes ended since the
+#: previous evaluation (absent where none ended, and in files written before it was kept), in the ``rollout/``
+#: namespace of SB3's own episode statistics
+TRAINING_RETURN = "rollout/ep_rew_since_eval"
 #: Keys every result file of a ``returns`` suite must have
 REQUIRED_KEYS = (
     "schema",

@@ -30,6 +30,7 @@ from benchmarks.report import (
     shared_task_comparisons,
 )
 from benchmarks.results import (
+    TRAINING_RETURN,
     ResultError,
     changed_settings,
     describe_changes,
@@ -119,6 +120,8 @@ def test_local_backend_writes_one_valid_file_per_run(local_store):
         mpo_keys = {"train/temperature", "train/kl_q", "train/std_mean", "train/q_mean"}
         own = mpo_keys if job.algo == "mpo" else {"train/ent_coef"}
         assert own <= set(last) and last["train/n_updates"] == result["n_updates"] - 1
+        # and the first training episode, which ended at step 200 (Pendulum-v1's 200-step episodes), by its return
+        assert TRAINING_RETURN in last and -2000 < last[TRAINING_RETURN] < 0
         assert all(np.isfinite(value) for value in last.values())
         assert result["env_steps_per_second"] > 0 and result["gradient_steps_per_second"] > 0
         assert result["hyperparams"]["policy_kwargs"] == repr("dict(net_arch=[8])")
@@ -172,7 +175,10 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
     assert f"; critic target as trained: n_step (n_steps=5); target pass in {PENDULUM_TARGET_DTYPE} |" in page
     assert page.count("critic target as trained") == 1
     # what training logged before the final evaluation, medians over seeds; "—" where an algorithm logs no such number
-    columns = "MPO's temperature η | KL(q ‖ π_old) | policy std (mean) | Q (mean) | SAC's entropy coefficient | critic loss"
+    columns = (
+        "MPO's temperature η | KL(q ‖ π_old) | policy std (mean) | Q (mean) | SAC's entropy coefficient | critic loss | "
+        "training episodes' return"
+    )
     assert f"| algorithm | seeds | {columns} |" in page
     finals = {
         algo: [
@@ -185,7 +191,13 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
     temperature = np.median([logged["train/temperature"] for logged in finals["mpo"]])
     entropy_coefficient = np.median([logged["train/ent_coef"] for logged in finals["sac"]])
     assert f"| MPO | 2 | {temperature:.3g} | " in page
-    assert re.search(rf"^\| SAC \| 2 \| — \| — \| — \| — \| {entropy_coefficient:.3g} \| ", page, flags=re.MULTILINE)
+    # the median return of the training episodes before the final evaluation: the last column, SAC's own
+    training_return = re.escape(f"{np.median([logged[TRAINING_RETURN] for logged in finals['sac']]):.3g}")
+    assert re.search(
+        rf"^\| SAC \| 2 \| — \| — \| — \| — \| {entropy_coefficient:.3g} \| [^|]+ \| {training_return} \|$",
+        page,
+        flags=re.MULTILINE,
+    )
     for figure in ("Pendulum-v1.png", "performance_profile.png"):
         path = tmp_path / "fig" / "tiny" / figure
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import yaml
 from gymnasium import spaces
+from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.env_util import make_vec_env
 
 from benchmarks import checkpoints as checkpoints_module
 from benchmarks.checkpoints import (
     RunCheckpoint,
+    TimedEvalCallback,
     checkpoint_progress,
     continue_from_final,
     job_signature,
@@ -24,7 +27,7 @@ from benchmarks.checkpoints import (
     stale_checkpoint,
 )
 from benchmarks.cli import main
-from benchmarks.results import load_result
+from benchmarks.results import TRAINING_RETURN, load_result
 from benchmarks.stamp import git_commit
 from benchmarks.suite import Job, load_suite
 from benchmarks.training import run_job, run_job_safely
@@ -351,3 +354,26 @@ def test_stopping_the_driver_stops_its_workers(suite_path, tmp_path, stop):
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived its driver"
+
+
+def test_each_evaluation_keeps_the_return_of_the_training_episodes_since_the_previous_one(tmp_path):
+    """Against SB3's own record of the episodes (``ep_info_buffer``): 200-step episodes, evaluations every 350 steps."""
+    model = SAC("MlpPolicy", "Pendulum-v1", learning_starts=2000, seed=0)  # random actions: no update is needed
+    evaluation = TimedEvalCallback(
+        make_vec_env("Pendulum-v1", seed=1), eval_freq=350, n_eval_episodes=1, log_path=str(tmp_path), verbose=0
+    )
+    model.learn(1000, callback=evaluation)
+    episodes = [info["r"] for info in model.ep_info_buffer]  # ended at steps 200, 400, ..., 1000
+    assert len(episodes) == 5
+    # at 350: the first episode; at 700: the two that ended at 400 and 600
+    expected = [episodes[0], np.mean(episodes[1:3])]
+    np.testing.assert_allclose([logged[TRAINING_RETURN] for logged in evaluation.diagnostics], expected, rtol=1e-6)
+    # those that ended at 800 and 1000 wait for the next evaluation, through a checkpoint too
+    assert evaluation.training_returns == pytest.approx(episodes[3:])
+    resumed = TimedEvalCallback(make_vec_env("Pendulum-v1", seed=1), log_path=str(tmp_path))
+    resumed.restore_curve(json.loads(json.dumps(evaluation.curve_state)), eval_seconds=0.0, n_calls=1000)
+    assert resumed.training_returns == evaluation.training_returns and resumed.diagnostics == evaluation.diagnostics
+    # the final evaluation runs on step 1000, which the training loop already counted: its episode counts once
+    evaluation.evaluate_final(1000)
+    assert evaluation.diagnostics[-1][TRAINING_RETURN] == pytest.approx(np.mean(episodes[3:]))
+    assert evaluation.training_returns == []
