@@ -115,7 +115,8 @@ class TimedEvalCallback(EvalCallback):
     def result_curve(self) -> list[dict[str, Any]]:
         """
         :return: The evaluations so far as a result's curve: per evaluation its step, the mean, standard deviation and
-            list of the episodes' returns, and what training logged last before it (``train``)
+            list of the episodes' returns, their lengths (where an episode ended early: a fall, not a slow gait), and
+            what training logged last before it (``train``)
         """
         return [
             {
@@ -123,10 +124,11 @@ class TimedEvalCallback(EvalCallback):
                 "mean": float(np.mean(returns)),
                 "std": float(np.std(returns)),
                 "returns": list(map(float, returns)),
+                "lengths": list(map(int, lengths)),
                 "train": diagnostics,
             }
-            for step, returns, diagnostics in zip(
-                self.evaluations_timesteps, self.evaluations_results, self.diagnostics, strict=True
+            for step, returns, lengths, diagnostics in zip(
+                self.evaluations_timesteps, self.evaluations_results, self.evaluations_length, self.diagnostics, strict=True
             )
         ]
 

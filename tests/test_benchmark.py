@@ -112,6 +112,7 @@ def test_local_backend_writes_one_valid_file_per_run(local_store):
         result = load_result(job.result_path(results), job)
         assert [point["step"] for point in result["curve"]] == [100, 200]
         assert all(len(point["returns"]) == 2 for point in result["curve"])
+        assert all(point["lengths"] == [200, 200] for point in result["curve"])  # Pendulum-v1 ends every episode at 200
         assert result["final_return"] == result["curve"][-1]["mean"]
         # each evaluation keeps what training logged last: nothing before the first update (learning_starts=100),
         # then the algorithm's own numbers (MPO's temperature and KL, SAC's entropy coefficient), counting its updates
