@@ -203,9 +203,9 @@ def diagnostics_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str
     keys = [key for key in DIAGNOSTICS if any(key in logged for runs in finals.values() for logged in runs)]
     if not keys:
         return []
+    episodes = ", and the return of the training episodes since the evaluation before" if TRAINING_RETURN in keys else ""
     lines = [
-        "Training at the final evaluation (what `train()` logged last, and the return of the training episodes since the "
-        "evaluation before; medians over the seeds that recorded it):",
+        f"Training at the final evaluation (what `train()` logged last{episodes}; medians over the seeds that recorded it):",
         "",
         f"| algorithm | seeds | {' | '.join(DIAGNOSTICS[key] for key in keys)} |",
         f"|---|---|{'---|' * len(keys)}",

@@ -181,6 +181,7 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
         "training episodes' return"
     )
     assert f"| algorithm | seeds | {columns} |" in page
+    assert "(what `train()` logged last, and the return of the training episodes since the evaluation before; " in page
     finals = {
         algo: [
             load_result(job.result_path(results), job)["curve"][-1]["train"]
