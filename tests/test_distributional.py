@@ -1,6 +1,7 @@
 """The distributional critics (categorical, Gaussian mixture): their losses and values against independent computations,
 and the model with each."""
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from sb3_mpo import MPO
 from sb3_mpo.mpo import losses
 from sb3_mpo.mpo.evaluation import CategoricalNStepEvaluation, MixtureNStepEvaluation
 from sb3_mpo.mpo.policies import SampledCritic
+from sb3_mpo.mpo.torsos import SharedBatchRenorm
 
 SUPPORT = (-10.0, 10.0)
 
@@ -117,12 +119,18 @@ def test_categorical_critic_outputs_logits_and_its_values_are_their_means() -> N
     th.testing.assert_close(critic.sampled_q_values(observations, actions), Categorical(logits=looped).probs @ critic.atoms)
 
 
-def test_categorical_critic_survives_save_and_load(tmp_path: Path) -> None:
-    model = categorical_model(learning_starts=50)
+#: The critic's normalisation: none (with a target critic), or CrossQ's (no target critic)
+NORMALISATIONS = {"target_critic": {}, "crossq": {"batch_renorm": True}}
+
+
+@pytest.mark.parametrize("normalisation", NORMALISATIONS.values(), ids=NORMALISATIONS.keys())
+def test_categorical_critic_survives_save_and_load(normalisation: dict, tmp_path: Path) -> None:
+    model = categorical_model(learning_starts=50, policy_kwargs=normalisation)
     model.learn(150)
     model.save(tmp_path / "model.zip")
     loaded = MPO.load(tmp_path / "model.zip", env=model.get_env())
     assert loaded.policy.critic_support == SUPPORT and loaded.policy.n_atoms == 11
+    assert loaded.policy.batch_renorm == bool(normalisation)
     th.testing.assert_close(loaded.policy.state_dict(), model.policy.state_dict())
     observations = th.randn(5, 3)
     actions = th.rand(2, 5, 1) * 2 - 1
@@ -229,12 +237,14 @@ def test_mixture_critic_loss_is_the_likelihood_of_shifted_target_samples() -> No
     th.testing.assert_close(evaluation.improvement.q_values, th.full_like(evaluation.improvement.q_values, c))
 
 
-def test_mixture_critic_survives_save_and_load(tmp_path: Path) -> None:
-    model = mixture_model(learning_starts=50)
+@pytest.mark.parametrize("normalisation", NORMALISATIONS.values(), ids=NORMALISATIONS.keys())
+def test_mixture_critic_survives_save_and_load(normalisation: dict, tmp_path: Path) -> None:
+    model = mixture_model(learning_starts=50, policy_kwargs=normalisation)
     model.learn(150)
     model.save(tmp_path / "model.zip")
     loaded = MPO.load(tmp_path / "model.zip", env=model.get_env())
     assert loaded.policy.critic_mixture == 3 and loaded.critic.distribution == "mixture"
+    assert loaded.policy.batch_renorm == bool(normalisation)
     th.testing.assert_close(loaded.policy.state_dict(), model.policy.state_dict())
     loaded.learn(50, reset_num_timesteps=False)
     assert loaded.num_timesteps == 200
@@ -252,3 +262,68 @@ def test_mixture_critic_survives_save_and_load(tmp_path: Path) -> None:
 def test_bad_mixture_critics_are_refused(env: str, kwargs: dict, policy_kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         MPO("MlpPolicy", env, policy_kwargs=policy_kwargs, **kwargs)
+
+
+# === With CrossQ's critic (batch_renorm: no target critic) ===
+
+
+def normalised_passes(network: th.nn.Sequential, graded: th.Tensor, scored: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    """The network layer by layer, every BatchRenorm (in its warm-up) normalising both inputs with the moments of the
+    graded rows at that layer (mean and unbiased variance), as CrossQ's joint batch does."""
+    for layer in network:
+        if isinstance(layer, SharedBatchRenorm):
+            mean, var = graded.mean(0), graded.var(0)
+            graded, scored = (layer.scale * (x - mean) / th.sqrt(var + layer.eps) + layer.bias for x in (graded, scored))
+        else:
+            graded, scored = layer(graded), layer(scored)
+    return graded, scored
+
+
+@pytest.mark.parametrize("distribution", ["categorical", "mixture"])
+def test_a_distributional_crossq_critic_targets_its_own_distributions_at_the_sampled_next_actions(distribution: str) -> None:
+    """The stored pairs and the first sampled action at each next state set the normalisation; the targets are the
+    critic's own distributions at the N sampled next actions under it (no target critic), computed here layer by layer;
+    the loss is the cross-entropy to the projected mixture (categorical) or the likelihood of the shifted samples
+    (mixture, with scipy)."""
+    build = categorical_model if distribution == "categorical" else mixture_model
+    model = build(learning_starts=10_000, policy_kwargs={"batch_renorm": True})
+    model.learn(100)
+    assert type(model.evaluation).__name__.lower().startswith(distribution)
+    critic = model.critic
+    assert isinstance(critic, SampledCritic) and critic.distribution == distribution
+    with th.no_grad():  # a target critic unlike the critic: nothing may read it
+        for parameter in model.critic_target.parameters():
+            parameter.add_(th.randn_like(parameter))
+    target_state = copy.deepcopy(model.critic_target.state_dict())
+    reference = copy.deepcopy(critic.q_networks[0])
+    batch = model.replay_buffer.sample(32)
+    model.policy.set_training_mode(True)
+    evaluation = model.evaluation.evaluate(batch)
+
+    sampled = model.actor_target.squash(evaluation.improvement.actions)  # (N, B, A), π_old's samples at s'
+    n_samples = sampled.shape[0]
+    stored_pairs = th.cat([batch.observations, model.actor.squash(batch.actions)], -1)
+    graded = th.cat([stored_pairs, th.cat([batch.next_observations, sampled[0]], -1)])
+    rows = th.cat([batch.next_observations.expand(n_samples, -1, -1), sampled], -1).flatten(0, 1)
+    with th.no_grad():
+        graded_out, sampled_out = normalised_passes(reference, graded, rows)
+    outputs, sampled_out = graded_out[:32].numpy(), sampled_out.reshape(n_samples, 32, -1)
+    th.testing.assert_close(evaluation.improvement.q_values, critic.values(sampled_out), rtol=1e-4, atol=1e-4)
+    shift, scale = batch.rewards.numpy(), (batch.discounts * (1 - batch.dones)).numpy()
+    if distribution == "categorical":
+        atoms = critic.atoms.numpy()
+        next_probs = th.softmax(sampled_out, -1).mean(0).numpy()
+        target = brute_force_projection(shift + scale * atoms, next_probs, atoms)
+        log_probs = outputs - logsumexp(outputs, axis=-1, keepdims=True)
+        expected = -np.mean((target * log_probs).sum(-1))
+    else:
+        samples = evaluation.improvement.value_samples
+        assert samples is not None and samples.shape == (32, n_samples)
+        targets = shift + scale * samples.numpy()
+        logits, means, scales = (x.numpy() for x in critic.mixture(th.as_tensor(outputs)))
+        weights = np.exp(logits - logsumexp(logits, axis=-1, keepdims=True))
+        expected = -np.mean(
+            [logsumexp(stats.norm.logpdf(targets[b, :, None], means[b], scales[b]), b=weights[b], axis=-1) for b in range(32)]
+        )
+    assert evaluation.critic_loss.item() == pytest.approx(expected, rel=1e-4)
+    assert all(th.equal(value, model.critic_target.state_dict()[name]) for name, value in target_state.items())

@@ -14,12 +14,13 @@ THRESHOLD = -400.0  # a random policy scores about -1200; SAC's RL Zoo result at
 
 
 #: The critics a user can pick, each of which must learn the task: the entry's, CrossQ's (BatchRenorm, no target critic),
-#: a categorical one over returns in [-1700, 100] and a mixture of 5 Gaussians
+#: a categorical one over returns in [-1700, 100], a mixture of 5 Gaussians, and that mixture with CrossQ's normalisation
 CRITICS = {
     "target_critic": {},
     "crossq_critic": {"batch_renorm": True},
     "categorical_critic": {"critic_support": (-1700.0, 100.0), "n_atoms": 51},
     "mixture_critic": {"critic_mixture": 5},
+    "crossq_mixture_critic": {"batch_renorm": True, "critic_mixture": 5},
 }
 
 

@@ -230,6 +230,17 @@ def test_next_states_left_out_of_the_statistics_change_nothing_but_their_own_sco
     )
 
 
+def test_sampled_actions_of_a_crossq_critic_are_scored_as_in_evaluation_mode():
+    model = MPO("MlpPolicy", "Pendulum-v1", q_target="n_step", policy_kwargs=dict(net_arch=[8], batch_renorm=True), seed=0)
+    critic = model.critic
+    for _ in range(3):  # running statistics away from their initial (0, 1)
+        critic.joint_outputs(3.0 + th.randn(16, 3), th.rand(16, 1), th.randn(16, 3), th.rand(2, 16, 1))
+    observations, actions = th.randn(5, 3), th.rand(4, 5, 1) * 2 - 1
+    sampled = critic.sampled_q_values(observations, actions)
+    critic.set_training_mode(False)
+    th.testing.assert_close(sampled, th.stack([critic(observations, actions[j])[0].squeeze(-1) for j in range(4)]))
+
+
 @pytest.mark.parametrize(
     "policy, env, q_target",
     [
@@ -261,7 +272,6 @@ def test_batch_renorm_critic_trains_without_its_target_and_is_saved_and_restored
     [
         ("CartPole-v1", dict(q_target="n_step"), {}, "batch_renorm=True is invalid with a Discrete action space"),
         ("Pendulum-v1", {}, dict(residual=True), "batch_renorm=True is invalid with residual=True"),
-        ("Pendulum-v1", dict(q_target="n_step"), dict(critic_mixture=5), "critic_mixture=5 is invalid with batch_renorm"),
         ("Pendulum-v1", dict(value_normalization=True), {}, "value_normalization=True is invalid"),
         ("Pendulum-v1", dict(policy_improvement="parametric"), {}, "policy_improvement='parametric' is invalid"),
         ("Pendulum-v1", dict(compile_update=True), {}, "compile_update=True is invalid"),

@@ -110,6 +110,10 @@ class CriticEvaluation(ABC):
         improvement = cast(GaussianImprovement, model.improvement)
         return improvement.joint_values(observations, actions, next_observations, following_actions, valid)
 
+    def discounts(self, replay_data: ReplayBufferSamples) -> th.Tensor | float:
+        """γⁿ of each (n-step) transition of the batch, or γ for all where the buffer stores single steps."""
+        return replay_data.discounts if replay_data.discounts is not None else self.model.gamma
+
     def values(self, critic_outputs: th.Tensor) -> th.Tensor:
         """The values Q of the critics' outputs: σ·q̂ + μ with value normalisation, the outputs themselves without."""
         normalizer = self.model.value_normalizer
@@ -139,13 +143,15 @@ class NStepEvaluation(CriticEvaluation):
 
     def evaluate(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
         model = self.model
-        discounts = replay_data.discounts if replay_data.discounts is not None else model.gamma
         self.initialise_value_normalizer(replay_data.rewards)
         current_q_values, targets, _ = self.scored_batch(
             replay_data.observations, replay_data.actions, replay_data.next_observations
         )
         target_q_values = losses.expected_sarsa_target(
-            replay_data.rewards, replay_data.dones, discounts, self.values(targets.expected_q()).unsqueeze(-1)
+            replay_data.rewards,
+            replay_data.dones,
+            self.discounts(replay_data),
+            self.values(targets.expected_q()).unsqueeze(-1),
         )
         target_q_values, targets = self.normalised_targets(target_q_values, targets)
         if current_q_values is None:
@@ -154,50 +160,69 @@ class NStepEvaluation(CriticEvaluation):
         return PolicyEvaluation(critic_loss, self.values(current_q_values.detach().mean()), targets)
 
 
-class CategoricalNStepEvaluation(CriticEvaluation):
+class DistributionalNStepEvaluation(CriticEvaluation):
     """
-    Distributional expected-SARSA critic loss over (n-step) transitions, for a categorical critic of a Gaussian policy
-    (Bellemare et al. 2017, as in DeepMind's MPO with a categorical critic): the target distribution is the mixture,
-    over the N sampled actions of π_old, of the target critic's distributions at s', shifted to r + γⁿ·z and projected
-    onto the support; the critic minimises its cross-entropy. The E-step and M-step read the critics' means.
-    """
-
-    def evaluate(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
-        model = self.model
-        critic = cast(SampledCritic, model.critic)
-        assert critic.atoms is not None, "a categorical critic has a support"
-        discounts = replay_data.discounts if replay_data.discounts is not None else model.gamma
-        targets, _ = model.improvement.target_values(replay_data.next_observations)
-        assert isinstance(targets, SampledImprovementBatch) and targets.value_probs is not None
-        with th.no_grad():
-            target_atoms = losses.expected_sarsa_target(replay_data.rewards, replay_data.dones, discounts, critic.atoms)
-            target_probs = losses.categorical_projection(target_atoms, targets.value_probs, critic.atoms)
-        actor = cast(GaussianActor, model.actor)
-        logits = critic(replay_data.observations, actor.squash(replay_data.actions))[0]
-        critic_loss = losses.categorical_cross_entropy(logits, target_probs)
-        return PolicyEvaluation(critic_loss, critic.values(logits.detach()).mean(), targets)
-
-
-class MixtureNStepEvaluation(CriticEvaluation):
-    """
-    Distributional expected-SARSA critic loss over (n-step) transitions, for a mixture-of-Gaussians critic of a
-    Gaussian policy (Shahriari et al. 2022, Acme's default MPO critic): one return is drawn from the target critic's
-    mixture at each of the N actions sampled from π_old at s', and the critic maximises the likelihood of their
-    shifted values r + γⁿ·z under its mixture at (s, a). The E-step and M-step read the critics' means.
+    Distributional expected-SARSA critic loss over (n-step) transitions, for a distributional critic of a Gaussian
+    policy: the targets are the critic's distributions of returns at the N actions sampled from π_old at s', shifted to
+    r + γⁿ·z; those of the target critic, or, for a critic without target network (``batch_renorm``), the critic's own,
+    scored without gradient in one batch with the stored pairs. The E-step and M-step read the critics' means.
     """
 
     def evaluate(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
         model = self.model
         critic = cast(SampledCritic, model.critic)
-        discounts = replay_data.discounts if replay_data.discounts is not None else model.gamma
-        targets, _ = model.improvement.target_values(replay_data.next_observations)
-        assert isinstance(targets, SampledImprovementBatch) and targets.value_samples is not None
-        actor = cast(GaussianActor, model.actor)
-        outputs = critic(replay_data.observations, actor.squash(replay_data.actions))[0]
-        critic_loss = losses.mixture_cross_entropy(
-            replay_data.rewards, replay_data.dones, discounts, targets.value_samples, *critic.mixture(outputs)
-        )
+        outputs, targets, _ = self.scored_batch(replay_data.observations, replay_data.actions, replay_data.next_observations)
+        assert isinstance(targets, SampledImprovementBatch)
+        if outputs is None:
+            outputs = critic(replay_data.observations, cast(GaussianActor, model.actor).squash(replay_data.actions))[0]
+        critic_loss = self.loss(replay_data, outputs, targets)
         return PolicyEvaluation(critic_loss, critic.values(outputs.detach()).mean(), targets)
+
+    @abstractmethod
+    def loss(self, replay_data: ReplayBufferSamples, outputs: th.Tensor, targets: SampledImprovementBatch) -> th.Tensor:
+        """
+        :param replay_data: The batch of transitions
+        :param outputs: The critic's outputs at the stored pairs, (B, out_features), with gradient
+        :param targets: The E-step's batch, with the distributions of returns at the next states
+        :return: The critic's loss
+        """
+
+
+class CategoricalNStepEvaluation(DistributionalNStepEvaluation):
+    """
+    :class:`DistributionalNStepEvaluation` for a categorical critic (Bellemare et al. 2017, as in DeepMind's MPO with a
+    categorical critic): the target distribution is the mixture over the N sampled actions, shifted and projected onto
+    the support; the critic minimises its cross-entropy.
+    """
+
+    def loss(self, replay_data: ReplayBufferSamples, outputs: th.Tensor, targets: SampledImprovementBatch) -> th.Tensor:
+        atoms = cast(SampledCritic, self.model.critic).atoms
+        assert atoms is not None and targets.value_probs is not None, "a categorical critic has a support"
+        with th.no_grad():
+            target_atoms = losses.expected_sarsa_target(
+                replay_data.rewards, replay_data.dones, self.discounts(replay_data), atoms
+            )
+            target_probs = losses.categorical_projection(target_atoms, targets.value_probs, atoms)
+        return losses.categorical_cross_entropy(outputs, target_probs)
+
+
+class MixtureNStepEvaluation(DistributionalNStepEvaluation):
+    """
+    :class:`DistributionalNStepEvaluation` for a mixture-of-Gaussians critic (Shahriari et al. 2022, Acme's default MPO
+    critic): one return is drawn from the (target) critic's mixture at each of the N sampled actions, and the critic maximises
+    the likelihood of their shifted values r + γⁿ·z under its mixture at (s, a).
+    """
+
+    def loss(self, replay_data: ReplayBufferSamples, outputs: th.Tensor, targets: SampledImprovementBatch) -> th.Tensor:
+        assert targets.value_samples is not None, "a mixture critic's batch has return samples"
+        critic = cast(SampledCritic, self.model.critic)
+        return losses.mixture_cross_entropy(
+            replay_data.rewards,
+            replay_data.dones,
+            self.discounts(replay_data),
+            targets.value_samples,
+            *critic.mixture(outputs),
+        )
 
 
 class RetraceEvaluation(CriticEvaluation):

@@ -42,11 +42,11 @@ class SampledImprovementBatch(NamedTuple):
     q_values: th.Tensor  # (N, B), target critic
     mean_old: th.Tensor  # (B, A)
     std_old: th.Tensor  # (B, A)
-    #: With a categorical critic: the target critic's distribution of returns under π_old, the mixture of the N samples'
-    #: distributions, shape (B, n_atoms); None otherwise
+    #: With a categorical critic: the target critic's (with ``batch_renorm``, the critic's) distribution of returns under
+    #: π_old, the mixture of the N samples' distributions, shape (B, n_atoms); None otherwise
     value_probs: th.Tensor | None = None
-    #: With a mixture critic: one return drawn from the target critic's mixture at each of the N samples, shape (B, N);
-    #: None otherwise
+    #: With a mixture critic: one return drawn from the target critic's (with ``batch_renorm``, the critic's) mixture at
+    #: each of the N samples, shape (B, N); None otherwise
     value_samples: th.Tensor | None = None
 
     def expected_q(self) -> th.Tensor:

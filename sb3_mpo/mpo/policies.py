@@ -21,11 +21,11 @@ from torch.nn import functional as F
 from sb3_mpo.mpo.losses import categorical_mean, inverse_positive, mixture_mean
 from sb3_mpo.mpo.torsos import (
     batch_renorm_torso,
-    flat_layers,
     layer_norm_input_block,
     residual_torso,
     sampled_pass,
     with_batch_statistics,
+    with_running_statistics,
 )
 
 ActionBounding = Literal["clip", "tanh"]
@@ -363,7 +363,9 @@ class SampledCritic(ContinuousCritic):
     def sampled_outputs(self, obs: PyTorchObs, actions: th.Tensor, hidden_dtype: th.dtype = th.float32) -> th.Tensor:
         """
         The network's outputs for N actions per state, its first layer's features half computed once per state
-        (:func:`~sb3_mpo.mpo.torsos.sampled_pass`).
+        (:func:`~sb3_mpo.mpo.torsos.sampled_pass`). CrossQ's critic (``batch_renorm``) normalises them with its running
+        statistics, as in evaluation mode (:func:`~sb3_mpo.mpo.torsos.with_running_statistics`); its training pass is
+        :meth:`joint_outputs`.
 
         :param obs: Observation batch of B states
         :param actions: N actions per state, shape (N, B, A)
@@ -376,7 +378,7 @@ class SampledCritic(ContinuousCritic):
         """
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
             features = self.extract_features(obs, self.features_extractor)
-        return sampled_pass(flat_layers(self.q_network.children()), features, actions, hidden_dtype)
+        return sampled_pass(with_running_statistics(self.q_network.children()), features, actions, hidden_dtype)
 
     @property
     def q_network(self) -> nn.Sequential:
@@ -409,7 +411,8 @@ class SampledCritic(ContinuousCritic):
         :param next_actions: N actions per next state (squashed into the box), shape (N, B', A)
         :param in_statistics: Which next states join the statistics with their first action, shape (B',) (None: all)
         :param hidden_dtype: Floating-point type of the sampled rows' matrix products
-        :return: The outputs of the stored pairs, (B, 1) with gradient, and of the sampled actions, (N, B', 1)
+        :return: The outputs of the stored pairs, (B, out_features) with gradient, and of the sampled actions,
+            (N, B', out_features): one value each, or a distributional critic's logits or mixture parameters
         """
         features = self.extract_features(obs, self.features_extractor)
         next_features = self.extract_features(next_obs, self.features_extractor)
@@ -484,8 +487,9 @@ class MPOPolicy(BasePolicy):
     :param batch_renorm: Give the critic CrossQ's normalisation (Bhatt et al. 2024): a BatchRenorm layer before each of
         its Linear layers (:func:`~sb3_mpo.mpo.torsos.batch_renorm_torso`), and no target critic: its targets and the
         E-step's values come from the critic itself, in one batch with the stored pairs
-        (:meth:`SampledCritic.joint_outputs`). The target policy stays, as π_old of the trust regions. ``Box`` only, with
-        a critic of expected values; not with ``residual``
+        (:meth:`SampledCritic.joint_outputs`). The target policy stays, as π_old of the trust regions. ``Box`` only; with
+        a distributional critic (``critic_support`` or ``critic_mixture``) the critic's own distributions at the sampled
+        next actions, taken without gradient, make the targets; not with ``residual``
     :param batch_norm_momentum: With ``batch_renorm``: the rate at which the running statistics follow the batches'
     :param renorm_warmup_steps: With ``batch_renorm``: gradient steps that normalise with each batch's own statistics
         before the running ones renormalise them (CrossQ's 100,000: a run of up to 100k updates is batch-normalised
@@ -524,7 +528,7 @@ class MPOPolicy(BasePolicy):
     ):
         self.check_distributional_critic(action_space, critic_support, n_atoms, critic_mixture)
         if batch_renorm:
-            self.check_batch_renorm(action_space, residual, critic_support, critic_mixture)
+            self.check_batch_renorm(action_space, residual)
             if not 0.0 < batch_norm_momentum <= 1.0:
                 raise ValueError(
                     f"MPOPolicy: batch_norm_momentum={batch_norm_momentum!r} is invalid, expected a float in (0, 1]"
@@ -620,12 +624,7 @@ class MPOPolicy(BasePolicy):
             raise ValueError(f"MPOPolicy: n_atoms={n_atoms!r} is invalid, expected an integer >= 2")
 
     @staticmethod
-    def check_batch_renorm(
-        action_space: spaces.Space,
-        residual: bool,
-        critic_support: tuple[float, float] | None,
-        critic_mixture: int | None,
-    ) -> None:
+    def check_batch_renorm(action_space: spaces.Space, residual: bool) -> None:
         """:raises ValueError: naming the argument that cannot go with ``batch_renorm=True``"""
         if isinstance(action_space, spaces.Discrete):
             raise ValueError(
@@ -636,14 +635,6 @@ class MPOPolicy(BasePolicy):
             raise ValueError(
                 "MPOPolicy: batch_renorm=True is invalid with residual=True, expected one of the two (SimBa's blocks "
                 "normalise every block's input already)"
-            )
-        if critic_support is not None or critic_mixture is not None:
-            name, value = (
-                ("critic_support", critic_support) if critic_support is not None else ("critic_mixture", critic_mixture)
-            )
-            raise ValueError(
-                f"MPOPolicy: {name}={value!r} is invalid with batch_renorm=True, expected None (the critic without a "
-                "target network regresses expected values)"
             )
 
     def _build(self, lr_schedule: Schedule) -> None:

@@ -297,23 +297,56 @@ def with_batch_statistics(modules: Iterable[nn.Module], graded: th.Tensor) -> tu
     """
     A training-mode forward of ``graded``, which keeps its gradient (through its statistics too) and moves each
     :class:`SharedBatchRenorm`'s running statistics once; and the same layers as they act on other rows normalised with
-    the statistics of ``graded``. There each normalisation is a fixed per-feature affine map (:class:`FixedAffine`),
-    which the Linear layer after it takes in (:class:`FoldedLinear`), so those rows pay for no normalisation pass.
+    the statistics of ``graded`` (:func:`folded_normalisations`), so those rows pay for no normalisation pass.
 
     :param modules: The layers (nested ``nn.Sequential`` containers opened), in training mode
     :param graded: The rows that train the network and set the statistics, (B, in_features)
     :return: Their outputs, (B, out_features), and the layers for other rows (their parameters without gradient)
     """
-    fixed: list[FixedLayer] = []
-    pending: FixedAffine | None = None  # a normalisation the other rows still owe
-    for layer in flat_layers(modules):
+    layers, affine_maps = flat_layers(modules), []
+    for layer in layers:
         if isinstance(layer, SharedBatchRenorm):
             mean, var = layer.batch_statistics(graded)
             graded = layer.normalize(graded, mean, var)
             with th.no_grad():
-                pending = FixedAffine(*layer.affine_map(mean, var))
+                affine_maps.append(FixedAffine(*layer.affine_map(mean, var)))
+        else:
+            graded = layer(graded)
+    return graded, folded_normalisations(layers, affine_maps)
+
+
+def with_running_statistics(modules: Iterable[nn.Module]) -> list[FixedLayer]:
+    """
+    :param modules: The layers (nested ``nn.Sequential`` containers opened)
+    :return: The layers as they act in evaluation mode, each :class:`SharedBatchRenorm` normalising with its running
+        statistics (:func:`folded_normalisations`); layers without one are returned as they are
+    """
+    layers = flat_layers(modules)
+    with th.no_grad():
+        affine_maps = [
+            FixedAffine(*layer.affine_map(cast(th.Tensor, layer.ra_mean), cast(th.Tensor, layer.ra_var)))
+            for layer in layers
+            if isinstance(layer, SharedBatchRenorm)
+        ]
+    return folded_normalisations(layers, affine_maps)
+
+
+def folded_normalisations(layers: Sequence[FixedLayer], affine_maps: Sequence[FixedAffine]) -> list[FixedLayer]:
+    """
+    Layers whose normalisations have fixed statistics: each :class:`SharedBatchRenorm` becomes its per-feature affine
+    map (:class:`FixedAffine`), which the Linear layer right after it takes in (:class:`FoldedLinear`).
+
+    :param layers: The layers, in order
+    :param affine_maps: The affine map of each :class:`SharedBatchRenorm` among them, in order
+    :return: The layers with the maps in place of the normalisations (their folded parameters without gradient)
+    """
+    maps = iter(affine_maps)
+    fixed: list[FixedLayer] = []
+    pending: FixedAffine | None = None  # a normalisation the next layer still owes
+    for layer in layers:
+        if isinstance(layer, SharedBatchRenorm):
+            pending = next(maps)
             continue
-        graded = layer(graded)
         if pending is not None and isinstance(layer, nn.Linear):
             with th.no_grad():
                 fixed.append(pending.folded_into(layer))
@@ -322,7 +355,7 @@ def with_batch_statistics(modules: Iterable[nn.Module], graded: th.Tensor) -> tu
         pending = None
     if pending is not None:
         fixed.append(pending)
-    return graded, fixed
+    return fixed
 
 
 def sampled_pass(

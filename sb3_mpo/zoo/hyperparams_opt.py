@@ -89,11 +89,8 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
             sampled["parametric_samples"] = trial.suggest_categorical("parametric_samples", [1, 4, 20])
         if sampled["q_target"] != "retrace":
             sampled["critic"] = trial.suggest_categorical("critic", list(CRITICS))
-        if (
-            sampled["torso"] != "residual"
-            and sampled["policy_improvement"] == "nonparametric"
-            and sampled.get("critic", "expected") == "expected"
-        ):  # where CrossQ's critic is accepted
+        # where CrossQ's critic is accepted: not with SimBa's torso or the parametric improvement
+        if sampled["torso"] != "residual" and sampled["policy_improvement"] == "nonparametric":
             sampled["critic_normalization"] = trial.suggest_categorical("critic_normalization", list(CRITIC_NORMALIZATIONS))
     else:
         # Around the default 1e-2, which learned CartPole-v1 on 4 of 5 seeds (docs/results/discrete.md)
