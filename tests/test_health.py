@@ -1,6 +1,7 @@
 """
-Nothing fails silently: a Gaussian policy whose standard deviation reaches its floor, and a critic whose values leave
-every return the rewards allow, are reported, once each (sb3_mpo.mpo.health).
+Nothing fails silently: a Gaussian policy whose standard deviation reaches its floor, a critic whose values leave
+every return the rewards allow, and a categorical critic whose support misses the returns are reported, once each
+(sb3_mpo.mpo.health).
 """
 
 import warnings
@@ -10,7 +11,7 @@ import pytest
 import torch as th
 
 from sb3_mpo import MPO
-from sb3_mpo.mpo import health
+from sb3_mpo.mpo import health, losses
 from sb3_mpo.mpo.policies import critic_output_layers
 
 SMALL = dict(learning_starts=10_000, batch_size=32, q_target="n_step", policy_kwargs=dict(net_arch=[16, 16]))
@@ -131,3 +132,41 @@ def test_rewards_relabelled_at_sampling_are_not_compared() -> None:
     assert model._critic_rewards() is not None
     model.replay_buffer.relabels_rewards = True  # type: ignore[attr-defined]
     assert model._critic_rewards() is None
+
+
+def test_mass_outside_the_support_is_summed_atom_by_atom() -> None:
+    generator = th.Generator().manual_seed(0)
+    atoms = th.linspace(-5.0, 5.0, 11, dtype=th.float64)
+    probs = th.softmax(th.randn(6, 11, generator=generator, dtype=th.float64), dim=-1)
+    target_atoms = 3.0 * th.randn(6, 1, generator=generator, dtype=th.float64) + 0.9 * atoms  # some rows leave [-5, 5]
+    outside = [sum(probs[b, j].item() for j in range(11) if not -5.0 <= target_atoms[b, j].item() <= 5.0) for b in range(6)]
+    assert 0.0 < np.mean(outside) < 1.0
+    assert losses.mass_outside_support(target_atoms, probs, atoms).item() == pytest.approx(np.mean(outside))
+    assert losses.mass_outside_support(0.5 * atoms.expand(6, 11), probs, atoms).item() == 0.0
+
+
+def test_returns_outside_the_support_message_names_the_share_and_the_support() -> None:
+    assert health.returns_outside_support(0.01, (-10.0, 10.0), limit=0.01, env_step=5, rewards=None, gamma=0.99) is None
+    message = health.returns_outside_support(0.25, (-10.0, 10.0), limit=0.01, env_step=5, rewards=np.array([-3.0]), gamma=0.9)
+    assert message is not None and "25.0%" in message and "critic_support=(-10.0, 10.0)" in message
+    assert "env step 5" in message and "±30" in message  # max|r| / (1 - γ) = 3 / 0.1
+
+
+def categorical_model(support: tuple[float, float]) -> MPO:
+    return filled_model(policy_kwargs=dict(net_arch=[16, 16], critic_support=support, n_atoms=21))
+
+
+def test_a_categorical_support_that_misses_the_returns_is_reported_once() -> None:
+    """Pendulum's rewards lie in [-16.3, 0]: most 1-step targets r + γ·z of a support of [-10, 10] leave it."""
+    model = categorical_model((-10.0, 10.0))
+    (message,) = warnings_about(model, "outside critic_support", updates=2)
+    assert "critic_support=(-10.0, 10.0)" in message and "env step 200" in message
+    assert model.logger.name_to_value["train/mass_outside"] > MPO.mass_outside_limit
+    assert warnings_about(model, "outside critic_support", updates=2) == [], "warned a second time"
+
+
+def test_a_support_that_covers_the_returns_is_not_reported() -> None:
+    """Every return of rewards in [-16.3, 0] with γ = 0.99 lies in [-1630, 0]: nothing leaves [-1700, 100]."""
+    model = categorical_model((-1700.0, 100.0))
+    assert warnings_about(model, "outside critic_support", updates=3) == []
+    assert model.logger.name_to_value["train/mass_outside"] == 0.0

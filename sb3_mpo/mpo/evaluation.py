@@ -35,6 +35,8 @@ class PolicyEvaluation(NamedTuple):
     critic_loss: th.Tensor
     q_mean: th.Tensor
     improvement: ImprovementBatch
+    #: Further detached diagnostics of the critic's targets, for the logger (a categorical critic's ``mass_outside``)
+    diagnostics: dict[str, th.Tensor] | None = None
 
 
 def _delay(values: th.Tensor) -> th.Tensor:
@@ -175,16 +177,18 @@ class DistributionalNStepEvaluation(CriticEvaluation):
         assert isinstance(targets, SampledImprovementBatch)
         if outputs is None:
             outputs = critic(replay_data.observations, cast(GaussianActor, model.actor).squash(replay_data.actions))[0]
-        critic_loss = self.loss(replay_data, outputs, targets)
-        return PolicyEvaluation(critic_loss, critic.values(outputs.detach()).mean(), targets)
+        critic_loss, diagnostics = self.loss(replay_data, outputs, targets)
+        return PolicyEvaluation(critic_loss, critic.values(outputs.detach()).mean(), targets, diagnostics)
 
     @abstractmethod
-    def loss(self, replay_data: ReplayBufferSamples, outputs: th.Tensor, targets: SampledImprovementBatch) -> th.Tensor:
+    def loss(
+        self, replay_data: ReplayBufferSamples, outputs: th.Tensor, targets: SampledImprovementBatch
+    ) -> tuple[th.Tensor, dict[str, th.Tensor]]:
         """
         :param replay_data: The batch of transitions
         :param outputs: The critic's outputs at the stored pairs, (B, out_features), with gradient
         :param targets: The E-step's batch, with the distributions of returns at the next states
-        :return: The critic's loss
+        :return: The critic's loss, and detached diagnostics of its targets
         """
 
 
@@ -195,7 +199,9 @@ class CategoricalNStepEvaluation(DistributionalNStepEvaluation):
     the support; the critic minimises its cross-entropy.
     """
 
-    def loss(self, replay_data: ReplayBufferSamples, outputs: th.Tensor, targets: SampledImprovementBatch) -> th.Tensor:
+    def loss(
+        self, replay_data: ReplayBufferSamples, outputs: th.Tensor, targets: SampledImprovementBatch
+    ) -> tuple[th.Tensor, dict[str, th.Tensor]]:
         atoms = cast(SampledCritic, self.model.critic).atoms
         assert atoms is not None and targets.value_probs is not None, "a categorical critic has a support"
         with th.no_grad():
@@ -203,7 +209,8 @@ class CategoricalNStepEvaluation(DistributionalNStepEvaluation):
                 replay_data.rewards, replay_data.dones, self.discounts(replay_data), atoms
             )
             target_probs = losses.categorical_projection(target_atoms, targets.value_probs, atoms)
-        return losses.categorical_cross_entropy(outputs, target_probs)
+            mass_outside = losses.mass_outside_support(target_atoms, targets.value_probs, atoms)
+        return losses.categorical_cross_entropy(outputs, target_probs), {"mass_outside": mass_outside}
 
 
 class MixtureNStepEvaluation(DistributionalNStepEvaluation):
@@ -213,16 +220,16 @@ class MixtureNStepEvaluation(DistributionalNStepEvaluation):
     the likelihood of their shifted values r + γⁿ·z under its mixture at (s, a).
     """
 
-    def loss(self, replay_data: ReplayBufferSamples, outputs: th.Tensor, targets: SampledImprovementBatch) -> th.Tensor:
+    def loss(
+        self, replay_data: ReplayBufferSamples, outputs: th.Tensor, targets: SampledImprovementBatch
+    ) -> tuple[th.Tensor, dict[str, th.Tensor]]:
         assert targets.value_samples is not None, "a mixture critic's batch has return samples"
         critic = cast(SampledCritic, self.model.critic)
-        return losses.mixture_cross_entropy(
-            replay_data.rewards,
-            replay_data.dones,
-            self.discounts(replay_data),
-            targets.value_samples,
-            *critic.mixture(outputs),
+        discounts = self.discounts(replay_data)
+        loss = losses.mixture_cross_entropy(
+            replay_data.rewards, replay_data.dones, discounts, targets.value_samples, *critic.mixture(outputs)
         )
+        return loss, {}
 
 
 class RetraceEvaluation(CriticEvaluation):

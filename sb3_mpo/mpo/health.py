@@ -88,3 +88,29 @@ def diverged_critic(q_mean: float, rewards: np.ndarray, gamma: float, factor: fl
         "Lower learning_rate, set max_grad_norm, or normalise the rewards (VecNormalize) or the values "
         "(value_normalization=True)."
     )
+
+
+def returns_outside_support(
+    mass_outside: float, support: tuple[float, float], limit: float, env_step: int, rewards: np.ndarray | None, gamma: float
+) -> str | None:
+    """
+    A categorical critic whose support does not cover the task's returns: the projection clips the targets onto its end
+    atoms, so its values saturate there and the E-step can no longer rank the actions whose returns lie beyond.
+
+    :param mass_outside: The share of the critic's target mass that fell outside the support over the last updates
+        (:func:`~sb3_mpo.mpo.losses.mass_outside_support`)
+    :param support: The critic's (v_min, v_max)
+    :param limit: The largest share accepted silently
+    :param env_step: Where training is, for the message
+    :param rewards: The rewards in replay, as the critic sees them, to say how far the returns reach (None: not said)
+    :param gamma: The discount factor, below 1
+    :return: The warning, or None
+    """
+    if mass_outside <= limit:
+        return None
+    reach = "" if rewards is None else f" (returns of the rewards in replay reach ±{return_bound(rewards, gamma):.3g})"
+    return (
+        f"MPO: {mass_outside:.1%} of the categorical critic's target mass fell outside critic_support={support!r} over the "
+        f"last updates at env step {env_step}, and the projection moved it onto the support's ends: the critic's values "
+        f"saturate there. Widen critic_support to cover the returns{reach}, or normalise the rewards (VecNormalize)."
+    )

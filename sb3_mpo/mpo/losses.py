@@ -506,6 +506,21 @@ def categorical_projection(target_atoms: th.Tensor, probs: th.Tensor, atoms: th.
     return (closeness * probs.unsqueeze(-2)).sum(dim=-1)
 
 
+def mass_outside_support(target_atoms: th.Tensor, probs: th.Tensor, atoms: th.Tensor) -> th.Tensor:
+    """
+    The share of the shifted distributions' mass that lands outside the support [z_1, z_K], which the projection of
+    :func:`categorical_projection` (Bellemare et al. 2017, Eq. (7)) clips onto its end atoms: zero where the support
+    covers every return, and the critic's values saturate at the ends where it does not.
+
+    :param target_atoms: Where each atom's mass moves, T z_j, shape (B, K)
+    :param probs: The mass of each atom, shape (B, K)
+    :param atoms: The support z, increasing, shape (K,)
+    :return: Σ_j p_j·[T z_j < z_1 or T z_j > z_K], averaged over the batch, a scalar
+    """
+    outside = (target_atoms < atoms[0]) | (target_atoms > atoms[-1])
+    return (probs * outside).sum(dim=-1).mean()
+
+
 def categorical_cross_entropy(logits: th.Tensor, target_probs: th.Tensor) -> th.Tensor:
     """
     The loss of a categorical critic (Bellemare et al. 2017, Algorithm 1): the cross-entropy −Σ_i m_i log p_i(s, a)

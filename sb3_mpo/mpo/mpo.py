@@ -189,6 +189,9 @@ class MPO(OffPolicyAlgorithm):
     collapsed_std_factor: ClassVar[float] = 2.0
     #: A mean Q-value beyond this factor times ``max |r| / (1 - γ)`` over the rewards in replay counts as diverged
     diverged_value_factor: ClassVar[float] = 2.0
+    #: A share of a categorical critic's target mass outside its support, over one call's updates, above which it warns
+    #: that the support does not cover the returns (warned once)
+    mass_outside_limit: ClassVar[float] = 0.01
     #: Gradient steps between two checks of the critic against the rewards in replay (each reads the whole replay)
     health_check_interval: ClassVar[int] = 1000
     actor: GaussianActor | CategoricalActor
@@ -640,8 +643,9 @@ class MPO(OffPolicyAlgorithm):
     def _report_health(self, means: dict[str, float], gradient_steps: int) -> None:
         """
         Warn of what would otherwise fail silently (:mod:`sb3_mpo.mpo.health`), once per kind: a Gaussian policy whose
-        standard deviation has collapsed to ``min_std``, after every call, and a critic whose mean value lies beyond any
-        return of the rewards in replay, every ``health_check_interval`` updates (it reads the whole replay).
+        standard deviation has collapsed to ``min_std`` and a categorical critic whose targets leave its support, after
+        every call, and a critic whose mean value lies beyond any return of the rewards in replay, every
+        ``health_check_interval`` updates (it reads the whole replay).
 
         :param means: The diagnostics of the last call's gradient steps, averaged
         :param gradient_steps: How many gradient steps that call took
@@ -650,6 +654,13 @@ class MPO(OffPolicyAlgorithm):
             floor = cast(GaussianActor, self.actor).min_std
             message = health.collapsed_exploration(means["std_mean"], floor, self.collapsed_std_factor, self.num_timesteps)
             self._warn_once("collapsed_exploration", message)
+        # only past the limit, and once, read the replay's rewards for the message
+        if means.get("mass_outside", 0.0) > self.mass_outside_limit and "returns_outside_support" not in self._warned:
+            support = cast(tuple[float, float], self.policy.critic_support)
+            message = health.returns_outside_support(
+                means["mass_outside"], support, self.mass_outside_limit, self.num_timesteps, self._critic_rewards(), self.gamma
+            )
+            self._warn_once("returns_outside_support", message)
         interval = self.health_check_interval
         if (
             self._n_updates // interval > (self._n_updates - gradient_steps) // interval
@@ -721,7 +732,8 @@ class MPO(OffPolicyAlgorithm):
         """
         evaluation = self.evaluation.evaluate(replay_data)
         policy_loss, dual_loss, diagnostics = self.improvement.improve(evaluation.improvement)
-        return evaluation.critic_loss, policy_loss, dual_loss, {**diagnostics, "q_mean": evaluation.q_mean}
+        diagnostics = {**diagnostics, **(evaluation.diagnostics or {}), "q_mean": evaluation.q_mean}
+        return evaluation.critic_loss, policy_loss, dual_loss, diagnostics
 
     def _average_gradients(self, optimizers: list[th.optim.Optimizer]) -> None:
         """
