@@ -188,6 +188,7 @@ DIAGNOSTICS = {
     "train/q_mean": "Q (mean)",
     "train/ent_coef": "SAC's entropy coefficient",
     "train/critic_loss": "critic loss",
+    "train/mass_outside": "target mass outside the support",
     TRAINING_RETURN: "training episodes' return",
 }
 
