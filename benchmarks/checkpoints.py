@@ -22,6 +22,10 @@ step 0 (``run --continue-from``, :func:`continue_from_final`): a 300k-step run p
 buffer and curve. That is the same training as a fresh longer run where nothing depends on the budget: the algorithms
 of :data:`CONTINUABLE_ALGOS`, under settings without a schedule (RL Zoo's ``lin_`` values follow the progress through
 the budget). Its result says which run it continued (``continued_from``), and the report says how many runs did.
+
+Where another suite has already finished the very same run (the same training and budget, settings unchanged since), a
+suite adopts its result instead of training it again (``run --adopt-from``, :func:`adopt_result`): the file is copied
+with its numbers unchanged and names the run it came from (``adopted_from``).
 """
 
 import json
@@ -36,7 +40,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
-from benchmarks.results import TRAINING_RETURN, changed_settings, describe_changes
+from benchmarks.results import TRAINING_RETURN, ResultError, changed_settings, describe_changes, load_result, write_result
 from benchmarks.suite import Job
 from sb3_mpo.common.buffers import end_newest_episodes
 
@@ -440,3 +444,50 @@ def continue_from_final(job: Job, shorter: list[Job], checkpoints: Path, setting
     shutil.rmtree(folder, ignore_errors=True)  # a checkpoint it would not resume
     partial.rename(folder)
     return f"{job.name} continues {source.suite}'s {source.name} from its final state at {state['num_timesteps']} steps"
+
+
+def result_to_adopt(
+    job: Job, others: list[Job], results_dir: Path, settings: dict[str, str]
+) -> tuple[Job, dict[str, Any]] | None:
+    """
+    The finished result of another suite's run that is ``job`` itself: the same training (:func:`training_signature`)
+    and budget, trained with the settings ``job`` would train with now.
+
+    :param job: A job without a result
+    :param others: Jobs of another suite, the candidates
+    :param results_dir: The result store
+    :param settings: The settings ``job`` trains with (stored form)
+    :return: That run and its result record, or None
+    """
+    signature = training_signature(job)
+    for other in others:
+        path = other.result_path(results_dir)
+        if other.steps != job.steps or training_signature(other) != signature or not path.exists():
+            continue
+        try:
+            result = load_result(path, other)
+        except ResultError:
+            continue
+        if result.get("hyperparams") == settings:
+            return other, result
+    return None
+
+
+def adopt_result(job: Job, others: list[Job], results_dir: Path, settings: dict[str, str]) -> str | None:
+    """
+    Store the result of the same run in another suite (:func:`result_to_adopt`) as ``job``'s, its numbers unchanged,
+    with ``adopted_from`` naming that suite and its name for the algorithm.
+
+    :param job: A job without a result
+    :param others: Jobs of another suite, the candidates
+    :param results_dir: The result store
+    :param settings: The settings ``job`` trains with (stored form)
+    :return: A line saying which run ``job`` adopted, or None when there is none to adopt
+    """
+    found = result_to_adopt(job, others, results_dir, settings)
+    if found is None:
+        return None
+    source, result = found
+    adopted = dict(result, suite=job.suite, algo=job.algo, adopted_from={"suite": source.suite, "algo": source.algo})
+    write_result(job.result_path(results_dir), adopted)
+    return f"{job.name} adopts {source.suite}'s {source.name} (final return {result['final_return']:.1f})"

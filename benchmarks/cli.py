@@ -13,7 +13,8 @@ JSON file per finished run; runs whose file exists (and is valid) are skipped. A
 --checkpoint-minutes, at a rollout boundary (under benchmarks/results/.checkpoints/, not committed), and an interrupted
 run resumes from its checkpoint; the checkpoint is removed when the run's result file is written (``--keep-final``
 keeps it as the run's final state, from which ``run --continue-from SUITE`` starts a longer run of the same training in
-another suite). A finished run whose stored settings differ from those its suite gives now (a variant, an override or
+another suite; ``run --adopt-from SUITE`` takes the result of the very same run finished in another suite instead of
+training it again). A finished run whose stored settings differ from those its suite gives now (a variant, an override or
 an RL Zoo entry edited since) is listed by ``run`` and ``status``, and kept unless ``run --rerun-changed`` is given.
 """
 
@@ -25,9 +26,11 @@ from pathlib import Path
 
 from benchmarks.backends import run_and_store
 from benchmarks.checkpoints import (
+    adopt_result,
     checkpoint_progress,
     continue_from_final,
     final_state_to_continue,
+    result_to_adopt,
     stale_checkpoint,
 )
 from benchmarks.exploration import describe as describe_exploration
@@ -110,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{job.name} was trained with other settings than the suite gives now, {action}: {how}", file=sys.stderr)
     if args.rerun_changed:
         pending += list(changed)
+    if args.adopt_from:
+        pending = _adopt(pending, args.adopt_from, args.results)
     print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs) - len(pending)} finished, {len(pending)} to run", flush=True)
 
     checkpoints = _checkpoints(args)
@@ -135,6 +140,30 @@ def run(args: argparse.Namespace) -> int:
         args.keep_final,
     )
     return 1 if failures else 0
+
+
+def _adopt(jobs: list[Job], other_suite: str, results_dir: Path) -> list[Job]:
+    """
+    Store as each job's result that of the same run in another suite, where it has one
+    (:func:`~benchmarks.checkpoints.adopt_result`), and say which did.
+
+    :param jobs: The jobs about to run
+    :param other_suite: The other suite (a YAML file or the name of one)
+    :param results_dir: The result store
+    :return: The jobs still to run
+    """
+    from benchmarks.zoo import zoo_settings
+
+    others = load_suite(other_suite)
+    still = []
+    for job in jobs:
+        line = adopt_result(job, others.jobs, results_dir, zoo_settings(job)) if job.kind == "returns" else None
+        if line is None:
+            still.append(job)
+        else:
+            print(line, flush=True)
+    print(f"{len(jobs) - len(still)} of {len(jobs)} runs adopted from suite {others.name}", flush=True)
+    return still
 
 
 def _continue(jobs: list[Job], shorter_suite: str, checkpoints: Path) -> None:
@@ -239,6 +268,7 @@ def status(args: argparse.Namespace) -> int:
     changed = _changed([job for job in jobs if job not in pending], args.results)
     checkpoints = _checkpoints(args)
     shorter = load_suite(args.continue_from).jobs if args.continue_from and checkpoints else None
+    others = load_suite(args.adopt_from).jobs if args.adopt_from else None
     stored_paces = _stored_paces(args.results)
     guesses = rough_paces(stored_paces)
     seconds_left, guessed_seconds, guessed, unknown = 0.0, 0.0, 0, 0
@@ -253,6 +283,9 @@ def status(args: argparse.Namespace) -> int:
             note = f"  (checkpoint at {step} steps{newest}{_stale_note(job, checkpoints, settings, unresolved)})"
         elif checkpoints and shorter is not None and settings is not None:
             note, step = _continuation(job, shorter, checkpoints, settings)
+        adoptable = None if others is None or settings is None else result_to_adopt(job, others, args.results, settings)
+        if adoptable is not None:
+            note, step = f"  (would adopt {adoptable[0].suite}'s {adoptable[0].name})", job.steps
         if job in changed:
             note = f"  (settings changed since: {changed[job]})"
         elif checkpoints and job not in pending and job.final_path(checkpoints).exists():
@@ -356,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
                 metavar="SUITE",
                 help="start each run from the final state (kept by run --keep-final) of the same training in SUITE, where "
                 "the algorithm's training does not depend on its budget; the result records it (status: say which would)",
+            )
+            command.add_argument(
+                "--adopt-from",
+                metavar="SUITE",
+                help="take as a run's result that of the same run (training, budget and settings) finished in SUITE, its "
+                "numbers unchanged; the result records it (status: say which would)",
             )
     commands.choices["run"].add_argument("--backend", choices=["local", "ray"], default="local")
     commands.choices["run"].add_argument(

@@ -43,6 +43,8 @@ RUN_DISCLOSURES = {
     "continued_from": "Continued from the kept final state of the same training (algorithm, settings, seed, evaluation) in "
     "a shorter suite, which each file names: the first part of its curve and of its timings is that run's, and at the join "
     "the environments restarted with a fresh episode and the random generators from the run's seed, as at a resume",
+    "adopted_from": "Trained by another suite, which each file names, with the same algorithm, settings, seed, budget and "
+    "evaluation: the result is that run's, its numbers unchanged",
 }
 #: Seed of every bootstrap, so that the same result files always give the same page
 BOOTSTRAP_SEED = 0

@@ -20,6 +20,7 @@ from benchmarks import checkpoints as checkpoints_module
 from benchmarks.checkpoints import (
     RunCheckpoint,
     TimedEvalCallback,
+    adopt_result,
     checkpoint_progress,
     continue_from_final,
     job_signature,
@@ -27,7 +28,7 @@ from benchmarks.checkpoints import (
     stale_checkpoint,
 )
 from benchmarks.cli import main
-from benchmarks.results import TRAINING_RETURN, load_result
+from benchmarks.results import REQUIRED_KEYS, SCHEMA, TRAINING_RETURN, load_result, write_result
 from benchmarks.stamp import git_commit
 from benchmarks.suite import Job, load_suite
 from benchmarks.training import run_job, run_job_safely
@@ -377,3 +378,55 @@ def test_each_evaluation_keeps_the_return_of_the_training_episodes_since_the_pre
     evaluation.evaluate_final(1000)
     assert evaluation.diagnostics[-1][TRAINING_RETURN] == pytest.approx(np.mean(episodes[3:]))
     assert evaluation.training_returns == []
+
+
+def test_only_the_same_run_finished_under_the_same_settings_is_adopted(tmp_path):
+    settings = {"batch_size": "16", "learning_rate": "0.001"}
+    job = Job("dev", "mpo_small", "Pendulum-v1", 0, 1000, 100, 10, hyperparams={"batch_size": 16}, base_algo="mpo")
+
+    def finished(name: str, saved: dict[str, str] = settings, **changes) -> Job:
+        """A finished run of another suite, the algorithm there called ``name`` (a result file with what the choice reads)"""
+        other = Job(**{**job.__dict__, "suite": "screen", "algo": name, **changes})
+        record = {key: None for key in REQUIRED_KEYS} | {"schema": SCHEMA, "hyperparams": saved, "final_return": -150.0}
+        record |= {"suite": other.suite, "algo": other.algo, "env": other.env, "seed": other.seed, "steps": other.steps}
+        record["curve"] = [{"step": other.steps, "mean": -150.0}]
+        write_result(other.result_path(tmp_path), record)
+        return other
+
+    others = [
+        finished("seed", seed=1),
+        finished("shorter", steps=500),  # a shorter run is not this one (continue it instead)
+        finished("episodes", eval_episodes=5),
+        finished("overrides", hyperparams={"batch_size": 32}),
+        finished("entry", {**settings, "learning_rate": "0.0003"}),  # its RL Zoo entry changed since
+    ]
+    assert adopt_result(job, others, tmp_path, settings) is None and not job.result_path(tmp_path).exists()
+    same = finished("mpo_b16")
+    assert adopt_result(job, [*others, same], tmp_path, settings) == (
+        f"{job.name} adopts screen's {same.name} (final return -150.0)"
+    )
+    adopted = load_result(job.result_path(tmp_path), job)
+    assert adopted["adopted_from"] == {"suite": "screen", "algo": "mpo_b16"}
+    original = load_result(same.result_path(tmp_path), same)
+    assert {key: value for key, value in adopted.items() if key not in ("suite", "algo", "adopted_from")} == {
+        key: value for key, value in original.items() if key not in ("suite", "algo")
+    }, "the numbers are the other run's, unchanged"
+
+
+def test_run_adopts_the_same_run_of_another_suite_instead_of_training_it(suite_path, tmp_path, capsys):
+    results = tmp_path / "results"
+    other = copy.deepcopy(SPEC)
+    other["name"] = "adopter"
+    other_path = tmp_path / "adopter.yml"
+    other_path.write_text(yaml.safe_dump(other))
+    (source,), (job,) = load_suite(suite_path).jobs, load_suite(other_path).jobs
+    common = ["--results", str(results), "--workers", "1", "--no-checkpoints"]
+    assert main(["run", str(suite_path), *common]) == 0
+    assert main(["status", str(other_path), "--results", str(results), "--adopt-from", str(suite_path)]) == 0
+    assert f"todo  {job.name}  (would adopt resumable's {source.name})" in capsys.readouterr().out
+    assert main(["run", str(other_path), *common, "--adopt-from", str(suite_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 runs adopted from suite resumable" in out and "suite adopter: 1 runs, 1 finished, 0 to run" in out
+    result = load_result(job.result_path(results), job)
+    assert result["adopted_from"] == {"suite": "resumable", "algo": "mpo"}
+    assert result["curve"] == load_result(source.result_path(results), source)["curve"]
