@@ -196,11 +196,14 @@ def test_mixture_mean_and_samples_have_the_mixtures_moments() -> None:
     th.testing.assert_close(losses.mixture_mean(logits, means), mean)
     th.manual_seed(0)
     n = 200_000
-    samples = losses.sample_mixture(logits.expand(n, 3, 4), means.expand(n, 3, 4), scales.expand(n, 3, 4))
-    assert samples.shape == (n, 3)
-    standard_error = (variance / n).sqrt()
-    assert ((samples.mean(0) - mean).abs() < 5 * standard_error).all()
-    th.testing.assert_close(samples.var(0), variance, rtol=0.03, atol=0.0)
+    for samples in (
+        losses.sample_mixture(logits.expand(n, 3, 4), means.expand(n, 3, 4), scales.expand(n, 3, 4)),
+        losses.sample_mixture(logits, means, scales, (n,)),  # n draws of each of the 3 mixtures
+    ):
+        assert samples.shape == (n, 3)
+        standard_error = (variance / n).sqrt()
+        assert ((samples.mean(0) - mean).abs() < 5 * standard_error).all()
+        th.testing.assert_close(samples.var(0), variance, rtol=0.03, atol=0.0)
 
 
 def mixture_model(**kwargs) -> MPO:
@@ -210,10 +213,11 @@ def mixture_model(**kwargs) -> MPO:
     )
 
 
-def test_mixture_critic_loss_is_the_likelihood_of_shifted_target_samples() -> None:
+@pytest.mark.parametrize("return_samples", [1, 4])
+def test_mixture_critic_loss_is_the_likelihood_of_shifted_target_samples(return_samples: int) -> None:
     """A target critic whose every mixture is (almost) a point mass at c: every sampled next return is c, so the loss
     is −log p(r + γⁿ(1 − done)·c | s, a) under the online critic's mixture, computed here with scipy."""
-    model = mixture_model(learning_starts=10_000)
+    model = mixture_model(learning_starts=10_000, mixture_return_samples=return_samples)
     model.learn(100)
     assert isinstance(model.evaluation, MixtureNStepEvaluation)
     critic_target, c = model.critic_target, 4.0
@@ -227,7 +231,7 @@ def test_mixture_critic_loss_is_the_likelihood_of_shifted_target_samples() -> No
     evaluation = model.evaluation.evaluate(batch)
 
     samples = evaluation.improvement.value_samples
-    assert samples is not None and samples.shape == (32, model.n_action_samples)
+    assert samples is not None and samples.shape == (32, model.n_action_samples * return_samples)
     th.testing.assert_close(samples, th.full_like(samples, c), atol=0.01, rtol=0)
     targets = (batch.rewards + batch.discounts * (1 - batch.dones) * c).numpy().ravel()
     logits, means, scales = model.critic.mixture(model.critic(batch.observations, model.actor.squash(batch.actions))[0])
@@ -237,13 +241,54 @@ def test_mixture_critic_loss_is_the_likelihood_of_shifted_target_samples() -> No
     th.testing.assert_close(evaluation.improvement.q_values, th.full_like(evaluation.improvement.q_values, c))
 
 
+def test_mixture_return_samples_are_independent_draws_of_each_sampled_actions_mixture() -> None:
+    """A target critic whose every mixture is one Gaussian N(c, σ²) (the other components weigh e⁻¹⁰⁰): the N·Z returns
+    per transition have mean c and standard deviation σ, and so do the Z draws at each sampled action, which repeated
+    copies of one draw would not have."""
+    n_draws = 64
+    model = mixture_model(learning_starts=10_000, mixture_return_samples=n_draws)
+    model.learn(100)
+    critic_target, c, sigma = model.critic_target, 4.0, 2.0
+    raw_scale = np.log(np.expm1(sigma - SampledCritic.min_scale))  # softplus(raw) + min_scale = σ
+    with th.no_grad():
+        last = critic_target.q_networks[0][-1]
+        last.weight.zero_()
+        last.bias.copy_(th.tensor([50.0, -50.0, -50.0, c, 0.0, 0.0, raw_scale, 0.0, 0.0]))
+    th.manual_seed(0)
+    samples = model.evaluation.evaluate(model.replay_buffer.sample(32)).improvement.value_samples
+    assert samples is not None and samples.shape == (32, model.n_action_samples * n_draws)
+    assert samples.mean().item() == pytest.approx(c, abs=5 * sigma / samples.numel() ** 0.5)
+    assert samples.std().item() == pytest.approx(sigma, rel=0.02)
+    per_action = samples.reshape(32, n_draws, model.n_action_samples)  # (B, Z, N): the N actions' draws vary along Z
+    assert per_action.std(dim=1).mean().item() == pytest.approx(sigma, rel=0.05)
+
+
+def test_mixture_init_scale_scales_the_softplus_so_that_components_start_near_it() -> None:
+    """σ = init_scale / log 2 · log(1 + eˣ) + min_scale of the raw outputs x (numpy); a zero output is init_scale
+    (plus the floor); without the option the plain softplus."""
+    x = th.linspace(-5.0, 5.0, 7, dtype=th.float64)
+    outputs = th.cat([th.zeros(7, 2, dtype=th.float64), x[:, None]], dim=-1)  # one component: logit, mean, raw scale
+    for init_scale, expected in (
+        (1e-3, 1e-3 / np.log(2.0) * np.log1p(np.exp(x.numpy())) + SampledCritic.min_scale),
+        (None, np.log1p(np.exp(x.numpy())) + SampledCritic.min_scale),
+    ):
+        model = mixture_model(policy_kwargs={"critic_mixture": 1, "critic_mixture_init_scale": init_scale})
+        for critic in (model.critic, model.critic_target):
+            np.testing.assert_allclose(critic.mixture(outputs)[2].numpy(), expected[:, None], rtol=1e-12)
+    zero = th.zeros(1, 3, dtype=th.float64)
+    assert model.critic.mixture(zero)[2].item() == pytest.approx(np.log(2.0) + SampledCritic.min_scale)
+
+
 @pytest.mark.parametrize("normalisation", NORMALISATIONS.values(), ids=NORMALISATIONS.keys())
 def test_mixture_critic_survives_save_and_load(normalisation: dict, tmp_path: Path) -> None:
-    model = mixture_model(learning_starts=50, policy_kwargs=normalisation)
+    policy_kwargs = {"critic_mixture_init_scale": 1e-3, **normalisation}
+    model = mixture_model(learning_starts=50, policy_kwargs=policy_kwargs, mixture_return_samples=2)
     model.learn(150)
     model.save(tmp_path / "model.zip")
     loaded = MPO.load(tmp_path / "model.zip", env=model.get_env())
     assert loaded.policy.critic_mixture == 3 and loaded.critic.distribution == "mixture"
+    assert loaded.mixture_return_samples == 2 and loaded.critic.mixture_scale_factor == model.critic.mixture_scale_factor
+    assert loaded.critic.mixture_scale_factor == pytest.approx(1e-3 / np.log(2.0))
     assert loaded.policy.batch_renorm == bool(normalisation)
     th.testing.assert_close(loaded.policy.state_dict(), model.policy.state_dict())
     loaded.learn(50, reset_num_timesteps=False)
@@ -257,6 +302,10 @@ def test_mixture_critic_survives_save_and_load(normalisation: dict, tmp_path: Pa
         ("Pendulum-v1", {"q_target": "n_step"}, {"critic_mixture": 0}, "critic_mixture=0"),
         ("Pendulum-v1", {"q_target": "n_step"}, {"critic_mixture": 5, "critic_support": SUPPORT}, "one distributional critic"),
         ("CartPole-v1", {"q_target": "n_step"}, {"critic_mixture": 5}, "Discrete"),
+        ("Pendulum-v1", {"q_target": "n_step"}, {"critic_mixture": 5, "critic_mixture_init_scale": 0.0}, r"init_scale'\]=0.0"),
+        ("Pendulum-v1", {"q_target": "n_step"}, {"critic_mixture_init_scale": 1e-3}, "without critic_mixture"),
+        ("Pendulum-v1", {"q_target": "n_step", "mixture_return_samples": 0}, {"critic_mixture": 5}, "return_samples=0"),
+        ("Pendulum-v1", {"q_target": "n_step", "mixture_return_samples": 128}, {}, "without a mixture critic"),
     ],
 )
 def test_bad_mixture_critics_are_refused(env: str, kwargs: dict, policy_kwargs: dict, match: str) -> None:

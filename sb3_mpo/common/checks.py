@@ -144,6 +144,7 @@ MPO_ARGUMENTS: dict[str, Requirement] = {
     "segment_length": POSITIVE_INTEGER,
     "retrace_lambda": fraction(include_zero=True),
     "n_action_samples": integer_at_least(2),
+    "mixture_return_samples": POSITIVE_INTEGER,
     "parametric_samples": optional(POSITIVE_INTEGER),
     "epsilon": POSITIVE_FLOAT,
     "epsilon_mean": POSITIVE_FLOAT,
@@ -167,6 +168,7 @@ POLICY_ARGUMENTS: dict[str, Requirement] = {
     ),
     "init_std": POSITIVE_FLOAT,
     "min_std": POSITIVE_FLOAT,
+    "critic_mixture_init_scale": optional(POSITIVE_FLOAT),
 }
 
 

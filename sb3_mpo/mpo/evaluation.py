@@ -216,8 +216,8 @@ class CategoricalNStepEvaluation(DistributionalNStepEvaluation):
 class MixtureNStepEvaluation(DistributionalNStepEvaluation):
     """
     :class:`DistributionalNStepEvaluation` for a mixture-of-Gaussians critic (Shahriari et al. 2022, Acme's default MPO
-    critic): one return is drawn from the (target) critic's mixture at each of the N sampled actions, and the critic maximises
-    the likelihood of their shifted values r + γⁿ·z under its mixture at (s, a).
+    critic): Z returns (``mixture_return_samples``) are drawn from the (target) critic's mixture at each of the N sampled
+    actions, and the critic maximises the likelihood of their shifted values r + γⁿ·z under its mixture at (s, a).
     """
 
     def loss(

@@ -45,8 +45,8 @@ class SampledImprovementBatch(NamedTuple):
     #: With a categorical critic: the target critic's (with ``batch_renorm``, the critic's) distribution of returns under
     #: π_old, the mixture of the N samples' distributions, shape (B, n_atoms); None otherwise
     value_probs: th.Tensor | None = None
-    #: With a mixture critic: one return drawn from the target critic's (with ``batch_renorm``, the critic's) mixture at
-    #: each of the N samples, shape (B, N); None otherwise
+    #: With a mixture critic: Z returns (``mixture_return_samples``) drawn from the target critic's (with
+    #: ``batch_renorm``, the critic's) mixture at each of the N samples, shape (B, N·Z); None otherwise
     value_samples: th.Tensor | None = None
 
     def expected_q(self) -> th.Tensor:
@@ -379,7 +379,8 @@ class GaussianImprovement(PolicyImprovement):
         if critic.distribution == "categorical":
             value_probs = th.softmax(outputs[:n_samples], dim=-1).mean(dim=0)
         elif critic.distribution == "mixture":
-            value_samples = losses.sample_mixture(*critic.mixture(outputs[:n_samples])).T
+            draws = (model.mixture_return_samples,)
+            value_samples = losses.sample_mixture(*critic.mixture(outputs[:n_samples]), draws).flatten(0, 1).T
         batch = SampledImprovementBatch(
             observations, actions, q_values[:n_samples], mean_old, std_old, value_probs, value_samples
         )

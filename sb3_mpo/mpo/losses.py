@@ -573,17 +573,19 @@ def mixture_mean(logits: th.Tensor, means: th.Tensor) -> th.Tensor:
     return (th.softmax(logits, dim=-1) * means).sum(dim=-1)
 
 
-def sample_mixture(logits: th.Tensor, means: th.Tensor, scales: th.Tensor) -> th.Tensor:
+def sample_mixture(logits: th.Tensor, means: th.Tensor, scales: th.Tensor, sample_shape: tuple[int, ...] = ()) -> th.Tensor:
     """
-    One sample of each Gaussian mixture: a component m ~ softmax(logits), then v ~ N(μ_m, σ_m²).
+    Samples of each Gaussian mixture: a component m ~ softmax(logits), then v ~ N(μ_m, σ_m²).
 
     :param logits: Unnormalised log-weights, shape (..., M)
     :param means: The components' means, shape (..., M)
     :param scales: The components' standard deviations, shape (..., M)
-    :return: The samples, shape (...)
+    :param sample_shape: Independent samples of each mixture, as torch.distributions count them
+    :return: The samples, shape (*sample_shape, ...)
     """
-    component = th.distributions.Categorical(logits=logits).sample().unsqueeze(-1)
-    mean, scale = means.gather(-1, component).squeeze(-1), scales.gather(-1, component).squeeze(-1)
+    component = th.distributions.Categorical(logits=logits).sample(sample_shape).unsqueeze(-1)
+    shape = (*sample_shape, *means.shape)
+    mean, scale = (x.expand(shape).gather(-1, component).squeeze(-1) for x in (means, scales))
     return mean + scale * th.randn_like(mean)
 
 
@@ -598,7 +600,7 @@ def mixture_cross_entropy(
 ) -> th.Tensor:
     """
     Sample-based loss of a mixture-of-Gaussians critic (Shahriari et al. 2022, Eq. (5)): the target returns are
-    y_k = r + (1 − done)·γⁿ·z_k with z_k samples of the target critic's mixtures at s' (one per action sampled from
+    y_k = r + (1 − done)·γⁿ·z_k with z_k samples of the target critic's mixtures at s' (Z per action sampled from
     π_old), and the critic minimises −mean_k log p(y_k | s, a).
 
     :param rewards: (Discounted n-step) rewards, shape (B, 1)

@@ -98,6 +98,10 @@ class MPO(OffPolicyAlgorithm):
     :param retrace_lambda: Trace decay λ of Retrace, c_k = λ·min(1, π(a_k|s_k) / b(a_k|s_k))
     :param n_action_samples: Number N of actions sampled per state for the E-step and the critic target
         (``Box`` only: with ``Discrete`` actions every action is enumerated)
+    :param mixture_return_samples: With a mixture critic (``policy_kwargs`` ``critic_mixture``): returns Z drawn from the
+        (target) critic's mixture at each of the N sampled next actions, so that its loss averages the likelihood of
+        N·Z target returns per transition (Acme's ``policy_eval_num_val_samples``: 128). Must be 1 without a mixture
+        critic
     :param epsilon: Bound ε on KL(q || π_old) in the E-step
     :param epsilon_mean: Bound ε_μ on the mean half of the M-step trust region (``Box`` only)
     :param epsilon_std: Bound ε_Σ on the covariance half of the M-step trust region (``Box`` only)
@@ -219,6 +223,7 @@ class MPO(OffPolicyAlgorithm):
         segment_length: int = 8,
         retrace_lambda: float = 0.95,
         n_action_samples: int = 20,
+        mixture_return_samples: int = 1,
         epsilon: float = 0.1,
         epsilon_mean: float = 1e-3,
         epsilon_std: float = 1e-5,
@@ -258,6 +263,7 @@ class MPO(OffPolicyAlgorithm):
             segment_length=segment_length,
             retrace_lambda=retrace_lambda,
             n_action_samples=n_action_samples,
+            mixture_return_samples=mixture_return_samples,
             epsilon=epsilon,
             epsilon_mean=epsilon_mean,
             epsilon_std=epsilon_std,
@@ -318,6 +324,7 @@ class MPO(OffPolicyAlgorithm):
         self.segment_length = segment_length
         self.retrace_lambda = retrace_lambda
         self.n_action_samples = n_action_samples
+        self.mixture_return_samples = mixture_return_samples
         self.epsilon = epsilon
         self.epsilon_mean = epsilon_mean
         self.epsilon_std = epsilon_std
@@ -378,6 +385,11 @@ class MPO(OffPolicyAlgorithm):
                 arguments["q_target"] == "n_step" or not distributional,
                 "'n_step' with a distributional critic (policy_kwargs critic_support or critic_mixture): Retrace's "
                 "per-step corrections of expected values have no distributional form here",
+            ),
+            (
+                "mixture_return_samples",
+                arguments["mixture_return_samples"] == 1 or policy_kwargs.get("critic_mixture") is not None,
+                "1 without a mixture critic (policy_kwargs critic_mixture), whose return samples it counts",
             ),
             (
                 "parametric_samples",

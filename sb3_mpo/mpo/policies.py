@@ -1,3 +1,4 @@
+import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -298,6 +299,9 @@ class SampledCritic(ContinuousCritic):
     :param critic_support: (v_min, v_max) of a categorical critic's support
     :param n_atoms: Number of atoms of a categorical critic's support
     :param critic_mixture: Number of Gaussian components of a mixture critic
+    :param critic_mixture_init_scale: A mixture critic's components' standard deviations are
+        ``critic_mixture_init_scale / softplus(0) · softplus(x) + min_scale`` of the network's outputs x, so that they
+        start near ``critic_mixture_init_scale`` (Acme's ``init_scale``); ``None``: ``softplus(x) + min_scale``
     """
 
     #: Smallest standard deviation of a mixture critic's components
@@ -310,6 +314,7 @@ class SampledCritic(ContinuousCritic):
         critic_support: tuple[float, float] | None = None,
         n_atoms: int = 51,
         critic_mixture: int | None = None,
+        critic_mixture_init_scale: float | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -327,6 +332,8 @@ class SampledCritic(ContinuousCritic):
             self.distribution = "mixture"
             q_network[-1] = nn.Linear(last.in_features, 3 * critic_mixture)
         self.register_buffer("atoms", atoms)  # None (no buffer) unless categorical
+        # softplus(0) = log 2: the factor that makes a zero output the initial scale
+        self.mixture_scale_factor = 1.0 if critic_mixture_init_scale is None else critic_mixture_init_scale / math.log(2.0)
         # Each activation of the MLP follows a Linear layer, whose backward does not need its output: activations may
         # overwrite it, which saves one (N·B x width) allocation per hidden layer in the large sampled forward
         for module in q_network.modules():
@@ -341,10 +348,11 @@ class SampledCritic(ContinuousCritic):
     def mixture(self, outputs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
         :param outputs: A mixture critic's outputs, shape (..., 3·M)
-        :return: The mixtures' log-weights, means and standard deviations (softplus, plus ``min_scale``), each (..., M)
+        :return: The mixtures' log-weights, means and standard deviations (softplus, times the initial scale's factor, plus
+            ``min_scale``), each (..., M)
         """
         logits, means, raw_scales = outputs.chunk(3, dim=-1)
-        return logits, means, F.softplus(raw_scales) + self.min_scale
+        return logits, means, self.mixture_scale_factor * F.softplus(raw_scales) + self.min_scale
 
     def values(self, outputs: th.Tensor) -> th.Tensor:
         """
@@ -484,6 +492,9 @@ class MPOPolicy(BasePolicy):
     :param critic_mixture: Make the critic a mixture of this many Gaussians (Acme's MPO default: 5), trained on samples
         of the target critic's mixtures (Shahriari et al. 2022); ``Box`` only, with ``q_target="n_step"``; not with
         ``critic_support``
+    :param critic_mixture_init_scale: With ``critic_mixture``: the standard deviation near which the components start
+        (Acme's ``mog_init_scale``, 1e-3, scales the softplus by 1e-3 / softplus(0)); ``None``: the plain softplus, which
+        starts them near softplus(0) = 0.69 (see :class:`SampledCritic`)
     :param batch_renorm: Give the critic CrossQ's normalisation (Bhatt et al. 2024): a BatchRenorm layer before each of
         its Linear layers (:func:`~sb3_mpo.mpo.torsos.batch_renorm_torso`), and no target critic: its targets and the
         E-step's values come from the critic itself, in one batch with the stored pairs
@@ -522,11 +533,17 @@ class MPOPolicy(BasePolicy):
         critic_support: tuple[float, float] | None = None,
         n_atoms: int = 51,
         critic_mixture: int | None = None,
+        critic_mixture_init_scale: float | None = None,
         batch_renorm: bool = False,
         batch_norm_momentum: float = 0.01,
         renorm_warmup_steps: int = 100_000,
     ):
         self.check_distributional_critic(action_space, critic_support, n_atoms, critic_mixture)
+        if critic_mixture_init_scale is not None and critic_mixture is None:
+            raise ValueError(
+                f"MPOPolicy: critic_mixture_init_scale={critic_mixture_init_scale!r} is invalid without critic_mixture, "
+                "expected None (it sets the initial scale of a mixture critic's components)"
+            )
         if batch_renorm:
             self.check_batch_renorm(action_space, residual)
             if not 0.0 < batch_norm_momentum <= 1.0:
@@ -588,10 +605,11 @@ class MPOPolicy(BasePolicy):
         # A tuple of floats, also when a saved model's policy_kwargs come back as a list
         self.critic_support = None if critic_support is None else (float(critic_support[0]), float(critic_support[1]))
         self.n_atoms, self.critic_mixture = n_atoms, critic_mixture
+        self.critic_mixture_init_scale = critic_mixture_init_scale
         if self.critic_support is not None:
             self.critic_kwargs.update(critic_support=self.critic_support, n_atoms=n_atoms)
         if critic_mixture is not None:
-            self.critic_kwargs.update(critic_mixture=critic_mixture)
+            self.critic_kwargs.update(critic_mixture=critic_mixture, critic_mixture_init_scale=critic_mixture_init_scale)
         self._build(lr_schedule)
 
     @staticmethod
@@ -702,6 +720,7 @@ class MPOPolicy(BasePolicy):
                 critic_support=self.critic_support,
                 n_atoms=self.n_atoms,
                 critic_mixture=self.critic_mixture,
+                critic_mixture_init_scale=self.critic_mixture_init_scale,
                 batch_renorm=self.batch_renorm,
                 batch_norm_momentum=self.batch_norm_momentum,
                 renorm_warmup_steps=self.renorm_warmup_steps,
