@@ -255,6 +255,9 @@ def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
         assert trial.params["torso"] in TORSOS
         # A distributional critic is searched only where it is accepted: Box actions with n-step targets
         assert ("critic" in trial.params) == (n_actions > 0 and sampled["q_target"] == "n_step")
+        # and its return draws only for a mixture
+        mixture = "critic_mixture" in sampled["policy_kwargs"]
+        assert ("mixture_return_samples" in trial.params) == mixture == ("mixture_return_samples" in sampled)
         # The parametric improvement's sample count only where it is used
         assert ("parametric_samples" in trial.params) == (sampled.get("policy_improvement") == "parametric")
         # CrossQ's critic only where it is accepted: not with SimBa's torso or the parametric improvement
@@ -340,10 +343,11 @@ def test_optimize_with_storage(tmp_path: Path, backend: str) -> None:
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     critic = {"critic"} if trials[1].params["q_target"] != "retrace" else set()  # searched with n-step targets only
     parametric = {"parametric_samples"} if trials[1].params["policy_improvement"] == "parametric" else set()
+    mixture = {"mixture_return_samples"} if trials[1].params.get("critic") == "mixture" else set()
     assert set(trials[1].params) == {
         *("one_minus_gamma", "learning_rate", "adam_beta1", "batch_size_pow", "n_action_samples", "epsilon", "epsilon_mean"),
         *("epsilon_std", "q_target", "tau", "net_arch", "action_bounding", "replay_fraction", "policy_improvement"),
-        *("torso", *critic, *parametric),
+        *("torso", *critic, *parametric, *mixture),
     }
     # Train with a stored trial's hyperparameters (rl_zoo3 ignores --trial-id 0, hence trial 1)
     zoo(

@@ -48,10 +48,10 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
     replay in each batch (``replay_fraction``), the network size and torso (:data:`TORSOS`); then the settings of the
     action space's policy. With ``Box`` actions: ``n_action_samples``, the M-step trust regions (``epsilon_mean``,
     ``epsilon_std``), how actions are bounded, the kind of policy improvement (``policy_improvement``) and, with n-step
-    targets, the critic (expected values or a Gaussian mixture: :data:`CRITICS`; Retrace is written for expected values)
-    and, where it is accepted, CrossQ's normalisation of the critic (:data:`CRITIC_NORMALIZATIONS`). With ``Discrete``
-    actions: the categorical trust region ``epsilon_policy`` (the E-step and the critic target enumerate the actions, so
-    there is no sample count to tune).
+    targets, the critic (expected values or a Gaussian mixture, with its ``mixture_return_samples``: :data:`CRITICS`;
+    Retrace is written for expected values) and, where it is accepted, CrossQ's normalisation of the critic
+    (:data:`CRITIC_NORMALIZATIONS`). With ``Discrete`` actions: the categorical trust region ``epsilon_policy`` (the
+    E-step and the critic target enumerate the actions, so there is no sample count to tune).
     Scales spanning decades are sampled in log space.
 
     :param trial: The Optuna trial that records the suggestions
@@ -89,6 +89,10 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
             sampled["parametric_samples"] = trial.suggest_categorical("parametric_samples", [1, 4, 20])
         if sampled["q_target"] != "retrace":
             sampled["critic"] = trial.suggest_categorical("critic", list(CRITICS))
+            if sampled["critic"] == "mixture":
+                # Returns drawn at each sampled next action for the mixture's likelihood: one, or up to Acme's 128, whose
+                # N·Z log-densities per transition make an update several times as costly on a CPU
+                sampled["mixture_return_samples"] = trial.suggest_categorical("mixture_return_samples", [1, 16, 128])
         # where CrossQ's critic is accepted: not with SimBa's torso or the parametric improvement
         if sampled["torso"] != "residual" and sampled["policy_improvement"] == "nonparametric":
             sampled["critic_normalization"] = trial.suggest_categorical("critic_normalization", list(CRITIC_NORMALIZATIONS))
