@@ -39,6 +39,8 @@ NETWORK = [256, 256]
 
 #: The shipped MuJoCo entries' networks
 LN_TORSO: dict[str, Any] = {"policy_kwargs": {"layer_norm": True, "activation_fn": nn.ELU}}
+#: Acme's default critic: a mixture of 5 Gaussians (Shahriari et al. 2022)
+MIXTURE: dict[str, Any] = {"critic_mixture": 5}
 #: SimBa's residual torso (Lee et al. 2024) with its ReLU
 SIMBA_TORSO: dict[str, Any] = {"policy_kwargs": {"residual": True}}
 #: name -> (class, keyword arguments, what it is)
@@ -103,6 +105,21 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
         {"policy_kwargs": {**LN_TORSO["policy_kwargs"], "batch_renorm": True}, "target_precision": "bfloat16"},
         "MPO, Acme's LayerNorm torso + ELU, CrossQ's BatchRenorm critic without target, bfloat16 sampled pass",
     ),
+    # CrossQ's critic with 1-step targets, of expected values or a mixture of 5 Gaussians with Z return draws per action
+    **{
+        "mpo_ln_brn_1step"
+        + ("" if z is None else f"_mog_z{z}"): (
+            MPO,
+            {
+                "policy_kwargs": {**LN_TORSO["policy_kwargs"], "batch_renorm": True, **({} if z is None else MIXTURE)},
+                "q_target": "n_step",
+                **({} if z is None else {"mixture_return_samples": z}),
+            },
+            "MPO, Acme's LayerNorm torso + ELU, CrossQ's BatchRenorm critic without target, 1-step targets"
+            + ("" if z is None else f", a mixture of 5 Gaussians with {z} return draws per sampled action"),
+        )
+        for z in (None, 1, 16, 128)
+    },
     "mpo_bf16_compiled": (
         MPO,
         {"target_precision": "bfloat16", "compile_update": True},
