@@ -203,10 +203,10 @@ def test_mixture_log_prob_gradients_match_torch_distributions_and_finite_differe
     th.testing.assert_close(ours, reference)
     assert th.isfinite(ours[0]).all() and (ours[0] < -1000).all()
     cotangent = th.randn(5, 9, dtype=th.float64)
-    for mine, theirs in zip(
-        th.autograd.grad((ours * cotangent).sum(), inputs), th.autograd.grad((reference * cotangent).sum(), reference_inputs)
-    ):
-        th.testing.assert_close(mine, theirs)
+    mine = th.autograd.grad((ours * cotangent).sum(), inputs)
+    theirs = th.autograd.grad((reference * cotangent).sum(), reference_inputs)
+    for gradient, expected in zip(mine, theirs, strict=True):
+        th.testing.assert_close(gradient, expected)
     small = [x.clone().requires_grad_() for x in (values[1:3, :4], logits[1:3], means[1:3], scales[1:3])]
     assert th.autograd.gradcheck(losses.mixture_log_prob, small)
 
