@@ -43,6 +43,23 @@ LN_TORSO: dict[str, Any] = {"policy_kwargs": {"layer_norm": True, "activation_fn
 MIXTURE: dict[str, Any] = {"critic_mixture": 5}
 #: SimBa's residual torso (Lee et al. 2024) with its ReLU
 SIMBA_TORSO: dict[str, Any] = {"policy_kwargs": {"residual": True}}
+
+
+def crossq_critic_1step(draws: int | None) -> tuple[type[OffPolicyAlgorithm], dict[str, Any], str]:
+    """
+    :param draws: None for a critic of expected values, else the return draws per sampled action of a mixture critic
+    :return: The configuration of MPO with Acme's torso and CrossQ's critic, 1-step targets
+    """
+    policy_kwargs = {**LN_TORSO["policy_kwargs"], "batch_renorm": True}
+    kwargs: dict[str, Any] = {"policy_kwargs": policy_kwargs, "q_target": "n_step"}
+    words = "MPO, Acme's LayerNorm torso + ELU, CrossQ's BatchRenorm critic without target, 1-step targets"
+    if draws is None:
+        return MPO, kwargs, words
+    policy_kwargs.update(MIXTURE)
+    kwargs["mixture_return_samples"] = draws
+    return MPO, kwargs, f"{words}, a mixture of 5 Gaussians with {draws} return draws per sampled action"
+
+
 #: name -> (class, keyword arguments, what it is)
 CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] = {
     "sac": (SAC, {}, "SB3 SAC, defaults"),
@@ -105,20 +122,9 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
         {"policy_kwargs": {**LN_TORSO["policy_kwargs"], "batch_renorm": True}, "target_precision": "bfloat16"},
         "MPO, Acme's LayerNorm torso + ELU, CrossQ's BatchRenorm critic without target, bfloat16 sampled pass",
     ),
-    # CrossQ's critic with 1-step targets, of expected values or a mixture of 5 Gaussians with Z return draws per action
     **{
-        "mpo_ln_brn_1step"
-        + ("" if z is None else f"_mog_z{z}"): (
-            MPO,
-            {
-                "policy_kwargs": {**LN_TORSO["policy_kwargs"], "batch_renorm": True, **({} if z is None else MIXTURE)},
-                "q_target": "n_step",
-                **({} if z is None else {"mixture_return_samples": z}),
-            },
-            "MPO, Acme's LayerNorm torso + ELU, CrossQ's BatchRenorm critic without target, 1-step targets"
-            + ("" if z is None else f", a mixture of 5 Gaussians with {z} return draws per sampled action"),
-        )
-        for z in (None, 1, 16, 128)
+        "mpo_ln_brn_1step" + ("" if draws is None else f"_mog_z{draws}"): crossq_critic_1step(draws)
+        for draws in (None, 1, 16, 128)
     },
     "mpo_bf16_compiled": (
         MPO,

@@ -538,12 +538,7 @@ class MPOPolicy(BasePolicy):
         batch_norm_momentum: float = 0.01,
         renorm_warmup_steps: int = 100_000,
     ):
-        self.check_distributional_critic(action_space, critic_support, n_atoms, critic_mixture)
-        if critic_mixture_init_scale is not None and critic_mixture is None:
-            raise ValueError(
-                f"MPOPolicy: critic_mixture_init_scale={critic_mixture_init_scale!r} is invalid without critic_mixture, "
-                "expected None (it sets the initial scale of a mixture critic's components)"
-            )
+        self.check_distributional_critic(action_space, critic_support, n_atoms, critic_mixture, critic_mixture_init_scale)
         if batch_renorm:
             self.check_batch_renorm(action_space, residual)
             if not 0.0 < batch_norm_momentum <= 1.0:
@@ -614,9 +609,18 @@ class MPOPolicy(BasePolicy):
 
     @staticmethod
     def check_distributional_critic(
-        action_space: spaces.Space, critic_support: tuple[float, float] | None, n_atoms: int, critic_mixture: int | None
+        action_space: spaces.Space,
+        critic_support: tuple[float, float] | None,
+        n_atoms: int,
+        critic_mixture: int | None,
+        critic_mixture_init_scale: float | None,
     ) -> None:
         """:raises ValueError: naming the argument when they cannot make a distributional critic"""
+        if critic_mixture_init_scale is not None and critic_mixture is None:
+            raise ValueError(
+                f"MPOPolicy: critic_mixture_init_scale={critic_mixture_init_scale!r} is invalid without critic_mixture, "
+                "expected None (it sets the initial scale of a mixture critic's components)"
+            )
         if critic_support is None and critic_mixture is None:
             return
         name, value = ("critic_support", critic_support) if critic_support is not None else ("critic_mixture", critic_mixture)
