@@ -418,3 +418,21 @@ def test_shipped_policy_kwargs_are_read_without_eval():
     for text in ("dict(activation_fn=nn.functional)", "dict(activation_fn=os.system)", "dict(net_arch=list(range(3)))"):
         with pytest.raises(ValueError, match=re.escape(f"policy_kwargs={text!r} is not supported here")):
             parse_policy_kwargs(text)
+
+
+def test_load_hyperparams_gives_an_entry_as_constructor_arguments(tmp_path):
+    """An entry merged with its anchor, RL Zoo's experiment keys left out; the `default` block for an unknown id."""
+    from sb3_mpo import load_hyperparams
+
+    path = tmp_path / "mpo.yml"
+    path.write_text(
+        "default: &default\n  policy: 'MlpPolicy'\n  n_timesteps: !!float 1e6\n  gamma: 0.98\n"
+        "Task-v0:\n  <<: *default\n  normalize: true\n  epsilon_mean: !!float 1e-2\n"
+        '  policy_kwargs: "dict(layer_norm=True, activation_fn=nn.ELU)"\n'
+    )
+    expected = {"gamma": 0.98, "epsilon_mean": 1e-2, "policy_kwargs": {"layer_norm": True, "activation_fn": nn.ELU}}
+    assert load_hyperparams("Task-v0", path) == expected
+    assert load_hyperparams("Unknown-v0", path) == {"gamma": 0.98}
+    path.write_text("Task-v0:\n  gamma: 0.98\n")
+    with pytest.raises(ValueError, match=re.escape("env_id='Unknown-v0' has no entry in")):
+        load_hyperparams("Unknown-v0", path)

@@ -56,12 +56,20 @@ def zoo_entry_to_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
 def load_hyperparams(env_id: str, path: Path = HYPERPARAMS_PATH) -> dict[str, Any]:
     """
     MPO's tuned constructor arguments for ``env_id``, from the shipped RL Zoo file (its ``default`` block when the
-    environment has no entry).
+    environment has no entry): the settings RL Zoo's ``train`` uses, for a script of your own. The MuJoCo entries share
+    one block, so ``load_hyperparams("HalfCheetah-v5")`` is also the measured starting point for another MuJoCo task.
+
+    .. code-block:: python
+
+        model = MPO("MlpPolicy", "HalfCheetah-v5", **load_hyperparams("HalfCheetah-v5"))
 
     :param env_id: Gymnasium environment id
     :param path: Hyperparameter file in RL Zoo's format
-    :return: Keyword arguments for :class:`~sb3_mpo.MPO`
+    :return: Keyword arguments for :class:`~sb3_mpo.MPO` (the entry's experiment-level keys, such as ``n_timesteps``
+        and ``normalize``, are left out: they configure RL Zoo's experiment, not the algorithm)
     """
     with open(path) as file:
         entries = yaml.safe_load(file)
-    return zoo_entry_to_kwargs(dict(entries.get(env_id, entries["default"])))
+    if env_id not in entries and "default" not in entries:
+        raise ValueError(f"env_id={env_id!r} has no entry in {path}, which has no `default` block either")
+    return zoo_entry_to_kwargs(dict(entries.get(env_id, entries.get("default"))))
