@@ -7,8 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from sb3_mpo import MPO
-from sb3_mpo.common.precision import target_dtype
+from sb3_mpo.mpo.torsos import SharedBatchRenorm
 
 
 def readme_main_job() -> list[str]:
@@ -49,17 +48,20 @@ def test_readme_example_runs_after_the_main_install(tmp_path):
     assert re.search(r"mean return over 10 episodes: -?\d+\.\d \+/- \d+\.\d", out)
 
 
-def test_readme_mujoco_networks_build_acmes_torso():
-    """The README's line for MuJoCo-like tasks, as written there, builds Acme's torso with the target pass on auto."""
+def test_readme_mujoco_entry_builds_acmes_torso_and_crossqs_critic():
+    """The README's line for MuJoCo-like tasks, as written there: Acme's torso in both networks, BatchRenorm layers in
+    the critic (CrossQ's, read without target network), and the target pass in float32."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    (snippet,) = re.findall(r"as the entries do:\n\n```python\n(.*?)```", readme, flags=re.DOTALL)
-    namespace: dict = {"MPO": MPO}
+    (snippet,) = re.findall(r"the entry's settings:\n\n```python\n(.*?)```", readme, flags=re.DOTALL)
+    namespace: dict = {}
     exec(snippet, namespace)
     model = namespace["model"]
-    assert model.target_precision == "auto" and model.target_dtype == target_dtype("auto", model.device)
+    assert model.target_precision == "float32" and model.policy.batch_renorm
     for network in (model.actor.latent_pi, model.critic.q_networks[0]):
         assert any(isinstance(module, nn.LayerNorm) for module in network.modules())
         assert any(isinstance(module, nn.ELU) for module in network.modules())
+    assert any(isinstance(module, SharedBatchRenorm) for module in model.critic.q_networks[0].modules())
+    assert not any(isinstance(module, SharedBatchRenorm) for module in model.actor.modules())
 
 
 def test_benchmark_report_names_the_install_it_needs(monkeypatch, capsys):
