@@ -182,6 +182,38 @@ def env_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+#: Evaluations at the end of a run that :func:`late_return` averages
+LATE_EVALUATIONS = 3
+
+
+def late_return(run: dict[str, Any], evaluations: int = LATE_EVALUATIONS) -> float:
+    """The mean of a run's last ``evaluations`` evaluation returns (all of them if it has fewer)."""
+    return float(np.mean([point["mean"] for point in run["curve"][-evaluations:]]))
+
+
+def mean_over_run(run: dict[str, Any]) -> float:
+    """The mean of all of a run's evaluation returns: the area under its learning curve over the evaluations' span."""
+    return float(np.mean([point["mean"] for point in run["curve"]]))
+
+
+def curve_summary_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """
+    Per algorithm, two readings of its curves less tied to one evaluation than the final return, means over its seeds:
+    the mean of the last :data:`LATE_EVALUATIONS` evaluations (:func:`late_return`), and the mean over every evaluation
+    of the run (:func:`mean_over_run`), which counts how early the returns came.
+    """
+    lines = [
+        f"| algorithm | seeds | mean of the last {LATE_EVALUATIONS} evaluations | per seed | mean over the run's evaluations "
+        "| per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for algo, runs in runs_by_algo.items():
+        late, whole = [late_return(run) for run in runs], [mean_over_run(run) for run in runs]
+        columns = [f"{np.mean(values):.1f} | {', '.join(f'{value:.0f}' for value in values)}" for values in (late, whole)]
+        lines.append(f"| {algo.upper()} | {len(runs)} | {' | '.join(columns)} |")
+    return lines
+
+
 #: What training logged, shown per environment where the runs recorded it (key -> column title)
 DIAGNOSTICS = {
     "train/temperature": "MPO's temperature η",
@@ -672,6 +704,13 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         figure = figures / f"{env}.png"
         curve_figure(env, runs_by_algo, figure)
         lines += [f"## {env}", "", *env_table(runs_by_algo), ""]
+        lines += [
+            "One evaluation swings with the policy of that moment; the curves' last evaluations and their whole span, "
+            "means over the seeds:",
+            "",
+            *curve_summary_table(runs_by_algo),
+            "",
+        ]
         diagnostics = diagnostics_table(runs_by_algo)
         lines += [*diagnostics, ""] if diagnostics else []
         if env in suite.thresholds:

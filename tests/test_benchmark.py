@@ -21,11 +21,14 @@ from benchmarks.report import (
     QUIET_SPEED_FOLDER,
     aggregate_section,
     collect,
+    curve_summary_table,
     improvement_estimates,
     improvement_pairs,
     interval_estimates,
     iqm_interval,
+    late_return,
     library_versions_line,
+    mean_over_run,
     normalised_scores,
     shared_task_comparisons,
 )
@@ -200,6 +203,9 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
         page,
         flags=re.MULTILINE,
     )
+    # the curves' last evaluations and their whole span, beside the final return
+    summary = "| algorithm | seeds | mean of the last 3 evaluations | per seed | mean over the run's evaluations | per seed |"
+    assert summary in page
     for figure in ("Pendulum-v1.png", "performance_profile.png"):
         path = tmp_path / "fig" / "tiny" / figure
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -897,3 +903,19 @@ def test_update_cost_page_reads_ratios_round_by_round_newest_commit_first(tmp_pa
     # per round 1.5, 1.0 and 1.2 (not the ratio of medians, 15 / 10): the median is 1.20
     assert "| MPO | 15.00 | 12.00-20.00 | 1.20 | 2 |" in text
     assert "| MPO | 10.00 | 10.00-10.00 | 1.00 | 2 |" in text  # per round 1.0, 0.5 and 1.0
+
+
+def test_curve_summaries_average_the_last_evaluations_and_the_whole_run():
+    """Late return and mean over the run, per seed and over seeds, against sums done by hand; a run with fewer
+    evaluations than the late window is averaged over all of them."""
+
+    def run(*means: float) -> dict:
+        return {"curve": [{"step": 10 * (index + 1), "mean": mean} for index, mean in enumerate(means)]}
+
+    first, second, short = run(0.0, 100.0, 400.0, 200.0, 300.0), run(50.0, 50.0, 50.0, 50.0, 1000.0), run(10.0, 30.0)
+    assert late_return(first) == (400.0 + 200.0 + 300.0) / 3 and mean_over_run(first) == 1000.0 / 5
+    assert late_return(second) == 1100.0 / 3 and mean_over_run(second) == 1200.0 / 5
+    assert late_return(short) == mean_over_run(short) == 20.0
+    table = curve_summary_table({"mpo": [first, second], "sac": [short]})
+    assert table[2] == f"| MPO | 2 | {(300.0 + 1100.0 / 3) / 2:.1f} | 300, 367 | {(200.0 + 240.0) / 2:.1f} | 200, 240 |"
+    assert table[3] == "| SAC | 1 | 20.0 | 20 | 20.0 | 20 |"
