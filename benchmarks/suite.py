@@ -15,6 +15,8 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
         threshold: -200             # optional: the report counts the seeds whose evaluation reaches it, and when
         seeds: [0, 1, 2, 3, 4]
         algos: [mpo, sac, ppo]
+        algo_seeds:                 # optional: algorithms that run only some of the env's seeds (a screened variant)
+          ppo: [0, 1]
         hyperparams:                # optional overrides of the RL Zoo entry, per algorithm (RL Zoo's format)
           mpo: {learning_starts: 500}
       Hopper-v5:
@@ -124,6 +126,24 @@ def _require(condition: bool, where: str, message: str) -> None:
         raise ValueError(f"Suite {where}: {message}")
 
 
+def _algo_seeds(settings: dict[str, Any], where: str) -> dict[str, list[int]]:
+    """
+    :param settings: An environment's settings in a suite file
+    :param where: The file and key, for errors
+    :return: ``algo_seeds``: the algorithms that run only some of the environment's seeds, and those seeds
+    """
+    algo_seeds = settings.get("algo_seeds") or {}
+    _require(isinstance(algo_seeds, dict), f"{where}.algo_seeds", f"must map algorithms to lists of seeds, got {algo_seeds!r}")
+    _require(set(algo_seeds) <= set(settings["algos"]), f"{where}.algo_seeds", "names an algorithm the env does not run")
+    for algo, seeds in algo_seeds.items():
+        _require(
+            isinstance(seeds, list) and len(seeds) > 0 and set(seeds) <= set(settings["seeds"]),
+            f"{where}.algo_seeds.{algo}",
+            f"must be a non-empty list of the env's seeds {settings['seeds']}, got {seeds!r}",
+        )
+    return algo_seeds
+
+
 def load_suite(name_or_path: str | Path) -> Suite:
     """
     Read and check a suite file; every problem is reported with the key it concerns, before anything runs.
@@ -175,8 +195,11 @@ def load_suite(name_or_path: str | Path) -> Suite:
             thresholds[env_id] = float(settings["threshold"])
         overrides = settings.get("hyperparams") or {}
         _require(set(overrides) <= set(settings["algos"]), f"{where}.hyperparams", "names an algorithm the env does not run")
+        seeds_of = _algo_seeds(settings, where)
         for seed in settings["seeds"]:
             for algo in settings["algos"]:
+                if seed not in seeds_of.get(algo, settings["seeds"]):
+                    continue
                 variant = variants.get(algo, {})
                 factor = multiplier.get(algo, multiplier.get(variant.get("algo", algo), 1))
                 jobs.append(

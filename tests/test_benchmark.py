@@ -578,6 +578,10 @@ def test_runs_stored_with_other_settings_are_listed_and_kept_unless_asked(local_
         ({"algos": ["mpo", "sacc"]}, r"envs.Pendulum-v1.algos: unknown algorithms \['sacc'\]"),
         ({"eval_freq": 500}, r"need 1 <= eval_freq <= steps"),
         ({"steps": None}, r"missing keys \['steps'\]"),
+        ({"algo_seeds": {"ppo": [0]}}, r"envs.Pendulum-v1.algo_seeds: names an algorithm the env does not run"),
+        ({"algo_seeds": {"sac": [2]}}, r"algo_seeds.sac: must be a non-empty list of the env's seeds \[0, 1\], got \[2\]"),
+        ({"algo_seeds": {"sac": []}}, r"algo_seeds.sac: must be a non-empty list"),
+        ({"algo_seeds": [0]}, r"algo_seeds: must map algorithms to lists of seeds"),
     ],
 )
 def test_bad_suite_is_refused_before_running(tmp_path, change, message):
@@ -612,6 +616,13 @@ def test_budget_multiplier_scales_steps_and_evaluations(tmp_path):
     jobs = {job.algo: job for job in load_suite(write_suite(tmp_path, spec)).jobs}
     assert (jobs["mpo"].steps, jobs["mpo"].eval_freq) == (200, 100)
     assert (jobs["ppo"].steps, jobs["ppo"].eval_freq) == (2000, 1000)
+
+
+def test_algo_seeds_plan_some_seeds_of_an_algorithm(tmp_path):
+    """An algorithm listed in algo_seeds runs those of the env's seeds only; the others run every seed."""
+    spec = {**TINY, "envs": {"Pendulum-v1": {**TINY["envs"]["Pendulum-v1"], "seeds": [0, 1, 2], "algo_seeds": {"sac": [1]}}}}
+    jobs = load_suite(write_suite(tmp_path, spec)).jobs
+    assert [(job.algo, job.seed) for job in jobs] == [("mpo", 0), ("mpo", 1), ("sac", 1), ("mpo", 2)]
 
 
 def test_variants_run_their_algorithm_with_their_settings(tmp_path):
