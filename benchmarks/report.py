@@ -196,20 +196,43 @@ def mean_over_run(run: dict[str, Any]) -> float:
     return float(np.mean([point["mean"] for point in run["curve"]]))
 
 
+def late_training_return(run: dict[str, Any], evaluations: int = LATE_EVALUATIONS) -> float | None:
+    """
+    The mean return of the training episodes (the behaviour policy's, exploration included) over the windows before a
+    run's last ``evaluations`` evaluations: the mean of their :data:`~benchmarks.results.TRAINING_RETURN` where the
+    window recorded one; None where none did (files written before it was kept, or no episode ended).
+    """
+    recorded = [(point.get("train") or {}).get(TRAINING_RETURN) for point in run["curve"][-evaluations:]]
+    found = [value for value in recorded if value is not None]
+    return float(np.mean(found)) if found else None
+
+
+def _mean_and_seeds(values: list[float | None]) -> str:
+    """``mean | v1, v2, ...`` over the seeds that have a value (``—`` for one that has none, and for no value at all)."""
+    found = [value for value in values if value is not None]
+    per_seed = ", ".join("—" if value is None else f"{value:.0f}" for value in values)
+    return f"{np.mean(found):.1f} | {per_seed}" if found else f"— | {per_seed}"
+
+
 def curve_summary_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
     """
-    Per algorithm, two readings of its curves less tied to one evaluation than the final return, means over its seeds:
-    the mean of the last :data:`LATE_EVALUATIONS` evaluations (:func:`late_return`), and the mean over every evaluation
-    of the run (:func:`mean_over_run`), which counts how early the returns came.
+    Per algorithm, readings of its curves less tied to one evaluation than the final return, means over its seeds: the
+    mean of the last :data:`LATE_EVALUATIONS` evaluations (:func:`late_return`), the mean over every evaluation of the
+    run (:func:`mean_over_run`), which counts how early the returns came, and, where the runs recorded it, the return of
+    the training episodes over the same late windows (:func:`late_training_return`: the behaviour policy's, which the
+    deterministic evaluation leaves out).
     """
+    training = {algo: [late_training_return(run) for run in runs] for algo, runs in runs_by_algo.items()}
+    with_training = any(value is not None for values in training.values() for value in values)
+    titles = [f"mean of the last {LATE_EVALUATIONS} evaluations", "mean over the run's evaluations"]
+    titles += [f"training episodes' return, last {LATE_EVALUATIONS} windows"] if with_training else []
     lines = [
-        f"| algorithm | seeds | mean of the last {LATE_EVALUATIONS} evaluations | per seed | mean over the run's evaluations "
-        "| per seed |",
-        "|---|---|---|---|---|---|",
+        "| algorithm | seeds | " + " | ".join(f"{title} | per seed" for title in titles) + " |",
+        "|---|---|" + "---|---|" * len(titles),
     ]
     for algo, runs in runs_by_algo.items():
-        late, whole = [late_return(run) for run in runs], [mean_over_run(run) for run in runs]
-        columns = [f"{np.mean(values):.1f} | {', '.join(f'{value:.0f}' for value in values)}" for values in (late, whole)]
+        readings: list[list[float | None]] = [[late_return(run) for run in runs], [mean_over_run(run) for run in runs]]
+        columns = [_mean_and_seeds(values) for values in readings + ([training[algo]] if with_training else [])]
         lines.append(f"| {algo.upper()} | {len(runs)} | {' | '.join(columns)} |")
     return lines
 
@@ -706,7 +729,8 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         lines += [f"## {env}", "", *env_table(runs_by_algo), ""]
         lines += [
             "One evaluation swings with the policy of that moment; the curves' last evaluations and their whole span, "
-            "means over the seeds:",
+            "and where the runs recorded them the training episodes of the last windows (the behaviour policy, exploring), "
+            "means over the seeds that have them:",
             "",
             *curve_summary_table(runs_by_algo),
             "",

@@ -27,6 +27,7 @@ from benchmarks.report import (
     interval_estimates,
     iqm_interval,
     late_return,
+    late_training_return,
     library_versions_line,
     mean_over_run,
     normalised_scores,
@@ -930,3 +931,20 @@ def test_curve_summaries_average_the_last_evaluations_and_the_whole_run():
     table = curve_summary_table({"mpo": [first, second], "sac": [short]})
     assert table[2] == f"| MPO | 2 | {(300.0 + 1100.0 / 3) / 2:.1f} | 300, 367 | {(200.0 + 240.0) / 2:.1f} | 200, 240 |"
     assert table[3] == "| SAC | 1 | 20.0 | 20 | 20.0 | 20 |"
+    assert late_training_return(first) is None
+
+
+def test_training_returns_join_the_curve_summary_where_recorded():
+    """The behaviour policy's return over the last windows: a mean of what was recorded, "—" where nothing was."""
+
+    def run(*training: float | None) -> dict:
+        points = [{"step": 10 * (index + 1), "mean": 0.0, "train": {} if value is None else {TRAINING_RETURN: value}}
+                  for index, value in enumerate(training)]  # fmt: skip
+        return {"curve": points}
+
+    full, gap, early_only = run(1.0, 10.0, 20.0, 60.0), run(5.0, None, 30.0, None), run(7.0, None, None, None)
+    assert late_training_return(full) == 30.0 and late_training_return(gap) == 30.0
+    assert late_training_return(early_only) is None and late_training_return(full, evaluations=1) == 60.0
+    table = curve_summary_table({"mpo": [full, gap, early_only], "sac": [early_only]})
+    assert table[0].endswith("| training episodes' return, last 3 windows | per seed |") and table[1].count("---") == 8
+    assert table[2].endswith("| 30.0 | 30, 30, — |") and table[3].endswith("| — | — |")
