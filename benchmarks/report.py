@@ -242,6 +242,7 @@ DIAGNOSTICS = {
     "train/temperature": "MPO's temperature η",
     "train/kl_q": "KL(q ‖ π_old)",
     "train/std_mean": "policy std (mean)",
+    "train/mean_outside_box": "policy means outside the box",
     "train/q_mean": "Q (mean)",
     "train/ent_coef": "SAC's entropy coefficient",
     "train/critic_loss": "critic loss",

@@ -174,8 +174,27 @@ def test_logger_keys(tmp_path):
         "train/q_mean",
         "train/n_updates",
         "train/temperature_penalty",
+        "train/mean_outside_box",
     ]:
         assert key in header, key
+
+
+@pytest.mark.parametrize("bias, outside", [(2.0, 1.0), (-1.5, 1.0), (0.5, 0.0)])
+def test_mean_outside_box_is_the_share_of_policy_means_beyond_the_box(bias, outside):
+    """With clipped actions the logger counts the mean's components beyond [-1, 1]; with tanh it has no such key."""
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **SMALL)
+    model.learn(60)
+    with th.no_grad():  # a policy whose mean is `bias` at every state
+        model.actor.mu.weight.zero_()
+        model.actor.mu.bias.fill_(bias)
+    model.train(1, 32)
+    assert model.logger.name_to_value["train/mean_outside_box"] == outside
+    squashed = MPO(
+        "MlpPolicy", "Pendulum-v1", seed=0, **{**SMALL, "policy_kwargs": dict(net_arch=[32], action_bounding="tanh")}
+    )
+    squashed.learn(60)
+    logged = squashed.logger.name_to_value
+    assert "train/std_mean" in logged and "train/mean_outside_box" not in logged
 
 
 def test_callbacks_progress_bar_tensorboard(tmp_path):

@@ -409,6 +409,8 @@ class GaussianImprovement(PolicyImprovement):
 
         # M-step: weighted maximum likelihood under the decoupled KL trust regions
         mean, std = self.actor.distribution_params(batch.observations)
+        if self.actor.action_bounding == "clip":  # the deterministic action clip(μ) plays the box's faces there
+            diagnostics["mean_outside_box"] = (mean.detach().abs() > 1.0).float().mean()
         penalties, multiplier_losses, trust_diagnostics = self.trust_region_losses(batch, mean, std)
         likelihood_loss = losses.decoupled_m_step_loss(weights, batch.actions, mean, std, batch.mean_old, batch.std_old)
         policy_loss = sum(penalties, start=likelihood_loss)
