@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch as th
-from scipy import stats
+from scipy import integrate, stats
 from scipy.special import logsumexp
 from torch.distributions import Categorical, MixtureSameFamily, Normal
 
@@ -229,6 +229,36 @@ def test_mixture_mean_and_samples_have_the_mixtures_moments() -> None:
         th.testing.assert_close(samples.var(0), variance, rtol=0.03, atol=0.0)
 
 
+def test_mixture_quadrature_integrates_polynomials_exactly_and_smooth_functions_as_scipy() -> None:
+    """Its weighted sums are the mixtures' moments up to degree 2K − 1 (scipy's Gaussian moments), and its expectation
+    of another mixture's log-density, the critic's loss, matches scipy's adaptive integration."""
+    logits, means, scales = random_mixtures(3, 4, seed=3)
+    weights = th.softmax(logits, dim=-1).numpy()
+    nodes = 3
+    points, point_weights = losses.mixture_quadrature(logits, means, scales, nodes)
+    assert points.shape == point_weights.shape == (3, 4 * nodes)
+    th.testing.assert_close(point_weights.sum(-1), th.ones(3, dtype=th.float64))
+    for degree in range(2 * nodes):
+        expected = [sum(weights[b, m] * stats.norm(means[b, m].item(), scales[b, m].item()).moment(degree) for m in range(4))
+                    for b in range(3)]  # fmt: skip
+        np.testing.assert_allclose((point_weights * points**degree).sum(-1).numpy(), expected, rtol=1e-9)
+
+    logits_q, means_q, scales_q = random_mixtures(3, 2, seed=4)
+    other = (logits_q, means_q, scales_q + 2.0)  # a critic's mixture wide enough that its log-density is smooth
+    points, point_weights = losses.mixture_quadrature(logits, means, scales, 20)
+    ours = (point_weights * losses.mixture_log_prob(points, *other)).sum(-1).numpy()
+    for b in range(3):
+
+        def integrand(z: float, b: int = b) -> float:
+            density = sum(weights[b, m] * stats.norm.pdf(z, means[b, m].item(), scales[b, m].item()) for m in range(4))
+            log_q = losses.mixture_log_prob(th.tensor([[z]], dtype=th.float64), *(x[b : b + 1] for x in other)).item()
+            return density * log_q
+
+        low, high = (means[b] - 12 * scales[b]).min().item(), (means[b] + 12 * scales[b]).max().item()
+        expected = integrate.quad(integrand, low, high, limit=400, points=means[b].tolist())[0]
+        assert ours[b] == pytest.approx(expected, rel=1e-8)
+
+
 def mixture_model(**kwargs) -> MPO:
     policy_kwargs = {"critic_mixture": 3, "net_arch": [16, 16], **kwargs.pop("policy_kwargs", {})}
     return MPO(
@@ -262,6 +292,43 @@ def test_mixture_critic_loss_is_the_likelihood_of_shifted_target_samples(return_
     log_likelihoods = [logsumexp(stats.norm.logpdf(targets[b], means[b], scales[b]), b=weights[b]) for b in range(32)]
     assert evaluation.critic_loss.item() == pytest.approx(-np.mean(log_likelihoods), rel=1e-3)
     th.testing.assert_close(evaluation.improvement.q_values, th.full_like(evaluation.improvement.q_values, c))
+
+
+def test_mixture_critic_loss_with_quadrature_is_the_weighted_likelihood_of_the_shifted_points() -> None:
+    """A target critic whose every mixture is N(c, σ²) (the other components weigh e⁻¹⁰⁰): the targets are the K
+    Gauss-Hermite points c + √2·σ·x_j of each component at each sampled action, weighted w_m·h_j/(N·√π), and the loss is
+    their weighted negative log-likelihood under the online critic's mixture at (s, a), computed here with scipy."""
+    nodes = 3
+    model = mixture_model(learning_starts=10_000, mixture_quadrature_nodes=nodes)
+    model.learn(100)
+    c, sigma = 4.0, 2.0
+    raw_scale = np.log(np.expm1(sigma - SampledCritic.min_scale))
+    with th.no_grad():
+        last = model.critic_target.q_networks[0][-1]
+        last.weight.zero_()
+        last.bias.copy_(th.tensor([50.0, -50.0, -50.0, c, 0.0, 0.0, raw_scale, 0.0, 0.0]))
+    batch = model.replay_buffer.sample(32)
+    evaluation = model.evaluation.evaluate(batch)
+
+    samples, weights = evaluation.improvement.value_samples, evaluation.improvement.value_weights
+    n_points = model.n_action_samples * 3 * nodes  # N actions, M = 3 components, K points each
+    assert samples is not None and weights is not None and samples.shape == weights.shape == (32, n_points)
+    abscissae, hermite_weights = np.polynomial.hermite.hermgauss(nodes)
+    per_action = samples.reshape(32, model.n_action_samples, 3, nodes)[:, :, 0]  # the component that weighs 1
+    th.testing.assert_close(
+        per_action, th.tensor(c + np.sqrt(2) * sigma * abscissae, dtype=th.float32).expand_as(per_action), atol=1e-5, rtol=0
+    )
+    th.testing.assert_close(weights.sum(-1), th.ones(32))
+    targets = (batch.rewards + batch.discounts * (1 - batch.dones) * samples).numpy()
+    logits, means, scales = model.critic.mixture(model.critic(batch.observations, model.actor.squash(batch.actions))[0])
+    mixture_weights, means, scales = th.softmax(logits, -1).detach().numpy(), means.detach().numpy(), scales.detach().numpy()
+    log_likelihoods = [
+        logsumexp(stats.norm.logpdf(targets[b][:, None], means[b], scales[b]), b=mixture_weights[b], axis=-1)
+        for b in range(32)
+    ]
+    expected = -np.mean([np.sum(weights[b].numpy() * log_likelihoods[b]) for b in range(32)])
+    assert evaluation.critic_loss.item() == pytest.approx(expected, rel=1e-4)
+    assert hermite_weights.sum() == pytest.approx(np.sqrt(np.pi))
 
 
 def test_mixture_return_samples_are_independent_draws_of_each_sampled_actions_mixture() -> None:
@@ -302,15 +369,19 @@ def test_mixture_init_scale_scales_the_softplus_so_that_components_start_near_it
     assert model.critic.mixture(zero)[2].item() == pytest.approx(np.log(2.0) + SampledCritic.min_scale)
 
 
+@pytest.mark.parametrize(
+    "targets", [{"mixture_return_samples": 2}, {"mixture_quadrature_nodes": 3}], ids=["draws", "quadrature"]
+)
 @pytest.mark.parametrize("normalisation", NORMALISATIONS.values(), ids=NORMALISATIONS.keys())
-def test_mixture_critic_survives_save_and_load(normalisation: dict, tmp_path: Path) -> None:
+def test_mixture_critic_survives_save_and_load(normalisation: dict, targets: dict, tmp_path: Path) -> None:
     policy_kwargs = {"critic_mixture_init_scale": 1e-3, **normalisation}
-    model = mixture_model(learning_starts=50, policy_kwargs=policy_kwargs, mixture_return_samples=2)
+    model = mixture_model(learning_starts=50, policy_kwargs=policy_kwargs, **targets)
     model.learn(150)
     model.save(tmp_path / "model.zip")
     loaded = MPO.load(tmp_path / "model.zip", env=model.get_env())
     assert loaded.policy.critic_mixture == 3 and loaded.critic.distribution == "mixture"
-    assert loaded.mixture_return_samples == 2 and loaded.critic.mixture_scale_factor == model.critic.mixture_scale_factor
+    assert all(getattr(loaded, name) == value for name, value in targets.items())
+    assert loaded.critic.mixture_scale_factor == model.critic.mixture_scale_factor
     assert loaded.critic.mixture_scale_factor == pytest.approx(1e-3 / np.log(2.0))
     assert loaded.policy.batch_renorm == bool(normalisation)
     th.testing.assert_close(loaded.policy.state_dict(), model.policy.state_dict())
@@ -329,6 +400,14 @@ def test_mixture_critic_survives_save_and_load(normalisation: dict, tmp_path: Pa
         ("Pendulum-v1", {"q_target": "n_step"}, {"critic_mixture_init_scale": 1e-3}, "without critic_mixture"),
         ("Pendulum-v1", {"q_target": "n_step", "mixture_return_samples": 0}, {"critic_mixture": 5}, "return_samples=0"),
         ("Pendulum-v1", {"q_target": "n_step", "mixture_return_samples": 128}, {}, "without a mixture critic"),
+        ("Pendulum-v1", {"q_target": "n_step", "mixture_quadrature_nodes": 3}, {}, "quadrature_nodes=3"),
+        ("Pendulum-v1", {"q_target": "n_step", "mixture_quadrature_nodes": 0}, {"critic_mixture": 5}, "quadrature_nodes=0"),
+        (
+            "Pendulum-v1",
+            {"q_target": "n_step", "mixture_quadrature_nodes": 3, "mixture_return_samples": 16},
+            {"critic_mixture": 5},
+            "points replace the draws",
+        ),
     ],
 )
 def test_bad_mixture_critics_are_refused(env: str, kwargs: dict, policy_kwargs: dict, match: str) -> None:

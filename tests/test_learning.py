@@ -14,21 +14,23 @@ THRESHOLD = -400.0  # a random policy scores about -1200; SAC's RL Zoo result at
 
 
 #: The critics a user can pick, each of which must learn the task: the entry's, CrossQ's (BatchRenorm, no target critic),
-#: a categorical one over returns in [-1700, 100], a mixture of 5 Gaussians, and that mixture with CrossQ's normalisation
+#: a categorical one over returns in [-1700, 100], a mixture of 5 Gaussians (its targets drawn, or by quadrature), and
+#: that mixture with CrossQ's normalisation: policy_kwargs, and other constructor arguments
 CRITICS = {
-    "target_critic": {},
-    "crossq_critic": {"batch_renorm": True},
-    "categorical_critic": {"critic_support": (-1700.0, 100.0), "n_atoms": 51},
-    "mixture_critic": {"critic_mixture": 5},
-    "crossq_mixture_critic": {"batch_renorm": True, "critic_mixture": 5},
+    "target_critic": ({}, {}),
+    "crossq_critic": ({"batch_renorm": True}, {}),
+    "categorical_critic": ({"critic_support": (-1700.0, 100.0), "n_atoms": 51}, {}),
+    "mixture_critic": ({"critic_mixture": 5}, {}),
+    "mixture_critic_quadrature": ({"critic_mixture": 5}, {"mixture_quadrature_nodes": 3}),
+    "crossq_mixture_critic": ({"batch_renorm": True, "critic_mixture": 5}, {}),
 }
 
 
-@pytest.mark.parametrize("policy_kwargs", CRITICS.values(), ids=CRITICS.keys())
-def test_pendulum_learns_within_10k_steps(policy_kwargs):
+@pytest.mark.parametrize("policy_kwargs, kwargs", CRITICS.values(), ids=CRITICS.keys())
+def test_pendulum_learns_within_10k_steps(policy_kwargs, kwargs):
     """Mean deterministic return over 10 episodes reaches -400 within 10k steps (evaluated every 2k) for a fixed seed,
     with each critic."""
-    hyperparams = load_hyperparams("Pendulum-v1")
+    hyperparams = {**load_hyperparams("Pendulum-v1"), **kwargs}
     hyperparams["policy_kwargs"] = {**hyperparams.get("policy_kwargs", {}), **policy_kwargs}
     model = MPO("MlpPolicy", "Pendulum-v1", seed=SEED, **hyperparams)
     eval_env = make_vec_env("Pendulum-v1", n_envs=1, seed=10_000 + SEED)

@@ -145,6 +145,7 @@ MPO_ARGUMENTS: dict[str, Requirement] = {
     "retrace_lambda": fraction(include_zero=True),
     "n_action_samples": integer_at_least(2),
     "mixture_return_samples": POSITIVE_INTEGER,
+    "mixture_quadrature_nodes": optional(POSITIVE_INTEGER),
     "parametric_samples": optional(POSITIVE_INTEGER),
     "epsilon": POSITIVE_FLOAT,
     "epsilon_mean": POSITIVE_FLOAT,

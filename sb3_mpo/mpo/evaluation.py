@@ -217,7 +217,8 @@ class MixtureNStepEvaluation(DistributionalNStepEvaluation):
     """
     :class:`DistributionalNStepEvaluation` for a mixture-of-Gaussians critic (Shahriari et al. 2022, Acme's default MPO
     critic): Z returns (``mixture_return_samples``) are drawn from the (target) critic's mixture at each of the N sampled
-    actions, and the critic maximises the likelihood of their shifted values r + γⁿ·z under its mixture at (s, a).
+    actions, or with ``mixture_quadrature_nodes`` the points of a Gauss-Hermite rule stand in for the draws, and the
+    critic maximises the (weighted) likelihood of their shifted values r + γⁿ·z under its mixture at (s, a).
     """
 
     def loss(
@@ -227,7 +228,12 @@ class MixtureNStepEvaluation(DistributionalNStepEvaluation):
         critic = cast(SampledCritic, self.model.critic)
         discounts = self.discounts(replay_data)
         loss = losses.mixture_cross_entropy(
-            replay_data.rewards, replay_data.dones, discounts, targets.value_samples, *critic.mixture(outputs)
+            replay_data.rewards,
+            replay_data.dones,
+            discounts,
+            targets.value_samples,
+            *critic.mixture(outputs),
+            sample_weights=targets.value_weights,
         )
         return loss, {}
 

@@ -46,8 +46,12 @@ class SampledImprovementBatch(NamedTuple):
     #: π_old, the mixture of the N samples' distributions, shape (B, n_atoms); None otherwise
     value_probs: th.Tensor | None = None
     #: With a mixture critic: Z returns (``mixture_return_samples``) drawn from the target critic's (with
-    #: ``batch_renorm``, the critic's) mixture at each of the N samples, shape (B, N·Z); None otherwise
+    #: ``batch_renorm``, the critic's) mixture at each of the N samples, shape (B, N·Z), or with
+    #: ``mixture_quadrature_nodes`` K the quadrature's points of each of the M components there, shape (B, N·M·K);
+    #: None otherwise
     value_samples: th.Tensor | None = None
+    #: With the quadrature: the weight of each point of ``value_samples`` (summing to 1 per state); None otherwise
+    value_weights: th.Tensor | None = None
 
     def expected_q(self) -> th.Tensor:
         """Monte-Carlo estimate of E_{π_old}[Q'(s, ·)] from the N samples, shape (B,)."""
@@ -61,8 +65,10 @@ class SampledImprovementBatch(NamedTuple):
             self.q_values[:, mask],
             self.mean_old[mask],
             self.std_old[mask],
-            None if self.value_probs is None else self.value_probs[mask],
-            None if self.value_samples is None else self.value_samples[mask],
+            *(
+                None if values is None else values[mask]
+                for values in (self.value_probs, self.value_samples, self.value_weights)
+            ),
         )
 
 
@@ -375,16 +381,30 @@ class GaussianImprovement(PolicyImprovement):
         taken = None
         if taken_actions is not None:
             taken = TakenActionValues(q_values[-1], losses.gaussian_log_prob(taken_actions, mean_old, std_old))
-        value_probs = value_samples = None
+        value_probs = value_samples = value_weights = None
         if critic.distribution == "categorical":
             value_probs = th.softmax(outputs[:n_samples], dim=-1).mean(dim=0)
         elif critic.distribution == "mixture":
-            draws = (model.mixture_return_samples,)
-            value_samples = losses.sample_mixture(*critic.mixture(outputs[:n_samples]), draws).flatten(0, 1).T
+            value_samples, value_weights = self.next_returns(critic.mixture(outputs[:n_samples]))
         batch = SampledImprovementBatch(
-            observations, actions, q_values[:n_samples], mean_old, std_old, value_probs, value_samples
+            observations, actions, q_values[:n_samples], mean_old, std_old, value_probs, value_samples, value_weights
         )
         return batch, taken
+
+    def next_returns(self, mixtures: tuple[th.Tensor, th.Tensor, th.Tensor]) -> tuple[th.Tensor, th.Tensor | None]:
+        """
+        The returns at the next states that a mixture critic's targets are made of: ``mixture_return_samples`` draws of
+        each sampled action's mixture, or with ``mixture_quadrature_nodes`` the quadrature's points and weights
+        (:func:`~sb3_mpo.mpo.losses.mixture_quadrature`), each action weighing 1/N.
+
+        :param mixtures: Log-weights, means and standard deviations of the mixtures at the N sampled actions, (N, B, M) each
+        :return: The returns, (B, N·Z) or (B, N·M·K), and their weights (None for draws, which weigh alike)
+        """
+        nodes = self.model.mixture_quadrature_nodes
+        if nodes is None:
+            return losses.sample_mixture(*mixtures, (self.model.mixture_return_samples,)).flatten(0, 1).T, None
+        points, weights = losses.mixture_quadrature(*mixtures, nodes)  # (N, B, M·K)
+        return points.transpose(0, 1).flatten(1), weights.transpose(0, 1).flatten(1) / points.shape[0]
 
     def taken_q_values(self, critic: SampledCritic | QNetwork, observations: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         return critic(observations, self.actor.squash(actions))[0]

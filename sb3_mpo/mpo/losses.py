@@ -10,6 +10,7 @@ Sampled quantities are laid out ``(N, B, ...)`` (samples first), like ``Distribu
 import math
 from typing import NamedTuple, cast
 
+import numpy as np
 import torch as th
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
@@ -638,6 +639,28 @@ def sample_mixture(logits: th.Tensor, means: th.Tensor, scales: th.Tensor, sampl
     return mean + scale * th.randn_like(mean)
 
 
+def mixture_quadrature(logits: th.Tensor, means: th.Tensor, scales: th.Tensor, nodes: int) -> tuple[th.Tensor, th.Tensor]:
+    """
+    Gauss-Hermite quadrature of Gaussian mixtures: points z and weights ω with Σ_k ω_k·f(z_k) ≈ E_{z~p}[f(z)] for
+    p = Σ_m w_m N(μ_m, σ_m²), w = softmax(logits). Each component gets the ``nodes``-point rule, z = μ_m + √2·σ_m·x_j
+    with weight w_m·h_j/√π, where (x_j, h_j) is the Gauss-Hermite rule for ∫ e^{−x²} g(x) dx (exact for polynomials
+    f up to degree 2·nodes − 1). It replaces the random returns of :func:`sample_mixture` in the critic's
+    cross-entropy (Shahriari et al. 2022, Eq. (5)) by a deterministic estimate of the same expectation.
+
+    :param logits: Unnormalised log-weights, shape (..., M)
+    :param means: The components' means, shape (..., M)
+    :param scales: The components' standard deviations, shape (..., M)
+    :param nodes: Points per component
+    :return: The points and their weights (which sum to 1 over the last axis), each of shape (..., M·nodes)
+    """
+    abscissae, weights = (
+        th.as_tensor(x, dtype=means.dtype, device=means.device) for x in np.polynomial.hermite.hermgauss(nodes)
+    )
+    points = means.unsqueeze(-1) + math.sqrt(2.0) * scales.unsqueeze(-1) * abscissae
+    point_weights = th.softmax(logits, dim=-1).unsqueeze(-1) * (weights / math.sqrt(math.pi))
+    return points.flatten(-2), point_weights.flatten(-2)
+
+
 def mixture_cross_entropy(
     rewards: th.Tensor,
     dones: th.Tensor,
@@ -646,20 +669,26 @@ def mixture_cross_entropy(
     logits: th.Tensor,
     means: th.Tensor,
     scales: th.Tensor,
+    sample_weights: th.Tensor | None = None,
 ) -> th.Tensor:
     """
     Sample-based loss of a mixture-of-Gaussians critic (Shahriari et al. 2022, Eq. (5)): the target returns are
-    y_k = r + (1 − done)·γⁿ·z_k with z_k samples of the target critic's mixtures at s' (Z per action sampled from
-    π_old), and the critic minimises −mean_k log p(y_k | s, a).
+    y_k = r + (1 − done)·γⁿ·z_k with z_k returns at s' under the target critic's mixtures at the actions sampled from
+    π_old (drawn, or the points of :func:`mixture_quadrature`), and the critic minimises −Σ_k ω_k log p(y_k | s, a),
+    with ω_k = 1/K for draws.
 
     :param rewards: (Discounted n-step) rewards, shape (B, 1)
     :param dones: Terminations, shape (B, 1)
     :param discounts: γⁿ per sample, shape (B, 1), or a float
-    :param next_samples: Samples z_k of the returns at s', shape (B, K)
+    :param next_samples: Returns z_k at s', shape (B, K)
     :param logits: The critic's mixture at (s, a): log-weights, shape (B, M)
     :param means: The components' means, shape (B, M)
     :param scales: The components' standard deviations, shape (B, M)
-    :return: The mean negative log-likelihood, a scalar
+    :param sample_weights: The weights ω_k of the returns, summing to 1 per row, shape (B, K); None: equal weights
+    :return: The mean over the batch of the (weighted) negative log-likelihood, a scalar
     """
     targets = expected_sarsa_target(rewards, dones, discounts, next_samples).detach()
-    return -mixture_log_prob(targets, logits, means, scales).mean()
+    log_likelihoods = mixture_log_prob(targets, logits, means, scales)
+    if sample_weights is None:
+        return -log_likelihoods.mean()
+    return -(sample_weights.detach() * log_likelihoods).sum(dim=-1).mean()

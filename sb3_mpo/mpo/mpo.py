@@ -102,6 +102,10 @@ class MPO(OffPolicyAlgorithm):
         (target) critic's mixture at each of the N sampled next actions, so that its loss averages the likelihood of
         N·Z target returns per transition (Acme's ``policy_eval_num_val_samples``: 128). Must be 1 without a mixture
         critic
+    :param mixture_quadrature_nodes: With a mixture critic: instead of drawing returns, take K points per component of
+        each next action's mixture, a Gauss-Hermite rule whose weighted likelihood is a deterministic estimate of the
+        same cross-entropy (N·M·K target returns per transition). ``None`` (the default) draws
+        ``mixture_return_samples``
     :param epsilon: Bound ε on KL(q || π_old) in the E-step
     :param epsilon_mean: Bound ε_μ on the mean half of the M-step trust region (``Box`` only)
     :param epsilon_std: Bound ε_Σ on the covariance half of the M-step trust region (``Box`` only)
@@ -224,6 +228,7 @@ class MPO(OffPolicyAlgorithm):
         retrace_lambda: float = 0.95,
         n_action_samples: int = 20,
         mixture_return_samples: int = 1,
+        mixture_quadrature_nodes: int | None = None,
         epsilon: float = 0.1,
         epsilon_mean: float = 1e-3,
         epsilon_std: float = 1e-5,
@@ -264,6 +269,7 @@ class MPO(OffPolicyAlgorithm):
             retrace_lambda=retrace_lambda,
             n_action_samples=n_action_samples,
             mixture_return_samples=mixture_return_samples,
+            mixture_quadrature_nodes=mixture_quadrature_nodes,
             epsilon=epsilon,
             epsilon_mean=epsilon_mean,
             epsilon_std=epsilon_std,
@@ -325,6 +331,7 @@ class MPO(OffPolicyAlgorithm):
         self.retrace_lambda = retrace_lambda
         self.n_action_samples = n_action_samples
         self.mixture_return_samples = mixture_return_samples
+        self.mixture_quadrature_nodes = mixture_quadrature_nodes
         self.epsilon = epsilon
         self.epsilon_mean = epsilon_mean
         self.epsilon_std = epsilon_std
@@ -390,6 +397,13 @@ class MPO(OffPolicyAlgorithm):
                 "mixture_return_samples",
                 arguments["mixture_return_samples"] == 1 or policy_kwargs.get("critic_mixture") is not None,
                 "1 without a mixture critic (policy_kwargs critic_mixture), whose return samples it counts",
+            ),
+            (
+                "mixture_quadrature_nodes",
+                arguments["mixture_quadrature_nodes"] is None
+                or (policy_kwargs.get("critic_mixture") is not None and arguments["mixture_return_samples"] == 1),
+                "None without a mixture critic (policy_kwargs critic_mixture), and with mixture_return_samples=1 (its "
+                "points replace the draws)",
             ),
             (
                 "parametric_samples",
