@@ -181,7 +181,7 @@ def test_logger_keys(tmp_path):
 
 @pytest.mark.parametrize("bias, outside", [(2.0, 1.0), (-1.5, 1.0), (0.5, 0.0)])
 def test_mean_outside_box_is_the_share_of_policy_means_beyond_the_box(bias, outside):
-    """With clipped actions the logger counts the mean's components beyond [-1, 1]; with tanh it has no such key."""
+    """With clipped actions the logger counts the mean's components beyond [-1, 1]."""
     model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **SMALL)
     model.learn(60)
     with th.no_grad():  # a policy whose mean is `bias` at every state
@@ -189,6 +189,10 @@ def test_mean_outside_box_is_the_share_of_policy_means_beyond_the_box(bias, outs
         model.actor.mu.bias.fill_(bias)
     model.train(1, 32)
     assert model.logger.name_to_value["train/mean_outside_box"] == outside
+
+
+def test_tanh_squashed_policies_log_no_mean_outside_box():
+    """A tanh-squashed policy has no box for its mean to leave: the key is absent, beside the other diagnostics."""
     squashed = MPO(
         "MlpPolicy", "Pendulum-v1", seed=0, **{**SMALL, "policy_kwargs": dict(net_arch=[32], action_bounding="tanh")}
     )
