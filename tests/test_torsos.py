@@ -223,7 +223,7 @@ def test_next_states_left_out_of_the_statistics_change_nothing_but_their_own_sco
     th.testing.assert_close(masked[1][:, keep], removed[1])
     # the sampled actions' factored pass is the normalised network over each [next state, action] row
     graded = th.cat([th.cat([obs, actions], dim=-1), th.cat([next_obs, next_actions[0]], dim=-1)])
-    _, fixed_layers = with_batch_statistics(copy.deepcopy(critic).q_network, graded)
+    _, fixed_layers = with_batch_statistics(copy.deepcopy(critic).q_networks[0], graded)
     rows = th.cat([next_obs.expand(4, -1, -1), next_actions], dim=-1)
     th.testing.assert_close(
         critic.joint_outputs(obs, actions, next_obs, next_actions)[1], modules_in(th.float32, fixed_layers, rows)

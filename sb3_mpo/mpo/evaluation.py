@@ -158,7 +158,7 @@ class NStepEvaluation(CriticEvaluation):
         target_q_values, targets = self.normalised_targets(target_q_values, targets)
         if current_q_values is None:
             current_q_values = model.improvement.taken_q_values(model.critic, replay_data.observations, replay_data.actions)
-        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
+        critic_loss = losses.critic_regression_loss(current_q_values, target_q_values)
         return PolicyEvaluation(critic_loss, self.values(current_q_values.detach().mean()), targets)
 
 
@@ -275,8 +275,7 @@ class RetraceEvaluation(CriticEvaluation):
         target_q_values, targets = self.normalised_targets(target_q_values.reshape(-1)[valid], targets)
         if current_q_values is None:
             current_q_values = model.improvement.taken_q_values(model.critic, observations, actions)[valid]
-        current_q_values = current_q_values.reshape(-1)
-        critic_loss = 0.5 * F.mse_loss(current_q_values, target_q_values)
+        critic_loss = losses.critic_regression_loss(current_q_values, target_q_values.unsqueeze(-1))
         return PolicyEvaluation(critic_loss, self.values(current_q_values.detach().mean()), targets.select(valid))
 
 

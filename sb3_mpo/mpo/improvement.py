@@ -212,7 +212,7 @@ class PolicyImprovement(ABC):
         :param critic: The online or the target critic
         :param observations: B states
         :param actions: The stored actions (Gaussian-space, or action indices), shape (B, action_dim)
-        :return: Q(s, a), shape (B, 1)
+        :return: Q(s, a), shape (B, 1), or each network's of an ensemble of critics, (B, n_critics)
         """
 
     @abstractmethod
@@ -407,7 +407,7 @@ class GaussianImprovement(PolicyImprovement):
         return points.transpose(0, 1).flatten(1), weights.transpose(0, 1).flatten(1) / points.shape[0]
 
     def taken_q_values(self, critic: SampledCritic | QNetwork, observations: PyTorchObs, actions: th.Tensor) -> th.Tensor:
-        return critic(observations, self.actor.squash(actions))[0]
+        return th.cat(critic(observations, self.actor.squash(actions)), dim=1)
 
     def improve(self, batch: ImprovementBatch) -> ImprovementLosses:
         """E-step (paper, Sec. 3.2) and M-step (Sec. 3.3, Appendix D.3) on sampled actions and their target Q-values."""

@@ -460,6 +460,32 @@ def expected_sarsa_target(
     return rewards + (1.0 - dones) * discounts * next_values
 
 
+def clipped_values(values: th.Tensor) -> th.Tensor:
+    """
+    Clipped double Q-learning's value of an ensemble of critics (Fujimoto et al. 2018, "Addressing Function
+    Approximation Error in Actor-Critic Methods", Eq. (10), for any number of critics): the smallest of their estimates,
+    min_i Q_i(s, a), which counters the overestimation that a maximising improvement step draws from one critic's errors.
+
+    :param values: The critics' estimates, shape (n_critics, ...)
+    :return: Their minimum, shape (...)
+    """
+    return values.amin(dim=0)
+
+
+def critic_regression_loss(q_values: th.Tensor, targets: th.Tensor) -> th.Tensor:
+    """
+    The critics' regression loss (paper, Sec. 4: the squared error of Q against its targets), summed over an ensemble
+    of critics that share their targets, as SB3's SAC and TD3 train theirs:
+
+    L = ½ Σ_i mean_b (Q_i(s_b, a_b) − y_b)²
+
+    :param q_values: Each critic's value of the stored pairs, shape (B, n_critics)
+    :param targets: Their targets y, shape (B, 1)
+    :return: The loss, a scalar
+    """
+    return 0.5 * (q_values - targets).square().mean(dim=0).sum()
+
+
 def categorical_expectation(values: th.Tensor, log_probs: th.Tensor) -> th.Tensor:
     """
     Exact expectation over a discrete action set, E_{a ~ π(·|s)} f(s, a) = Σ_a π(a|s) f(s, a): the expected

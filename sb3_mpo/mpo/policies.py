@@ -19,7 +19,7 @@ from stable_baselines3.dqn.policies import QNetwork
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_mpo.mpo.losses import categorical_mean, inverse_positive, mixture_mean
+from sb3_mpo.mpo.losses import categorical_mean, clipped_values, inverse_positive, mixture_mean
 from sb3_mpo.mpo.torsos import (
     batch_renorm_torso,
     layer_norm_input_block,
@@ -290,11 +290,13 @@ class CategoricalActor(MPOActor):
 
 class SampledCritic(ContinuousCritic):
     """
-    Q-network of MPO: SB3's :class:`ContinuousCritic` with one network, plus an evaluation of many sampled actions per
-    state that runs the features extractor once per state, not once per sample. It may be distributional: with
-    ``critic_support`` a categorical critic (logits over ``n_atoms`` evenly spaced returns), with ``critic_mixture`` a
-    mixture of that many Gaussians (log-weights, means and standard deviations); its Q-value is then the mean of its
-    distribution. See :class:`~stable_baselines3.common.policies.ContinuousCritic` for the other parameters.
+    Q-network of MPO: SB3's :class:`ContinuousCritic` (one network, or with ``n_critics`` an ensemble whose smallest
+    value is the target's and the E-step's, as in clipped double Q-learning), plus an evaluation of many sampled actions
+    per state that runs the features extractor once per state, not once per sample. It may be distributional (one
+    network only): with ``critic_support`` a categorical critic (logits over ``n_atoms`` evenly spaced returns), with
+    ``critic_mixture`` a mixture of that many Gaussians (log-weights, means and standard deviations); its Q-value is
+    then the mean of its distribution. See :class:`~stable_baselines3.common.policies.ContinuousCritic` for the other
+    parameters.
 
     :param critic_support: (v_min, v_max) of a categorical critic's support
     :param n_atoms: Number of atoms of a categorical critic's support
@@ -336,7 +338,7 @@ class SampledCritic(ContinuousCritic):
         self.mixture_scale_factor = 1.0 if critic_mixture_init_scale is None else critic_mixture_init_scale / math.log(2.0)
         # Each activation of the MLP follows a Linear layer, whose backward does not need its output: activations may
         # overwrite it, which saves one (N·B x width) allocation per hidden layer in the large sampled forward
-        for module in q_network.modules():
+        for module in (module for network in self.q_networks for module in network.modules()):
             if getattr(module, "inplace", None) is False:
                 setattr(module, "inplace", True)  # noqa: B010  (nn.Module attribute typing)
 
@@ -382,18 +384,24 @@ class SampledCritic(ContinuousCritic):
             :func:`~sb3_mpo.mpo.torsos.modules_in`); the first layer and the activation after it, the normalisations,
             the last hidden activation and the output layer run in float32, so that the outputs keep float32's
             resolution
-        :return: The outputs, shape (N, B, 1), or (N, B, n_atoms) logits for a categorical critic
+        :return: The outputs, shape (N, B, 1) (an ensemble's smallest value), or (N, B, n_atoms) logits for a categorical
+            critic
         """
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
             features = self.extract_features(obs, self.features_extractor)
-        return sampled_pass(with_running_statistics(self.q_network.children()), features, actions, hidden_dtype)
+        outputs = [
+            sampled_pass(with_running_statistics(network.children()), features, actions, hidden_dtype)
+            for network in self.q_networks
+        ]
+        return self.clipped(outputs)
 
-    @property
-    def q_network(self) -> nn.Sequential:
-        """The critic's MLP over [features, action] (MPO's critic has one)."""
-        q_network = self.q_networks[0]
-        assert isinstance(q_network, nn.Sequential), "SB3's create_mlp builds the critic as an nn.Sequential"
-        return q_network
+    def clipped(self, outputs: list[th.Tensor]) -> th.Tensor:
+        """
+        :param outputs: The outputs of each Q-network for the same pairs, each (..., out_features)
+        :return: Those of the one network, or the smallest value of an ensemble (clipped double Q-learning,
+            :func:`~sb3_mpo.mpo.losses.clipped_values`), (..., 1)
+        """
+        return outputs[0] if len(outputs) == 1 else clipped_values(th.stack(outputs))
 
     def joint_outputs(
         self,
@@ -419,17 +427,21 @@ class SampledCritic(ContinuousCritic):
         :param next_actions: N actions per next state (squashed into the box), shape (N, B', A)
         :param in_statistics: Which next states join the statistics with their first action, shape (B',) (None: all)
         :param hidden_dtype: Floating-point type of the sampled rows' matrix products
-        :return: The outputs of the stored pairs, (B, out_features) with gradient, and of the sampled actions,
-            (N, B', out_features): one value each, or a distributional critic's logits or mixture parameters
+        :return: The outputs of the stored pairs, (B, out_features) with gradient (an ensemble's values side by side,
+            (B, n_critics)), and of the sampled actions, (N, B', out_features): one value each (an ensemble's smallest),
+            or a distributional critic's logits or mixture parameters
         """
         features = self.extract_features(obs, self.features_extractor)
         next_features = self.extract_features(next_obs, self.features_extractor)
         first = th.cat([next_features, next_actions[0]], dim=-1)
         graded = th.cat([th.cat([features, actions], dim=-1), first if in_statistics is None else first[in_statistics]])
-        graded_outputs, fixed_layers = with_batch_statistics(self.q_network, graded)
-        with th.no_grad():
-            sampled_outputs = sampled_pass(fixed_layers, next_features, next_actions, hidden_dtype)
-        return graded_outputs[: features.shape[0]], sampled_outputs
+        graded_outputs, sampled_outputs = [], []
+        for network in self.q_networks:
+            outputs, fixed_layers = with_batch_statistics(network.children(), graded)
+            graded_outputs.append(outputs[: features.shape[0]])
+            with th.no_grad():
+                sampled_outputs.append(sampled_pass(fixed_layers, next_features, next_actions, hidden_dtype))
+        return th.cat(graded_outputs, dim=-1), self.clipped(sampled_outputs)
 
     def sampled_q_values(self, obs: PyTorchObs, actions: th.Tensor, hidden_dtype: th.dtype = th.float32) -> th.Tensor:
         """
@@ -505,6 +517,9 @@ class MPOPolicy(BasePolicy):
     :param renorm_warmup_steps: With ``batch_renorm``: gradient steps that normalise with each batch's own statistics
         before the running ones renormalise them (CrossQ's 100,000: a run of up to 100k updates is batch-normalised
         throughout)
+    :param n_critics: Number of Q-networks (SB3's name, as in SAC, TD3 and CrossQ): each regresses the same targets,
+        which, like the E-step, read the smallest of their values at the sampled actions (clipped double Q-learning,
+        Fujimoto et al. 2018). ``Box`` only, with a critic of expected values; MPO's paper and Acme use one
     """
 
     actor: GaussianActor | CategoricalActor
@@ -537,8 +552,10 @@ class MPOPolicy(BasePolicy):
         batch_renorm: bool = False,
         batch_norm_momentum: float = 0.01,
         renorm_warmup_steps: int = 100_000,
+        n_critics: int = 1,
     ):
         self.check_distributional_critic(action_space, critic_support, n_atoms, critic_mixture, critic_mixture_init_scale)
+        self.check_n_critics(n_critics, action_space, critic_support is not None or critic_mixture is not None)
         if batch_renorm:
             self.check_batch_renorm(action_space, residual)
             if not 0.0 < batch_norm_momentum <= 1.0:
@@ -596,7 +613,7 @@ class MPOPolicy(BasePolicy):
             "min_std": min_std,
             "action_bounding": action_bounding,
         }
-        self.critic_kwargs = {**common, "net_arch": critic_arch, "n_critics": 1}
+        self.critic_kwargs = {**common, "net_arch": critic_arch, "n_critics": n_critics}
         # A tuple of floats, also when a saved model's policy_kwargs come back as a list
         self.critic_support = None if critic_support is None else (float(critic_support[0]), float(critic_support[1]))
         self.n_atoms, self.critic_mixture = n_atoms, critic_mixture
@@ -644,6 +661,24 @@ class MPOPolicy(BasePolicy):
             )
         if n_atoms < 2:
             raise ValueError(f"MPOPolicy: n_atoms={n_atoms!r} is invalid, expected an integer >= 2")
+
+    @staticmethod
+    def check_n_critics(n_critics: int, action_space: spaces.Space, distributional: bool) -> None:
+        """:raises ValueError: naming ``n_critics`` when it cannot make the critic"""
+        if isinstance(n_critics, bool) or not isinstance(n_critics, int) or n_critics < 1:
+            raise ValueError(f"MPOPolicy: n_critics={n_critics!r} is invalid, expected an integer >= 1")
+        if n_critics == 1:
+            return
+        if isinstance(action_space, spaces.Discrete):
+            raise ValueError(
+                f"MPOPolicy: n_critics={n_critics!r} is invalid with a Discrete action space, expected 1 (categorical MPO "
+                "reads the exact values of every action from one network)"
+            )
+        if distributional:
+            raise ValueError(
+                f"MPOPolicy: n_critics={n_critics!r} is invalid with a distributional critic (critic_support or "
+                "critic_mixture), expected 1 (the smallest of several values is defined for expected values only)"
+            )
 
     @staticmethod
     def check_batch_renorm(action_space: spaces.Space, residual: bool) -> None:
@@ -728,6 +763,7 @@ class MPOPolicy(BasePolicy):
                 batch_renorm=self.batch_renorm,
                 batch_norm_momentum=self.batch_norm_momentum,
                 renorm_warmup_steps=self.renorm_warmup_steps,
+                n_critics=self.critic_kwargs["n_critics"],
             )
         )
         return data
@@ -761,13 +797,14 @@ class MPOPolicy(BasePolicy):
             for continuous_only in ("n_critics", "share_features_extractor"):
                 critic_kwargs.pop(continuous_only)
             critic: SampledCritic | QNetwork = QNetwork(**critic_kwargs)
-            network = critic.get_submodule("q_net")
+            networks = [critic.get_submodule("q_net")]
         else:
             critic = SampledCritic(**critic_kwargs)
-            network = critic.q_networks[0]
-        self._shape_torso(network)
-        if self.batch_renorm:
-            batch_renorm_torso(network, self.batch_norm_momentum, self.renorm_warmup_steps)
+            networks = list(critic.q_networks)
+        for network in networks:
+            self._shape_torso(network)
+            if self.batch_renorm:
+                batch_renorm_torso(network, self.batch_norm_momentum, self.renorm_warmup_steps)
         return critic.to(self.device)
 
     def _shape_torso(self, network: nn.Module) -> None:
