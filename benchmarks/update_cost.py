@@ -117,6 +117,11 @@ CONFIGURATIONS: dict[str, tuple[type[OffPolicyAlgorithm], dict[str, Any], str]] 
         {"policy_kwargs": {**LN_TORSO["policy_kwargs"], "batch_renorm": True}},
         "MPO, Acme's LayerNorm torso + ELU, CrossQ's BatchRenorm critic without target",
     ),
+    "mpo_ln_brn_pair": (
+        MPO,
+        {"policy_kwargs": {**LN_TORSO["policy_kwargs"], "batch_renorm": True, "n_critics": 2}},
+        "MPO, Acme's LayerNorm torso + ELU, a pair of CrossQ's BatchRenorm critics without target (clipped double Q)",
+    ),
     "mpo_ln_brn_bf16": (
         MPO,
         {"policy_kwargs": {**LN_TORSO["policy_kwargs"], "batch_renorm": True}, "target_precision": "bfloat16"},
