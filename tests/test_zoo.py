@@ -265,6 +265,9 @@ def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
             n_actions > 0 and trial.params["torso"] != "residual" and sampled["policy_improvement"] == "nonparametric"
         )
         assert ("critic_normalization" in trial.params) == crossq_accepted
+        # A pair of critics only for expected values (with Box actions)
+        assert ("n_critics" in trial.params) == (n_actions > 0 and trial.params.get("critic", "expected") == "expected")
+        assert sampled.get("policy_kwargs", {}).get("n_critics", 1) == trial.params.get("n_critics", 1)
         check_mpo_hyperparams(sampled)
         model = MPO("MlpPolicy", env_id, **sampled)  # the constructor accepts every sample
         for optimizer in (model.actor.optimizer, model.critic.optimizer):
@@ -285,6 +288,7 @@ def test_converter_maps_torsos_and_critics_to_policy_kwargs() -> None:
         "net_arch": [256, 256],
         "batch_renorm": True,
     }
+    assert convert_mpo_params({**base, "n_critics": 2})["policy_kwargs"] == {"net_arch": [256, 256], "n_critics": 2}
     assert convert_mpo_params({**base, "adam_beta1": 0.5})["policy_kwargs"] == {
         "net_arch": [256, 256],
         "optimizer_kwargs": {"betas": (0.5, 0.999)},

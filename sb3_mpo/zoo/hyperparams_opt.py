@@ -49,8 +49,9 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
     action space's policy. With ``Box`` actions: ``n_action_samples``, the M-step trust regions (``epsilon_mean``,
     ``epsilon_std``), how actions are bounded, the kind of policy improvement (``policy_improvement``) and, with n-step
     targets, the critic (expected values or a Gaussian mixture, with its ``mixture_return_samples``: :data:`CRITICS`;
-    Retrace is written for expected values) and, where it is accepted, CrossQ's normalisation of the critic
-    (:data:`CRITIC_NORMALIZATIONS`). With ``Discrete`` actions: the categorical trust region ``epsilon_policy`` (the
+    Retrace is written for expected values), where it is accepted, CrossQ's normalisation of the critic
+    (:data:`CRITIC_NORMALIZATIONS`), and for a critic of expected values one network or a pair (``n_critics``). With
+    ``Discrete`` actions: the categorical trust region ``epsilon_policy`` (the
     E-step and the critic target enumerate the actions, so there is no sample count to tune).
     Scales spanning decades are sampled in log space.
 
@@ -96,6 +97,9 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         # where CrossQ's critic is accepted: not with SimBa's torso or the parametric improvement
         if sampled["torso"] != "residual" and sampled["policy_improvement"] == "nonparametric":
             sampled["critic_normalization"] = trial.suggest_categorical("critic_normalization", list(CRITIC_NORMALIZATIONS))
+        # One critic (MPO's paper, Acme) or a pair whose smallest value counts (clipped double Q), for expected values
+        if sampled.get("critic", "expected") == "expected":
+            sampled["n_critics"] = trial.suggest_categorical("n_critics", [1, 2])
     else:
         # Around the default 1e-2, which learned CartPole-v1 on 4 of 5 seeds (docs/results/discrete.md)
         sampled["epsilon_policy"] = trial.suggest_float("epsilon_policy", 1e-3, 1e-1, log=True)
@@ -126,8 +130,9 @@ def convert_mpo_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
         **CRITICS[hyperparams.pop("critic", "expected")],
         **CRITIC_NORMALIZATIONS[hyperparams.pop("critic_normalization", "none")],
     }
-    if "action_bounding" in hyperparams:
-        hyperparams["policy_kwargs"]["action_bounding"] = hyperparams.pop("action_bounding")
+    for policy_setting in ("action_bounding", "n_critics"):
+        if policy_setting in hyperparams:
+            hyperparams["policy_kwargs"][policy_setting] = hyperparams.pop(policy_setting)
     if "adam_beta1" in hyperparams:  # a study from before it was searched kept PyTorch's betas
         hyperparams["policy_kwargs"]["optimizer_kwargs"] = {"betas": (hyperparams.pop("adam_beta1"), 0.999)}
     return hyperparams
