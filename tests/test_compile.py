@@ -13,16 +13,17 @@ CASES: dict[str, dict[str, Any]] = {
     "gaussian_retrace": {"env": "Pendulum-v1"},
     "gaussian_n_step": {"env": "Pendulum-v1", "q_target": "n_step", "n_steps": 3},
     "categorical_retrace": {"env": "CartPole-v1"},
+    "gaussian_pair_of_critics": {"env": "Pendulum-v1", "policy_kwargs": {"n_critics": 2}},
 }
 
 
-def make_model(compile_update: bool, **kwargs: Any) -> MPO:
+def make_model(compile_update: bool, policy_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> MPO:
     # learning_starts above the steps taken: learn() only fills the buffer, the test runs the updates itself
     return MPO(
         "MlpPolicy",
         learning_starts=10_000,
         batch_size=64,
-        policy_kwargs={"net_arch": [16, 16]},
+        policy_kwargs={"net_arch": [16, 16], **(policy_kwargs or {})},
         compile_update=compile_update,
         seed=0,
         **kwargs,
