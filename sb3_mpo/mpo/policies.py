@@ -326,6 +326,8 @@ class SampledCritic(ContinuousCritic):
         assert isinstance(last, nn.Linear), "SB3's create_mlp ends a Q-network with a Linear layer"
         atoms = None
         self.distribution: CriticDistribution = "expected"
+        distributional = critic_support is not None or critic_mixture is not None
+        assert not distributional or len(self.q_networks) == 1, "a distributional critic has one network (n_critics=1)"
         if critic_support is not None:
             self.distribution = "categorical"
             q_network[-1] = nn.Linear(last.in_features, n_atoms)
@@ -338,9 +340,10 @@ class SampledCritic(ContinuousCritic):
         self.mixture_scale_factor = 1.0 if critic_mixture_init_scale is None else critic_mixture_init_scale / math.log(2.0)
         # Each activation of the MLP follows a Linear layer, whose backward does not need its output: activations may
         # overwrite it, which saves one (N·B x width) allocation per hidden layer in the large sampled forward
-        for module in (module for network in self.q_networks for module in network.modules()):
-            if getattr(module, "inplace", None) is False:
-                setattr(module, "inplace", True)  # noqa: B010  (nn.Module attribute typing)
+        for network in self.q_networks:
+            for module in network.modules():
+                if getattr(module, "inplace", None) is False:
+                    setattr(module, "inplace", True)  # noqa: B010  (nn.Module attribute typing)
 
     @property
     def distributional(self) -> bool:
