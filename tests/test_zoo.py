@@ -348,10 +348,13 @@ def test_optimize_with_storage(tmp_path: Path, backend: str) -> None:
     critic = {"critic"} if trials[1].params["q_target"] != "retrace" else set()  # searched with n-step targets only
     parametric = {"parametric_samples"} if trials[1].params["policy_improvement"] == "parametric" else set()
     mixture = {"mixture_return_samples"} if trials[1].params.get("critic") == "mixture" else set()
+    pair = {"n_critics"} if trials[1].params.get("critic", "expected") == "expected" else set()
+    crossq_accepted = trials[1].params["torso"] != "residual" and trials[1].params["policy_improvement"] == "nonparametric"
+    crossq = {"critic_normalization"} if crossq_accepted else set()
     assert set(trials[1].params) == {
         *("one_minus_gamma", "learning_rate", "adam_beta1", "batch_size_pow", "n_action_samples", "epsilon", "epsilon_mean"),
         *("epsilon_std", "q_target", "tau", "net_arch", "action_bounding", "replay_fraction", "policy_improvement"),
-        *("torso", *critic, *parametric, *mixture),
+        *("torso", *critic, *parametric, *mixture, *pair, *crossq),
     }
     # Train with a stored trial's hyperparameters (rl_zoo3 ignores --trial-id 0, hence trial 1)
     zoo(
