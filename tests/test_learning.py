@@ -14,13 +14,12 @@ THRESHOLD = -400.0  # a random policy scores about -1200; SAC's RL Zoo result at
 
 
 #: The critics a user can pick, each of which must learn the task: the entry's, CrossQ's (BatchRenorm, no target critic),
-#: both as a pair whose smallest value counts (clipped double Q-learning), a categorical one over returns in
+#: a pair of CrossQ's whose smallest value counts (clipped double Q-learning), a categorical one over returns in
 #: [-1700, 100], a mixture of 5 Gaussians (its targets drawn, or by quadrature), and that mixture with CrossQ's
 #: normalisation: policy_kwargs, and other constructor arguments
 CRITICS = {
     "target_critic": ({}, {}),
     "crossq_critic": ({"batch_renorm": True}, {}),
-    "target_critic_pair": ({"n_critics": 2}, {}),
     "crossq_critic_pair": ({"batch_renorm": True, "n_critics": 2}, {}),
     "categorical_critic": ({"critic_support": (-1700.0, 100.0), "n_atoms": 51}, {}),
     "mixture_critic": ({"critic_mixture": 5}, {}),
