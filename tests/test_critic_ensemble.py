@@ -101,7 +101,7 @@ def test_each_network_regresses_the_targets_of_the_smallest_value(kwargs):
     )
 
     # with two copies of one network, the ensemble's targets are that network's: each copy's loss is the single model's
-    twin, (single, _) = models_of_each_network(kwargs, n_critics=2)
+    twin, single = ensemble, singles[0]
     for critic in (twin.critic, twin.critic_target):
         critic.q_networks[1].load_state_dict(critic.q_networks[0].state_dict())
     replay_data = sample(twin)
