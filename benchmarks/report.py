@@ -388,23 +388,25 @@ def normalised_scores(results: Results) -> tuple[dict[str, np.ndarray], list[str
     return scores, envs
 
 
-def improvement_pairs(names: list[str], trains: dict[str, str]) -> list[tuple[str, str]]:
+def improvement_pairs(names: list[str], trains: dict[str, str], reference: str = "mpo") -> list[tuple[str, str]]:
     """
     The comparisons whose probability of improvement a page shows: every MPO run (the algorithm itself or a variant
-    of it) against every baseline, and the shipped entry (``mpo``) against each variant of it.
+    of it) against every baseline, and the suite's reference configuration (the shipped entry ``mpo``, unless the
+    suite names another) against each other MPO configuration.
 
     :param names: The algorithms of the aggregate, as the suite names them
     :param trains: A name -> the algorithm it trains (a variant's base; a plain algorithm's own name)
+    :param reference: The MPO configuration the others are compared with
     :return: (MPO's name, the other's name) pairs
     """
     mpo = [name for name in names if trains.get(name, name) == "mpo"]
     baselines = [name for name in names if name not in mpo]
-    variants = [name for name in mpo if name != "mpo"] if "mpo" in mpo else []
-    return [(first, second) for first in mpo for second in baselines] + [("mpo", variant) for variant in variants]
+    variants = [name for name in mpo if name != reference] if reference in mpo else []
+    return [(first, second) for first in mpo for second in baselines] + [(reference, variant) for variant in variants]
 
 
 def shared_task_comparisons(
-    results: Results, in_aggregate: list[str], trains: dict[str, str]
+    results: Results, in_aggregate: list[str], trains: dict[str, str], reference: str = "mpo"
 ) -> dict[tuple[str, str], tuple[list[str], np.ndarray, np.ndarray]]:
     """
     The comparisons of :func:`improvement_pairs` that the aggregate leaves out, because one side did not run on every
@@ -414,12 +416,13 @@ def shared_task_comparisons(
     :param results: The runs, by environment and algorithm
     :param in_aggregate: The algorithms in the aggregate (:func:`normalised_scores`)
     :param trains: A name -> the algorithm it trains, for the suite's variants
+    :param reference: The MPO configuration the others are compared with (:func:`improvement_pairs`)
     :return: For each (MPO's name, the other's name): the shared environments and each side's (runs x environments)
         final returns; pairs that share no environment are left out
     """
     names = list(dict.fromkeys(algo for runs in results.values() for algo in runs))
     comparisons = {}
-    for first, second in improvement_pairs(names, trains):
+    for first, second in improvement_pairs(names, trains, reference):
         envs = [env for env in results if first in results[env] and second in results[env]]
         if envs and not (first in in_aggregate and second in in_aggregate):
             comparisons[first, second] = (envs, _finals(results, first, envs), _finals(results, second, envs))
@@ -456,7 +459,7 @@ def improvement_estimates(pairs: dict[tuple[str, str], tuple[np.ndarray, np.ndar
     return estimates
 
 
-def shared_task_lines(results: Results, in_aggregate: list[str], trains: dict[str, str]) -> list[str]:
+def shared_task_lines(results: Results, in_aggregate: list[str], trains: dict[str, str], reference: str = "mpo") -> list[str]:
     """
     The table of :func:`shared_task_comparisons`: the probability of improvement of MPO over each baseline the
     aggregate leaves out, over the environments both ran.
@@ -464,9 +467,10 @@ def shared_task_lines(results: Results, in_aggregate: list[str], trains: dict[st
     :param results: The runs, by environment and algorithm
     :param in_aggregate: The algorithms in the aggregate (none where it could not be formed)
     :param trains: A name -> the algorithm it trains, for the suite's variants
+    :param reference: The MPO configuration the others are compared with (:func:`improvement_pairs`)
     :return: The table's markdown lines (none where no such pair shares an environment)
     """
-    partial = shared_task_comparisons(results, in_aggregate, trains)
+    partial = shared_task_comparisons(results, in_aggregate, trains, reference)
     if not partial:
         return []
     lines = [
@@ -484,7 +488,11 @@ def shared_task_lines(results: Results, in_aggregate: list[str], trains: dict[st
 
 
 def aggregate_section(
-    results: Results, figures: Path, relative: Callable[[Path], str], trains: dict[str, str] | None = None
+    results: Results,
+    figures: Path,
+    relative: Callable[[Path], str],
+    trains: dict[str, str] | None = None,
+    reference: str = "mpo",
 ) -> list[str]:
     """
     The aggregate over the suite's environments (rliable): IQM of normalised final returns with bootstrap intervals,
@@ -494,13 +502,14 @@ def aggregate_section(
     :param figures: Folder of the page's figures
     :param relative: A figure's path as the page links it
     :param trains: A name -> the algorithm it trains, for the suite's variants; a name not in it trains itself
+    :param reference: The MPO configuration the others are compared with (:func:`improvement_pairs`)
     :return: The section's markdown lines
     """
     from rliable import library, plot_utils
 
     scores, envs = normalised_scores(results)
     # shown without an aggregate too: MPO may share environments with a baseline whose other runs are pending
-    shared = shared_task_lines(results, list(scores), trains or {})
+    shared = shared_task_lines(results, list(scores), trains or {}, reference)
     if len(scores) < 2:
         return ["Aggregates need two algorithms that ran on every environment of the suite.", *shared]
     point, interval = interval_estimates(scores, _iqm)
@@ -514,7 +523,7 @@ def aggregate_section(
         low, high = interval[algo][:, 0]
         runs = scores[algo].shape[0]
         lines.append(f"| {algo.upper()} | {runs} | {_point_and_interval(point[algo][0], low, high, runs, digits=2)} |")
-    compared = improvement_pairs(list(scores), trains or {})
+    compared = improvement_pairs(list(scores), trains or {}, reference)
     if compared:
         lines += ["", "| P(MPO > baseline) | estimate [95% CI] |", "|---|---|"]
         pairs = {(first, second): (scores[first], scores[second]) for first, second in compared}
@@ -742,7 +751,8 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
             lines += [*threshold_table(runs_by_algo, suite.thresholds[env]), ""]
         lines += [f"![{env} learning curves]({relative(figure)})", ""]
     if results:
-        lines += ["## Aggregate over environments", "", *aggregate_section(results, figures, relative, suite.trains()), ""]
+        aggregate = aggregate_section(results, figures, relative, suite.trains(), suite.reference)
+        lines += ["## Aggregate over environments", "", *aggregate, ""]
         efficiency = sample_efficiency_table(results)
         if efficiency:
             lines += ["## Sample efficiency: MPO at N steps vs on-policy baselines", "", *efficiency, ""]

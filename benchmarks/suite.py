@@ -107,6 +107,7 @@ class Suite:
     thresholds: dict[str, float] = field(default_factory=dict)  # env -> return the report checks runs against
     page: Path | None = None  # the report's default page, relative to the repository root (None: docs/results/<name>.md)
     kind: str = "returns"  # what the suite measures (see SUITE_KINDS)
+    reference: str = "mpo"  # the MPO configuration the report compares each other MPO configuration with
 
     @property
     def page_path(self) -> Path:
@@ -220,4 +221,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
     page = Path(spec["page"]) if spec.get("page") is not None else None
     _require(page is None or (page.suffix == ".md" and not page.is_absolute()), f"{path}: page",
              f"must be a relative .md path, got {page}")  # fmt: skip
-    return Suite(name, str(spec.get("description", "")), jobs, multiplier, path, thresholds, page, kind)
+    reference = spec.get("reference", "mpo")
+    mpo_configurations = sorted({job.algo for job in jobs if job.zoo_algo == "mpo"})
+    _require("reference" not in spec or reference in mpo_configurations, f"{path}: reference",
+             f"must name an MPO configuration the suite runs, one of {mpo_configurations}, got {reference!r}")  # fmt: skip
+    return Suite(name, str(spec.get("description", "")), jobs, multiplier, path, thresholds, page, kind, reference)

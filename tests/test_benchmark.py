@@ -296,6 +296,25 @@ def test_probability_of_improvement_pairs_every_mpo_run_with_every_baseline():
     assert improvement_pairs(["mpo", "mpo_n10", "sac"], trains) == [("mpo", "sac"), ("mpo_n10", "sac"), ("mpo", "mpo_n10")]
     assert improvement_pairs(["mpo_ln", "mpo_n10"], trains) == []  # variants alone: nothing to compare with
     assert improvement_pairs(["sac", "td3"], {}) == []
+    # a screen names the configuration it changes: that one is compared with each other MPO configuration
+    assert improvement_pairs(["mpo_ln", "mpo_n10", "sac"], trains, reference="mpo_ln") == [
+        ("mpo_ln", "sac"),
+        ("mpo_n10", "sac"),
+        ("mpo_ln", "mpo_n10"),
+    ]
+    assert improvement_pairs(["mpo_n10", "sac"], trains, reference="mpo_ln") == [("mpo_n10", "sac")]  # reference absent
+
+
+def test_suite_reference_names_an_mpo_configuration_it_runs(tmp_path):
+    variant = {"variants": {"mpo_small": {"algo": "mpo", "hyperparams": {"batch_size": 8}}}}
+    env = {**TINY["envs"]["Pendulum-v1"], "algos": ["mpo", "mpo_small", "sac"]}
+    spec = {**TINY, **variant, "envs": {"Pendulum-v1": env}}
+    assert load_suite(write_suite(tmp_path, spec)).reference == "mpo"
+    assert load_suite(write_suite(tmp_path, {**spec, "reference": "mpo_small"})).reference == "mpo_small"
+    for name in ("sac", "mpo_large"):
+        with pytest.raises(ValueError, match=rf"reference: must name an MPO configuration the suite runs, one of "
+                           rf"\['mpo', 'mpo_small'\], got '{name}'"):  # fmt: skip
+            load_suite(write_suite(tmp_path, {**spec, "reference": name}))
 
 
 def test_comparisons_the_aggregate_leaves_out_are_made_over_the_shared_environments():
@@ -326,6 +345,24 @@ def test_comparisons_the_aggregate_leaves_out_are_made_over_the_shared_environme
     for pair, (_, first, second) in comparisons.items():
         assert estimates[pair].startswith(f"{brute_force(first, second):.2f}")
     assert estimates["mpo", "mpo_ln"] == f"{brute_force(*comparisons['mpo', 'mpo_ln'][1:]):.2f}"  # one run: no interval
+    # a suite whose reference is the variant compares it with the plain algorithm instead
+    with_reference = shared_task_comparisons(results, list(scores), {"mpo_ln": "mpo"}, reference="mpo_ln")
+    assert ("mpo_ln", "mpo") in with_reference and ("mpo", "mpo_ln") not in with_reference
+
+
+def test_the_aggregate_compares_the_suites_reference_with_the_other_configurations(tmp_path):
+    results = {
+        env: {algo: [{"final_return": value + offset} for value in (1.0, 2.0)] for algo, offset in offsets.items()}
+        for env, offsets in {
+            "A": {"mpo_ln": 1.0, "mpo_n10": 0.0, "sac": -1.0},
+            "B": {"mpo_ln": 0.0, "mpo_n10": 3.0, "sac": 0.5},
+        }.items()
+    }
+    trains = {"mpo_ln": "mpo", "mpo_n10": "mpo"}
+    lines = aggregate_section(results, tmp_path, str, trains, reference="mpo_ln")
+    assert any(line.startswith("| MPO_LN > MPO_N10 | ") for line in lines)
+    assert not any(line.startswith("| MPO_N10 > MPO_LN | ") for line in lines)
+    assert not any(" > MPO_" in line for line in aggregate_section(results, tmp_path, str, trains))  # no `mpo`: none
 
 
 def test_shared_environment_comparisons_show_before_any_aggregate(tmp_path):
