@@ -19,6 +19,7 @@ from sb3_mpo.mpo.torsos import (
     layer_norm_input_block,
     modules_in,
     residual_torso,
+    sigmoid_tanh,
     with_batch_statistics,
 )
 
@@ -33,6 +34,15 @@ def test_layer_norm_input_block_is_linear_layer_norm_tanh_then_the_activation():
     normalised = (first - first.mean(-1, keepdim=True)) / th.sqrt(first.var(-1, unbiased=False, keepdim=True) + 1e-5)
     expected = network[4](nn.functional.elu(network[2](th.tanh(normalised))))
     th.testing.assert_close(network(x), expected)
+
+
+def test_sigmoid_tanh_is_tanh_and_leaves_autograd_to_torch():
+    x = th.cat([th.linspace(-30.0, 30.0, 2001), th.randn(5000), th.tensor([0.0, 1e-8, -1e-8, 80.0, -80.0])])
+    th.testing.assert_close(sigmoid_tanh(x), th.tanh(x.double()).float(), rtol=0, atol=3e-7)
+    assert sigmoid_tanh(x).abs().max() <= 1.0
+    graded = x[:100].clone().requires_grad_()
+    sigmoid_tanh(graded).sum().backward()  # the in-place form would break this backward pass
+    th.testing.assert_close(graded.grad, 1 - th.tanh(x[:100]) ** 2)
 
 
 def layer_norm(x: th.Tensor) -> th.Tensor:

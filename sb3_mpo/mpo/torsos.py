@@ -92,6 +92,21 @@ class ResidualBlock(nn.Module):
         return x + linear_as(dtype, second, activation(linear_as(dtype, first, norm(x)))).float()
 
 
+def sigmoid_tanh(inputs: th.Tensor) -> th.Tensor:
+    """
+    tanh(x) = 2·σ(2x) − 1, within a few float32 roundings of ``torch.tanh`` (about 2e-7). On x86 CPUs torch's tanh
+    kernel takes about twice as long as its sigmoid with the two scalings after it (``benchmarks/update_cost.reading.md``),
+    and the tanh of Acme's input block runs over all N·B sampled rows of the target pass. Where autograd needs the
+    result, torch's own tanh (the in-place scalings would overwrite the sigmoid's saved output).
+
+    :param inputs: Any floating-point tensor
+    :return: tanh(inputs)
+    """
+    if inputs.requires_grad and th.is_grad_enabled():
+        return th.tanh(inputs)
+    return (inputs * 2).sigmoid_().mul_(2).sub_(1)
+
+
 def flat_layers(modules: "Iterable[FixedLayer]") -> "list[FixedLayer]":
     """
     :param modules: Modules, some of them perhaps ``nn.Sequential`` containers
@@ -125,6 +140,8 @@ def modules_in(dtype: th.dtype, modules: "Iterable[FixedLayer]", inputs: th.Tens
             inputs = layer(inputs if feeds_linear else inputs.float())
         elif isinstance(layer, ResidualBlock):
             inputs = layer.forward_in(dtype, inputs.float())
+        elif isinstance(layer, nn.Tanh):
+            inputs = sigmoid_tanh(inputs.float())
         else:
             inputs = layer(inputs.float())
     return inputs.float()
