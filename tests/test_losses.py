@@ -597,6 +597,34 @@ def test_decoupled_m_step_loss_value_matches_torch_distributions():
     np.testing.assert_allclose(loss.item(), expected.item(), rtol=1e-12)
 
 
+def test_decoupled_m_step_under_a_linear_critic_moves_the_mean_and_widens_the_std():
+    """
+    Tilting N(mu_old, s_old^2) by exp(c (a - mu_old) / s_old), the E-step of a critic linear in the action, gives
+    N(mu_old + c s_old, s_old^2). The decoupled M-step fits its mean, and its std to the second moment about mu_old,
+    s_old^2 (1 + c^2): wider than s_old, so only the critic's curvature narrows the policy. Expectations over the tilted
+    Gaussian by Gauss-Hermite quadrature (exact for these polynomials), as weighted "samples".
+    """
+    nodes, node_weights = np.polynomial.hermite_e.hermegauss(40)  # integrates against exp(-x^2 / 2)
+    mean_old, std_old = _t(np.array([[0.3, -0.2]])), _t(np.array([[0.5, 0.2]]))
+    tilt = np.array([0.4, -1.0])  # c per action dimension, in units of s_old
+    # one action dimension tilted at a time: the weights of a sample are shared by its dimensions
+    for dim, c in enumerate(tilt):
+        weights = node_weights * np.exp(c * nodes)
+        weights = _t(weights / weights.sum()).unsqueeze(-1)  # (N, B=1)
+        standard = np.zeros((nodes.size, 1, 2))
+        standard[:, 0, dim] = nodes
+        actions = mean_old + std_old * _t(standard)
+        fitted_mean = mean_old.clone()
+        fitted_mean[0, dim] += c * std_old[0, dim]
+        fitted_std = std_old.clone()
+        fitted_std[0, dim] *= math.sqrt(1 + c**2)
+        _, grad_mean, grad_std = _grads(weights, actions, fitted_mean, fitted_std, mean_old, std_old)
+        np.testing.assert_allclose(grad_mean.numpy(), 0.0, atol=1e-10)
+        np.testing.assert_allclose(grad_std[0, dim].item(), 0.0, atol=1e-10)
+        _, _, grad_std_old = _grads(weights, actions, fitted_mean, std_old, mean_old, std_old)
+        assert grad_std_old[0, dim] < 0  # at s_old the loss still falls as the std grows
+
+
 def test_decoupled_m_step_gradients_match_closed_form():
     """d/dmu = -(1/B) sum_j q_j (a_j - mu)/s_old^2 and d/ds = -(1/B) sum_j q_j ((a_j - mu_old)^2/s^3 - 1/s)."""
     weights, actions, mean, std, mean_old, std_old = _m_step_inputs(1)
