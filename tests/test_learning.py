@@ -15,20 +15,27 @@ THRESHOLD = -400.0  # a random policy scores about -1200; SAC's RL Zoo result at
 
 #: The critics a user can pick, each of which must learn the task: the entry's, CrossQ's (BatchRenorm, no target critic),
 #: a pair of CrossQ's whose smallest value counts (clipped double Q-learning), a categorical one over returns in
-#: [-1700, 100], a mixture of 5 Gaussians (its targets drawn, or by quadrature), and that mixture with CrossQ's
-#: normalisation: policy_kwargs, and other constructor arguments
+#: [-1700, 100], a mixture of 5 Gaussians: policy_kwargs, and other constructor arguments
 CRITICS = {
     "target_critic": ({}, {}),
     "crossq_critic": ({"batch_renorm": True}, {}),
     "crossq_critic_pair": ({"batch_renorm": True, "n_critics": 2}, {}),
     "categorical_critic": ({"critic_support": (-1700.0, 100.0), "n_atoms": 51}, {}),
     "mixture_critic": ({"critic_mixture": 5}, {}),
+}
+#: Options of those critics, checked by hand (``-m slow``: each took 5-6 minutes of CI's suite, whose unit tests cover
+#: their paths): the mixture's targets by quadrature, and the mixture with CrossQ's normalisation
+SLOW_CRITICS = {
     "mixture_critic_quadrature": ({"critic_mixture": 5}, {"mixture_quadrature_nodes": 3}),
     "crossq_mixture_critic": ({"batch_renorm": True, "critic_mixture": 5}, {}),
 }
 
 
-@pytest.mark.parametrize("policy_kwargs, kwargs", CRITICS.values(), ids=CRITICS.keys())
+@pytest.mark.parametrize(
+    "policy_kwargs, kwargs",
+    [*CRITICS.values(), *(pytest.param(*critic, marks=pytest.mark.slow) for critic in SLOW_CRITICS.values())],
+    ids=[*CRITICS, *SLOW_CRITICS],
+)
 def test_pendulum_learns_within_10k_steps(policy_kwargs, kwargs):
     """Mean deterministic return over 10 episodes reaches -400 within 10k steps (evaluated every 2k) for a fixed seed,
     with each critic."""
