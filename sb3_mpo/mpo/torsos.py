@@ -94,10 +94,11 @@ class ResidualBlock(nn.Module):
 
 def sigmoid_tanh(inputs: th.Tensor) -> th.Tensor:
     """
-    tanh(x) = 2·σ(2x) − 1, within a few float32 roundings of ``torch.tanh`` (about 2e-7). On x86 CPUs torch's tanh
-    kernel takes about twice as long as its sigmoid with the two scalings after it (``benchmarks/update_cost.reading.md``),
-    and the tanh of Acme's input block runs over all N·B sampled rows of the target pass. Where autograd needs the
-    result, torch's own tanh (the in-place scalings would overwrite the sigmoid's saved output).
+    tanh(x) = 2·σ(2x) − 1, within a few float32 roundings of ``torch.tanh`` (about 2e-7). On an x86 CPU torch's tanh
+    kernel took about three times as long as its sigmoid with the two scalings after it
+    (``benchmarks/update_cost.reading.md``), and the tanh of Acme's input block runs over all N·B sampled rows of the
+    target pass. Where autograd needs the result, torch's own tanh (the in-place scalings would overwrite the sigmoid's
+    saved output).
 
     :param inputs: Any floating-point tensor
     :return: tanh(inputs)
