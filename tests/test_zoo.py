@@ -234,7 +234,7 @@ def test_zoo_and_constructor_refuse_the_same_values(hyperparams: dict[str, Any])
     assert str(zoo_check.value) == str(constructor.value)
 
 
-GAUSSIAN_PARAMS = {"n_action_samples", "epsilon_mean", "epsilon_std", "action_bounding", "policy_improvement"}
+GAUSSIAN_PARAMS = {"n_action_samples", "epsilon_mean", "epsilon_std", "action_bounding", "init_std", "policy_improvement"}
 
 
 @pytest.mark.parametrize("env_id, n_actions", [(ENV_ID, 1), ("CartPole-v1", 0)])
@@ -268,6 +268,7 @@ def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
         # A pair of critics only for expected values (with Box actions)
         assert ("n_critics" in trial.params) == (n_actions > 0 and trial.params.get("critic", "expected") == "expected")
         assert sampled.get("policy_kwargs", {}).get("n_critics", 1) == trial.params.get("n_critics", 1)
+        assert sampled["policy_kwargs"].get("init_std") == trial.params.get("init_std")
         check_mpo_hyperparams(sampled)
         model = MPO("MlpPolicy", env_id, **sampled)  # the constructor accepts every sample
         for optimizer in (model.actor.optimizer, model.critic.optimizer):
@@ -289,6 +290,7 @@ def test_converter_maps_torsos_and_critics_to_policy_kwargs() -> None:
         "batch_renorm": True,
     }
     assert convert_mpo_params({**base, "n_critics": 2})["policy_kwargs"] == {"net_arch": [256, 256], "n_critics": 2}
+    assert convert_mpo_params({**base, "init_std": 0.2})["policy_kwargs"] == {"net_arch": [256, 256], "init_std": 0.2}
     assert convert_mpo_params({**base, "adam_beta1": 0.5})["policy_kwargs"] == {
         "net_arch": [256, 256],
         "optimizer_kwargs": {"betas": (0.5, 0.999)},
@@ -354,7 +356,7 @@ def test_optimize_with_storage(tmp_path: Path, backend: str) -> None:
     assert set(trials[1].params) == {
         *("one_minus_gamma", "learning_rate", "adam_beta1", "batch_size_pow", "n_action_samples", "epsilon", "epsilon_mean"),
         *("epsilon_std", "q_target", "tau", "net_arch", "action_bounding", "replay_fraction", "policy_improvement"),
-        *("torso", *critic, *parametric, *mixture, *pair, *crossq),
+        *("torso", "init_std", *critic, *parametric, *mixture, *pair, *crossq),
     }
     # Train with a stored trial's hyperparameters (rl_zoo3 ignores --trial-id 0, hence trial 1)
     zoo(

@@ -84,6 +84,9 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         sampled["epsilon_mean"] = trial.suggest_float("epsilon_mean", 1e-4, 1e-2, log=True)
         sampled["epsilon_std"] = trial.suggest_float("epsilon_std", 1e-6, 1e-4, log=True)
         sampled["action_bounding"] = trial.suggest_categorical("action_bounding", ["clip", "tanh"])
+        # The M-step keeps the policy's standard deviation near where it starts (docs/algorithm.md): SAC-like noise to
+        # Acme's 0.7
+        sampled["init_std"] = trial.suggest_categorical("init_std", [0.1, 0.2, 0.5, 0.7])
         sampled["policy_improvement"] = trial.suggest_categorical("policy_improvement", ["nonparametric", "parametric"])
         if sampled["policy_improvement"] == "parametric":
             # Pathwise gradients need few samples; 20 is n_action_samples' default
@@ -130,7 +133,7 @@ def convert_mpo_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
         **CRITICS[hyperparams.pop("critic", "expected")],
         **CRITIC_NORMALIZATIONS[hyperparams.pop("critic_normalization", "none")],
     }
-    for policy_setting in ("action_bounding", "n_critics"):
+    for policy_setting in ("action_bounding", "init_std", "n_critics"):
         if policy_setting in hyperparams:
             hyperparams["policy_kwargs"][policy_setting] = hyperparams.pop(policy_setting)
     if "adam_beta1" in hyperparams:  # a study from before it was searched kept PyTorch's betas
