@@ -75,8 +75,26 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+#: Where Linux names the processor model
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_model() -> str:
+    """
+    :return: The processor's model name (Linux's ``/proc/cpuinfo``: the same seed can train differently, and at another
+        speed, on another processor), else what ``platform`` knows (e.g. ``x86_64``)
+    """
+    with contextlib.suppress(OSError):
+        for line in CPUINFO.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
-    return f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cores {platform.system()}"
+    """:return: The host's name, processor model, core count and operating system, as results record them"""
+    return f"{platform.node()} {cpu_model()} {os.cpu_count()} cores {platform.system()}"
 
 
 def stamp() -> dict[str, str]:

@@ -878,6 +878,18 @@ def test_the_library_never_imports_the_benchmark_instrument():
     assert offenders == []
 
 
+def test_machine_stamp_names_the_processor_model(tmp_path, monkeypatch):
+    """Results say which processor trained them: Linux's model name where /proc/cpuinfo has one, else platform's."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\n\n")
+    monkeypatch.setattr(stamp, "CPUINFO", cpuinfo)
+    assert stamp.cpu_model() == "Intel(R) Xeon(R) Platinum 8488C"
+    assert f" Intel(R) Xeon(R) Platinum 8488C {os.cpu_count()} cores " in stamp.machine()
+    monkeypatch.setattr(stamp, "CPUINFO", tmp_path / "absent")
+    monkeypatch.setattr(stamp.platform, "processor", lambda: "")
+    assert stamp.cpu_model() == stamp.platform.machine()
+
+
 def test_commit_stamp_is_dirty_for_changed_code_not_for_changed_results(tmp_path, monkeypatch):
     """Runs write results and pages beside the code: those leave the stamp clean, a changed tracked source does not."""
 
