@@ -94,8 +94,8 @@ class ResidualBlock(nn.Module):
 
 def sigmoid_tanh(inputs: th.Tensor) -> th.Tensor:
     """
-    tanh(x) = 2·σ(2x) − 1, within a few float32 roundings of ``torch.tanh`` (about 2e-7). On an x86 CPU torch's tanh
-    kernel took about three times as long as its sigmoid with the two scalings after it
+    tanh(x) = 2·σ(2x) − 1, within a few float32 roundings of ``torch.tanh`` (about 2e-7). On an AMD EPYC CPU torch's
+    tanh kernel took about three times as long as its sigmoid with the two scalings after it
     (``benchmarks/update_cost.reading.md``), and the tanh of Acme's input block runs over all N·B sampled rows of the
     target pass. Where autograd needs the result, torch's own tanh (the in-place scalings would overwrite the sigmoid's
     saved output).
