@@ -13,6 +13,7 @@ scores compare the algorithms of this page with each other and with nothing else
 import contextlib
 import json
 import os
+import re
 import sys
 import warnings
 from collections import defaultdict
@@ -308,21 +309,45 @@ def torch_threads(run: dict[str, Any]) -> int:
     return int(run.get("torch_threads", 1))
 
 
+#: What ``platform.processor()`` or ``platform.machine()`` gave the files recorded before the processor's model was
+#: read from /proc/cpuinfo (:func:`benchmarks.stamp.cpu_model`): an architecture, not a processor
+ARCHITECTURES = ("x86_64", "aarch64", "arm64", "AMD64", "i386", "i686")
+
+
+def processor(run: dict[str, Any]) -> str:
+    """
+    :param run: A result record, whose ``machine`` reads "host processor N cores system" (:func:`benchmarks.stamp.machine`)
+    :return: The processor's model that trained it, or "not recorded" where the file names an architecture only
+    """
+    match = re.fullmatch(r"\S+ (.+) \d+ cores(?: \S+)?", run.get("machine", ""))
+    model = match.group(1) if match else ""
+    return "not recorded" if model in ("", *ARCHITECTURES) else model
+
+
+SPEED_NOTE = (
+    "Training wall-clock only (evaluation excluded), a row per processor: files written before the runner read the "
+    "processor's model say `not recorded`, and speeds measured on two processors are not comparable."
+)
+
+
 def speed_table(results: Results) -> list[str]:
-    """Median speeds per environment and algorithm, a row per torch-thread count so that no median mixes them."""
+    """
+    Median speeds per environment and algorithm, a row per processor and torch-thread count, so that no median mixes
+    two machines or two thread counts.
+    """
     lines = [
-        "| environment | algorithm | network | batch | torch threads | runs | env steps/s (median) "
+        "| environment | algorithm | network | batch | processor | torch threads | runs | env steps/s (median) "
         "| gradient steps/s (median) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for env, runs_by_algo in results.items():
         for algo, all_runs in runs_by_algo.items():
-            for threads in sorted({torch_threads(run) for run in all_runs}):
-                runs = [run for run in all_runs if torch_threads(run) == threads]
+            for model, threads in sorted({(processor(run), torch_threads(run)) for run in all_runs}):
+                runs = [run for run in all_runs if (processor(run), torch_threads(run)) == (model, threads)]
                 gradient = [run["gradient_steps_per_second"] for run in runs if run.get("gradient_steps_per_second")]
                 lines.append(
                     f"| {env} | {algo.upper()} | {runs[0].get('net_arch', '—')} | {runs[0].get('batch_size', '—')} "
-                    f"| {threads} | {len(runs)} | {np.median([run['env_steps_per_second'] for run in runs]):.1f} "
+                    f"| {model} | {threads} | {len(runs)} | {np.median([run['env_steps_per_second'] for run in runs]):.1f} "
                     f"| {_fmt(float(np.median(gradient)) if gradient else None)} |"
                 )
     return lines
@@ -756,7 +781,7 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         efficiency = sample_efficiency_table(results)
         if efficiency:
             lines += ["## Sample efficiency: MPO at N steps vs on-policy baselines", "", *efficiency, ""]
-        lines += ["## Speed", "", "Training wall-clock only (evaluation excluded).", ""]
+        lines += ["## Speed", "", SPEED_NOTE, ""]
         lines += [*speed_table(results), ""]
         quiet = quiet_speed_table(list(results), results_dir)
         lines += [*quiet, ""] if quiet else []

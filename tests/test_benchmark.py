@@ -31,6 +31,7 @@ from benchmarks.report import (
     library_versions_line,
     mean_over_run,
     normalised_scores,
+    processor,
     shared_task_comparisons,
 )
 from benchmarks.results import (
@@ -43,6 +44,7 @@ from benchmarks.results import (
     paces,
     rough_paces,
     trained_algorithm,
+    write_result,
 )
 from benchmarks.reward_scale import within_unit_scale
 from benchmarks.standings import (
@@ -414,9 +416,27 @@ def test_runs_with_more_torch_threads_get_speed_rows_of_their_own(local_store, t
     out = tmp_path / "page.md"
     assert main(["report", str(suite_path), "--results", str(store), "--out", str(out), "--figures", str(tmp_path)]) == 0
     speed_rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| Pendulum-v1 | SAC | [8] |")]
-    assert [(row[4], row[5]) for row in speed_rows] == [("1", "1"), ("2", "1")]  # threads, runs
-    mpo_rows = [line for line in out.read_text().splitlines() if line.startswith("| Pendulum-v1 | MPO | [8] | 16 | 1 | 2 |")]
-    assert len(mpo_rows) == 1
+    assert [(row[5], row[6]) for row in speed_rows] == [("1", "1"), ("2", "1")]  # threads, runs
+    this_processor = processor(load_result(redone.result_path(store), redone))
+    assert this_processor == stamp.cpu_model()
+    mpo_rows = [line for line in out.read_text().splitlines() if line.startswith("| Pendulum-v1 | MPO | [8] | 16 | ")]
+    assert [row.split(" | ")[4:7] for row in mpo_rows] == [[this_processor, "1", "2"]]
+
+
+def test_speed_rows_never_mix_processors(local_store, tmp_path):
+    """A run trained on another processor, or on one its file does not name, gets a speed row of its own."""
+    suite_path, results = local_store
+    store = copy_store(results, tmp_path / "results")
+    sac_runs = [job for job in load_suite(suite_path).jobs if job.algo == "sac"]
+    machines = ["vm x86_64 2 cores", "node7 Intel(R) Xeon(R) Platinum 8481C 8 cores Linux"]
+    for job, machine_line in zip(sac_runs, machines, strict=True):
+        result = load_result(job.result_path(store), job)
+        write_result(job.result_path(store), dict(result, machine=machine_line))
+    out = tmp_path / "page.md"
+    assert main(["report", str(suite_path), "--results", str(store), "--out", str(out), "--figures", str(tmp_path)]) == 0
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| Pendulum-v1 | SAC | [8] | ")]
+    assert sorted((row[4], row[6]) for row in rows) == [("Intel(R) Xeon(R) Platinum 8481C", "1"), ("not recorded", "1")]
+    assert "speeds measured on two processors are not comparable" in out.read_text()
 
 
 @pytest.mark.parametrize("threads", ["0", "-1", "two"])
