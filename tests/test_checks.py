@@ -7,11 +7,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
-from stable_baselines3 import SAC
-from stable_baselines3.common.envs import SimpleMultiObsEnv
+from stable_baselines3 import SAC, HerReplayBuffer
+from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer
+from stable_baselines3.common.envs import BitFlippingEnv, SimpleMultiObsEnv
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_mpo import MPO, NonFiniteError
+from sb3_mpo.common.buffers import DictSegmentReplayBuffer, replay_class_problem
 from sb3_mpo.common.checks import non_finite_transition
 
 TINY = dict(batch_size=16, n_action_samples=4, policy_kwargs=dict(net_arch=[8]))
@@ -185,6 +187,52 @@ def test_replay_buffer_sampled_otherwise_is_refused(
     with pytest.raises(ValueError, match=message):
         model.load_replay_buffer(path)
     assert model.replay_buffer is own
+
+
+def goal_env() -> gym.Env:
+    """A goal-conditioned task (Dict observations with achieved and desired goals), as HerReplayBuffer needs."""
+    return BitFlippingEnv(n_bits=4, continuous=True, max_steps=4)
+
+
+@pytest.mark.parametrize(
+    "make_env, kwargs, message",
+    [
+        (goal_env, dict(replay_buffer_class=HerReplayBuffer), r"replay_buffer_class=HerReplayBuffer is invalid with "
+         r"q_target='retrace' \(the default\), expected None or a SegmentReplayBuffer subclass; pass q_target='n_step'"),
+        (goal_env, dict(replay_buffer_class=HerReplayBuffer, q_target="n_step", n_steps=3),
+         r"n_steps=3 is invalid with replay_buffer_class=HerReplayBuffer, which samples single transitions .*expected "
+         r"n_steps=1 with it, or replay_buffer_class=None"),
+        (lambda: SimpleMultiObsEnv(discrete_actions=False), dict(q_target="n_step", n_steps=3),
+         r"n_steps=3 is invalid with Dict observations, .*expected n_steps=1, or q_target='retrace'"),
+    ],
+)  # fmt: skip
+def test_replay_buffer_class_that_cannot_feed_the_critic_target_is_refused(
+    make_env: Any, kwargs: dict[str, Any], message: str
+) -> None:
+    """Refused before SB3 builds the buffer (SB3 itself would train 1-step targets, or fail an assertion)."""
+    with pytest.raises(ValueError, match=message):
+        MPO("MultiInputPolicy", make_env(), **TINY, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "make_env, kwargs, buffer_class",
+    [
+        (goal_env, dict(replay_buffer_class=HerReplayBuffer, q_target="n_step"), HerReplayBuffer),
+        (lambda: SimpleMultiObsEnv(discrete_actions=False), dict(q_target="n_step"), DictReplayBuffer),
+        (lambda: SimpleMultiObsEnv(discrete_actions=False), dict(), DictSegmentReplayBuffer),
+    ],
+)
+def test_replay_buffer_class_that_feeds_the_critic_target_is_built(make_env: Any, kwargs: dict[str, Any], buffer_class: type):
+    assert type(MPO("MultiInputPolicy", make_env(), **TINY, **kwargs).replay_buffer) is buffer_class
+
+
+def test_n_step_buffer_of_sb3_is_accepted_with_its_own_horizon() -> None:
+    """SB3's advice for a custom n-step buffer (its horizon in replay_buffer_kwargs, n_steps=1 on the model) works."""
+    buffer_kwargs = dict(n_steps=3, gamma=0.99)
+    model = MPO("MlpPolicy", "Pendulum-v1", q_target="n_step", replay_buffer_class=NStepReplayBuffer,
+                replay_buffer_kwargs=buffer_kwargs, **TINY)  # fmt: skip
+    assert isinstance(model.replay_buffer, NStepReplayBuffer) and model.replay_buffer.n_steps == 3
+    assert replay_class_problem("n_step", 3, NStepReplayBuffer, model.observation_space) is None
 
 
 def test_replay_buffer_with_the_same_settings_loads(tmp_path: Any) -> None:

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3 import HerReplayBuffer
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.envs import FakeImageEnv, IdentityEnvBox, SimpleMultiObsEnv
+from stable_baselines3.common.envs import BitFlippingEnv, FakeImageEnv, IdentityEnvBox, SimpleMultiObsEnv
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
@@ -298,6 +299,40 @@ def test_retrace_is_the_default_and_a_transition_buffer_needs_n_step_targets():
         type(MPO("MlpPolicy", "Pendulum-v1", q_target="n_step", replay_buffer_class=ReplayBuffer).replay_buffer)
         is ReplayBuffer
     )
+
+
+def test_her_relabelled_goals_reach_the_update_and_its_buffer_resumes(tmp_path):
+    """
+    SB3's HerReplayBuffer trains MPO's n-step critic: on 10 bits, where no collected step reached its goal, the batches
+    the update reads hold HER's relabelled successes (reward 0); the saved model and buffer resume training.
+    """
+    env_kwargs = dict(n_bits=10, continuous=True, max_steps=10)
+    her = dict(n_sampled_goal=4, goal_selection_strategy="future")
+    kwargs = dict(q_target="n_step", replay_buffer_class=HerReplayBuffer, replay_buffer_kwargs=her, learning_starts=64,
+                  batch_size=32, policy_kwargs=dict(net_arch=[16]), seed=0)  # fmt: skip
+    model = MPO("MultiInputPolicy", BitFlippingEnv(**env_kwargs), **kwargs)
+    sampled_rewards = []
+    sample = model.replay_buffer.sample
+
+    def recording_sample(*args, **sample_kwargs):
+        batch = sample(*args, **sample_kwargs)
+        sampled_rewards.append(batch.rewards.flatten())
+        return batch
+
+    model.replay_buffer.sample = recording_sample
+    model.learn(300)
+    stored = model.replay_buffer.rewards[: model.replay_buffer.pos]
+    assert np.all(stored == -1.0), "a collected step reached its goal: the relabelling check below proves nothing"
+    assert len(sampled_rewards) == model._n_updates > 0
+    assert (th.cat(sampled_rewards) == 0.0).any()
+    del model.replay_buffer.sample  # the buffer's own method again, which pickles
+    model.save(tmp_path / "model")
+    model.save_replay_buffer(tmp_path / "buffer")
+    loaded = MPO.load(tmp_path / "model", env=BitFlippingEnv(**env_kwargs))
+    loaded.load_replay_buffer(tmp_path / "buffer")
+    assert isinstance(loaded.replay_buffer, HerReplayBuffer) and loaded.replay_buffer.pos == model.replay_buffer.pos
+    loaded.learn(100, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 400 and loaded._n_updates > model._n_updates
 
 
 def test_bad_policy_and_spaces():

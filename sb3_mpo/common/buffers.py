@@ -5,7 +5,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import PyTorchObs, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -419,3 +419,42 @@ def end_newest_episodes(buffer: ReplayBuffer, env_mask: np.ndarray | None = None
     buffer.dones[newest, open_episodes] = 1.0
     if not buffer.optimize_memory_usage:
         buffer.timeouts[newest, open_episodes] = 1.0
+
+
+def replay_class_problem(
+    q_target: str, n_steps: int, replay_buffer_class: type[ReplayBuffer] | None, observation_space: spaces.Space
+) -> str | None:
+    """
+    Why a replay buffer class cannot give the critic target what it needs, before SB3 builds it: Retrace reads
+    trajectory segments; n-step returns read SB3's ``NStepReplayBuffer``, which stores no Dict observations, and which
+    SB3 silently replaces by a custom class (a ``HerReplayBuffer``, say), training 1-step targets instead.
+
+    :param q_target: ``"retrace"`` or ``"n_step"``
+    :param n_steps: The n-step horizon
+    :param replay_buffer_class: The class asked for (None: the one MPO or SB3 picks)
+    :param observation_space: The environment's observation space
+    :return: The problem, in words that name the parameters and what they accept, or None when there is none
+    """
+    name = None if replay_buffer_class is None else replay_buffer_class.__name__
+    if q_target == "retrace":
+        if replay_buffer_class is None or issubclass(replay_buffer_class, SegmentReplayBuffer):
+            return None
+        return (
+            f"replay_buffer_class={name} is invalid with q_target='retrace' (the default), expected None or a "
+            "SegmentReplayBuffer subclass; pass q_target='n_step' to train on a transition buffer (a HerReplayBuffer "
+            "too, with n_steps=1)"
+        )
+    if n_steps == 1:
+        return None
+    if replay_buffer_class is not None and not issubclass(replay_buffer_class, NStepReplayBuffer):
+        return (
+            f"n_steps={n_steps} is invalid with replay_buffer_class={name}, which samples single transitions (SB3 "
+            "would ignore n_steps and train 1-step targets); expected n_steps=1 with it, or replay_buffer_class=None "
+            "for SB3's NStepReplayBuffer"
+        )
+    if replay_buffer_class is None and isinstance(observation_space, spaces.Dict):
+        return (
+            f"n_steps={n_steps} is invalid with Dict observations, which SB3's NStepReplayBuffer does not store; "
+            "expected n_steps=1, or q_target='retrace' (the default), whose segment replay stores them"
+        )
+    return None

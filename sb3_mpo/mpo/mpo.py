@@ -18,7 +18,7 @@ from stable_baselines3.dqn.policies import QNetwork
 
 from sb3_mpo.common import checks
 from sb3_mpo.common.allocator import keep_freed_blocks_in_heap
-from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples, sample_mixed
+from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples, replay_class_problem, sample_mixed
 from sb3_mpo.common.compilation import compile_if_possible
 from sb3_mpo.common.precision import TargetPrecision, dtype_name, target_dtype
 from sb3_mpo.mpo import health
@@ -84,7 +84,9 @@ class MPO(OffPolicyAlgorithm):
         like ``(5, "step")`` or ``(2, "episode")``.
     :param gradient_steps: How many gradient steps to do after each rollout (see ``train_freq``)
         Set to ``-1`` means to do as many gradient steps as steps done in the environment during the rollout.
-    :param replay_buffer_class: Replay buffer class to use. If ``None``, it will be automatically selected.
+    :param replay_buffer_class: Replay buffer class to use. If ``None``, it will be automatically selected. With
+        Retrace a :class:`~sb3_mpo.common.buffers.SegmentReplayBuffer` subclass; with ``q_target="n_step"`` any
+        transition buffer, SB3's ``HerReplayBuffer`` included (with ``n_steps=1``: it samples single transitions)
     :param replay_buffer_kwargs: Keyword arguments to pass to the replay buffer on creation.
     :param optimize_memory_usage: Enable a memory efficient variant of the replay buffer
     :param n_steps: With ``q_target="n_step"``: the critic target is the expected-SARSA n-step return
@@ -545,15 +547,11 @@ class MPO(OffPolicyAlgorithm):
             )
 
     def _setup_model(self) -> None:
+        problem = replay_class_problem(self.q_target, self.n_steps, self.replay_buffer_class, self.observation_space)
+        if problem is not None:
+            raise ValueError(f"MPO: {problem}")
         if self.q_target == "retrace":
-            if self.replay_buffer_class is None:
-                self.replay_buffer_class = SegmentReplayBuffer
-            elif not issubclass(self.replay_buffer_class, SegmentReplayBuffer):
-                raise ValueError(
-                    f"MPO: replay_buffer_class={self.replay_buffer_class.__name__} is invalid with q_target='retrace' "
-                    "(the default), expected None or a SegmentReplayBuffer subclass; pass q_target='n_step' to train "
-                    "on a transition buffer"
-                )
+            self.replay_buffer_class = self.replay_buffer_class or SegmentReplayBuffer
             self.replay_buffer_kwargs = {"segment_length": self.segment_length, **self.replay_buffer_kwargs}
         elif self.replay_buffer_class is NStepReplayBuffer and self.replay_buffer_kwargs.get("n_steps") == self.n_steps:
             # A loaded model carries the buffer class SB3 picked for n_steps > 1. Clearing it lets SB3 pick the same
