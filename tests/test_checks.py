@@ -13,7 +13,7 @@ from stable_baselines3.common.envs import BitFlippingEnv, SimpleMultiObsEnv
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_mpo import MPO, NonFiniteError
-from sb3_mpo.common.buffers import DictSegmentReplayBuffer, replay_class_problem
+from sb3_mpo.common.buffers import DictSegmentReplayBuffer
 from sb3_mpo.common.checks import non_finite_transition
 
 TINY = dict(batch_size=16, n_action_samples=4, policy_kwargs=dict(net_arch=[8]))
@@ -194,6 +194,10 @@ def goal_env() -> gym.Env:
     return BitFlippingEnv(n_bits=4, continuous=True, max_steps=4)
 
 
+def pendulum() -> gym.Env:
+    return gym.make("Pendulum-v1")
+
+
 @pytest.mark.parametrize(
     "make_env, kwargs, message",
     [
@@ -204,14 +208,27 @@ def goal_env() -> gym.Env:
          r"n_steps=1 with it, or replay_buffer_class=None"),
         (lambda: SimpleMultiObsEnv(discrete_actions=False), dict(q_target="n_step", n_steps=3),
          r"n_steps=3 is invalid with Dict observations, .*expected n_steps=1, or q_target='retrace'"),
+        (pendulum, dict(replay_buffer_kwargs=dict(segment_length=4)),
+         r"replay_buffer_kwargs\['segment_length'\]=4 disagrees with segment_length=8: .*expected segment_length=4 as "
+         r"MPO's argument"),
+        (pendulum, dict(q_target="n_step", n_steps=5, replay_buffer_kwargs=dict(n_steps=3)),
+         r"replay_buffer_kwargs\['n_steps'\]=3 disagrees with n_steps=5"),
+        (pendulum, dict(q_target="n_step", replay_buffer_class=NStepReplayBuffer,
+                        replay_buffer_kwargs=dict(n_steps=3, gamma=0.9)),
+         r"replay_buffer_kwargs\['gamma'\]=0.9 disagrees with gamma=0.99"),
     ],
 )  # fmt: skip
-def test_replay_buffer_class_that_cannot_feed_the_critic_target_is_refused(
+def test_replay_buffer_that_cannot_feed_the_critic_target_is_refused(
     make_env: Any, kwargs: dict[str, Any], message: str
 ) -> None:
-    """Refused before SB3 builds the buffer (SB3 itself would train 1-step targets, or fail an assertion)."""
+    """
+    Refused before SB3 builds the buffer: SB3 itself would train 1-step targets, fail an assertion, or let the buffer's
+    horizon, discount or segment length differ from the model's.
+    """
+    env = make_env()
+    policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy"
     with pytest.raises(ValueError, match=message):
-        MPO("MultiInputPolicy", make_env(), **TINY, **kwargs)
+        MPO(policy, env, **TINY, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -232,7 +249,6 @@ def test_n_step_buffer_of_sb3_is_accepted_with_its_own_horizon() -> None:
     model = MPO("MlpPolicy", "Pendulum-v1", q_target="n_step", replay_buffer_class=NStepReplayBuffer,
                 replay_buffer_kwargs=buffer_kwargs, **TINY)  # fmt: skip
     assert isinstance(model.replay_buffer, NStepReplayBuffer) and model.replay_buffer.n_steps == 3
-    assert replay_class_problem("n_step", 3, NStepReplayBuffer, model.observation_space) is None
 
 
 def test_replay_buffer_with_the_same_settings_loads(tmp_path: Any) -> None:

@@ -421,40 +421,67 @@ def end_newest_episodes(buffer: ReplayBuffer, env_mask: np.ndarray | None = None
         buffer.timeouts[newest, open_episodes] = 1.0
 
 
-def replay_class_problem(
-    q_target: str, n_steps: int, replay_buffer_class: type[ReplayBuffer] | None, observation_space: spaces.Space
+def replay_settings_problem(
+    q_target: str,
+    n_steps: int,
+    segment_length: int,
+    gamma: float,
+    replay_buffer_class: type[ReplayBuffer] | None,
+    replay_buffer_kwargs: dict[str, Any],
+    observation_space: spaces.Space,
 ) -> str | None:
     """
-    Why a replay buffer class cannot give the critic target what it needs, before SB3 builds it: Retrace reads
-    trajectory segments; n-step returns read SB3's ``NStepReplayBuffer``, which stores no Dict observations, and which
-    SB3 silently replaces by a custom class (a ``HerReplayBuffer``, say), training 1-step targets instead.
+    Why the replay buffer asked for cannot give the critic target what MPO's arguments say it needs, before SB3
+    builds it. Retrace reads trajectory segments of ``segment_length`` steps. N-step returns read SB3's
+    ``NStepReplayBuffer``, which stores no Dict observations, which SB3 silently replaces by any other class (a
+    ``HerReplayBuffer``, say: 1-step targets instead), and whose horizon and discount SB3 takes from MPO's arguments or,
+    for a class of the user's, from ``replay_buffer_kwargs`` (where they must then agree with MPO's).
 
     :param q_target: ``"retrace"`` or ``"n_step"``
     :param n_steps: The n-step horizon
+    :param segment_length: The Retrace segment length
+    :param gamma: The discount
     :param replay_buffer_class: The class asked for (None: the one MPO or SB3 picks)
+    :param replay_buffer_kwargs: The arguments asked for the buffer
     :param observation_space: The environment's observation space
     :return: The problem, in words that name the parameters and what they accept, or None when there is none
     """
     name = None if replay_buffer_class is None else replay_buffer_class.__name__
     if q_target == "retrace":
-        if replay_buffer_class is None or issubclass(replay_buffer_class, SegmentReplayBuffer):
-            return None
-        return (
-            f"replay_buffer_class={name} is invalid with q_target='retrace' (the default), expected None or a "
-            "SegmentReplayBuffer subclass; pass q_target='n_step' to train on a transition buffer (a HerReplayBuffer "
-            "too, with n_steps=1)"
-        )
-    if n_steps == 1:
-        return None
-    if replay_buffer_class is not None and not issubclass(replay_buffer_class, NStepReplayBuffer):
+        if replay_buffer_class is not None and not issubclass(replay_buffer_class, SegmentReplayBuffer):
+            return (
+                f"replay_buffer_class={name} is invalid with q_target='retrace' (the default), expected None or a "
+                "SegmentReplayBuffer subclass; pass q_target='n_step' to train on a transition buffer (a "
+                "HerReplayBuffer too, with n_steps=1)"
+            )
+        return _disagreement(replay_buffer_kwargs, {"segment_length": segment_length})
+    own_horizon = replay_buffer_class is not None and issubclass(replay_buffer_class, NStepReplayBuffer)
+    if n_steps > 1 and replay_buffer_class is not None and not own_horizon:
         return (
             f"n_steps={n_steps} is invalid with replay_buffer_class={name}, which samples single transitions (SB3 "
             "would ignore n_steps and train 1-step targets); expected n_steps=1 with it, or replay_buffer_class=None "
             "for SB3's NStepReplayBuffer"
         )
-    if replay_buffer_class is None and isinstance(observation_space, spaces.Dict):
+    if n_steps > 1 and replay_buffer_class is None and isinstance(observation_space, spaces.Dict):
         return (
             f"n_steps={n_steps} is invalid with Dict observations, which SB3's NStepReplayBuffer does not store; "
             "expected n_steps=1, or q_target='retrace' (the default), whose segment replay stores them"
         )
+    # A buffer of the user's with n_steps=1 keeps its own horizon (SB3's advice for a custom n-step buffer)
+    return _disagreement(replay_buffer_kwargs, {"gamma": gamma, **({"n_steps": n_steps} if n_steps > 1 else {})})
+
+
+def _disagreement(replay_buffer_kwargs: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """
+    :param replay_buffer_kwargs: The arguments asked for the buffer
+    :param settings: MPO's arguments that the buffer must share, by name
+    :return: The first of them that ``replay_buffer_kwargs`` sets otherwise, in words, or None
+    """
+    for key, value in settings.items():
+        if key in replay_buffer_kwargs and replay_buffer_kwargs[key] != value:
+            return (
+                f"replay_buffer_kwargs[{key!r}]={replay_buffer_kwargs[key]!r} disagrees with {key}={value!r}: the buffer "
+                f"and the critic target would use different values; expected {key}={replay_buffer_kwargs[key]!r} as "
+                "MPO's argument (the buffer takes it from there), or the same value in both"
+            )
     return None

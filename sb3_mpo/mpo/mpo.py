@@ -18,7 +18,7 @@ from stable_baselines3.dqn.policies import QNetwork
 
 from sb3_mpo.common import checks
 from sb3_mpo.common.allocator import keep_freed_blocks_in_heap
-from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples, replay_class_problem, sample_mixed
+from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples, replay_settings_problem, sample_mixed
 from sb3_mpo.common.compilation import compile_if_possible
 from sb3_mpo.common.precision import TargetPrecision, dtype_name, target_dtype
 from sb3_mpo.mpo import health
@@ -547,7 +547,15 @@ class MPO(OffPolicyAlgorithm):
             )
 
     def _setup_model(self) -> None:
-        problem = replay_class_problem(self.q_target, self.n_steps, self.replay_buffer_class, self.observation_space)
+        problem = replay_settings_problem(
+            self.q_target,
+            self.n_steps,
+            self.segment_length,
+            self.gamma,
+            self.replay_buffer_class,
+            self.replay_buffer_kwargs,
+            self.observation_space,
+        )
         if problem is not None:
             raise ValueError(f"MPO: {problem}")
         if self.q_target == "retrace":
