@@ -733,6 +733,14 @@ def test_bootstrap_intervals_are_reproducible():
     assert low < first["mpo"][0] < high  # a real interval, not a degenerate one
 
 
+def test_iqm_is_the_mean_of_the_middle_half():
+    """With 8 runs the interquartile mean drops the 2 lowest and the 2 highest finals and averages the other 4."""
+    finals = np.array([5.0, -3.0, 100.0, 2.0, 7.0, -50.0, 4.0, 1.0])
+    point, low, high = iqm_interval({"mpo": finals})["mpo"]
+    assert point == pytest.approx(np.mean([1.0, 2.0, 4.0, 5.0]))
+    assert low <= point <= high
+
+
 def test_an_interval_does_not_depend_on_the_other_algorithms_on_the_page():
     """Adding an algorithm (before the others, with another seed count) leaves every other algorithm's interval as it
     was, for the IQM and for the probability of improvement: each key draws from its own seeded bootstrap."""

@@ -153,8 +153,11 @@ def test_single_action_is_refused():
         MPO("MlpPolicy", OneActionEnv())
 
 
-def test_categorical_e_step_weights_in_training_batch_match_brute_force():
-    """The weights the model uses on a real batch equal pi_old(a|s) exp(Q(s,a)/eta), normalised by a Python loop."""
+def test_categorical_e_step_weights_on_the_models_target_values_match_brute_force():
+    """
+    On the target values and old log-probabilities a model computes for its states, the categorical E-step's weights
+    equal pi_old(a|s) exp(Q(s,a)/eta), normalised by a Python loop.
+    """
     model = MPO("MlpPolicy", "CartPole-v1", seed=4, **SMALL)
     obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(3)]))
     batch, _ = model.improvement.target_values(obs)

@@ -319,6 +319,10 @@ def test_mixture_critic_loss_with_quadrature_is_the_weighted_likelihood_of_the_s
         per_action, th.tensor(c + np.sqrt(2) * sigma * abscissae, dtype=th.float32).expand_as(per_action), atol=1e-5, rtol=0
     )
     th.testing.assert_close(weights.sum(-1), th.ones(32))
+    per_point = weights.reshape(32, model.n_action_samples, 3, nodes)
+    rule = th.tensor(hermite_weights / (model.n_action_samples * np.sqrt(np.pi)), dtype=th.float32)
+    th.testing.assert_close(per_point[:, :, 0], rule.expand_as(per_point[:, :, 0]), atol=1e-7, rtol=1e-5)
+    th.testing.assert_close(per_point[:, :, 1:], th.zeros_like(per_point[:, :, 1:]), atol=1e-12, rtol=0)
     targets = (batch.rewards + batch.discounts * (1 - batch.dones) * samples).numpy()
     logits, means, scales = model.critic.mixture(model.critic(batch.observations, model.actor.squash(batch.actions))[0])
     mixture_weights, means, scales = th.softmax(logits, -1).detach().numpy(), means.detach().numpy(), scales.detach().numpy()

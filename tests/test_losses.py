@@ -383,11 +383,13 @@ def test_solve_temperature_follows_the_reward_scale_in_float32(scale):
     """Scaling Q by c scales the solved eta by c (float32, Q offset by 1e3 * c), and the weights keep KL = eps."""
     rng = _rng(3)
     q_values = rng.normal(size=(20, 64)) + 1e3
-    reference = losses.solve_temperature(th.as_tensor(q_values), 0.1).item()  # float64
+    uniform = np.full_like(q_values, 1 / 20)
+    reference = optimize.brentq(lambda eta: _np_tilted_kl(q_values, eta, uniform) - 0.1, 1e-3, 1e4, xtol=1e-14)
     q_scaled = th.as_tensor(q_values * scale, dtype=th.float32)
     eta = losses.solve_temperature(q_scaled, 0.1)
     np.testing.assert_allclose(eta.item() / scale, reference, rtol=1e-4)
-    kl = losses.sample_kl_to_old(losses.e_step_weights(q_scaled, eta)).item()
+    np.testing.assert_allclose(_np_tilted_kl(q_values * scale, eta.item(), uniform), 0.1, rtol=1e-3)
+    kl = losses.sample_kl_to_old(losses.e_step_weights(q_scaled, eta)).item()  # the weights computed in float32
     np.testing.assert_allclose(kl, 0.1, rtol=1e-3)
 
 

@@ -35,10 +35,14 @@ def test_parametric_trust_regions_hold_on_a_fixed_critic(parametric_model):
     model._update_learning_rate = lambda optimizers: None  # train() would reset the critic's learning rate
     for group in model.critic.optimizer.param_groups:
         group["lr"] = 0.0
+    before = [parameter.detach().clone() for parameter in model.actor.parameters()]
     model.train(300, model.batch_size)
     logged = model.logger.name_to_value
     assert logged["train/kl_mean"] < 3 * model.epsilon_mean
     assert logged["train/kl_std"] < 3 * model.epsilon_std
+    # and the bounds held a policy that moved, not one that stood still
+    assert any(not th.equal(old, new) for old, new in zip(before, model.actor.parameters(), strict=True))
+    assert logged["train/kl_mean"] > 0.1 * model.epsilon_mean
 
 
 def test_parametric_improvement_saves_and_loads(parametric_model, tmp_path):

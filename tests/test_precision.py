@@ -133,6 +133,7 @@ def test_bfloat16_update_stays_close_to_the_float32_update() -> None:
         results[precision] = (critic_loss, policy_loss, diagnostics["kl_q"], diagnostics["temperature"])
     for exact, mixed in zip(results["float32"], results["bfloat16"], strict=True):
         th.testing.assert_close(mixed, exact, rtol=2e-2, atol=1e-4)
+    assert not th.equal(results["bfloat16"][0], results["float32"][0]), "the critic's targets ignored target_precision"
 
 
 def test_target_precision_survives_save_and_load(tmp_path: Path) -> None:

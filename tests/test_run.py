@@ -108,6 +108,62 @@ def test_pendulum_variants(kwargs):
     assert model._n_updates > 0
 
 
+def test_gradient_temperatures_follow_the_dual_slope_eps_minus_kl():
+    """
+    With temperature_update="gradient" the E-steps' temperatures are learned: the dual loss's gradient in each η is
+    dg/dη = ε − KL(q_η || π_old) (Eq. 9 differentiated; KL over the samples, by numpy loops here), for the return's
+    objective and the action penalty's, and training moves η.
+    """
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, temperature_update="gradient", **SMALL)
+    q_values = th.as_tensor(np.random.default_rng(0).normal(scale=3.0, size=(2, 4, 7)), dtype=th.float32)
+    epsilons = [model.epsilon, model.epsilon_penalty]
+    temperatures, dual_loss = model.improvement.e_step_temperatures(q_values, epsilons)
+    (slopes,) = th.autograd.grad(dual_loss, temperatures)
+    for index, epsilon in enumerate(epsilons):
+        eta, values = temperatures[index].item(), q_values[index].double().numpy()
+        kls = []
+        for state in range(values.shape[1]):
+            weights = np.exp((values[:, state] - values[:, state].max()) / eta)
+            weights /= weights.sum()
+            kls.append(sum(w * np.log(len(weights) * w) for w in weights))
+        assert slopes[index].item() == pytest.approx(epsilon - np.mean(kls), rel=1e-4, abs=1e-6)
+    before = model.multipliers.temperatures.detach().clone()
+    model.learn(300)
+    assert not th.equal(model.multipliers.temperatures, before)
+
+
+def test_gaussian_policy_loss_is_the_likelihood_of_both_objectives_summed_weights():
+    """
+    The assembled policy loss of a Box policy at θ = θ_old (its trust-region penalties are then zero): the weighted
+    log-likelihood of the sampled actions under N(μ_θ, σ_old) and N(μ_old, σ_θ) (torch.distributions), the weights the
+    sum of the return's softmax(Q/η) and MO-MPO's penalty softmax(−‖a − clip(a)‖²/η_penalty) (numpy).
+    """
+    policy_kwargs = dict(net_arch=[16], init_std=1.0)  # wide samples, many of them outside the box
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, q_target="n_step", **{**SMALL, "policy_kwargs": policy_kwargs})
+    model.learn(SMALL["learning_starts"])  # fills replay, no update yet: the actor is its target
+    batch = model.evaluation.evaluate(model.replay_buffer.sample(model.batch_size)).improvement
+    policy_loss, _, diagnostics = model.improvement.improve(batch)
+
+    actions = batch.actions.double().numpy()  # (N, B, A)
+    penalty = -np.sum((actions - np.clip(actions, -1.0, 1.0)) ** 2, axis=-1)
+    assert (penalty < 0).mean() > 0.1
+    weights = np.zeros(penalty.shape)
+    for values, eta in (
+        (batch.q_values.double().numpy(), diagnostics["temperature"]),
+        (penalty, diagnostics["temperature_penalty"]),
+    ):
+        tilted = np.exp((values - values.max(axis=0)) / eta.item())
+        weights += tilted / tilted.sum(axis=0)
+    with th.no_grad():
+        mean, std = model.actor.distribution_params(batch.observations)
+        mean_old, std_old = model.actor_target.distribution_params(batch.observations)
+        log_likelihoods = th.distributions.Normal(mean.double(), std_old.double()).log_prob(batch.actions.double()).sum(
+            -1
+        ) + th.distributions.Normal(mean_old.double(), std.double()).log_prob(batch.actions.double()).sum(-1)
+    expected = -(th.as_tensor(weights) * log_likelihoods).sum(0).mean()
+    assert policy_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("q_target", ["n_step", "retrace"])
 def test_dict_observations(q_target):
     """MultiInputPolicy trains on Dict observations (vector + image) with continuous actions."""

@@ -14,25 +14,23 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import optuna
 import pytest
+import rl_zoo3
 import torch as th
 import yaml
+from rl_zoo3.exp_manager import ExperimentManager
+from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
+from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-optuna = pytest.importorskip("optuna")
-rl_zoo3 = pytest.importorskip("rl_zoo3")
-
-from rl_zoo3.exp_manager import ExperimentManager  # noqa: E402
-from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER  # noqa: E402
-from stable_baselines3.common.type_aliases import Schedule  # noqa: E402
-
-from sb3_mpo import MPO, NonFiniteError  # noqa: E402
-from sb3_mpo.common.hyperparams import parse_policy_kwargs  # noqa: E402
-from sb3_mpo.zoo import ALGO_NAME, HYPERPARAMS_PATH, register  # noqa: E402
-from sb3_mpo.zoo.checks import check_mpo_hyperparams, check_zoo_entry, matches_annotation  # noqa: E402
-from sb3_mpo.zoo.cli import main  # noqa: E402
-from sb3_mpo.zoo.exp_manager import MPOExperimentManager  # noqa: E402
-from sb3_mpo.zoo.hyperparams_opt import TORSOS, convert_mpo_params, sample_mpo_params  # noqa: E402
+from sb3_mpo import MPO, NonFiniteError
+from sb3_mpo.common.hyperparams import parse_policy_kwargs
+from sb3_mpo.zoo import ALGO_NAME, HYPERPARAMS_PATH, register
+from sb3_mpo.zoo.checks import check_mpo_hyperparams, check_zoo_entry, matches_annotation
+from sb3_mpo.zoo.cli import main
+from sb3_mpo.zoo.exp_manager import MPOExperimentManager
+from sb3_mpo.zoo.hyperparams_opt import TORSOS, convert_mpo_params, sample_mpo_params
 
 ENV_ID = "Pendulum-v1"
 # Small networks and batches: the tests check the plumbing, not learning
