@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 import torch as th
+from torch import nn
 from torch._inductor import config as inductor_config
 
 from sb3_mpo import MPO
@@ -15,6 +16,8 @@ CASES: dict[str, dict[str, Any]] = {
     "gaussian_n_step": {"env": "Pendulum-v1", "q_target": "n_step", "n_steps": 3},
     "categorical_retrace": {"env": "CartPole-v1"},
     "gaussian_pair_of_critics": {"env": "Pendulum-v1", "policy_kwargs": {"n_critics": 2}},
+    # Acme's torso, whose input block the sampled pass rewrites (CrossQ's critic is never compiled)
+    "gaussian_acme_torso": {"env": "Pendulum-v1", "policy_kwargs": {"layer_norm": True, "activation_fn": nn.ELU}},
 }
 
 

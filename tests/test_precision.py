@@ -109,7 +109,11 @@ def test_activations_between_bfloat16_layers_stay_bfloat16_and_the_last_one_floa
     assert kept_error.mean() < 1.5 * reference_error.mean() and kept_error.max() < 1.5 * reference_error.max()
 
 
-@pytest.mark.parametrize("policy_kwargs", [{}, {"residual": True}], ids=["relu", "residual"])
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [{}, {"residual": True}, {"layer_norm": True, "activation_fn": nn.ELU}, {"layer_norm": True, "net_arch": [16]}],
+    ids=["relu", "residual", "layer_norm", "layer_norm_one_hidden_layer"],
+)
 def test_float32_is_the_default_and_matches_the_full_forward_pass(policy_kwargs: dict[str, Any]) -> None:
     critic = small_model(policy_kwargs=policy_kwargs).critic_target
     assert isinstance(critic, SampledCritic)

@@ -17,9 +17,11 @@ from sb3_mpo.mpo.torsos import (
     SharedBatchRenorm,
     batch_renorm_torso,
     layer_norm_input_block,
+    linear_float32,
     modules_in,
     residual_torso,
     sigmoid_tanh,
+    tanh_blocks_as_sigmoid,
     with_batch_statistics,
 )
 
@@ -43,6 +45,36 @@ def test_sigmoid_tanh_is_tanh_and_leaves_autograd_to_torch():
     graded = x[:100].clone().requires_grad_()
     sigmoid_tanh(graded).sum().backward()  # the in-place form would break this backward pass
     th.testing.assert_close(graded.grad, 1 - th.tanh(x[:100]) ** 2)
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_tanh_blocks_as_sigmoid_compute_the_block_and_leave_other_layers(affine: bool, bias: bool) -> None:
+    """LayerNorm → tanh → Linear rewritten as LayerNorm·2 → σ in place → (2W, b − W·1): the same outputs, by float64 torch."""
+    th.manual_seed(0)
+    norm, linear = nn.LayerNorm(8, elementwise_affine=affine), nn.Linear(8, 5, bias=bias)
+    if affine:
+        nn.init.normal_(norm.weight)
+        nn.init.normal_(norm.bias)
+    layers = [nn.ELU(), norm, nn.Tanh(), linear, nn.Tanh()]  # the last tanh feeds no Linear: left alone
+    rewritten = tanh_blocks_as_sigmoid(layers)
+    assert rewritten[0] is layers[0] and rewritten[-1] is layers[-1] and len(rewritten) == len(layers)
+    assert [type(layer).__name__ for layer in rewritten[1:4]] == ["ScaledLayerNorm", "InPlaceSigmoid", "FoldedLinear"]
+    x = th.randn(3, 7, 8) * 4
+    with th.no_grad():
+        expected = nn.Sequential(*layers).double()(x.double())
+        th.testing.assert_close(modules_in(th.float32, rewritten, x), expected.float(), rtol=1e-5, atol=2e-6)
+    assert tanh_blocks_as_sigmoid([norm, nn.Tanh(), nn.ELU()])[1].__class__ is nn.Tanh  # no Linear after it
+
+
+def test_linear_float32_without_gradient_adds_the_bias_in_place_and_keeps_autograd() -> None:
+    layer, x = nn.Linear(6, 4), th.randn(2, 9, 6)
+    with th.no_grad():
+        th.testing.assert_close(linear_float32(layer, x), layer(x))
+        th.testing.assert_close(linear_float32(nn.Linear(6, 4, bias=False), x).shape, th.Size([2, 9, 4]))
+    graded = x.clone().requires_grad_()
+    linear_float32(layer, graded).sum().backward()
+    th.testing.assert_close(graded.grad, layer.weight.sum(0).expand_as(x))
 
 
 def layer_norm(x: th.Tensor) -> th.Tensor:

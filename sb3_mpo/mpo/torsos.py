@@ -108,6 +108,78 @@ def sigmoid_tanh(inputs: th.Tensor) -> th.Tensor:
     return (inputs * 2).sigmoid_().mul_(2).sub_(1)
 
 
+def linear_float32(layer: "nn.Linear | FoldedLinear", inputs: th.Tensor) -> th.Tensor:
+    """
+    :param layer: A float32 linear layer (or :class:`FoldedLinear`)
+    :param inputs: Its float32 inputs
+    :return: ``layer(inputs)``; without autograd, the product first and the bias added in place: torch's ``addmm``
+        first copies the bias into every row of its output, a pass over the N·B rows of the target pass that the
+        in-place addition does without (``benchmarks/update_cost.reading.md``)
+    """
+    if th.is_grad_enabled() and inputs.requires_grad:
+        return layer(inputs)
+    product = th.matmul(inputs, layer.weight.T)
+    return product if layer.bias is None else product.add_(layer.bias)
+
+
+class ScaledLayerNorm(NamedTuple):
+    """A LayerNorm over the last ``len(normalized_shape)`` dimensions with the given affine map, without gradient."""
+
+    normalized_shape: tuple[int, ...]
+    weight: th.Tensor
+    bias: th.Tensor
+    eps: float
+
+    def __call__(self, inputs: th.Tensor) -> th.Tensor:
+        return F.layer_norm(inputs, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class InPlaceSigmoid(NamedTuple):
+    """The logistic function, computed in place on a tensor nothing else reads (a fixed layer's fresh output)."""
+
+    def __call__(self, inputs: th.Tensor) -> th.Tensor:
+        return inputs.sigmoid_()
+
+
+def tanh_blocks_as_sigmoid(layers: "Sequence[FixedLayer]") -> "list[FixedLayer]":
+    """
+    Acme's input block LayerNorm → tanh → Linear as LayerNorm·2 → σ → Linear', exactly: tanh(y) = 2σ(2y) − 1, the 2y
+    from the LayerNorm's affine map doubled, and W·(2σ − 1) + b = (2W)·σ + (b − W·1) folded into the Linear after it.
+    The block's three passes over the N·B rows of the target pass (tanh's own kernel, or the doubling and the two
+    scalings around a sigmoid) become one in-place sigmoid. For passes without gradient; other layers are left as they
+    are.
+
+    :param layers: Layers in order (nested ``nn.Sequential`` containers opened, as :func:`flat_layers` gives them)
+    :return: The same layers with each LayerNorm, Tanh, Linear (or :class:`FoldedLinear`) triple rewritten
+    """
+    layers, rewritten = list(layers), cast("list[FixedLayer]", [])
+    index = 0
+    while index < len(layers):
+        block = layers[index : index + 3]
+        if (
+            len(block) == 3
+            and isinstance(block[0], nn.LayerNorm)
+            and isinstance(block[1], nn.Tanh)
+            and isinstance(block[2], (nn.Linear, FoldedLinear))
+        ):
+            norm, linear = cast(nn.LayerNorm, block[0]), cast("nn.Linear | FoldedLinear", block[2])
+            with th.no_grad():
+                ones = th.ones(norm.normalized_shape, device=linear.weight.device)
+                weight = 2 * (ones if norm.weight is None else norm.weight)
+                bias = 2 * (th.zeros_like(ones) if norm.bias is None else norm.bias)
+                folded_bias = -linear.weight.sum(dim=1) if linear.bias is None else linear.bias - linear.weight.sum(dim=1)
+                rewritten += [
+                    ScaledLayerNorm(tuple(norm.normalized_shape), weight, bias, norm.eps),
+                    InPlaceSigmoid(),
+                    FoldedLinear(2 * linear.weight, folded_bias),
+                ]
+            index += 3
+        else:
+            rewritten.append(layers[index])
+            index += 1
+    return rewritten
+
+
 def flat_layers(modules: "Iterable[FixedLayer]") -> "list[FixedLayer]":
     """
     :param modules: Modules, some of them perhaps ``nn.Sequential`` containers
@@ -136,7 +208,7 @@ def modules_in(dtype: th.dtype, modules: "Iterable[FixedLayer]", inputs: th.Tens
     for index, layer in enumerate(layers):
         feeds_linear = index + 1 < len(layers) and isinstance(layers[index + 1], linear)
         if isinstance(layer, linear):
-            inputs = layer(inputs) if dtype == th.float32 else linear_as(dtype, layer, inputs)
+            inputs = linear_float32(layer, inputs) if dtype == th.float32 else linear_as(dtype, layer, inputs)
         elif isinstance(layer, (nn.ReLU, nn.ELU)):
             inputs = layer(inputs if feeds_linear else inputs.float())
         elif isinstance(layer, ResidualBlock):
@@ -307,8 +379,9 @@ class FoldedLinear(NamedTuple):
         return F.linear(inputs, self.weight, self.bias)
 
 
-#: A layer as it acts on rows that a batch's fixed statistics normalise (see :func:`with_batch_statistics`)
-FixedLayer = nn.Module | FixedAffine | FoldedLinear
+#: A layer as it acts on rows that a batch's fixed statistics normalise (see :func:`with_batch_statistics`), or as
+#: :func:`tanh_blocks_as_sigmoid` rewrites it
+FixedLayer = nn.Module | FixedAffine | FoldedLinear | ScaledLayerNorm | InPlaceSigmoid
 
 
 def with_batch_statistics(modules: Iterable[nn.Module], graded: th.Tensor) -> tuple[th.Tensor, list[FixedLayer]]:
@@ -381,9 +454,11 @@ def sampled_pass(
 ) -> th.Tensor:
     """
     An MLP over [features, action] for N actions per state. Its first layer's features half is computed once per state
-    and broadcast over the samples: W·[f; a] + b = (W_f·f + b) + W_a·a, as one batched product that adds the per-state
-    term while it writes its output. The hidden layers after it run through :func:`modules_in` in ``hidden_dtype``; the
-    first and the output layer in float32, so that the outputs keep float32's resolution.
+    and broadcast over the samples: W·[f; a] + b = (W_f·f + b) + W_a·a, the product over the N·B rows with the
+    per-state term added in place (a product that adds it as it writes, torch's ``baddbmm``, first copies it into
+    every row). The layers after it run through :func:`modules_in` in ``hidden_dtype``, Acme's input block rewritten
+    without gradient (:func:`tanh_blocks_as_sigmoid`); the first and the output layer in float32, so that the outputs
+    keep float32's resolution.
 
     :param layers: The MLP's layers, the first and the last Linear (or :class:`FoldedLinear`)
     :param features: B states' features, (B, F)
@@ -391,12 +466,14 @@ def sampled_pass(
     :param hidden_dtype: Floating-point type of the hidden layers' matrix products
     :return: The outputs, (N, B, out_features)
     """
-    first, last = layers[0], layers[-1]
+    first = layers[0]
     assert isinstance(first, (nn.Linear, FoldedLinear)), "the first layer acts on [features, action]"
     n_features = features.shape[-1]
     per_state = F.linear(features, first.weight[:, :n_features], first.bias)
-    action_weight = first.weight[:, n_features:].T.expand(actions.shape[0], -1, -1)
-    hidden = th.baddbmm(per_state, actions, action_weight)
+    hidden = th.matmul(actions, first.weight[:, n_features:].T).add_(per_state)
     if len(layers) == 1:  # no hidden layer: the first layer is the output layer
         return hidden
-    return last(modules_in(hidden_dtype, layers[1:-1], hidden))
+    later = flat_layers(layers[1:])
+    if not th.is_grad_enabled():
+        later = tanh_blocks_as_sigmoid(later)
+    return later[-1](modules_in(hidden_dtype, later[:-1], hidden))
