@@ -342,8 +342,10 @@ def speed_table(results: Results) -> list[str]:
     ]
     for env, runs_by_algo in results.items():
         for algo, all_runs in runs_by_algo.items():
-            for model, threads in sorted({(processor(run), torch_threads(run)) for run in all_runs}):
-                runs = [run for run in all_runs if (processor(run), torch_threads(run)) == (model, threads)]
+            groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+            for run in all_runs:
+                groups[(processor(run), torch_threads(run))].append(run)
+            for (model, threads), runs in sorted(groups.items()):
                 gradient = [run["gradient_steps_per_second"] for run in runs if run.get("gradient_steps_per_second")]
                 lines.append(
                     f"| {env} | {algo.upper()} | {runs[0].get('net_arch', '—')} | {runs[0].get('batch_size', '—')} "

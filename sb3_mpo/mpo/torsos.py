@@ -96,9 +96,10 @@ def sigmoid_tanh(inputs: th.Tensor) -> th.Tensor:
     """
     tanh(x) = 2·σ(2x) − 1, within a few float32 roundings of ``torch.tanh`` (about 2e-7). On an AMD EPYC CPU torch's
     tanh kernel took about three times as long as its sigmoid with the two scalings after it
-    (``benchmarks/update_cost.reading.md``), and the tanh of Acme's input block runs over all N·B sampled rows of the
-    target pass. Where autograd needs the result, torch's own tanh (the in-place scalings would overwrite the sigmoid's
-    saved output).
+    (``benchmarks/update_cost.reading.md``). :func:`modules_in` computes every tanh it meets with it; the target pass
+    (:func:`sampled_pass`) first rewrites Acme's input block whole (:func:`tanh_blocks_as_sigmoid`), so there it is left
+    for a tanh that no Linear layer follows. Where autograd needs the result, torch's own tanh (the in-place scalings
+    would overwrite the sigmoid's saved output).
 
     :param inputs: Any floating-point tensor
     :return: tanh(inputs)
@@ -152,7 +153,8 @@ def tanh_blocks_as_sigmoid(layers: "Sequence[FixedLayer]") -> "list[FixedLayer]"
     :param layers: Layers in order (nested ``nn.Sequential`` containers opened, as :func:`flat_layers` gives them)
     :return: The same layers with each LayerNorm, Tanh, Linear (or :class:`FoldedLinear`) triple rewritten
     """
-    layers, rewritten = list(layers), cast("list[FixedLayer]", [])
+    layers = list(layers)
+    rewritten: list[FixedLayer] = []
     index = 0
     while index < len(layers):
         block = layers[index : index + 3]
