@@ -15,6 +15,8 @@ from sb3_mpo.common.buffers import SegmentReplayBuffer
 from sb3_mpo.mpo import losses
 from sb3_mpo.mpo.policies import CategoricalActor
 
+from brute_force import softmax_columns
+
 SMALL = dict(learning_starts=50, batch_size=32, policy_kwargs=dict(net_arch=[32, 32]))
 
 
@@ -163,10 +165,8 @@ def test_categorical_e_step_weights_on_the_models_target_values_match_brute_forc
     batch, _ = model.improvement.target_values(obs)
     eta = model.multipliers.temperature.detach()
     weights = losses.categorical_e_step_weights(batch.q_values, batch.log_probs_old, eta)
-    for s in range(3):
-        probs_old = batch.log_probs_old[s].exp().numpy()
-        unnormalised = [probs_old[a] * np.exp(batch.q_values[s, a].item() / eta.item()) for a in (0, 1)]
-        np.testing.assert_allclose(weights[s].numpy(), np.array(unnormalised) / sum(unnormalised), rtol=1e-5)
+    expected = softmax_columns(batch.q_values.double().numpy().T, eta.item(), batch.log_probs_old.double().exp().numpy().T)
+    np.testing.assert_allclose(weights.numpy(), expected.T, rtol=1e-5)
 
 
 def test_atari_breakout_trains_and_saves(tmp_path):

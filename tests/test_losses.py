@@ -13,6 +13,8 @@ from torch.distributions import Categorical, Normal, kl_divergence
 
 from sb3_mpo.mpo import losses
 
+from brute_force import kl, softmax_columns, tilted_kl
+
 DTYPE = th.float64
 
 
@@ -22,20 +24,6 @@ def _rng(seed: int = 0) -> np.random.Generator:
 
 def _t(array) -> th.Tensor:
     return th.as_tensor(np.asarray(array), dtype=DTYPE)
-
-
-def _np_softmax_columns(q_values: np.ndarray, temperature: float) -> np.ndarray:
-    """Brute-force softmax over axis 0 with explicit loops (no logsumexp helper)."""
-    n_samples, batch_size = q_values.shape
-    weights = np.zeros_like(q_values)
-    for s in range(batch_size):
-        scaled = q_values[:, s] / temperature
-        shift = scaled.max()
-        exps = [math.exp(scaled[j] - shift) for j in range(n_samples)]
-        total = sum(exps)
-        for j in range(n_samples):
-            weights[j, s] = exps[j] / total
-    return weights
 
 
 def _np_temperature_dual(q_values: np.ndarray, temperature: float, epsilon: float) -> float:
@@ -58,11 +46,6 @@ def _np_categorical_dual(q_values: np.ndarray, probs_old: np.ndarray, temperatur
         shift = scaled.max()
         total += shift + math.log(sum(probs_old[s, a] * math.exp(scaled[a] - shift) for a in range(n_actions)))
     return temperature * epsilon + temperature * total / batch_size
-
-
-def _np_kl(p: np.ndarray, q: np.ndarray) -> float:
-    """KL(p || q) of two discrete distributions by an explicit loop."""
-    return sum(p_i * math.log(p_i / q_i) for p_i, q_i in zip(p, q, strict=True) if p_i > 0)
 
 
 def _random_probs(rng: np.random.Generator, batch_size: int, n_actions: int) -> np.ndarray:
@@ -130,7 +113,7 @@ def test_e_step_weights_match_brute_force_softmax(temperature):
     weights = losses.e_step_weights(_t(q_values), th.tensor(temperature, dtype=DTYPE))
     assert weights.shape == (12, 5)
     np.testing.assert_allclose(weights.sum(dim=0).numpy(), np.ones(5), atol=1e-12)
-    np.testing.assert_allclose(weights.numpy(), _np_softmax_columns(q_values, temperature), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(weights.numpy(), softmax_columns(q_values, temperature), rtol=1e-10, atol=1e-14)
 
 
 def test_e_step_weights_do_not_propagate_gradient():
@@ -180,10 +163,7 @@ def test_temperature_dual_gradient_matches_closed_form():
     epsilon, eta = 0.1, 0.6
     temperature = th.tensor(eta, dtype=DTYPE, requires_grad=True)
     (grad,) = th.autograd.grad(losses.temperature_dual(_t(q_values), temperature, epsilon), temperature)
-    weights = _np_softmax_columns(q_values, eta)
-    n_samples = q_values.shape[0]
-    mean_kl = np.mean([_np_kl(weights[:, s], np.full(n_samples, 1.0 / n_samples)) for s in range(q_values.shape[1])])
-    np.testing.assert_allclose(grad.item(), epsilon - mean_kl, rtol=1e-9)
+    np.testing.assert_allclose(grad.item(), epsilon - tilted_kl(q_values, eta), rtol=1e-9)
 
 
 def test_temperature_dual_is_convex_in_eta():
@@ -203,7 +183,6 @@ def test_temperature_dual_minimiser_achieves_kl_bound(epsilon):
     """At the scipy minimiser of g, KL(q || uniform over the N samples) = sum q log(N q) equals eps exactly."""
     rng = _rng(7)
     q_values = rng.normal(scale=2.0, size=(20, 8))
-    n_samples, batch_size = q_values.shape
     q_tensor = _t(q_values)
 
     def dual(eta: float) -> float:
@@ -216,10 +195,7 @@ def test_temperature_dual_minimiser_achieves_kl_bound(epsilon):
     # the solver agrees with an independent numpy dual evaluated at the same point
     np.testing.assert_allclose(result.fun, _np_temperature_dual(q_values, eta_star, epsilon), rtol=1e-9)
 
-    weights = _np_softmax_columns(q_values, eta_star)
-    uniform = np.full(n_samples, 1.0 / n_samples)
-    mean_kl = np.mean([_np_kl(weights[:, s], uniform) for s in range(batch_size)])
-    np.testing.assert_allclose(mean_kl, epsilon, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(tilted_kl(q_values, eta_star), epsilon, rtol=1e-4, atol=1e-6)
     # the diagnostic computes the same KL from the implementation's own weights
     implementation_weights = losses.e_step_weights(q_tensor, th.tensor(eta_star, dtype=DTYPE))
     np.testing.assert_allclose(losses.sample_kl_to_old(implementation_weights).item(), epsilon, rtol=1e-4, atol=1e-6)
@@ -241,7 +217,7 @@ def test_sample_kl_to_old_matches_numpy_loop_on_random_weights():
     rng = _rng(9)
     weights = rng.dirichlet(np.ones(7), size=5).T  # (N=7, B=5)
     uniform = np.full(7, 1.0 / 7)
-    expected = np.mean([_np_kl(weights[:, s], uniform) for s in range(5)])
+    expected = np.mean([kl(weights[:, s], uniform) for s in range(5)])
     np.testing.assert_allclose(losses.sample_kl_to_old(_t(weights)).item(), expected, rtol=1e-9)
 
 
@@ -259,12 +235,7 @@ def test_categorical_e_step_weights_match_brute_force(temperature):
     probs_old = _random_probs(rng, batch_size, n_actions)
     weights = losses.categorical_e_step_weights(_t(q_values), _t(np.log(probs_old)), th.tensor(temperature, dtype=DTYPE))
 
-    expected = np.zeros((batch_size, n_actions))
-    for s in range(batch_size):
-        shift = q_values[s].max() / temperature
-        unnormalised = [probs_old[s, a] * math.exp(q_values[s, a] / temperature - shift) for a in range(n_actions)]
-        for a in range(n_actions):
-            expected[s, a] = unnormalised[a] / sum(unnormalised)
+    expected = softmax_columns(q_values.T, temperature, probs_old.T).T
     assert weights.shape == (batch_size, n_actions)
     np.testing.assert_allclose(weights.sum(dim=-1).numpy(), np.ones(batch_size), atol=1e-12)
     np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-10, atol=1e-14)
@@ -299,24 +270,10 @@ def test_categorical_temperature_dual_minimiser_achieves_kl_bound(epsilon):
     assert result.success and 1e-3 < result.x < 1e3
     eta_star = result.x
 
-    kls = []
-    for s in range(batch_size):
-        unnormalised = probs_old[s] * np.exp((q_values[s] - q_values[s].max()) / eta_star)
-        q_dist = unnormalised / unnormalised.sum()
-        kls.append(_np_kl(q_dist, probs_old[s]))
-    np.testing.assert_allclose(np.mean(kls), epsilon, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(tilted_kl(q_values.T, eta_star, probs_old.T), epsilon, rtol=1e-4, atol=1e-6)
     # the implementation's weights at eta* give the same KL through categorical_kl(q || pi_old)
     weights = losses.categorical_e_step_weights(q_tensor, log_probs_old, th.tensor(eta_star, dtype=DTYPE))
     np.testing.assert_allclose(losses.categorical_kl(weights.log(), log_probs_old).mean().item(), epsilon, rtol=1e-4)
-
-
-def _np_tilted_kl(q_values: np.ndarray, temperature: float, probs_prior: np.ndarray) -> float:
-    """mean_s KL(q || p) with q(a|s) proportional to p(a|s) exp(Q(s,a)/eta), by loops; q_values and probs (K, B)."""
-    kls = []
-    for s in range(q_values.shape[1]):
-        unnormalised = probs_prior[:, s] * np.exp((q_values[:, s] - q_values[:, s].max()) / temperature)
-        kls.append(_np_kl(unnormalised / unnormalised.sum(), probs_prior[:, s]))
-    return float(np.mean(kls))
 
 
 @pytest.mark.parametrize("with_prior", [False, True])
@@ -334,9 +291,9 @@ def test_tilted_kl_matches_brute_force_and_batches_candidates(with_prior):
     etas = [0.05, 0.7, 4.0, 90.0]
     for eta in etas:
         value = losses.tilted_kl(_t(q_values), th.tensor(eta, dtype=DTYPE), log_prior).item()
-        np.testing.assert_allclose(value, _np_tilted_kl(q_values, eta, probs), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(value, tilted_kl(q_values, eta, probs), rtol=1e-9, atol=1e-12)
     batched = losses.tilted_kl(_t(q_values), _t(etas), log_prior)
-    np.testing.assert_allclose(batched.numpy(), [_np_tilted_kl(q_values, eta, probs) for eta in etas], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(batched.numpy(), [tilted_kl(q_values, eta, probs) for eta in etas], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("epsilon", [0.01, 0.1, 0.5])
@@ -357,7 +314,7 @@ def test_solve_temperature_matches_scipy_minimiser_of_the_dual(epsilon, with_pri
     log_prior = _t(np.log(probs)) if with_prior else None
     eta = losses.solve_temperature(_t(q_values), epsilon, log_prior).item()
     np.testing.assert_allclose(eta, result.x, rtol=1e-5)
-    assert _np_tilted_kl(q_values, eta, probs) <= epsilon * (1 + 1e-9)
+    assert tilted_kl(q_values, eta, probs) <= epsilon * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("shape", ["outlier", "student_t", "bimodal", "ties"])
@@ -372,7 +329,7 @@ def test_solve_temperature_converges_on_awkward_batches(shape, warm_start):
         "ties": rng.integers(0, 3, size=(20, 16)).astype(float),
     }[shape]
     uniform = np.full_like(q_values, 1 / 20)
-    root = optimize.brentq(lambda eta: _np_tilted_kl(q_values, eta, uniform) - 0.1, 1e-3, 1e4, xtol=1e-14)
+    root = optimize.brentq(lambda eta: tilted_kl(q_values, eta, uniform) - 0.1, 1e-3, 1e4, xtol=1e-14)
     initial = None if warm_start is None else th.tensor(warm_start, dtype=DTYPE)
     eta = losses.solve_temperature(_t(q_values), 0.1, initial=initial).item()
     np.testing.assert_allclose(eta, root, rtol=1e-5)
@@ -384,11 +341,11 @@ def test_solve_temperature_follows_the_reward_scale_in_float32(scale):
     rng = _rng(3)
     q_values = rng.normal(size=(20, 64)) + 1e3
     uniform = np.full_like(q_values, 1 / 20)
-    reference = optimize.brentq(lambda eta: _np_tilted_kl(q_values, eta, uniform) - 0.1, 1e-3, 1e4, xtol=1e-14)
+    reference = optimize.brentq(lambda eta: tilted_kl(q_values, eta, uniform) - 0.1, 1e-3, 1e4, xtol=1e-14)
     q_scaled = th.as_tensor(q_values * scale, dtype=th.float32)
     eta = losses.solve_temperature(q_scaled, 0.1)
     np.testing.assert_allclose(eta.item() / scale, reference, rtol=1e-4)
-    np.testing.assert_allclose(_np_tilted_kl(q_values * scale, eta.item(), uniform), 0.1, rtol=1e-3)
+    np.testing.assert_allclose(tilted_kl(q_values * scale, eta.item(), uniform), 0.1, rtol=1e-3)
     kl = losses.sample_kl_to_old(losses.e_step_weights(q_scaled, eta)).item()  # the weights computed in float32
     np.testing.assert_allclose(kl, 0.1, rtol=1e-3)
 
@@ -416,8 +373,8 @@ def test_temperature_duals_keep_their_gradient_in_float32_for_large_q():
     q_values = rng.normal(scale=1.0, size=(20, 32)) + 1e5
     probs = _random_probs(rng, 32, 20)
     epsilon, eta = 0.1, 1.0
-    expected = epsilon - _np_tilted_kl(q_values, eta, np.full_like(q_values, 1 / 20))
-    expected_categorical = epsilon - _np_tilted_kl(q_values, eta, probs.T)
+    expected = epsilon - tilted_kl(q_values, eta, np.full_like(q_values, 1 / 20))
+    expected_categorical = epsilon - tilted_kl(q_values, eta, probs.T)
     q32 = th.as_tensor(q_values, dtype=th.float32)
     temperature = th.tensor(eta, requires_grad=True)
     (grad,) = th.autograd.grad(losses.temperature_dual(q32, temperature, epsilon), temperature)
