@@ -15,7 +15,7 @@ from sb3_mpo.common.buffers import SegmentReplayBuffer
 from sb3_mpo.mpo import losses
 from sb3_mpo.mpo.policies import CategoricalActor
 
-from brute_force import softmax_columns
+import brute_force
 
 SMALL = dict(learning_starts=50, batch_size=32, policy_kwargs=dict(net_arch=[32, 32]))
 
@@ -165,7 +165,9 @@ def test_categorical_e_step_weights_on_the_models_target_values_match_brute_forc
     batch, _ = model.improvement.target_values(obs)
     eta = model.multipliers.temperature.detach()
     weights = losses.categorical_e_step_weights(batch.q_values, batch.log_probs_old, eta)
-    expected = softmax_columns(batch.q_values.double().numpy().T, eta.item(), batch.log_probs_old.double().exp().numpy().T)
+    expected = brute_force.softmax_columns(
+        batch.q_values.double().numpy().T, eta.item(), batch.log_probs_old.double().exp().numpy().T
+    )
     np.testing.assert_allclose(weights.numpy(), expected.T, rtol=1e-5)
 
 

@@ -13,7 +13,7 @@ from torch.distributions import Categorical, Normal, kl_divergence
 
 from sb3_mpo.mpo import losses
 
-from brute_force import kl, softmax_columns, tilted_kl
+import brute_force
 
 DTYPE = th.float64
 
@@ -113,7 +113,7 @@ def test_e_step_weights_match_brute_force_softmax(temperature):
     weights = losses.e_step_weights(_t(q_values), th.tensor(temperature, dtype=DTYPE))
     assert weights.shape == (12, 5)
     np.testing.assert_allclose(weights.sum(dim=0).numpy(), np.ones(5), atol=1e-12)
-    np.testing.assert_allclose(weights.numpy(), softmax_columns(q_values, temperature), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(weights.numpy(), brute_force.softmax_columns(q_values, temperature), rtol=1e-10, atol=1e-14)
 
 
 def test_e_step_weights_do_not_propagate_gradient():
@@ -163,7 +163,7 @@ def test_temperature_dual_gradient_matches_closed_form():
     epsilon, eta = 0.1, 0.6
     temperature = th.tensor(eta, dtype=DTYPE, requires_grad=True)
     (grad,) = th.autograd.grad(losses.temperature_dual(_t(q_values), temperature, epsilon), temperature)
-    np.testing.assert_allclose(grad.item(), epsilon - tilted_kl(q_values, eta), rtol=1e-9)
+    np.testing.assert_allclose(grad.item(), epsilon - brute_force.tilted_kl(q_values, eta), rtol=1e-9)
 
 
 def test_temperature_dual_is_convex_in_eta():
@@ -195,7 +195,7 @@ def test_temperature_dual_minimiser_achieves_kl_bound(epsilon):
     # the solver agrees with an independent numpy dual evaluated at the same point
     np.testing.assert_allclose(result.fun, _np_temperature_dual(q_values, eta_star, epsilon), rtol=1e-9)
 
-    np.testing.assert_allclose(tilted_kl(q_values, eta_star), epsilon, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(brute_force.tilted_kl(q_values, eta_star), epsilon, rtol=1e-4, atol=1e-6)
     # the diagnostic computes the same KL from the implementation's own weights
     implementation_weights = losses.e_step_weights(q_tensor, th.tensor(eta_star, dtype=DTYPE))
     np.testing.assert_allclose(losses.sample_kl_to_old(implementation_weights).item(), epsilon, rtol=1e-4, atol=1e-6)
@@ -217,7 +217,7 @@ def test_sample_kl_to_old_matches_numpy_loop_on_random_weights():
     rng = _rng(9)
     weights = rng.dirichlet(np.ones(7), size=5).T  # (N=7, B=5)
     uniform = np.full(7, 1.0 / 7)
-    expected = np.mean([kl(weights[:, s], uniform) for s in range(5)])
+    expected = np.mean([brute_force.kl(weights[:, s], uniform) for s in range(5)])
     np.testing.assert_allclose(losses.sample_kl_to_old(_t(weights)).item(), expected, rtol=1e-9)
 
 
@@ -235,7 +235,7 @@ def test_categorical_e_step_weights_match_brute_force(temperature):
     probs_old = _random_probs(rng, batch_size, n_actions)
     weights = losses.categorical_e_step_weights(_t(q_values), _t(np.log(probs_old)), th.tensor(temperature, dtype=DTYPE))
 
-    expected = softmax_columns(q_values.T, temperature, probs_old.T).T
+    expected = brute_force.softmax_columns(q_values.T, temperature, probs_old.T).T
     assert weights.shape == (batch_size, n_actions)
     np.testing.assert_allclose(weights.sum(dim=-1).numpy(), np.ones(batch_size), atol=1e-12)
     np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-10, atol=1e-14)
@@ -270,7 +270,7 @@ def test_categorical_temperature_dual_minimiser_achieves_kl_bound(epsilon):
     assert result.success and 1e-3 < result.x < 1e3
     eta_star = result.x
 
-    np.testing.assert_allclose(tilted_kl(q_values.T, eta_star, probs_old.T), epsilon, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(brute_force.tilted_kl(q_values.T, eta_star, probs_old.T), epsilon, rtol=1e-4, atol=1e-6)
     # the implementation's weights at eta* give the same KL through categorical_kl(q || pi_old)
     weights = losses.categorical_e_step_weights(q_tensor, log_probs_old, th.tensor(eta_star, dtype=DTYPE))
     np.testing.assert_allclose(losses.categorical_kl(weights.log(), log_probs_old).mean().item(), epsilon, rtol=1e-4)
@@ -291,9 +291,11 @@ def test_tilted_kl_matches_brute_force_and_batches_candidates(with_prior):
     etas = [0.05, 0.7, 4.0, 90.0]
     for eta in etas:
         value = losses.tilted_kl(_t(q_values), th.tensor(eta, dtype=DTYPE), log_prior).item()
-        np.testing.assert_allclose(value, tilted_kl(q_values, eta, probs), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(value, brute_force.tilted_kl(q_values, eta, probs), rtol=1e-9, atol=1e-12)
     batched = losses.tilted_kl(_t(q_values), _t(etas), log_prior)
-    np.testing.assert_allclose(batched.numpy(), [tilted_kl(q_values, eta, probs) for eta in etas], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        batched.numpy(), [brute_force.tilted_kl(q_values, eta, probs) for eta in etas], rtol=1e-9, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("epsilon", [0.01, 0.1, 0.5])
@@ -314,7 +316,7 @@ def test_solve_temperature_matches_scipy_minimiser_of_the_dual(epsilon, with_pri
     log_prior = _t(np.log(probs)) if with_prior else None
     eta = losses.solve_temperature(_t(q_values), epsilon, log_prior).item()
     np.testing.assert_allclose(eta, result.x, rtol=1e-5)
-    assert tilted_kl(q_values, eta, probs) <= epsilon * (1 + 1e-9)
+    assert brute_force.tilted_kl(q_values, eta, probs) <= epsilon * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("shape", ["outlier", "student_t", "bimodal", "ties"])
@@ -329,7 +331,7 @@ def test_solve_temperature_converges_on_awkward_batches(shape, warm_start):
         "ties": rng.integers(0, 3, size=(20, 16)).astype(float),
     }[shape]
     uniform = np.full_like(q_values, 1 / 20)
-    root = optimize.brentq(lambda eta: tilted_kl(q_values, eta, uniform) - 0.1, 1e-3, 1e4, xtol=1e-14)
+    root = optimize.brentq(lambda eta: brute_force.tilted_kl(q_values, eta, uniform) - 0.1, 1e-3, 1e4, xtol=1e-14)
     initial = None if warm_start is None else th.tensor(warm_start, dtype=DTYPE)
     eta = losses.solve_temperature(_t(q_values), 0.1, initial=initial).item()
     np.testing.assert_allclose(eta, root, rtol=1e-5)
@@ -341,11 +343,11 @@ def test_solve_temperature_follows_the_reward_scale_in_float32(scale):
     rng = _rng(3)
     q_values = rng.normal(size=(20, 64)) + 1e3
     uniform = np.full_like(q_values, 1 / 20)
-    reference = optimize.brentq(lambda eta: tilted_kl(q_values, eta, uniform) - 0.1, 1e-3, 1e4, xtol=1e-14)
+    reference = optimize.brentq(lambda eta: brute_force.tilted_kl(q_values, eta, uniform) - 0.1, 1e-3, 1e4, xtol=1e-14)
     q_scaled = th.as_tensor(q_values * scale, dtype=th.float32)
     eta = losses.solve_temperature(q_scaled, 0.1)
     np.testing.assert_allclose(eta.item() / scale, reference, rtol=1e-4)
-    np.testing.assert_allclose(tilted_kl(q_values * scale, eta.item(), uniform), 0.1, rtol=1e-3)
+    np.testing.assert_allclose(brute_force.tilted_kl(q_values * scale, eta.item(), uniform), 0.1, rtol=1e-3)
     kl = losses.sample_kl_to_old(losses.e_step_weights(q_scaled, eta)).item()  # the weights computed in float32
     np.testing.assert_allclose(kl, 0.1, rtol=1e-3)
 
@@ -373,8 +375,8 @@ def test_temperature_duals_keep_their_gradient_in_float32_for_large_q():
     q_values = rng.normal(scale=1.0, size=(20, 32)) + 1e5
     probs = _random_probs(rng, 32, 20)
     epsilon, eta = 0.1, 1.0
-    expected = epsilon - tilted_kl(q_values, eta, np.full_like(q_values, 1 / 20))
-    expected_categorical = epsilon - tilted_kl(q_values, eta, probs.T)
+    expected = epsilon - brute_force.tilted_kl(q_values, eta, np.full_like(q_values, 1 / 20))
+    expected_categorical = epsilon - brute_force.tilted_kl(q_values, eta, probs.T)
     q32 = th.as_tensor(q_values, dtype=th.float32)
     temperature = th.tensor(eta, requires_grad=True)
     (grad,) = th.autograd.grad(losses.temperature_dual(q32, temperature, epsilon), temperature)

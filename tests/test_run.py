@@ -18,7 +18,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNorm
 from sb3_mpo import MPO, NonFiniteError
 from sb3_mpo.common.buffers import SegmentReplayBuffer
 
-from brute_force import softmax_columns, tilted_kl
+import brute_force
 
 SMALL = dict(learning_starts=50, batch_size=32, n_action_samples=4, policy_kwargs=dict(net_arch=[32, 32]))
 
@@ -123,7 +123,7 @@ def test_gradient_temperatures_follow_the_dual_slope_eps_minus_kl():
     (slopes,) = th.autograd.grad(dual_loss, temperatures)
     for index, epsilon in enumerate(epsilons):
         eta, values = temperatures[index].item(), q_values[index].double().numpy()
-        assert slopes[index].item() == pytest.approx(epsilon - tilted_kl(values, eta), rel=1e-4, abs=1e-6)
+        assert slopes[index].item() == pytest.approx(epsilon - brute_force.tilted_kl(values, eta), rel=1e-4, abs=1e-6)
     before = model.multipliers.temperatures.detach().clone()
     model.learn(300)
     assert not th.equal(model.multipliers.temperatures, before)
@@ -149,7 +149,7 @@ def test_gaussian_policy_loss_is_the_likelihood_of_both_objectives_summed_weight
         (batch.q_values.double().numpy(), diagnostics["temperature"]),
         (penalty, diagnostics["temperature_penalty"]),
     ):
-        weights += softmax_columns(values, eta.item())
+        weights += brute_force.softmax_columns(values, eta.item())
     with th.no_grad():
         mean, std = model.actor.distribution_params(batch.observations)
         mean_old, std_old = model.actor_target.distribution_params(batch.observations)
