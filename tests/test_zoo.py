@@ -416,15 +416,36 @@ def test_zoo_commands_run_with_one_torch_thread_unless_told(environ, expected):
 
 def test_shipped_policy_kwargs_are_read_without_eval():
     """RL Zoo's policy_kwargs strings: literals and torch.nn layers are read, anything else is refused by name."""
-    from torch import nn
-
     from sb3_mpo.common.hyperparams import parse_policy_kwargs
 
     parsed = parse_policy_kwargs("dict(layer_norm=True, activation_fn=nn.ELU, net_arch=[256, 256])")
     assert parsed == {"layer_norm": True, "activation_fn": nn.ELU, "net_arch": [256, 256]}
-    for text in ("dict(activation_fn=nn.functional)", "dict(activation_fn=os.system)", "dict(net_arch=list(range(3)))"):
+    refused = (
+        "dict(activation_fn=nn.functional)",
+        "dict(activation_fn=os.system)",
+        "dict(net_arch=list(range(3)))",
+        "dict(optimizer_kwargs=dict(betas=list((0.5, 0.999))))",
+        "dict(**base)",
+        "dict(net_arch=[64, 64]",
+    )
+    for text in refused:
         with pytest.raises(ValueError, match=re.escape(f"policy_kwargs={text!r} is not supported here")):
             parse_policy_kwargs(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "dict(net_arch=dict(pi=[256, 256], qf=[1024, 1024]))",  # rl_zoo3's crossq.yml
+        "dict(layer_norm=True, activation_fn=nn.ELU, batch_renorm=True, optimizer_kwargs=dict(betas=(0.5, 0.999)))",
+        "dict(log_std_init=-3, net_arch=[400, 300], use_expln=True)",  # rl_zoo3's sac.yml
+    ],
+)
+def test_policy_kwargs_are_read_as_python_evaluates_them(text):
+    """Nested dict(...) calls too: the parser agrees with Python's own evaluation, which RL Zoo uses."""
+    from sb3_mpo.common.hyperparams import parse_policy_kwargs
+
+    assert parse_policy_kwargs(text) == eval(text, {"nn": nn})  # a fixed string: the reference
 
 
 def test_load_hyperparams_gives_an_entry_as_constructor_arguments(tmp_path):

@@ -12,31 +12,49 @@ HYPERPARAMS_PATH = Path(__file__).parent.parent / "hyperparams" / "mpo.yml"
 ZOO_ONLY_KEYS = ("n_timesteps", "policy", "normalize", "n_envs", "env_wrapper", "callback", "frame_stack", "vec_env_wrapper")
 
 
-def _literal_or_module(node: ast.expr) -> Any:
-    """A literal value, or a torch layer class written ``nn.Name`` (as RL Zoo writes ``activation_fn=nn.ELU``)."""
+def _policy_kwargs_value(node: ast.expr) -> Any:
+    """
+    A literal value, a torch layer class written ``nn.Name`` (as RL Zoo writes ``activation_fn=nn.ELU``), or a nested
+    ``dict(...)`` of those (as in ``optimizer_kwargs=dict(betas=(0.5, 0.999))``).
+    """
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "nn":
         layer = getattr(nn, node.attr, None)
         if not (isinstance(layer, type) and issubclass(layer, nn.Module)):
             raise ValueError(f"nn.{node.attr} is not a torch.nn layer")
         return layer
+    if isinstance(node, ast.Call):
+        return _keyword_dict(node)
     return ast.literal_eval(node)
+
+
+def _keyword_dict(node: ast.expr) -> dict[str, Any]:
+    """The keyword arguments of a ``dict(key=value, ...)`` call, each value read by :func:`_policy_kwargs_value`."""
+    refusal = ValueError(f"{ast.unparse(node)} is not a dict(key=value, ...) call")
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args):
+        raise refusal
+    items = {}
+    for keyword in node.keywords:
+        if keyword.arg is None:  # dict(**other)
+            raise refusal
+        items[keyword.arg] = _policy_kwargs_value(keyword.value)
+    return items
 
 
 def parse_policy_kwargs(text: str) -> dict[str, Any]:
     """
     Read RL Zoo's ``"dict(net_arch=[400, 300], activation_fn=nn.ELU)"`` strings without ``eval()``: only literal
-    keyword values and ``torch.nn`` layer classes are accepted.
+    keyword values, ``torch.nn`` layer classes and nested ``dict(...)`` calls of those are accepted.
 
     :param text: The string from a hyperparameter file
     :return: The keyword arguments
     """
-    call = ast.parse(text, mode="eval").body
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "dict" and not call.args):
-        raise ValueError(f"policy_kwargs={text!r} is not supported here: expected a string like 'dict(net_arch=[64, 64])'")
     try:
-        return {keyword.arg: _literal_or_module(keyword.value) for keyword in call.keywords if keyword.arg is not None}
-    except ValueError as error:
-        raise ValueError(f"policy_kwargs={text!r} is not supported here: {error}") from error
+        return _keyword_dict(ast.parse(text, mode="eval").body)
+    except (SyntaxError, ValueError) as error:
+        raise ValueError(
+            f"policy_kwargs={text!r} is not supported here: {error} (expected a string like "
+            "'dict(net_arch=[64, 64], activation_fn=nn.ELU, optimizer_kwargs=dict(betas=(0.5, 0.999)))')"
+        ) from error
 
 
 def zoo_entry_to_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
