@@ -48,9 +48,9 @@ def test_readme_example_runs_after_the_main_install(tmp_path):
     assert re.search(r"mean return over 10 episodes: -?\d+\.\d \+/- \d+\.\d", out)
 
 
-def test_readme_mujoco_entry_builds_acmes_torso_and_crossqs_critic():
+def test_readme_mujoco_entry_builds_acmes_torso_and_crossqs_critic_and_optimiser():
     """The README's line for MuJoCo-like tasks, as written there: Acme's torso in both networks, BatchRenorm layers in
-    the critic (CrossQ's, read without target network), and the target pass in float32."""
+    the critic (CrossQ's, read without target network), CrossQ's optimiser for both, and the target pass in float32."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     (snippet,) = re.findall(r"the entry's settings:\n\n```python\n(.*?)```", readme, flags=re.DOTALL)
     namespace: dict = {}
@@ -62,6 +62,8 @@ def test_readme_mujoco_entry_builds_acmes_torso_and_crossqs_critic():
         assert any(isinstance(module, nn.ELU) for module in network.modules())
     assert any(isinstance(module, SharedBatchRenorm) for module in model.critic.q_networks[0].modules())
     assert not any(isinstance(module, SharedBatchRenorm) for module in model.actor.modules())
+    for optimizer in (model.actor.optimizer, model.critic.optimizer):
+        assert optimizer.defaults["lr"] == 1e-3 and optimizer.defaults["betas"] == (0.5, 0.999)
 
 
 def test_benchmark_report_names_the_install_it_needs(monkeypatch, capsys):
