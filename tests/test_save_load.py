@@ -55,6 +55,22 @@ def test_save_load_identical_actions_and_state(trained_model, tmp_path):
     assert loaded.epsilon_mean == model.epsilon_mean and loaded.n_action_samples == model.n_action_samples
 
 
+def test_crossqs_optimiser_survives_save_load_and_further_training(tmp_path):
+    """The MuJoCo entry's optimiser (learning rate 1e-3, Adam's beta1 0.5 for actor and critic) is still in force after
+    save, load and more updates; the duals keep Adam's defaults."""
+    policy_kwargs = dict(net_arch=[32, 32], optimizer_kwargs=dict(betas=(0.5, 0.999)))
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **{**SMALL, "learning_rate": 1e-3, "policy_kwargs": policy_kwargs})
+    model.learn(100)
+    model.save(tmp_path / "mpo.zip")
+    loaded = MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1))
+    loaded.learn(20, reset_num_timesteps=False)
+    assert loaded._n_updates == model._n_updates + 20
+    for optimizer in (loaded.actor.optimizer, loaded.critic.optimizer):
+        for group in optimizer.param_groups:
+            assert (group["lr"], group["betas"], group["fused"]) == (1e-3, (0.5, 0.999), True)
+    assert loaded.multipliers_optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+
+
 def test_resume_training_continues(trained_model, tmp_path):
     """A loaded model (with its replay buffer) resumes training from where it stopped."""
     model = trained_model
