@@ -416,8 +416,6 @@ def test_zoo_commands_run_with_one_torch_thread_unless_told(environ, expected):
 
 def test_shipped_policy_kwargs_are_read_without_eval():
     """RL Zoo's policy_kwargs strings: literals and torch.nn layers are read, anything else is refused by name."""
-    from sb3_mpo.common.hyperparams import parse_policy_kwargs
-
     parsed = parse_policy_kwargs("dict(layer_norm=True, activation_fn=nn.ELU, net_arch=[256, 256])")
     assert parsed == {"layer_norm": True, "activation_fn": nn.ELU, "net_arch": [256, 256]}
     refused = (
@@ -443,8 +441,6 @@ def test_shipped_policy_kwargs_are_read_without_eval():
 )
 def test_policy_kwargs_are_read_as_python_evaluates_them(text):
     """Nested dict(...) calls too: the parser agrees with Python's own evaluation, which RL Zoo uses."""
-    from sb3_mpo.common.hyperparams import parse_policy_kwargs
-
     assert parse_policy_kwargs(text) == eval(text, {"nn": nn})  # a fixed string: the reference
 
 
