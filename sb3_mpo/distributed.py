@@ -176,7 +176,7 @@ class DistributedMPO(MPO):
             super()._raise_if_not_finite(quantities)  # this worker's own non-finite values, named
             raise NonFiniteError(
                 f"MPO: a non-finite loss, gradient norm or multiplier on another worker at gradient update "
-                f"{self._n_updates + 1}; no parameter was updated on any worker"
+                f"{self._n_updates + 1}; nothing of the model was updated on any worker"
             )
 
 

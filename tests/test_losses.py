@@ -320,9 +320,12 @@ def test_solve_temperature_matches_scipy_minimiser_of_the_dual(epsilon, with_pri
 
 
 @pytest.mark.parametrize("shape", ["outlier", "student_t", "bimodal", "ties"])
-@pytest.mark.parametrize("warm_start", [None, 0.01, 1e3])
+@pytest.mark.parametrize("warm_start", [None, 0.01, 1e3, float("nan"), float("inf"), 0.0])
 def test_solve_temperature_converges_on_awkward_batches(shape, warm_start):
-    """On heavy-tailed, bimodal or tied Q-values, cold or badly warm-started, eta is scipy's root of KL(eta) = eps."""
+    """
+    On heavy-tailed, bimodal or tied Q-values, cold or badly warm-started (a NaN, infinite or zero guess included), eta
+    is scipy's root of KL(eta) = eps.
+    """
     rng = _rng(11)
     q_values = {
         "outlier": np.where(rng.random((20, 16)) < 0.05, 30.0, 0.0) + rng.normal(scale=0.1, size=(20, 16)),

@@ -423,3 +423,48 @@ def test_non_finite_reward_stops_before_any_update():
     assert all(th.isfinite(v).all() for v in after.values())
     assert all(th.isfinite(p).all() for p in model.multipliers.parameters())
     assert any(not th.equal(before[k], after[k]) for k in before)  # some updates happened before the NaN was met
+
+
+def _model_state(model: MPO) -> dict[str, th.Tensor]:
+    """Every tensor of the model that an update may write: networks, running statistics, multipliers, PopArt."""
+    modules = {"policy": model.policy, "multipliers": model.multipliers, "popart": model.value_normalizer}
+    return {
+        f"{owner}.{name}": tensor.clone()
+        for owner, module in modules.items()
+        if module is not None
+        for name, tensor in module.state_dict().items()
+    }
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # the solved temperatures
+        {"value_normalization": True},  # PopArt's statistics and the critics' output layers
+        {"policy_kwargs": dict(net_arch=[32, 32], batch_renorm=True)},  # BatchRenorm's running statistics
+    ],
+    ids=["temperatures", "popart", "batch_renorm"],
+)
+def test_non_finite_update_leaves_the_model_as_it_was(settings):
+    """
+    The update that meets a NaN reward raises and leaves every tensor of the model exactly as before it, including
+    what computing the losses writes in place (temperatures, PopArt, BatchRenorm): training can go on after the error.
+    """
+
+    model = MPO("MlpPolicy", DummyVecEnv([AsymmetricBoxEnv]), seed=0, **{**SMALL, "learning_starts": 40, **settings})
+    compute_losses, states = model._compute_losses, []
+
+    def recording(replay_data):
+        states.append(_model_state(model))
+        return compute_losses(replay_data)
+
+    model._compute_losses = recording
+    model.learn(60)  # some updates succeed first
+    model.replay_buffer.rewards[: model.replay_buffer.pos] = np.nan
+    with pytest.raises(NonFiniteError, match="nothing of the model was updated"):
+        model.train(gradient_steps=1, batch_size=model.batch_size)
+    after = _model_state(model)
+    assert after.keys() == states[-1].keys()
+    changed = [name for name, tensor in states[-1].items() if not th.equal(tensor, after[name])]
+    assert not changed, f"written by the failed update: {changed}"
+    assert all(th.isfinite(tensor).all() for tensor in after.values() if tensor.is_floating_point())

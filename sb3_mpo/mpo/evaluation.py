@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch as th
 from stable_baselines3.common.type_aliases import PyTorchObs, ReplayBufferSamples
+from torch import nn
 from torch.nn import functional as F
 
 from sb3_mpo.common.buffers import SegmentSamples
@@ -121,6 +122,10 @@ class CriticEvaluation(ABC):
         normalizer = self.model.value_normalizer
         return critic_outputs if normalizer is None else normalizer.denormalize(critic_outputs)
 
+    def normalised_layers(self) -> list[nn.Linear]:
+        """The layers whose outputs value normalisation rescales: the output layers of the critic and target critic."""
+        return [*critic_output_layers(self.model.critic), *critic_output_layers(self.model.critic_target)]
+
     def normalised_targets(self, target_q_values: th.Tensor, batch: ImprovementBatch) -> tuple[th.Tensor, ImprovementBatch]:
         """
         With value normalisation, move PopArt's statistics towards the critic's targets (rescaling the output layers of
@@ -131,11 +136,10 @@ class CriticEvaluation(ABC):
         :param batch: The batch of the improvement step, scored by the target critic before the update
         :return: The regression targets of the critic's outputs, and the batch
         """
-        model, normalizer = self.model, self.model.value_normalizer
+        normalizer = self.model.value_normalizer
         if normalizer is None:
             return target_q_values, batch
-        layers = [*critic_output_layers(model.critic), *critic_output_layers(model.critic_target)]
-        old = normalizer.update(self.moments_over_workers(target_q_values), layers)
+        old = normalizer.update(self.moments_over_workers(target_q_values), self.normalised_layers())
         batch = batch._replace(q_values=normalizer.renormalize(batch.q_values, old))
         return normalizer.normalize(target_q_values), batch
 

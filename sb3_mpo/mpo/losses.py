@@ -194,7 +194,7 @@ def solve_temperature(
     :param epsilon: Bound ε on KL(q || p), a float or one per problem, shape (...)
     :param log_prior: log p(a|s), shape (..., K, B); ``None`` for K samples of π_old
     :param initial: A first guess of η*, shape (...), such as the previous batch's (clipped into the bracket);
-        ``None`` starts at the bracket's upper end
+        ``None``, or a non-finite or non-positive guess, starts at the bracket's upper end
     :param iterations: Newton steps
     :param span: Ratio between the bracket's upper and lower ends
     :return: η* > 0, shape (...)
@@ -206,7 +206,10 @@ def solve_temperature(
     spread_squared = th.mean(centred.min(dim=-2).values ** 2, dim=-1)
     high = 0.5 * th.log(spread_squared / (8.0 * epsilon) + tiny)
     low = high - math.log(span)
-    log_temperature = high if initial is None else th.clamp(initial.detach().log(), low, high)
+    log_temperature = high
+    if initial is not None:
+        guess = initial.detach().log()
+        log_temperature = th.where(th.isfinite(guess), th.clamp(guess, low, high), high)
     for _ in range(iterations):
         kl, variance = _tilted_statistics(centred, log_temperature, log_prior)
         excess = kl - epsilon

@@ -43,8 +43,9 @@ PolicyImprovementKind = Literal["nonparametric", "parametric"]
 
 class NonFiniteError(FloatingPointError):
     """
-    Raised when a loss, gradient or multiplier becomes NaN or infinite (training stops before any parameter moves), or
-    when an environment hands over a non-finite observation, action or reward (refused before it is stored).
+    Raised when a loss, gradient or multiplier becomes NaN or infinite (training stops with the model as it was before
+    that update: no parameter, multiplier or running statistic moves), or when an environment hands over a non-finite
+    observation, action or reward (refused before it is stored).
     """
 
 
@@ -722,6 +723,8 @@ class MPO(OffPolicyAlgorithm):
         :param replay_data: A batch of transitions (n-step) or of trajectory segments (Retrace)
         :return: Detached diagnostics for the logger
         """
+        written = self._state_written_by_losses()
+        before = [tensor.clone() for tensor in written]
         critic_loss, policy_loss, dual_loss, diagnostics = self._compute_losses(replay_data)
 
         # The three losses touch disjoint parameters: one backward pass serves all of them
@@ -738,7 +741,13 @@ class MPO(OffPolicyAlgorithm):
             "actor_grad_norm": self._clip_grad_norm(self.actor.optimizer),
             **diagnostics,
         }
-        self._raise_if_not_finite(checked)
+        try:
+            self._raise_if_not_finite(checked)
+        except NonFiniteError:
+            with th.no_grad():
+                for tensor, value in zip(written, before, strict=True):
+                    tensor.copy_(value)
+            raise
         for optimizer in optimizers:
             optimizer.step()
 
@@ -750,6 +759,19 @@ class MPO(OffPolicyAlgorithm):
                 polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
             polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
         return checked
+
+    def _state_written_by_losses(self) -> list[th.Tensor]:
+        """
+        The tensors that computing the losses updates in place, before any optimiser step: the networks' running
+        statistics (BatchRenorm's, a features extractor's BatchNorm), the solved temperatures and, with PopArt, its
+        statistics and the critics' output layers, which it rescales. A non-finite update restores them, so that the
+        model stays as it was before that update.
+        """
+        written = [*self.policy.buffers(), *self.multipliers.buffers()]
+        if self.value_normalizer is not None:
+            layers = self.evaluation.normalised_layers()
+            written += [*self.value_normalizer.buffers(), *(tensor for layer in layers for tensor in layer.parameters())]
+        return [tensor.detach() for tensor in written]
 
     def _losses(
         self, replay_data: ReplayBufferSamples | SegmentSamples
@@ -797,7 +819,7 @@ class MPO(OffPolicyAlgorithm):
             bad = [f"{name}={value.item()}" for (name, value), ok in zip(quantities.items(), finite, strict=True) if not ok]
             raise NonFiniteError(
                 f"MPO: non-finite {', '.join(bad)} at gradient update {self._n_updates + 1} "
-                f"(env step {self.num_timesteps}); no parameter was updated. Check the rewards and observations "
+                f"(env step {self.num_timesteps}); nothing of the model was updated. Check the rewards and observations "
                 "(e.g. normalise them with VecNormalize) or lower the learning rates."
             )
 
