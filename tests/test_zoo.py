@@ -158,8 +158,27 @@ def test_unknown_env_uses_default_block(tmp_path: Path, unknown_env: str, capsys
         *("--algo", ALGO_NAME, "--env", unknown_env, "-f", tmp_path, "-n", 100, "--eval-freq", -1),
         *("--hyperparams", "learning_starts:100"),
     )
-    assert f"No MPO hyperparameters for {unknown_env}: using the default block" in capsys.readouterr().out
-    assert (tmp_path / ALGO_NAME / f"{unknown_env}_1" / f"{unknown_env}.zip").is_file()
+    assert "Using 'default' hyperparameters" in capsys.readouterr().out  # rl_zoo3's own announcement
+    run = tmp_path / ALGO_NAME / f"{unknown_env}_1"
+    assert (run / f"{unknown_env}.zip").is_file()
+    default = yaml.safe_load(HYPERPARAMS_PATH.read_text())["default"]
+    assert read_yaml(run / unknown_env / "config.yml") == {**default, "learning_starts": 100}
+
+
+def test_atari_game_uses_the_atari_entry(tmp_path: Path) -> None:
+    """An Atari game without an entry of its own trains with the file's `atari` entry: images, CnnPolicy, 4 frames."""
+    zoo(
+        "train",
+        *("--algo", ALGO_NAME, "--env", "PongNoFrameskip-v4", "-f", tmp_path, "-n", 100, "--eval-freq", -1),
+        *("--hyperparams", "buffer_size:200", "learning_starts:50", "batch_size:8"),
+    )
+    run = tmp_path / ALGO_NAME / "PongNoFrameskip-v4_1"
+    atari = yaml.safe_load(HYPERPARAMS_PATH.read_text())["atari"]
+    config = read_yaml(run / "PongNoFrameskip-v4" / "config.yml")
+    assert config == {**atari, "buffer_size": 200, "learning_starts": 50, "batch_size": 8}
+    model = MPO.load(run / "PongNoFrameskip-v4.zip")
+    assert model.observation_space.shape == (4, 84, 84)  # 4 stacked 84x84 frames, channels first
+    assert type(model.policy).__name__ == "CnnPolicy" and model.num_timesteps == 100
 
 
 @pytest.mark.parametrize(

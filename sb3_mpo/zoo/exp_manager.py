@@ -2,7 +2,6 @@ import inspect
 from typing import Any
 
 import optuna
-import yaml
 from rl_zoo3.exp_manager import ExperimentManager
 
 from sb3_mpo.mpo import NonFiniteError
@@ -12,12 +11,10 @@ from sb3_mpo.zoo.registration import ALGO_NAME, HYPERPARAMS_PATH
 
 class MPOExperimentManager(ExperimentManager):
     """
-    rl_zoo3's ``ExperimentManager`` with four hooks for ``--algo mpo``; every other algorithm runs unchanged.
+    rl_zoo3's ``ExperimentManager`` with three hooks for ``--algo mpo``; every other algorithm runs unchanged.
 
     - The hyperparameters come from the file shipped with sb3-mpo (:data:`~sb3_mpo.zoo.HYPERPARAMS_PATH`)
       unless ``--conf-file`` names another one.
-    - An environment without an entry gets the file's ``default`` block (rl_zoo3's own fallback), announced by the line
-      ``No MPO hyperparameters for <env>: using the default block``.
     - The hyperparameters are checked before any environment is built: an unknown key or a value of the wrong type
       stops the run with a message naming the key.
     - A hyperparameter-search trial whose losses become NaN (:class:`~sb3_mpo.NonFiniteError`) is pruned, as rl_zoo3
@@ -35,14 +32,6 @@ class MPOExperimentManager(ExperimentManager):
             if getattr(arguments["args"], "conf_file", "") is None:
                 arguments["args"].conf_file = arguments["config"]
         super().__init__(**arguments)
-
-    def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        if self.algo == ALGO_NAME and self.config.endswith((".yml", ".yaml")) and not self._is_atari:
-            with open(self.config) as file:
-                entries = yaml.safe_load(file) or {}
-            if self.env_name.gym_id not in entries and "default" in entries:
-                print(f"No MPO hyperparameters for {self.env_name.gym_id}: using the default block of {self.config}")
-        return super().read_hyperparameters()
 
     def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, Any]:
         if self.algo == ALGO_NAME:
