@@ -24,8 +24,8 @@ from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from sb3_mpo import MPO, NonFiniteError
-from sb3_mpo.common.hyperparams import parse_policy_kwargs
+from sb3_mpo import MPO, NonFiniteError, load_hyperparams
+from sb3_mpo.common.hyperparams import parse_policy_kwargs, zoo_entry_to_kwargs
 from sb3_mpo.zoo import ALGO_NAME, HYPERPARAMS_PATH, register
 from sb3_mpo.zoo.checks import check_mpo_hyperparams, check_zoo_entry, matches_annotation
 from sb3_mpo.zoo.cli import main
@@ -77,19 +77,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_shipped_hyperparameters() -> None:
     text = HYPERPARAMS_PATH.read_text()
     entries = yaml.safe_load(text)
-    assert set(SHIPPED_ENVS) | {"default"} == set(entries)
+    assert set(SHIPPED_ENVS) | {"default", "atari"} == set(entries)  # rl_zoo3 reads `atari` for any Atari game
     # every entry merges the one shared block, the MuJoCo ones through HalfCheetah-v5's, which adds their torso
-    assert text.count("<<: *default") + text.count("<<: *mujoco") == len(SHIPPED_ENVS)
+    assert text.count("<<: *default") + text.count("<<: *mujoco") == len(SHIPPED_ENVS) + 1
     assert entries[ENV_ID]["n_timesteps"] == 20_000
-    for env_id in SHIPPED_ENVS:
-        gym.spec(env_id)  # a registered id and version
+    for env_id in [*SHIPPED_ENVS, "atari"]:
+        if env_id != "atari":
+            gym.spec(env_id)  # a registered id and version
         entry = dict(entries[env_id])
         assert set(entries["default"]) <= set(entry)
         check_zoo_entry(entry)
-        del entry["n_timesteps"]
-        if "policy_kwargs" in entry:  # rl_zoo3 evaluates the string before the check, as parse_policy_kwargs reads it
-            entry["policy_kwargs"] = parse_policy_kwargs(entry["policy_kwargs"])
-        check_mpo_hyperparams(entry)
+        # rl_zoo3 takes its experiment keys out and evaluates policy_kwargs before the check, as this reads them
+        check_mpo_hyperparams({**zoo_entry_to_kwargs(entry), "policy": entry["policy"]})
 
 
 def test_register() -> None:
@@ -465,8 +464,6 @@ def test_policy_kwargs_are_read_as_python_evaluates_them(text):
 
 def test_load_hyperparams_gives_an_entry_as_constructor_arguments(tmp_path):
     """An entry merged with its anchor, RL Zoo's experiment keys left out; the `default` block for an unknown id."""
-    from sb3_mpo import load_hyperparams
-
     path = tmp_path / "mpo.yml"
     path.write_text(
         "default: &default\n  policy: 'MlpPolicy'\n  n_timesteps: !!float 1e6\n  gamma: 0.98\n"
@@ -479,3 +476,28 @@ def test_load_hyperparams_gives_an_entry_as_constructor_arguments(tmp_path):
     path.write_text("Task-v0:\n  gamma: 0.98\n")
     with pytest.raises(ValueError, match=re.escape("env_id='Unknown-v0' has no entry in")):
         load_hyperparams("Unknown-v0", path)
+
+
+def test_load_hyperparams_reads_atari_train_freq_and_schedules_as_rl_zoo3(tmp_path):
+    """
+    An Atari game without an entry gets the `atari` entry (rl_zoo3's choice), a `train_freq` list becomes SB3's tuple
+    and `lin_<float>` becomes a schedule equal to rl_zoo3's `linear_schedule` at every point of the training.
+    """
+    path = tmp_path / "mpo.yml"
+    path.write_text(
+        "default: &default\n  gamma: 0.98\n"
+        "atari:\n  <<: *default\n  policy: 'CnnPolicy'\n  frame_stack: 4\n  buffer_size: 100000\n"
+        "Task-v0:\n  <<: *default\n  train_freq: [1, 'episode']\n  learning_rate: lin_7.3e-4\n"
+    )
+    assert load_hyperparams("PongNoFrameskip-v4", path) == {"gamma": 0.98, "buffer_size": 100000}
+    assert load_hyperparams("CartPole-v1", path) == {"gamma": 0.98}
+    kwargs = load_hyperparams("Task-v0", path)
+    assert kwargs["train_freq"] == (1, "episode")
+    reference = rl_zoo3.linear_schedule(7.3e-4)
+    for progress_remaining in (1.0, 0.6, 0.25, 0.0):
+        assert kwargs["learning_rate"](progress_remaining) == pytest.approx(reference(progress_remaining), rel=1e-12)
+    model = MPO("MlpPolicy", "Pendulum-v1", **kwargs)  # the constructor accepts both as they come
+    assert model.train_freq.frequency == 1 and model.lr_schedule(0.5) == pytest.approx(3.65e-4)
+    path.write_text("Task-v0:\n  learning_rate: lin_fast\n")
+    with pytest.raises(ValueError, match=re.escape("learning_rate='lin_fast' is not a linear schedule 'lin_<float>'")):
+        load_hyperparams("Task-v0", path)

@@ -1,10 +1,13 @@
 """The tuned MPO hyperparameters shipped with the package (RL Zoo format), for use outside RL Zoo."""
 
 import ast
+import contextlib
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import yaml
+from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
 HYPERPARAMS_PATH = Path(__file__).parent.parent / "hyperparams" / "mpo.yml"
@@ -59,8 +62,9 @@ def parse_policy_kwargs(text: str) -> dict[str, Any]:
 
 def zoo_entry_to_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
     """
-    Constructor keyword arguments from one RL Zoo entry: experiment-level keys are dropped and ``policy_kwargs``
-    strings are parsed.
+    Constructor keyword arguments from one RL Zoo entry, read as RL Zoo reads them: experiment-level keys are dropped,
+    ``policy_kwargs`` strings are parsed, a ``train_freq`` list (YAML has no tuples) becomes a tuple, and a learning
+    rate ``lin_<float>`` becomes RL Zoo's linear schedule from that value down to 0 over the training.
 
     :param entry: An entry of an RL Zoo hyperparameter file
     :return: Keyword arguments for the algorithm's constructor
@@ -68,13 +72,38 @@ def zoo_entry_to_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
     kwargs = {key: value for key, value in entry.items() if key not in ZOO_ONLY_KEYS}
     if isinstance(kwargs.get("policy_kwargs"), str):
         kwargs["policy_kwargs"] = parse_policy_kwargs(kwargs["policy_kwargs"])
+    if isinstance(kwargs.get("train_freq"), list):
+        kwargs["train_freq"] = tuple(kwargs["train_freq"])
+    learning_rate = kwargs.get("learning_rate")
+    if isinstance(learning_rate, str) and learning_rate.startswith("lin_"):
+        try:
+            kwargs["learning_rate"] = LinearSchedule(float(learning_rate.removeprefix("lin_")), 0.0, 1.0)
+        except ValueError as error:
+            raise ValueError(f"learning_rate={learning_rate!r} is not a linear schedule 'lin_<float>'") from error
     return kwargs
+
+
+def is_atari(env_id: str) -> bool:
+    """
+    Whether gymnasium builds ``env_id`` with ALE's ``AtariEnv`` (importing ``ale_py``, where installed, registers the
+    games): the test by which rl_zoo3 gives an Atari game without an entry of its own the file's ``atari`` entry.
+
+    :param env_id: Gymnasium environment id
+    """
+    with contextlib.suppress(ImportError):
+        import ale_py  # noqa: F401
+    try:
+        entry_point = gym.spec(env_id).entry_point
+    except gym.error.Error:
+        return False
+    return "AtariEnv" in str(entry_point)
 
 
 def load_hyperparams(env_id: str, path: Path = HYPERPARAMS_PATH) -> dict[str, Any]:
     """
-    MPO's tuned constructor arguments for ``env_id``, from the shipped RL Zoo file (its ``default`` block when the
-    environment has no entry): the settings RL Zoo's ``train`` uses, for a script of your own. The MuJoCo entries share
+    MPO's tuned constructor arguments for ``env_id``, from the shipped RL Zoo file (when the environment has no entry,
+    the file's ``atari`` entry for an Atari game and its ``default`` block otherwise, as rl_zoo3 chooses): the
+    settings RL Zoo's ``train`` uses, for a script of your own. The MuJoCo entries share
     one block, so ``load_hyperparams("HalfCheetah-v5")`` is also the measured starting point for another MuJoCo task.
 
     .. code-block:: python
@@ -83,11 +112,18 @@ def load_hyperparams(env_id: str, path: Path = HYPERPARAMS_PATH) -> dict[str, An
 
     :param env_id: Gymnasium environment id
     :param path: Hyperparameter file in RL Zoo's format
-    :return: Keyword arguments for :class:`~sb3_mpo.MPO` (the entry's experiment-level keys, such as ``n_timesteps``
-        and ``normalize``, are left out: they configure RL Zoo's experiment, not the algorithm)
+    :return: Keyword arguments for :class:`~sb3_mpo.MPO` (the entry's experiment-level keys, such as ``n_timesteps``,
+        ``policy``, ``normalize`` and Atari's ``env_wrapper`` and ``frame_stack``, are left out: they configure RL Zoo's
+        experiment, not the algorithm)
     """
     with open(path) as file:
         entries = yaml.safe_load(file)
-    if env_id not in entries and "default" not in entries:
+    if env_id in entries:
+        name = env_id
+    elif "atari" in entries and is_atari(env_id):
+        name = "atari"
+    elif "default" in entries:
+        name = "default"
+    else:
         raise ValueError(f"env_id={env_id!r} has no entry in {path}, which has no `default` block either")
-    return zoo_entry_to_kwargs(dict(entries.get(env_id, entries.get("default"))))
+    return zoo_entry_to_kwargs(dict(entries[name]))
