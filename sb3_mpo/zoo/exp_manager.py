@@ -17,8 +17,9 @@ class MPOExperimentManager(ExperimentManager):
       unless ``--conf-file`` names another one.
     - The hyperparameters are checked before any environment is built: an unknown key or a value of the wrong type
       stops the run with a message naming the key.
-    - A hyperparameter-search trial whose losses become NaN (:class:`~sb3_mpo.NonFiniteError`) is pruned, as rl_zoo3
-      prunes trials that fail with ``ValueError``, instead of stopping the whole search.
+    - A hyperparameter-search trial that meets a NaN or infinite loss, observation or reward
+      (:class:`~sb3_mpo.NonFiniteError`) is pruned, as rl_zoo3 prunes trials that fail with ``ValueError``, instead
+      of stopping the whole search.
 
     Takes exactly the arguments of rl_zoo3's ``ExperimentManager``.
     """
@@ -45,5 +46,5 @@ class MPOExperimentManager(ExperimentManager):
         try:
             return super().objective(trial)
         except NonFiniteError as error:
-            print(f"Trial {trial.number} diverged and is pruned: {error}")
+            print(f"Trial {trial.number} met a non-finite value and is pruned: {error}")
             raise optuna.TrialPruned(str(error)) from error
