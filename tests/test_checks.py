@@ -41,7 +41,9 @@ TINY = dict(batch_size=16, n_action_samples=4, policy_kwargs=dict(net_arch=[8]))
         ("segment_length", "8", "a positive integer"),
         ("segment_length", 2.5, "a positive integer"),
         ("n_action_samples", 2.5, "an integer >= 2"),
-        ("init_temperature", float("inf"), "a finite positive float"),
+        ("init_temperature", float("inf"), r"a finite float > 1e-08 \(the multipliers' floor\)"),
+        ("init_alpha_std", 5e-9, r"a finite float > 1e-08 \(the multipliers' floor\)"),
+        ("init_alpha_mean", 1e-8, r"a finite float > 1e-08 \(the multipliers' floor\)"),
         ("dual_learning_rate", float("inf"), "a finite positive float"),
         ("max_grad_norm", float("nan"), "a finite positive float or None"),
         ("epsilon_penalty", float("inf"), "a finite positive float or None"),
@@ -77,6 +79,12 @@ def test_numeric_string_gets_the_yaml_hint() -> None:
         (dict(init_std="0.5"), r"policy_kwargs\['init_std'\]='0\.5' is invalid, expected a finite positive float.*!!float"),
         (dict(min_std=float("inf")), r"policy_kwargs\['min_std'\]=inf is invalid, expected a finite positive float"),
         (dict(action_bounding="sigmoid"), r"policy_kwargs\['action_bounding'\]='sigmoid' is invalid, expected one of"),
+        # checked without batch_renorm=True too, as every other key
+        (
+            dict(batch_norm_momentum=1.5),
+            r"policy_kwargs\['batch_norm_momentum'\]=1\.5 is invalid, expected a float in \(0, 1\]",
+        ),
+        (dict(renorm_warmup_steps=0.5), r"policy_kwargs\['renorm_warmup_steps'\]=0\.5 is invalid, expected a non-negative"),
         (dict(net_arc=[64]), r"'policy_kwargs' key 'net_arc' for MPOPolicy\. Did you mean 'net_arch'\?"),
         (dict(action_space=spaces.Discrete(2)), r"'policy_kwargs' key 'action_space' is set by MPO itself"),
     ],

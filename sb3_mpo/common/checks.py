@@ -18,6 +18,8 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import numpy as np
 
+from sb3_mpo.mpo.losses import MULTIPLIER_FLOOR
+
 #: Policy arguments that MPO itself fills in
 SET_BY_MPO: frozenset[str] = frozenset({"observation_space", "action_space", "lr_schedule"})
 #: Buffer attributes that decide what a sample holds: segment length (Retrace), n-step horizon and its discount
@@ -86,9 +88,14 @@ def optional(requirement: Requirement) -> Requirement:
     return Requirement(lambda value: value is None or requirement.accepts(value), f"{requirement.description} or None")
 
 
-#: The most common requirements: counts and sizes, and bounds, learning rates and initial multipliers
+#: The most common requirements: counts and sizes, and bounds and learning rates
 POSITIVE_INTEGER = integer_at_least(1)
 POSITIVE_FLOAT = Requirement(lambda value: is_finite_number(value) and value > 0, "a finite positive float")
+#: An initial temperature or Lagrange multiplier, which lies above the multipliers' floor
+INITIAL_MULTIPLIER = Requirement(
+    lambda value: is_finite_number(value) and value > MULTIPLIER_FLOOR,
+    f"a finite float > {MULTIPLIER_FLOOR} (the multipliers' floor)",
+)
 
 
 def _is_learning_rate(value: Any) -> bool:
@@ -152,9 +159,9 @@ MPO_ARGUMENTS: dict[str, Requirement] = {
     "epsilon_std": POSITIVE_FLOAT,
     "epsilon_policy": POSITIVE_FLOAT,
     "epsilon_penalty": optional(POSITIVE_FLOAT),
-    "init_temperature": POSITIVE_FLOAT,
-    "init_alpha_mean": POSITIVE_FLOAT,
-    "init_alpha_std": POSITIVE_FLOAT,
+    "init_temperature": INITIAL_MULTIPLIER,
+    "init_alpha_mean": INITIAL_MULTIPLIER,
+    "init_alpha_std": INITIAL_MULTIPLIER,
     "dual_learning_rate": POSITIVE_FLOAT,
     "max_grad_norm": optional(POSITIVE_FLOAT),
     "target_update_interval": POSITIVE_INTEGER,
@@ -170,6 +177,8 @@ POLICY_ARGUMENTS: dict[str, Requirement] = {
     "init_std": POSITIVE_FLOAT,
     "min_std": POSITIVE_FLOAT,
     "critic_mixture_init_scale": optional(POSITIVE_FLOAT),
+    "batch_norm_momentum": fraction(include_zero=False),
+    "renorm_warmup_steps": integer_at_least(0),
 }
 
 

@@ -119,7 +119,7 @@ class LagrangeMultipliers(nn.Module):
         self,
         init_temperatures: tuple[float, ...],
         alphas: dict[str, tuple[float, int]],
-        floor: float = 1e-8,
+        floor: float = losses.MULTIPLIER_FLOOR,
         learn_temperatures: bool = True,
     ):
         super().__init__()

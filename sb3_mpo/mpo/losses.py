@@ -15,8 +15,11 @@ import torch as th
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+#: The smallest value a temperature or Lagrange multiplier takes (:func:`positive`)
+MULTIPLIER_FLOOR = 1e-8
 
-def positive(raw: th.Tensor, floor: float = 1e-8) -> th.Tensor:
+
+def positive(raw: th.Tensor, floor: float = MULTIPLIER_FLOOR) -> th.Tensor:
     """
     Map an unconstrained parameter to a strictly positive multiplier: ``softplus(raw) + floor``.
     Used for the temperature η and the Lagrange multipliers α (the paper requires η > 0 and α > 0).
@@ -28,7 +31,7 @@ def positive(raw: th.Tensor, floor: float = 1e-8) -> th.Tensor:
     return F.softplus(raw) + floor
 
 
-def inverse_positive(value: float, floor: float = 1e-8) -> float:
+def inverse_positive(value: float, floor: float = MULTIPLIER_FLOOR) -> float:
     """
     Inverse of :func:`positive`: the raw parameter whose multiplier is ``value``.
 
@@ -41,7 +44,7 @@ def inverse_positive(value: float, floor: float = 1e-8) -> float:
     return float(inverse_positive_tensor(th.tensor(value, dtype=th.float64), floor))
 
 
-def inverse_positive_tensor(values: th.Tensor, floor: float = 1e-8) -> th.Tensor:
+def inverse_positive_tensor(values: th.Tensor, floor: float = MULTIPLIER_FLOOR) -> th.Tensor:
     """
     Inverse of :func:`positive` for a tensor, e.g. multipliers set from a computed value (:func:`inverse_positive`
     is this for one float).

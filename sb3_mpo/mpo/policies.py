@@ -561,14 +561,6 @@ class MPOPolicy(BasePolicy):
         self.check_n_critics(n_critics, action_space, critic_support is not None or critic_mixture is not None)
         if batch_renorm:
             self.check_batch_renorm(action_space, residual)
-            if not 0.0 < batch_norm_momentum <= 1.0:
-                raise ValueError(
-                    f"MPOPolicy: batch_norm_momentum={batch_norm_momentum!r} is invalid, expected a float in (0, 1]"
-                )
-            if isinstance(renorm_warmup_steps, bool) or not isinstance(renorm_warmup_steps, int) or renorm_warmup_steps < 0:
-                raise ValueError(
-                    f"MPOPolicy: renorm_warmup_steps={renorm_warmup_steps!r} is invalid, expected an integer >= 0"
-                )
         if residual and layer_norm:
             raise ValueError(
                 "MPOPolicy: residual=True is invalid with layer_norm=True, expected one of the two torsos (SimBa's "
