@@ -114,7 +114,8 @@ class MPO(OffPolicyAlgorithm):
     :param epsilon_std: Bound ε_Σ on the covariance half of the M-step trust region (``Box`` only)
     :param epsilon_policy: Bound on KL(π_old || π) in the M-step of a categorical policy (``Discrete`` only)
     :param epsilon_penalty: Bound on the KL of the action-penalty E-step (MO-MPO), used with the ``"clip"`` action
-        bounding; ``None`` switches action penalisation off
+        bounding; ``None`` switches action penalisation off. The parametric improvement has no E-step: it adds the
+        penalty −‖a − clip(a)‖² to the advantage (in the critic's units), so there only ``None`` or not counts
     :param per_dim_constraints: One trust region (and multiplier) per action dimension rather than a joint one
         (``Box`` only)
     :param policy_improvement: ``"nonparametric"`` (the default): the E-step re-weights N samples of the target policy
