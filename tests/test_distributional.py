@@ -110,7 +110,7 @@ def test_critic_loss_is_the_cross_entropy_to_the_projected_shifted_target() -> N
 def test_categorical_critic_outputs_logits_and_its_values_are_their_means() -> None:
     model = categorical_model(policy_kwargs={"layer_norm": True})
     critic = model.critic
-    assert isinstance(critic, SampledCritic) and critic.distributional
+    assert isinstance(critic, SampledCritic) and critic.distribution == "categorical"
     observations, actions = th.randn(4, 3), th.rand(6, 4, 1) * 2 - 1
     logits = critic.sampled_outputs(observations, actions)
     assert logits.shape == (6, 4, 11)

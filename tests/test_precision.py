@@ -10,7 +10,7 @@ from torch import nn
 from sb3_mpo import MPO
 from sb3_mpo.common import precision as hardware
 from sb3_mpo.mpo.policies import SampledCritic
-from sb3_mpo.mpo.torsos import linear_in, modules_in
+from sb3_mpo.mpo.torsos import linear_as, modules_in
 
 
 def small_model(**kwargs: Any) -> MPO:
@@ -37,18 +37,19 @@ def sampled_batch(critic: SampledCritic, n_samples: int = 20, n_states: int = 64
     return observations, actions
 
 
-def test_linear_in_bfloat16_is_the_rounded_layer_up_to_one_rounding_of_its_output() -> None:
+def test_linear_as_bfloat16_is_the_rounded_layer_up_to_one_rounding_of_its_output() -> None:
     """Against float64 arithmetic on the bfloat16-rounded inputs, weight and bias: one bfloat16 rounding apart."""
     generator = th.Generator().manual_seed(0)
     layer = nn.Linear(64, 32)
     inputs = th.randn(100, 64, generator=generator)
-    result = linear_in(th.bfloat16, layer, inputs)
+    raw = linear_as(th.bfloat16, layer, inputs)
+    assert raw.dtype == th.bfloat16  # left in the type it ran in
+    result = raw.float()
     rounded = [tensor.detach().to(th.bfloat16).double() for tensor in (inputs, layer.weight, layer.bias)]
     reference = th.nn.functional.linear(*rounded)
-    assert result.dtype == th.float32
     assert th.all((result.double() - reference).abs() <= 2.0**-8 * reference.abs() + 1e-6)
     assert not th.equal(result, layer(inputs)), "the product ran in float32"
-    assert th.equal(linear_in(th.float32, layer, inputs), layer(inputs))
+    assert th.equal(linear_as(th.float32, layer, inputs), layer(inputs))
 
 
 @pytest.mark.parametrize(
@@ -97,7 +98,7 @@ def test_activations_between_bfloat16_layers_stay_bfloat16_and_the_last_one_floa
         assert received == [th.bfloat16, th.bfloat16, th.float32], "between two products in bfloat16, the last in float32"
         reference = inputs
         for layer in layers:
-            reference = linear_in(th.bfloat16, layer, reference) if isinstance(layer, nn.Linear) else layer(reference)
+            reference = linear_as(th.bfloat16, layer, reference).float() if isinstance(layer, nn.Linear) else layer(reference)
         kept = modules_in(th.bfloat16, [nn.Sequential(*layers[:2]), *layers[2:]], inputs)  # nested containers opened
         # the last activation in float32, on the last product's output
         th.testing.assert_close(kept, activation_fn()(modules_in(th.bfloat16, layers[:-1], inputs)), rtol=0, atol=0)

@@ -69,8 +69,8 @@ def collapsed_exploration(std_mean: float, min_std: float, factor: float, env_st
 
 def diverged_critic(q_mean: float, rewards: np.ndarray, gamma: float, factor: float, env_step: int) -> str | None:
     """
-    A critic whose mean value lies beyond any return the rewards allow has diverged (MPO trains one critic, without
-    the clipped double-Q of SAC and TD3), and the E-step then ranks actions by noise.
+    A critic whose mean value lies beyond any return the rewards allow has diverged (MPO's critic, by default one network
+    without the clipped double-Q of SAC and TD3, can overestimate), and the E-step then ranks actions by noise.
 
     :param q_mean: The critic's mean Q-value over the last batches
     :param rewards: The rewards in replay, as the critic sees them

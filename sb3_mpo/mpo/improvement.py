@@ -124,7 +124,6 @@ class LagrangeMultipliers(nn.Module):
     ):
         super().__init__()
         self.floor = floor
-        self.alpha_names = tuple(alphas)
         raw_temperatures = th.tensor([losses.inverse_positive(init, floor) for init in init_temperatures])
         if learn_temperatures:
             self.raw_temperatures = nn.Parameter(raw_temperatures)
@@ -212,7 +211,9 @@ class PolicyImprovement(ABC):
         :param critic: The online or the target critic
         :param observations: B states
         :param actions: The stored actions (Gaussian-space, or action indices), shape (B, action_dim)
-        :return: Q(s, a), shape (B, 1), or each network's of an ensemble of critics, (B, n_critics)
+        :return: The critic's outputs at the pairs: Q(s, a), shape (B, 1), or each network's of an ensemble of critics,
+            (B, n_critics); for a distributional critic its logits or mixture parameters, which the n-step evaluation
+            scores as distributions instead of calling this
         """
 
     @abstractmethod

@@ -90,7 +90,7 @@ def e_step_weights(q_values: th.Tensor, temperature: th.Tensor) -> th.Tensor:
 
     :param q_values: Q(s, a_j), shape (N, B), or (..., N, B) for several objectives with temperatures (..., 1, 1)
     :param temperature: η > 0
-    :return: Weights q_j(s), shape (N, B), summing to one over the samples of each state; no gradient flows
+    :return: Weights q_j(s), shaped like ``q_values``, summing to one over the samples of each state; no gradient flows
     """
     return th.softmax(q_values.detach() / temperature.detach(), dim=-2)
 

@@ -132,7 +132,8 @@ class MPO(OffPolicyAlgorithm):
         KL(q || π_old) = ε whatever the scale of the rewards; ``"gradient"`` takes one Adam step on the dual per update
         (``dual_learning_rate``), as DeepMind's and Tonic's implementations do, so η moves slowly under large rewards
     :param init_temperature: Initial temperature η (and initial temperature of the action penalty); with
-        ``temperature_update="solve"`` only the value logged before the first update
+        ``temperature_update="solve"`` only the value logged before the first update and the first solve's starting
+        guess (the solve finds the same η from any)
     :param init_alpha_mean: Initial multiplier α_μ (with ``Discrete`` actions: the initial α of ``epsilon_policy``)
     :param init_alpha_std: Initial multiplier α_Σ
     :param dual_learning_rate: Learning rate of the Adam optimiser of the temperatures and multipliers

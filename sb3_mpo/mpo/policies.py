@@ -345,11 +345,6 @@ class SampledCritic(ContinuousCritic):
                 if getattr(module, "inplace", None) is False:
                     setattr(module, "inplace", True)  # noqa: B010  (nn.Module attribute typing)
 
-    @property
-    def distributional(self) -> bool:
-        """Whether the critic outputs a distribution of returns rather than their expectation."""
-        return self.distribution != "expected"
-
     def mixture(self, outputs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
         :param outputs: A mixture critic's outputs, shape (..., 3·M)
@@ -387,8 +382,8 @@ class SampledCritic(ContinuousCritic):
             :func:`~sb3_mpo.mpo.torsos.modules_in`); the first layer and the activation after it, the normalisations,
             the last hidden activation and the output layer run in float32, so that the outputs keep float32's
             resolution
-        :return: The outputs, shape (N, B, 1) (an ensemble's smallest value), or (N, B, n_atoms) logits for a categorical
-            critic
+        :return: The outputs, shape (N, B, 1) (an ensemble's smallest value), (N, B, n_atoms) logits for a categorical
+            critic, or (N, B, 3·M) for a mixture of M Gaussians (:meth:`mixture`)
         """
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
             features = self.extract_features(obs, self.features_extractor)

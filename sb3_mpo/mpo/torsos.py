@@ -30,28 +30,16 @@ def layer_norm_input_block(network: nn.Module) -> None:
         network[1] = nn.Sequential(nn.LayerNorm(network[0].out_features), nn.Tanh())
 
 
-def linear_in(dtype: th.dtype, layer: nn.Linear, inputs: th.Tensor) -> th.Tensor:
-    """
-    A float32 linear layer computed in another floating-point type: inputs, weight and bias rounded to ``dtype``, the
-    result returned in float32. With ``torch.bfloat16`` the matrix product runs on the bfloat16 units of the hardware
-    (AMX or AVX512-BF16 on recent x86 CPUs, tensor cores on GPUs), which accumulate in float32.
-
-    :param dtype: The type to compute in (``torch.float32``: the layer itself)
-    :param layer: The layer, whose parameters stay float32
-    :param inputs: Its float32 inputs
-    :return: ``layer(inputs)``, computed in ``dtype``, as float32
-    """
-    if dtype == th.float32:
-        return layer(inputs)
-    return linear_as(dtype, layer, inputs).float()
-
-
 def linear_as(dtype: th.dtype, layer: "nn.Linear | FoldedLinear", inputs: th.Tensor) -> th.Tensor:
     """
-    :param dtype: The type to compute in
+    A float32 linear layer computed in another floating-point type: inputs, weight and bias rounded to ``dtype``. With
+    ``torch.bfloat16`` the matrix product runs on the bfloat16 units of the hardware (AMX or AVX512-BF16 on recent x86
+    CPUs, tensor cores on GPUs), which accumulate in float32.
+
+    :param dtype: The type to compute in (``torch.float32``: the layer itself)
     :param layer: A float32 linear layer (or :class:`FoldedLinear`), whose parameters stay float32
     :param inputs: Its inputs, of any floating-point type
-    :return: ``layer(inputs)`` with inputs, weight and bias rounded to ``dtype``, left in ``dtype`` (see :func:`linear_in`)
+    :return: ``layer(inputs)`` with inputs, weight and bias rounded to ``dtype``, left in ``dtype``
     """
     bias = None if layer.bias is None else layer.bias.to(dtype)
     return F.linear(inputs.to(dtype), layer.weight.to(dtype), bias)
