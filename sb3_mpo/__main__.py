@@ -1,18 +1,21 @@
 """
-Train MPO on a small task, printing an evaluation every few thousand steps, then the final evaluated return:
-``python -m sb3_mpo [--env Pendulum-v1] [--steps 20000]``.
+Train MPO with the settings shipped for RL Zoo, printing an evaluation every few thousand steps, then the final
+evaluated return: ``python -m sb3_mpo [--env Pendulum-v1] [--steps 20000]``.
 """
 
 import argparse
 import time
+from typing import TypeVar
 
-import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_mpo import MPO
-from sb3_mpo.common.hyperparams import load_hyperparams
+from sb3_mpo.common.hyperparams import load_entry, zoo_entry_to_kwargs
+from sb3_mpo.common.threads import set_torch_threads
+
+SelfMPO = TypeVar("SelfMPO", bound=MPO)
 
 #: What a score means, for the environments a first run is likely to use
 REFERENCE_SCORES = {
@@ -48,13 +51,32 @@ def build_parser(prog: str = "python -m sb3_mpo", description: str | None = None
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--env", default="Pendulum-v1", help="Gymnasium environment id (Box or Discrete actions)")
-    parser.add_argument("--steps", type=int, default=20_000, help="environment steps of training")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="environment steps of training; unset, the entry's n_timesteps"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-freq", type=int, default=2_000, help="steps between progress evaluations")
     parser.add_argument("--eval-episodes", type=int, default=10, help="deterministic episodes of the final evaluation")
     parser.add_argument("--save", default=None, help="where to save the trained model (.zip)")
     parser.add_argument("-v", "--verbose", type=int, default=0)
     return parser
+
+
+def build_model(args: argparse.Namespace, algo_class: type[SelfMPO] = MPO) -> SelfMPO:  # type: ignore[assignment]
+    """
+    The model of the parsed command line, with the entry of the shipped RL Zoo file for ``args.env`` (see
+    :func:`~sb3_mpo.common.hyperparams.load_entry`); ``args.steps`` left unset becomes the entry's ``n_timesteps``.
+    Sets the torch threads first (:func:`~sb3_mpo.common.threads.set_torch_threads`).
+
+    :param args: The parsed command line of :func:`build_parser`, completed in place
+    :param algo_class: MPO, or a subclass such as :class:`~sb3_mpo.distributed.DistributedMPO`
+    :return: The model, not yet trained
+    """
+    set_torch_threads()
+    entry = load_entry(args.env)
+    if args.steps is None:
+        args.steps = int(entry["n_timesteps"])
+    return algo_class("MlpPolicy", args.env, seed=args.seed, verbose=args.verbose, **zoo_entry_to_kwargs(entry))
 
 
 def train_and_report(args: argparse.Namespace, model: MPO, chief: bool = True, label: str = "MPO") -> None:
@@ -90,9 +112,7 @@ def train_and_report(args: argparse.Namespace, model: MPO, chief: bool = True, l
 
 def main() -> None:
     args = build_parser().parse_args()
-    th.set_num_threads(1)  # small networks: one thread is fastest on CPU
-    model = MPO("MlpPolicy", args.env, seed=args.seed, verbose=args.verbose, **load_hyperparams(args.env))
-    train_and_report(args, model)
+    train_and_report(args, build_model(args))
 
 
 if __name__ == "__main__":

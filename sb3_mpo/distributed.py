@@ -32,7 +32,6 @@ update, is the bottleneck.
 """
 
 import contextlib
-import os
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -42,7 +41,6 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from stable_baselines3.common.logger import configure
 
-from sb3_mpo.common.hyperparams import load_hyperparams
 from sb3_mpo.mpo.mpo import MPO, NonFiniteError, optimized_parameters
 from sb3_mpo.mpo.torsos import SharedBatchRenorm
 
@@ -182,7 +180,7 @@ class DistributedMPO(MPO):
 
 def main() -> None:
     """``torchrun --nproc-per-node G -m sb3_mpo.distributed [--env ...]``: the main job, on G workers."""
-    from sb3_mpo.__main__ import build_parser, train_and_report
+    from sb3_mpo.__main__ import build_model, build_parser, train_and_report
 
     parser = build_parser(
         prog="torchrun --nproc-per-node G -m sb3_mpo.distributed",
@@ -192,10 +190,9 @@ def main() -> None:
     parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"], help="torch.distributed backend")
     parser.add_argument("--timeout-seconds", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="collective timeout")
     args = parser.parse_args()
-    th.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     init_workers(args.backend, args.timeout_seconds)
     try:
-        model = DistributedMPO("MlpPolicy", args.env, seed=args.seed, verbose=args.verbose, **load_hyperparams(args.env))
+        model = build_model(args, DistributedMPO)
         label = f"MPO ({model.world_size} workers)"
         train_and_report(args, model, chief=model.is_chief, label=label)
     finally:

@@ -5,8 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch as th
 from torch import nn
 
+from sb3_mpo.__main__ import build_model, build_parser
+from sb3_mpo.common.hyperparams import load_hyperparams
 from sb3_mpo.mpo.torsos import SharedBatchRenorm
 
 
@@ -29,6 +33,24 @@ def test_main_job_prints_progress_and_final_evaluation(tmp_path):
     assert re.search(r"mean return -?\d+\.\d \+/- \d+\.\d over 2 deterministic evaluation episodes", out)
     assert "-200 or above is solved" in out
     assert (tmp_path / "model.zip").exists()
+
+
+@pytest.mark.parametrize("flags, steps", [([], 50_000), (["--steps", "700"], 700)])
+def test_main_job_trains_an_entry_for_its_budget_with_one_thread_unless_told(monkeypatch, flags, steps):
+    """Without --steps the main job trains for the entry's n_timesteps, as rl_zoo3's train does, with its settings."""
+    args = build_parser().parse_args(["--env", "CartPole-v1", *flags])
+    before = th.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        model = build_model(args)
+        assert args.steps == steps and th.get_num_threads() == 1
+        entry = load_hyperparams("CartPole-v1")
+        assert (model.learning_rate, model.q_target, model.n_steps) == (entry["learning_rate"], "n_step", entry["n_steps"])
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        build_model(args)
+        assert th.get_num_threads() == 2
+    finally:
+        th.set_num_threads(before)
 
 
 def readme_python_example() -> str:

@@ -26,6 +26,7 @@ from torch import nn
 
 from sb3_mpo import MPO, NonFiniteError, load_hyperparams
 from sb3_mpo.common.hyperparams import parse_policy_kwargs, zoo_entry_to_kwargs
+from sb3_mpo.common.threads import set_torch_threads
 from sb3_mpo.zoo import ALGO_NAME, HYPERPARAMS_PATH, register
 from sb3_mpo.zoo.checks import check_mpo_hyperparams, check_zoo_entry, matches_annotation
 from sb3_mpo.zoo.cli import main
@@ -423,8 +424,6 @@ def test_record_video_and_plots(trained: Path, tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.parametrize("environ, expected", [({}, 1), ({"OMP_NUM_THREADS": "2"}, 2)])
 def test_zoo_commands_run_with_one_torch_thread_unless_told(environ, expected):
-    from sb3_mpo.zoo.cli import set_torch_threads
-
     before = th.get_num_threads()
     try:
         assert set_torch_threads(environ) == expected and th.get_num_threads() == expected

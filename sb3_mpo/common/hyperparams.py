@@ -99,6 +99,28 @@ def is_atari(env_id: str) -> bool:
     return "AtariEnv" in str(entry_point)
 
 
+def load_entry(env_id: str, path: Path = HYPERPARAMS_PATH) -> dict[str, Any]:
+    """
+    The entry of an RL Zoo file that rl_zoo3 would train ``env_id`` with, merged with its anchors: its own, else the
+    file's ``atari`` entry for an Atari game, else its ``default`` block.
+
+    :param env_id: Gymnasium environment id
+    :param path: Hyperparameter file in RL Zoo's format
+    :return: The entry as written, experiment-level keys (``n_timesteps``, ``policy``, ...) included
+    """
+    with open(path) as file:
+        entries = yaml.safe_load(file)
+    if env_id in entries:
+        name = env_id
+    elif "atari" in entries and is_atari(env_id):
+        name = "atari"
+    elif "default" in entries:
+        name = "default"
+    else:
+        raise ValueError(f"env_id={env_id!r} has no entry in {path}, which has no `default` block either")
+    return dict(entries[name])
+
+
 def load_hyperparams(env_id: str, path: Path = HYPERPARAMS_PATH) -> dict[str, Any]:
     """
     MPO's tuned constructor arguments for ``env_id``, from the shipped RL Zoo file (when the environment has no entry,
@@ -116,14 +138,4 @@ def load_hyperparams(env_id: str, path: Path = HYPERPARAMS_PATH) -> dict[str, An
         ``policy``, ``normalize`` and Atari's ``env_wrapper`` and ``frame_stack``, are left out: they configure RL Zoo's
         experiment, not the algorithm)
     """
-    with open(path) as file:
-        entries = yaml.safe_load(file)
-    if env_id in entries:
-        name = env_id
-    elif "atari" in entries and is_atari(env_id):
-        name = "atari"
-    elif "default" in entries:
-        name = "default"
-    else:
-        raise ValueError(f"env_id={env_id!r} has no entry in {path}, which has no `default` block either")
-    return zoo_entry_to_kwargs(dict(entries[name]))
+    return zoo_entry_to_kwargs(load_entry(env_id, path))

@@ -7,17 +7,15 @@ flag works; ``--algo mpo`` reads sb3-mpo's hyperparameter file unless ``--conf-f
 
 import argparse
 import importlib.util
-import os
 import runpy
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import torch as th
-
+from sb3_mpo.common.threads import set_torch_threads
 from sb3_mpo.zoo.registration import register
 
 
@@ -125,17 +123,3 @@ def main(argv: Sequence[str] | None = None, prog: str = "sb3-mpo-zoo") -> None:
     set_torch_threads()
     with _argv([f"{prog} {parsed.command}", *parsed.flags]):
         COMMANDS[parsed.command]()
-
-
-def set_torch_threads(environ: Mapping[str, str] = os.environ) -> int:
-    """
-    Run with one torch thread unless ``OMP_NUM_THREADS`` says otherwise, as ``python -m sb3_mpo`` and the benchmark
-    runner do: RL Zoo's networks are small, and on a 2-core machine with another process running, 1,000 zoo training
-    steps of MPO took 27-42 s with one thread against 141-150 s with torch's default (one per core).
-
-    :param environ: The process environment
-    :return: The number of threads set
-    """
-    threads = int(environ.get("OMP_NUM_THREADS", 1))
-    th.set_num_threads(threads)
-    return threads
