@@ -1,5 +1,6 @@
 """Trajectory-segment replay for critics that learn from several consecutive steps (Retrace, n-step returns)."""
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -10,6 +11,17 @@ from stable_baselines3.common.type_aliases import PyTorchObs, ReplayBufferSample
 from stable_baselines3.common.vec_env import VecNormalize
 
 NumpyObs = np.ndarray | dict[str, np.ndarray]
+
+
+def map_observations(function: Callable[[Any], Any], observations: Any) -> Any:
+    """
+    :param function: What to do to one array or tensor of observations
+    :param observations: A batch of observations, or a dict of them (``Dict`` observation spaces)
+    :return: ``function`` applied to the batch, or to each batch of the dict
+    """
+    if isinstance(observations, dict):
+        return {key: function(value) for key, value in observations.items()}
+    return function(observations)
 
 
 class SegmentSamples(NamedTuple):
@@ -205,9 +217,7 @@ class SegmentReplayBuffer(ReplayBuffer):
 
     @staticmethod
     def _index_obs(observations: NumpyObs, *indices: Any) -> NumpyObs:
-        if isinstance(observations, dict):
-            return {key: array[indices] for key, array in observations.items()}
-        return observations[indices]
+        return map_observations(lambda array: array[indices], observations)
 
     def sample(  # type: ignore[override]
         self, batch_size: int, env: VecNormalize | None = None, replay_fraction: float = 1.0
@@ -276,9 +286,7 @@ class SegmentReplayBuffer(ReplayBuffer):
 
     def _to_torch(self, array: NumpyObs) -> Any:
         """Convert freshly gathered arrays (or a dict of them) to tensors, sharing their memory on CPU."""
-        if isinstance(array, dict):
-            return {key: self.to_torch(value, copy=False) for key, value in array.items()}
-        return self.to_torch(array, copy=False)
+        return map_observations(lambda value: self.to_torch(value, copy=False), array)
 
     def reset(self) -> None:
         super().reset()

@@ -13,7 +13,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, ReplayBufferSample
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_mpo.common.buffers import SegmentSamples
+from sb3_mpo.common.buffers import SegmentSamples, map_observations
 from sb3_mpo.mpo import losses
 from sb3_mpo.mpo.improvement import (
     GaussianImprovement,
@@ -47,9 +47,7 @@ def _delay(values: th.Tensor) -> th.Tensor:
 
 def _flatten_time(observations: PyTorchObs) -> PyTorchObs:
     """Merge the batch and time axes of segment observations: (B, L, ...) -> (B·L, ...)."""
-    if isinstance(observations, dict):
-        return {key: obs.flatten(0, 1) for key, obs in observations.items()}
-    return observations.flatten(0, 1)
+    return map_observations(lambda obs: obs.flatten(0, 1), observations)
 
 
 class CriticEvaluation(ABC):

@@ -17,6 +17,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.dqn.policies import QNetwork
 from torch import nn
 
+from sb3_mpo.common.buffers import map_observations
 from sb3_mpo.mpo import losses
 from sb3_mpo.mpo.policies import CategoricalActor, GaussianActor, SampledCritic
 
@@ -29,9 +30,7 @@ ImprovementLosses = tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]
 
 def select_observations(observations: PyTorchObs, mask: th.Tensor) -> PyTorchObs:
     """Keep the states of an observation batch where ``mask`` (shape (B,)) is true."""
-    if isinstance(observations, dict):
-        return {key: obs[mask] for key, obs in observations.items()}
-    return observations[mask]
+    return map_observations(lambda obs: obs[mask], observations)
 
 
 class SampledImprovementBatch(NamedTuple):
