@@ -13,6 +13,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback,
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import BitFlippingEnv, FakeImageEnv, IdentityEnvBox, SimpleMultiObsEnv
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
 from sb3_mpo import MPO, NonFiniteError
@@ -468,3 +469,33 @@ def test_non_finite_update_leaves_the_model_as_it_was(settings):
     changed = [name for name, tensor in states[-1].items() if not th.equal(tensor, after[name])]
     assert not changed, f"written by the failed update: {changed}"
     assert all(th.isfinite(tensor).all() for tensor in after.values() if tensor.is_floating_point())
+
+
+class BatchNormExtractor(BaseFeaturesExtractor):
+    """Observations through BatchNorm: a features extractor with running statistics."""
+
+    def __init__(self, observation_space: spaces.Box):
+        super().__init__(observation_space, features_dim=int(np.prod(observation_space.shape)))
+        self.norm = th.nn.BatchNorm1d(self.features_dim)
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return self.norm(observations.flatten(1))
+
+
+@pytest.mark.parametrize("share_features_extractor", [False, True])
+def test_target_networks_copy_the_running_statistics_of_batch_norm(share_features_extractor):
+    """
+    A features extractor's BatchNorm statistics move as the networks train, and the target actor and target critic
+    (in evaluation mode, which reads them) copy them at each target update, as SB3's SAC does for its critic.
+    """
+    policy_kwargs = dict(
+        net_arch=[32, 32], features_extractor_class=BatchNormExtractor, share_features_extractor=share_features_extractor
+    )
+    model = MPO("MlpPolicy", DummyVecEnv([AsymmetricBoxEnv]), seed=0, **{**SMALL, "policy_kwargs": policy_kwargs})
+    model.learn(120)
+    assert model._n_updates > 0 and not model.actor_target.training and not model.critic_target.training
+    for network, target in ((model.actor, model.actor_target), (model.critic, model.critic_target)):
+        statistics, target_statistics = network.features_extractor.norm, target.features_extractor.norm
+        assert int(statistics.num_batches_tracked) > 0, "the statistics moved"
+        th.testing.assert_close(target_statistics.running_mean, statistics.running_mean, rtol=0, atol=0)
+        th.testing.assert_close(target_statistics.running_var, statistics.running_var, rtol=0, atol=0)

@@ -571,8 +571,11 @@ class MPO(OffPolicyAlgorithm):
         super()._setup_model()
         self._check_mixed_replay()
         self._create_aliases()
+        # BatchNorm's running statistics (a features extractor's), which the target networks copy (SB3 GH issue #996)
         self.batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
         self.batch_norm_stats_target = get_parameters_by_name(self.critic_target, ["running_"])
+        self.actor_batch_norm_stats = get_parameters_by_name(self.actor, ["running_"])
+        self.actor_batch_norm_stats_target = get_parameters_by_name(self.actor_target, ["running_"])
         # The Gaussian or categorical improvement, and the n-step or Retrace evaluation, chosen once
         self.improvement = make_improvement(self)
         self.evaluation = make_evaluation(self)
@@ -757,9 +760,9 @@ class MPO(OffPolicyAlgorithm):
         if self._n_updates % self.target_update_interval == 0:
             if not self.policy.batch_renorm:  # CrossQ's critic has no target network: nothing reads the copy
                 polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
-                # Copy running stats, see SB3 GH issue #996
                 polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
             polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
+            polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
         return checked
 
     def _state_written_by_losses(self) -> list[th.Tensor]:
