@@ -7,7 +7,9 @@ writes the job's folder: the model (SB3's ``save``: networks, optimisers, MPO's 
 replay buffer (``save_replay_buffer``), the ``VecNormalize`` statistics and ``state.json`` (the evaluation curve so
 far and the time spent). :func:`restore` puts a fresh run back in that state, its evaluation schedule included, so the
 resumed run collects, trains and evaluates at the same steps as an uninterrupted one. The folder is replaced
-atomically (written beside it, then renamed), so an interruption while saving leaves the previous checkpoint intact.
+by renames (written beside it, the old one moved aside, the new one moved in), so an interruption while saving leaves
+the previous checkpoint intact: between the two renames as ``<folder>.old``, which the next run or ``status`` puts
+back (:func:`recover_interrupted_save`).
 
 A resumed run is not bit-identical to an uninterrupted one: the environments restart with a fresh episode (the last
 stored transition is ended as a time-limit truncation, so no return is bootstrapped across the gap) and the random
@@ -269,6 +271,18 @@ class RunCheckpoint(BaseCallback):
         self.last_save = time.perf_counter()
 
 
+def recover_interrupted_save(folder: Path) -> None:
+    """
+    Undo a save interrupted between its two renames (:meth:`RunCheckpoint.save`), which leaves the previous checkpoint
+    only as ``<folder>.old``: it becomes the job's checkpoint again.
+
+    :param folder: A job's checkpoint folder
+    """
+    old = folder.with_name(folder.name + ".old")
+    if not folder.exists() and old.is_dir():
+        old.rename(folder)
+
+
 def _read_state_file(folder: Path) -> dict[str, Any] | None:
     """:return: The parsed ``state.json`` of ``folder``, or None when there is none (or it is unreadable)"""
     try:
@@ -292,17 +306,39 @@ def read_state(folder: Path, job: Job, settings: dict[str, str] | None = None) -
     return state if settings is None or state.get("settings", settings) == settings else None
 
 
-def stale_checkpoint(folder: Path, settings: dict[str, str]) -> str | None:
+class StaleCheckpoint(NamedTuple):
+    """Why a job's checkpoint will not be resumed, though it is there."""
+
+    #: How it was saved: ``"under other settings"`` or ``"for another set-up of the run"``
+    how: str
+    #: What differs, ``key: before -> now`` for each difference
+    changes: str
+
+
+def stale_checkpoint(folder: Path, job: Job, settings: dict[str, str] | None) -> StaleCheckpoint | None:
     """
     :param folder: A job's checkpoint folder
-    :param settings: The settings its run trains with now (stored form)
-    :return: What differs, when ``folder`` holds a checkpoint saved under other settings (an RL Zoo entry or suite
-        override edited since; compared exactly, as the checkpoint's model keeps its own), else None
+    :param job: The job as its suite gives it now
+    :param settings: The settings its run trains with now (stored form); None: not compared
+    :return: What differs, when ``folder`` holds a checkpoint that :func:`read_state` refuses: one saved for another
+        set-up of the job (its evaluation, suite override or RL Zoo entry as the suite gave them then), or under other
+        settings (an RL Zoo entry or suite override edited since; compared exactly, as the checkpoint's model keeps its
+        own); else None
     """
-    saved = (_read_state_file(folder) or {}).get("settings")
-    if saved is None or saved == settings:
+    state = _read_state_file(folder) or {}
+    saved_job, signature = state.get("job"), job_signature(job)
+    if isinstance(saved_job, dict) and saved_job != signature:
+        keys = sorted(set(saved_job) | set(signature), key=str)
+        changes = [
+            f"{key}: {saved_job.get(key)} -> {signature.get(key)}" for key in keys if saved_job.get(key) != signature.get(key)
+        ]
+        return StaleCheckpoint("for another set-up of the run", "; ".join(changes))
+    saved = state.get("settings")
+    if settings is None or saved is None or saved == settings:
         return None
-    return describe_changes(changed_settings(saved, settings, {}), "the checkpoint's code")
+    return StaleCheckpoint(
+        "under other settings", describe_changes(changed_settings(saved, settings, {}), "the checkpoint's code")
+    )
 
 
 class CheckpointProgress(NamedTuple):

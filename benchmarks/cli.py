@@ -30,6 +30,7 @@ from benchmarks.checkpoints import (
     checkpoint_progress,
     continue_from_final,
     final_state_to_continue,
+    recover_interrupted_save,
     result_to_adopt,
     stale_checkpoint,
 )
@@ -216,19 +217,20 @@ def _settings_now(job: Job) -> tuple[dict[str, str] | None, str]:
         return None, f"its settings cannot be resolved now ({error!r})"
 
 
-def _stale_note(job: Job, checkpoints: Path, settings: dict[str, str] | None, unresolved: str) -> str:
+def _stale_note(job: Job, checkpoints: Path, settings: dict[str, str] | None, unresolved: str) -> tuple[str, bool]:
     """
     :param job: A job with a checkpoint
     :param checkpoints: The folder of mid-run checkpoints
     :param settings: The settings the suite gives its run now, or None (see :func:`_settings_now`)
     :param unresolved: Why they could not be resolved, if so
-    :return: What ``status`` adds to the checkpoint's line when it was saved under other settings than the suite
-        gives its run now (the run will start over), else an empty string
+    :return: What ``status`` adds to the checkpoint's line when it was saved for another set-up of the job or under
+        other settings than the suite gives its run now (an empty string otherwise), and whether the run will
+        therefore start over
     """
-    if settings is None:
-        return f", {unresolved}" if unresolved else ""
-    stale = stale_checkpoint(job.checkpoint_path(checkpoints), settings)
-    return "" if stale is None else f", saved under other settings, the run will start over: {stale}"
+    stale = stale_checkpoint(job.checkpoint_path(checkpoints), job, settings)
+    if stale is not None:
+        return f", saved {stale.how}, the run will start over: {stale.changes}", True
+    return (f", {unresolved}" if settings is None and unresolved else ""), False
 
 
 def _continuation(job: Job, shorter: list[Job], checkpoints: Path, settings: dict[str, str]) -> tuple[str, int]:
@@ -274,13 +276,17 @@ def status(args: argparse.Namespace) -> int:
     seconds_left, guessed_seconds, guessed, unknown = 0.0, 0.0, 0, 0
     for job in jobs:
         settings, unresolved = _settings_now(job) if job in pending else (None, "")
+        if checkpoints and job in pending:
+            recover_interrupted_save(job.checkpoint_path(checkpoints))
         progress = checkpoint_progress(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
         step = progress.step if progress else None
         note = ""
         if progress and progress.step and checkpoints:
             evaluated = progress.last_evaluation
             newest = f", last evaluation {evaluated[1]:.1f} at {evaluated[0]}" if evaluated else ""
-            note = f"  (checkpoint at {step} steps{newest}{_stale_note(job, checkpoints, settings, unresolved)})"
+            stale, starts_over = _stale_note(job, checkpoints, settings, unresolved)
+            note = f"  (checkpoint at {step} steps{newest}{stale})"
+            step = 0 if starts_over else step
         elif checkpoints and shorter is not None and settings is not None:
             note, step = _continuation(job, shorter, checkpoints, settings)
         adoptable = None if others is None or settings is None else result_to_adopt(job, others, args.results, settings)

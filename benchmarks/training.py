@@ -75,7 +75,14 @@ def run_job(
     import torch as th
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
-    from benchmarks.checkpoints import RunCheckpoint, TimedEvalCallback, read_state, restore, stale_checkpoint
+    from benchmarks.checkpoints import (
+        RunCheckpoint,
+        TimedEvalCallback,
+        read_state,
+        recover_interrupted_save,
+        restore,
+        stale_checkpoint,
+    )
     from benchmarks.memory import ReleaseFreeMemory, keep_freed_blocks_in_heap
 
     if not isinstance(torch_threads, int) or torch_threads < 1:
@@ -92,10 +99,11 @@ def run_job(
         settings = stored_form(saved_hyperparams)
         state = None
         if checkpoint_folder is not None:
+            recover_interrupted_save(checkpoint_folder)
             state = read_state(checkpoint_folder, job, settings)
-            stale = stale_checkpoint(checkpoint_folder, settings)
+            stale = stale_checkpoint(checkpoint_folder, job, settings)
             if stale is not None:
-                print(f"{job.name}: its checkpoint was saved under other settings, it starts over: {stale}", file=sys.stderr)
+                print(f"{job.name}: its checkpoint was saved {stale.how}, it starts over: {stale.changes}", file=sys.stderr)
         eval_env.seed(10_000 + job.seed)
         n_envs = model.get_env().num_envs  # type: ignore[union-attr]
         evaluation = TimedEvalCallback(

@@ -167,6 +167,21 @@ def test_a_checkpoint_resumes_only_the_job_that_wrote_it(tmp_path):
     assert read_state(tmp_path / "nothing", job) is None
 
 
+def test_a_save_interrupted_between_its_renames_leaves_the_previous_checkpoint_to_resume(suite_path, tmp_path, monkeypatch):
+    """The process dies after the old checkpoint moved aside and before the new one moved in: the run resumes the old."""
+    (job,) = load_suite(suite_path).jobs
+    checkpoints = tmp_path / "checkpoints"
+    interrupt_at_step(monkeypatch, 150)
+    run_job_safely(job, checkpoints, checkpoint_minutes=0)
+    monkeypatch.undo()
+    folder = job.checkpoint_path(checkpoints)
+    folder.rename(folder.with_name(folder.name + ".old"))  # where save() leaves it between its renames
+    assert main(["status", str(suite_path), "--checkpoints", str(checkpoints), "--results", str(tmp_path)]) == 0
+    assert checkpoint_progress(folder).step == 150, "status put it back"
+    folder.rename(folder.with_name(folder.name + ".old"))
+    assert run_job(job, checkpoints, checkpoint_minutes=60)["resumes"][0]["step"] == 150
+
+
 def test_a_checkpoint_saved_under_other_settings_is_not_resumed_and_the_run_says_so(suite_path, tmp_path, capsys):
     """An RL Zoo entry or override edited while a run was interrupted: the run starts over, under the new settings."""
     (job,) = load_suite(suite_path).jobs
@@ -178,11 +193,11 @@ def test_a_checkpoint_saved_under_other_settings_is_not_resumed_and_the_run_says
     assert read_state(folder, job, settings)["num_timesteps"] == 5
     assert read_state(folder, job) is not None, "without settings to compare, the job alone decides"
     assert read_state(folder, job, {**settings, "gamma": "0.98"}) is None
-    assert stale_checkpoint(folder, settings) is None
-    assert stale_checkpoint(folder, {**settings, "gamma": "0.98"}) == "gamma: 0.99 -> 0.98"
+    assert stale_checkpoint(folder, job, settings) is None
+    assert stale_checkpoint(folder, job, {**settings, "gamma": "0.98"}) == ("under other settings", "gamma: 0.99 -> 0.98")
     legacy = {"job": job_signature(job), "num_timesteps": 5}  # saved before checkpoints kept their settings
     (folder / "state.json").write_text(json.dumps(legacy))
-    assert read_state(folder, job, settings) is not None and stale_checkpoint(folder, settings) is None
+    assert read_state(folder, job, settings) is not None and stale_checkpoint(folder, job, settings) is None
 
     # status says so, and a run whose checkpoint holds other settings trains from step 0 and records no resume
     (folder / "state.json").write_text(json.dumps({**legacy, "settings": {"batch_size": "64"}}))
@@ -194,6 +209,27 @@ def test_a_checkpoint_saved_under_other_settings_is_not_resumed_and_the_run_says
     assert result["resumes"] == [] and result["hyperparams"]["batch_size"] == "16"
     error = capsys.readouterr().err
     assert f"{job.name}: its checkpoint was saved under other settings, it starts over: batch_size: 64 -> 16; " in error
+
+
+def test_a_checkpoint_of_another_set_up_of_the_job_is_not_resumed_and_the_run_says_so(suite_path, tmp_path, capsys):
+    """A suite whose evaluation changed while a run was interrupted: status and the run name the difference."""
+    (job,) = load_suite(suite_path).jobs
+    checkpoints = tmp_path / "checkpoints"
+    folder = job.checkpoint_path(checkpoints)
+    folder.mkdir(parents=True)
+    signature = {**job_signature(job), "eval_freq": job.eval_freq * 2}
+    (folder / "state.json").write_text(json.dumps({"job": signature, "num_timesteps": 5}))
+    assert read_state(folder, job) is None
+    changes = f"eval_freq: {job.eval_freq * 2} -> {job.eval_freq}"
+    assert stale_checkpoint(folder, job, None) == ("for another set-up of the run", changes)
+    assert main(["status", str(suite_path), "--checkpoints", str(checkpoints), "--results", str(tmp_path)]) == 0
+    assert f"(checkpoint at 5 steps, saved for another set-up of the run, the run will start over: {changes})" in (
+        capsys.readouterr().out
+    )
+    assert run_job(job, checkpoints, checkpoint_minutes=60)["resumes"] == []
+    assert f"{job.name}: its checkpoint was saved for another set-up of the run, it starts over: {changes}" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_longer_suite_continues_a_kept_final_state(suite_path, tmp_path, monkeypatch, capsys):
