@@ -19,10 +19,16 @@ an RL Zoo entry edited since) is listed by ``run`` and ``status``, and kept unle
 """
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import sys
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None  # type: ignore[assignment]
 
 from benchmarks.backends import run_and_store
 from benchmarks.checkpoints import (
@@ -51,6 +57,58 @@ from benchmarks.training import run_job_safely
 
 #: Folder of the mid-run checkpoints inside the result store (git-ignored)
 CHECKPOINTS_FOLDER = ".checkpoints"
+#: Folder of the runners' locks on their runs inside the result store (git-ignored)
+LOCKS_FOLDER = ".locks"
+
+
+def _lock_path(job: Job, results_dir: Path) -> Path:
+    """The file whose lock says which runner has the job: ``<results_dir>/.locks/<suite>/<env>/<name>.lock``."""
+    return results_dir / LOCKS_FOLDER / job.suite / job.env_folder / f"{job.name}.lock"
+
+
+def _claim(jobs: list[Job], results_dir: Path, held: contextlib.ExitStack) -> list[Job]:
+    """
+    Take each job's lock for this runner (an exclusive ``flock``, held until the runner is done and released by the
+    system if it dies), so that a second runner on the same result store leaves the runs this one has to it instead
+    of training them again over the same checkpoint. Without ``fcntl`` (Windows) every job is taken, unlocked.
+
+    :param jobs: The jobs this runner would run
+    :param results_dir: The result store
+    :param held: Keeps the locked files open until the runner is done
+    :return: The jobs it holds; the others are reported
+    """
+    if fcntl is None:
+        return jobs
+    claimed, taken = [], []
+    for job in jobs:
+        path = _lock_path(job, results_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(path, "a")  # held open, locked, until the runner is done
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            taken.append(job.name)
+            continue
+        held.enter_context(file)
+        claimed.append(job)
+    if taken:
+        print(f"{len(taken)} runs are left to another runner, which has them: {', '.join(taken)}", file=sys.stderr)
+    return claimed
+
+
+def _held_by_another_runner(job: Job, results_dir: Path) -> bool:
+    """Whether another runner holds the job now (see :func:`_claim`)."""
+    path = _lock_path(job, results_dir)
+    if fcntl is None or not path.exists():
+        return False
+    with open(path, "a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return False
 
 
 def _selected(jobs: list[Job], args: argparse.Namespace) -> list[Job]:
@@ -105,8 +163,13 @@ def _changed(jobs: list[Job], results_dir: Path) -> dict[Job, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as held:
+        return _run(args, held)
+
+
+def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     suite = load_suite(args.suite)
-    jobs = _selected(suite.jobs, args)
+    jobs = _claim(_selected(suite.jobs, args), args.results, held)
     pending = _pending(jobs, args.results)
     changed = _changed([job for job in jobs if job not in pending], args.results)
     for job, how in changed.items():
@@ -296,6 +359,8 @@ def status(args: argparse.Namespace) -> int:
             note = f"  (settings changed since: {changed[job]})"
         elif checkpoints and job not in pending and job.final_path(checkpoints).exists():
             note = "  (final state kept)"
+        if job in pending and _held_by_another_runner(job, args.results):
+            note += "  (a runner is training it now)"
         if job in pending:
             pace = None if settings is None else stored_paces.get(pace_key(job.zoo_algo, job.env, settings))
             guess = guesses.get((job.zoo_algo, job.env))

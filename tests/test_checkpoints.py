@@ -1,6 +1,7 @@
 """Mid-run checkpoints of benchmark jobs: an interrupted run resumes where its last checkpoint left it."""
 
 import copy
+import fcntl
 import json
 import signal
 import subprocess
@@ -466,3 +467,21 @@ def test_run_adopts_the_same_run_of_another_suite_instead_of_training_it(suite_p
     result = load_result(job.result_path(results), job)
     assert result["adopted_from"] == {"suite": "resumable", "algo": "mpo"}
     assert result["curve"] == load_result(source.result_path(results), source)["curve"]
+
+
+def test_a_second_runner_leaves_a_run_that_another_runner_has_to_it(suite_path, tmp_path, capsys):
+    """While a runner holds a run's lock, another runner on the same store skips it and status says a runner has it."""
+    (job,) = load_suite(suite_path).jobs
+    arguments = [str(suite_path), "--results", str(tmp_path)]
+    lock = tmp_path / ".locks" / job.suite / job.env_folder / f"{job.name}.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as other_runner:
+        fcntl.flock(other_runner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["run", *arguments]) == 0
+        out, err = capsys.readouterr()
+        assert f"1 runs are left to another runner, which has them: {job.name}" in err and "0 to run" in out
+        assert not job.result_path(tmp_path).exists()
+        assert main(["status", *arguments]) == 0
+        assert "(a runner is training it now)" in capsys.readouterr().out
+    assert main(["status", *arguments]) == 0
+    assert "a runner is training it now" not in capsys.readouterr().out, "released with its runner"
