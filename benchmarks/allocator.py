@@ -52,6 +52,9 @@ def measure(algo: str, env: str, threads: int, updates: int, setting: str) -> di
             model, _ = manager.setup_experiment()  # type: ignore[misc]
         if not isinstance(model, OffPolicyAlgorithm):
             raise ValueError(f"--algo must be an off-policy algorithm (it times train() on a filled buffer), got {algo}")
+        if setting == "glibc_default" and hasattr(model, "keep_freed_memory_in_heap"):
+            # MPO keeps freed blocks in its heap by itself when it learns: off, for glibc's own behaviour (a fresh process)
+            setattr(type(model), "keep_freed_memory_in_heap", False)  # noqa: B010
         model.learn(max(model.learning_starts, model.batch_size))
         model.train(gradient_steps=8, batch_size=model.batch_size)  # warm-up
         before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

@@ -8,10 +8,13 @@ import pytest
 from stable_baselines3 import A2C
 
 from benchmarks import memory
+from benchmarks.allocator import measure
 from benchmarks.memory import ReleaseFreeMemory, glibc_malloc_trim, keep_freed_blocks_in_heap
 from benchmarks.suite import Job
 from benchmarks.training import run_job
+from sb3_mpo import MPO
 from sb3_mpo.common import allocator
+from sb3_mpo.mpo import mpo as mpo_module
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
@@ -100,3 +103,12 @@ print(libc.mallinfo2().hblks == mmapped)
 def test_mpo_learn_keeps_freed_blocks_in_heap_unless_switched_off(setting, in_heap):
     out = subprocess.run([sys.executable, "-c", MPO_PROBE, setting], capture_output=True, text=True, check=True).stdout
     assert out.split()[-1] == in_heap
+
+
+def test_the_allocator_comparison_measures_mpo_with_glibcs_own_behaviour_in_its_default_arm(monkeypatch):
+    """MPO keeps freed blocks in its heap by itself when it learns; the comparison's default arm switches that off."""
+    calls: list[dict] = []
+    monkeypatch.setattr(MPO, "keep_freed_memory_in_heap", True)  # restored after the test: the arm switches it off
+    monkeypatch.setattr(mpo_module, "keep_freed_blocks_in_heap", lambda **kwargs: calls.append(kwargs))
+    figures = measure("mpo", "Pendulum-v1", threads=1, updates=2, setting="glibc_default")
+    assert calls == [] and figures["gradient_steps_per_second"] > 0
