@@ -216,12 +216,11 @@ def _adopt(jobs: list[Job], other_suite: str, results_dir: Path) -> list[Job]:
     :param results_dir: The result store
     :return: The jobs still to run
     """
-    from benchmarks.zoo import zoo_settings
-
     others = load_suite(other_suite)
     still = []
     for job in jobs:
-        line = adopt_result(job, others.jobs, results_dir, zoo_settings(job)) if job.kind == "returns" else None
+        settings = _resolved_settings(job)
+        line = None if settings is None else adopt_result(job, others.jobs, results_dir, settings)
         if line is None:
             still.append(job)
         else:
@@ -239,12 +238,11 @@ def _continue(jobs: list[Job], shorter_suite: str, checkpoints: Path) -> None:
     :param shorter_suite: The other suite (a YAML file or the name of one)
     :param checkpoints: The folder of checkpoints and kept final states
     """
-    from benchmarks.zoo import zoo_settings
-
     shorter = load_suite(shorter_suite)
     continued = 0
     for job in jobs:
-        line = continue_from_final(job, shorter.jobs, checkpoints, zoo_settings(job)) if job.kind == "returns" else None
+        settings = _resolved_settings(job)
+        line = None if settings is None else continue_from_final(job, shorter.jobs, checkpoints, settings)
         if line is not None:
             print(line, flush=True)
             continued += 1
@@ -278,6 +276,18 @@ def _settings_now(job: Job) -> tuple[dict[str, str] | None, str]:
         return zoo_settings(job), ""
     except (KeyError, ValueError) as error:
         return None, f"its settings cannot be resolved now ({error!r})"
+
+
+def _resolved_settings(job: Job) -> dict[str, str] | None:
+    """
+    :param job: A job about to run
+    :return: The settings its suite gives it now (see :func:`_settings_now`), or None where it has none; where they
+        cannot be resolved, that is said, and the job is left to its run, which fails with the full error
+    """
+    settings, unresolved = _settings_now(job)
+    if unresolved:
+        print(f"{job.name}: {unresolved}", file=sys.stderr)
+    return settings
 
 
 def _stale_note(job: Job, checkpoints: Path, settings: dict[str, str] | None, unresolved: str) -> tuple[str, bool]:

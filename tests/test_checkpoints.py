@@ -485,3 +485,20 @@ def test_a_second_runner_leaves_a_run_that_another_runner_has_to_it(suite_path, 
         assert "(a runner is training it now)" in capsys.readouterr().out
     assert main(["status", *arguments]) == 0
     assert "a runner is training it now" not in capsys.readouterr().out, "released with its runner"
+
+
+def test_adopting_and_continuing_leave_a_run_whose_settings_cannot_be_resolved_to_it(
+    suite_path, tmp_path, monkeypatch, capsys
+):
+    """An RL Zoo entry that can no longer be resolved stops neither --adopt-from nor --continue-from: the run is left."""
+    from benchmarks import cli, zoo
+
+    def unresolvable(job):
+        raise KeyError("HalfCheetah-v9")
+
+    monkeypatch.setattr(zoo, "zoo_settings", unresolvable)
+    (job,) = load_suite(suite_path).jobs
+    assert cli._adopt([job], str(suite_path), tmp_path) == [job]
+    cli._continue([job], str(suite_path), tmp_path / "checkpoints")
+    err = capsys.readouterr().err
+    assert err.count(f"{job.name}: its settings cannot be resolved now (KeyError('HalfCheetah-v9'))") == 2
