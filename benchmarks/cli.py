@@ -138,8 +138,9 @@ def _pending(jobs: list[Job], results_dir: Path) -> list[Job]:
 
 def _changed(jobs: list[Job], results_dir: Path) -> dict[Job, str]:
     """
-    The finished runs of a returns suite whose stored settings are not those the suite gives them now (its variants
-    or overrides, or the RL Zoo entry, were edited after they ran), each with a line that says what differs.
+    The finished runs of a returns suite whose stored settings or evaluation are not those the suite gives them now
+    (its variants, overrides, evaluation, or the RL Zoo entry, were edited after they ran), each with a line that says
+    what differs.
 
     :param jobs: Jobs with a valid result file
     :param results_dir: The result store
@@ -152,13 +153,19 @@ def _changed(jobs: list[Job], results_dir: Path) -> dict[Job, str]:
         if job.kind != "returns":
             continue  # exploration learners are configured in code, not by RL Zoo entries
         result = load_result(job.result_path(results_dir), job)
+        evaluation = [
+            f"{key}: {result.get(key)} -> {getattr(job, key)}"
+            for key in ("eval_freq", "eval_episodes")
+            if result.get(key) != getattr(job, key)
+        ]
         try:
             changes = changed_settings(result["hyperparams"], zoo_settings(job), defaults(job.zoo_algo))
         except (KeyError, ValueError) as error:  # e.g. an RL Zoo entry that rl_zoo3 no longer has
             print(f"{job.name}: its settings cannot be resolved now, not compared ({error!r})", file=sys.stderr)
-            continue
-        if changes:
-            changed[job] = describe_changes(changes, result["commit"])
+            changes = {}
+        if changes or evaluation:
+            described = [describe_changes(changes, result["commit"])] if changes else []
+            changed[job] = "; ".join([*evaluation, *described])
     return changed
 
 

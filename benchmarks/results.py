@@ -99,8 +99,13 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     """Write a result file atomically: readers see the old file or the complete new one, never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as file:
-        json.dump(result, file, indent=1)
         tmp = Path(file.name)
+        try:
+            json.dump(result, file, indent=1)
+        except BaseException:
+            file.close()
+            tmp.unlink()
+            raise
     os.replace(tmp, path)
 
 
