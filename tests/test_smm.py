@@ -22,6 +22,7 @@ from sb3_mpo.exploration import (
     metrics,
     smm_reward,
 )
+from sb3_mpo.exploration.envs import room_of
 from sb3_mpo.exploration.smm import gaussian_elbo
 
 SPACE = gym.spaces.Box(0.0, 1.0, shape=(2 + 4,), dtype=np.float32)  # a 2-D state and 4 skills
@@ -223,6 +224,10 @@ def test_walls_block_and_doors_let_through():
     assert up_blocked[1] < 0.5
     up_through = env.move(np.array([0.75, 0.45]), np.array([0.0, 1.0]))
     assert up_through[1] > 0.5
+    # a move that ends exactly on the wall's line enters the room beyond it (room_of's side), so it is stopped too
+    onto_the_wall = env.move(np.array([0.45, 0.1]), np.array([0.5, 0.0]))
+    assert onto_the_wall[0] < 0.5 and room_of(onto_the_wall[None])[0] == 0
+    assert env.move(np.array([0.5, 0.1]), np.array([1.0, 0.0]))[0] == pytest.approx(0.6), "from the line, room 1 goes on"
     # random walks from the start never leave the square and never cross a wall outside a door
     rng = np.random.default_rng(0)
     position = env.start.copy()

@@ -85,7 +85,7 @@ class PointRoomsEnv(gym.Env):
         walls = ((0, ("vertical_low", "vertical_high")), (1, ("horizontal_left", "horizontal_right")))
         for axis, (low_door, high_door) in walls:
             before, after = position[axis], target[axis]
-            if (before - 0.5) * (after - 0.5) < 0:  # the move crosses this wall
+            if (before >= 0.5) != (after >= 0.5):  # the move changes sides (the wall's line belongs to the upper side)
                 fraction = (0.5 - before) / (after - before)
                 crossing = position[1 - axis] + fraction * (target[1 - axis] - position[1 - axis])
                 if not self._in_door(crossing, DOOR_CENTRES[low_door], DOOR_CENTRES[high_door]):
