@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import collect, provenance_lines, reading_section, unusable_section
+from benchmarks.report import collect, mean_and_spread, provenance_lines, reading_section, unusable_section
 from benchmarks.results import SCHEMA
 from benchmarks.stamp import git_commit, library_versions, machine
 from benchmarks.suite import Job, Suite
@@ -43,6 +43,11 @@ def unit_square(states: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.nda
     return np.clip((states[:, :2] - low[:2]) / (high[:2] - low[:2]), 0.0, 1.0)
 
 
+def state_reached(obs: Any, dones: np.ndarray, infos: list[dict[str, Any]]) -> np.ndarray:
+    """The state the first env of a one-env VecEnv reached: the episode's last one where it ended (SB3 resets it)."""
+    return infos[0]["terminal_observation"] if dones[0] else np.asarray(obs)[0]
+
+
 def rollout_states(predict: Any, env: Any, episodes: int) -> np.ndarray:
     """States visited by ``predict`` over full stochastic episodes of a one-env VecEnv."""
     states, obs, done_episodes = [], env.reset(), 0
@@ -50,7 +55,7 @@ def rollout_states(predict: Any, env: Any, episodes: int) -> np.ndarray:
     while done_episodes < episodes:
         action, _ = predict(obs, episode_start=episode_start, deterministic=False)
         obs, _, dones, infos = env.step(action)
-        states.append(infos[0]["terminal_observation"] if dones[0] else obs[0])
+        states.append(state_reached(obs, dones, infos))
         episode_start, done_episodes = dones, done_episodes + int(dones[0])
     return np.array(states)
 
@@ -93,8 +98,10 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
     commit = git_commit()
     settings = LEARNERS[job.algo]
     n_skills = settings.get("n_skills")
-    base_space: Any = gym.make(job.env).observation_space  # a Box: the metrics read its first two dimensions
+    probe = gym.make(job.env)
+    base_space: Any = probe.observation_space  # a Box: the metrics read its first two dimensions
     low, high = base_space.low, base_space.high
+    probe.close()
 
     def make_env() -> gym.Env:
         env = gym.make(job.env)
@@ -111,7 +118,7 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
         visited = []
         for step in range(job.steps):
             obs, _, dones, infos = env.step(rng.uniform(-1, 1, size=(1, *action_shape)))
-            visited.append(infos[0]["terminal_observation"] if dones[0] else np.asarray(obs)[0])
+            visited.append(state_reached(obs, dones, infos))
             if goals.first_goal is None and first_termination(dones, infos):
                 goals.first_goal = step + 1
         replay_states = np.array(visited)
@@ -127,14 +134,17 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
         if algo is MPO:  # 1-step targets, with SMM or without: SMM's rewards are per transition
             kwargs["q_target"] = "n_step"
         model = algo("MlpPolicy", env, seed=job.seed, **kwargs)
-        snapshots = PolicySnapshots(snapshot_freq=max(job.steps // 10, 1))
-        model.learn(job.steps, callback=[goals, snapshots])
+        # SMM's rollouts follow the historical average of the policy's snapshots; a plain learner's, the policy itself
+        snapshots = PolicySnapshots(snapshot_freq=max(job.steps // 10, 1)) if n_skills else None
+        model.learn(job.steps, callback=[goals] if snapshots is None else [goals, snapshots])
         buffer: Any = model.replay_buffer
         replay_states = buffer.next_observations[: buffer.size(), 0]
-        predict = HistoricalAveragePolicy(snapshots.snapshots, seed=job.seed).predict if n_skills else model.predict
+        predict = model.predict if snapshots is None else HistoricalAveragePolicy(snapshots.snapshots, seed=job.seed).predict
     train_seconds = time.perf_counter() - start
     rollout_env = make_vec_env(make_env, n_envs=1, seed=10_000 + job.seed)
     visited_in_rollouts = rollout_states(predict, rollout_env, ROLLOUT_EPISODES)
+    env.close()
+    rollout_env.close()
     return {
         "schema": SCHEMA,
         "kind": "exploration",
@@ -163,8 +173,7 @@ def describe(result: dict[str, Any]) -> str:
 
 
 def _mean_std(runs: list[dict[str, Any]], source: str, key: str) -> str:
-    values = np.array([run[source][key] for run in runs])
-    return f"{values.mean():.3f} ± {values.std():.3f}"
+    return mean_and_spread([run[source][key] for run in runs], digits=3)
 
 
 def env_tables(env: str, runs_by_learner: dict[str, list[dict[str, Any]]]) -> list[str]:

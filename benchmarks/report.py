@@ -29,7 +29,6 @@ from benchmarks.suite import Suite
 #: Bootstrap repetitions of the confidence intervals
 BOOTSTRAP_REPS = 2000
 ON_POLICY = ("ppo", "trpo", "a2c")
-CONFIDENCE = 0.95
 #: Folder of the result store holding ``benchmarks/speed.py``'s records, and the figures of a record, per algorithm
 QUIET_SPEED_FOLDER = "speed_quiet"
 SPEED_KEYS = ("env_steps_per_second", "gradient_steps_per_second")
@@ -139,10 +138,16 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def mean_and_spread(finals: np.ndarray | list[float]) -> str:
-    """``mean ± std`` of final returns over seeds; one seed has no spread, so it reads ``mean ± —``, not a std of 0."""
-    spread = "—" if len(finals) == 1 else f"{np.std(finals):.1f}"
-    return f"{np.mean(finals):.1f} ± {spread}"
+def mean_and_spread(finals: np.ndarray | list[float], digits: int = 1) -> str:
+    """
+    ``mean ± std`` over seeds (the population standard deviation of the seeds' values); one seed has no spread, so it
+    reads ``mean ± —``, not a std of 0.
+
+    :param finals: One value per seed (a final return, an exploration metric)
+    :param digits: Decimals shown
+    """
+    spread = "—" if len(finals) == 1 else f"{np.std(finals):.{digits}f}"
+    return f"{np.mean(finals):.{digits}f} ± {spread}"
 
 
 def _point_and_interval(point: float, low: float, high: float, runs: int, digits: int = 1) -> str:
