@@ -197,6 +197,41 @@ def test_shared_batch_renorm_normalises_as_sb3_contribs_layer(warmup_steps):
     th.testing.assert_close(layer(x), reference(x))
 
 
+@pytest.mark.parametrize("warmup_steps", [100, 0])
+def test_a_feature_constant_over_the_batch_gets_finite_gradients_and_sb3_contribs_outputs(warmup_steps):
+    """
+    An action clipped at its bound in every row, or a saturated unit, is a feature with no variance in the batch:
+    after the warm-up, sb3-contrib's layer back-propagates NaN through √var there; this one gives its outputs, with
+    finite gradients equal to the float64 gradients of the same normalisation with that feature's √var held at 0.
+    """
+    generator = th.Generator().manual_seed(1)
+    x = th.randn(16, 3, generator=generator, dtype=th.float64)
+    x[:, 1] = 1.0
+    weights = th.randn(16, 3, generator=generator, dtype=th.float64)
+    layer = SharedBatchRenorm(3, warmup_steps=warmup_steps).double()
+    reference = BatchRenorm1d(3, warmup_steps=warmup_steps).double()
+    for module in (layer, reference):  # running statistics away from the batch's, so that d is not 0
+        module.ra_mean.fill_(0.3), module.ra_var.fill_(2.0), module.steps.fill_(1)
+    inputs = x.clone().requires_grad_()
+    outputs = layer(inputs)
+    th.testing.assert_close(outputs, reference(x))
+    (outputs * weights).sum().backward()
+    assert th.isfinite(inputs.grad).all()
+
+    # the same normalisation written out, √var of the constant feature a constant 0
+    manual = x.clone().requires_grad_()
+    mean, var = manual.mean(dim=0), manual.var(dim=0)
+    std, running_std = (var + layer.eps).sqrt(), th.tensor(2.0 + layer.eps, dtype=th.float64).sqrt()
+    if warmup_steps == 0:
+        r = (std / running_std).detach().clamp(1 / layer.rmax, layer.rmax)
+        d = ((mean - 0.3) / running_std).detach().clamp(-layer.dmax, layer.dmax)
+        root = th.stack([var[0].sqrt(), var.new_zeros(()), var[2].sqrt()])
+        mean, var = mean - d * root / r, var / r**2
+    normalised = (manual - mean) / (var + layer.eps).sqrt()
+    (normalised * weights).sum().backward()
+    th.testing.assert_close(inputs.grad, manual.grad)
+
+
 def test_batch_renorm_torso_puts_a_batch_renorm_before_every_linear_layer():
     network = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
     linears = [network[0], network[2], network[4]]

@@ -284,7 +284,10 @@ class SharedBatchRenorm(BatchRenorm1d):
             std, running_std = (var + self.eps).sqrt(), (ra_var + self.eps).sqrt()
             r = (std / running_std).detach().clamp(1 / self.rmax, self.rmax)
             d = ((mean - ra_mean) / running_std).detach().clamp(-self.dmax, self.dmax)
-            normalising = (mean - d * var.sqrt() / r, var / r**2)
+            # √var's gradient is infinite where a feature is constant over the batch (an action clipped at its bound, a
+            # saturated unit), and d·∞ made the batch's gradient NaN (sb3-contrib's layer too): the clamp keeps the
+            # value (√tiny ≈ 1e-19 for 0) and passes no gradient there, where x's own gradient of var is 0 anyway
+            normalising = (mean - d * var.clamp_min(th.finfo(var.dtype).tiny).sqrt() / r, var / r**2)
         with th.no_grad():
             ra_mean.lerp_(mean, self.momentum)
             ra_var.lerp_(var, self.momentum)
