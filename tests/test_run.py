@@ -446,13 +446,22 @@ def _model_state(model: MPO) -> dict[str, th.Tensor]:
     ],
     ids=["temperatures", "popart", "batch_renorm"],
 )
-def test_non_finite_update_leaves_the_model_as_it_was(settings):
+@pytest.mark.parametrize("reload", [False, True], ids=["trained", "loaded"])
+def test_non_finite_update_leaves_the_model_as_it_was(settings, reload, tmp_path):
     """
     The update that meets a NaN reward raises and leaves every tensor of the model exactly as before it, including
     what computing the losses writes in place (temperatures, PopArt, BatchRenorm): training can go on after the error.
+    A loaded model restores its own tensors too, not those of the model it was saved from.
     """
-
-    model = MPO("MlpPolicy", DummyVecEnv([AsymmetricBoxEnv]), seed=0, **{**SMALL, "learning_starts": 40, **settings})
+    env = DummyVecEnv([AsymmetricBoxEnv])
+    model = MPO("MlpPolicy", env, seed=0, **{**SMALL, "learning_starts": 40, **settings})
+    model.learn(60)  # some updates succeed first
+    if reload:
+        model.save(tmp_path / "model")
+        model.save_replay_buffer(tmp_path / "buffer")
+        model = MPO.load(tmp_path / "model", env=env)
+        model.load_replay_buffer(tmp_path / "buffer")
+        model.set_logger(configure(None, []))  # learn() would set one
     compute_losses, states = model._compute_losses, []
 
     def recording(replay_data):
@@ -460,7 +469,6 @@ def test_non_finite_update_leaves_the_model_as_it_was(settings):
         return compute_losses(replay_data)
 
     model._compute_losses = recording
-    model.learn(60)  # some updates succeed first
     model.replay_buffer.rewards[: model.replay_buffer.pos] = np.nan
     with pytest.raises(NonFiniteError, match="nothing of the model was updated"):
         model.train(gradient_steps=1, batch_size=model.batch_size)

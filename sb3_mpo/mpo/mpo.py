@@ -595,6 +595,8 @@ class MPO(OffPolicyAlgorithm):
         self._compute_losses = (
             compile_if_possible(self._losses, self.device, "compile_update=True") if self.compile_update else self._losses
         )
+        # Loading copies into these same tensors (load_state_dict), so the list made here stays the model's own
+        self.written_by_losses = self._state_written_by_losses()
 
     def _check_mixed_replay(self) -> None:
         """
@@ -728,7 +730,7 @@ class MPO(OffPolicyAlgorithm):
         :param replay_data: A batch of transitions (n-step) or of trajectory segments (Retrace)
         :return: Detached diagnostics for the logger
         """
-        written = self._state_written_by_losses()
+        written = self.written_by_losses
         before = [tensor.clone() for tensor in written]
         critic_loss, policy_loss, dual_loss, diagnostics = self._compute_losses(replay_data)
 
@@ -864,9 +866,11 @@ class MPO(OffPolicyAlgorithm):
         return target_dtype(self.target_precision, self.device, sampled=isinstance(self.action_space, spaces.Box))
 
     def _excluded_save_params(self) -> list[str]:
-        # Rebuilt by _setup_model: the networks' aliases, the halves of the update and the (compiled) losses
+        # Rebuilt by _setup_model: the networks' aliases, the halves of the update, the (compiled) losses and the lists
+        # of the networks' tensors that an update reads or restores
         excluded = ["actor", "actor_target", "critic", "critic_target", "multipliers", "improvement", "evaluation"]
-        excluded += ["_compute_losses", "value_normalizer"]
+        excluded += ["_compute_losses", "value_normalizer", "written_by_losses"]
+        excluded += ["batch_norm_stats", "batch_norm_stats_target", "actor_batch_norm_stats", "actor_batch_norm_stats_target"]
         return [*super()._excluded_save_params(), *excluded]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
