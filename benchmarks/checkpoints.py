@@ -328,11 +328,17 @@ def stale_checkpoint(folder: Path, job: Job, settings: dict[str, str] | None) ->
     state = _read_state_file(folder) or {}
     saved_job, signature = state.get("job"), job_signature(job)
     if isinstance(saved_job, dict) and saved_job != signature:
+
+        def shown(value: Any) -> str | None:
+            return None if value is None else str(value)
+
         keys = sorted(set(saved_job) | set(signature), key=str)
-        changes = [
-            f"{key}: {saved_job.get(key)} -> {signature.get(key)}" for key in keys if saved_job.get(key) != signature.get(key)
-        ]
-        return StaleCheckpoint("for another set-up of the run", "; ".join(changes))
+        changes = {
+            str(key): (shown(saved_job.get(key)), shown(signature.get(key)))
+            for key in keys
+            if saved_job.get(key) != signature.get(key)
+        }
+        return StaleCheckpoint("for another set-up of the run", describe_changes(changes, "the checkpoint's code"))
     saved = state.get("settings")
     if settings is None or saved is None or saved == settings:
         return None

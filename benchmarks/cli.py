@@ -356,9 +356,10 @@ def status(args: argparse.Namespace) -> int:
     seconds_left, guessed_seconds, guessed, unknown = 0.0, 0.0, 0, 0
     for job in jobs:
         settings, unresolved = _settings_now(job) if job in pending else (None, "")
+        progress = None
         if checkpoints and job in pending:
             recover_interrupted_save(job.checkpoint_path(checkpoints))
-        progress = checkpoint_progress(job.checkpoint_path(checkpoints)) if checkpoints and job in pending else None
+            progress = checkpoint_progress(job.checkpoint_path(checkpoints))
         step = progress.step if progress else None
         note = ""
         if progress and progress.step and checkpoints:

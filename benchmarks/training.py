@@ -101,7 +101,7 @@ def run_job(
         if checkpoint_folder is not None:
             recover_interrupted_save(checkpoint_folder)
             state = read_state(checkpoint_folder, job, settings)
-            stale = stale_checkpoint(checkpoint_folder, job, settings)
+            stale = stale_checkpoint(checkpoint_folder, job, settings) if state is None else None
             if stale is not None:
                 print(f"{job.name}: its checkpoint was saved {stale.how}, it starts over: {stale.changes}", file=sys.stderr)
         eval_env.seed(10_000 + job.seed)

@@ -223,6 +223,12 @@ def test_a_checkpoint_of_another_set_up_of_the_job_is_not_resumed_and_the_run_sa
     assert read_state(folder, job) is None
     changes = f"eval_freq: {job.eval_freq * 2} -> {job.eval_freq}"
     assert stale_checkpoint(folder, job, None) == ("for another set-up of the run", changes)
+    del signature["eval_episodes"]  # a checkpoint from code that did not record it
+    (folder / "state.json").write_text(json.dumps({"job": signature, "num_timesteps": 5}))
+    unrecorded = f"eval_episodes: not recorded (the checkpoint's code) -> {job.eval_episodes}; {changes}"
+    assert stale_checkpoint(folder, job, None) == ("for another set-up of the run", unrecorded)
+    signature["eval_episodes"] = job.eval_episodes
+    (folder / "state.json").write_text(json.dumps({"job": signature, "num_timesteps": 5}))
     assert main(["status", str(suite_path), "--checkpoints", str(checkpoints), "--results", str(tmp_path)]) == 0
     assert f"(checkpoint at 5 steps, saved for another set-up of the run, the run will start over: {changes})" in (
         capsys.readouterr().out
