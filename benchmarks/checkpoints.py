@@ -70,6 +70,41 @@ def training_diagnostics(name_to_value: dict[str, Any]) -> dict[str, float]:
     }
 
 
+class DivergedError(RuntimeError):
+    """A run's networks hold a NaN or an infinity: it is stopped, and no checkpoint keeps that state."""
+
+
+def non_finite_tensors(model: BaseAlgorithm) -> list[str]:
+    """
+    :param model: A model of any SB3 algorithm
+    :return: The names of its policy's tensors (parameters and buffers: running statistics included) that hold a NaN or
+        an infinity, in ``state_dict`` order
+    """
+    return [
+        name
+        for name, tensor in model.policy.state_dict().items()
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all())
+    ]
+
+
+def check_finite(model: BaseAlgorithm, when: str) -> None:
+    """
+    Stop a run whose networks diverged. SB3's algorithms (CrossQ, SAC, ...) go on training on NaN where MPO raises
+    :class:`~sb3_mpo.NonFiniteError`: their curve would go on with the returns of a broken policy.
+
+    :param model: The run's model
+    :param when: What was about to happen (``"after its evaluation"``, ``"before saving its checkpoint"``)
+    :raise DivergedError: Naming the first non-finite tensors and the step
+    """
+    broken = non_finite_tensors(model)
+    if broken:
+        shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        raise DivergedError(
+            f"{type(model).__name__} diverged: at step {model.num_timesteps} ({when}) its policy holds NaN or infinite "
+            f"values in {shown}. The run stops; its checkpoint, if any, is the last one saved before."
+        )
+
+
 class TimedEvalCallback(EvalCallback):
     """
     SB3's EvalCallback that also measures the time spent evaluating, to exclude it from the training time, and keeps,
@@ -99,6 +134,7 @@ class TimedEvalCallback(EvalCallback):
             ]
         keep_going = super()._on_step()
         if len(self.evaluations_timesteps) > evaluations:
+            check_finite(self.model, "after its evaluation")
             diagnostics = training_diagnostics(logged)
             if self.training_returns:
                 diagnostics[TRAINING_RETURN] = float(np.mean(self.training_returns))
@@ -237,6 +273,7 @@ class RunCheckpoint(BaseCallback):
     def save(self) -> None:
         start = time.perf_counter()
         model = self.model
+        check_finite(model, "before saving its checkpoint")
         partial = self.folder.with_name(self.folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch as th
 import yaml
 from gymnasium import spaces
-from stable_baselines3 import SAC
+from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -508,3 +509,39 @@ def test_adopting_and_continuing_leave_a_run_whose_settings_cannot_be_resolved_t
     cli._continue([job], str(suite_path), tmp_path / "checkpoints")
     err = capsys.readouterr().err
     assert err.count(f"{job.name}: its settings cannot be resolved now (KeyError('HalfCheetah-v9'))") == 2
+
+
+@pytest.mark.parametrize("with_checkpoints", [True, False], ids=["checkpointed", "evaluated"])
+def test_a_diverged_run_stops_and_keeps_no_broken_checkpoint(suite_path, tmp_path, monkeypatch, with_checkpoints):
+    """
+    TD3 trains on after a NaN reaches its critic (its deterministic actor checks nothing); the runner stops it at its
+    next save (which it refuses) or, without checkpoints, after its next evaluation, naming the tensor. The last
+    checkpoint saved before stays finite.
+    """
+    suite = copy.deepcopy(SPEC)
+    suite["envs"]["Pendulum-v1"]["algos"] = ["td3"]
+    suite["envs"]["Pendulum-v1"]["hyperparams"] = {
+        "td3": {"learning_starts": 50, "batch_size": 16, "policy_kwargs": "dict(net_arch=[8])"}
+    }
+    suite_path.write_text(yaml.safe_dump(suite))
+    (job,) = load_suite(suite_path).jobs
+    train = TD3.train
+
+    def train_then_break(self: TD3, *args, **kwargs) -> None:
+        train(self, *args, **kwargs)
+        if self.num_timesteps == 150:
+            with th.no_grad():
+                self.critic.qf0[0].weight[0, 0] = float("nan")
+
+    monkeypatch.setattr(TD3, "train", train_then_break)
+    checkpoints = tmp_path / "checkpoints" if with_checkpoints else None
+    _, result, error = run_job_safely(job, checkpoints, checkpoint_minutes=0)
+    assert result is None and "DivergedError: TD3 diverged" in error
+    if not with_checkpoints:  # by then the NaN has spread to the actor, which the message names first
+        assert "at step 200 (after its evaluation)" in error and "values in actor.mu.0.weight" in error
+        return
+    assert "at step 150 (before saving its checkpoint)" in error and "values in critic.qf0.0.weight." in error
+    folder = job.checkpoint_path(checkpoints)
+    assert read_state(folder, job)["num_timesteps"] == 149, "the checkpoint saved before the NaN stays"
+    saved = TD3.load(folder / "model.zip")
+    assert all(th.isfinite(tensor).all() for tensor in saved.policy.state_dict().values())
