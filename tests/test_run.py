@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3 import HerReplayBuffer
 from stable_baselines3.common.buffers import ReplayBuffer
@@ -159,6 +160,60 @@ def test_gaussian_policy_loss_is_the_likelihood_of_both_objectives_summed_weight
         ) + th.distributions.Normal(mean_old.double(), std.double()).log_prob(batch.actions.double()).sum(-1)
     expected = -(th.as_tensor(weights) * log_likelihoods).sum(0).mean()
     assert policy_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("per_dim_constraints", [True, False], ids=["per_dim", "joint"])
+def test_gaussian_m_step_pays_the_decoupled_trust_regions_away_from_the_old_policy(per_dim_constraints):
+    """
+    With θ moved off θ_old (the actor's mean and std heads shifted) and the multipliers set apart, the policy loss is the
+    weighted likelihood plus α_μ·C_μ + α_Σ·C_Σ, with C_μ = E_s KL(π_old ‖ N(μ_θ, σ_old)) and C_Σ = E_s KL(π_old ‖
+    N(μ_old, σ_θ)) (torch.distributions; per action dimension or summed), α held fixed; the multipliers' gradient is
+    ε − C through softplus (paper, Appendix D.3), and the diagnostics report the mean KLs.
+    """
+    settings = {**SMALL, "policy_kwargs": dict(net_arch=[16])}
+    env = DummyVecEnv([AsymmetricBoxEnv])  # two action dimensions, so that per-dimension constraints differ
+    model = MPO(
+        "MlpPolicy", env, seed=0, q_target="n_step", epsilon_penalty=None, per_dim_constraints=per_dim_constraints, **settings
+    )
+    model.learn(SMALL["learning_starts"])  # fills replay, no update yet: the actor is its target
+    multipliers, n_constraints = model.multipliers, 2 if per_dim_constraints else 1
+    with th.no_grad():
+        model.actor.mu.bias += th.tensor([0.3, -0.2])
+        model.actor.std.bias += th.tensor([0.5, -0.4])
+        multipliers.raw_alpha_mean.copy_(th.linspace(-1.0, 0.5, n_constraints))
+        multipliers.raw_alpha_std.copy_(th.linspace(1.5, 0.2, n_constraints))
+    batch = model.evaluation.evaluate(model.replay_buffer.sample(model.batch_size)).improvement
+    policy_loss, dual_loss, diagnostics = model.improvement.improve(batch)
+
+    normal, kl_divergence = th.distributions.Normal, th.distributions.kl_divergence
+    with th.no_grad():
+        mean, std = (tensor.double() for tensor in model.actor.distribution_params(batch.observations))
+        mean_old, std_old = (tensor.double() for tensor in model.actor_target.distribution_params(batch.observations))
+        kl_mean = kl_divergence(normal(mean_old, std_old), normal(mean, std_old)).mean(0)  # (A,)
+        kl_std = kl_divergence(normal(mean_old, std_old), normal(mean_old, std)).mean(0)
+        if not per_dim_constraints:
+            kl_mean, kl_std = kl_mean.sum(-1, keepdim=True), kl_std.sum(-1, keepdim=True)
+        actions = batch.actions.double()
+        log_likelihoods = normal(mean, std_old).log_prob(actions).sum(-1) + normal(mean_old, std).log_prob(actions).sum(-1)
+    assert kl_mean.min() > 1e-3 and kl_std.min() > 1e-3, "θ is away from θ_old in every constrained half"
+    weights = brute_force.softmax_columns(batch.q_values.double().numpy(), diagnostics["temperature"].item())
+    alpha_mean = F.softplus(multipliers.raw_alpha_mean.detach().double()) + multipliers.floor
+    alpha_std = F.softplus(multipliers.raw_alpha_std.detach().double()) + multipliers.floor
+    likelihood = -(th.as_tensor(weights) * log_likelihoods).sum(0).mean()
+    expected = likelihood + (alpha_mean * kl_mean).sum() + (alpha_std * kl_std).sum()
+    assert policy_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    raw = [multipliers.raw_alpha_mean, multipliers.raw_alpha_std]
+    assert all(grad is None for grad in th.autograd.grad(policy_loss, raw, retain_graph=True, allow_unused=True))
+    grad_mean, grad_std = th.autograd.grad(dual_loss, raw)
+    for grad, raw_alpha, epsilon, kl in (
+        (grad_mean, raw[0], model.epsilon_mean, kl_mean),
+        (grad_std, raw[1], model.epsilon_std, kl_std),
+    ):
+        expected_grad = th.sigmoid(raw_alpha.detach().double()) * (epsilon - kl)
+        th.testing.assert_close(grad.double(), expected_grad, rtol=1e-5, atol=1e-8)
+    assert diagnostics["kl_mean"].item() == pytest.approx(kl_mean.mean().item(), rel=1e-5)
+    assert diagnostics["kl_std"].item() == pytest.approx(kl_std.mean().item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("q_target", ["n_step", "retrace"])
