@@ -338,6 +338,55 @@ def test_target_networks_hard_copy():
     assert same(model.critic, model.critic_target) and same(model.actor, model.actor_target)
 
 
+@pytest.mark.parametrize("batch_renorm", [False, True], ids=["target_critic", "batch_renorm"])
+def test_soft_target_update_moves_each_target_a_tau_share_towards_its_network(batch_renorm):
+    """
+    After one update with tau=0.3 each target parameter is 0.7·itself + 0.3·the updated network's (Polyak); CrossQ's
+    critic (batch_renorm) has no target network to move, so its copy stays as it was.
+    """
+    policy_kwargs = dict(net_arch=[16], batch_renorm=batch_renorm)
+    model = MPO("MlpPolicy", IdentityEnvBox(ep_length=10), seed=0, tau=0.3, **{**SMALL, "policy_kwargs": policy_kwargs})
+    model.learn(60)
+    pairs = [(model.actor, model.actor_target), (model.critic, model.critic_target)]
+    before = [[param.detach().clone() for param in target.parameters()] for _, target in pairs]
+    model.train(gradient_steps=1, batch_size=model.batch_size)
+    for (network, target), old_target in zip(pairs, before, strict=True):
+        for param, target_param, old in zip(network.parameters(), target.parameters(), old_target, strict=True):
+            if network is model.critic and batch_renorm:
+                assert th.equal(target_param, old)
+            else:
+                th.testing.assert_close(target_param, 0.7 * old + 0.3 * param.detach())
+    assert not all(th.equal(param, old) for param, old in zip(model.actor_target.parameters(), before[0], strict=True))
+
+
+@pytest.mark.parametrize("max_grad_norm", [1e-3, None])
+def test_gradients_are_clipped_to_max_grad_norm_and_reported_before_clipping(max_grad_norm):
+    """
+    The actor's and the critic's optimisers step on gradients of norm at most max_grad_norm, and the update reports each
+    norm as it was before clipping (with no clipping, the norm the optimiser steps on).
+    """
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, max_grad_norm=max_grad_norm, **SMALL)
+    model.learn(60)
+    stepped = {}
+    for name in ("critic", "actor"):
+        optimizer = getattr(model, name).optimizer
+
+        def record(*args, _name=name, _optimizer=optimizer, _step=optimizer.step, **kwargs):
+            grads = [param.grad for group in _optimizer.param_groups for param in group["params"] if param.grad is not None]
+            stepped[_name] = float(np.sqrt(sum(float((grad.double() ** 2).sum()) for grad in grads)))
+            return _step(*args, **kwargs)
+
+        optimizer.step = record
+    reported = model._gradient_step(model.replay_buffer.sample(model.batch_size))
+    for name in ("critic", "actor"):
+        norm = reported[f"{name}_grad_norm"].item()
+        if max_grad_norm is None:
+            assert stepped[name] == pytest.approx(norm, rel=1e-5)
+        else:
+            assert norm > 10 * max_grad_norm, "the gradient was larger than the bound"
+            assert stepped[name] == pytest.approx(max_grad_norm, rel=1e-3)
+
+
 @pytest.mark.parametrize("action_bounding", ["clip", "tanh"])
 def test_behaviour_log_probs_recorded(action_bounding):
     """Retrace's replay records log b(u) of each stored action: uniform warm-up density, then the policy's Gaussian."""
