@@ -29,12 +29,13 @@ def test_parametric_improvement_trains_and_logs(parametric_model):
     assert set(dict(parametric_model.multipliers.named_parameters())) == {"raw_alpha_mean", "raw_alpha_std"}
 
 
-def test_parametric_trust_regions_hold_on_a_fixed_critic(parametric_model):
+def test_parametric_trust_regions_hold_on_a_fixed_critic(parametric_model, monkeypatch):
     """With the critic frozen, 300 updates keep the measured mean and std KLs within a few times their bounds."""
     model = parametric_model
-    model._update_learning_rate = lambda optimizers: None  # train() would reset the critic's learning rate
+    # train() would reset the critic's learning rate; both are put back for the module's other tests
+    monkeypatch.setattr(model, "_update_learning_rate", lambda optimizers: None)
     for group in model.critic.optimizer.param_groups:
-        group["lr"] = 0.0
+        monkeypatch.setitem(group, "lr", 0.0)
     before = [parameter.detach().clone() for parameter in model.actor.parameters()]
     model.train(300, model.batch_size)
     logged = model.logger.name_to_value
@@ -51,7 +52,10 @@ def test_parametric_improvement_saves_and_loads(parametric_model, tmp_path):
     assert loaded.policy_improvement == "parametric" and isinstance(loaded.improvement, ParametricGaussianImprovement)
     for name, value in parametric_model.multipliers.state_dict().items():
         assert th.equal(value, loaded.multipliers.state_dict()[name]), name
+    before = [parameter.detach().clone() for parameter in loaded.actor.parameters()]
     loaded.learn(50, reset_num_timesteps=False)
+    assert loaded.num_timesteps == parametric_model.num_timesteps + 50
+    assert any(not th.equal(old, new) for old, new in zip(before, loaded.actor.parameters(), strict=True)), "it trains on"
 
 
 def test_parametric_improvement_is_refused_for_discrete_actions():
