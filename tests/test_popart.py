@@ -44,8 +44,8 @@ def test_popart_update_keeps_the_critics_values():
     normalizer = model.value_normalizer
     rewards = th.tensor([-3.0, -1.0, -8.0])
     normalizer.initialise(batch_moments(rewards), model.gamma)
-    mean, std = normalizer.statistics()  # (mean r, std r) / (1 - gamma)
-    assert (mean.item(), std.item()) == pytest.approx((-4.0 / 0.01, np.std([-3.0, -1.0, -8.0]) / 0.01))
+    mean, std = normalizer.statistics()  # (mean r, rms r) / (1 - gamma)
+    assert (mean.item(), std.item()) == pytest.approx((-4.0 / 0.01, np.sqrt(np.mean([9.0, 1.0, 64.0])) / 0.01))
     obs, actions = th.randn(16, 3), th.rand(1, 16, 1) * 2 - 1
     before = [normalizer.denormalize(critic.sampled_q_values(obs, actions)) for critic in (model.critic, model.critic_target)]
     layers = [*critic_output_layers(model.critic), *critic_output_layers(model.critic_target)]
@@ -53,6 +53,49 @@ def test_popart_update_keeps_the_critics_values():
     after = [normalizer.denormalize(critic.sampled_q_values(obs, actions)) for critic in (model.critic, model.critic_target)]
     for values_before, values_after in zip(before, after, strict=True):
         th.testing.assert_close(values_after, values_before, rtol=1e-5, atol=1e-3)
+
+
+def test_a_constant_reward_sets_sigma_to_the_size_of_the_returns():
+    """Every reward −2: the returns are near −2 / (1 − γ), and so is σ (the standard deviation of the rewards is 0)."""
+    model = MPO("MlpPolicy", "Pendulum-v1", value_normalization=True, gamma=0.9, seed=0)
+    model.value_normalizer.initialise(batch_moments(th.full((32,), -2.0)), model.gamma)
+    mean, std = model.value_normalizer.statistics()
+    assert (mean.item(), std.item()) == pytest.approx((-20.0, 20.0))
+
+
+def test_zero_rewards_leave_the_values_unnormalised_until_the_first_reward_which_keeps_them():
+    """
+    While every reward in replay is 0 (a sparse task before its first success) the statistics stay unset, (μ, σ) =
+    (0, 1), and the critic learns unnormalised values; the first batch with a reward sets them from its rewards, and the
+    critics' values are kept across it.
+    """
+    env = TransformReward(gym.make("Pendulum-v1"), lambda reward: 0.0)
+    settings = dict(learning_starts=64, batch_size=64, n_action_samples=4, buffer_size=1000, q_target="n_step")
+    model = MPO("MlpPolicy", env, value_normalization=True, seed=0, policy_kwargs=dict(net_arch=[16]), **settings)
+    model.learn(150)
+    normalizer = model.value_normalizer
+    assert model._n_updates > 0 and not bool(normalizer.initialised)
+    assert normalizer.mean.item() == 0.0 and normalizer.mean_square.item() == 1.0, "no update moved the statistics"
+    buffer = model.replay_buffer
+    buffer.rewards[: buffer.pos] = np.where(np.arange(buffer.pos) % 2, -30.0, 0.0)[:, None]  # rewards now stand in replay
+    obs, actions = th.randn(16, 3), th.rand(1, 16, 1) * 2 - 1
+    critics = (model.critic, model.critic_target)
+    with th.no_grad():
+        before = [normalizer.denormalize(critic.sampled_q_values(obs, actions)) for critic in critics]
+    batch = buffer.sample(model.batch_size)
+    model.evaluation.initialise_value_normalizer(batch.rewards)
+    rewards, horizon = batch.rewards.double(), 1 / (1 - model.gamma)
+    mean, std = normalizer.statistics()
+    assert bool(normalizer.initialised)
+    assert (mean.item(), std.item()) == pytest.approx(
+        (rewards.mean().item() * horizon, rewards.square().mean().sqrt().item() * horizon)
+    )
+    with th.no_grad():
+        after = [normalizer.denormalize(critic.sampled_q_values(obs, actions)) for critic in critics]
+    for values_before, values_after in zip(before, after, strict=True):
+        th.testing.assert_close(values_after, values_before, rtol=1e-5, atol=1e-3)  # float32 outputs rescaled by ~1/2000
+    model.learn(20, reset_num_timesteps=False)  # and training goes on, normalised
+    assert np.isfinite(model.logger.name_to_value["train/critic_loss"])
 
 
 def train(scale: float, value_normalization: bool, **kwargs) -> MPO:

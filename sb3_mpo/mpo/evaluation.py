@@ -69,10 +69,14 @@ class CriticEvaluation(ABC):
         """
 
     def initialise_value_normalizer(self, rewards: th.Tensor) -> None:
-        """With value normalisation, set its first statistics from the first batch's rewards (all workers' batches)."""
+        """
+        With value normalisation, set its first statistics from the first batch (all workers' batches) with a reward
+        other than 0; the critics that trained on unnormalised values before it keep their values.
+        """
         normalizer = self.model.value_normalizer
         if normalizer is not None and not bool(normalizer.initialised):
-            normalizer.initialise(self.moments_over_workers(rewards), self.model.gamma)
+            layers = self.normalised_layers() if self.model._n_updates > 0 else []
+            normalizer.initialise(self.moments_over_workers(rewards), self.model.gamma, layers)
 
     def moments_over_workers(self, values: th.Tensor) -> th.Tensor:
         """The batch's (mean, mean square), averaged over the workers of data-parallel training."""
@@ -135,7 +139,7 @@ class CriticEvaluation(ABC):
         :return: The regression targets of the critic's outputs, and the batch
         """
         normalizer = self.model.value_normalizer
-        if normalizer is None:
+        if normalizer is None or not bool(normalizer.initialised):  # every reward so far 0: unnormalised values
             return target_q_values, batch
         old = normalizer.update(self.moments_over_workers(target_q_values), self.normalised_layers())
         batch = batch._replace(q_values=normalizer.renormalize(batch.q_values, old))

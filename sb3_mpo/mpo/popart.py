@@ -69,8 +69,11 @@ def preserving_output_layer(
 class PopArt(nn.Module):
     """
     The statistics (μ, σ) of the critic's targets, in float64, and the output-preserving update of the critic's output
-    layers. Before the first update they are set from the first batch's rewards, (mean r, std r) / (1 − γ), a guess
-    that scales with the rewards, so that training is the same at any reward scale from the first update on.
+    layers. Before the first update they are set from the first batch's rewards, (mean r, rms r) / (1 − γ), a guess
+    that scales with the rewards, so that training is the same at any reward scale from the first update on. The root
+    mean square (not the standard deviation) keeps σ at the size of the returns where every reward is the same, e.g.
+    −1 per step. While every reward seen is 0 (a sparse task before its first success) there is no scale to set: the
+    critic learns unnormalised values, (μ, σ) = (0, 1), until the first batch with a reward sets them.
 
     :param rate: Step size β of the moments' moving averages
     """
@@ -100,20 +103,34 @@ class PopArt(nn.Module):
         mean, std = self.statistics()
         return (normalized.double() * std + mean).to(normalized.dtype)
 
-    def initialise(self, reward_moments: th.Tensor, gamma: float) -> None:
+    @th.no_grad()
+    def initialise(self, reward_moments: th.Tensor, gamma: float, output_layers: list[nn.Linear] | tuple = ()) -> None:
         """
-        Set (μ, σ) from a batch of rewards, unless already set: (mean r, std r) / (1 − γ), i.e. ν₁ = mean(r) / (1 − γ)
-        and ν₂ = mean(r²) / (1 − γ)².
+        Set (μ, σ) from a batch of rewards, unless already set or every reward is 0: (mean r, rms r) / (1 − γ), i.e.
+        ν₁ = mean(r) / (1 − γ) and ν₂ = (mean(r)² + mean(r²)) / (1 − γ)².
 
         :param reward_moments: The batch's (mean(r), mean(r²)), see :func:`batch_moments`
         :param gamma: The discount factor γ
+        :param output_layers: Output layers to rescale so that their values are kept: those of critics that trained on
+            unnormalised values while every reward was 0 (none at the first update, so that the normalised critic
+            starts alike at every reward scale)
         """
-        if bool(self.initialised):
+        if bool(self.initialised) or not bool(reward_moments[1] > 0):
             return
         horizon = 1.0 / (1.0 - gamma) if gamma < 1 else 1.0
+        old = self.statistics()
         self.mean.copy_(reward_moments[0] * horizon)
-        self.mean_square.copy_(reward_moments[1] * horizon**2)
+        self.mean_square.copy_((reward_moments[0] ** 2 + reward_moments[1]) * horizon**2)
         self.initialised.fill_(True)
+        self.preserve_outputs(output_layers, old)
+
+    def preserve_outputs(self, output_layers: list[nn.Linear] | tuple, old: tuple[th.Tensor, th.Tensor]) -> None:
+        """Rescale ``output_layers`` so that their values under the current statistics are those under ``old``."""
+        new = self.statistics()
+        for layer in output_layers:
+            weight, bias = preserving_output_layer(layer.weight, layer.bias, old, new)
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
 
     @th.no_grad()
     def update(self, target_moments: th.Tensor, output_layers: list[nn.Linear]) -> tuple[th.Tensor, th.Tensor]:
@@ -128,11 +145,7 @@ class PopArt(nn.Module):
         mean, mean_square = updated_moments(self.mean, self.mean_square, target_moments, self.rate)
         self.mean.copy_(mean)
         self.mean_square.copy_(mean_square)
-        new = self.statistics()
-        for layer in output_layers:
-            weight, bias = preserving_output_layer(layer.weight, layer.bias, old, new)
-            layer.weight.copy_(weight)
-            layer.bias.copy_(bias)
+        self.preserve_outputs(output_layers, old)
         return old
 
     def renormalize(self, normalized: th.Tensor, old: tuple[th.Tensor, th.Tensor]) -> th.Tensor:
