@@ -114,7 +114,7 @@ class DistributedMPO(MPO):
             )
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         train_freq = kwargs.get("train_freq", 1)
-        if isinstance(train_freq, tuple) and train_freq[1] != "step":
+        if isinstance(train_freq, tuple) and len(train_freq) == 2 and train_freq[1] != "step":  # others: MPO's checks
             raise ValueError(
                 f"DistributedMPO: train_freq={train_freq!r} is invalid, expected a number of steps (an int or (n, 'step')): "
                 "workers must update at the same steps"

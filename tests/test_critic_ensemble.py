@@ -158,3 +158,7 @@ def test_a_policy_alone_refuses_a_bad_ensemble():
     with pytest.raises(ValueError, match=r"MPOPolicy: n_critics=-1 is invalid"):
         MPOPolicy(box, box, lambda _: 1e-3, n_critics=-1)
     assert len(MPOPolicy(box, box, lambda _: 1e-3, n_critics=2).critic.q_networks) == 2
+    # a NumPy integer, as MPO's own checks accept (e.g. from an Optuna or YAML pipeline)
+    assert len(MPOPolicy(box, box, lambda _: 1e-3, n_critics=np.int64(3)).critic.q_networks) == 3
+    with pytest.raises(ValueError, match=r"MPOPolicy: n_critics=True is invalid"):
+        MPOPolicy(box, box, lambda _: 1e-3, n_critics=True)

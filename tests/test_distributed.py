@@ -194,3 +194,23 @@ def test_distributed_mpo_refuses_to_start_outside_a_process_group():
 
     with pytest.raises(RuntimeError, match=r"needs an initialised torch\.distributed process group"):
         DistributedMPO("MlpPolicy", "Pendulum-v1")
+
+
+@pytest.mark.parametrize(
+    "train_freq, match",
+    [
+        ((4, "episode"), r"DistributedMPO: train_freq=\(4, 'episode'\) is invalid, expected a number of steps"),
+        ((4,), r"MPO: train_freq=\(4,\) is invalid"),  # malformed: MPO's own check names it
+    ],
+)
+def test_distributed_mpo_refuses_a_train_freq_in_episodes_or_malformed(train_freq, match, tmp_path):
+    import torch.distributed as dist
+
+    from sb3_mpo.distributed import DistributedMPO
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match=match):
+            DistributedMPO("MlpPolicy", "Pendulum-v1", train_freq=train_freq)
+    finally:
+        dist.destroy_process_group()

@@ -19,6 +19,7 @@ from stable_baselines3.dqn.policies import QNetwork
 from torch import nn
 from torch.nn import functional as F
 
+from sb3_mpo.common.checks import is_integer
 from sb3_mpo.mpo.losses import categorical_mean, clipped_values, inverse_positive, mixture_mean
 from sb3_mpo.mpo.torsos import (
     batch_renorm_torso,
@@ -655,7 +656,7 @@ class MPOPolicy(BasePolicy):
     @staticmethod
     def check_n_critics(n_critics: int, action_space: spaces.Space, distributional: bool) -> None:
         """:raises ValueError: naming ``n_critics`` when it cannot make the critic"""
-        if isinstance(n_critics, bool) or not isinstance(n_critics, int) or n_critics < 1:
+        if not is_integer(n_critics) or n_critics < 1:
             raise ValueError(f"MPOPolicy: n_critics={n_critics!r} is invalid, expected an integer >= 1")
         if n_critics == 1:
             return
