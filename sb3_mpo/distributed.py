@@ -10,7 +10,8 @@ optimiser step, so that every worker holds the same parameters after each update
 states included. The temperatures solved by each worker's E-step are averaged too, so every worker weights its samples
 with the same η; with value normalisation, PopArt's statistics follow the workers' average moments; with CrossQ's
 critic (``batch_renorm``), every BatchRenorm layer normalises with the moments of all the workers' batches together, as
-``SyncBatchNorm`` does (:func:`sum_over_workers`), so the workers' running statistics stay identical too. Rank 0 (the
+``SyncBatchNorm`` does (:func:`sum_over_workers`), so the workers' running statistics stay identical too (a features
+extractor's own ``BatchNorm`` is not synchronised: its running statistics follow each worker's batches). Rank 0 (the
 chief) logs, evaluates and saves; every worker can load the saved model and resume. A non-finite loss or gradient on
 any worker stops every worker at the same update, and a worker that dies or stops answering makes the others fail
 with an error after ``timeout_seconds`` instead of waiting forever.

@@ -93,6 +93,9 @@ class MPOActor(BasePolicy):
         with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
             return self.extract_features(obs, self.features_extractor)
 
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self(observation, deterministic)
+
 
 class GaussianActor(MPOActor):
     """
@@ -220,9 +223,6 @@ class GaussianActor(MPOActor):
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self.squash(self.sample_raw(obs, deterministic))
 
-    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
-        return self(observation, deterministic)
-
 
 class CategoricalActor(MPOActor):
     """
@@ -284,9 +284,6 @@ class CategoricalActor(MPOActor):
         if deterministic:
             return self.log_probs(obs).argmax(dim=-1)
         return self.sample(obs)[0]
-
-    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
-        return self(observation, deterministic)
 
 
 class SampledCritic(ContinuousCritic):
@@ -386,8 +383,7 @@ class SampledCritic(ContinuousCritic):
         :return: The outputs, shape (N, B, 1) (an ensemble's smallest value), (N, B, n_atoms) logits for a categorical
             critic, or (N, B, 3·M) for a mixture of M Gaussians (:meth:`mixture`)
         """
-        with th.set_grad_enabled(th.is_grad_enabled() and not self.share_features_extractor):
-            features = self.extract_features(obs, self.features_extractor)
+        features = self.extract_features(obs, self.features_extractor)  # MPO's critic trains its extractor (make_critic)
         outputs = [
             sampled_pass(with_running_statistics(network.children()), features, actions, hidden_dtype)
             for network in self.q_networks
@@ -456,7 +452,8 @@ class SampledCritic(ContinuousCritic):
 
 def critic_output_layers(critic: SampledCritic | QNetwork) -> list[nn.Linear]:
     """
-    :param critic: A critic of MPO's (one Q-network, as MPO uses) or SB3's DQN network (one output per action)
+    :param critic: A critic of MPO's (one Q-network, or an ensemble with ``n_critics``) or SB3's DQN network (one
+        output per action)
     :return: The last linear layer of each of its Q-networks: the layers whose outputs are the values
     """
     networks = list(critic.q_networks) if isinstance(critic, SampledCritic) else [critic.get_submodule("q_net")]
@@ -686,13 +683,12 @@ class MPOPolicy(BasePolicy):
             )
 
     def _build(self, lr_schedule: Schedule) -> None:
+        self.critic = self.make_critic()
         if self.share_features_extractor:
             # The critic owns (and trains) the shared extractor; the actor reads its features
-            self.critic = self.make_critic()
             self.actor = self.make_actor(features_extractor=self.critic.features_extractor)
             actor_parameters = [param for name, param in self.actor.named_parameters() if "features_extractor" not in name]
         else:
-            self.critic = self.make_critic()
             self.actor = self.make_actor()
             actor_parameters = list(self.actor.parameters())
         # Targets never share an extractor with the online networks
