@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNorm
 
 from sb3_mpo import MPO, NonFiniteError
 from sb3_mpo.common.buffers import SegmentReplayBuffer
+from sb3_mpo.mpo.evaluation import NStepEvaluation, RetraceEvaluation
 
 import brute_force
 
@@ -91,25 +92,44 @@ def test_replay_stores_gaussian_actions():
     np.testing.assert_allclose(sent, model.policy.unscale_action(np.clip(stored, -1, 1)), rtol=1e-5, atol=1e-5)
 
 
+def _penalty_off(model: MPO) -> None:
+    assert model.multipliers.raw_alpha_mean.shape == (1,) and model.multipliers.raw_temperatures.shape == (1,)
+    assert "train/temperature_penalty" not in model.logger.name_to_value
+
+
+def _scheduled(model: MPO) -> None:
+    expected = 1e-3 * model._current_progress_remaining  # the schedule at the last update's progress
+    for optimizer in (model.actor.optimizer, model.critic.optimizer):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    assert model.multipliers_optimizer.param_groups[0]["lr"] == model.dual_learning_rate  # the duals keep theirs
+
+
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, check",
     [
-        dict(),  # Retrace
-        dict(q_target="n_step"),
-        dict(q_target="n_step", n_steps=3),
-        dict(train_freq=(1, "episode"), gradient_steps=-1),
-        dict(tau=1.0, target_update_interval=5),
-        dict(per_dim_constraints=False, epsilon_penalty=None),
-        dict(max_grad_norm=None, learning_rate=lambda progress: 1e-3 * progress),
-        dict(q_target="retrace", segment_length=4),
-        dict(q_target="retrace", retrace_lambda=0.0, policy_kwargs=dict(net_arch=[32], action_bounding="tanh")),
+        (dict(), lambda model: isinstance(model.evaluation, RetraceEvaluation)),
+        (dict(q_target="n_step"), lambda model: isinstance(model.evaluation, NStepEvaluation)),
+        (dict(q_target="n_step", n_steps=3), lambda model: model.replay_buffer.n_steps == 3),
+        (dict(train_freq=(1, "episode"), gradient_steps=-1), lambda model: model._n_updates == model.num_timesteps),
+        (dict(tau=1.0, target_update_interval=5), None),  # test_target_networks_hard_copy checks the copies
+        (dict(per_dim_constraints=False, epsilon_penalty=None), _penalty_off),
+        (dict(max_grad_norm=None, learning_rate=lambda progress: 1e-3 * progress), _scheduled),
+        (dict(q_target="retrace", segment_length=4), lambda model: model.replay_buffer.segment_length == 4),
+        (
+            dict(q_target="retrace", retrace_lambda=0.0, policy_kwargs=dict(net_arch=[32], action_bounding="tanh")),
+            lambda model: model.actor.action_bounding == "tanh"
+            and "train/temperature_penalty" not in model.logger.name_to_value,
+        ),
     ],
+    ids=["retrace", "n_step", "n_step_3", "episodes", "hard_copy", "no_penalty", "schedule", "segments_4", "tanh"],
 )
-def test_pendulum_variants(kwargs):
-    """Every switch of the algorithm trains without error on Pendulum."""
+def test_pendulum_variants(kwargs, check):
+    """Every switch of the algorithm trains without error on Pendulum, and does what it says."""
     model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **{**SMALL, **kwargs})
     model.learn(300)
     assert model._n_updates > 0
+    if check is not None:
+        assert check(model) is not False
 
 
 def test_gradient_temperatures_follow_the_dual_slope_eps_minus_kl():
