@@ -12,7 +12,6 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecFrameStack
 
 from sb3_mpo import MPO
 from sb3_mpo.common.buffers import SegmentReplayBuffer
-from sb3_mpo.mpo import losses
 from sb3_mpo.mpo.policies import CategoricalActor
 
 import brute_force
@@ -155,20 +154,35 @@ def test_single_action_is_refused():
         MPO("MlpPolicy", OneActionEnv())
 
 
-def test_categorical_e_step_weights_on_the_models_target_values_match_brute_force():
+def test_categorical_m_step_is_the_weighted_likelihood_plus_its_trust_region_away_from_the_old_policy():
     """
-    On the target values and old log-probabilities a model computes for its states, the categorical E-step's weights
-    equal pi_old(a|s) exp(Q(s,a)/eta), normalised by a Python loop.
+    With π moved off π_old (its logits shifted) and α set: the policy loss is −mean_s Σ_a q(a|s) log π(a|s) + α·C with
+    q ∝ π_old·exp(Q'/η) (a Python loop) and C = mean_s KL(π_old ‖ π) (torch.distributions), α held fixed; the
+    multiplier's gradient is ε_policy − C through softplus (paper, Sec. 3.3, Eq. (12) relaxed).
     """
     model = MPO("MlpPolicy", "CartPole-v1", seed=4, **SMALL)
-    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(3)]))
+    multipliers = model.multipliers
+    with th.no_grad():
+        model.actor.logits[-1].bias += th.tensor([0.8, -0.5])
+        multipliers.raw_alpha_policy.fill_(0.7)
+    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(16)]))
     batch, _ = model.improvement.target_values(obs)
-    eta = model.multipliers.temperature.detach()
-    weights = losses.categorical_e_step_weights(batch.q_values, batch.log_probs_old, eta)
-    expected = brute_force.softmax_columns(
-        batch.q_values.double().numpy().T, eta.item(), batch.log_probs_old.double().exp().numpy().T
-    )
-    np.testing.assert_allclose(weights.numpy(), expected.T, rtol=1e-5)
+    policy_loss, dual_loss, diagnostics = model.improvement.improve(batch)
+
+    with th.no_grad():
+        old = th.distributions.Categorical(logits=model.actor_target.log_probs(obs).double())
+        new = th.distributions.Categorical(logits=model.actor.log_probs(obs).double())
+        kl = th.distributions.kl_divergence(old, new).mean()
+    assert kl > 1e-2, "π is away from π_old"
+    eta = diagnostics["temperature"].item()
+    weights = brute_force.softmax_columns(batch.q_values.double().numpy().T, eta, old.probs.numpy().T)  # (n_actions, B)
+    likelihood = -(th.as_tensor(weights.T) * new.logits).sum(-1).mean()
+    alpha = th.nn.functional.softplus(th.tensor(0.7, dtype=th.float64)) + multipliers.floor
+    assert policy_loss.item() == pytest.approx((likelihood + alpha * kl).item(), rel=1e-5)
+    (grad,) = th.autograd.grad(dual_loss, [multipliers.raw_alpha_policy])
+    expected = th.sigmoid(th.tensor(0.7, dtype=th.float64)) * (model.epsilon_policy - kl)
+    assert grad.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert diagnostics["kl_policy"].item() == pytest.approx(kl.item(), rel=1e-5)
 
 
 def test_atari_breakout_trains_and_saves(tmp_path):
