@@ -366,3 +366,22 @@ def test_non_finite_transition_finds_the_quantity_and_env(
     quantities: dict[str, Any], terminal_observations: dict[int, Any], expected: tuple[str, int] | None
 ) -> None:
     assert non_finite_transition(quantities, terminal_observations) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            dict(action_bounding="squash"),
+            r"GaussianActor: action_bounding='squash' is invalid, expected one of \('clip', 'tanh'\)",
+        ),
+        (dict(init_std=0.1, min_std=0.2), r"GaussianActor: min_std=0.2 and init_std=0.1 are invalid, expected 0 < min_std"),
+    ],
+)
+def test_a_policy_built_alone_names_a_bad_actor_setting(kwargs: dict[str, Any], match: str) -> None:
+    """Without MPO's checks (MPOPolicy built directly), the actor still names the setting, its value and what it accepts."""
+    from sb3_mpo.mpo.policies import MPOPolicy
+
+    box = spaces.Box(-1.0, 1.0, (2,))
+    with pytest.raises(ValueError, match=match):
+        MPOPolicy(box, box, lambda _: 1e-3, **kwargs)

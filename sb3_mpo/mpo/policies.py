@@ -146,9 +146,13 @@ class GaussianActor(MPOActor):
             squash_output=True,
         )
         if action_bounding not in ACTION_BOUNDINGS:
-            raise ValueError(f"action_bounding must be one of {ACTION_BOUNDINGS}, got {action_bounding!r}")
+            raise ValueError(
+                f"GaussianActor: action_bounding={action_bounding!r} is invalid, expected one of {ACTION_BOUNDINGS}"
+            )
         if not 0 < min_std < init_std:
-            raise ValueError(f"Need 0 < min_std < init_std, got min_std={min_std}, init_std={init_std}")
+            raise ValueError(
+                f"GaussianActor: min_std={min_std!r} and init_std={init_std!r} are invalid, expected 0 < min_std < init_std"
+            )
         self.init_std = init_std
         self.min_std = min_std
         self.action_bounding = action_bounding
