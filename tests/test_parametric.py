@@ -100,3 +100,53 @@ def test_parametric_samples_sets_the_actions_scored_per_state(parametric_samples
 def test_bad_parametric_samples_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=re.escape(match)):
         MPO("MlpPolicy", "Pendulum-v1", **kwargs)
+
+
+def test_parametric_loss_is_both_halves_expected_advantage_plus_the_trust_regions():
+    """
+    The assembled loss against a direct computation with the same noise ξ (K = 3 draws): a_μ = μ_θ + σ_old·ξ and
+    a_Σ = μ_old + σ_θ·ξ, each scored by the target critic plus the action penalty −‖a − clip(a)‖², less the baseline
+    E_{π_old} Q' (the mean of the batch's sampled values); plus α_μ·KL_μ + α_Σ·KL_Σ (torch.distributions), with θ moved
+    off θ_old so that every term counts.
+    """
+    settings = {**SMALL, "policy_kwargs": dict(net_arch=[16], init_std=1.0)}  # wide: some actions outside the box
+    model = MPO(
+        "MlpPolicy",
+        "Pendulum-v1",
+        seed=0,
+        q_target="n_step",
+        policy_improvement="parametric",
+        parametric_samples=3,
+        **settings,
+    )
+    model.learn(SMALL["learning_starts"])  # fills replay, no update yet
+    actor, critic_target, multipliers = model.actor, model.critic_target, model.multipliers
+    with th.no_grad():
+        actor.mu.bias += 0.4
+        actor.std.bias -= 0.3
+        multipliers.raw_alpha_mean.fill_(0.2)
+        multipliers.raw_alpha_std.fill_(-0.5)
+    batch = model.evaluation.evaluate(model.replay_buffer.sample(model.batch_size)).improvement
+    th.manual_seed(5)
+    policy_loss, _, _ = model.improvement.improve(batch)
+
+    th.manual_seed(5)
+    noise = th.randn((3, *batch.mean_old.shape), dtype=th.float32)
+    with th.no_grad():
+        mean, std = actor.distribution_params(batch.observations)
+
+        def value(actions: th.Tensor) -> th.Tensor:
+            penalty = -((actions - actions.clamp(-1.0, 1.0)) ** 2).sum(-1)
+            return critic_target.sampled_q_values(batch.observations, actions.clamp(-1.0, 1.0)) + penalty
+
+        baseline = batch.q_values.mean(0)
+        advantage = (value(mean + batch.std_old * noise) - baseline).mean() + (
+            value(batch.mean_old + std * noise) - baseline
+        ).mean()
+        normal, kl_divergence = th.distributions.Normal, th.distributions.kl_divergence
+        kl_mean = kl_divergence(normal(batch.mean_old, batch.std_old), normal(mean, batch.std_old)).sum(-1).mean()
+        kl_std = kl_divergence(normal(batch.mean_old, batch.std_old), normal(batch.mean_old, std)).sum(-1).mean()
+        alpha_mean, alpha_std = multipliers.alpha("mean"), multipliers.alpha("std")
+    assert kl_mean > 1e-3 and kl_std > 1e-3
+    expected = -advantage + alpha_mean.sum() * kl_mean + alpha_std.sum() * kl_std
+    assert policy_loss.item() == pytest.approx(expected.item(), rel=1e-4)
