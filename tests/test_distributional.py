@@ -142,23 +142,24 @@ def test_categorical_critic_survives_save_and_load(normalisation: dict, tmp_path
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "policy_kwargs", "match"),
+    ("env", "kwargs", "policy_kwargs", "match"),
     [
-        ({}, {"critic_support": SUPPORT}, "q_target='retrace'"),
-        ({"q_target": "n_step", "value_normalization": True}, {"critic_support": SUPPORT}, "value_normalization=True"),
-        ({"q_target": "n_step"}, {"critic_support": (1.0, -1.0)}, "critic_support=\\(1.0, -1.0\\)"),
-        ({"q_target": "n_step"}, {"critic_support": (-1.0, float("inf"))}, "critic_support"),
-        ({"q_target": "n_step"}, {"critic_support": SUPPORT, "n_atoms": 1}, "n_atoms=1"),
+        ("Pendulum-v1", {}, {"critic_support": SUPPORT}, "q_target='retrace'"),
+        (
+            "Pendulum-v1",
+            {"q_target": "n_step", "value_normalization": True},
+            {"critic_support": SUPPORT},
+            "value_normalization=True",
+        ),
+        ("Pendulum-v1", {"q_target": "n_step"}, {"critic_support": (1.0, -1.0)}, "critic_support=\\(1.0, -1.0\\)"),
+        ("Pendulum-v1", {"q_target": "n_step"}, {"critic_support": (-1.0, float("inf"))}, "critic_support"),
+        ("Pendulum-v1", {"q_target": "n_step"}, {"critic_support": SUPPORT, "n_atoms": 1}, "n_atoms=1"),
+        ("CartPole-v1", {"q_target": "n_step"}, {"critic_support": SUPPORT}, "Discrete"),
     ],
 )
-def test_bad_categorical_critics_are_refused(kwargs: dict, policy_kwargs: dict, match: str) -> None:
+def test_bad_categorical_critics_are_refused(env: str, kwargs: dict, policy_kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=policy_kwargs, **kwargs)
-
-
-def test_categorical_critic_is_refused_for_discrete_actions() -> None:
-    with pytest.raises(ValueError, match="Discrete"):
-        MPO("MlpPolicy", "CartPole-v1", q_target="n_step", policy_kwargs={"critic_support": SUPPORT})
+        MPO("MlpPolicy", env, policy_kwargs=policy_kwargs, **kwargs)
 
 
 # === Gaussian mixture critic ===
