@@ -9,6 +9,8 @@ temperature solved per batch (a softmax of Q/η whose η meets the KL bound is u
 whole update then no longer depends on the scale of the rewards.
 """
 
+from collections.abc import Sequence
+
 import torch as th
 from torch import nn
 
@@ -104,7 +106,7 @@ class PopArt(nn.Module):
         return (normalized.double() * std + mean).to(normalized.dtype)
 
     @th.no_grad()
-    def initialise(self, reward_moments: th.Tensor, gamma: float, output_layers: list[nn.Linear] | tuple = ()) -> None:
+    def initialise(self, reward_moments: th.Tensor, gamma: float, output_layers: Sequence[nn.Linear] = ()) -> None:
         """
         Set (μ, σ) from a batch of rewards, unless already set or every reward is 0: (mean r, rms r) / (1 − γ), i.e.
         ν₁ = mean(r) / (1 − γ) and ν₂ = (mean(r)² + mean(r²)) / (1 − γ)².
@@ -124,7 +126,7 @@ class PopArt(nn.Module):
         self.initialised.fill_(True)
         self.preserve_outputs(output_layers, old)
 
-    def preserve_outputs(self, output_layers: list[nn.Linear] | tuple, old: tuple[th.Tensor, th.Tensor]) -> None:
+    def preserve_outputs(self, output_layers: Sequence[nn.Linear], old: tuple[th.Tensor, th.Tensor]) -> None:
         """Rescale ``output_layers`` so that their values under the current statistics are those under ``old``."""
         new = self.statistics()
         for layer in output_layers:
@@ -133,7 +135,7 @@ class PopArt(nn.Module):
             layer.bias.copy_(bias)
 
     @th.no_grad()
-    def update(self, target_moments: th.Tensor, output_layers: list[nn.Linear]) -> tuple[th.Tensor, th.Tensor]:
+    def update(self, target_moments: th.Tensor, output_layers: Sequence[nn.Linear]) -> tuple[th.Tensor, th.Tensor]:
         """
         Move the statistics towards a batch of targets and rescale the output layers so that their values are kept.
 
