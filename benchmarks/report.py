@@ -563,6 +563,14 @@ def aggregate_section(
             f"| {first.upper()} > {second.upper()} | {estimate} |"
             for (first, second), estimate in improvement_estimates(pairs)
         ]
+    configurations = [name for name in scores if (trains or {}).get(name, name) == "mpo"]
+    if len(configurations) > 1 and reference not in configurations:
+        lines += [
+            "",
+            f"The MPO configurations ({', '.join(name.upper() for name in configurations)}) are not compared with each "
+            f"other here: the suite names none of them as its reference (`reference:` in its file), the configuration "
+            f"the others would be compared with.",
+        ]
     lines += shared
 
     import matplotlib.pyplot as plt
@@ -586,6 +594,17 @@ def aggregate_section(
     return [*lines, "", f"![performance profile]({relative(path)})"]
 
 
+def shared_grid(runs: list[dict[str, Any]]) -> tuple[tuple[int, ...], list[list[dict[str, Any]]]]:
+    """
+    :param runs: Runs of one algorithm on one environment
+    :return: The evaluation steps that most of them share (the first run's on a tie) and the curves of the runs
+        evaluated at exactly those steps, which a figure can average point by point
+    """
+    grids = [tuple(point["step"] for point in run["curve"]) for run in runs]
+    grid = max(dict.fromkeys(grids), key=grids.count)
+    return grid, [run["curve"] for run, own in zip(runs, grids, strict=True) if own == grid]
+
+
 def curve_figure(env: str, runs_by_algo: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """Mean ± std over seeds of the evaluation return; on-policy baselines' longer budgets in a second panel."""
     import matplotlib.pyplot as plt
@@ -595,13 +614,16 @@ def curve_figure(env: str, runs_by_algo: dict[str, list[dict[str, Any]]], path: 
     fig, axes = plt.subplots(1, 2 if longer else 1, figsize=(11 if longer else 6, 4), squeeze=False)
     for ax, limit in zip(axes[0], (budget, None), strict=False):
         for algo, runs in runs_by_algo.items():
-            steps = np.array([point["step"] for point in runs[0]["curve"]])
-            means = np.array([[point["mean"] for point in run["curve"]] for run in runs if len(run["curve"]) == len(steps)])
+            grid, curves = shared_grid(runs)
+            steps, means = np.array(grid), np.array([[point["mean"] for point in curve] for curve in curves])
             keep = steps <= limit if limit is not None else np.ones_like(steps, dtype=bool)
             if not keep.any():
                 continue
             mean, std = means.mean(axis=0)[keep], means.std(axis=0)[keep]
-            ax.plot(steps[keep], mean, label=f"{algo.upper()} ({len(means)} seed{'s' if len(means) > 1 else ''})")
+            seeds = f"{len(means)} seed{'s' if len(means) > 1 else ''}"
+            if len(means) < len(runs):
+                seeds += f" of {len(runs)}, evaluated at the same steps"
+            ax.plot(steps[keep], mean, label=f"{algo.upper()} ({seeds})")
             ax.fill_between(steps[keep], mean - std, mean + std, alpha=0.2)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("evaluation return")

@@ -6,6 +6,7 @@ leaves a half-written result. The report reads them with this module only: it im
 """
 
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -87,6 +88,12 @@ def load_result(path: Path, job: Job | None = None) -> dict[str, Any]:
         raise ResultError(f"{path}: holds a result of kind {kind!r}, expected {job.kind!r}")
     if kind == "returns" and (not result["curve"] or result["curve"][-1]["step"] < result["steps"]):
         raise ResultError(f"{path}: the evaluation curve stops before the budget of {result['steps']} steps")
+    if kind == "returns":
+        not_finite = [point["step"] for point in result["curve"] if not math.isfinite(point["mean"])]
+        if not_finite or not math.isfinite(result["final_return"]):
+            raise ResultError(
+                f"{path}: holds a non-finite return (final_return={result['final_return']}, evaluations at steps {not_finite})"
+            )
     if job is not None:
         claimed = tuple(result[key] for key in ("suite", "algo", "env", "seed", "steps"))
         expected = (job.suite, job.algo, job.env, job.seed, job.steps)

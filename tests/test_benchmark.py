@@ -32,6 +32,7 @@ from benchmarks.report import (
     mean_over_run,
     normalised_scores,
     processor,
+    shared_grid,
     shared_task_comparisons,
 )
 from benchmarks.results import (
@@ -364,7 +365,18 @@ def test_the_aggregate_compares_the_suites_reference_with_the_other_configuratio
     lines = aggregate_section(results, tmp_path, str, trains, reference="mpo_ln")
     assert any(line.startswith("| MPO_LN > MPO_N10 | ") for line in lines)
     assert not any(line.startswith("| MPO_N10 > MPO_LN | ") for line in lines)
-    assert not any(" > MPO_" in line for line in aggregate_section(results, tmp_path, str, trains))  # no `mpo`: none
+    without_reference = aggregate_section(results, tmp_path, str, trains)  # no configuration is `mpo`: none compared
+    assert not any(" > MPO_" in line for line in without_reference)
+    assert any(line.startswith("The MPO configurations (MPO_LN, MPO_N10) are not compared") for line in without_reference)
+    assert not any("are not compared" in line for line in lines)
+
+
+def test_a_curve_figure_averages_the_runs_evaluated_at_the_same_steps():
+    """The grid most runs share is averaged; a run evaluated at other steps is left out of it, not misaligned."""
+    runs = [{"curve": [{"step": step, "mean": 1.0} for step in steps]} for steps in ((10, 20), (10, 20, 25), (10, 20))]
+    grid, curves = shared_grid(runs)
+    assert grid == (10, 20) and curves == [runs[0]["curve"], runs[2]["curve"]]
+    assert shared_grid(runs[1:2]) == ((10, 20, 25), [runs[1]["curve"]])
 
 
 def test_shared_environment_comparisons_show_before_any_aggregate(tmp_path):
@@ -475,7 +487,7 @@ def test_a_final_evaluation_off_the_grid_is_timed_as_evaluation_not_training(tmp
     assert 0 < result["train_seconds"] <= wall - result["eval_seconds"]
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing_key", "short_curve", "wrong_run"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing_key", "short_curve", "wrong_run", "nan_return"])
 def test_damaged_result_file_is_reported_and_skipped(local_store, tmp_path, damage, capsys):
     """A corrupted or partial file is named, left out of the report and redone by the runner; never silently used."""
     suite_path, results = local_store
@@ -492,6 +504,9 @@ def test_damaged_result_file_is_reported_and_skipped(local_store, tmp_path, dama
         damaged.write_text(json.dumps(record))
     elif damage == "short_curve":
         record["curve"] = record["curve"][:1]
+        damaged.write_text(json.dumps(record))
+    elif damage == "nan_return":  # a NaN would make every run of its environment score 1 in the aggregate
+        record["curve"][0]["mean"] = float("nan")
         damaged.write_text(json.dumps(record))
     else:
         record["seed"] = 7
