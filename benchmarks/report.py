@@ -553,8 +553,9 @@ def aggregate_section(
     ]
     for algo in scores:
         low, high = interval[algo][:, 0]
-        runs = scores[algo].shape[0]
-        lines.append(f"| {algo.upper()} | {runs} | {_point_and_interval(point[algo][0], low, high, runs, digits=2)} |")
+        runs, most = scores[algo].shape[0], max(len(results[env][algo]) for env in envs)
+        counted = f"{runs}" if most == runs else f"{runs} (its lowest seeds: up to {most} ran on an environment)"
+        lines.append(f"| {algo.upper()} | {counted} | {_point_and_interval(point[algo][0], low, high, runs, digits=2)} |")
     compared = improvement_pairs(list(scores), trains or {}, reference)
     if compared:
         lines += ["", "| P(MPO > baseline) | estimate [95% CI] |", "|---|---|"]

@@ -371,6 +371,20 @@ def test_the_aggregate_compares_the_suites_reference_with_the_other_configuratio
     assert not any("are not compared" in line for line in lines)
 
 
+def test_the_aggregate_says_when_it_counts_fewer_runs_than_ran(tmp_path):
+    """MPO has three runs on A but two on B: the aggregate takes two per environment, and its table says so."""
+    results = {
+        "A": {
+            "mpo": [{"final_return": 1.0}, {"final_return": 2.0}, {"final_return": 3.0}],
+            "sac": [{"final_return": 0.0}] * 2,
+        },
+        "B": {"mpo": [{"final_return": 1.0}, {"final_return": 2.0}], "sac": [{"final_return": 0.5}] * 2},
+    }
+    lines = aggregate_section(results, tmp_path, str)
+    assert any(line.startswith("| MPO | 2 (its lowest seeds: up to 3 ran on an environment) | ") for line in lines)
+    assert any(line.startswith("| SAC | 2 | ") for line in lines)
+
+
 def test_a_curve_figure_averages_the_runs_evaluated_at_the_same_steps():
     """The grid most runs share is averaged; a run evaluated at other steps is left out of it, not misaligned."""
     runs = [{"curve": [{"step": step, "mean": 1.0} for step in steps]} for steps in ((10, 20), (10, 20, 25), (10, 20))]
