@@ -777,7 +777,8 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
     lines = [
         *provenance_lines(suite, "Benchmark suite", every_run, missing, problems),
         f"- Evaluation: deterministic policy, {suite.jobs[0].eval_episodes} episodes on a separate environment "
-        "(seeded 10000 + seed), every eval_freq steps; the final return is the last evaluation.",
+        "(seeded 10000 + seed), every eval_freq steps; the final return is the last evaluation. `mean ± std` is over seeds, "
+        "with the population standard deviation (divided by the number of seeds).",
         "- Budget multipliers: "
         + (", ".join(f"{algo.upper()} x{factor}" for algo, factor in suite.budget_multiplier.items()) or "none"),
         "- Settings: each baseline uses RL Zoo's tuned entry (rl_zoo3's files) and MPO sb3-mpo's entry, through rl_zoo3's "
