@@ -83,7 +83,7 @@ def standings_line(row: Row, results_dir: Path = RESULTS_DIR) -> str | None:
     ranking = sorted(at_budget, key=lambda algo: -float(np.mean([run["final_return"] for run in at_budget[algo]])))
     sac = _cell(at_budget["sac"]) if "sac" in at_budget else "—"
     rest = ", ".join(f"{algo.upper()} {_cell(at_budget[algo])}" for algo in others) or "—"
-    rank = f"{ranking.index(row.mpo) + 1} of {len(ranking)}" if len(ranking) > 1 else "— (no baseline yet)"
+    rank = f"{ranking.index(row.mpo) + 1} of {len(ranking)}" if len(ranking) > 1 else "— (no baseline at these steps)"
     return f"| {row.label} | {budget:,} | {_cell(at_budget[row.mpo])} | {sac} | {rest} | {rank} |"
 
 

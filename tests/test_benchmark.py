@@ -908,7 +908,7 @@ def test_standings_list_baselines_run_as_variants_and_rank_mpo_only_against_one(
     for job in variant_suite.jobs:
         if job.algo == "sac_small":
             job.result_path(store).unlink()
-    assert standings_line(row, store).endswith("| — | — | — (no baseline yet) |")
+    assert standings_line(row, store).endswith("| — | — | — (no baseline at these steps) |")
 
 
 def test_standings_give_no_spread_for_a_single_seed(local_store, tmp_path):
