@@ -420,6 +420,15 @@ def normalised_scores(results: Results) -> tuple[dict[str, np.ndarray], list[str
     return scores, envs
 
 
+def mpo_configurations(names: list[str], trains: dict[str, str]) -> list[str]:
+    """
+    :param names: Algorithms as a suite names them
+    :param trains: A name -> the algorithm it trains (a variant's base; a plain algorithm's own name)
+    :return: Those that train MPO (the algorithm itself or a variant of it), in their order
+    """
+    return [name for name in names if trains.get(name, name) == "mpo"]
+
+
 def improvement_pairs(names: list[str], trains: dict[str, str], reference: str = "mpo") -> list[tuple[str, str]]:
     """
     The comparisons whose probability of improvement a page shows: every MPO run (the algorithm itself or a variant
@@ -431,7 +440,7 @@ def improvement_pairs(names: list[str], trains: dict[str, str], reference: str =
     :param reference: The MPO configuration the others are compared with
     :return: (MPO's name, the other's name) pairs
     """
-    mpo = [name for name in names if trains.get(name, name) == "mpo"]
+    mpo = mpo_configurations(names, trains)
     baselines = [name for name in names if name not in mpo]
     variants = [name for name in mpo if name != reference] if reference in mpo else []
     return [(first, second) for first in mpo for second in baselines] + [(reference, variant) for variant in variants]
@@ -539,9 +548,10 @@ def aggregate_section(
     """
     from rliable import library, plot_utils
 
+    trains = trains or {}
     scores, envs = normalised_scores(results)
     # shown without an aggregate too: MPO may share environments with a baseline whose other runs are pending
-    shared = shared_task_lines(results, list(scores), trains or {}, reference)
+    shared = shared_task_lines(results, list(scores), trains, reference)
     if len(scores) < 2:
         return ["Aggregates need two algorithms that ran on every environment of the suite.", *shared]
     point, interval = interval_estimates(scores, _iqm)
@@ -556,7 +566,7 @@ def aggregate_section(
         runs, most = scores[algo].shape[0], max(len(results[env][algo]) for env in envs)
         counted = f"{runs}" if most == runs else f"{runs} (its lowest seeds: up to {most} ran on an environment)"
         lines.append(f"| {algo.upper()} | {counted} | {_point_and_interval(point[algo][0], low, high, runs, digits=2)} |")
-    compared = improvement_pairs(list(scores), trains or {}, reference)
+    compared = improvement_pairs(list(scores), trains, reference)
     if compared:
         lines += ["", "| P(MPO > baseline) | estimate [95% CI] |", "|---|---|"]
         pairs = {(first, second): (scores[first], scores[second]) for first, second in compared}
@@ -564,7 +574,7 @@ def aggregate_section(
             f"| {first.upper()} > {second.upper()} | {estimate} |"
             for (first, second), estimate in improvement_estimates(pairs)
         ]
-    configurations = [name for name in scores if (trains or {}).get(name, name) == "mpo"]
+    configurations = mpo_configurations(list(scores), trains)
     if len(configurations) > 1 and reference not in configurations:
         lines += [
             "",

@@ -86,9 +86,9 @@ def load_result(path: Path, job: Job | None = None) -> dict[str, Any]:
         raise ResultError(f"{path}: schema {result['schema']}, expected {SCHEMA}")
     if job is not None and kind != job.kind:
         raise ResultError(f"{path}: holds a result of kind {kind!r}, expected {job.kind!r}")
-    if kind == "returns" and (not result["curve"] or result["curve"][-1]["step"] < result["steps"]):
-        raise ResultError(f"{path}: the evaluation curve stops before the budget of {result['steps']} steps")
     if kind == "returns":
+        if not result["curve"] or result["curve"][-1]["step"] < result["steps"]:
+            raise ResultError(f"{path}: the evaluation curve stops before the budget of {result['steps']} steps")
         not_finite = [point["step"] for point in result["curve"] if not math.isfinite(point["mean"])]
         if not_finite or not math.isfinite(result["final_return"]):
             raise ResultError(
