@@ -5,9 +5,10 @@ and IQM with 95% stratified-bootstrap confidence intervals over seeds, by rliabl
 the sample-efficiency comparison with on-policy baselines, and a speed table.
 
 Statistics follow Agarwal et al. (2021), "Deep Reinforcement Learning at the Edge of the Statistical Precipice"
-(rliable). Returns are aggregated over environments after min-max normalisation per environment, over the final
-returns of the algorithms that ran on every environment of the suite (0 = worst run, 1 = best run); these normalised
-scores compare the algorithms of this page with each other and with nothing else.
+(rliable). Returns are aggregated over environments after normalisation per environment: by the fixed reference
+returns the suite names (``normalisation:``, :mod:`benchmarks.references`), whose scores compare across pages, or else
+min-max over the final returns of the algorithms that ran on every environment of the suite (0 = worst run, 1 = best
+run), whose scores compare the algorithms of this page with each other and with nothing else.
 """
 
 import contextlib
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.references import ScoreReference
 from benchmarks.results import TRAINING_RETURN, ResultError, load_result
 from benchmarks.suite import Suite
 
@@ -395,12 +397,17 @@ def quiet_speed_table(envs: list[str], results_dir: Path) -> list[str]:
     ]
 
 
-def normalised_scores(results: Results) -> tuple[dict[str, np.ndarray], list[str]]:
+def normalised_scores(
+    results: Results, normalisation: ScoreReference | None = None
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """
-    Final returns min-max normalised per environment over the aggregate's runs, as rliable's (runs x tasks) matrices.
-    An algorithm enters the aggregates only if it ran on every environment (so one run on fewer, e.g. a variant
-    measured on one task, moves no score); it contributes as many runs as its smallest seed count.
+    Final returns normalised per environment, as rliable's (runs x tasks) matrices: (return − low) / (high − low), with
+    the reference's two returns, or else the lowest and highest final return of the aggregate's runs. An algorithm
+    enters the aggregates only if it ran on every environment (so one run on fewer, e.g. a variant measured on one
+    task, moves no score); it contributes as many runs as its smallest seed count.
 
+    :param results: The runs, by environment and algorithm
+    :param normalisation: Fixed reference returns for every environment (None: min-max over the aggregate's runs)
     :return: The score matrices by algorithm, and the environments (columns)
     """
     envs = list(results)
@@ -412,12 +419,27 @@ def normalised_scores(results: Results) -> tuple[dict[str, np.ndarray], list[str
         n_runs = min(len(results[env][algo]) for env in envs)
         columns = []
         for env in envs:
-            every_final = np.array([run["final_return"] for other in algos for run in results[env][other]])
-            low, high = every_final.min(), every_final.max()
+            if normalisation is None:
+                every_final = np.array([run["final_return"] for other in algos for run in results[env][other]])
+                low, high = every_final.min(), every_final.max()
+            else:
+                low, high = normalisation.range_of(env)
             finals = np.array([run["final_return"] for run in results[env][algo][:n_runs]])
             columns.append((finals - low) / (high - low) if high > low else np.ones_like(finals))
         scores[algo] = np.stack(columns, axis=1)
     return scores, envs
+
+
+def normalisation_phrase(envs: list[str], normalisation: ScoreReference | None) -> str:
+    """
+    :param envs: The aggregate's environments
+    :param normalisation: The suite's fixed reference returns (None: min-max over the aggregate's runs)
+    :return: What the aggregate's scores are, for the page
+    """
+    if normalisation is None:
+        return "normalised final returns"
+    ranges = "; ".join(f"{env} {' and '.join(f'{value:.1f}' for value in normalisation.range_of(env))}" for env in envs)
+    return f"final returns normalised by {normalisation.description} ({ranges})"
 
 
 def mpo_configurations(names: list[str], trains: dict[str, str]) -> list[str]:
@@ -534,6 +556,7 @@ def aggregate_section(
     relative: Callable[[Path], str],
     trains: dict[str, str] | None = None,
     reference: str = "mpo",
+    normalisation: ScoreReference | None = None,
 ) -> list[str]:
     """
     The aggregate over the suite's environments (rliable): IQM of normalised final returns with bootstrap intervals,
@@ -544,19 +567,20 @@ def aggregate_section(
     :param relative: A figure's path as the page links it
     :param trains: A name -> the algorithm it trains, for the suite's variants; a name not in it trains itself
     :param reference: The MPO configuration the others are compared with (:func:`improvement_pairs`)
+    :param normalisation: The suite's fixed reference returns (None: min-max over the aggregate's runs)
     :return: The section's markdown lines
     """
     from rliable import library, plot_utils
 
     trains = trains or {}
-    scores, envs = normalised_scores(results)
+    scores, envs = normalised_scores(results, normalisation)
     # shown without an aggregate too: MPO may share environments with a baseline whose other runs are pending
     shared = shared_task_lines(results, list(scores), trains, reference)
     if len(scores) < 2:
         return ["Aggregates need two algorithms that ran on every environment of the suite.", *shared]
     point, interval = interval_estimates(scores, _iqm)
     lines = [
-        f"Over {len(envs)} environment(s) ({', '.join(envs)}), normalised final returns:",
+        f"Over {len(envs)} environment(s) ({', '.join(envs)}), {normalisation_phrase(envs, normalisation)}:",
         "",
         "| algorithm | runs per environment | IQM [95% CI] |",
         "|---|---|---|",
@@ -586,7 +610,9 @@ def aggregate_section(
 
     import matplotlib.pyplot as plt
 
-    taus = np.linspace(0.0, 1.0, 51)
+    # fixed references may score runs below 0 or above 1: the profile spans them
+    every_score = np.concatenate([score.ravel() for score in scores.values()])
+    taus = np.linspace(min(0.0, every_score.min()), max(1.0, every_score.max()), 51)
     profiles, profile_intervals = {}, {}
     for algo, score in scores.items():  # each algorithm's band from its own seeded bootstrap, as for the intervals
         with _seeded_bootstrap():
@@ -817,7 +843,7 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
             lines += [*threshold_table(runs_by_algo, suite.thresholds[env]), ""]
         lines += [f"![{env} learning curves]({relative(figure)})", ""]
     if results:
-        aggregate = aggregate_section(results, figures, relative, suite.trains(), suite.reference)
+        aggregate = aggregate_section(results, figures, relative, suite.trains(), suite.reference, suite.normalisation)
         lines += ["## Aggregate over environments", "", *aggregate, ""]
         efficiency = sample_efficiency_table(results)
         if efficiency:

@@ -7,6 +7,8 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
     description: A few hours of a 2-core machine.
     page: docs/quick.md            # optional: where `report` writes the page (default docs/results/<name>.md)
     eval_episodes: 10               # deterministic evaluation episodes per evaluation (>= 10 for published suites)
+    normalisation: d4rl             # optional: the aggregate's fixed reference returns (benchmarks/references.py);
+                                    # without it, the worst and best run on the page
     budget_multiplier: {ppo: 10}    # on-policy baselines train for 10x the environment's budget
     envs:
       Pendulum-v1:
@@ -38,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from benchmarks.references import REFERENCES, ScoreReference
 
 #: Algorithms a suite may name: MPO and the SB3 / sb3-contrib algorithms rl_zoo3 has tuned files for
 KNOWN_ALGOS = ("mpo", "sac", "td3", "tqc", "ddpg", "ppo", "trpo", "a2c", "dqn", "qrdqn", "crossq", "ars")
@@ -108,6 +112,7 @@ class Suite:
     page: Path | None = None  # the report's default page, relative to the repository root (None: docs/results/<name>.md)
     kind: str = "returns"  # what the suite measures (see SUITE_KINDS)
     reference: str = "mpo"  # the MPO configuration the report compares each other MPO configuration with
+    normalisation: ScoreReference | None = None  # the aggregate's fixed reference returns (None: the page's worst, best run)
 
     @property
     def page_path(self) -> Path:
@@ -225,4 +230,23 @@ def load_suite(name_or_path: str | Path) -> Suite:
     mpo_configurations = sorted({job.algo for job in jobs if job.zoo_algo == "mpo"})
     _require("reference" not in spec or reference in mpo_configurations, f"{path}: reference",
              f"must name an MPO configuration the suite runs, one of {mpo_configurations}, got {reference!r}")  # fmt: skip
-    return Suite(name, str(spec.get("description", "")), jobs, multiplier, path, thresholds, page, kind, reference)
+    normalisation = _normalisation(spec.get("normalisation"), list(envs), f"{path}: normalisation")
+    return Suite(
+        name, str(spec.get("description", "")), jobs, multiplier, path, thresholds, page, kind, reference, normalisation
+    )
+
+
+def _normalisation(name: Any, envs: list[str], where: str) -> ScoreReference | None:
+    """
+    :param name: The suite's ``normalisation`` (None: the page's worst and best run)
+    :param envs: The suite's environments, each of which the reference must score
+    :param where: The file and key, for errors
+    :return: The fixed reference returns the suite names
+    """
+    if name is None:
+        return None
+    _require(name in REFERENCES, where, f"must be one of {sorted(REFERENCES)}, got {name!r}")
+    reference = REFERENCES[name]
+    unscored = [env for env in envs if not reference.covers(env)]
+    _require(not unscored, where, f"{name} has no reference returns for {unscored} (it scores {sorted(reference.scores)})")
+    return reference

@@ -17,6 +17,7 @@ from stable_baselines3.common import callbacks
 
 from benchmarks import stamp
 from benchmarks.cli import main
+from benchmarks.references import D4RL, ScoreReference
 from benchmarks.report import (
     QUIET_SPEED_FOLDER,
     aggregate_section,
@@ -289,6 +290,58 @@ def test_normalised_scores_span_the_aggregates_runs_only():
     assert list(with_variant) == ["mpo", "sac"]
     for algo in scores:
         np.testing.assert_array_equal(with_variant[algo], scores[algo])
+
+
+def test_fixed_reference_returns_normalise_each_run_alone():
+    """With a reference, a score is (return − low) / (high − low) of its own task, whatever else the page shows."""
+    reference = ScoreReference("test", "two returns per task", {"A": (-10.0, 90.0), "B": (0.0, 4.0)})
+    runs = {"mpo": [150.0, 40.0], "sac": [-10.0, 15.0]}
+    results = {
+        "A-v5": {algo: [{"final_return": final} for final in finals] for algo, finals in runs.items()},
+        "B-v1": {algo: [{"final_return": final / 10} for final in finals] for algo, finals in runs.items()},
+    }
+    scores, envs = normalised_scores(results, reference)
+    assert envs == ["A-v5", "B-v1"]
+    np.testing.assert_allclose(scores["mpo"], [[1.6, 3.75], [0.5, 1.0]])  # a run may score above 1
+    np.testing.assert_allclose(scores["sac"], [[0.0, -0.25], [0.25, 0.375]])  # or below 0
+    # a worse algorithm joining the page moves no score (min-max over the page's runs would)
+    joined = {env: {**algos, "td3": [{"final_return": -1000.0}] * 2} for env, algos in results.items()}
+    assert np.array_equal(normalised_scores(joined, reference)[0]["mpo"], scores["mpo"])
+    assert not np.array_equal(normalised_scores(joined)[0]["mpo"], normalised_scores(results)[0]["mpo"])
+    with pytest.raises(ValueError, match=r"test has no reference returns for C-v0 \(it scores \['A', 'B'\]\)"):
+        normalised_scores({"C-v0": results["A-v5"]}, reference)
+
+
+def test_the_d4rl_reference_scores_mujoco_tasks_by_their_name_without_version(tmp_path):
+    assert D4RL.range_of("HalfCheetah-v5") == D4RL.range_of("HalfCheetah-v4") == (-280.178953, 12135.0)
+    assert D4RL.range_of("Walker2d-v5") == (1.629008, 4592.3) and D4RL.range_of("Hopper-v5") == (-20.272305, 3234.3)
+    assert not D4RL.covers("Ant-v5") and not D4RL.covers("Humanoid-v5")
+    env = {**TINY["envs"]["Pendulum-v1"], "algos": ["mpo", "sac"]}
+    spec = {**TINY, "envs": {"HalfCheetah-v5": env}, "normalisation": "d4rl"}
+    assert load_suite(write_suite(tmp_path, spec)).normalisation is D4RL
+    assert load_suite(write_suite(tmp_path, {**spec, "normalisation": None})).normalisation is None
+    with pytest.raises(ValueError, match=r"normalisation: d4rl has no reference returns for \['Pendulum-v1'\]"):
+        load_suite(write_suite(tmp_path, {**spec, "envs": {"HalfCheetah-v5": env, "Pendulum-v1": env}}))
+    with pytest.raises(ValueError, match=r"normalisation: must be one of \['d4rl'\], got 'atari'"):
+        load_suite(write_suite(tmp_path, {**spec, "normalisation": "atari"}))
+
+
+def test_the_aggregate_names_its_fixed_references_and_profiles_scores_beyond_one(tmp_path):
+    results = {
+        "Hopper-v5": {"mpo": [{"final_return": 3234.3 * 1.5}] * 2, "sac": [{"final_return": -20.272305}] * 2},
+        "Walker2d-v5": {"mpo": [{"final_return": 4592.3}] * 2, "sac": [{"final_return": 1.629008}] * 2},
+    }
+    lines = aggregate_section(results, tmp_path, str, normalisation=D4RL)
+    assert lines[0] == (
+        "Over 2 environment(s) (Hopper-v5, Walker2d-v5), final returns normalised by D4RL's reference returns (Fu et al. "
+        "2020): 0 is a uniformly random policy's return, 1 an expert SAC policy's (Hopper-v5 -20.3 and 3234.3; "
+        "Walker2d-v5 1.6 and 4592.3):"
+    )
+    iqm = {line.split(" | ")[0]: line.split(" | ")[2] for line in lines if line.startswith(("| MPO |", "| SAC |"))}
+    # Hopper: (1.5·3234.3 + 20.27) / 3254.57; Walker2d: 1.0; the IQM of two runs per task is their mean
+    assert iqm["| MPO"].startswith(f"{(1.5 * 3234.3 + 20.272305) / (3234.3 + 20.272305) / 2 + 0.5:.2f}")
+    assert iqm["| SAC"].startswith("0.00")
+    assert (tmp_path / "performance_profile.png").is_file()
 
 
 def test_probability_of_improvement_pairs_every_mpo_run_with_every_baseline():
