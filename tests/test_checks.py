@@ -63,6 +63,33 @@ def test_bad_argument_is_named_with_its_value_and_what_is_accepted(name: str, va
         MPO("MlpPolicy", "Pendulum-v1", **{name: value})
 
 
+def test_a_learning_rate_schedule_that_turns_negative_is_refused() -> None:
+    """A schedule is read at both ends of training: one that ends below 0 would make Adam climb the losses."""
+
+    def negative_at_the_end(progress_remaining: float) -> float:
+        return 2 * progress_remaining - 1.5
+
+    def decaying_to_zero(progress_remaining: float) -> float:
+        return 1e-3 * progress_remaining
+
+    with pytest.raises(ValueError, match=r"learning_rate=.* is invalid, expected .* and a finite float >= 0 at progress 0"):
+        MPO("MlpPolicy", "Pendulum-v1", learning_rate=negative_at_the_end)
+    assert MPO("MlpPolicy", "Pendulum-v1", learning_rate=decaying_to_zero).lr_schedule(0.0) == 0.0
+
+
+@pytest.mark.parametrize("name", ["epsilon", "epsilon_penalty"])
+def test_an_e_step_bound_that_cannot_bind_over_the_sampled_actions_is_refused(name: str) -> None:
+    """Over N = 4 samples the E-step's KL is at most log 4 = 1.386: a bound of 1.4 would leave a greedy E-step."""
+    message = rf"^MPO: {name}=1.4 is invalid with n_action_samples=4, expected a float below log\(4\) = 1.386: "
+    with pytest.raises(ValueError, match=message):
+        MPO("MlpPolicy", "Pendulum-v1", n_action_samples=4, **{name: 1.4})
+    assert getattr(MPO("MlpPolicy", "Pendulum-v1", n_action_samples=4, **{name: 1.38}), name) == 1.38
+    # Discrete actions: the E-step enumerates them under π_old's probabilities, and no such bound applies; the
+    # parametric improvement has no E-step
+    assert MPO("MlpPolicy", "CartPole-v1", n_action_samples=4, epsilon=1.4).epsilon == 1.4
+    assert MPO("MlpPolicy", "Pendulum-v1", n_action_samples=4, policy_improvement="parametric", epsilon=1.4).epsilon == 1.4
+
+
 def test_numeric_string_gets_the_yaml_hint() -> None:
     with pytest.raises(ValueError, match=r"epsilon_std='1e-5' is invalid.*write !!float 1e-3 or 1\.0e-3"):
         MPO("MlpPolicy", "Pendulum-v1", epsilon_std="1e-5")

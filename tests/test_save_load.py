@@ -110,6 +110,50 @@ def test_policy_save_load(trained_model, tmp_path):
     )
 
 
+def test_a_loaded_model_trains_its_multipliers_at_a_new_dual_learning_rate(tmp_path):
+    """custom_objects sets the multipliers' learning rate, which the saved optimiser state would otherwise keep."""
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **SMALL)
+    model.learn(60)
+    model.save(tmp_path / "mpo.zip")
+    env = make_vec_env("Pendulum-v1", n_envs=1)
+    loaded = MPO.load(tmp_path / "mpo.zip", env=env, custom_objects={"dual_learning_rate": 1e-4})
+    loaded.learn(5, reset_num_timesteps=False)
+    assert [group["lr"] for group in loaded.multipliers_optimizer.param_groups] == [1e-4]
+
+
+def n_step_return_at(buffer: NStepReplayBuffer, index: int) -> float:
+    """:return: The discounted reward sum SB3's n-step buffer samples for the stored step ``index`` (one environment)"""
+    return float(buffer._get_samples(np.array([index])).rewards.item())
+
+
+@pytest.mark.parametrize("how", ["second learn", "load and resume"])
+def test_n_step_returns_do_not_join_the_episode_before_a_reset_to_the_one_after(tmp_path, how):
+    """
+    Pendulum's episodes last 200 steps: after 50 steps the stream of its newest episode breaks where training resumes
+    on a reset environment. The n-step return from step 48 stops at step 49 (a time-limit truncation) instead of adding
+    the reward of the next episode's first step.
+    """
+    settings = dict(SMALL, learning_starts=10**6)  # no update needed: this is about what replay stores
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, q_target="n_step", n_steps=3, **settings)
+    model.learn(50)
+    if how == "second learn":
+        model.learn(10)  # SB3 resets the environment: a new episode starts
+    else:
+        model.save(tmp_path / "mpo.zip")
+        model.save_replay_buffer(tmp_path / "buffer.pkl")
+        model = MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1))
+        model.load_replay_buffer(tmp_path / "buffer.pkl")
+        model.learn(10, reset_num_timesteps=False)
+    buffer = model.replay_buffer
+    assert isinstance(buffer, NStepReplayBuffer) and buffer.pos == 60
+    assert not np.allclose(buffer.next_observations[49, 0], buffer.observations[50, 0]), "the stream breaks at 49/50"
+    assert buffer.dones[49, 0] == 1.0 and buffer.timeouts[49, 0] == 1.0, "a truncation: it keeps its bootstrap"
+    rewards, gamma = buffer.rewards[:, 0], model.gamma
+    assert n_step_return_at(buffer, 48) == pytest.approx(rewards[48] + gamma * rewards[49], rel=1e-6)
+    assert n_step_return_at(buffer, 47) == pytest.approx(rewards[47] + gamma * rewards[48] + gamma**2 * rewards[49], rel=1e-6)
+    assert n_step_return_at(buffer, 50) == pytest.approx(rewards[50] + gamma * rewards[51] + gamma**2 * rewards[52], rel=1e-6)
+
+
 def test_n_step_model_loads_without_warning_and_keeps_its_buffer(tmp_path):
     """A saved n-step model reloads with the same NStepReplayBuffer and without SB3's 'n_steps is ignored' warning."""
     model = MPO("MlpPolicy", "Pendulum-v1", seed=0, q_target="n_step", n_steps=3, **SMALL)

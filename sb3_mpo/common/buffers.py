@@ -429,6 +429,21 @@ def end_newest_episodes(buffer: ReplayBuffer, env_mask: np.ndarray | None = None
         buffer.timeouts[newest, open_episodes] = 1.0
 
 
+def truncate_newest_episodes(buffer: ReplayBuffer) -> None:
+    """
+    End the newest stored episode of every environment, for when the environments' streams continue with fresh
+    episodes: with the buffer's own ``truncate_last_trajectory`` where it has one (SB3's ``HerReplayBuffer``, which
+    also closes its record of the episode, and :class:`SegmentReplayBuffer`), else with :func:`end_newest_episodes`.
+
+    :param buffer: The replay buffer
+    """
+    truncate = getattr(buffer, "truncate_last_trajectory", None)
+    if truncate is not None:
+        truncate()
+    else:
+        end_newest_episodes(buffer)
+
+
 def replay_settings_problem(
     q_target: str,
     n_steps: int,

@@ -101,13 +101,13 @@ INITIAL_MULTIPLIER = Requirement(
 def _is_learning_rate(value: Any) -> bool:
     """
     Whether a learning rate is a finite positive Python number (SB3 takes no NumPy float32), or a schedule whose value
-    at progress 1 is a finite positive number.
+    is a finite positive number at progress 1 (the start) and a finite non-negative one at progress 0 (the end: a
+    schedule that decays to 0 is fine, one that turns negative would train by gradient ascent, which Adam allows).
     """
     if callable(value):
-        value = value(1.0)
-    elif not isinstance(value, (int, float)):
-        return False
-    return is_finite_number(value) and value > 0
+        start, end = value(1.0), value(0.0)
+        return is_finite_number(start) and start > 0 and is_finite_number(end) and end >= 0
+    return isinstance(value, (int, float)) and is_finite_number(value) and value > 0
 
 
 def _is_train_freq(value: Any) -> bool:
@@ -134,7 +134,8 @@ def _is_net_arch(value: Any) -> bool:
 #: What MPO's constructor arguments accept beyond their annotations; the others are checked against their annotation
 MPO_ARGUMENTS: dict[str, Requirement] = {
     "learning_rate": Requirement(
-        _is_learning_rate, "a finite positive Python float or a schedule whose value at progress 1 is one"
+        _is_learning_rate,
+        "a finite positive Python float or a schedule whose value is one at progress 1 and a finite float >= 0 at progress 0",
     ),
     "buffer_size": POSITIVE_INTEGER,
     "learning_starts": integer_at_least(0),

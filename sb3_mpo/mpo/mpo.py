@@ -1,4 +1,5 @@
 import io
+import math
 import pathlib
 import warnings
 from collections import defaultdict
@@ -13,12 +14,18 @@ from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
-from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
+from stable_baselines3.common.utils import get_parameters_by_name, polyak_update, update_learning_rate
 from stable_baselines3.dqn.policies import QNetwork
 
 from sb3_mpo.common import checks
 from sb3_mpo.common.allocator import keep_freed_blocks_in_heap
-from sb3_mpo.common.buffers import SegmentReplayBuffer, SegmentSamples, replay_settings_problem, sample_mixed
+from sb3_mpo.common.buffers import (
+    SegmentReplayBuffer,
+    SegmentSamples,
+    replay_settings_problem,
+    sample_mixed,
+    truncate_newest_episodes,
+)
 from sb3_mpo.common.compilation import compile_if_possible
 from sb3_mpo.common.precision import TargetPrecision, dtype_name, target_dtype
 from sb3_mpo.mpo import health
@@ -109,7 +116,8 @@ class MPO(OffPolicyAlgorithm):
         each next action's mixture, a Gauss-Hermite rule whose weighted likelihood is a deterministic estimate of the
         same cross-entropy (N·M·K target returns per transition). ``None`` (the default) draws
         ``mixture_return_samples``
-    :param epsilon: Bound ε on KL(q || π_old) in the E-step
+    :param epsilon: Bound ε on KL(q || π_old) in the E-step; with ``Box`` actions below log(``n_action_samples``), the
+        most that KL can be over N samples
     :param epsilon_mean: Bound ε_μ on the mean half of the M-step trust region (``Box`` only)
     :param epsilon_std: Bound ε_Σ on the covariance half of the M-step trust region (``Box`` only)
     :param epsilon_policy: Bound on KL(π_old || π) in the M-step of a categorical policy (``Discrete`` only)
@@ -330,6 +338,8 @@ class MPO(OffPolicyAlgorithm):
         )
         if isinstance(env, str):  # SB3 has just made the env from its id; an env object was checked above
             self._check_action_space(self.action_space)
+        if isinstance(self.action_space, spaces.Box) and policy_improvement == "nonparametric":  # the others have no E-step
+            self._check_sampled_bounds(n_action_samples, epsilon=epsilon, epsilon_penalty=epsilon_penalty)
 
         self.q_target = q_target
         self.segment_length = segment_length
@@ -445,6 +455,27 @@ class MPO(OffPolicyAlgorithm):
                 raise ValueError(f"{owner}: {name}={arguments[name]!r} is invalid, expected {accepted}")
 
     @staticmethod
+    def _check_sampled_bounds(n_action_samples: int, **bounds: float | None) -> None:
+        """
+        Refuse an E-step bound that cannot bind. Over N sampled actions the weights' KL from π_old's (uniform over its
+        own samples) is log N − H(q) ≤ log N, reached only by weights on one sample: a bound at or above log N holds for
+        every temperature, which then falls to its floor, and the E-step turns greedy.
+
+        :param n_action_samples: The actions sampled per state (N)
+        :param bounds: The E-step's KL bounds by argument name (None: that E-step does not run)
+        :raises ValueError: naming the bound, N and log N
+        """
+        limit = math.log(n_action_samples)
+        for name, bound in bounds.items():
+            if bound is not None and bound >= limit:
+                raise ValueError(
+                    f"MPO: {name}={bound!r} is invalid with n_action_samples={n_action_samples}, expected a float below "
+                    f"log({n_action_samples}) = {limit:.3f}: over N sampled actions the E-step's KL(q‖π_old) is at most "
+                    f"log N, so this bound never binds and the temperature falls to its floor (a greedy E-step); lower "
+                    f"{name} or sample more actions"
+                )
+
+    @staticmethod
     def _check_action_space(action_space: spaces.Space) -> None:
         """
         Refuse the action spaces MPO cannot act in, saying what it accepts.
@@ -533,6 +564,8 @@ class MPO(OffPolicyAlgorithm):
         Load a replay buffer from a pickle file (SB3's ``load_replay_buffer``), refusing one that this model would
         sample differently from its own: a transition buffer (e.g. SAC's) where Retrace samples segments, a segment
         buffer where n-step targets sample transitions, or another ``segment_length``, ``n_steps`` or n-step ``gamma``.
+        The newest stored episode of each environment ends at the buffer's newest step (a time-limit truncation): the
+        environments' next steps do not continue it, and no n-step return or segment may join the two.
 
         :param path: Path to the pickled replay buffer
         :param truncate_last_traj: Passed on to SB3, which reads it for a ``HerReplayBuffer`` only
@@ -548,6 +581,8 @@ class MPO(OffPolicyAlgorithm):
                 f"segment_length={self.segment_length}, n_steps={self.n_steps}): {mismatch}. The model keeps its own "
                 "replay buffer; load this one into a model built with the settings it was saved with."
             )
+        assert self.replay_buffer is not None
+        truncate_newest_episodes(self.replay_buffer)
 
     def _setup_model(self) -> None:
         problem = replay_settings_problem(
@@ -643,6 +678,8 @@ class MPO(OffPolicyAlgorithm):
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+        # a loaded model's optimiser state carries the saved rate: custom_objects={"dual_learning_rate": ...} sets it
+        update_learning_rate(self.multipliers_optimizer, self.dual_learning_rate)
         if self.q_target == "retrace":
             # batch_size counts transitions: as many segments as hold about that many
             batch_size = max(1, -(-batch_size // self.segment_length))
@@ -858,6 +895,10 @@ class MPO(OffPolicyAlgorithm):
     ) -> tuple[int, BaseCallback]:
         if self.keep_freed_memory_in_heap:
             keep_freed_blocks_in_heap(trim_threshold=256 * 2**20)
+        if (reset_num_timesteps or self._last_obs is None) and self.replay_buffer is not None:
+            # SB3 resets the environments now: the newest stored episodes end here, so that no n-step return (whose
+            # buffer, SB3's, does not look for the break) or segment joins them to the new episodes
+            truncate_newest_episodes(self.replay_buffer)
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     @property
