@@ -9,6 +9,7 @@ import pytest
 from gymnasium import spaces
 from stable_baselines3 import SAC, HerReplayBuffer
 from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import BitFlippingEnv, SimpleMultiObsEnv
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -208,6 +209,13 @@ def saved_buffer(model: Any, path: Any) -> Any:
             dict(q_target="n_step", n_steps=5),
             r"it has n_steps=3, where this model has n_steps=5",
         ),
+        (
+            MPO,
+            dict(replay_buffer_kwargs=dict(handle_timeout_termination=False)),
+            dict(),
+            r"it has handle_timeout_termination=False, where this model has handle_timeout_termination=True",
+        ),
+        (MPO, dict(env=make_vec_env("Pendulum-v1", n_envs=2)), dict(), r"it has n_envs=2, where this model has n_envs=1"),
     ],
 )
 def test_replay_buffer_sampled_otherwise_is_refused(
@@ -215,7 +223,8 @@ def test_replay_buffer_sampled_otherwise_is_refused(
 ) -> None:
     """SAC's transitions in a Retrace model trained on 1-step targets; another segment length replaced the model's."""
     kwargs = dict(learning_starts=100, buffer_size=200, batch_size=16, seed=0)
-    saving_model = algo("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[8]), **kwargs, **saved)
+    saved = {"env": "Pendulum-v1", **saved}
+    saving_model = algo("MlpPolicy", policy_kwargs=dict(net_arch=[8]), **kwargs, **saved)
     path = saved_buffer(saving_model, tmp_path / "buffer.pkl")
     model = MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[8]), **kwargs, **loading)
     own = model.replay_buffer

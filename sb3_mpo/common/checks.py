@@ -22,8 +22,9 @@ from sb3_mpo.mpo.losses import MULTIPLIER_FLOOR
 
 #: Policy arguments that MPO itself fills in
 SET_BY_MPO: frozenset[str] = frozenset({"observation_space", "action_space", "lr_schedule"})
-#: Buffer attributes that decide what a sample holds: segment length (Retrace), n-step horizon and its discount
-REPLAY_SETTINGS: tuple[str, ...] = ("segment_length", "n_steps", "gamma")
+#: Buffer attributes that decide what a sample holds: segment length (Retrace), n-step horizon and its discount,
+#: whether a time-limit truncation keeps its bootstrap, and the environments whose streams the buffer's columns hold
+REPLAY_SETTINGS: tuple[str, ...] = ("segment_length", "n_steps", "gamma", "handle_timeout_termination", "n_envs")
 
 #: One array per quantity, or a dict of arrays for Dict observations
 NumpyValues = np.ndarray | dict[str, np.ndarray]

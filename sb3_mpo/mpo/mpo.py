@@ -563,9 +563,10 @@ class MPO(OffPolicyAlgorithm):
         """
         Load a replay buffer from a pickle file (SB3's ``load_replay_buffer``), refusing one that this model would
         sample differently from its own: a transition buffer (e.g. SAC's) where Retrace samples segments, a segment
-        buffer where n-step targets sample transitions, or another ``segment_length``, ``n_steps`` or n-step ``gamma``.
-        The newest stored episode of each environment ends at the buffer's newest step (a time-limit truncation): the
-        environments' next steps do not continue it, and no n-step return or segment may join the two.
+        buffer where n-step targets sample transitions, or another ``segment_length``, ``n_steps``, n-step ``gamma``,
+        ``handle_timeout_termination`` or number of environments. The newest stored episode of each environment ends at
+        the buffer's newest step (a time-limit truncation): the environments' next steps do not continue it, and no
+        n-step return or segment may join the two.
 
         :param path: Path to the pickled replay buffer
         :param truncate_last_traj: Passed on to SB3, which reads it for a ``HerReplayBuffer`` only
