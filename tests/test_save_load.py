@@ -154,6 +154,17 @@ def test_n_step_returns_do_not_join_the_episode_before_a_reset_to_the_one_after(
     assert n_step_return_at(buffer, 50) == pytest.approx(rewards[50] + gamma * rewards[51] + gamma**2 * rewards[52], rel=1e-6)
 
 
+def test_a_replay_buffer_loaded_to_continue_its_episode_keeps_it_open(tmp_path):
+    """truncate_last_traj=False: the environments' next steps continue the newest episode, which stays open."""
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, q_target="n_step", n_steps=3, **dict(SMALL, learning_starts=10**6))
+    model.learn(50)
+    model.save_replay_buffer(tmp_path / "buffer.pkl")
+    model.load_replay_buffer(tmp_path / "buffer.pkl", truncate_last_traj=False)
+    assert model.replay_buffer.dones[49, 0] == 0.0 and model.replay_buffer.timeouts[49, 0] == 0.0
+    model.load_replay_buffer(tmp_path / "buffer.pkl")
+    assert model.replay_buffer.dones[49, 0] == 1.0 and model.replay_buffer.timeouts[49, 0] == 1.0
+
+
 def test_n_step_model_loads_without_warning_and_keeps_its_buffer(tmp_path):
     """A saved n-step model reloads with the same NStepReplayBuffer and without SB3's 'n_steps is ignored' warning."""
     model = MPO("MlpPolicy", "Pendulum-v1", seed=0, q_target="n_step", n_steps=3, **SMALL)

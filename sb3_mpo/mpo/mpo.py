@@ -564,12 +564,12 @@ class MPO(OffPolicyAlgorithm):
         Load a replay buffer from a pickle file (SB3's ``load_replay_buffer``), refusing one that this model would
         sample differently from its own: a transition buffer (e.g. SAC's) where Retrace samples segments, a segment
         buffer where n-step targets sample transitions, or another ``segment_length``, ``n_steps``, n-step ``gamma``,
-        ``handle_timeout_termination`` or number of environments. The newest stored episode of each environment ends at
-        the buffer's newest step (a time-limit truncation): the environments' next steps do not continue it, and no
-        n-step return or segment may join the two.
+        ``handle_timeout_termination`` or number of environments.
 
         :param path: Path to the pickled replay buffer
-        :param truncate_last_traj: Passed on to SB3, which reads it for a ``HerReplayBuffer`` only
+        :param truncate_last_traj: End the newest stored episode of each environment at the buffer's newest step (a
+            time-limit truncation), so that no n-step return or segment joins it to what the environments do next;
+            False only where their next steps continue it (SB3 reads it for a ``HerReplayBuffer``; MPO for every buffer)
         :raises ValueError: saying what differs; the model keeps its own replay buffer
         """
         own = self.replay_buffer
@@ -582,8 +582,9 @@ class MPO(OffPolicyAlgorithm):
                 f"segment_length={self.segment_length}, n_steps={self.n_steps}): {mismatch}. The model keeps its own "
                 "replay buffer; load this one into a model built with the settings it was saved with."
             )
-        assert self.replay_buffer is not None
-        truncate_newest_episodes(self.replay_buffer)
+        if truncate_last_traj:
+            assert self.replay_buffer is not None
+            truncate_newest_episodes(self.replay_buffer)
 
     def _setup_model(self) -> None:
         problem = replay_settings_problem(
