@@ -338,7 +338,8 @@ class MPO(OffPolicyAlgorithm):
         )
         if isinstance(env, str):  # SB3 has just made the env from its id; an env object was checked above
             self._check_action_space(self.action_space)
-        if isinstance(self.action_space, spaces.Box) and policy_improvement == "nonparametric":  # the others have no E-step
+        # without an environment (a model about to be loaded) the space is not known yet; the others have no E-step
+        if isinstance(getattr(self, "action_space", None), spaces.Box) and policy_improvement == "nonparametric":
             self._check_sampled_bounds(n_action_samples, epsilon=epsilon, epsilon_penalty=epsilon_penalty)
 
         self.q_target = q_target
