@@ -1,5 +1,6 @@
 """Save / load tests in the style of SB3's tests/test_save_load.py: nothing is lost between sessions."""
 
+import re
 import warnings
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch as th
 from stable_baselines3.common.buffers import NStepReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_mpo import MPO
+from sb3_mpo import MPO, IncompatibleParametersError
 from sb3_mpo.mpo.policies import MlpPolicy
 
 SMALL = dict(learning_starts=50, batch_size=32, n_action_samples=4, policy_kwargs=dict(net_arch=[32, 32]))
@@ -152,6 +153,25 @@ def test_n_step_returns_do_not_join_the_episode_before_a_reset_to_the_one_after(
     assert n_step_return_at(buffer, 48) == pytest.approx(rewards[48] + gamma * rewards[49], rel=1e-6)
     assert n_step_return_at(buffer, 47) == pytest.approx(rewards[47] + gamma * rewards[48] + gamma**2 * rewards[49], rel=1e-6)
     assert n_step_return_at(buffer, 50) == pytest.approx(rewards[50] + gamma * rewards[51] + gamma**2 * rewards[52], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "changed, found",
+    [
+        ({"epsilon_penalty": None}, r"size mismatch for raw_temperatures"),
+        ({"temperature_update": "gradient"}, r"temperature_update='gradient'"),
+        ({"policy_kwargs": dict(net_arch=[16, 16])}, r"size mismatch for actor"),
+    ],
+)
+def test_loading_with_settings_that_reshape_the_saved_tensors_names_them(tmp_path, changed, found):
+    """custom_objects that change a network's or the multipliers' shape: a clear error, not SB3's KeyError."""
+    MPO("MlpPolicy", "Pendulum-v1", seed=0, **SMALL).save(tmp_path / "mpo.zip")
+    with pytest.raises(
+        IncompatibleParametersError, match=r"^MPO: the saved parameters do not fit this model \(policy_kwargs="
+    ) as error:
+        MPO.load(tmp_path / "mpo.zip", custom_objects=changed)
+    assert re.search(found, str(error.value)), str(error.value)
+    assert "cannot differ from the saved model's (custom_objects in MPO.load)" in str(error.value)
 
 
 def test_a_replay_buffer_loaded_to_continue_its_episode_keeps_it_open(tmp_path):

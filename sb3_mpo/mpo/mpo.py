@@ -13,7 +13,14 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
+from stable_baselines3.common.type_aliases import (
+    GymEnv,
+    MaybeCallback,
+    PyTorchObs,
+    ReplayBufferSamples,
+    Schedule,
+    TensorDict,
+)
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update, update_learning_rate
 from stable_baselines3.dqn.policies import QNetwork
 
@@ -46,6 +53,13 @@ SelfMPO = TypeVar("SelfMPO", bound="MPO")
 QTarget = Literal["n_step", "retrace"]
 TemperatureUpdate = Literal["solve", "gradient"]
 PolicyImprovementKind = Literal["nonparametric", "parametric"]
+
+
+class IncompatibleParametersError(RuntimeError):
+    """
+    Raised when saved parameters do not fit the model they are loaded into: a setting that shapes the networks or the
+    multipliers differs from the saved model's (a ``RuntimeError``, which SB3's ``load`` passes on as it is).
+    """
 
 
 class NonFiniteError(FloatingPointError):
@@ -916,6 +930,28 @@ class MPO(OffPolicyAlgorithm):
         excluded += ["_compute_losses", "value_normalizer", "written_by_losses"]
         excluded += ["batch_norm_stats", "batch_norm_stats_target", "actor_batch_norm_stats", "actor_batch_norm_stats_target"]
         return [*super()._excluded_save_params(), *excluded]
+
+    def set_parameters(
+        self, load_path_or_dict: str | TensorDict, exact_match: bool = True, device: th.device | str = "auto"
+    ) -> None:
+        """
+        SB3's ``set_parameters``, with an error that says why saved tensors do not fit: ``MPO.load`` builds the model
+        from the saved settings updated by ``custom_objects``, and a setting that changes the shape of the networks or
+        of the multipliers (``policy_kwargs``, ``temperature_update``, ``epsilon_penalty`` on or off,
+        ``per_dim_constraints`` with several action dimensions) cannot take the saved values.
+
+        :raises IncompatibleParametersError: naming those settings and what torch found (where SB3's ``load`` would
+            otherwise end in ``KeyError: 'policy.optimizer'``, its fallback for DQN's older files)
+        """
+        try:
+            super().set_parameters(load_path_or_dict, exact_match, device)
+        except (RuntimeError, ValueError) as error:
+            raise IncompatibleParametersError(
+                f"{type(self).__name__}: the saved parameters do not fit this model (policy_kwargs={self.policy_kwargs!r}, "
+                f"temperature_update={self.temperature_update!r}, epsilon_penalty={self.epsilon_penalty!r}, "
+                f"per_dim_constraints={self.per_dim_constraints!r}): {error}. Settings that shape the networks or the "
+                "multipliers cannot differ from the saved model's (custom_objects in MPO.load)"
+            ) from error
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "actor.optimizer", "critic.optimizer", "multipliers", "multipliers_optimizer"]
