@@ -1,7 +1,7 @@
 """
 Nothing fails silently: a Gaussian policy whose standard deviation reaches its floor, a critic whose values leave
-every return the rewards allow, and a categorical critic whose support misses the returns are reported, once each
-(sb3_mpo.mpo.health).
+every return the rewards allow, a categorical critic whose support misses the returns and a KL constraint that misses
+its bound are reported, once each (sb3_mpo.mpo.health).
 """
 
 import warnings
@@ -170,3 +170,86 @@ def test_a_support_that_covers_the_returns_is_not_reported() -> None:
     model = categorical_model((-1700.0, 100.0))
     assert warnings_about(model, "outside critic_support", updates=3) == []
     assert model.logger.name_to_value["train/mass_outside"] == 0.0
+
+
+def test_kl_messages_name_the_bound_and_how_far_it_was_missed() -> None:
+    assert health.loose_trust_region(9.9e-3, "epsilon_mean", 1e-3, factor=10.0, updates=1000, env_step=7) is None
+    message = health.loose_trust_region(2.5e-2, "epsilon_mean", 1e-3, factor=10.0, updates=1000, env_step=7)
+    assert message is not None and "epsilon_mean=0.001" in message and "25 times" in message
+    assert "last 1000 updates at env step 7" in message and "dual_learning_rate" in message
+    for kl in (0.0101, 0.1, 0.99):  # within a factor 10 of epsilon 0.1, either way
+        assert health.e_step_off_bound(kl, 0.1, factor=10.0, updates=5, env_step=3, solved=True) is None
+        assert health.e_step_off_bound(kl, 0.1, factor=10.0, updates=5, env_step=3, solved=False) is None
+    # solved: below the bound the critic's values are tied, above it the Newton steps fell short
+    assert "barely differ" in (health.e_step_off_bound(0.009, 0.1, 10.0, 5, 3, solved=True) or "")
+    assert "temperature_iterations" in (health.e_step_off_bound(1.01, 0.1, 10.0, 5, 3, solved=True) or "")
+    # learned: the temperature is too low above the bound, too high below it
+    assert "close to greedy" in (health.e_step_off_bound(1.01, 0.1, 10.0, 5, 3, solved=False) or "")
+    assert "barely re-weights" in (health.e_step_off_bound(0.009, 0.1, 10.0, 5, 3, solved=False) or "")
+
+
+@pytest.mark.parametrize(
+    "kwargs, env_id",
+    [
+        (dict(), "Pendulum-v1"),
+        (dict(policy_improvement="parametric"), "Pendulum-v1"),
+        (dict(epsilon_penalty=1e-3), "Pendulum-v1"),
+        (dict(policy_kwargs=dict(net_arch=[16, 16])), "CartPole-v1"),
+    ],
+)
+def test_the_bounds_are_those_of_the_logged_constraints(kwargs: dict, env_id: str) -> None:
+    """Each constraint checked is one the update logs, bounded by the hyperparameter the check names."""
+    model = MPO("MlpPolicy", env_id, seed=0, **{**SMALL, **kwargs})
+    model.learn(200)
+    model.train(1, model.batch_size)
+    bounds = model.improvement.bounds()
+    assert {f"train/{key}" for key in bounds} <= model.logger.name_to_value.keys()
+    assert all(getattr(model, parameter) == bound for parameter, bound in bounds.values())
+    expected = {"kl_mean", "kl_std"} if env_id == "Pendulum-v1" else {"kl_policy"}
+    assert bounds.keys() == expected | ({"kl_q"} if kwargs.get("policy_improvement") != "parametric" else set())
+
+
+def test_a_trust_region_its_multiplier_cannot_hold_is_reported_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bound of 1e-9 on KL(π_old || π)'s mean part: the policy's first steps leave it, and α_μ cannot follow."""
+    monkeypatch.setattr(MPO, "health_check_interval", 2)
+    model = filled_model(epsilon_mean=1e-9, learning_rate=1e-2)
+    topic = "bounded by epsilon_mean=1e-09"
+    assert warnings_about(model, topic, updates=2) == [], "judged the first interval, where the multipliers start"
+    (message,) = warnings_about(model, topic, updates=2)
+    assert "last 2 updates at env step 200" in message
+    assert model.logger.name_to_value["train/kl_mean"] > MPO.trust_region_bound_factor * 1e-9
+    assert warnings_about(model, topic, updates=4) == [], "warned a second time"
+
+
+def test_trust_regions_held_are_not_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same steps under wide bounds: the KLs stay below them and nothing is said."""
+    monkeypatch.setattr(MPO, "health_check_interval", 2)
+    model = filled_model(epsilon_mean=1.0, epsilon_std=1.0, learning_rate=1e-2)
+    assert warnings_about(model, "M-step", updates=6) == []
+    assert 0.0 < model.logger.name_to_value["train/kl_mean"] < MPO.trust_region_bound_factor
+
+
+def test_tied_values_that_no_solved_temperature_can_re_weight_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A critic that outputs one value everywhere (its output layer's weights zero): KL(q || π_old) is 0."""
+    monkeypatch.setattr(MPO, "health_check_interval", 1)
+    model = filled_model()
+    model.train(1, model.batch_size)  # the first interval, not judged
+    push_critic_values(model, -5.0)
+    (message,) = warnings_about(model, "KL(q || pi_old)", updates=1)
+    assert "barely differ" in message and "epsilon=0.1" in message
+    assert model.logger.name_to_value["train/kl_q"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("init_temperature, side", [(1e-6, "close to greedy"), (1e6, "barely re-weights")])
+def test_a_learned_temperature_far_from_its_bound_is_reported(
+    monkeypatch: pytest.MonkeyPatch, init_temperature: float, side: str
+) -> None:
+    """A learned η that its dual's gradient barely moves: near 0 the E-step picks each state's best sample (KL near
+    log N = 3.0 over N = 20 samples), near ∞ it keeps the samples' uniform weights (KL near 0); ε = 0.1 either way."""
+    monkeypatch.setattr(MPO, "health_check_interval", 1)
+    model = filled_model(temperature_update="gradient", init_temperature=init_temperature, dual_learning_rate=1e-9)
+    model.train(1, model.batch_size)  # the first interval, not judged
+    (message,) = warnings_about(model, "KL(q || pi_old)", updates=1)
+    assert side in message and "temperature_update='solve'" in message
+    kl_q = model.logger.name_to_value["train/kl_q"]
+    assert kl_q > 1.0 if init_temperature < 1 else kl_q < 0.01

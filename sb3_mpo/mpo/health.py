@@ -114,3 +114,66 @@ def returns_outside_support(
         f"last updates at env step {env_step}, and the projection moved it onto the support's ends: the critic's values "
         f"saturate there. Widen critic_support to cover the returns{reach}, or normalise the rewards (VecNormalize)."
     )
+
+
+def loose_trust_region(kl: float, parameter: str, bound: float, factor: float, updates: int, env_step: int) -> str | None:
+    """
+    An M-step trust region that its Lagrange multiplier does not hold (paper, Sec. 3.3, Eq. (12)): the multiplier α
+    rises by ``dual_learning_rate`` steps while the KL exceeds its bound, and a policy whose steps outrun it leaves the
+    trust region for good, which the bound was there to prevent.
+
+    :param kl: The M-step's KL(π_old || π) of one trust region, averaged over the last updates
+    :param parameter: The hyperparameter that bounds it (``epsilon_mean``, ``epsilon_std``, ``epsilon_policy``)
+    :param bound: Its value
+    :param factor: How far above the bound counts as not held
+    :param updates: Over how many updates ``kl`` was averaged, for the message
+    :param env_step: Where training is, for the message
+    :return: The warning, or None
+    """
+    if kl <= factor * bound:
+        return None
+    return (
+        f"MPO: the M-step's KL(pi_old || pi) bounded by {parameter}={bound:.3g} averaged {kl:.3g} over the last {updates} "
+        f"updates at env step {env_step}, {kl / bound:.3g} times its bound: its Lagrange multiplier does not hold the "
+        "policy in the trust region. Raise dual_learning_rate, so that the multiplier follows faster, or lower "
+        "learning_rate."
+    )
+
+
+def e_step_off_bound(kl: float, epsilon: float, factor: float, updates: int, env_step: int, solved: bool) -> str | None:
+    """
+    An E-step whose KL(q || π_old) misses its bound ε (paper, Sec. 3.2, Eq. (7)): above it the temperature is too low
+    and the E-step close to greedy; below it the E-step barely re-weights the sampled actions. A temperature solved on
+    each batch meets the bound exactly unless the critic's values of the actions at each state are (numerically) tied,
+    so that no temperature re-weights them; a learned temperature misses it while its dual's gradient lags.
+
+    :param kl: The E-step's KL(q || π_old), averaged over the last updates
+    :param epsilon: Its bound
+    :param factor: How far above or below the bound counts as missed
+    :param updates: Over how many updates ``kl`` was averaged, for the message
+    :param env_step: Where training is, for the message
+    :param solved: Whether the temperature is solved on each batch (``temperature_update="solve"``)
+    :return: The warning, or None
+    """
+    if epsilon / factor <= kl <= factor * epsilon:
+        return None
+    measured = (
+        f"MPO: the E-step's KL(q || pi_old) averaged {kl:.3g} over the last {updates} updates at env step {env_step}, "
+        f"against its bound epsilon={epsilon:.3g}: "
+    )
+    if solved and kl < epsilon:
+        return measured + (
+            "the critic's values of the actions sampled at each state barely differ (float32 resolves about 1e-7 of "
+            "their size), so no temperature re-weights them and the policy does not improve. Check that the critic "
+            "learns (train/critic_loss), and normalise large returns (VecNormalize(norm_reward=True) or "
+            "value_normalization=True)."
+        )
+    if solved:
+        return (
+            measured + "the temperature's Newton steps do not reach the bound on each batch: raise MPO.temperature_iterations."
+        )
+    side = "too low: the E-step is close to greedy" if kl > epsilon else "too high: the E-step barely re-weights the actions"
+    return measured + (
+        f"the temperature learned by its dual's gradient is {side}. Pass temperature_update='solve', which meets the "
+        "bound on every batch, or raise dual_learning_rate."
+    )

@@ -180,6 +180,13 @@ class PolicyImprovement(ABC):
         return 1
 
     @abstractmethod
+    def bounds(self) -> dict[str, tuple[str, float]]:
+        """
+        :return: The KL constraints that :meth:`improve` reports: its diagnostic's key (``kl_q`` for the E-step, the
+            M-step's after it) -> the hyperparameter that bounds it and its value
+        """
+
+    @abstractmethod
     def behaviour(self, observations: PyTorchObs | None, n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """
         Act in the environments: uniformly during warm-up (``observations`` is None), else with the policy.
@@ -281,6 +288,14 @@ class GaussianImprovement(PolicyImprovement):
         model = self.model
         n_constraints = get_action_dim(model.action_space) if model.per_dim_constraints else 1
         return {"mean": (model.init_alpha_mean, n_constraints), "std": (model.init_alpha_std, n_constraints)}
+
+    def bounds(self) -> dict[str, tuple[str, float]]:
+        model = self.model
+        return {
+            "kl_q": ("epsilon", model.epsilon),
+            "kl_mean": ("epsilon_mean", model.epsilon_mean),
+            "kl_std": ("epsilon_std", model.epsilon_std),
+        }
 
     def behaviour(self, observations: PyTorchObs | None, n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """
@@ -483,6 +498,9 @@ class ParametricGaussianImprovement(GaussianImprovement):
     def n_objectives(self) -> int:
         return 1
 
+    def bounds(self) -> dict[str, tuple[str, float]]:
+        return {key: bound for key, bound in super().bounds().items() if key != "kl_q"}  # no E-step
+
     def improve(self, batch: ImprovementBatch) -> ImprovementLosses:
         assert isinstance(batch, SampledImprovementBatch)
         actor, critic = self.actor, cast(SampledCritic, self.model.critic_target)
@@ -516,6 +534,9 @@ class CategoricalImprovement(PolicyImprovement):
 
     def trust_regions(self) -> dict[str, tuple[float, int]]:
         return {"policy": (self.model.init_alpha_mean, 1)}
+
+    def bounds(self) -> dict[str, tuple[str, float]]:
+        return {"kl_q": ("epsilon", self.model.epsilon), "kl_policy": ("epsilon_policy", self.model.epsilon_policy)}
 
     def behaviour(self, observations: PyTorchObs | None, n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The action (for the environment and for replay, the same) and its behaviour log-probability."""
