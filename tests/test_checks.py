@@ -6,6 +6,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 from gymnasium import spaces
 from stable_baselines3 import SAC, HerReplayBuffer
 from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer
@@ -115,6 +116,13 @@ def test_numeric_string_gets_the_yaml_hint() -> None:
         (dict(renorm_warmup_steps=0.5), r"policy_kwargs\['renorm_warmup_steps'\]=0\.5 is invalid, expected a non-negative"),
         (dict(net_arc=[64]), r"'policy_kwargs' key 'net_arc' for MPOPolicy\. Did you mean 'net_arch'\?"),
         (dict(action_space=spaces.Discrete(2)), r"'policy_kwargs' key 'action_space' is set by MPO itself"),
+        # the optimiser's arguments, against its own constructor
+        (dict(optimizer_kwargs=dict(beta=(0.5, 0.9))), r"'optimizer_kwargs' key 'beta' for Adam\. Did you mean 'betas'\?"),
+        (dict(optimizer_kwargs=dict(lr=1e-3)), r"'optimizer_kwargs' key 'lr' is set by MPO from learning_rate: remove it"),
+        (
+            dict(optimizer_class=th.optim.SGD, optimizer_kwargs=dict(betas=(0.5, 0.9))),
+            r"'optimizer_kwargs' key 'betas' for SGD\. SGD accepts: dampening, .*momentum",
+        ),
     ],
 )
 def test_bad_policy_kwargs_are_refused_at_construction(policy_kwargs: dict[str, Any], message: str) -> None:
@@ -231,6 +239,47 @@ def test_replay_buffer_sampled_otherwise_is_refused(
     with pytest.raises(ValueError, match=message):
         model.load_replay_buffer(path)
     assert model.replay_buffer is own
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(replay_buffer_kwargs=dict(handle_timeout_termnation=False)),
+            r"'replay_buffer_kwargs' key 'handle_timeout_termnation' for SegmentReplayBuffer\. "
+            r"Did you mean 'handle_timeout_termination'\? SegmentReplayBuffer accepts: handle_timeout_termination, "
+            r"segment_length$",
+        ),
+        (dict(replay_buffer_kwargs=dict(buffer_size=10)), r"'buffer_size' is set by SB3 from buffer_size: remove it"),
+        # SB3's pick for 1-step targets is its ReplayBuffer, which has no segments
+        (
+            dict(q_target="n_step", replay_buffer_kwargs=dict(segment_length=4)),
+            r"'replay_buffer_kwargs' key 'segment_length' for ReplayBuffer\. ReplayBuffer accepts: handle_timeout_",
+        ),
+    ],
+)
+def test_replay_buffer_kwargs_the_buffer_does_not_take_are_refused_at_construction(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """Python's TypeError would name the key inside SB3's buffer construction, without what the buffer accepts."""
+    with pytest.raises(ValueError, match=message):
+        MPO("MlpPolicy", "Pendulum-v1", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(replay_buffer_kwargs=dict(segment_length=8, handle_timeout_termination=False)),
+        dict(q_target="n_step", n_steps=3, replay_buffer_kwargs=dict(n_steps=3, gamma=0.99)),
+        dict(policy_kwargs=dict(optimizer_class=th.optim.SGD, optimizer_kwargs=dict(momentum=0.9, nesterov=True))),
+    ],
+)
+def test_buffer_and_optimizer_kwargs_their_classes_take_are_passed_on(kwargs: dict[str, Any]) -> None:
+    model = MPO("MlpPolicy", "Pendulum-v1", **kwargs)
+    for key, value in kwargs.get("replay_buffer_kwargs", {}).items():
+        assert getattr(model.replay_buffer, key) == value
+    for key, value in kwargs.get("policy_kwargs", {}).get("optimizer_kwargs", {}).items():
+        assert model.actor.optimizer.defaults[key] == value and model.critic.optimizer.defaults[key] == value
 
 
 def goal_env() -> gym.Env:

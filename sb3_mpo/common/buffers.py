@@ -444,6 +444,26 @@ def truncate_newest_episodes(buffer: ReplayBuffer) -> None:
         end_newest_episodes(buffer)
 
 
+def default_replay_buffer_class(
+    q_target: str, n_steps: int, replay_buffer_class: type[ReplayBuffer] | None, observation_space: spaces.Space
+) -> type[ReplayBuffer]:
+    """
+    :param q_target: ``"retrace"`` or ``"n_step"``
+    :param n_steps: The n-step horizon
+    :param replay_buffer_class: The class asked for (None: the one MPO or SB3 picks)
+    :param observation_space: The environment's observation space
+    :return: The class the replay buffer will be: the one asked for, else the segment buffer for Retrace, else SB3's
+        pick (``DictReplayBuffer`` for Dict observations, ``NStepReplayBuffer`` for n_steps > 1, ``ReplayBuffer``)
+    """
+    if replay_buffer_class is not None:
+        return replay_buffer_class
+    if q_target == "retrace":
+        return SegmentReplayBuffer
+    if isinstance(observation_space, spaces.Dict):
+        return DictReplayBuffer
+    return NStepReplayBuffer if n_steps > 1 else ReplayBuffer
+
+
 def replay_settings_problem(
     q_target: str,
     n_steps: int,

@@ -22,6 +22,18 @@ from sb3_mpo.mpo.losses import MULTIPLIER_FLOOR
 
 #: Policy arguments that MPO itself fills in
 SET_BY_MPO: frozenset[str] = frozenset({"observation_space", "action_space", "lr_schedule"})
+#: Optimiser arguments that the policy passes itself, and where from
+SET_FOR_OPTIMIZER: dict[str, str] = {"params": "by the policy (its parameters)", "lr": "by MPO from learning_rate"}
+#: Replay buffer arguments that SB3 passes itself, and where from
+SET_FOR_REPLAY_BUFFER: dict[str, str] = {
+    "buffer_size": "by SB3 from buffer_size",
+    "observation_space": "by SB3 from the environment",
+    "action_space": "by SB3 from the environment",
+    "device": "by SB3 from device",
+    "n_envs": "by SB3 from the environment",
+    "optimize_memory_usage": "by SB3 from optimize_memory_usage",
+    "env": "by SB3 from the environment",
+}
 #: Buffer attributes that decide what a sample holds: segment length (Retrace), n-step horizon and its discount,
 #: whether a time-limit truncation keeps its bootstrap, and the environments whose streams the buffer's columns hold
 REPLAY_SETTINGS: tuple[str, ...] = ("segment_length", "n_steps", "gamma", "handle_timeout_termination", "n_envs")
@@ -211,6 +223,20 @@ def constructor_parameters(cls: type) -> dict[str, Any]:
     return parameters
 
 
+def constructor_default(cls: type, name: str) -> Any:
+    """
+    :param cls: A class
+    :param name: A parameter of its constructor, or of one its ``**kwargs`` reach (see :func:`constructor_parameters`)
+    :return: The parameter's default value, or ``inspect.Parameter.empty`` when it has none or is not there
+    """
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            parameter = inspect.signature(klass.__init__).parameters.get(name)  # type: ignore[misc]
+            if parameter is not None:
+                return parameter.default
+    return inspect.Parameter.empty
+
+
 def matches_annotation(value: Any, annotation: Any) -> bool:
     """
     Whether ``value`` fits a type annotation, for the types that hyperparameters take (numbers, strings, booleans,
@@ -301,6 +327,23 @@ def check_known_keys(
             raise ValueError(f"Unknown hyperparameter {label.format(key=key)} for {owner}.{hint} {owner} accepts: {accepted}")
 
 
+def check_class_kwargs(kwargs: Mapping[str, Any], cls: type, set_elsewhere: Mapping[str, str], label: str) -> None:
+    """
+    Refuse keyword arguments meant for another class's constructor that it receives from elsewhere, or does not take,
+    before it is called: Python's ``TypeError`` would name neither where the argument comes from nor what is accepted.
+
+    :param kwargs: The keyword arguments, e.g. ``policy_kwargs["optimizer_kwargs"]``
+    :param cls: The class they go to
+    :param set_elsewhere: Its arguments passed otherwise -> where from, in words (``"by MPO from learning_rate"``)
+    :param label: How the message names a key, e.g. ``"'replay_buffer_kwargs' key {key!r}"``
+    :raises ValueError: naming the first such key
+    """
+    for key in kwargs:
+        if key in set_elsewhere:
+            raise ValueError(f"Hyperparameter {label.format(key=key)} is set {set_elsewhere[key]}: remove it")
+    check_known_keys(kwargs, constructor_parameters(cls), cls.__name__, label, set_elsewhere)
+
+
 def check_arguments(
     owner: str,
     arguments: Mapping[str, Any],
@@ -333,7 +376,8 @@ def check_arguments(
 def check_policy_kwargs(owner: str, policy_class: type, policy_kwargs: Mapping[str, Any]) -> None:
     """
     Check ``policy_kwargs`` against the policy's constructor: no argument that the algorithm fills in, no unknown
-    key, and every value of the right type and range (``net_arch``, ``init_std``, ``min_std``, ...).
+    key, every value of the right type and range (``net_arch``, ``init_std``, ``min_std``, ...), and the keys of
+    ``optimizer_kwargs`` against the optimiser's constructor.
 
     :param owner: The algorithm, as the message names it
     :param policy_class: The policy class the keyword arguments are for
@@ -345,6 +389,11 @@ def check_policy_kwargs(owner: str, policy_class: type, policy_kwargs: Mapping[s
     parameters = constructor_parameters(policy_class)
     check_known_keys(policy_kwargs, parameters, policy_class.__name__, "'policy_kwargs' key {key!r}", SET_BY_MPO)
     check_arguments(owner, policy_kwargs, parameters, POLICY_ARGUMENTS, "policy_kwargs[{key!r}]")
+    optimizer_class = policy_kwargs.get("optimizer_class", constructor_default(policy_class, "optimizer_class"))
+    optimizer_kwargs = policy_kwargs.get("optimizer_kwargs") or {}
+    if isinstance(optimizer_class, type):  # a policy class of the user's may take no optimizer_class
+        label = "'policy_kwargs' 'optimizer_kwargs' key {key!r}"
+        check_class_kwargs(optimizer_kwargs, optimizer_class, SET_FOR_OPTIMIZER, label)
 
 
 def replay_buffer_mismatch(expected: Any, loaded: Any) -> str | None:

@@ -29,6 +29,7 @@ from sb3_mpo.common.allocator import keep_freed_blocks_in_heap
 from sb3_mpo.common.buffers import (
     SegmentReplayBuffer,
     SegmentSamples,
+    default_replay_buffer_class,
     replay_settings_problem,
     sample_mixed,
     truncate_newest_episodes,
@@ -621,6 +622,11 @@ class MPO(OffPolicyAlgorithm):
         )
         if problem is not None:
             raise ValueError(f"MPO: {problem}")
+        buffer_class = default_replay_buffer_class(
+            self.q_target, self.n_steps, self.replay_buffer_class, self.observation_space
+        )
+        label = "'replay_buffer_kwargs' key {key!r}"
+        checks.check_class_kwargs(self.replay_buffer_kwargs, buffer_class, checks.SET_FOR_REPLAY_BUFFER, label)
         if self.q_target == "retrace":
             self.replay_buffer_class = self.replay_buffer_class or SegmentReplayBuffer
             self.replay_buffer_kwargs = {"segment_length": self.segment_length, **self.replay_buffer_kwargs}
