@@ -266,6 +266,29 @@ def test_replay_buffer_kwargs_the_buffer_does_not_take_are_refused_at_constructi
         MPO("MlpPolicy", "Pendulum-v1", **kwargs)
 
 
+def test_a_buffer_that_takes_any_keyword_refuses_only_what_sb3_passes() -> None:
+    """SMM's buffer builds its density model with its **kwargs: those are its own to judge, but not n_envs."""
+    from sb3_mpo.exploration import SkillWrapper
+    from sb3_mpo.exploration.smm import SMMReplayBuffer
+
+    env = SkillWrapper(gym.make("sb3_mpo/PointRooms-v0"), n_skills=2)
+    kwargs = dict(q_target="n_step", replay_buffer_class=SMMReplayBuffer)
+    model = MPO("MlpPolicy", env, replay_buffer_kwargs=dict(n_skills=2), **kwargs)
+    assert isinstance(model.replay_buffer, SMMReplayBuffer)
+    with pytest.raises(ValueError, match=r"'replay_buffer_kwargs' key 'n_envs' is set by SB3 from the environment"):
+        MPO("MlpPolicy", env, replay_buffer_kwargs=dict(n_skills=2, n_envs=2), **kwargs)
+
+
+def test_optimizer_kwargs_of_a_policy_without_optimizer_class_are_its_own() -> None:
+    from sb3_mpo.common.checks import check_policy_kwargs
+
+    class OwnPolicy:
+        def __init__(self, observation_space: Any, action_space: Any, lr_schedule: Any, optimizer_kwargs: Any = None):
+            pass
+
+    check_policy_kwargs("MPO", OwnPolicy, dict(optimizer_kwargs=dict(betas=(0.5, 0.9))))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -183,6 +183,10 @@ def test_kl_messages_name_the_bound_and_how_far_it_was_missed() -> None:
     # solved: below the bound the critic's values are tied, above it the Newton steps fell short
     assert "barely differ" in (health.e_step_off_bound(0.009, 0.1, 10.0, 5, 3, solved=True) or "")
     assert "temperature_iterations" in (health.e_step_off_bound(1.01, 0.1, 10.0, 5, 3, solved=True) or "")
+    # a confident Discrete policy: a greedy E-step reaches only 0.02 < ε, so 0.01 is judged against that, 0.001 not met
+    assert health.e_step_off_bound(0.01, 0.1, 3.0, 5, 3, solved=True, greedy_kl=0.02) is None
+    assert health.e_step_off_bound(0.01, 0.1, 3.0, 5, 3, solved=True, greedy_kl=0.5) is not None
+    assert "(at most 0.02, a greedy E-step's)" in (health.e_step_off_bound(0.001, 0.1, 3.0, 5, 3, True, greedy_kl=0.02) or "")
     # learned: the temperature is too low above the bound, too high below it
     assert "close to greedy" in (health.e_step_off_bound(1.01, 0.1, 10.0, 5, 3, solved=False) or "")
     assert "barely re-weights" in (health.e_step_off_bound(0.009, 0.1, 10.0, 5, 3, solved=False) or "")
@@ -207,6 +211,8 @@ def test_the_bounds_are_those_of_the_logged_constraints(kwargs: dict, env_id: st
     assert all(getattr(model, parameter) == bound for parameter, bound in bounds.values())
     expected = {"kl_mean", "kl_std"} if env_id == "Pendulum-v1" else {"kl_policy"}
     assert bounds.keys() == expected | ({"kl_q"} if kwargs.get("policy_improvement") != "parametric" else set())
+    # the exact discrete E-step also logs how far a greedy one would reach, which the E-step's check reads
+    assert ("train/kl_q_greedy" in model.logger.name_to_value) == (env_id == "CartPole-v1")
 
 
 def test_a_trust_region_its_multiplier_cannot_hold_is_reported_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,7 +232,7 @@ def test_trust_regions_held_are_not_reported(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(MPO, "health_check_interval", 2)
     model = filled_model(epsilon_mean=1.0, epsilon_std=1.0, learning_rate=1e-2)
     assert warnings_about(model, "M-step", updates=6) == []
-    assert 0.0 < model.logger.name_to_value["train/kl_mean"] < MPO.trust_region_bound_factor
+    assert 0.0 < model.logger.name_to_value["train/kl_mean"] < 1.0
 
 
 def test_tied_values_that_no_solved_temperature_can_re_weight_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:

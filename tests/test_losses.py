@@ -219,6 +219,24 @@ def test_categorical_e_step_weights_match_brute_force(temperature):
     assert not weights.requires_grad
 
 
+def test_greedy_e_step_kl_is_the_limit_of_the_e_step_as_the_temperature_falls():
+    """-log π_old(a*|s) against KL(q_η || π_old) of the exact E-step at η = 1e-4 (Q-values spaced by at least 0.05), and
+    against a numpy loop over the states."""
+    rng = _rng(12)
+    batch_size, n_actions = 6, 4
+    q_values = np.stack([rng.permutation(n_actions) * 0.05 for _ in range(batch_size)])  # one best action per state
+    probs_old = _random_probs(rng, batch_size, n_actions)
+    greedy = losses.greedy_e_step_kl(_t(q_values), _t(np.log(probs_old)))
+    expected = np.mean([-np.log(probs_old[s, np.argmax(q_values[s])]) for s in range(batch_size)])
+    assert greedy.item() == pytest.approx(expected, rel=1e-12)
+    weights = losses.categorical_e_step_weights(_t(q_values), _t(np.log(probs_old)), th.tensor(1e-4, dtype=DTYPE))
+    limit = losses.categorical_kl(weights.log(), _t(np.log(probs_old))).mean()
+    assert limit.item() == pytest.approx(expected, rel=1e-9)
+    # at any finite temperature the E-step's KL lies below the limit
+    weights = losses.categorical_e_step_weights(_t(q_values), _t(np.log(probs_old)), th.tensor(0.1, dtype=DTYPE))
+    assert losses.categorical_kl(weights.log(), _t(np.log(probs_old))).mean().item() < expected
+
+
 @pytest.mark.parametrize("temperature", [0.05, 1.0, 20.0])
 def test_categorical_temperature_dual_matches_numpy_loop(temperature):
     """categorical_temperature_dual equals eta*eps + eta*mean_s log sum_a pi_old exp(Q/eta) by numpy loops."""

@@ -331,6 +331,8 @@ def check_class_kwargs(kwargs: Mapping[str, Any], cls: type, set_elsewhere: Mapp
     """
     Refuse keyword arguments meant for another class's constructor that it receives from elsewhere, or does not take,
     before it is called: Python's ``TypeError`` would name neither where the argument comes from nor what is accepted.
+    A class whose own constructor takes ``**kwargs`` may use them for anything (SMM's buffer builds its density model
+    with them): only the arguments passed otherwise are refused there.
 
     :param kwargs: The keyword arguments, e.g. ``policy_kwargs["optimizer_kwargs"]``
     :param cls: The class they go to
@@ -341,7 +343,9 @@ def check_class_kwargs(kwargs: Mapping[str, Any], cls: type, set_elsewhere: Mapp
     for key in kwargs:
         if key in set_elsewhere:
             raise ValueError(f"Hyperparameter {label.format(key=key)} is set {set_elsewhere[key]}: remove it")
-    check_known_keys(kwargs, constructor_parameters(cls), cls.__name__, label, set_elsewhere)
+    constructor = inspect.signature(cls.__init__).parameters.values()  # type: ignore[misc]
+    if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in constructor):
+        check_known_keys(kwargs, constructor_parameters(cls), cls.__name__, label, set_elsewhere)
 
 
 def check_arguments(
@@ -391,7 +395,7 @@ def check_policy_kwargs(owner: str, policy_class: type, policy_kwargs: Mapping[s
     check_arguments(owner, policy_kwargs, parameters, POLICY_ARGUMENTS, "policy_kwargs[{key!r}]")
     optimizer_class = policy_kwargs.get("optimizer_class", constructor_default(policy_class, "optimizer_class"))
     optimizer_kwargs = policy_kwargs.get("optimizer_kwargs") or {}
-    if isinstance(optimizer_class, type):  # a policy class of the user's may take no optimizer_class
+    if optimizer_class is not inspect.Parameter.empty and isinstance(optimizer_class, type):  # a user's policy may take none
         label = "'policy_kwargs' 'optimizer_kwargs' key {key!r}"
         check_class_kwargs(optimizer_kwargs, optimizer_class, SET_FOR_OPTIMIZER, label)
 

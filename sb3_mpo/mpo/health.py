@@ -140,7 +140,9 @@ def loose_trust_region(kl: float, parameter: str, bound: float, factor: float, u
     )
 
 
-def e_step_off_bound(kl: float, epsilon: float, factor: float, updates: int, env_step: int, solved: bool) -> str | None:
+def e_step_off_bound(
+    kl: float, epsilon: float, factor: float, updates: int, env_step: int, solved: bool, greedy_kl: float | None = None
+) -> str | None:
     """
     An E-step whose KL(q || π_old) misses its bound ε (paper, Sec. 3.2, Eq. (7)): above it the temperature is too low
     and the E-step close to greedy; below it the E-step barely re-weights the sampled actions. A temperature solved on
@@ -153,13 +155,19 @@ def e_step_off_bound(kl: float, epsilon: float, factor: float, updates: int, env
     :param updates: Over how many updates ``kl`` was averaged, for the message
     :param env_step: Where training is, for the message
     :param solved: Whether the temperature is solved on each batch (``temperature_update="solve"``)
+    :param greedy_kl: The largest KL the E-step can reach, a greedy q's, averaged like ``kl``, where it can be below ε
+        (a confident Discrete policy, :func:`~sb3_mpo.mpo.losses.greedy_e_step_kl`): the KL is then judged against it;
+        None where it is above ε (log N over N samples of π_old: ε ≥ log N is refused)
     :return: The warning, or None
     """
-    if epsilon / factor <= kl <= factor * epsilon:
+    reachable = epsilon if greedy_kl is None else min(epsilon, greedy_kl)
+    if reachable / factor <= kl <= factor * epsilon:
         return None
     measured = (
         f"MPO: the E-step's KL(q || pi_old) averaged {kl:.3g} over the last {updates} updates at env step {env_step}, "
-        f"against its bound epsilon={epsilon:.3g}: "
+        f"against its bound epsilon={epsilon:.3g}"
+        + ("" if reachable == epsilon else f" (at most {reachable:.3g}, a greedy E-step's)")
+        + ": "
     )
     if solved and kl < epsilon:
         return measured + (

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 ImprovementLosses = tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]
 
 
+#: The diagnostic of the largest KL an E-step can reach (where it can fall below ε: the exact discrete E-step)
+GREEDY_KL = "kl_q_greedy"
+
+
 def select_observations(observations: PyTorchObs, mask: th.Tensor) -> PyTorchObs:
     """Keep the states of an observation batch where ``mask`` (shape (B,)) is true."""
     return map_observations(lambda obs: obs[mask], observations)
@@ -586,6 +590,7 @@ class CategoricalImprovement(PolicyImprovement):
         diagnostics = {
             "temperature": temperature.detach(),
             "kl_q": losses.categorical_kl(weights.log(), batch.log_probs_old).mean(),
+            GREEDY_KL: losses.greedy_e_step_kl(batch.q_values, batch.log_probs_old),
             "alpha_policy": alpha.detach().mean(),
             "kl_policy": kl.detach(),
             # torch's entropy treats a zero probability as 0·log 0 = 0

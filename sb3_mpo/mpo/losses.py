@@ -109,6 +109,20 @@ def categorical_e_step_weights(q_values: th.Tensor, log_probs_old: th.Tensor, te
     return th.softmax(log_probs_old.detach() + q_values.detach() / temperature.detach(), dim=-1)
 
 
+def greedy_e_step_kl(q_values: th.Tensor, log_probs_old: th.Tensor) -> th.Tensor:
+    """
+    The largest KL(q || π_old) that the exact discrete E-step (Sec. 3.2, Eq. (8)) reaches: as η → 0, q(·|s) puts all
+    its mass on the best action a*(s) = argmax_a Q(s, a), whose KL from π_old is −log π_old(a*|s). Once π_old is
+    confident in its best action this falls below ε, and no temperature meets the bound.
+
+    :param q_values: Q(s, a) for every action, shape (B, n_actions)
+    :param log_probs_old: log π_old(a | s), shape (B, n_actions)
+    :return: mean_s −log π_old(a*(s) | s) (ties: the first best action), a scalar; no gradient flows
+    """
+    best = q_values.detach().argmax(dim=-1, keepdim=True)
+    return -log_probs_old.detach().gather(-1, best).mean()
+
+
 def categorical_temperature_dual(
     q_values: th.Tensor, log_probs_old: th.Tensor, temperature: th.Tensor, epsilon: float
 ) -> th.Tensor:

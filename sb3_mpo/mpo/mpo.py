@@ -38,7 +38,7 @@ from sb3_mpo.common.compilation import compile_if_possible
 from sb3_mpo.common.precision import TargetPrecision, dtype_name, target_dtype
 from sb3_mpo.mpo import health
 from sb3_mpo.mpo.evaluation import CriticEvaluation, make_evaluation
-from sb3_mpo.mpo.improvement import LagrangeMultipliers, PolicyImprovement, make_improvement
+from sb3_mpo.mpo.improvement import GREEDY_KL, LagrangeMultipliers, PolicyImprovement, make_improvement
 from sb3_mpo.mpo.policies import (
     CategoricalActor,
     CnnPolicy,
@@ -649,6 +649,7 @@ class MPO(OffPolicyAlgorithm):
         self._warned: set[str] = set()  # the health warnings given (_warn_once), once per kind
         self._kl_sums: dict[str, float] = defaultdict(float)  # the KL constraints summed since the last check
         self._kl_updates = 0  # over how many updates
+        self._kl_window_start = self._n_updates  # the update count where they started (0: the model's first update)
         # Resolve "auto" for this device now: a compiled update can read the answer but not ask the hardware
         resolved = dtype_name(self.target_dtype)
         if self.target_precision == "auto" and self.verbose >= 1:
@@ -772,7 +773,7 @@ class MPO(OffPolicyAlgorithm):
                 means["mass_outside"], support, self.mass_outside_limit, self.num_timesteps, self._critic_rewards(), self.gamma
             )
             self._warn_once("returns_outside_support", message)
-        for key in self.improvement.bounds().keys() & means.keys():
+        for key in (self.improvement.bounds().keys() | {GREEDY_KL}) & means.keys():
             self._kl_sums[key] += means[key] * gradient_steps
         self._kl_updates += gradient_steps
         interval = self.health_check_interval
@@ -797,19 +798,21 @@ class MPO(OffPolicyAlgorithm):
         not from ones that fit the constraints (Pendulum-v1: ``epsilon_std``'s KL averages 14x its bound over the first
         1000 updates, then 1-5x).
         """
-        updates, step = self._kl_updates, self.num_timesteps
+        updates, step, means = self._kl_updates, self.num_timesteps, self._kl_sums
         for key, (parameter, bound) in self.improvement.bounds().items():
-            if key not in self._kl_sums or updates == self._n_updates:
+            if key not in means or self._kl_window_start == 0:
                 continue
-            kl = self._kl_sums[key] / updates
+            kl = means[key] / updates
             if key == "kl_q":
-                solved = self.temperature_update == "solve"
-                message = health.e_step_off_bound(kl, bound, self.e_step_bound_factor, updates, step, solved)
+                solved, greedy_kl = self.temperature_update == "solve", means.get(GREEDY_KL)
+                greedy_kl = None if greedy_kl is None else greedy_kl / updates
+                message = health.e_step_off_bound(kl, bound, self.e_step_bound_factor, updates, step, solved, greedy_kl)
             else:
                 message = health.loose_trust_region(kl, parameter, bound, self.trust_region_bound_factor, updates, step)
             self._warn_once(f"kl_bound_{key}", message)
         self._kl_sums.clear()
         self._kl_updates = 0
+        self._kl_window_start = self._n_updates
 
     def _warn_once(self, kind: str, message: str | None) -> None:
         """
