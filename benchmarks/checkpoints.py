@@ -391,6 +391,23 @@ class CheckpointProgress(NamedTuple):
     step: int
     #: The step and mean return of its newest evaluation, or None when it holds none
     last_evaluation: tuple[int, float] | None
+    #: Its pace so far, env steps per second of training (evaluations and saves left out, as a result's
+    #: ``env_steps_per_second``), or None where the checkpoint does not say
+    steps_per_second: float | None = None
+
+
+def training_pace(state: dict[str, Any]) -> float | None:
+    """
+    :param state: A checkpoint's state (or a result's fields of the same names)
+    :return: ``num_timesteps`` over the wall-clock of ``learn`` so far less its evaluations and saves, or None where a
+        time is missing or no training time is left
+    """
+    try:
+        seconds = float(state["elapsed_seconds"]) - float(state["eval_seconds"]) - float(state["save_seconds"])
+        steps = int(state["num_timesteps"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return steps / seconds if seconds > 0 else None
 
 
 def checkpoint_progress(folder: Path) -> CheckpointProgress | None:
@@ -405,7 +422,7 @@ def checkpoint_progress(folder: Path) -> CheckpointProgress | None:
         evaluation = int(curve["timesteps"][-1]), sum(returns) / len(returns)  # type: ignore[index]
     except (TypeError, KeyError, IndexError, ValueError, ZeroDivisionError):
         evaluation = None
-    return CheckpointProgress(step, evaluation)
+    return CheckpointProgress(step, evaluation, training_pace(state))
 
 
 def restore(model: BaseAlgorithm, folder: Path, state: dict[str, Any], evaluation: TimedEvalCallback) -> BaseAlgorithm:

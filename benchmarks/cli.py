@@ -366,7 +366,13 @@ def status(args: argparse.Namespace) -> int:
             evaluated = progress.last_evaluation
             newest = f", last evaluation {evaluated[1]:.1f} at {evaluated[0]}" if evaluated else ""
             stale, starts_over = _stale_note(job, checkpoints, settings, unresolved)
-            note = f"  (checkpoint at {step} steps{newest}{stale})"
+            pace = progress.steps_per_second
+            own = (
+                ""
+                if pace is None or starts_over
+                else f", {pace:.1f} env steps/s so far: ~{(job.steps - progress.step) / pace / 60:.0f} min left"
+            )
+            note = f"  (checkpoint at {step} steps{newest}{own}{stale})"
             step = 0 if starts_over else step
         elif checkpoints and shorter is not None and settings is not None:
             note, step = _continuation(job, shorter, checkpoints, settings)

@@ -28,6 +28,7 @@ from benchmarks.checkpoints import (
     job_signature,
     read_state,
     stale_checkpoint,
+    training_pace,
 )
 from benchmarks.cli import main
 from benchmarks.results import REQUIRED_KEYS, SCHEMA, TRAINING_RETURN, load_result, write_result
@@ -133,6 +134,13 @@ def test_a_run_saves_at_rollout_starts_once_the_interval_has_passed(suite_path, 
     assert saves == [], "no save before the interval has passed"
 
 
+def test_training_pace_leaves_out_evaluations_and_saves() -> None:
+    state = {"num_timesteps": 850, "elapsed_seconds": 100.0, "eval_seconds": 10.0, "save_seconds": 5.0}
+    assert training_pace(state) == pytest.approx(10.0)
+    assert training_pace({**state, "eval_seconds": 95.0}) is None, "no training time left"
+    assert training_pace({"num_timesteps": 850, "elapsed_seconds": 100.0}) is None, "a checkpoint that does not say"
+
+
 def test_cli_status_shows_the_checkpoint_and_run_resumes_then_removes_it(suite_path, tmp_path, monkeypatch, capsys):
     (job,) = load_suite(suite_path).jobs
     results = tmp_path / "results"
@@ -142,10 +150,13 @@ def test_cli_status_shows_the_checkpoint_and_run_resumes_then_removes_it(suite_p
     monkeypatch.undo()
 
     assert main(["status", str(suite_path), "--results", str(results)]) == 0
-    curve = json.loads((folder / "state.json").read_text())["curve"]
+    state = json.loads((folder / "state.json").read_text())
+    curve = state["curve"]
     assert curve["timesteps"] == [100], "the run evaluated at 100 steps before its checkpoint"
     newest = f"last evaluation {np.mean(curve['results'][-1]):.1f} at 100"
-    assert f"todo  {job.name}  (checkpoint at 100 steps, {newest})" in capsys.readouterr().out
+    pace = 100 / (state["elapsed_seconds"] - state["eval_seconds"] - state["save_seconds"])
+    own = f"{pace:.1f} env steps/s so far: ~{(job.steps - 100) / pace / 60:.0f} min left"
+    assert f"todo  {job.name}  (checkpoint at 100 steps, {newest}, {own})" in capsys.readouterr().out
     assert main(["run", str(suite_path), "--results", str(results), "--workers", "1", "--checkpoint-minutes", "0"]) == 0
     result = load_result(job.result_path(results), job)
     assert [resume["step"] for resume in result["resumes"]] == [100]
