@@ -146,8 +146,9 @@ def e_step_off_bound(
     """
     An E-step whose KL(q || π_old) misses its bound ε (paper, Sec. 3.2, Eq. (7)): above it the temperature is too low
     and the E-step close to greedy; below it the E-step barely re-weights the sampled actions. A temperature solved on
-    each batch meets the bound exactly unless the critic's values of the actions at each state are (numerically) tied,
-    so that no temperature re-weights them; a learned temperature misses it while its dual's gradient lags.
+    each batch meets the bound unless the critic's values of the actions at each state are (numerically) tied, so that
+    no temperature re-weights them, or its Newton steps fall short; a learned temperature misses it while its dual's
+    gradient lags.
 
     :param kl: The E-step's KL(q || π_old), averaged over the last updates
     :param epsilon: Its bound

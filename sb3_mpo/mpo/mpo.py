@@ -629,7 +629,7 @@ class MPO(OffPolicyAlgorithm):
         label = "'replay_buffer_kwargs' key {key!r}"
         checks.check_class_kwargs(self.replay_buffer_kwargs, buffer_class, checks.SET_FOR_REPLAY_BUFFER, label)
         if self.q_target == "retrace":
-            self.replay_buffer_class = self.replay_buffer_class or SegmentReplayBuffer
+            self.replay_buffer_class = buffer_class
             self.replay_buffer_kwargs = {"segment_length": self.segment_length, **self.replay_buffer_kwargs}
         elif self.replay_buffer_class is NStepReplayBuffer and self.replay_buffer_kwargs.get("n_steps") == self.n_steps:
             # A loaded model carries the buffer class SB3 picked for n_steps > 1. Clearing it lets SB3 pick the same
@@ -793,22 +793,25 @@ class MPO(OffPolicyAlgorithm):
         Warn of a KL constraint (:meth:`~sb3_mpo.mpo.improvement.PolicyImprovement.bounds`) whose average since the last
         check missed its bound: an M-step trust region that its multiplier does not hold (``trust_region_bound_factor``),
         or an E-step that does not re-weight the actions as its bound asks (``e_step_bound_factor``). Then start the next
-        average. The model's
-        first ``health_check_interval`` updates are not judged: the multipliers start from their initial values there,
-        not from ones that fit the constraints (Pendulum-v1: ``epsilon_std``'s KL averages 14x its bound over the first
-        1000 updates, then 1-5x).
+        average. The model's first ``health_check_interval`` updates are not judged: the multipliers start from their
+        initial values there, not from ones that fit the constraints (Pendulum-v1: ``epsilon_std``'s KL averages 14x its
+        bound over the first 1000 updates, then 1-5x).
         """
-        updates, step, means = self._kl_updates, self.num_timesteps, self._kl_sums
+        updates, step = self._kl_updates, self.num_timesteps
+        averages = {key: total / updates for key, total in self._kl_sums.items()}
+        judged = self._kl_window_start > 0
         for key, (parameter, bound) in self.improvement.bounds().items():
-            if key not in means or self._kl_window_start == 0:
+            if not judged or key not in averages:
                 continue
-            kl = means[key] / updates
             if key == "kl_q":
-                solved, greedy_kl = self.temperature_update == "solve", means.get(GREEDY_KL)
-                greedy_kl = None if greedy_kl is None else greedy_kl / updates
-                message = health.e_step_off_bound(kl, bound, self.e_step_bound_factor, updates, step, solved, greedy_kl)
+                solved = self.temperature_update == "solve"
+                message = health.e_step_off_bound(
+                    averages[key], bound, self.e_step_bound_factor, updates, step, solved, averages.get(GREEDY_KL)
+                )
             else:
-                message = health.loose_trust_region(kl, parameter, bound, self.trust_region_bound_factor, updates, step)
+                message = health.loose_trust_region(
+                    averages[key], parameter, bound, self.trust_region_bound_factor, updates, step
+                )
             self._warn_once(f"kl_bound_{key}", message)
         self._kl_sums.clear()
         self._kl_updates = 0
