@@ -175,8 +175,17 @@ def test_a_support_that_covers_the_returns_is_not_reported() -> None:
 def test_kl_messages_name_the_bound_and_how_far_it_was_missed() -> None:
     assert health.loose_trust_region(9.9e-3, "epsilon_mean", 1e-3, factor=10.0, updates=1000, env_step=7) is None
     message = health.loose_trust_region(2.5e-2, "epsilon_mean", 1e-3, factor=10.0, updates=1000, env_step=7)
-    assert message is not None and "epsilon_mean=0.001" in message and "25 times" in message
+    assert message is not None and "epsilon_mean=0.001" in message and "median of 0.025" in message and "25 times" in message
     assert "last 1000 updates at env step 7" in message and "dual_learning_rate" in message
+    excursion = health.trust_region_excursion(
+        1.7, 2e-5, "epsilon_std", 1e-2, 100.0, update=9, env_step=7, actor_grad_norm=7654.0
+    )
+    assert excursion is not None and "reached 1.7 at update 9 (env step 7), 170 times" in excursion
+    assert "gradient norm 7.65e+03" in excursion and "median over the last updates was 2e-05" in excursion
+    assert (
+        health.trust_region_excursion(0.99, 2e-5, "epsilon_std", 1e-2, 100.0, update=9, env_step=7, actor_grad_norm=3.0)
+        is None
+    )
     for kl in (0.0101, 0.1, 0.99):  # within a factor 10 of epsilon 0.1, either way
         assert health.e_step_off_bound(kl, 0.1, factor=10.0, updates=5, env_step=3, solved=True) is None
         assert health.e_step_off_bound(kl, 0.1, factor=10.0, updates=5, env_step=3, solved=False) is None
@@ -190,6 +199,20 @@ def test_kl_messages_name_the_bound_and_how_far_it_was_missed() -> None:
     # learned: the temperature is too low above the bound, too high below it
     assert "close to greedy" in (health.e_step_off_bound(1.01, 0.1, 10.0, 5, 3, solved=False) or "")
     assert "barely re-weights" in (health.e_step_off_bound(0.009, 0.1, 10.0, 5, 3, solved=False) or "")
+
+
+def test_a_constraint_window_weighs_each_call_by_its_updates() -> None:
+    """Three calls of 1, 3 and 1 gradient steps: the mean weighs each call's mean by its steps, the median and the peak
+    read the calls' means."""
+    window = health.ConstraintWindow(start=4)
+    for kl, steps, update in ((1.0, 1, 5), (2.0, 3, 8), (50.0, 1, 9)):
+        window.add({"kl_std": kl, "actor_grad_norm": kl * 10}, gradient_steps=steps, update=update, env_step=update * 10)
+    assert window.n_updates == 5
+    assert window.mean("kl_std") == pytest.approx((1.0 + 3 * 2.0 + 50.0) / 5)
+    assert window.median("kl_std") == 2.0
+    call = window.peak("kl_std")
+    assert (window.values["kl_std"][call], window.updates[call], window.env_steps[call]) == (50.0, 9, 90)
+    assert window.values["actor_grad_norm"][call] == 500.0
 
 
 @pytest.mark.parametrize(
@@ -221,10 +244,43 @@ def test_a_trust_region_its_multiplier_cannot_hold_is_reported_once(monkeypatch:
     model = filled_model(epsilon_mean=1e-9, learning_rate=1e-2)
     topic = "bounded by epsilon_mean=1e-09"
     assert warnings_about(model, topic, updates=2) == [], "judged the first interval, where the multipliers start"
+    assert model.logger.name_to_value["train/kl_mean_excursions"] == 0, "counted in the first interval"
     (message,) = warnings_about(model, topic, updates=2)
+    assert model.logger.name_to_value["train/kl_mean_excursions"] == 1
     assert "last 2 updates at env step 200" in message
     assert model.logger.name_to_value["train/kl_mean"] > MPO.trust_region_bound_factor * 1e-9
     assert warnings_about(model, topic, updates=4) == [], "warned a second time"
+
+
+def test_a_few_updates_outside_a_held_trust_region_are_an_excursion_not_a_loose_multiplier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three updates within ε_Σ = 1e-2, then one with the actor's standard deviation about 20 times its target's: the
+    window's median stays within the bound, its largest update is far outside."""
+    monkeypatch.setattr(MPO, "health_check_interval", 4)
+    model = filled_model(epsilon_mean=1.0, epsilon_std=1e-2)
+    model.train(4, model.batch_size)  # the first interval, not judged
+    for _ in range(3):
+        assert warnings_about(model, "M-step", updates=1) == []
+    with th.no_grad():
+        model.actor.std.bias.add_(10.0)  # softplus: std about 10.5 against the target's 0.5
+    (message,) = warnings_about(model, "M-step", updates=1)
+    assert "bounded by epsilon_std=0.01 reached" in message and "at update 8 (env step 200)" in message
+    assert model.logger.name_to_value["train/kl_std"] > MPO.trust_region_excursion_factor * 1e-2
+    assert "gradient norm" in message and "learning_rate" in message
+    # every call beyond the factor is counted in the logs, where the warning is given once
+    assert model.logger.name_to_value["train/kl_std_excursions"] == 1
+    assert model.logger.name_to_value["train/kl_mean_excursions"] == 0
+
+
+def test_the_excursion_count_is_saved_with_the_model_and_the_window_starts_again(tmp_path) -> None:
+    model = filled_model()
+    model.train(3, model.batch_size)
+    model._kl_excursions["kl_std"] = 2
+    model.save(tmp_path / "model")
+    loaded = MPO.load(tmp_path / "model", env=model.get_env())
+    assert loaded._kl_excursions == {"kl_std": 2, "kl_mean": 0}
+    assert loaded._kl_window.start == loaded._n_updates == 3 and loaded._kl_window.n_updates == 0
 
 
 def test_trust_regions_held_are_not_reported(monkeypatch: pytest.MonkeyPatch) -> None:
