@@ -30,11 +30,14 @@ suite adopts its result instead of training it again (``run --adopt-from``, :fun
 with its numbers unchanged and names the run it came from (``adopted_from``).
 """
 
+import contextlib
 import json
 import shutil
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -111,7 +114,9 @@ class TimedEvalCallback(EvalCallback):
     with each evaluation, what training logged last (:func:`training_diagnostics`, taken before the evaluation dumps
     the logger; empty before the first update), so that a curve can be read beside its temperature, KL or critic, and
     the mean return of the training episodes that ended since the previous evaluation (:data:`TRAINING_RETURN`: the
-    behaviour policy, its exploration included, where the evaluation runs the deterministic one).
+    behaviour policy, its exploration included, where the evaluation runs the deterministic one). Inside
+    :meth:`recording_warnings` it also keeps the warnings that training gives (MPO's health checks, a library's), so
+    that a result says what its run reported and not only the log.
     """
 
     eval_seconds = 0.0
@@ -121,6 +126,34 @@ class TimedEvalCallback(EvalCallback):
         self.diagnostics: list[dict[str, float]] = []  # one per evaluation, as SB3's evaluations_* lists
         self.training_returns: list[float] = []  # of the training episodes that ended since the last evaluation
         self._counted_step = -1  # the training step whose ended episodes are counted (the final evaluation repeats one)
+        self.warnings: list[dict[str, Any]] = []  # each distinct warning given while training, at its first env step
+
+    @contextlib.contextmanager
+    def recording_warnings(self) -> Iterator[None]:
+        """
+        Keep each distinct warning (category and text) that is shown inside, with the env step where it was first
+        shown; it is still shown as before. A user warning (MPO's health checks give these) is shown and kept once per
+        location in this run whatever filter the process set for it.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("default", category=UserWarning)
+            show = warnings.showwarning
+
+            def record(
+                message: Warning | str,
+                category: type[Warning],
+                filename: str,
+                lineno: int,
+                file: TextIO | None = None,
+                line: str | None = None,
+            ) -> None:
+                kind, text = category.__name__, str(message)
+                if not any(kept["category"] == kind and kept["message"] == text for kept in self.warnings):
+                    self.warnings.append({"step": int(self.num_timesteps), "category": kind, "message": text})
+                show(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = record
+            yield
 
     def _on_step(self) -> bool:
         start = time.perf_counter()
@@ -152,6 +185,7 @@ class TimedEvalCallback(EvalCallback):
             "lengths": [list(map(int, lengths)) for lengths in self.evaluations_length],
             "diagnostics": [dict(values) for values in self.diagnostics],
             "training_returns": list(self.training_returns),
+            "warnings": [dict(entry) for entry in self.warnings],
         }
 
     def result_curve(self) -> list[dict[str, Any]]:
@@ -187,8 +221,8 @@ class TimedEvalCallback(EvalCallback):
 
     def restore_curve(self, curve: dict[str, list], eval_seconds: float, n_calls: int) -> None:
         """
-        :param curve: The evaluations so far (:attr:`curve_state`; a checkpoint written before diagnostics or training
-            returns were kept restores empty ones)
+        :param curve: The evaluations so far and the warnings given (:attr:`curve_state`; a checkpoint written before
+            diagnostics, training returns or warnings were kept restores empty ones)
         :param eval_seconds: The time they took
         :param n_calls: The steps of the vectorised environment so far, which schedule the next evaluation
         """
@@ -198,6 +232,7 @@ class TimedEvalCallback(EvalCallback):
         self.evaluations_length = [list(lengths) for lengths in curve["lengths"]]
         self.diagnostics = [dict(values) for values in curve.get("diagnostics", [{} for _ in curve["timesteps"]])]
         self.training_returns = list(curve.get("training_returns", []))
+        self.warnings = [dict(entry) for entry in curve.get("warnings", [])]
         self.eval_seconds = eval_seconds
 
 

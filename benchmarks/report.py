@@ -793,6 +793,31 @@ def reading_section(suite: Suite, reading: Path | None) -> list[str]:
     return ["## Reading", "", reading.read_text().strip(), ""] if reading.is_file() else []
 
 
+def warnings_section(every_run: list[dict[str, Any]]) -> list[str]:
+    """
+    The warnings the runs gave while training (MPO's health checks, a library's), each run's distinct ones with the env
+    step of the first; nothing where no stored run kept them (runs kept them from the first result with ``warnings``).
+    """
+    recorded = [run for run in every_run if "warnings" in run]
+    if not recorded:
+        return []
+    lines = [
+        "## Warnings while training",
+        "",
+        f"{len(recorded)} of {len(every_run)} runs kept the warnings they gave while training (each distinct one once, at "
+        "the env step of its first; a resumed run gives a health check's warning again); "
+        f"{sum(1 for run in recorded if run['warnings'])} gave at least one.",
+        "",
+    ]
+    for run in recorded:
+        for warning in run["warnings"]:
+            text = " ".join(warning["message"].split())
+            lines.append(
+                f"- `{run['algo']}` {run['env']} seed {run['seed']}, step {warning['step']} ({warning['category']}): {text}"
+            )
+    return [*lines, ""]
+
+
 def unusable_section(problems: list[str]) -> list[str]:
     """The result files that were skipped, and why."""
     return ["## Unusable result files (skipped)", "", *[f"- {problem}" for problem in problems], ""] if problems else []
@@ -853,5 +878,6 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         quiet = quiet_speed_table(list(results), results_dir)
         lines += [*quiet, ""] if quiet else []
         lines += ["## Settings", "", *settings_section(results), ""]
+    lines += warnings_section(every_run)
     lines += unusable_section(problems)
     out.write_text("\n".join(lines))

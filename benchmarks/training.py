@@ -127,8 +127,9 @@ def run_job(
             checkpoint = RunCheckpoint(checkpoint_folder, job, evaluation, checkpoint_minutes * 60, state, settings, leg)
             callbacks.append(checkpoint)
         start = time.perf_counter()
-        model.learn(job.steps - model.num_timesteps, callback=callbacks, reset_num_timesteps=state is None)
-        evaluation.evaluate_final(job.steps)
+        with evaluation.recording_warnings():
+            model.learn(job.steps - model.num_timesteps, callback=callbacks, reset_num_timesteps=state is None)
+            evaluation.evaluate_final(job.steps)
         # The clock stops after that evaluation, whose time eval_seconds counts, so that none of it comes off training
         total_seconds = (state["elapsed_seconds"] if state else 0.0) + time.perf_counter() - start
         save_seconds = checkpoint.save_seconds if checkpoint is not None else 0.0
@@ -158,6 +159,8 @@ def run_job(
         "checkpoint_seconds": save_seconds,
         # Where the run was interrupted and resumed from a checkpoint (empty: trained in one go)
         "resumes": state["resumes"] if state else [],
+        # Each distinct warning given while training (MPO's health checks, a library's), with the env step of its first
+        "warnings": evaluation.warnings,
         # The shorter run of the same training whose final state this one started from (see run --continue-from)
         **({"continued_from": continued} if continued else {}),
         "env_steps_per_second": model.num_timesteps / train_seconds,

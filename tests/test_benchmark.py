@@ -60,7 +60,7 @@ from benchmarks.standings import (
     standings_line,
     standings_table,
 )
-from benchmarks.suite import RESULTS_DIR, SUITES_DIR, load_suite
+from benchmarks.suite import RESULTS_DIR, SUITES_DIR, Job, load_suite
 from benchmarks.training import run_job
 from benchmarks.zoo import algorithm_defaults, zoo_settings
 from sb3_mpo.common.precision import dtype_name, target_dtype
@@ -255,6 +255,32 @@ def test_report_shows_quiet_speed_records_and_discloses_converted_and_resumed_ru
     assert f"each names its original): 1 of {runs} runs (`migrated_from`)." in page
     assert "- Interrupted and resumed from a mid-run checkpoint (" in page
     assert f"each file lists where): 1 of {runs} runs (`resumes`)." in page
+
+
+def test_report_lists_the_warnings_that_runs_kept(local_store, tmp_path):
+    """Runs that kept their warnings are counted, those that gave some list them; files from before say nothing."""
+    suite_path, results = local_store
+    store = copy_store(results, tmp_path / "results")
+    jobs = load_suite(suite_path).jobs
+    out = tmp_path / "page.md"
+    report = ["report", str(suite_path), "--results", str(store), "--out", str(out), "--figures", str(tmp_path)]
+
+    def store_warnings(job: Job, kept: list[dict] | None) -> None:
+        path = job.result_path(store)
+        record = {key: value for key, value in json.loads(path.read_text()).items() if key != "warnings"}
+        path.write_text(json.dumps(record if kept is None else {**record, "warnings": kept}))
+
+    for job in jobs:
+        store_warnings(job, None)  # files written before runs kept their warnings
+    assert main(report) == 0
+    assert "## Warnings while training" not in out.read_text()
+    store_warnings(jobs[0], [{"step": 7425, "category": "UserWarning", "message": "MPO: the M-step's KL\n reached 1.7"}])
+    store_warnings(jobs[1], [])
+    assert main(report) == 0
+    page = out.read_text()
+    assert f"2 of {len(jobs)} runs kept the warnings they gave while training" in page and "1 gave at least one." in page
+    first = jobs[0]
+    assert f"- `{first.algo}` {first.env} seed {first.seed}, step 7425 (UserWarning): MPO: the M-step's KL reached 1.7" in page
 
 
 def test_report_gives_each_setting_its_own_row_when_seeds_trained_with_different_ones(local_store, tmp_path):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -433,6 +434,53 @@ def test_each_evaluation_keeps_the_return_of_the_training_episodes_since_the_pre
     evaluation.evaluate_final(1000)
     assert evaluation.diagnostics[-1][TRAINING_RETURN] == pytest.approx(np.mean(episodes[3:]))
     assert evaluation.training_returns == []
+
+
+def test_the_warnings_given_while_training_are_kept_once_each_and_still_shown(tmp_path):
+    evaluation = TimedEvalCallback(make_vec_env("Pendulum-v1", seed=1), log_path=str(tmp_path))
+
+    def warn(text: str) -> None:
+        warnings.warn(text, UserWarning)  # one location: the default filter shows a text once there
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("ignore", UserWarning)  # a process that ignores them: the run still shows and keeps them
+        warnings.simplefilter("default", RuntimeWarning)
+        with evaluation.recording_warnings():
+            evaluation.num_timesteps = 7
+            warn("MPO: a")
+            warn("MPO: a")
+            evaluation.num_timesteps = 9
+            warnings.warn("late", RuntimeWarning)
+            warn("MPO: b")
+        warn("MPO: after")
+    assert [str(warning.message) for warning in shown] == ["MPO: a", "late", "MPO: b"]
+    assert evaluation.warnings == [
+        {"step": 7, "category": "UserWarning", "message": "MPO: a"},
+        {"step": 9, "category": "RuntimeWarning", "message": "late"},
+        {"step": 9, "category": "UserWarning", "message": "MPO: b"},
+    ]
+    resumed = TimedEvalCallback(make_vec_env("Pendulum-v1", seed=1), log_path=str(tmp_path))
+    resumed.restore_curve(json.loads(json.dumps(evaluation.curve_state)), eval_seconds=0.0, n_calls=9)
+    assert resumed.warnings == evaluation.warnings
+
+
+def test_a_run_keeps_the_warnings_it_gave_before_a_resume(suite_path, tmp_path, monkeypatch):
+    """A trust region of 1e-9 that no multiplier holds, judged every 20 updates: MPO warns once per model, at the end of
+    its second window (update 40, before step 150), and again after the resume at step 150 (a loaded model's)."""
+    from sb3_mpo import MPO
+
+    (job,) = load_suite(suite_path).jobs
+    job = Job(**{**job.__dict__, "hyperparams": {**job.hyperparams, "epsilon_mean": 1e-9}})
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setattr(MPO, "health_check_interval", 20)
+    save = RunCheckpoint.save
+    interrupt_at_step(monkeypatch, 150)
+    assert run_job_safely(job, checkpoints, checkpoint_minutes=0)[1] is None
+    monkeypatch.setattr(RunCheckpoint, "save", save)
+    result = run_job(job, checkpoints, checkpoint_minutes=0)
+    loose = [warning for warning in result["warnings"] if "bounded by epsilon_mean=1e-09" in warning["message"]]
+    assert [warning["category"] for warning in loose] == ["UserWarning", "UserWarning"]
+    assert loose[0]["step"] < 150 < loose[1]["step"]
 
 
 def test_only_the_same_run_finished_under_the_same_settings_is_adopted(tmp_path):
