@@ -132,11 +132,10 @@ class TimedEvalCallback(EvalCallback):
     def recording_warnings(self) -> Iterator[None]:
         """
         Keep each distinct warning (category and text) that is shown inside, with the env step where it was first
-        shown; it is still shown as before. A user warning (MPO's health checks give these) is shown and kept once per
-        location in this run whatever filter the process set for it.
+        shown; it is still shown as before. The process's filters decide what is shown, as outside (what they ignore is
+        not kept, what they turn into errors raises); the warnings module counts each location's warnings afresh here.
         """
         with warnings.catch_warnings():
-            warnings.filterwarnings("default", category=UserWarning)
             show = warnings.showwarning
 
             def record(
@@ -149,7 +148,9 @@ class TimedEvalCallback(EvalCallback):
             ) -> None:
                 kind, text = category.__name__, str(message)
                 if not any(kept["category"] == kind and kept["message"] == text for kept in self.warnings):
-                    self.warnings.append({"step": int(self.num_timesteps), "category": kind, "message": text})
+                    model = getattr(self, "model", None)  # set once learn() has set up the callbacks
+                    step = self.num_timesteps if model is None else model.num_timesteps
+                    self.warnings.append({"step": int(step), "category": kind, "message": text})
                 show(message, category, filename, lineno, file, line)
 
             warnings.showwarning = record

@@ -440,24 +440,29 @@ def test_the_warnings_given_while_training_are_kept_once_each_and_still_shown(tm
     evaluation = TimedEvalCallback(make_vec_env("Pendulum-v1", seed=1), log_path=str(tmp_path))
 
     def warn(text: str) -> None:
-        warnings.warn(text, UserWarning)  # one location: the default filter shows a text once there
+        warnings.warn(text, UserWarning)
+
+    def warn_elsewhere(text: str) -> None:
+        warnings.warn(text, UserWarning)
 
     with warnings.catch_warnings(record=True) as shown:
-        warnings.simplefilter("ignore", UserWarning)  # a process that ignores them: the run still shows and keeps them
-        warnings.simplefilter("default", RuntimeWarning)
+        warnings.simplefilter("always")
+        outer = warnings.showwarning
         with evaluation.recording_warnings():
             evaluation.num_timesteps = 7
             warn("MPO: a")
-            warn("MPO: a")
+            warn_elsewhere("MPO: a")  # the same text from another place: shown twice, kept once
             evaluation.num_timesteps = 9
             warnings.warn("late", RuntimeWarning)
-            warn("MPO: b")
-        warn("MPO: after")
-    assert [str(warning.message) for warning in shown] == ["MPO: a", "late", "MPO: b"]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                warn("ignored")  # neither shown nor kept
+        assert warnings.showwarning is outer, "the hook outlived its block"
+        warn("MPO: after")  # shown, not kept
+    assert [str(warning.message) for warning in shown] == ["MPO: a", "MPO: a", "late", "MPO: after"]
     assert evaluation.warnings == [
         {"step": 7, "category": "UserWarning", "message": "MPO: a"},
         {"step": 9, "category": "RuntimeWarning", "message": "late"},
-        {"step": 9, "category": "UserWarning", "message": "MPO: b"},
     ]
     resumed = TimedEvalCallback(make_vec_env("Pendulum-v1", seed=1), log_path=str(tmp_path))
     resumed.restore_curve(json.loads(json.dumps(evaluation.curve_state)), eval_seconds=0.0, n_calls=9)

@@ -273,14 +273,21 @@ def test_a_few_updates_outside_a_held_trust_region_are_an_excursion_not_a_loose_
     assert model.logger.name_to_value["train/kl_mean_excursions"] == 0
 
 
-def test_the_excursion_count_is_saved_with_the_model_and_the_window_starts_again(tmp_path) -> None:
+def test_the_health_window_and_excursion_count_are_saved_with_the_model(tmp_path) -> None:
+    """A model saved mid-window resumes it: its first interval stays unjudged and its calls so far count, as in a run
+    trained in one go; the warnings it gave are not saved, so a loaded model gives them again."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
     model = filled_model()
     model.train(3, model.batch_size)
     model._kl_excursions["kl_std"] = 2
     model.save(tmp_path / "model")
+    data, _, _ = load_from_zip_file(tmp_path / "model")
+    assert "_warned" not in data and "_kl_window" in data
     loaded = MPO.load(tmp_path / "model", env=model.get_env())
     assert loaded._kl_excursions == {"kl_std": 2, "kl_mean": 0}
-    assert loaded._kl_window.start == loaded._n_updates == 3 and loaded._kl_window.n_updates == 0
+    assert (loaded._kl_window.start, loaded._kl_window.n_updates) == (0, 3) and loaded._n_updates == 3
+    assert loaded._kl_window.values["kl_std"] == model._kl_window.values["kl_std"]
 
 
 def test_trust_regions_held_are_not_reported(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -143,6 +143,8 @@ class ConstraintWindow:
         :param update: The model's update count after it
         :param env_step: The model's env step count there
         """
+        if gradient_steps == 0:  # nothing was measured
+            return
         for key, value in means.items():
             self.values[key].append(value)
         self.gradient_steps.append(gradient_steps)

@@ -398,8 +398,11 @@ class MPO(OffPolicyAlgorithm):
         self.value_normalizer: PopArt | None = None
         self.multipliers: LagrangeMultipliers
         self.multipliers_optimizer: th.optim.Adam
-        # The judged train() calls whose M-step KL exceeded trust_region_excursion_factor times its bound, by
-        # constraint, since the model's first update (saved with it; logged as train/<constraint>_excursions)
+        # The KL constraints of each train() call since the last health check, and the judged calls whose M-step KL
+        # exceeded trust_region_excursion_factor times its bound, by constraint, since the model's first update (both
+        # saved with the model, so that a resumed model judges and counts as one trained in one go; the count is logged
+        # as train/<constraint>_excursions)
+        self._kl_window = health.ConstraintWindow(start=0)
         self._kl_excursions: dict[str, int] = {}
 
         if _init_setup_model:
@@ -654,7 +657,6 @@ class MPO(OffPolicyAlgorithm):
         self.improvement = make_improvement(self)
         self.evaluation = make_evaluation(self)
         self._warned: set[str] = set()  # the health warnings given (_warn_once), once per kind
-        self._kl_window = health.ConstraintWindow(start=self._n_updates)  # the KL constraints since the last check
         # Resolve "auto" for this device now: a compiled update can read the answer but not ask the hardware
         resolved = dtype_name(self.target_dtype)
         if self.target_precision == "auto" and self.verbose >= 1:
@@ -1001,11 +1003,11 @@ class MPO(OffPolicyAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         # Rebuilt by _setup_model: the networks' aliases, the halves of the update, the (compiled) losses, the lists of
-        # the networks' tensors that an update reads or restores, and the health checks' warnings and current window
+        # the networks' tensors that an update reads or restores, and the health warnings given
         excluded = ["actor", "actor_target", "critic", "critic_target", "multipliers", "improvement", "evaluation"]
         excluded += ["_compute_losses", "value_normalizer", "written_by_losses"]
         excluded += ["batch_norm_stats", "batch_norm_stats_target", "actor_batch_norm_stats", "actor_batch_norm_stats_target"]
-        excluded += ["_warned", "_kl_window"]
+        excluded += ["_warned"]  # a loaded model warns again
         return [*super()._excluded_save_params(), *excluded]
 
     def set_parameters(
