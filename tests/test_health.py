@@ -232,7 +232,7 @@ def test_the_bounds_are_those_of_the_logged_constraints(kwargs: dict, env_id: st
     bounds = model.improvement.bounds()
     assert {f"train/{key}" for key in bounds} <= model.logger.name_to_value.keys()
     assert all(getattr(model, parameter) == bound for parameter, bound in bounds.values())
-    expected = {"kl_mean", "kl_std"} if env_id == "Pendulum-v1" else {"kl_policy"}
+    expected = {"kl_mean_max", "kl_std_max"} if env_id == "Pendulum-v1" else {"kl_policy"}
     assert bounds.keys() == expected | ({"kl_q"} if kwargs.get("policy_improvement") != "parametric" else set())
     # the exact discrete E-step also logs how far a greedy one would reach, which the E-step's check reads
     assert ("train/kl_q_greedy" in model.logger.name_to_value) == (env_id == "CartPole-v1")
@@ -244,9 +244,9 @@ def test_a_trust_region_its_multiplier_cannot_hold_is_reported_once(monkeypatch:
     model = filled_model(epsilon_mean=1e-9, learning_rate=1e-2)
     topic = "bounded by epsilon_mean=1e-09"
     assert warnings_about(model, topic, updates=2) == [], "judged the first interval, where the multipliers start"
-    assert model.logger.name_to_value["train/kl_mean_excursions"] == 0, "counted in the first interval"
+    assert model.logger.name_to_value["train/kl_mean_max_excursions"] == 0, "counted in the first interval"
     (message,) = warnings_about(model, topic, updates=2)
-    assert model.logger.name_to_value["train/kl_mean_excursions"] == 1
+    assert model.logger.name_to_value["train/kl_mean_max_excursions"] == 1
     assert "last 2 updates at env step 200" in message
     assert model.logger.name_to_value["train/kl_mean"] > MPO.trust_region_bound_factor * 1e-9
     assert warnings_about(model, topic, updates=4) == [], "warned a second time"
@@ -266,11 +266,29 @@ def test_a_few_updates_outside_a_held_trust_region_are_an_excursion_not_a_loose_
         model.actor.std.bias.add_(10.0)  # softplus: std about 10.5 against the target's 0.5
     (message,) = warnings_about(model, "M-step", updates=1)
     assert "bounded by epsilon_std=0.01 reached" in message and "at update 8 (env step 200)" in message
-    assert model.logger.name_to_value["train/kl_std"] > MPO.trust_region_excursion_factor * 1e-2
+    assert model.logger.name_to_value["train/kl_std_max"] > MPO.trust_region_excursion_factor * 1e-2
     assert "gradient norm" in message and "learning_rate" in message
     # every call beyond the factor is counted in the logs, where the warning is given once
-    assert model.logger.name_to_value["train/kl_std_excursions"] == 1
-    assert model.logger.name_to_value["train/kl_mean_excursions"] == 0
+    assert model.logger.name_to_value["train/kl_std_max_excursions"] == 1
+    assert model.logger.name_to_value["train/kl_mean_max_excursions"] == 0
+
+
+def test_per_dimension_trust_regions_are_judged_by_the_dimension_furthest_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HalfCheetah-v5's six action dimensions with one trust region each (per_dim_constraints, the default), the first
+    one's standard deviation moved away from its target's and the actor frozen (learning rate 1e-9): its KL is 60 times
+    ε_Σ, so that trust region is not held, where the mean over the six dimensions stays within 30 times."""
+    monkeypatch.setattr(MPO, "health_check_interval", 2)
+    model = MPO("MlpPolicy", "HalfCheetah-v5", seed=0, **{**SMALL, "learning_rate": 1e-9})
+    model.learn(200)
+    with th.no_grad():
+        model.actor.std.bias[0] += 1.0
+    model.train(2, model.batch_size)  # the first interval, not judged
+    largest = model.logger.name_to_value["train/kl_std_max"]
+    model.epsilon_std = largest / 60
+    (message,) = warnings_about(model, "M-step", updates=2)
+    assert f"of the action dimension furthest out bounded by epsilon_std={largest / 60:.3g} had a median" in message
+    assert model.logger.name_to_value["train/kl_std_max"] == pytest.approx(largest, rel=0.1)  # other states, same actor
+    assert model.logger.name_to_value["train/kl_std"] < MPO.trust_region_bound_factor * model.epsilon_std
 
 
 def test_the_health_window_and_excursion_count_are_saved_with_the_model(tmp_path) -> None:
@@ -280,14 +298,14 @@ def test_the_health_window_and_excursion_count_are_saved_with_the_model(tmp_path
 
     model = filled_model()
     model.train(3, model.batch_size)
-    model._kl_excursions["kl_std"] = 2
+    model._kl_excursions["kl_std_max"] = 2
     model.save(tmp_path / "model")
     data, _, _ = load_from_zip_file(tmp_path / "model")
     assert "_warned" not in data and "_kl_window" in data
     loaded = MPO.load(tmp_path / "model", env=model.get_env())
-    assert loaded._kl_excursions == {"kl_std": 2, "kl_mean": 0}
+    assert loaded._kl_excursions == {"kl_std_max": 2, "kl_mean_max": 0}
     assert (loaded._kl_window.start, loaded._kl_window.n_updates) == (0, 3) and loaded._n_updates == 3
-    assert loaded._kl_window.values["kl_std"] == model._kl_window.values["kl_std"]
+    assert loaded._kl_window.values["kl_std_max"] == model._kl_window.values["kl_std_max"]
 
 
 def test_trust_regions_held_are_not_reported(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -169,7 +169,15 @@ class ConstraintWindow:
         return int(np.argmax(self.values[key]))
 
 
-def loose_trust_region(kl: float, parameter: str, bound: float, factor: float, updates: int, env_step: int) -> str | None:
+def _trust_region(parameter: str, bound: float, per_dimension: bool) -> str:
+    """:return: What a message calls an M-step trust region: its KL (its largest action dimension's) and its bound"""
+    which = " of the action dimension furthest out" if per_dimension else ""
+    return f"the M-step's KL(pi_old || pi){which} bounded by {parameter}={bound:.3g}"
+
+
+def loose_trust_region(
+    kl: float, parameter: str, bound: float, factor: float, updates: int, env_step: int, per_dimension: bool = False
+) -> str | None:
     """
     An M-step trust region that its Lagrange multiplier does not hold (paper, Sec. 3.3, Eq. (12)): the multiplier α
     rises by ``dual_learning_rate`` steps while the KL exceeds its bound, and a policy whose steps outrun it leaves the
@@ -183,12 +191,14 @@ def loose_trust_region(kl: float, parameter: str, bound: float, factor: float, u
     :param factor: How far above the bound counts as not held
     :param updates: Over how many updates ``kl`` was taken, for the message
     :param env_step: Where training is, for the message
+    :param per_dimension: Whether ``kl`` is the largest of one trust region per action dimension
+        (``per_dim_constraints``), for the message
     :return: The warning, or None
     """
     if kl <= factor * bound:
         return None
     return (
-        f"MPO: the M-step's KL(pi_old || pi) bounded by {parameter}={bound:.3g} had a median of {kl:.3g} over the last "
+        f"MPO: {_trust_region(parameter, bound, per_dimension)} had a median of {kl:.3g} over the last "
         f"{updates} updates at env step {env_step}, {kl / bound:.3g} times its bound: its Lagrange multiplier does not "
         "hold the policy in the trust region. Raise dual_learning_rate, so that the multiplier follows faster, or lower "
         "learning_rate."
@@ -204,6 +214,7 @@ def trust_region_excursion(
     update: int,
     env_step: int,
     actor_grad_norm: float,
+    per_dimension: bool = False,
 ) -> str | None:
     """
     A policy that left an M-step trust region by far for a few updates, where its multiplier holds it otherwise
@@ -222,12 +233,13 @@ def trust_region_excursion(
     :param update: The model's update count after that call, for the message
     :param env_step: The env step there, for the message
     :param actor_grad_norm: The actor's gradient norm (before clipping) in that call, for the message
+    :param per_dimension: Whether ``peak`` is the largest of one trust region per action dimension, for the message
     :return: The warning, or None
     """
     if peak <= factor * bound:
         return None
     return (
-        f"MPO: the M-step's KL(pi_old || pi) bounded by {parameter}={bound:.3g} reached {peak:.3g} at update {update} "
+        f"MPO: {_trust_region(parameter, bound, per_dimension)} reached {peak:.3g} at update {update} "
         f"(env step {env_step}), {peak / bound:.3g} times its bound (the actor's gradient norm {actor_grad_norm:.3g} "
         f"before clipping), where its median over the last updates was {median:.3g}: the policy's update overshot "
         "the trust region for a few steps. Each such excursion moves the policy further than the trust region allows; "

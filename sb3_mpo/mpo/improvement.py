@@ -297,8 +297,9 @@ class GaussianImprovement(PolicyImprovement):
         model = self.model
         return {
             "kl_q": ("epsilon", model.epsilon),
-            "kl_mean": ("epsilon_mean", model.epsilon_mean),
-            "kl_std": ("epsilon_std", model.epsilon_std),
+            # the action dimension furthest out (per_dim_constraints), which the mean over dimensions would dilute
+            "kl_mean_max": ("epsilon_mean", model.epsilon_mean),
+            "kl_std_max": ("epsilon_std", model.epsilon_std),
         }
 
     def behaviour(self, observations: PyTorchObs | None, n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -478,8 +479,10 @@ class GaussianImprovement(PolicyImprovement):
         diagnostics = {
             "alpha_mean": alpha_mean.detach().mean(),
             "alpha_std": alpha_std.detach().mean(),
-            "kl_mean": kl.mean.detach().mean(),
+            "kl_mean": kl.mean.detach().mean(),  # over the action dimensions with per_dim_constraints
             "kl_std": kl.std.detach().mean(),
+            "kl_mean_max": kl.mean.detach().max(),  # their largest (the joint KL without per_dim_constraints)
+            "kl_std_max": kl.std.detach().max(),
             "std_mean": std.detach().mean(),
         }
         return penalties, multiplier_losses, diagnostics
