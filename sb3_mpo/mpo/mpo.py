@@ -830,7 +830,8 @@ class MPO(OffPolicyAlgorithm):
             else:
                 median, call = window.median(key), window.peak(key)
                 factor = self.trust_region_bound_factor
-                per_dimension = self.per_dim_constraints and isinstance(self.action_space, spaces.Box)
+                # one trust region per action dimension (per_dim_constraints): the message names the one furthest out
+                per_dimension = max(n for _, n in self.improvement.trust_regions().values()) > 1
                 loose = health.loose_trust_region(median, parameter, bound, factor, window.n_updates, step, per_dimension)
                 self._warn_once(f"kl_bound_{key}", loose)
                 if loose is not None:  # outside at most updates: that some are far outside says nothing more
