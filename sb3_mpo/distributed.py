@@ -104,7 +104,7 @@ class DistributedMPO(MPO):
     MPO trained by all the processes of an initialised ``torch.distributed`` group (see :func:`init_workers`), each
     with its own environment and replay buffer, their gradients averaged before every update. Takes MPO's arguments;
     ``train_freq`` must count steps (with episodes, workers would update at different times), and ``seed`` is each
-    worker's base seed (worker k uses ``seed + k``). Only rank 0 logs.
+    worker's base seed (worker k uses ``seed + k``). Only rank 0 logs; every worker gives its own health warnings.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -137,6 +137,12 @@ class DistributedMPO(MPO):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "rank", "world_size"]  # a loaded model takes its process's
+
+    def _warn_once(self, kind: str, message: str | None) -> None:
+        """Each worker judges its own batches and replay: its health warnings say which worker gives them."""
+        super()._warn_once(
+            kind, None if message is None else f"DistributedMPO rank {self.rank} of {self.world_size}: {message}"
+        )
 
     def _setup_model(self) -> None:
         super()._setup_model()

@@ -214,3 +214,27 @@ def test_distributed_mpo_refuses_a_train_freq_in_episodes_or_malformed(train_fre
             DistributedMPO("MlpPolicy", "Pendulum-v1", train_freq=train_freq)
     finally:
         dist.destroy_process_group()
+
+
+def test_each_workers_health_warning_names_its_rank(tmp_path, monkeypatch):
+    """A trust region of 1e-9 that no multiplier holds, judged every 2 updates, in a group of one worker."""
+    import warnings
+
+    import torch.distributed as dist
+
+    from sb3_mpo import MPO
+    from sb3_mpo.distributed import DistributedMPO
+
+    monkeypatch.setattr(MPO, "health_check_interval", 2)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model = DistributedMPO("MlpPolicy", "Pendulum-v1", seed=0, learning_starts=10_000, batch_size=32, epsilon_mean=1e-9)
+        model.learn(200)
+        model.train(2, model.batch_size)  # the first interval, not judged
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.train(2, model.batch_size)
+    finally:
+        dist.destroy_process_group()
+    (message,) = [str(warning.message) for warning in caught if "epsilon_mean=1e-09" in str(warning.message)]
+    assert message.startswith("DistributedMPO rank 0 of 1: MPO: the M-step's KL")
