@@ -785,8 +785,8 @@ class MPO(OffPolicyAlgorithm):
         bounds = self.improvement.bounds()
         judged = (bounds.keys() | {GREEDY_KL, "actor_grad_norm"}) & means.keys()
         self._kl_window.add({key: means[key] for key in judged}, gradient_steps, self._n_updates, self.num_timesteps)
-        for key, (_, bound) in bounds.items():
-            if key == "kl_q" or key not in means:  # the E-step's KL is solved or learned, not held by a multiplier
+        for key, (_, bound) in self._trust_region_bounds(bounds).items():
+            if key not in means:
                 continue
             outside = self._kl_window.start > 0 and means[key] > self.trust_region_excursion_factor * bound
             self._kl_excursions[key] = self._kl_excursions.get(key, 0) + int(outside)
@@ -815,40 +815,49 @@ class MPO(OffPolicyAlgorithm):
         1000 updates, then 1-5x).
         """
         window, step = self._kl_window, self.num_timesteps
-        bounds = self.improvement.bounds() if window.start > 0 else {}
-        for key, (parameter, bound) in bounds.items():
+        self._kl_window = health.ConstraintWindow(start=self._n_updates)
+        if window.start == 0:  # the model's first interval
+            return
+        bounds = self.improvement.bounds()
+        if "kl_q" in bounds and "kl_q" in window.values:
+            solved = self.temperature_update == "solve"
+            greedy = window.mean(GREEDY_KL) if GREEDY_KL in window.values else None
+            kl, epsilon, factor = window.mean("kl_q"), bounds["kl_q"][1], self.e_step_bound_factor
+            self._warn_once(
+                "kl_bound_kl_q", health.e_step_off_bound(kl, epsilon, factor, window.n_updates, step, solved, greedy)
+            )
+        # one trust region per action dimension (per_dim_constraints): the messages name the one furthest out
+        per_dimension = max(n for _, n in self.improvement.trust_regions().values()) > 1
+        for key, (parameter, bound) in self._trust_region_bounds(bounds).items():
             if key not in window.values:
                 continue
-            if key == "kl_q":
-                solved = self.temperature_update == "solve"
-                greedy = window.mean(GREEDY_KL) if GREEDY_KL in window.values else None
-                factor = self.e_step_bound_factor
-                self._warn_once(
-                    f"kl_bound_{key}",
-                    health.e_step_off_bound(window.mean(key), bound, factor, window.n_updates, step, solved, greedy),
-                )
-            else:
-                median, call = window.median(key), window.peak(key)
-                factor = self.trust_region_bound_factor
-                # one trust region per action dimension (per_dim_constraints): the message names the one furthest out
-                per_dimension = max(n for _, n in self.improvement.trust_regions().values()) > 1
-                loose = health.loose_trust_region(median, parameter, bound, factor, window.n_updates, step, per_dimension)
-                self._warn_once(f"kl_bound_{key}", loose)
-                if loose is not None:  # outside at most updates: that some are far outside says nothing more
-                    continue
-                excursion = health.trust_region_excursion(
-                    window.values[key][call],
-                    median,
-                    parameter,
-                    bound,
-                    self.trust_region_excursion_factor,
-                    window.updates[call],
-                    window.env_steps[call],
-                    window.values["actor_grad_norm"][call],
-                    per_dimension,
-                )
-                self._warn_once(f"kl_excursion_{key}", excursion)
-        self._kl_window = health.ConstraintWindow(start=self._n_updates)
+            median, factor = window.median(key), self.trust_region_bound_factor
+            loose = health.loose_trust_region(median, parameter, bound, factor, window.n_updates, step, per_dimension)
+            self._warn_once(f"kl_bound_{key}", loose)
+            if loose is not None:  # outside at most updates: that some are far outside says nothing more
+                continue
+            call = window.peak(key)
+            excursion = health.trust_region_excursion(
+                window.values[key][call],
+                median,
+                parameter,
+                bound,
+                self.trust_region_excursion_factor,
+                window.updates[call],
+                window.env_steps[call],
+                window.values["actor_grad_norm"][call],
+                per_dimension,
+            )
+            self._warn_once(f"kl_excursion_{key}", excursion)
+
+    @staticmethod
+    def _trust_region_bounds(bounds: dict[str, tuple[str, float]]) -> dict[str, tuple[str, float]]:
+        """
+        :param bounds: The improvement's KL constraints (:meth:`~sb3_mpo.mpo.improvement.PolicyImprovement.bounds`)
+        :return: Those of the M-step, each held by a Lagrange multiplier (the E-step's ``kl_q`` is met by its
+            temperature instead)
+        """
+        return {key: bound for key, bound in bounds.items() if key != "kl_q"}
 
     def _warn_once(self, kind: str, message: str | None) -> None:
         """
