@@ -120,6 +120,15 @@ def test_numeric_string_gets_the_yaml_hint() -> None:
         (dict(optimizer_kwargs=dict(beta=(0.5, 0.9))), r"'optimizer_kwargs' key 'beta' for Adam\. Did you mean 'betas'\?"),
         (dict(optimizer_kwargs=dict(lr=1e-3)), r"'optimizer_kwargs' key 'lr' is set by MPO from learning_rate: remove it"),
         (
+            dict(actor_optimizer_kwargs=dict(beta2=0.99)),
+            r"'actor_optimizer_kwargs' key 'beta2' for Adam\. Did you mean 'betas'\?",
+        ),
+        (
+            dict(actor_optimizer_kwargs=dict(lr=1e-4)),
+            r"'actor_optimizer_kwargs' key 'lr' is set by MPO from learning_rate: remove it",
+        ),
+        (dict(actor_optimizer_kwargs=[("betas", (0.5, 0.99))]), r"policy_kwargs\['actor_optimizer_kwargs'\]=\[.*is invalid"),
+        (
             dict(optimizer_class=th.optim.SGD, optimizer_kwargs=dict(betas=(0.5, 0.9))),
             r"'optimizer_kwargs' key 'betas' for SGD\. SGD accepts: dampening, .*momentum",
         ),
@@ -303,6 +312,28 @@ def test_buffer_and_optimizer_kwargs_their_classes_take_are_passed_on(kwargs: di
         assert getattr(model.replay_buffer, key) == value
     for key, value in kwargs.get("policy_kwargs", {}).get("optimizer_kwargs", {}).items():
         assert model.actor.optimizer.defaults[key] == value and model.critic.optimizer.defaults[key] == value
+
+
+@pytest.mark.parametrize(
+    "policy_kwargs, actor, critic",
+    [
+        # the fused default is Adam's implementation for both, until the actor's kwargs choose another
+        (dict(actor_optimizer_kwargs=dict(betas=(0.9, 0.99))), dict(betas=(0.9, 0.99), fused=True), dict(fused=True)),
+        (dict(actor_optimizer_kwargs=dict(foreach=True)), dict(foreach=True, fused=None), dict(foreach=None, fused=True)),
+        (
+            dict(optimizer_kwargs=dict(foreach=True, amsgrad=True), actor_optimizer_kwargs=dict(fused=True)),
+            dict(foreach=None, fused=True, amsgrad=True),
+            dict(foreach=True, fused=None, amsgrad=True),
+        ),
+    ],
+)
+def test_the_actors_optimizer_kwargs_replace_the_shared_ones_in_its_optimiser_alone(
+    policy_kwargs: dict[str, Any], actor: dict[str, Any], critic: dict[str, Any]
+) -> None:
+    model = MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=policy_kwargs)
+    for optimizer, expected in ((model.actor.optimizer, actor), (model.critic.optimizer, critic)):
+        assert {key: optimizer.defaults[key] for key in expected} == expected
+    assert model.critic.optimizer.defaults["betas"] == (0.9, 0.999)
 
 
 def goal_env() -> gym.Env:

@@ -72,6 +72,23 @@ def test_crossqs_optimiser_survives_save_load_and_further_training(tmp_path):
     assert loaded.multipliers_optimizer.param_groups[0]["betas"] == (0.9, 0.999)
 
 
+def test_the_actors_own_optimiser_kwargs_survive_save_load_and_further_training(tmp_path):
+    """actor_optimizer_kwargs replace the shared optimizer_kwargs in the actor's Adam alone, after save and load too."""
+    policy_kwargs = dict(
+        net_arch=[32, 32], optimizer_kwargs=dict(betas=(0.5, 0.999), eps=1e-6), actor_optimizer_kwargs=dict(betas=(0.5, 0.99))
+    )
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **{**SMALL, "policy_kwargs": policy_kwargs})
+    model.learn(100)
+    model.save(tmp_path / "mpo.zip")
+    loaded = MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1))
+    loaded.learn(20, reset_num_timesteps=False)
+    assert loaded._n_updates == model._n_updates + 20
+    settings = {"actor": ((0.5, 0.99), 1e-6, True), "critic": ((0.5, 0.999), 1e-6, True)}
+    for name, expected in settings.items():
+        for group in getattr(loaded, name).optimizer.param_groups:
+            assert (group["betas"], group["eps"], group["fused"]) == expected, name
+
+
 def test_resume_training_continues(trained_model, tmp_path):
     """A loaded model (with its replay buffer) resumes training from where it stopped."""
     model = trained_model

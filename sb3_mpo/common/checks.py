@@ -381,7 +381,7 @@ def check_policy_kwargs(owner: str, policy_class: type, policy_kwargs: Mapping[s
     """
     Check ``policy_kwargs`` against the policy's constructor: no argument that the algorithm fills in, no unknown
     key, every value of the right type and range (``net_arch``, ``init_std``, ``min_std``, ...), and the keys of
-    ``optimizer_kwargs`` against the optimiser's constructor.
+    ``optimizer_kwargs`` and ``actor_optimizer_kwargs`` against the optimiser's constructor.
 
     :param owner: The algorithm, as the message names it
     :param policy_class: The policy class the keyword arguments are for
@@ -394,10 +394,11 @@ def check_policy_kwargs(owner: str, policy_class: type, policy_kwargs: Mapping[s
     check_known_keys(policy_kwargs, parameters, policy_class.__name__, "'policy_kwargs' key {key!r}", SET_BY_MPO)
     check_arguments(owner, policy_kwargs, parameters, POLICY_ARGUMENTS, "policy_kwargs[{key!r}]")
     optimizer_class = policy_kwargs.get("optimizer_class", constructor_default(policy_class, "optimizer_class"))
-    optimizer_kwargs = policy_kwargs.get("optimizer_kwargs") or {}
-    if optimizer_class is not inspect.Parameter.empty and isinstance(optimizer_class, type):  # a user's policy may take none
-        label = "'policy_kwargs' 'optimizer_kwargs' key {key!r}"
-        check_class_kwargs(optimizer_kwargs, optimizer_class, SET_FOR_OPTIMIZER, label)
+    if optimizer_class is inspect.Parameter.empty or not isinstance(optimizer_class, type):  # a user's policy may take none
+        return
+    for name in ("optimizer_kwargs", "actor_optimizer_kwargs"):
+        label = f"'policy_kwargs' {name!r} key {{key!r}}"
+        check_class_kwargs(policy_kwargs.get(name) or {}, optimizer_class, SET_FOR_OPTIMIZER, label)
 
 
 def replay_buffer_mismatch(expected: Any, loaded: Any) -> str | None:

@@ -32,6 +32,8 @@ from sb3_mpo.mpo.torsos import (
 
 ActionBounding = Literal["clip", "tanh"]
 ACTION_BOUNDINGS: tuple[str, ...] = ("clip", "tanh")
+#: Adam's arguments that choose its implementation (the same update, computed differently)
+ADAM_IMPLEMENTATIONS: frozenset[str] = frozenset({"fused", "foreach", "capturable", "differentiable"})
 CriticDistribution = Literal["expected", "categorical", "mixture"]
 
 
@@ -486,6 +488,10 @@ class MPOPolicy(BasePolicy):
     :param normalize_images: Whether to normalize images or not, dividing by 255.0 (True by default)
     :param optimizer_class: The optimizer to use, ``th.optim.Adam`` by default
     :param optimizer_kwargs: Additional keyword arguments, excluding the learning rate, to pass to the optimizer
+    :param actor_optimizer_kwargs: Keyword arguments of the actor's optimizer alone, which replace those of
+        ``optimizer_kwargs`` with the same name (e.g. ``dict(betas=(0.5, 0.99))``: a second moment that follows the
+        actor's gradient ten times faster, while the critic keeps ``optimizer_kwargs``); ``None``: the actor's optimizer
+        takes ``optimizer_kwargs`` as the critic's does
     :param share_features_extractor: Whether to share the features extractor between the actor and the critic.
         Unlike SAC, a shared extractor is trained by the critic loss: MPO's policy loss is a weighted likelihood
         that carries no value information.
@@ -542,6 +548,7 @@ class MPOPolicy(BasePolicy):
         normalize_images: bool = True,
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
+        actor_optimizer_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = False,
         layer_norm: bool = False,
         residual: bool = False,
@@ -573,6 +580,7 @@ class MPOPolicy(BasePolicy):
             squash_output=True,
             normalize_images=normalize_images,
         )
+        self.actor_optimizer_kwargs = actor_optimizer_kwargs
         self.optimizer_kwargs = self.default_optimizer_kwargs(self.optimizer_class, self.optimizer_kwargs)
         if net_arch is None:
             net_arch = [256, 256]
@@ -706,7 +714,7 @@ class MPOPolicy(BasePolicy):
         self.critic_target.requires_grad_(False)
 
         self.actor.optimizer = self.optimizer_class(
-            actor_parameters, lr=lr_schedule(1), **self.optimizer_kwargs  # type: ignore[call-arg]
+            actor_parameters, lr=lr_schedule(1), **self.actor_optimizer_settings()  # type: ignore[call-arg]
         )
         self.critic.optimizer = self.optimizer_class(
             self.critic.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs  # type: ignore[call-arg]
@@ -724,11 +732,21 @@ class MPOPolicy(BasePolicy):
         :param optimizer_kwargs: The caller's keyword arguments
         :return: The keyword arguments to use
         """
-        if optimizer_class is th.optim.Adam and not {"fused", "foreach", "capturable", "differentiable"} & set(
-            optimizer_kwargs
-        ):
+        if optimizer_class is th.optim.Adam and not ADAM_IMPLEMENTATIONS & optimizer_kwargs.keys():
             return {**optimizer_kwargs, "fused": True}
         return optimizer_kwargs
+
+    def actor_optimizer_settings(self) -> dict[str, Any]:
+        """
+        :return: The keyword arguments of the actor's optimizer: ``optimizer_kwargs`` with ``actor_optimizer_kwargs`` in
+            place of the keys they share; where the actor's choose Adam's implementation, that choice replaces the
+            shared one (which may be the fused default) instead of joining it
+        """
+        actor_kwargs = self.actor_optimizer_kwargs or {}
+        shared = self.optimizer_kwargs
+        if ADAM_IMPLEMENTATIONS & actor_kwargs.keys():
+            shared = {key: value for key, value in shared.items() if key not in ADAM_IMPLEMENTATIONS}
+        return self.default_optimizer_kwargs(self.optimizer_class, {**shared, **actor_kwargs})
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -742,6 +760,7 @@ class MPOPolicy(BasePolicy):
                 lr_schedule=self._dummy_schedule,  # dummy lr schedule, not needed for loading policy alone
                 optimizer_class=self.optimizer_class,
                 optimizer_kwargs=self.optimizer_kwargs,
+                actor_optimizer_kwargs=self.actor_optimizer_kwargs,
                 features_extractor_class=self.features_extractor_class,
                 features_extractor_kwargs=self.features_extractor_kwargs,
                 share_features_extractor=self.share_features_extractor,
