@@ -286,6 +286,38 @@ def diagnostics_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str
     return lines
 
 
+#: The counts of trust-region excursions that MPO's runs log (key -> the constraint, as the table names it)
+EXCURSIONS = {
+    "train/kl_mean_max_excursions": "the mean's (epsilon_mean)",
+    "train/kl_std_max_excursions": "the std's (epsilon_std)",
+    "train/kl_policy_excursions": "the policy's (epsilon_policy)",
+}
+
+
+def excursions_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """
+    Per run, how many ``train()`` calls left an M-step trust region by more than ``MPO.trust_region_excursion_factor``
+    times its bound over the whole run (the counts training logged last, which a resumed run carries on); nothing
+    where no run recorded them (runs record them from the commit that counts them).
+    """
+    finals = [(algo, run, run["curve"][-1].get("train") or {}) for algo, runs in runs_by_algo.items() for run in runs]
+    keys = [key for key in EXCURSIONS if any(key in logged for _, _, logged in finals)]
+    if not keys:
+        return []
+    lines = [
+        "Trust-region excursions over each run (`train()` calls whose KL went past `MPO.trust_region_excursion_factor`, "
+        "100, times its bound; docs/algorithm.md):",
+        "",
+        f"| algorithm | seed | {' | '.join(EXCURSIONS[key] for key in keys)} |",
+        f"|---|---|{'---|' * len(keys)}",
+    ]
+    for algo, run, logged in finals:
+        if any(key in logged for key in keys):
+            cells = [f"{logged[key]:.0f}" if key in logged else "—" for key in keys]
+            lines.append(f"| {algo.upper()} | {run['seed']} | {' | '.join(cells)} |")
+    return lines
+
+
 def sample_efficiency_table(results: Results) -> list[str]:
     """MPO's return at its budget N beside each on-policy baseline's at N and at its own budget (10·N in the suites)."""
     lines = []
@@ -862,8 +894,8 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
             *curve_summary_table(runs_by_algo),
             "",
         ]
-        diagnostics = diagnostics_table(runs_by_algo)
-        lines += [*diagnostics, ""] if diagnostics else []
+        for table in (diagnostics_table(runs_by_algo), excursions_table(runs_by_algo)):
+            lines += [*table, ""] if table else []
         if env in suite.thresholds:
             lines += [*threshold_table(runs_by_algo, suite.thresholds[env]), ""]
         lines += [f"![{env} learning curves]({relative(figure)})", ""]

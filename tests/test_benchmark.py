@@ -7,6 +7,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -23,6 +24,7 @@ from benchmarks.report import (
     aggregate_section,
     collect,
     curve_summary_table,
+    excursions_table,
     improvement_estimates,
     improvement_pairs,
     interval_estimates,
@@ -281,6 +283,25 @@ def test_report_lists_the_warnings_that_runs_kept(local_store, tmp_path):
     assert f"2 of {len(jobs)} runs kept the warnings they gave while training" in page and "1 gave at least one." in page
     first = jobs[0]
     assert f"- `{first.algo}` {first.env} seed {first.seed}, step 7425 (UserWarning): MPO: the M-step's KL reached 1.7" in page
+
+
+def test_excursions_are_listed_per_run_that_counted_them() -> None:
+    """Each run's final counts, "—" for a constraint it does not have; runs from before the counts say nothing."""
+
+    def run(seed: int, logged: dict[str, float]) -> dict[str, Any]:
+        return {"seed": seed, "curve": [{"step": 10, "train": {"train/kl_q": 0.1}}, {"step": 20, "train": logged}]}
+
+    counted = {"train/kl_mean_max_excursions": 3.0, "train/kl_std_max_excursions": 11.0}
+    runs_by_algo = {"mpo": [run(0, counted), run(1, {"train/kl_q": 0.1})], "sac": [run(0, {"train/ent_coef": 0.1})]}
+    lines = excursions_table(runs_by_algo)
+    assert lines[2:] == [
+        "| algorithm | seed | the mean's (epsilon_mean) | the std's (epsilon_std) |",
+        "|---|---|---|---|",
+        "| MPO | 0 | 3 | 11 |",
+    ]
+    discrete = {"mpo": [run(2, {"train/kl_policy_excursions": 0.0}), run(3, counted)]}
+    assert excursions_table(discrete)[-2:] == ["| MPO | 2 | — | — | 0 |", "| MPO | 3 | 3 | 11 | — |"]
+    assert excursions_table({"mpo": [run(1, {"train/kl_q": 0.1})], "sac": runs_by_algo["sac"]}) == []
 
 
 def test_report_gives_each_setting_its_own_row_when_seeds_trained_with_different_ones(local_store, tmp_path):
