@@ -35,7 +35,7 @@ import json
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
@@ -108,6 +108,45 @@ def check_finite(model: BaseAlgorithm, when: str) -> None:
         )
 
 
+class WarningRecord:
+    """
+    The warnings a run gives (MPO's health checks, a library's), so that its result says what it reported and not only
+    its log: each distinct one (category and text) once, with the env step where it was first shown.
+
+    :param step: The env step of the run now
+    """
+
+    def __init__(self, step: Callable[[], int]):
+        self.step = step
+        self.warnings: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """
+        Keep each distinct warning that is shown inside; it is still shown as before. The process's filters decide what
+        is shown, as outside (what they ignore is not kept, what they turn into errors raises); the warnings module
+        counts each location's warnings afresh here.
+        """
+        with warnings.catch_warnings():
+            show = warnings.showwarning
+
+            def record(
+                message: Warning | str,
+                category: type[Warning],
+                filename: str,
+                lineno: int,
+                file: TextIO | None = None,
+                line: str | None = None,
+            ) -> None:
+                kind, text = category.__name__, str(message)
+                if not any(kept["category"] == kind and kept["message"] == text for kept in self.warnings):
+                    self.warnings.append({"step": int(self.step()), "category": kind, "message": text})
+                show(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = record
+            yield
+
+
 class TimedEvalCallback(EvalCallback):
     """
     SB3's EvalCallback that also measures the time spent evaluating, to exclude it from the training time, and keeps,
@@ -126,35 +165,20 @@ class TimedEvalCallback(EvalCallback):
         self.diagnostics: list[dict[str, float]] = []  # one per evaluation, as SB3's evaluations_* lists
         self.training_returns: list[float] = []  # of the training episodes that ended since the last evaluation
         self._counted_step = -1  # the training step whose ended episodes are counted (the final evaluation repeats one)
-        self.warnings: list[dict[str, Any]] = []  # each distinct warning given while training, at its first env step
+        self.warning_record = WarningRecord(self._env_step)
 
-    @contextlib.contextmanager
-    def recording_warnings(self) -> Iterator[None]:
-        """
-        Keep each distinct warning (category and text) that is shown inside, with the env step where it was first
-        shown; it is still shown as before. The process's filters decide what is shown, as outside (what they ignore is
-        not kept, what they turn into errors raises); the warnings module counts each location's warnings afresh here.
-        """
-        with warnings.catch_warnings():
-            show = warnings.showwarning
+    @property
+    def warnings(self) -> list[dict[str, Any]]:
+        """Each distinct warning given while training, with the env step of its first (:class:`WarningRecord`)."""
+        return self.warning_record.warnings
 
-            def record(
-                message: Warning | str,
-                category: type[Warning],
-                filename: str,
-                lineno: int,
-                file: TextIO | None = None,
-                line: str | None = None,
-            ) -> None:
-                kind, text = category.__name__, str(message)
-                if not any(kept["category"] == kind and kept["message"] == text for kept in self.warnings):
-                    model = getattr(self, "model", None)  # set once learn() has set up the callbacks
-                    step = self.num_timesteps if model is None else model.num_timesteps
-                    self.warnings.append({"step": int(step), "category": kind, "message": text})
-                show(message, category, filename, lineno, file, line)
+    def recording_warnings(self) -> contextlib.AbstractContextManager[None]:
+        """Keep the warnings shown inside (:meth:`WarningRecord.recording`), at the model's env step."""
+        return self.warning_record.recording()
 
-            warnings.showwarning = record
-            yield
+    def _env_step(self) -> int:
+        model = getattr(self, "model", None)  # set once learn() has set up the callbacks
+        return self.num_timesteps if model is None else model.num_timesteps
 
     def _on_step(self) -> bool:
         start = time.perf_counter()
@@ -233,7 +257,7 @@ class TimedEvalCallback(EvalCallback):
         self.evaluations_length = [list(lengths) for lengths in curve["lengths"]]
         self.diagnostics = [dict(values) for values in curve.get("diagnostics", [{} for _ in curve["timesteps"]])]
         self.training_returns = list(curve.get("training_returns", []))
-        self.warnings = [dict(entry) for entry in curve.get("warnings", [])]
+        self.warning_record.warnings = [dict(entry) for entry in curve.get("warnings", [])]
         self.eval_seconds = eval_seconds
 
 

@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import collect, mean_and_spread, provenance_lines, reading_section, unusable_section
+from benchmarks.checkpoints import WarningRecord
+from benchmarks.report import (
+    collect,
+    mean_and_spread,
+    provenance_lines,
+    reading_section,
+    unusable_section,
+    warnings_section,
+)
 from benchmarks.results import SCHEMA
 from benchmarks.stamp import git_commit, library_versions, machine
 from benchmarks.suite import Job, Suite
@@ -110,6 +118,8 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
     env = make_vec_env(make_env, n_envs=1, seed=job.seed)
     start = time.perf_counter()
     goals = GoalTracker()
+    model: Any = None
+    record = WarningRecord(lambda: 0 if model is None else model.num_timesteps)
     action_shape = tuple(env.action_space.shape or ())
     predict: Callable[..., Any]
     if settings["algo"] is None:
@@ -136,7 +146,8 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
         model = algo("MlpPolicy", env, seed=job.seed, **kwargs)
         # SMM's rollouts follow the historical average of the policy's snapshots; a plain learner's, the policy itself
         snapshots = PolicySnapshots(snapshot_freq=max(job.steps // 10, 1)) if n_skills else None
-        model.learn(job.steps, callback=[goals] if snapshots is None else [goals, snapshots])
+        with record.recording():
+            model.learn(job.steps, callback=[goals] if snapshots is None else [goals, snapshots])
         buffer: Any = model.replay_buffer
         replay_states = buffer.next_observations[: buffer.size(), 0]
         predict = model.predict if snapshots is None else HistoricalAveragePolicy(snapshots.snapshots, seed=job.seed).predict
@@ -158,6 +169,8 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
         "goal_reached": goals.first_goal is not None,
         "first_goal_step": goals.first_goal,
         "train_seconds": train_seconds,
+        # Each distinct warning given while training (MPO's health checks, a library's), with the env step of its first
+        "warnings": record.warnings,
         "torch_threads": torch_threads,
         "versions": library_versions(),
         "machine": machine(),
@@ -228,6 +241,7 @@ def write_exploration_report(suite: Suite, results_dir: Path, out: Path, reading
     for env, by_learner in runs.items():
         if by_learner:
             lines += [f"## {env}", "", *env_tables(env, by_learner), ""]
+    lines += warnings_section(every_run)
     lines += unusable_section(problems)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))

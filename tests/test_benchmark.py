@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from stable_baselines3.common import callbacks
 
 from benchmarks import stamp
 from benchmarks.cli import main
+from benchmarks.exploration import run_exploration_job
 from benchmarks.references import D4RL, ScoreReference
 from benchmarks.report import (
     QUIET_SPEED_FOLDER,
@@ -922,6 +924,26 @@ def test_exploration_suite_runs_through_the_runner_and_reports(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith(("| random |", "| mpo |"))]
     assert len(rows) == 2 and all("| 1 | 300 |" in row for row in rows)
     assert "Visits per room in replay" in text  # PointRooms has rooms, not a goal
+
+
+def test_exploration_runs_keep_the_warnings_their_training_gives(tmp_path, monkeypatch):
+    """As a returns run's: each distinct warning once, at the env step of its first, and listed on the page."""
+    from sb3_mpo import MPO
+
+    def warn_from_step_120(self: MPO) -> None:
+        if self.num_timesteps in (120, 180):
+            warnings.warn("MPO: a health check")
+
+    monkeypatch.setattr(MPO, "_on_step", warn_from_step_120, raising=False)
+    suite_path, results = write_suite(tmp_path, EXPLORATION), tmp_path / "results"
+    kept = {}
+    for job in load_suite(suite_path).jobs:  # in this process, where MPO warns
+        write_result(job.result_path(results), run_exploration_job(job))
+        kept[job.algo] = load_result(job.result_path(results), job)["warnings"]
+    assert kept == {"random": [], "mpo": [{"step": 120, "category": "UserWarning", "message": "MPO: a health check"}]}
+    page = tmp_path / "page.md"
+    assert main(["report", str(suite_path), "--results", str(results), "--out", str(page)]) == 0
+    assert "- `mpo` sb3_mpo/PointRooms-v0 seed 0, step 120 (UserWarning): MPO: a health check" in page.read_text()
 
 
 def test_results_of_the_other_kind_are_refused(local_store, tmp_path):
