@@ -288,8 +288,9 @@ def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
         assert sampled["policy_kwargs"].get("init_std") == trial.params.get("init_std")
         check_mpo_hyperparams(sampled)
         model = MPO("MlpPolicy", env_id, **sampled)  # the constructor accepts every sample
-        for optimizer in (model.actor.optimizer, model.critic.optimizer):
-            assert optimizer.defaults["betas"] == (trial.params["adam_beta1"], 0.999)
+        beta1 = trial.params["adam_beta1"]
+        assert model.critic.optimizer.defaults["betas"] == (beta1, 0.999)
+        assert model.actor.optimizer.defaults["betas"] == (beta1, trial.params["actor_adam_beta2"])
         study.tell(trial, 0.0)
 
 
@@ -311,6 +312,16 @@ def test_converter_maps_torsos_and_critics_to_policy_kwargs() -> None:
     assert convert_mpo_params({**base, "adam_beta1": 0.5})["policy_kwargs"] == {
         "net_arch": [256, 256],
         "optimizer_kwargs": {"betas": (0.5, 0.999)},
+    }
+    # the actor's own second moment only where it differs from the critic's
+    assert convert_mpo_params({**base, "adam_beta1": 0.5, "actor_adam_beta2": 0.99})["policy_kwargs"] == {
+        "net_arch": [256, 256],
+        "optimizer_kwargs": {"betas": (0.5, 0.999)},
+        "actor_optimizer_kwargs": {"betas": (0.5, 0.99)},
+    }
+    assert "actor_optimizer_kwargs" not in convert_mpo_params({**base, "actor_adam_beta2": 0.999})["policy_kwargs"]
+    assert convert_mpo_params({**base, "actor_adam_beta2": 0.99})["policy_kwargs"]["actor_optimizer_kwargs"] == {
+        "betas": (0.9, 0.99)
     }
 
 
@@ -371,7 +382,8 @@ def test_optimize_with_storage(tmp_path: Path, backend: str) -> None:
     crossq_accepted = trials[1].params["torso"] != "residual" and trials[1].params["policy_improvement"] == "nonparametric"
     crossq = {"critic_normalization"} if crossq_accepted else set()
     assert set(trials[1].params) == {
-        *("one_minus_gamma", "learning_rate", "adam_beta1", "batch_size_pow", "n_action_samples", "epsilon", "epsilon_mean"),
+        *("one_minus_gamma", "learning_rate", "adam_beta1", "actor_adam_beta2", "batch_size_pow", "n_action_samples"),
+        *("epsilon", "epsilon_mean"),
         *("epsilon_std", "q_target", "tau", "net_arch", "action_bounding", "replay_fraction", "policy_improvement"),
         *("torso", "init_std", *critic, *parametric, *mixture, *pair, *crossq),
     }

@@ -68,6 +68,9 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-3, log=True),
         # CrossQ's 0.5 (Bhatt et al. 2024, sb3-contrib's default there) led one of two HalfCheetah-v5 screening seeds
         "adam_beta1": trial.suggest_categorical("adam_beta1", [0.9, 0.5]),
+        # The actor's Adam alone may forget its second moment ten times sooner, which shrank the MuJoCo entry's
+        # trust-region excursions in probes (docs/algorithm.md)
+        "actor_adam_beta2": trial.suggest_categorical("actor_adam_beta2", [0.999, 0.99]),
         # From 2**6=64 to 2**9=512
         "batch_size_pow": trial.suggest_int("batch_size_pow", 6, 9),
         "epsilon": trial.suggest_float("epsilon", 0.01, 1.0, log=True),
@@ -136,6 +139,11 @@ def convert_mpo_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     for policy_setting in ("action_bounding", "init_std", "n_critics"):
         if policy_setting in hyperparams:
             hyperparams["policy_kwargs"][policy_setting] = hyperparams.pop(policy_setting)
-    if "adam_beta1" in hyperparams:  # a study from before it was searched kept PyTorch's betas
-        hyperparams["policy_kwargs"]["optimizer_kwargs"] = {"betas": (hyperparams.pop("adam_beta1"), 0.999)}
+    # Studies from before Adam's betas were searched kept PyTorch's (0.9, 0.999), for actor and critic
+    beta1 = hyperparams.pop("adam_beta1", None)
+    if beta1 is not None:
+        hyperparams["policy_kwargs"]["optimizer_kwargs"] = {"betas": (beta1, 0.999)}
+    actor_beta2 = hyperparams.pop("actor_adam_beta2", 0.999)
+    if actor_beta2 != 0.999:
+        hyperparams["policy_kwargs"]["actor_optimizer_kwargs"] = {"betas": (0.9 if beta1 is None else beta1, actor_beta2)}
     return hyperparams
