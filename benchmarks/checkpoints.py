@@ -113,10 +113,10 @@ class WarningRecord:
     The warnings a run gives (MPO's health checks, a library's), so that its result says what it reported and not only
     its log: each distinct one (category and text) once, with the env step where it was first shown.
 
-    :param step: The env step of the run now
+    :param step: A function that returns the run's env step at the moment it is called
     """
 
-    def __init__(self, step: Callable[[], int]):
+    def __init__(self, step: Callable[[], int]) -> None:
         self.step = step
         self.warnings: list[dict[str, Any]] = []
 

@@ -27,6 +27,7 @@ import numpy as np
 from benchmarks.references import ScoreReference
 from benchmarks.results import TRAINING_RETURN, ResultError, load_result
 from benchmarks.suite import Suite
+from sb3_mpo import MPO
 
 #: Bootstrap repetitions of the confidence intervals
 BOOTSTRAP_REPS = 2000
@@ -306,7 +307,7 @@ def excursions_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]
         return []
     lines = [
         "Trust-region excursions over each run (`train()` calls whose KL went past `MPO.trust_region_excursion_factor`, "
-        "100, times its bound; docs/algorithm.md):",
+        f"{MPO.trust_region_excursion_factor:g}, times its bound; docs/algorithm.md):",
         "",
         f"| algorithm | seed | {' | '.join(EXCURSIONS[key] for key in keys)} |",
         f"|---|---|{'---|' * len(keys)}",

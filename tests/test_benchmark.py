@@ -934,12 +934,14 @@ def test_exploration_runs_keep_the_warnings_their_training_gives(tmp_path, monke
         if self.num_timesteps in (120, 180):
             warnings.warn("MPO: a health check")
 
-    monkeypatch.setattr(MPO, "_on_step", warn_from_step_120, raising=False)
+    monkeypatch.setattr(MPO, "_on_step", warn_from_step_120)
     suite_path, results = write_suite(tmp_path, EXPLORATION), tmp_path / "results"
     kept = {}
-    for job in load_suite(suite_path).jobs:  # in this process, where MPO warns
-        write_result(job.result_path(results), run_exploration_job(job))
-        kept[job.algo] = load_result(job.result_path(results), job)["warnings"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # shown at both steps: the record keeps the first
+        for job in load_suite(suite_path).jobs:  # in this process, where MPO warns
+            write_result(job.result_path(results), run_exploration_job(job))
+            kept[job.algo] = load_result(job.result_path(results), job)["warnings"]
     assert kept == {"random": [], "mpo": [{"step": 120, "category": "UserWarning", "message": "MPO: a health check"}]}
     page = tmp_path / "page.md"
     assert main(["report", str(suite_path), "--results", str(results), "--out", str(page)]) == 0

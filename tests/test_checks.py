@@ -325,6 +325,12 @@ def test_buffer_and_optimizer_kwargs_their_classes_take_are_passed_on(kwargs: di
             dict(foreach=None, fused=True, amsgrad=True),
             dict(foreach=True, fused=None, amsgrad=True),
         ),
+        # a shared choice that the actor's does not exclude stays
+        (
+            dict(optimizer_kwargs=dict(capturable=True), actor_optimizer_kwargs=dict(foreach=True)),
+            dict(capturable=True, foreach=True, fused=None),
+            dict(capturable=True, foreach=None, fused=None),
+        ),
     ],
 )
 def test_the_actors_optimizer_kwargs_replace_the_shared_ones_in_its_optimiser_alone(

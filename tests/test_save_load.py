@@ -85,8 +85,16 @@ def test_the_actors_own_optimiser_kwargs_survive_save_load_and_further_training(
     assert loaded._n_updates == model._n_updates + 20
     settings = {"actor": ((0.5, 0.99), 1e-6, True), "critic": ((0.5, 0.999), 1e-6, True)}
     for name, expected in settings.items():
-        for group in getattr(loaded, name).optimizer.param_groups:
+        optimizer = getattr(loaded, name).optimizer
+        # the rebuilt optimiser's own defaults, which its loaded state does not overwrite, and the state's groups
+        assert tuple(optimizer.defaults[key] for key in ("betas", "eps", "fused")) == expected, name
+        for group in optimizer.param_groups:
             assert (group["betas"], group["eps"], group["fused"]) == expected, name
+    # a policy saved and loaded alone keeps the option too
+    model.policy.save(tmp_path / "policy.pkl")
+    policy = MlpPolicy.load(tmp_path / "policy.pkl")
+    assert policy.actor.optimizer.defaults["betas"] == (0.5, 0.99)
+    assert policy.critic.optimizer.defaults["betas"] == (0.5, 0.999)
 
 
 def test_resume_training_continues(trained_model, tmp_path):

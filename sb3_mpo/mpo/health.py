@@ -245,8 +245,8 @@ def trust_region_excursion(
         f"(env step {env_step}), {peak / bound:.3g} times its bound (the actor's gradient norm {actor_grad_norm:.3g} "
         f"before clipping), where its median over the last updates was {median:.3g}: the policy's update overshot "
         "the trust region for a few steps. Each such excursion moves the policy further than the trust region allows; "
-        "a lower learning_rate makes the actor's steps smaller, and a second moment that Adam forgets sooner (policy_kwargs "
-        "actor_optimizer_kwargs=dict(betas=(beta1, 0.99))) shrinks them sooner once the gradient grows."
+        "a lower learning_rate makes the actor's steps smaller and, with Adam, a second moment that it forgets sooner "
+        "(policy_kwargs actor_optimizer_kwargs=dict(betas=(beta1, 0.99))) shrinks them sooner once the gradient grows."
     )
 
 

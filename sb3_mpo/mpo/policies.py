@@ -34,6 +34,10 @@ ActionBounding = Literal["clip", "tanh"]
 ACTION_BOUNDINGS: tuple[str, ...] = ("clip", "tanh")
 #: Adam's arguments that choose its implementation (the same update, computed differently)
 ADAM_IMPLEMENTATIONS: frozenset[str] = frozenset({"fused", "foreach", "capturable", "differentiable"})
+#: Pairs of those that Adam refuses together
+CONFLICTING_IMPLEMENTATIONS: frozenset[frozenset[str]] = frozenset(
+    {frozenset({"fused", "foreach"}), frozenset({"fused", "differentiable"})}
+)
 CriticDistribution = Literal["expected", "categorical", "mixture"]
 
 
@@ -739,13 +743,12 @@ class MPOPolicy(BasePolicy):
     def actor_optimizer_settings(self) -> dict[str, Any]:
         """
         :return: The keyword arguments of the actor's optimizer: ``optimizer_kwargs`` with ``actor_optimizer_kwargs`` in
-            place of the keys they share; where the actor's choose Adam's implementation, that choice replaces the
-            shared one (which may be the fused default) instead of joining it
+            place of the keys they share, less the shared implementation choices that the actor's own exclude (Adam's
+            ``fused``, the default, where the actor's choose ``foreach``)
         """
         actor_kwargs = self.actor_optimizer_kwargs or {}
-        shared = self.optimizer_kwargs
-        if ADAM_IMPLEMENTATIONS & actor_kwargs.keys():
-            shared = {key: value for key, value in shared.items() if key not in ADAM_IMPLEMENTATIONS}
+        excluded = {key for pair in CONFLICTING_IMPLEMENTATIONS if pair & actor_kwargs.keys() for key in pair}
+        shared = {key: value for key, value in self.optimizer_kwargs.items() if key not in excluded}
         return self.default_optimizer_kwargs(self.optimizer_class, {**shared, **actor_kwargs})
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
