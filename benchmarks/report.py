@@ -250,6 +250,7 @@ def curve_summary_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[s
 DIAGNOSTICS = {
     "train/temperature": "MPO's temperature η",
     "train/kl_q": "KL(q ‖ π_old)",
+    "train/alpha_mean": "the mean's multiplier α_μ",
     "train/std_mean": "policy std (mean)",
     "train/mean_outside_box": "policy means outside the box",
     "train/q_mean": "Q (mean)",

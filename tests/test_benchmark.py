@@ -189,8 +189,8 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
     assert page.count("critic target as trained") == 1
     # what training logged before the final evaluation, medians over seeds; "—" where an algorithm logs no such number
     columns = (
-        "MPO's temperature η | KL(q ‖ π_old) | policy std (mean) | policy means outside the box | Q (mean) | "
-        "SAC's entropy coefficient | critic loss | training episodes' return"
+        "MPO's temperature η | KL(q ‖ π_old) | the mean's multiplier α_μ | policy std (mean) | policy means outside the box | "
+        "Q (mean) | SAC's entropy coefficient | critic loss | training episodes' return"
     )
     assert f"| algorithm | seeds | {columns} |" in page
     assert "(what `train()` logged last, and the return of the training episodes since the evaluation before; " in page
@@ -208,7 +208,7 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
     # the median return of the training episodes before the final evaluation: the last column, SAC's own
     training_return = re.escape(f"{np.median([logged[TRAINING_RETURN] for logged in finals['sac']]):.3g}")
     assert re.search(
-        rf"^\| SAC \| 2 \| — \| — \| — \| — \| — \| {entropy_coefficient:.3g} \| [^|]+ \| {training_return} \|$",
+        rf"^\| SAC \| 2 \| — \| — \| — \| — \| — \| — \| {entropy_coefficient:.3g} \| [^|]+ \| {training_return} \|$",
         page,
         flags=re.MULTILINE,
     )
