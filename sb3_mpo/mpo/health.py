@@ -222,9 +222,9 @@ def trust_region_excursion(
     the overshoot fed itself until the penalty pulled the policy back. Measured with the MuJoCo entry (learning rate
     1e-3, Adam's beta1 0.5) on HalfCheetah-v5 seed 2: over 6 updates the actor's gradient norm rose from 4 to 7654
     and ``epsilon_std``'s KL (the mean over the six action dimensions) to 1.7, 169162x its bound (the standard
-    deviation went from 0.50 to 0.90), back under 30x within 20 updates. Probes of seeds 0 and 2 (9000 steps each) with the
-    actor's Adam at beta2 0.99 (``actor_optimizer_kwargs``) still had one excursion per seed, peaking at 2123x and
-    3511x the bound instead of 110956x and 169162x.
+    deviation went from 0.50 to 0.90), back under 30x within 20 updates. Probes of seeds 0 and 2 (9000 steps each)
+    with the actor's Adam at beta2 0.99 (``actor_optimizer_kwargs``) still had one excursion per seed, peaking at
+    2123x and 3511x the bound instead of 110956x and 169162x.
 
     :param peak: The largest KL(π_old || π) of one ``train()`` call over the last updates (the mean of its gradient
         steps: a call of many steps dilutes one step's)
