@@ -384,7 +384,7 @@ def status(args: argparse.Namespace) -> int:
         elif checkpoints and job not in pending and job.final_path(checkpoints).exists():
             note = "  (final state kept)"
         if job in pending and _held_by_another_runner(job, args.results):
-            note += "  (a runner is training it now)"
+            note += "  (a runner holds it: training it now, or after the runs before it)"
         if job in pending:
             pace = None if settings is None else stored_paces.get(pace_key(job.zoo_algo, job.env, settings))
             guess = guesses.get((job.zoo_algo, job.env))

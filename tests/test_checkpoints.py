@@ -553,9 +553,9 @@ def test_a_second_runner_leaves_a_run_that_another_runner_has_to_it(suite_path, 
         assert f"1 runs are left to another runner, which has them: {job.name}" in err and "0 to run" in out
         assert not job.result_path(tmp_path).exists()
         assert main(["status", *arguments]) == 0
-        assert "(a runner is training it now)" in capsys.readouterr().out
+        assert "(a runner holds it: training it now, or after the runs before it)" in capsys.readouterr().out
     assert main(["status", *arguments]) == 0
-    assert "a runner is training it now" not in capsys.readouterr().out, "released with its runner"
+    assert "a runner holds it" not in capsys.readouterr().out, "released with its runner"
 
 
 def test_adopting_and_continuing_leave_a_run_whose_settings_cannot_be_resolved_to_it(
