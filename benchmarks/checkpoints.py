@@ -153,9 +153,9 @@ class TimedEvalCallback(EvalCallback):
     with each evaluation, what training logged last (:func:`training_diagnostics`, taken before the evaluation dumps
     the logger; empty before the first update), so that a curve can be read beside its temperature, KL or critic, and
     the mean return of the training episodes that ended since the previous evaluation (:data:`TRAINING_RETURN`: the
-    behaviour policy, its exploration included, where the evaluation runs the deterministic one). Inside
-    :meth:`recording_warnings` it also keeps the warnings that training gives (MPO's health checks, a library's), so
-    that a result says what its run reported and not only the log.
+    behaviour policy, its exploration included, where the evaluation runs the deterministic one). Its
+    :attr:`warning_record` keeps the warnings that training gives (MPO's health checks, a library's), at the model's env
+    step, so that a result says what its run reported and not only the log.
     """
 
     eval_seconds = 0.0
@@ -166,15 +166,6 @@ class TimedEvalCallback(EvalCallback):
         self.training_returns: list[float] = []  # of the training episodes that ended since the last evaluation
         self._counted_step = -1  # the training step whose ended episodes are counted (the final evaluation repeats one)
         self.warning_record = WarningRecord(self._env_step)
-
-    @property
-    def warnings(self) -> list[dict[str, Any]]:
-        """Each distinct warning given while training, with the env step of its first (:class:`WarningRecord`)."""
-        return self.warning_record.warnings
-
-    def recording_warnings(self) -> contextlib.AbstractContextManager[None]:
-        """Keep the warnings shown inside (:meth:`WarningRecord.recording`), at the model's env step."""
-        return self.warning_record.recording()
 
     def _env_step(self) -> int:
         model = getattr(self, "model", None)  # set once learn() has set up the callbacks
@@ -210,7 +201,7 @@ class TimedEvalCallback(EvalCallback):
             "lengths": [list(map(int, lengths)) for lengths in self.evaluations_length],
             "diagnostics": [dict(values) for values in self.diagnostics],
             "training_returns": list(self.training_returns),
-            "warnings": [dict(entry) for entry in self.warnings],
+            "warnings": [dict(entry) for entry in self.warning_record.warnings],
         }
 
     def result_curve(self) -> list[dict[str, Any]]:

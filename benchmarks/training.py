@@ -127,7 +127,7 @@ def run_job(
             checkpoint = RunCheckpoint(checkpoint_folder, job, evaluation, checkpoint_minutes * 60, state, settings, leg)
             callbacks.append(checkpoint)
         start = time.perf_counter()
-        with evaluation.recording_warnings():
+        with evaluation.warning_record.recording():
             model.learn(job.steps - model.num_timesteps, callback=callbacks, reset_num_timesteps=state is None)
             evaluation.evaluate_final(job.steps)
         # The clock stops after that evaluation, whose time eval_seconds counts, so that none of it comes off training
@@ -160,7 +160,7 @@ def run_job(
         # Where the run was interrupted and resumed from a checkpoint (empty: trained in one go)
         "resumes": state["resumes"] if state else [],
         # Each distinct warning given while training (MPO's health checks, a library's), with the env step of its first
-        "warnings": evaluation.warnings,
+        "warnings": evaluation.warning_record.warnings,
         # The shorter run of the same training whose final state this one started from (see run --continue-from)
         **({"continued_from": continued} if continued else {}),
         "env_steps_per_second": model.num_timesteps / train_seconds,

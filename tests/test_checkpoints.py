@@ -448,7 +448,7 @@ def test_the_warnings_given_while_training_are_kept_once_each_and_still_shown(tm
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
         outer = warnings.showwarning
-        with evaluation.recording_warnings():
+        with evaluation.warning_record.recording():
             evaluation.num_timesteps = 7
             warn("MPO: a")
             warn_elsewhere("MPO: a")  # the same text from another place: shown twice, kept once
@@ -460,13 +460,13 @@ def test_the_warnings_given_while_training_are_kept_once_each_and_still_shown(tm
         assert warnings.showwarning is outer, "the hook outlived its block"
         warn("MPO: after")  # shown, not kept
     assert [str(warning.message) for warning in shown] == ["MPO: a", "MPO: a", "late", "MPO: after"]
-    assert evaluation.warnings == [
+    assert evaluation.warning_record.warnings == [
         {"step": 7, "category": "UserWarning", "message": "MPO: a"},
         {"step": 9, "category": "RuntimeWarning", "message": "late"},
     ]
     resumed = TimedEvalCallback(make_vec_env("Pendulum-v1", seed=1), log_path=str(tmp_path))
     resumed.restore_curve(json.loads(json.dumps(evaluation.curve_state)), eval_seconds=0.0, n_calls=9)
-    assert resumed.warnings == evaluation.warnings
+    assert resumed.warning_record.warnings == evaluation.warning_record.warnings
 
 
 def test_a_run_keeps_the_warnings_it_gave_before_a_resume(suite_path, tmp_path, monkeypatch):
