@@ -47,6 +47,8 @@ TINY = dict(batch_size=16, n_action_samples=4, policy_kwargs=dict(net_arch=[8]))
         ("init_alpha_std", 5e-9, r"a finite float > 1e-08 \(the multipliers' floor\)"),
         ("init_alpha_mean", 1e-8, r"a finite float > 1e-08 \(the multipliers' floor\)"),
         ("dual_learning_rate", float("inf"), "a finite positive float"),
+        ("actor_learning_rate", "1e-4", r"a finite positive Python float or a schedule .* or None"),
+        ("actor_learning_rate", 0.0, r"a finite positive Python float or a schedule .* or None"),
         ("max_grad_norm", float("nan"), "a finite positive float or None"),
         ("epsilon_penalty", float("inf"), "a finite positive float or None"),
         ("q_target", None, "one of 'n_step', 'retrace'"),
@@ -125,7 +127,7 @@ def test_numeric_string_gets_the_yaml_hint() -> None:
         ),
         (
             dict(actor_optimizer_kwargs=dict(lr=1e-4)),
-            r"'actor_optimizer_kwargs' key 'lr' is set by MPO from learning_rate: remove it",
+            r"'actor_optimizer_kwargs' key 'lr' is set by MPO from actor_learning_rate \(or learning_rate\): remove it",
         ),
         (dict(actor_optimizer_kwargs=[("betas", (0.5, 0.99))]), r"policy_kwargs\['actor_optimizer_kwargs'\]=\[.*is invalid"),
         (

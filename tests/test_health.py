@@ -268,7 +268,7 @@ def test_a_few_updates_outside_a_held_trust_region_are_an_excursion_not_a_loose_
     (message,) = warnings_about(model, "M-step", updates=1)
     assert "bounded by epsilon_std=0.01 reached" in message and "at update 8 (env step 200)" in message
     assert model.logger.name_to_value["train/kl_std_max"] > MPO.trust_region_excursion_factor * 1e-2
-    assert "gradient norm" in message and "learning_rate" in message
+    assert "gradient norm" in message and "actor_learning_rate" in message
     # every call beyond the factor is counted in the logs, where the warning is given once
     assert model.logger.name_to_value["train/kl_std_max_excursions"] == 1
     assert model.logger.name_to_value["train/kl_mean_max_excursions"] == 0

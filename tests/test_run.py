@@ -26,6 +26,13 @@ import brute_force
 SMALL = dict(learning_starts=50, batch_size=32, n_action_samples=4, policy_kwargs=dict(net_arch=[32, 32]))
 
 
+class StopAfterFirstUpdate(BaseCallback):
+    """Stops training at the first env step after the model's first gradient step."""
+
+    def _on_step(self) -> bool:
+        return self.model._n_updates == 0
+
+
 class BoundsCheckingEnv(gym.Wrapper):
     """Records every action the agent sends, to check they stay inside an asymmetric Box."""
 
@@ -405,6 +412,29 @@ def test_gradients_are_clipped_to_max_grad_norm_and_reported_before_clipping(max
         else:
             assert norm > 10 * max_grad_norm, "the gradient was larger than the bound"
             assert stepped[name] == pytest.approx(max_grad_norm, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "actor_learning_rate, expected",
+    [(None, 1e-3), (1e-5, 1e-5), (lambda progress: 2e-5 * progress, 2e-5 * (1 - 51 / 1000))],
+)
+def test_adams_first_step_moves_the_actor_by_its_own_learning_rate(actor_learning_rate, expected):
+    """
+    Adam's first step moves each parameter by its learning rate times g / (|g| + eps) (bias-corrected moments of one
+    gradient), so the largest change of a network's parameters in the first update is its rate: the actor's
+    ``actor_learning_rate`` (a schedule read at the progress of that update), the critic's ``learning_rate``.
+    """
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, learning_rate=1e-3, actor_learning_rate=actor_learning_rate, **SMALL)
+    before = {
+        name: th.nn.utils.parameters_to_vector(getattr(model, name).parameters()).clone() for name in ("actor", "critic")
+    }
+    model.learn(1000, callback=StopAfterFirstUpdate())  # the update after env step 51 (learning_starts=50)
+    assert model._n_updates == 1
+    rates = {"actor": expected, "critic": 1e-3}
+    for name, rate in rates.items():
+        moved = (th.nn.utils.parameters_to_vector(getattr(model, name).parameters()) - before[name]).abs().max().item()
+        assert moved == pytest.approx(rate, rel=1e-2), name  # float32 parameters near 0.1 round their change at ~1e-8
+        assert getattr(model, name).optimizer.param_groups[0]["lr"] == pytest.approx(rate), name
 
 
 @pytest.mark.parametrize("action_bounding", ["clip", "tanh"])

@@ -97,6 +97,39 @@ def test_the_actors_own_optimiser_kwargs_survive_save_load_and_further_training(
     assert policy.critic.optimizer.defaults["betas"] == (0.5, 0.999)
 
 
+def test_the_actors_own_learning_rate_survives_save_load_and_custom_objects_replace_it(tmp_path):
+    """
+    A saved model trains its actor at its own rate after loading (a schedule too), its critic at ``learning_rate``, and
+    ``custom_objects`` set either rate as they set SB3's ``learning_rate``.
+    """
+    model = MPO(
+        "MlpPolicy",
+        "Pendulum-v1",
+        seed=0,
+        learning_rate=1e-3,
+        actor_learning_rate=lambda progress: 1e-4 * (1 + progress),
+        **SMALL,
+    )
+    model.learn(100)
+    model.save(tmp_path / "mpo.zip")
+
+    def rates(loaded: MPO) -> tuple[float, float]:
+        return loaded.actor.optimizer.param_groups[0]["lr"], loaded.critic.optimizer.param_groups[0]["lr"]
+
+    env = make_vec_env("Pendulum-v1", n_envs=1)
+    loaded = MPO.load(tmp_path / "mpo.zip", env=env)
+    loaded.learn(100, reset_num_timesteps=False)
+    assert loaded._current_progress_remaining == 0.0  # the last update follows the last env step
+    assert rates(loaded) == (pytest.approx(1e-4), pytest.approx(1e-3))
+    assert loaded.actor_lr_schedule(1.0) == pytest.approx(2e-4)
+    replaced = MPO.load(tmp_path / "mpo.zip", env=env, custom_objects={"actor_learning_rate": 2e-4, "learning_rate": 5e-4})
+    replaced.learn(20, reset_num_timesteps=False)
+    assert rates(replaced) == (pytest.approx(2e-4), pytest.approx(5e-4))
+    unset = MPO.load(tmp_path / "mpo.zip", env=env, custom_objects={"actor_learning_rate": None})
+    unset.learn(20, reset_num_timesteps=False)
+    assert rates(unset) == (pytest.approx(1e-3), pytest.approx(1e-3))
+
+
 def test_resume_training_continues(trained_model, tmp_path):
     """A loaded model (with its replay buffer) resumes training from where it stopped."""
     model = trained_model

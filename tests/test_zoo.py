@@ -194,6 +194,7 @@ def test_atari_game_uses_the_atari_entry(tmp_path: Path) -> None:
         ),
         ("policy_kwargs:dict(net_arch=[0])", r"MPO: policy_kwargs\['net_arch'\]=\[0\] is invalid, expected None, a list"),
         ("learning_rate:'fast'", r"'learning_rate'='fast' is neither a number nor a linear schedule"),
+        ("actor_learning_rate:'slow'", r"'actor_learning_rate'='slow' is neither a number nor a linear schedule"),
         ("noise_type:'normal'", r"'noise_type' is not used by MPO"),
         ("seed:3", r"'seed' is set by rl_zoo3's --seed flag"),
         ("epsilon:-1.0", r"MPO: epsilon=-1.0 is invalid"),
@@ -291,6 +292,11 @@ def test_sampler_and_converter(env_id: str, n_actions: int) -> None:
         beta1 = trial.params["adam_beta1"]
         assert model.critic.optimizer.defaults["betas"] == (beta1, 0.999)
         assert model.actor.optimizer.defaults["betas"] == (beta1, trial.params["actor_adam_beta2"])
+        actor_rate = trial.params["learning_rate"] * trial.params["actor_learning_rate_ratio"]
+        assert (
+            model.actor_lr_schedule(1.0) == pytest.approx(actor_rate)
+            and model.lr_schedule(1.0) == trial.params["learning_rate"]
+        )
         study.tell(trial, 0.0)
 
 
@@ -323,6 +329,11 @@ def test_converter_maps_torsos_and_critics_to_policy_kwargs() -> None:
     assert convert_mpo_params({**base, "actor_adam_beta2": 0.99})["policy_kwargs"]["actor_optimizer_kwargs"] == {
         "betas": (0.9, 0.99)
     }
+    # the actor's own rate only where it differs from learning_rate (studies from before it was searched: none)
+    assert convert_mpo_params({**base, "learning_rate": 1e-3, "actor_learning_rate_ratio": 0.1})["actor_learning_rate"] == (
+        pytest.approx(1e-4)
+    )
+    assert "actor_learning_rate" not in convert_mpo_params({**base, "learning_rate": 1e-3, "actor_learning_rate_ratio": 1.0})
 
 
 def test_converter_maps_the_critic_target_and_reads_studies_that_sampled_n_steps() -> None:
@@ -382,7 +393,15 @@ def test_optimize_with_storage(tmp_path: Path, backend: str) -> None:
     crossq_accepted = trials[1].params["torso"] != "residual" and trials[1].params["policy_improvement"] == "nonparametric"
     crossq = {"critic_normalization"} if crossq_accepted else set()
     assert set(trials[1].params) == {
-        *("one_minus_gamma", "learning_rate", "adam_beta1", "actor_adam_beta2", "batch_size_pow", "n_action_samples"),
+        *(
+            "one_minus_gamma",
+            "learning_rate",
+            "actor_learning_rate_ratio",
+            "adam_beta1",
+            "actor_adam_beta2",
+            "batch_size_pow",
+            "n_action_samples",
+        ),
         *("epsilon", "epsilon_mean"),
         *("epsilon_std", "q_target", "tau", "net_arch", "action_bounding", "replay_fraction", "policy_improvement"),
         *("torso", "init_std", *critic, *parametric, *mixture, *pair, *crossq),
@@ -499,6 +518,7 @@ def test_load_hyperparams_reads_atari_train_freq_and_schedules_as_rl_zoo3(tmp_pa
         "default: &default\n  gamma: 0.98\n"
         "atari:\n  <<: *default\n  policy: 'CnnPolicy'\n  frame_stack: 4\n  buffer_size: 100000\n"
         "Task-v0:\n  <<: *default\n  train_freq: [1, 'episode']\n  learning_rate: lin_7.3e-4\n"
+        "  actor_learning_rate: lin_1e-4\n"
     )
     assert load_hyperparams("PongNoFrameskip-v4", path) == {"gamma": 0.98, "buffer_size": 100000}
     assert load_hyperparams("CartPole-v1", path) == {"gamma": 0.98}
@@ -507,8 +527,14 @@ def test_load_hyperparams_reads_atari_train_freq_and_schedules_as_rl_zoo3(tmp_pa
     reference = rl_zoo3.linear_schedule(7.3e-4)
     for progress_remaining in (1.0, 0.6, 0.25, 0.0):
         assert kwargs["learning_rate"](progress_remaining) == pytest.approx(reference(progress_remaining), rel=1e-12)
+        assert kwargs["actor_learning_rate"](progress_remaining) == pytest.approx(1e-4 * progress_remaining, rel=1e-12)
     model = MPO("MlpPolicy", "Pendulum-v1", **kwargs)  # the constructor accepts both as they come
     assert model.train_freq.frequency == 1 and model.lr_schedule(0.5) == pytest.approx(3.65e-4)
+    assert model.actor_lr_schedule(0.5) == pytest.approx(5e-5)
+    # rl_zoo3's experiment manager reads the actor's schedule as it reads learning_rate's
+    processed = MPOExperimentManager._preprocess_schedules({"learning_rate": 1e-3, "actor_learning_rate": "lin_1e-4"})
+    for progress_remaining in (1.0, 0.25):
+        assert processed["actor_learning_rate"](progress_remaining) == pytest.approx(1e-4 * progress_remaining, rel=1e-12)
     path.write_text("Task-v0:\n  learning_rate: lin_fast\n")
     with pytest.raises(ValueError, match=re.escape("learning_rate='lin_fast' is not a linear schedule 'lin_<float>'")):
         load_hyperparams("Task-v0", path)

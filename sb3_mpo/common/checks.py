@@ -24,6 +24,8 @@ from sb3_mpo.mpo.losses import MULTIPLIER_FLOOR
 SET_BY_MPO: frozenset[str] = frozenset({"observation_space", "action_space", "lr_schedule"})
 #: Optimiser arguments that the policy passes itself, and where from
 SET_FOR_OPTIMIZER: dict[str, str] = {"params": "by the policy (its parameters)", "lr": "by MPO from learning_rate"}
+#: The same for the actor's optimiser alone
+SET_FOR_ACTOR_OPTIMIZER: dict[str, str] = {**SET_FOR_OPTIMIZER, "lr": "by MPO from actor_learning_rate (or learning_rate)"}
 #: Replay buffer arguments that SB3 passes itself, and where from
 SET_FOR_REPLAY_BUFFER: dict[str, str] = {
     "buffer_size": "by SB3 from buffer_size",
@@ -144,12 +146,15 @@ def _is_net_arch(value: Any) -> bool:
     return value is None or _is_layer_list(value)
 
 
+#: A learning rate, constant or scheduled
+LEARNING_RATE = Requirement(
+    _is_learning_rate,
+    "a finite positive Python float or a schedule whose value is one at progress 1 and a finite float >= 0 at progress 0",
+)
 #: What MPO's constructor arguments accept beyond their annotations; the others are checked against their annotation
 MPO_ARGUMENTS: dict[str, Requirement] = {
-    "learning_rate": Requirement(
-        _is_learning_rate,
-        "a finite positive Python float or a schedule whose value is one at progress 1 and a finite float >= 0 at progress 0",
-    ),
+    "learning_rate": LEARNING_RATE,
+    "actor_learning_rate": optional(LEARNING_RATE),
     "buffer_size": POSITIVE_INTEGER,
     "learning_starts": integer_at_least(0),
     "batch_size": POSITIVE_INTEGER,
@@ -396,9 +401,9 @@ def check_policy_kwargs(owner: str, policy_class: type, policy_kwargs: Mapping[s
     optimizer_class = policy_kwargs.get("optimizer_class", constructor_default(policy_class, "optimizer_class"))
     if optimizer_class is inspect.Parameter.empty or not isinstance(optimizer_class, type):  # a user's policy may take none
         return
-    for name in ("optimizer_kwargs", "actor_optimizer_kwargs"):
+    for name, set_elsewhere in (("optimizer_kwargs", SET_FOR_OPTIMIZER), ("actor_optimizer_kwargs", SET_FOR_ACTOR_OPTIMIZER)):
         label = f"'policy_kwargs' {name!r} key {{key!r}}"
-        check_class_kwargs(policy_kwargs.get(name) or {}, optimizer_class, SET_FOR_OPTIMIZER, label)
+        check_class_kwargs(policy_kwargs.get(name) or {}, optimizer_class, set_elsewhere, label)
 
 
 def replay_buffer_mismatch(expected: Any, loaded: Any) -> str | None:

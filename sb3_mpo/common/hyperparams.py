@@ -60,11 +60,17 @@ def parse_policy_kwargs(text: str) -> dict[str, Any]:
         ) from error
 
 
+#: The learning rates an entry may give as RL Zoo's linear schedule ``lin_<float>``: rl_zoo3 reads ``learning_rate``'s,
+#: sb3-mpo the actor's own rate the same way
+SCHEDULED_RATES = ("learning_rate", "actor_learning_rate")
+
+
 def zoo_entry_to_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
     """
     Constructor keyword arguments from one RL Zoo entry, read as RL Zoo reads them: experiment-level keys are dropped,
     ``policy_kwargs`` strings are parsed, a ``train_freq`` list (YAML has no tuples) becomes a tuple, and a learning
-    rate ``lin_<float>`` becomes RL Zoo's linear schedule from that value down to 0 over the training.
+    rate ``lin_<float>`` (:data:`SCHEDULED_RATES`) becomes RL Zoo's linear schedule from that value down to 0 over the
+    training.
 
     :param entry: An entry of an RL Zoo hyperparameter file
     :return: Keyword arguments for the algorithm's constructor
@@ -74,12 +80,13 @@ def zoo_entry_to_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
         kwargs["policy_kwargs"] = parse_policy_kwargs(kwargs["policy_kwargs"])
     if isinstance(kwargs.get("train_freq"), list):
         kwargs["train_freq"] = tuple(kwargs["train_freq"])
-    learning_rate = kwargs.get("learning_rate")
-    if isinstance(learning_rate, str) and learning_rate.startswith("lin_"):
-        try:
-            kwargs["learning_rate"] = LinearSchedule(float(learning_rate.removeprefix("lin_")), 0.0, 1.0)
-        except ValueError as error:
-            raise ValueError(f"learning_rate={learning_rate!r} is not a linear schedule 'lin_<float>'") from error
+    for key in SCHEDULED_RATES:
+        rate = kwargs.get(key)
+        if isinstance(rate, str) and rate.startswith("lin_"):
+            try:
+                kwargs[key] = LinearSchedule(float(rate.removeprefix("lin_")), 0.0, 1.0)
+            except ValueError as error:
+                raise ValueError(f"{key}={rate!r} is not a linear schedule 'lin_<float>'") from error
     return kwargs
 
 

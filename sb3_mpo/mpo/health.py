@@ -201,7 +201,7 @@ def loose_trust_region(
         f"MPO: {_trust_region(parameter, bound, per_dimension)} had a median of {kl:.3g} over the last "
         f"{updates} updates at env step {env_step}, {kl / bound:.3g} times its bound: its Lagrange multiplier does not "
         "hold the policy in the trust region. Raise dual_learning_rate, so that the multiplier follows faster, or lower "
-        "learning_rate."
+        "actor_learning_rate, so that the actor's steps are smaller."
     )
 
 
@@ -245,8 +245,9 @@ def trust_region_excursion(
         f"(env step {env_step}), {peak / bound:.3g} times its bound (the actor's gradient norm {actor_grad_norm:.3g} "
         f"before clipping), where its median over the last updates was {median:.3g}: the policy's update overshot "
         "the trust region for a few steps. Each such excursion moves the policy further than the trust region allows; "
-        "a lower learning_rate makes the actor's steps smaller and, with Adam, a second moment that it forgets sooner "
-        "(policy_kwargs actor_optimizer_kwargs=dict(betas=(beta1, 0.99))) shrinks them sooner once the gradient grows."
+        "a lower actor_learning_rate makes the actor's steps smaller (the critic keeps learning_rate) and, with Adam, a "
+        "second moment that it forgets sooner (policy_kwargs actor_optimizer_kwargs=dict(betas=(beta1, 0.99))) shrinks "
+        "them sooner once the gradient grows."
     )
 
 

@@ -21,7 +21,7 @@ from stable_baselines3.common.type_aliases import (
     Schedule,
     TensorDict,
 )
-from stable_baselines3.common.utils import get_parameters_by_name, polyak_update, update_learning_rate
+from stable_baselines3.common.utils import FloatSchedule, get_parameters_by_name, polyak_update, update_learning_rate
 from stable_baselines3.dqn.policies import QNetwork
 
 from sb3_mpo.common import checks
@@ -160,6 +160,10 @@ class MPO(OffPolicyAlgorithm):
     :param init_alpha_mean: Initial multiplier α_μ (with ``Discrete`` actions: the initial α of ``epsilon_policy``)
     :param init_alpha_std: Initial multiplier α_Σ
     :param dual_learning_rate: Learning rate of the Adam optimiser of the temperatures and multipliers
+    :param actor_learning_rate: Learning rate of the actor's optimiser alone, a float or a schedule as
+        ``learning_rate`` (``None``: ``learning_rate``, for the actor and the critic alike). Acme's MPO trains its
+        policy at 1e-4; a critic that learns at a higher rate (CrossQ's 1e-3) need not drive the policy's steps too,
+        which the M-step's trust regions bound only after the step (docs/algorithm.md)
     :param max_grad_norm: Clip the gradient norm of the actor and of the critic to this value (``None``: no clipping)
     :param target_update_interval: update the target networks every ``target_update_interval`` gradient steps
     :param value_normalization: Learn normalised values with PopArt (van Hasselt et al. 2016): the critic's targets
@@ -285,6 +289,7 @@ class MPO(OffPolicyAlgorithm):
         init_alpha_mean: float = 1.0,
         init_alpha_std: float = 10.0,
         dual_learning_rate: float = 1e-2,
+        actor_learning_rate: float | Schedule | None = None,
         max_grad_norm: float | None = 40.0,
         target_update_interval: int = 1,
         replay_fraction: float = 1.0,
@@ -325,6 +330,7 @@ class MPO(OffPolicyAlgorithm):
             init_alpha_mean=init_alpha_mean,
             init_alpha_std=init_alpha_std,
             dual_learning_rate=dual_learning_rate,
+            actor_learning_rate=actor_learning_rate,
             max_grad_norm=max_grad_norm,
             target_update_interval=target_update_interval,
             replay_fraction=replay_fraction,
@@ -391,6 +397,7 @@ class MPO(OffPolicyAlgorithm):
         self.init_alpha_mean = init_alpha_mean
         self.init_alpha_std = init_alpha_std
         self.dual_learning_rate = dual_learning_rate
+        self.actor_learning_rate = actor_learning_rate
         self.max_grad_norm = max_grad_norm
         self.target_update_interval = target_update_interval
         self.replay_fraction = replay_fraction
@@ -623,6 +630,13 @@ class MPO(OffPolicyAlgorithm):
             assert self.replay_buffer is not None
             truncate_newest_episodes(self.replay_buffer)
 
+    def _setup_lr_schedule(self) -> None:
+        super()._setup_lr_schedule()
+        # the actor's rate, kept as a schedule of its own even when it is learning_rate's, so that train() reads one
+        self.actor_lr_schedule = (
+            self.lr_schedule if self.actor_learning_rate is None else FloatSchedule(self.actor_learning_rate)
+        )
+
     def _setup_model(self) -> None:
         problem = replay_settings_problem(
             self.q_target,
@@ -721,7 +735,11 @@ class MPO(OffPolicyAlgorithm):
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
-        self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+        self._update_learning_rate(self.critic.optimizer)
+        actor_learning_rate = self.actor_lr_schedule(self._current_progress_remaining)
+        update_learning_rate(self.actor.optimizer, actor_learning_rate)
+        if self.actor_learning_rate is not None:
+            self.logger.record("train/actor_learning_rate", actor_learning_rate)
         # a loaded model's optimiser state carries the saved rate: custom_objects={"dual_learning_rate": ...} sets it
         update_learning_rate(self.multipliers_optimizer, self.dual_learning_rate)
         if self.q_target == "retrace":
@@ -1021,7 +1039,7 @@ class MPO(OffPolicyAlgorithm):
         excluded = ["actor", "actor_target", "critic", "critic_target", "multipliers", "improvement", "evaluation"]
         excluded += ["_compute_losses", "value_normalizer", "written_by_losses"]
         excluded += ["batch_norm_stats", "batch_norm_stats_target", "actor_batch_norm_stats", "actor_batch_norm_stats_target"]
-        excluded += ["_warned"]  # a loaded model warns again
+        excluded += ["_warned", "actor_lr_schedule"]  # a loaded model warns again; _setup_lr_schedule makes the schedule
         return [*super()._excluded_save_params(), *excluded]
 
     def set_parameters(

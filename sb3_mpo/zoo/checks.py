@@ -13,6 +13,7 @@ from sb3_mpo.common.checks import (
     matches_annotation,
     yaml_hint,
 )
+from sb3_mpo.common.hyperparams import SCHEDULED_RATES
 from sb3_mpo.mpo import MPO
 
 #: Constructor arguments that rl_zoo3 sets from its command line, with the flag to use instead
@@ -58,7 +59,8 @@ def check_mpo_hyperparams(hyperparams: dict[str, Any], algo_class: type[MPO] = M
 def check_zoo_entry(hyperparams: dict[str, Any]) -> None:
     """
     Check the values that rl_zoo3 parses itself before it builds MPO's arguments, whose own errors would not name
-    the key: ``n_timesteps``, a ``lin_<float>`` learning-rate schedule, and the Python expressions it evaluates.
+    the key: ``n_timesteps``, a ``lin_<float>`` learning-rate schedule (the actor's own too), and the Python
+    expressions it evaluates.
 
     :param hyperparams: One entry of a hyperparameter file, merged with ``--hyperparams``
     :raises ValueError: naming the first key whose value rl_zoo3 could not parse
@@ -66,18 +68,18 @@ def check_zoo_entry(hyperparams: dict[str, Any]) -> None:
     n_timesteps = hyperparams.get("n_timesteps")
     if not matches_annotation(n_timesteps, float):
         raise ValueError(f"Hyperparameter 'n_timesteps'={n_timesteps!r} must be a number (rl_zoo3 needs it even with -n)")
-    learning_rate = hyperparams.get("learning_rate")
-    if isinstance(learning_rate, str):
-        schedule, _, initial_value = learning_rate.partition("_")
-        try:
-            float(initial_value)
-        except ValueError:
-            schedule = ""
-        if schedule != "lin":
-            raise ValueError(
-                f"Hyperparameter 'learning_rate'={learning_rate!r} is neither a number nor a linear schedule "
-                f"'lin_<float>'{yaml_hint(learning_rate)}"
-            )
+    for key in SCHEDULED_RATES:
+        rate = hyperparams.get(key)
+        if isinstance(rate, str):
+            schedule, _, initial_value = rate.partition("_")
+            try:
+                float(initial_value)
+            except ValueError:
+                schedule = ""
+            if schedule != "lin":
+                raise ValueError(
+                    f"Hyperparameter {key!r}={rate!r} is neither a number nor a linear schedule 'lin_<float>'{yaml_hint(rate)}"
+                )
     for key in ("policy_kwargs", "replay_buffer_class", "replay_buffer_kwargs", "monitor_kwargs", "normalize"):
         expression = hyperparams.get(key)
         if isinstance(expression, str):

@@ -11,12 +11,13 @@ from sb3_mpo.zoo.registration import ALGO_NAME, HYPERPARAMS_PATH
 
 class MPOExperimentManager(ExperimentManager):
     """
-    rl_zoo3's ``ExperimentManager`` with three hooks for ``--algo mpo``; every other algorithm runs unchanged.
+    rl_zoo3's ``ExperimentManager`` with four hooks for ``--algo mpo``; every other algorithm runs unchanged.
 
     - The hyperparameters come from the file shipped with sb3-mpo (:data:`~sb3_mpo.zoo.HYPERPARAMS_PATH`)
       unless ``--conf-file`` names another one.
     - The hyperparameters are checked before any environment is built: an unknown key or a value of the wrong type
       stops the run with a message naming the key.
+    - ``actor_learning_rate`` may be RL Zoo's linear schedule ``lin_<float>``, as ``learning_rate`` may.
     - A hyperparameter-search trial that meets a NaN or infinite loss, observation or reward
       (:class:`~sb3_mpo.NonFiniteError`) is pruned, as rl_zoo3 prunes trials that fail with ``ValueError``, instead
       of stopping the whole search.
@@ -33,6 +34,14 @@ class MPOExperimentManager(ExperimentManager):
             if getattr(arguments["args"], "conf_file", "") is None:
                 arguments["args"].conf_file = arguments["config"]
         super().__init__(**arguments)
+
+    @staticmethod
+    def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
+        hyperparams = ExperimentManager._preprocess_schedules(hyperparams)
+        if isinstance(hyperparams.get("actor_learning_rate"), str):  # rl_zoo3 reads 'lin_<float>' for learning_rate alone
+            as_learning_rate = ExperimentManager._preprocess_schedules({"learning_rate": hyperparams["actor_learning_rate"]})
+            hyperparams["actor_learning_rate"] = as_learning_rate["learning_rate"]
+        return hyperparams
 
     def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, Any]:
         if self.algo == ALGO_NAME:
