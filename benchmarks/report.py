@@ -12,6 +12,7 @@ run), whose scores compare the algorithms of this page with each other and with 
 """
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -317,6 +318,74 @@ def excursions_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]
         if any(key in logged for key in keys):
             cells = [f"{logged[key]:.0f}" if key in logged else "—" for key in keys]
             lines.append(f"| {algo.upper()} | {run['seed']} | {' | '.join(cells)} |")
+    return lines
+
+
+def interval_counts(run: dict[str, Any], key: str) -> list[float] | None:
+    """
+    :param run: A stored run
+    :param key: A count that training logs as a running total (:data:`EXCURSIONS`)
+    :return: How much it grew over each evaluation interval (the first from the start of training); None where the
+        run did not log it at every evaluation after its first update (runs from before it was counted, or resumed
+        from one), whose intervals would not all hold their own counts
+    """
+    totals = []
+    for point in run["curve"]:
+        logged = point.get("train") or {}
+        if key not in logged and logged:
+            return None
+        totals.append(float(logged.get(key, 0.0)))  # nothing logged: before the first update
+    return list(np.diff([0.0, *totals])) if any(key in (point.get("train") or {}) for point in run["curve"]) else None
+
+
+def largest_fall(run: dict[str, Any]) -> int | None:
+    """
+    :param run: A stored run
+    :return: The index of the evaluation whose mean return fell furthest below the one before it; None where none fell
+    """
+    means = [point["mean"] for point in run["curve"]]
+    drops = [before - after for before, after in itertools.pairwise(means)]
+    if not drops or max(drops) <= 0:
+        return None
+    return int(np.argmax(drops)) + 1
+
+
+def falls_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """
+    Whether a run's largest fall in evaluation return comes after a burst of trust-region excursions: per run that
+    counted them throughout (:func:`interval_counts`), the excursions in the interval that ends at that evaluation and
+    in the one before it, beside the median over all its intervals; nothing where no run can say.
+    """
+    rows = []
+    for algo, runs in runs_by_algo.items():
+        for run in runs:
+            counts = {key: interval_counts(run, key) for key in EXCURSIONS}
+            counted = {key: per_interval for key, per_interval in counts.items() if per_interval is not None}
+            fall = largest_fall(run)
+            if counted and fall is not None:
+                rows.append((algo, run, fall, counted))
+    if not rows:
+        return []
+    keys = [key for key in EXCURSIONS if any(key in counted for *_, counted in rows)]
+    lines = [
+        "Each run's largest fall between two evaluations, and the excursions counted in the evaluation interval that ends "
+        "at it and in the one before (median over the run's intervals):",
+        "",
+        f"| algorithm | seed | largest fall (env steps: evaluation returns) | {' | '.join(EXCURSIONS[key] for key in keys)} |",
+        f"|---|---|---|{'---|' * len(keys)}",
+    ]
+    for algo, run, fall, counted in rows:
+        before, after = run["curve"][fall - 1], run["curve"][fall]
+        where = f"{before['step']:,} → {after['step']:,}: {before['mean']:.0f} → {after['mean']:.0f}"
+        cells = [
+            (
+                f"{counted[key][fall]:.0f}, {counted[key][fall - 1]:.0f} (median {np.median(counted[key]):.0f})"
+                if key in counted
+                else "—"
+            )
+            for key in keys
+        ]
+        lines.append(f"| {algo.upper()} | {run['seed']} | {where} | {' | '.join(cells)} |")
     return lines
 
 
@@ -896,7 +965,7 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
             *curve_summary_table(runs_by_algo),
             "",
         ]
-        for table in (diagnostics_table(runs_by_algo), excursions_table(runs_by_algo)):
+        for table in (diagnostics_table(runs_by_algo), excursions_table(runs_by_algo), falls_table(runs_by_algo)):
             lines += [*table, ""] if table else []
         if env in suite.thresholds:
             lines += [*threshold_table(runs_by_algo, suite.thresholds[env]), ""]

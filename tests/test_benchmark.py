@@ -27,10 +27,13 @@ from benchmarks.report import (
     collect,
     curve_summary_table,
     excursions_table,
+    falls_table,
     improvement_estimates,
     improvement_pairs,
+    interval_counts,
     interval_estimates,
     iqm_interval,
+    largest_fall,
     late_return,
     late_training_return,
     library_versions_line,
@@ -304,6 +307,37 @@ def test_excursions_are_listed_per_run_that_counted_them() -> None:
     discrete = {"mpo": [run(2, {"train/kl_policy_excursions": 0.0}), run(3, counted)]}
     assert excursions_table(discrete)[-2:] == ["| MPO | 2 | — | — | 0 |", "| MPO | 3 | 3 | 11 | — |"]
     assert excursions_table({"mpo": [run(1, {"train/kl_q": 0.1})], "sac": runs_by_algo["sac"]}) == []
+
+
+def test_falls_table_reads_each_intervals_excursions_from_the_running_totals():
+    """
+    Running totals logged at each evaluation become counts per interval; the largest fall is the largest drop between
+    two evaluations, and its row shows the counts of the interval ending there and of the one before, and the median.
+    """
+    std, mean = "train/kl_std_max_excursions", "train/kl_mean_max_excursions"
+
+    def run(seed: int, returns: list[float], logged: list[dict[str, float]]) -> dict:
+        curve = [
+            {"step": 1000 * (index + 1), "mean": value, "train": train}
+            for index, (value, train) in enumerate(zip(returns, logged, strict=True))
+        ]
+        return {"seed": seed, "curve": curve}
+
+    totals = [{}, {std: 4.0, mean: 1.0}, {std: 6.0, mean: 1.0}, {std: 16.0, mean: 3.0}, {std: 17.0, mean: 3.0}]
+    counted = run(0, [10.0, 50.0, 80.0, 20.0, 30.0], totals)
+    assert interval_counts(counted, std) == [0.0, 4.0, 2.0, 10.0, 1.0]
+    assert largest_fall(counted) == 3
+    assert largest_fall(run(1, [1.0, 2.0, 2.0], [{}] * 3)) is None
+    resumed_uncounted = run(2, [10.0, 5.0, 7.0], [{"train/kl_q": 0.1}, {std: 2.0}, {std: 3.0}])
+    assert interval_counts(resumed_uncounted, std) is None
+    lines = falls_table({"mpo": [counted, resumed_uncounted], "sac": [run(0, [5.0, 1.0], [{"train/ent_coef": 0.1}] * 2)]})
+    assert lines[2:] == [
+        "| algorithm | seed | largest fall (env steps: evaluation returns) | the mean's (epsilon_mean) "
+        "| the std's (epsilon_std) |",
+        "|---|---|---|---|---|",
+        "| MPO | 0 | 3,000 → 4,000: 80 → 20 | 2, 0 (median 0) | 10, 2 (median 2) |",
+    ]
+    assert falls_table({"mpo": [resumed_uncounted]}) == []
 
 
 def test_report_gives_each_setting_its_own_row_when_seeds_trained_with_different_ones(local_store, tmp_path):
