@@ -297,11 +297,17 @@ EXCURSIONS = {
 }
 
 
+def peak_ratio_key(count_key: str) -> str:
+    """:return: The key of the largest KL of a judged call, in multiples of its bound, beside an excursion count's key"""
+    return count_key.removesuffix("_excursions") + "_peak_ratio"
+
+
 def excursions_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
     """
     Per run, how many ``train()`` calls left an M-step trust region by more than ``MPO.trust_region_excursion_factor``
-    times its bound over the whole run (the counts training logged last, which a resumed run carries on); nothing
-    where no run recorded them (runs record them from the commit that counts them).
+    times its bound over the whole run (the counts training logged last, which a resumed run carries on), and where the
+    run logged it the largest call's KL in multiples of the bound; nothing where no run recorded them (runs record
+    them from the commit that counts them).
     """
     finals = [(algo, run, run["curve"][-1].get("train") or {}) for algo, runs in runs_by_algo.items() for run in runs]
     keys = [key for key in EXCURSIONS if any(key in logged for _, _, logged in finals)]
@@ -309,16 +315,25 @@ def excursions_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]
         return []
     lines = [
         "Trust-region excursions over each run (`train()` calls whose KL went past `MPO.trust_region_excursion_factor`, "
-        f"{MPO.trust_region_excursion_factor:g}, times its bound; docs/algorithm.md):",
+        f"{MPO.trust_region_excursion_factor:g}, times its bound; docs/algorithm.md), and in brackets, where the run "
+        "logged it, the largest call's KL in multiples of its bound:",
         "",
         f"| algorithm | seed | {' | '.join(EXCURSIONS[key] for key in keys)} |",
         f"|---|---|{'---|' * len(keys)}",
     ]
     for algo, run, logged in finals:
         if any(key in logged for key in keys):
-            cells = [f"{logged[key]:.0f}" if key in logged else "—" for key in keys]
+            cells = [excursions_cell(logged, key) for key in keys]
             lines.append(f"| {algo.upper()} | {run['seed']} | {' | '.join(cells)} |")
     return lines
+
+
+def excursions_cell(logged: dict[str, float], key: str) -> str:
+    """:return: An excursion count as the run logged it last, with its largest call's ratio to the bound where logged"""
+    if key not in logged:
+        return "—"
+    peak = logged.get(peak_ratio_key(key))
+    return f"{logged[key]:.0f}" + (f" ({peak:.3g}x)" if peak is not None else "")
 
 
 def interval_counts(run: dict[str, Any], key: str) -> list[float] | None:

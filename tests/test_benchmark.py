@@ -306,6 +306,9 @@ def test_excursions_are_listed_per_run_that_counted_them() -> None:
     ]
     discrete = {"mpo": [run(2, {"train/kl_policy_excursions": 0.0}), run(3, counted)]}
     assert excursions_table(discrete)[-2:] == ["| MPO | 2 | — | — | 0 |", "| MPO | 3 | 3 | 11 | — |"]
+    # the largest call's KL in multiples of its bound, where the run logged it
+    peaked = {**counted, "train/kl_std_max_peak_ratio": 1234.5, "train/kl_mean_max_peak_ratio": 12.0}
+    assert excursions_table({"mpo": [run(4, peaked)]})[-1] == "| MPO | 4 | 3 (12x) | 11 (1.23e+03x) |"
     assert excursions_table({"mpo": [run(1, {"train/kl_q": 0.1})], "sac": runs_by_algo["sac"]}) == []
 
 

@@ -272,6 +272,17 @@ def test_a_few_updates_outside_a_held_trust_region_are_an_excursion_not_a_loose_
     # every call beyond the factor is counted in the logs, where the warning is given once
     assert model.logger.name_to_value["train/kl_std_max_excursions"] == 1
     assert model.logger.name_to_value["train/kl_mean_max_excursions"] == 0
+    # and the largest judged call, in multiples of its bound, stays logged after the policy is back
+    peak = model.logger.name_to_value["train/kl_std_max_peak_ratio"]
+    assert (
+        peak == pytest.approx(model.logger.name_to_value["train/kl_std_max"] / 1e-2)
+        and peak > MPO.trust_region_excursion_factor
+    )
+    with th.no_grad():
+        model.actor.std.bias.sub_(10.0)
+    model.train(1, model.batch_size)
+    assert model.logger.name_to_value["train/kl_std_max"] < 1e-2 * MPO.trust_region_excursion_factor
+    assert model.logger.name_to_value["train/kl_std_max_peak_ratio"] == peak
 
 
 def test_per_dimension_trust_regions_are_judged_by_the_dimension_furthest_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -292,7 +303,7 @@ def test_per_dimension_trust_regions_are_judged_by_the_dimension_furthest_out(mo
     assert model.logger.name_to_value["train/kl_std"] < MPO.trust_region_bound_factor * model.epsilon_std
 
 
-def test_the_health_window_and_excursion_count_are_saved_with_the_model(tmp_path) -> None:
+def test_the_health_window_excursion_count_and_peak_are_saved_with_the_model(tmp_path) -> None:
     """A model saved mid-window resumes it: its first interval stays unjudged and its calls so far count, as in a run
     trained in one go; the warnings it gave are not saved, so a loaded model gives them again."""
     from stable_baselines3.common.save_util import load_from_zip_file
@@ -300,11 +311,12 @@ def test_the_health_window_and_excursion_count_are_saved_with_the_model(tmp_path
     model = filled_model()
     model.train(3, model.batch_size)
     model._kl_excursions["kl_std_max"] = 2
+    model._kl_peak_ratios["kl_std_max"] = 150.0
     model.save(tmp_path / "model")
     data, _, _ = load_from_zip_file(tmp_path / "model")
     assert "_warned" not in data and "_kl_window" in data
     loaded = MPO.load(tmp_path / "model", env=model.get_env())
-    assert loaded._kl_excursions == {"kl_std_max": 2, "kl_mean_max": 0}
+    assert loaded._kl_excursions == {"kl_std_max": 2, "kl_mean_max": 0} and loaded._kl_peak_ratios == {"kl_std_max": 150.0}
     assert (loaded._kl_window.start, loaded._kl_window.n_updates) == (0, 3) and loaded._n_updates == 3
     assert loaded._kl_window.values["kl_std_max"] == model._kl_window.values["kl_std_max"]
 

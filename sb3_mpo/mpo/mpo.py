@@ -407,12 +407,13 @@ class MPO(OffPolicyAlgorithm):
         self.value_normalizer: PopArt | None = None
         self.multipliers: LagrangeMultipliers
         self.multipliers_optimizer: th.optim.Adam
-        # The KL constraints of each train() call since the last health check, and the judged calls whose M-step KL
-        # exceeded trust_region_excursion_factor times its bound, by constraint, since the model's first update (both
-        # saved with the model, so that a resumed model judges and counts as one trained in one go; the count is logged
-        # as train/<constraint>_excursions)
+        # The KL constraints of each train() call since the last health check; the judged calls whose M-step KL
+        # exceeded trust_region_excursion_factor times its bound, by constraint, since the model's first update; and the
+        # largest KL of a judged call in multiples of its bound (all saved with the model, so that a resumed model judges
+        # and counts as one trained in one go; logged as train/<constraint>_excursions and train/<constraint>_peak_ratio)
         self._kl_window = health.ConstraintWindow(start=0)
         self._kl_excursions: dict[str, int] = {}
+        self._kl_peak_ratios: dict[str, float] = {}
 
         if _init_setup_model:
             self._setup_model()
@@ -806,9 +807,13 @@ class MPO(OffPolicyAlgorithm):
         for key, (_, bound) in self._trust_region_bounds(bounds).items():
             if key not in means:
                 continue
-            outside = self._kl_window.start > 0 and means[key] > self.trust_region_excursion_factor * bound
+            judged_call = self._kl_window.start > 0
+            outside = judged_call and means[key] > self.trust_region_excursion_factor * bound
             self._kl_excursions[key] = self._kl_excursions.get(key, 0) + int(outside)
             self.logger.record(f"train/{key}_excursions", self._kl_excursions[key])
+            if judged_call:
+                self._kl_peak_ratios[key] = max(self._kl_peak_ratios.get(key, 0.0), means[key] / bound)
+                self.logger.record(f"train/{key}_peak_ratio", self._kl_peak_ratios[key])
         interval = self.health_check_interval
         if self._n_updates // interval == (self._n_updates - gradient_steps) // interval:
             return
