@@ -120,6 +120,17 @@ class WarningRecord:
         self.step = step
         self.warnings: list[dict[str, Any]] = []
 
+    def keep(self, category: str, message: str, step: int) -> None:
+        """
+        Keep a warning unless one of the same category and text is kept already (the first one shown stays).
+
+        :param category: The warning's class name
+        :param message: Its text
+        :param step: The env step where it was shown
+        """
+        if not any(kept["category"] == category and kept["message"] == message for kept in self.warnings):
+            self.warnings.append({"step": step, "category": category, "message": message})
+
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
         """
@@ -138,9 +149,7 @@ class WarningRecord:
                 file: TextIO | None = None,
                 line: str | None = None,
             ) -> None:
-                kind, text = category.__name__, str(message)
-                if not any(kept["category"] == kind and kept["message"] == text for kept in self.warnings):
-                    self.warnings.append({"step": int(self.step()), "category": kind, "message": text})
+                self.keep(category.__name__, str(message), int(self.step()))
                 show(message, category, filename, lineno, file, line)
 
             warnings.showwarning = record

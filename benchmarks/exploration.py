@@ -143,10 +143,10 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
         algo = MPO if settings["algo"] == "mpo" else SAC
         if algo is MPO:  # 1-step targets, with SMM or without: SMM's rewards are per transition
             kwargs["q_target"] = "n_step"
-        model = algo("MlpPolicy", env, seed=job.seed, **kwargs)
         # SMM's rollouts follow the historical average of the policy's snapshots; a plain learner's, the policy itself
         snapshots = PolicySnapshots(snapshot_freq=max(job.steps // 10, 1)) if n_skills else None
-        with record.recording():
+        with record.recording():  # building the model too: its warnings are kept at step 0
+            model = algo("MlpPolicy", env, seed=job.seed, **kwargs)
             model.learn(job.steps, callback=[goals] if snapshots is None else [goals, snapshots])
         buffer: Any = model.replay_buffer
         replay_states = buffer.next_observations[: buffer.size(), 0]
@@ -169,7 +169,8 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
         "goal_reached": goals.first_goal is not None,
         "first_goal_step": goals.first_goal,
         "train_seconds": train_seconds,
-        # Each distinct warning given while training (MPO's health checks, a library's), with the env step of its first
+        # Each distinct warning given while building and training the model (MPO's health checks, a library's), with the env
+        # step of its first (where training started for the set-up's)
         "warnings": record.warnings,
         "torch_threads": torch_threads,
         "versions": library_versions(),

@@ -78,6 +78,7 @@ def run_job(
     from benchmarks.checkpoints import (
         RunCheckpoint,
         TimedEvalCallback,
+        WarningRecord,
         read_state,
         recover_interrupted_save,
         restore,
@@ -93,7 +94,10 @@ def run_job(
     checkpoint_folder = job.checkpoint_path(checkpoints) if checkpoints is not None else None
     with tempfile.TemporaryDirectory() as log_folder:
         manager, hyperparams_source = zoo_experiment(job, log_folder)
-        with contextlib.redirect_stdout(io.StringIO()):  # rl_zoo3 prints its set-up; the runner prints one line per job
+        # the warnings of building the model and the envs (and of loading a checkpoint), kept at the step training starts
+        set_up = WarningRecord(lambda: 0)
+        # rl_zoo3 prints its set-up; the runner prints one line per job
+        with contextlib.redirect_stdout(io.StringIO()), set_up.recording():
             model, saved_hyperparams = manager.setup_experiment()  # type: ignore[misc]
             eval_env = manager.create_envs(n_envs=1, eval_env=True)
         settings = stored_form(saved_hyperparams)
@@ -118,9 +122,12 @@ def run_job(
         continued = state.get("continued_from") if state else None
         if state is not None:
             assert checkpoint_folder is not None
-            model = restore(model, checkpoint_folder, state, evaluation)
+            with set_up.recording():
+                model = restore(model, checkpoint_folder, state, evaluation)
             if not continued or continued["step"] != model.num_timesteps:  # a continuation is recorded as such
                 state["resumes"].append({"step": int(model.num_timesteps), "commit": commit, "torch_threads": torch_threads})
+        for warning in set_up.warnings:  # a resumed run's set-up gives its first leg's again: kept once
+            evaluation.warning_record.keep(warning["category"], warning["message"], int(model.num_timesteps))
         checkpoint = None
         if checkpoint_folder is not None:
             leg = {"commit": commit, "torch_threads": torch_threads}
@@ -159,7 +166,8 @@ def run_job(
         "checkpoint_seconds": save_seconds,
         # Where the run was interrupted and resumed from a checkpoint (empty: trained in one go)
         "resumes": state["resumes"] if state else [],
-        # Each distinct warning given while training (MPO's health checks, a library's), with the env step of its first
+        # Each distinct warning given while building and training the model (MPO's health checks, a library's), with the env
+        # step of its first (where training started for the set-up's)
         "warnings": evaluation.warning_record.warnings,
         # The shorter run of the same training whose final state this one started from (see run --continue-from)
         **({"continued_from": continued} if continued else {}),

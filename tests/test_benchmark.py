@@ -964,14 +964,22 @@ def test_exploration_suite_runs_through_the_runner_and_reports(tmp_path):
 
 
 def test_exploration_runs_keep_the_warnings_their_training_gives(tmp_path, monkeypatch):
-    """As a returns run's: each distinct warning once, at the env step of its first, and listed on the page."""
+    """As a returns run's: each distinct warning once, at the env step of its first (building the model's at 0), and listed
+    on the page."""
     from sb3_mpo import MPO
 
     def warn_from_step_120(self: MPO) -> None:
         if self.num_timesteps in (120, 180):
             warnings.warn("MPO: a health check")
 
+    setup_model = MPO._setup_model
+
+    def warn_when_built(self: MPO) -> None:
+        warnings.warn("MPO: built")
+        setup_model(self)
+
     monkeypatch.setattr(MPO, "_on_step", warn_from_step_120)
+    monkeypatch.setattr(MPO, "_setup_model", warn_when_built)
     suite_path, results = write_suite(tmp_path, EXPLORATION), tmp_path / "results"
     kept = {}
     with warnings.catch_warnings():
@@ -979,7 +987,13 @@ def test_exploration_runs_keep_the_warnings_their_training_gives(tmp_path, monke
         for job in load_suite(suite_path).jobs:  # in this process, where MPO warns
             write_result(job.result_path(results), run_exploration_job(job))
             kept[job.algo] = load_result(job.result_path(results), job)["warnings"]
-    assert kept == {"random": [], "mpo": [{"step": 120, "category": "UserWarning", "message": "MPO: a health check"}]}
+    assert kept == {
+        "random": [],
+        "mpo": [
+            {"step": 0, "category": "UserWarning", "message": "MPO: built"},
+            {"step": 120, "category": "UserWarning", "message": "MPO: a health check"},
+        ],
+    }
     page = tmp_path / "page.md"
     assert main(["report", str(suite_path), "--results", str(results), "--out", str(page)]) == 0
     assert "- `mpo` sb3_mpo/PointRooms-v0 seed 0, step 120 (UserWarning): MPO: a health check" in page.read_text()

@@ -488,6 +488,40 @@ def test_a_run_keeps_the_warnings_it_gave_before_a_resume(suite_path, tmp_path, 
     assert loose[0]["step"] < 150 < loose[1]["step"]
 
 
+def test_a_run_keeps_the_warnings_of_its_set_up_once_at_the_step_training_starts(suite_path, tmp_path, monkeypatch):
+    """A warning given while the model is built: kept at step 0; the resumed leg builds (and loads) the model again and
+    gives it again, which the record keeps once; one that only the resumed leg's set-up gives is kept at its step."""
+    from sb3_mpo import MPO
+
+    (job,) = load_suite(suite_path).jobs
+    setup_model = MPO._setup_model
+
+    def warn_when_built(self: MPO) -> None:
+        warnings.warn("MPO: built", UserWarning)
+        setup_model(self)
+
+    monkeypatch.setattr(MPO, "_setup_model", warn_when_built)
+    checkpoints = tmp_path / "checkpoints"
+    save = RunCheckpoint.save
+    interrupt_at_step(monkeypatch, 150)
+    assert run_job_safely(job, checkpoints, checkpoint_minutes=0)[1] is None
+    monkeypatch.setattr(RunCheckpoint, "save", save)
+
+    def warn_on_loading(self: MPO) -> None:
+        if self.num_timesteps:  # set from the checkpoint when MPO.load builds the model: only on resuming
+            warnings.warn("MPO: loaded", UserWarning)
+        warn_when_built(self)
+
+    monkeypatch.setattr(MPO, "_setup_model", warn_on_loading)
+    result = run_job(job, checkpoints, checkpoint_minutes=0)
+    (resumed,) = result["resumes"]
+    kept = [warning for warning in result["warnings"] if warning["message"] in ("MPO: built", "MPO: loaded")]
+    assert kept == [
+        {"step": 0, "category": "UserWarning", "message": "MPO: built"},
+        {"step": resumed["step"], "category": "UserWarning", "message": "MPO: loaded"},
+    ]
+
+
 def test_only_the_same_run_finished_under_the_same_settings_is_adopted(tmp_path):
     settings = {"batch_size": "16", "learning_rate": "0.001"}
     job = Job("dev", "mpo_small", "Pendulum-v1", 0, 1000, 100, 10, hyperparams={"batch_size": 16}, base_algo="mpo")
