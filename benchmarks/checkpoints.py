@@ -56,8 +56,9 @@ VEC_NORMALIZE_FILE = "vec_normalize.pkl"
 #: Algorithms whose training does not depend on its budget under constant settings: off-policy learners whose updates
 #: read no progress through ``total_timesteps`` (DQN's and QR-DQN's exploration schedule does, as do on-policy ones')
 CONTINUABLE_ALGOS = ("mpo", "sac", "td3", "tqc", "ddpg", "crossq")
-#: The settings that rl_zoo3 turns into a linear schedule over the budget when they are strings (``"lin_1e-3"``)
-SCHEDULED_SETTINGS = ("learning_rate", "clip_range", "clip_range_vf", "delta_std")
+#: The settings that rl_zoo3 turns into a linear schedule over the budget when they are strings (``"lin_1e-3"``), and
+#: MPO's actor's own rate, which sb3-mpo reads the same way
+SCHEDULED_SETTINGS = ("learning_rate", "clip_range", "clip_range_vf", "delta_std", "actor_learning_rate")
 
 
 def training_diagnostics(name_to_value: dict[str, Any]) -> dict[str, float]:

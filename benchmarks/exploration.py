@@ -106,20 +106,21 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
     commit = git_commit()
     settings = LEARNERS[job.algo]
     n_skills = settings.get("n_skills")
-    probe = gym.make(job.env)
-    base_space: Any = probe.observation_space  # a Box: the metrics read its first two dimensions
-    low, high = base_space.low, base_space.high
-    probe.close()
+    model: Any = None
+    record = WarningRecord(lambda: 0 if model is None else model.num_timesteps)
 
     def make_env() -> gym.Env:
         env = gym.make(job.env)
         return SkillWrapper(env, n_skills) if n_skills else env
 
-    env = make_vec_env(make_env, n_envs=1, seed=job.seed)
+    with record.recording():  # building the envs: their warnings are kept at step 0
+        probe = gym.make(job.env)
+        base_space: Any = probe.observation_space  # a Box: the metrics read its first two dimensions
+        low, high = base_space.low, base_space.high
+        probe.close()
+        env = make_vec_env(make_env, n_envs=1, seed=job.seed)
     start = time.perf_counter()
     goals = GoalTracker()
-    model: Any = None
-    record = WarningRecord(lambda: 0 if model is None else model.num_timesteps)
     action_shape = tuple(env.action_space.shape or ())
     predict: Callable[..., Any]
     if settings["algo"] is None:

@@ -341,16 +341,17 @@ def interval_counts(run: dict[str, Any], key: str) -> list[float] | None:
     :param run: A stored run
     :param key: A count that training logs as a running total (:data:`EXCURSIONS`)
     :return: How much it grew over each evaluation interval (the first from the start of training); None where the
-        run did not log it at every evaluation after its first update (runs from before it was counted, or resumed
-        from one), whose intervals would not all hold their own counts
+        run logged other training values without it (runs from before it was counted, or resumed from one), whose
+        intervals would not all hold their own counts. An evaluation with nothing logged since the one before (before
+        the first update, or with updates less frequent than evaluations) keeps the total it follows.
     """
-    totals = []
+    totals = [0.0]
     for point in run["curve"]:
         logged = point.get("train") or {}
         if key not in logged and logged:
             return None
-        totals.append(float(logged.get(key, 0.0)))  # nothing logged: before the first update
-    return list(np.diff([0.0, *totals])) if any(key in (point.get("train") or {}) for point in run["curve"]) else None
+        totals.append(float(logged.get(key, totals[-1])))
+    return list(np.diff(totals)) if any(key in (point.get("train") or {}) for point in run["curve"]) else None
 
 
 def largest_fall(run: dict[str, Any]) -> int | None:

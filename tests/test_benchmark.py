@@ -312,14 +312,14 @@ def test_excursions_are_listed_per_run_that_counted_them() -> None:
     assert excursions_table({"mpo": [run(1, {"train/kl_q": 0.1})], "sac": runs_by_algo["sac"]}) == []
 
 
-def test_falls_table_reads_each_intervals_excursions_from_the_running_totals():
+def test_falls_table_reads_each_intervals_excursions_from_the_running_totals() -> None:
     """
     Running totals logged at each evaluation become counts per interval; the largest fall is the largest drop between
     two evaluations, and its row shows the counts of the interval ending there and of the one before, and the median.
     """
     std, mean = "train/kl_std_max_excursions", "train/kl_mean_max_excursions"
 
-    def run(seed: int, returns: list[float], logged: list[dict[str, float]]) -> dict:
+    def run(seed: int, returns: list[float], logged: list[dict[str, float]]) -> dict[str, Any]:
         curve = [
             {"step": 1000 * (index + 1), "mean": value, "train": train}
             for index, (value, train) in enumerate(zip(returns, logged, strict=True))
@@ -329,6 +329,8 @@ def test_falls_table_reads_each_intervals_excursions_from_the_running_totals():
     totals = [{}, {std: 4.0, mean: 1.0}, {std: 6.0, mean: 1.0}, {std: 16.0, mean: 3.0}, {std: 17.0, mean: 3.0}]
     counted = run(0, [10.0, 50.0, 80.0, 20.0, 30.0], totals)
     assert interval_counts(counted, std) == [0.0, 4.0, 2.0, 10.0, 1.0]
+    # an interval without an update (updates less frequent than evaluations) logs nothing: the total holds
+    assert interval_counts(run(3, [1.0] * 4, [{std: 4.0}, {}, {std: 5.0}, {}]), std) == [4.0, 0.0, 1.0, 0.0]
     assert largest_fall(counted) == 3
     assert largest_fall(run(1, [1.0, 2.0, 2.0], [{}] * 3)) is None
     resumed_uncounted = run(2, [10.0, 5.0, 7.0], [{"train/kl_q": 0.1}, {std: 2.0}, {std: 3.0}])

@@ -346,16 +346,24 @@ def test_only_the_same_training_on_the_evaluation_grid_and_independent_of_its_bu
     assert continue_from_final(job, [final_state(500)], tmp_path, settings) is None, "its own checkpoint comes first"
     assert read_state(job.checkpoint_path(tmp_path), job, settings)["num_timesteps"] == 300
 
-    fresh = tmp_path / "fresh"
-    for other, other_settings in (
-        (Job(**{**job.__dict__, "algo": "dqn"}), settings),
-        (job, {**settings, "learning_rate": "'lin_1e-3'"}),
-    ):
+    def kept_final_state(folder: Path, other: Job, other_settings: dict[str, str]) -> Job:
+        """The same final state as ``final_state(300)``'s, of ``other``'s training under ``other_settings``"""
         short = Job(**{**other.__dict__, "suite": "short", "steps": 300})
-        short.final_path(fresh).mkdir(parents=True)
-        (short.final_path(fresh) / "state.json").write_text(
-            json.dumps({"job": job_signature(short), "settings": other_settings})
+        short.final_path(folder).mkdir(parents=True)
+        state = {"job": job_signature(short), "settings": other_settings, "num_timesteps": 300, "resumes": []}
+        (short.final_path(folder) / "state.json").write_text(json.dumps({**state, "commit": "abc1234", "torch_threads": 2}))
+        return short
+
+    assert continue_from_final(job, [kept_final_state(tmp_path / "same", job, settings)], tmp_path / "same", settings)
+    for index, (other, other_settings) in enumerate(
+        (
+            (Job(**{**job.__dict__, "algo": "dqn"}), settings),
+            (job, {**settings, "learning_rate": "'lin_1e-3'"}),
+            (job, {**settings, "actor_learning_rate": "'lin_1e-4'"}),  # MPO's actor's own rate, read as rl_zoo3 reads it
         )
+    ):
+        fresh = tmp_path / f"fresh{index}"
+        short = kept_final_state(fresh, other, other_settings)
         assert continue_from_final(other, [short], fresh, other_settings) is None, "its training follows its budget"
 
 

@@ -261,6 +261,7 @@ def test_a_few_updates_outside_a_held_trust_region_are_an_excursion_not_a_loose_
     monkeypatch.setattr(MPO, "health_check_interval", 4)
     model = filled_model(epsilon_mean=1.0, epsilon_std=1e-2)
     model.train(4, model.batch_size)  # the first interval, not judged
+    assert "train/kl_std_max_peak_ratio" not in model.logger.name_to_value, "no peak before the first judged call"
     for _ in range(3):
         assert warnings_about(model, "M-step", updates=1) == []
     with th.no_grad():

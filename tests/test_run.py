@@ -15,6 +15,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import BitFlippingEnv, FakeImageEnv, IdentityEnvBox, SimpleMultiObsEnv
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
 from sb3_mpo import MPO, NonFiniteError
@@ -425,6 +426,8 @@ def test_adams_first_step_moves_the_actor_by_its_own_learning_rate(actor_learnin
     ``actor_learning_rate`` (a schedule read at the progress of that update), the critic's ``learning_rate``.
     """
     model = MPO("MlpPolicy", "Pendulum-v1", seed=0, learning_rate=1e-3, actor_learning_rate=actor_learning_rate, **SMALL)
+    initial = 1e-3 if actor_learning_rate is None else FloatSchedule(actor_learning_rate)(1.0)
+    assert model.actor.optimizer.param_groups[0]["lr"] == pytest.approx(initial), "the built model shows its rate"
     before = {
         name: th.nn.utils.parameters_to_vector(getattr(model, name).parameters()).clone() for name in ("actor", "critic")
     }

@@ -95,8 +95,8 @@ class MPO(OffPolicyAlgorithm):
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
-    :param learning_rate: learning rate for the Adam optimisers of the actor and the critic,
-        it can be a function of the current progress remaining (from 1 to 0)
+    :param learning_rate: learning rate for the Adam optimisers of the critic and (unless ``actor_learning_rate`` is
+        set) the actor, it can be a function of the current progress remaining (from 1 to 0)
     :param buffer_size: size of the replay buffer
     :param learning_starts: how many steps of the model to collect transitions for before learning starts
     :param batch_size: Minibatch size for each gradient update
@@ -161,9 +161,9 @@ class MPO(OffPolicyAlgorithm):
     :param init_alpha_std: Initial multiplier α_Σ
     :param dual_learning_rate: Learning rate of the Adam optimiser of the temperatures and multipliers
     :param actor_learning_rate: Learning rate of the actor's optimiser alone, a float or a schedule as
-        ``learning_rate`` (``None``: ``learning_rate``, for the actor and the critic alike). Acme's MPO trains its
-        policy at 1e-4; a critic that learns at a higher rate (CrossQ's 1e-3) need not drive the policy's steps too,
-        which the M-step's trust regions bound only after the step (docs/algorithm.md)
+        ``learning_rate`` (``None``: ``learning_rate``, for the actor and the critic alike). Acme's MPO trains policy
+        and critic at 1e-4; a critic that learns at a higher rate (CrossQ's 1e-3) need not drive the policy's steps
+        too, which the M-step's trust regions bound only after the step (docs/algorithm.md)
     :param max_grad_norm: Clip the gradient norm of the actor and of the critic to this value (``None``: no clipping)
     :param target_update_interval: update the target networks every ``target_update_interval`` gradient steps
     :param value_normalization: Learn normalised values with PopArt (van Hasselt et al. 2016): the critic's targets
@@ -252,6 +252,7 @@ class MPO(OffPolicyAlgorithm):
     actor: GaussianActor | CategoricalActor
     actor_target: GaussianActor | CategoricalActor
     critic: SampledCritic | QNetwork
+    actor_lr_schedule: Schedule
     critic_target: SampledCritic | QNetwork
 
     def __init__(
@@ -665,6 +666,8 @@ class MPO(OffPolicyAlgorithm):
         super()._setup_model()
         self._check_mixed_replay()
         self._create_aliases()
+        # the policy builds both optimisers at learning_rate's first value; train() sets each rate before every update
+        update_learning_rate(self.actor.optimizer, self.actor_lr_schedule(1))
         # BatchNorm's running statistics (a features extractor's), which the target networks copy (SB3 GH issue #996)
         self.batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
         self.batch_norm_stats_target = get_parameters_by_name(self.critic_target, ["running_"])

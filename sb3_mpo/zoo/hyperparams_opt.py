@@ -67,7 +67,7 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
         "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-3, log=True),
         # The actor at that rate or below it: the M-step's trust regions bound its steps only after it has taken them,
-        # and Acme trains its policy at 1e-4, a tenth of the MuJoCo entry's CrossQ rate (docs/algorithm.md)
+        # and Acme trains policy and critic at 1e-4, a tenth of the MuJoCo entry's CrossQ rate (docs/algorithm.md)
         "actor_learning_rate_ratio": trial.suggest_categorical("actor_learning_rate_ratio", [1.0, 0.3, 0.1]),
         # CrossQ's 0.5 (Bhatt et al. 2024, sb3-contrib's default there) led one of two HalfCheetah-v5 screening seeds
         "adam_beta1": trial.suggest_categorical("adam_beta1", [0.9, 0.5]),
