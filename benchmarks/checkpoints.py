@@ -48,6 +48,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from benchmarks.results import TRAINING_RETURN, ResultError, changed_settings, describe_changes, load_result, write_result
 from benchmarks.suite import Job
 from sb3_mpo.common.buffers import end_newest_episodes
+from sb3_mpo.common.hyperparams import SCHEDULED_RATES
 
 STATE_FILE = "state.json"
 MODEL_FILE = "model.zip"
@@ -57,8 +58,8 @@ VEC_NORMALIZE_FILE = "vec_normalize.pkl"
 #: read no progress through ``total_timesteps`` (DQN's and QR-DQN's exploration schedule does, as do on-policy ones')
 CONTINUABLE_ALGOS = ("mpo", "sac", "td3", "tqc", "ddpg", "crossq")
 #: The settings that rl_zoo3 turns into a linear schedule over the budget when they are strings (``"lin_1e-3"``), and
-#: MPO's actor's own rate, which sb3-mpo reads the same way
-SCHEDULED_SETTINGS = ("learning_rate", "clip_range", "clip_range_vf", "delta_std", "actor_learning_rate")
+#: the learning rates that sb3-mpo reads the same way (MPO's actor's own)
+SCHEDULED_SETTINGS = tuple(dict.fromkeys(("learning_rate", "clip_range", "clip_range_vf", "delta_std", *SCHEDULED_RATES)))
 
 
 def training_diagnostics(name_to_value: dict[str, Any]) -> dict[str, float]:

@@ -314,14 +314,14 @@ def test_only_the_same_training_on_the_evaluation_grid_and_independent_of_its_bu
     settings = {"batch_size": "16", "learning_rate": "0.001"}
     job = Job("long", "mpo", "Pendulum-v1", 0, 1000, 100, 10, hyperparams={"batch_size": 16})
 
-    def final_state(steps: int, saved: dict[str, str] = settings, **changes) -> Job:
-        """A kept final state of a shorter job (only its state file: what the choice reads)"""
+    def final_state(steps: int, saved: dict[str, str] = settings, folder: Path = tmp_path, **changes) -> Job:
+        """A kept final state of a shorter job in ``folder`` (only its state file: what the choice reads)"""
         short = Job("short", job.algo, job.env, job.seed, steps, job.eval_freq, job.eval_episodes, job.hyperparams)
         short = Job(**{**short.__dict__, **changes})
-        short.final_path(tmp_path).mkdir(parents=True, exist_ok=True)
+        short.final_path(folder).mkdir(parents=True, exist_ok=True)
         state = {"job": job_signature(short), "settings": saved, "num_timesteps": steps, "resumes": [], "commit": "abc1234"}
         state["torch_threads"] = 2
-        (short.final_path(tmp_path) / "state.json").write_text(json.dumps(state))
+        (short.final_path(folder) / "state.json").write_text(json.dumps(state))
         return short
 
     others = [
@@ -346,15 +346,8 @@ def test_only_the_same_training_on_the_evaluation_grid_and_independent_of_its_bu
     assert continue_from_final(job, [final_state(500)], tmp_path, settings) is None, "its own checkpoint comes first"
     assert read_state(job.checkpoint_path(tmp_path), job, settings)["num_timesteps"] == 300
 
-    def kept_final_state(folder: Path, other: Job, other_settings: dict[str, str]) -> Job:
-        """The same final state as ``final_state(300)``'s, of ``other``'s training under ``other_settings``"""
-        short = Job(**{**other.__dict__, "suite": "short", "steps": 300})
-        short.final_path(folder).mkdir(parents=True)
-        state = {"job": job_signature(short), "settings": other_settings, "num_timesteps": 300, "resumes": []}
-        (short.final_path(folder) / "state.json").write_text(json.dumps({**state, "commit": "abc1234", "torch_threads": 2}))
-        return short
-
-    assert continue_from_final(job, [kept_final_state(tmp_path / "same", job, settings)], tmp_path / "same", settings)
+    # each in a folder of its own, where job has no checkpoint yet: a refusal is then the schedule's or the algorithm's
+    assert continue_from_final(job, [final_state(300, folder=tmp_path / "same")], tmp_path / "same", settings)
     for index, (other, other_settings) in enumerate(
         (
             (Job(**{**job.__dict__, "algo": "dqn"}), settings),
@@ -363,7 +356,7 @@ def test_only_the_same_training_on_the_evaluation_grid_and_independent_of_its_bu
         )
     ):
         fresh = tmp_path / f"fresh{index}"
-        short = kept_final_state(fresh, other, other_settings)
+        short = final_state(300, other_settings, folder=fresh, algo=other.algo)
         assert continue_from_final(other, [short], fresh, other_settings) is None, "its training follows its budget"
 
 

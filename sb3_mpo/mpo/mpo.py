@@ -807,10 +807,10 @@ class MPO(OffPolicyAlgorithm):
         bounds = self.improvement.bounds()
         judged = (bounds.keys() | {GREEDY_KL, "actor_grad_norm"}) & means.keys()
         self._kl_window.add({key: means[key] for key in judged}, gradient_steps, self._n_updates, self.num_timesteps)
+        judged_call = self._kl_window.start > 0  # the model's first interval is not judged
         for key, (_, bound) in self._trust_region_bounds(bounds).items():
             if key not in means:
                 continue
-            judged_call = self._kl_window.start > 0
             outside = judged_call and means[key] > self.trust_region_excursion_factor * bound
             self._kl_excursions[key] = self._kl_excursions.get(key, 0) + int(outside)
             self.logger.record(f"train/{key}_excursions", self._kl_excursions[key])

@@ -4,6 +4,7 @@ from typing import Any
 import optuna
 from rl_zoo3.exp_manager import ExperimentManager
 
+from sb3_mpo.common.hyperparams import SCHEDULED_RATES
 from sb3_mpo.mpo import NonFiniteError
 from sb3_mpo.zoo.checks import check_mpo_hyperparams, check_zoo_entry
 from sb3_mpo.zoo.registration import ALGO_NAME, HYPERPARAMS_PATH
@@ -17,7 +18,8 @@ class MPOExperimentManager(ExperimentManager):
       unless ``--conf-file`` names another one.
     - The hyperparameters are checked before any environment is built: an unknown key or a value of the wrong type
       stops the run with a message naming the key.
-    - ``actor_learning_rate`` may be RL Zoo's linear schedule ``lin_<float>``, as ``learning_rate`` may.
+    - ``actor_learning_rate`` (:data:`~sb3_mpo.common.hyperparams.SCHEDULED_RATES`) may be RL Zoo's linear schedule
+      ``lin_<float>``, as ``learning_rate`` may.
     - A hyperparameter-search trial that meets a NaN or infinite loss, observation or reward
       (:class:`~sb3_mpo.NonFiniteError`) is pruned, as rl_zoo3 prunes trials that fail with ``ValueError``, instead
       of stopping the whole search.
@@ -38,9 +40,11 @@ class MPOExperimentManager(ExperimentManager):
     @staticmethod
     def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
         hyperparams = ExperimentManager._preprocess_schedules(hyperparams)
-        if isinstance(hyperparams.get("actor_learning_rate"), str):  # rl_zoo3 reads 'lin_<float>' for learning_rate alone
-            as_learning_rate = ExperimentManager._preprocess_schedules({"learning_rate": hyperparams["actor_learning_rate"]})
-            hyperparams["actor_learning_rate"] = as_learning_rate["learning_rate"]
+        for key in SCHEDULED_RATES:  # rl_zoo3 reads 'lin_<float>' for learning_rate alone: the others as it reads that
+            if isinstance(hyperparams.get(key), str):
+                hyperparams[key] = ExperimentManager._preprocess_schedules({"learning_rate": hyperparams[key]})[
+                    "learning_rate"
+                ]
         return hyperparams
 
     def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, Any]:
