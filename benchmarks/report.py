@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.goal import Criterion, Goal, judge_goal, verdict
 from benchmarks.references import ScoreReference
 from benchmarks.results import TRAINING_RETURN, ResultError, load_result
 from benchmarks.suite import Suite
@@ -750,6 +751,60 @@ def aggregate_section(
     return [*lines, "", f"![performance profile]({relative(path)})"]
 
 
+def goal_section(results: Results, goal: Goal, normalisation: ScoreReference | None, stored: int, planned: int) -> list[str]:
+    """
+    The suite's goal judged from its stored runs (:func:`benchmarks.goal.judge_goal`): each criterion with both sides'
+    numbers and whether it is met, then the verdict of the goal and of its stretch goal.
+
+    :param results: The runs, by environment and algorithm
+    :param goal: The suite's goal
+    :param normalisation: The suite's fixed reference returns (None: min-max over the aggregate's runs)
+    :param stored: How many runs of the goal's algorithms are stored
+    :param planned: How many the suite runs
+    :return: The section's markdown lines
+    """
+    scores, _ = normalised_scores(results, normalisation)
+    point, interval = interval_estimates(scores, _iqm)
+    shown = {}
+    for algo, score in scores.items():
+        low, high = interval[algo][:, 0]
+        shown[algo] = _point_and_interval(point[algo][0], low, high, score.shape[0], digits=2)
+    means = {
+        env: {algo: float(np.mean([run["final_return"] for run in runs])) for algo, runs in by_algo.items()}
+        for env, by_algo in results.items()
+    }
+    criteria = judge_goal(goal, {algo: float(point[algo][0]) for algo in scores}, means, list(results))
+
+    def cell(criterion: Criterion, side: str) -> str:
+        value = criterion.value if side == "value" else criterion.other
+        if value is None:
+            return "—"
+        if criterion.aggregate:
+            return shown[goal.algo if side == "value" else criterion.against]
+        return _fmt(value) + ("" if criterion.bar is None or side == "value" else f" (floor {_fmt(criterion.bar)})")
+
+    def outcome(met: bool | None, reason: str = "") -> str:
+        return {True: "met", False: "not met", None: f"not judged: {reason}" if reason else "undecided"}[met]
+
+    return [
+        f"The suite's goal for `{goal.algo}` (`goal:` in its file), judged from the stored runs "
+        f"({stored} of {planned} runs of the algorithms it reads"
+        + ("; the verdict may change as the others land)" if stored < planned else ")")
+        + ". An IQM is over the aggregate's normalised final returns (below), a mean over an environment's stored seeds.",
+        "",
+        f"| criterion | {goal.algo.upper()} | other | verdict |",
+        "|---|---|---|---|",
+        *(
+            f"| {'stretch: ' if criterion.stretch else ''}{criterion.description} | {cell(criterion, 'value')} "
+            f"| {cell(criterion, 'other')} | {outcome(criterion.met, criterion.reason)} |"
+            for criterion in criteria
+        ),
+        "",
+        f"Goal: **{outcome(verdict([criterion for criterion in criteria if not criterion.stretch]))}**."
+        + (f" Stretch goal: **{outcome(verdict([c for c in criteria if c.stretch]))}**." if goal.stretch else ""),
+    ]
+
+
 def shared_grid(runs: list[dict[str, Any]]) -> tuple[tuple[int, ...], list[list[dict[str, Any]]]]:
     """
     :param runs: Runs of one algorithm on one environment
@@ -968,7 +1023,13 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         count = sum(1 for run in every_run if run.get(key))
         if count:
             lines.append(f"- {disclosure}: {count} of {len(every_run)} runs (`{key}`).")
-    lines += ["", *reading_section(suite, reading)]
+    lines.append("")
+    if suite.goal is not None and results:
+        goal = suite.goal
+        stored = sum(len(runs) for by_algo in results.values() for algo, runs in by_algo.items() if algo in goal.algorithms())
+        planned = sum(1 for job in suite.jobs if job.algo in goal.algorithms())
+        lines += ["## Goal", "", *goal_section(results, goal, suite.normalisation, stored, planned), ""]
+    lines += reading_section(suite, reading)
     for env, runs_by_algo in results.items():
         figure = figures / f"{env}.png"
         curve_figure(env, runs_by_algo, figure)

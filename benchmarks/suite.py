@@ -9,6 +9,7 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
     eval_episodes: 10               # deterministic evaluation episodes per evaluation (>= 10 for published suites)
     normalisation: d4rl             # optional: the aggregate's fixed reference returns (benchmarks/references.py);
                                     # without it, the worst and best run on the page
+    goal: {at_or_above: [sac]}      # optional: what the page judges from the stored runs (benchmarks/goal.py)
     budget_multiplier: {ppo: 10}    # on-policy baselines train for 10x the environment's budget
     envs:
       Pendulum-v1:
@@ -29,7 +30,7 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
 
 A suite of ``kind: exploration`` (default ``returns``) measures state coverage instead of returns: its ``algos`` are
 the learners of :mod:`benchmarks.exploration` (``random``, ``mpo``, ``sac``, ``mpo_smm1``, ``mpo_smm4``), trained
-without RL Zoo, and it takes neither ``variants``, ``zoo_entry``, ``hyperparams`` nor ``budget_multiplier``.
+without RL Zoo, and it takes neither ``variants``, ``zoo_entry``, ``hyperparams``, ``budget_multiplier`` nor ``goal``.
 
 Every algorithm trains with RL Zoo's entry for the environment (rl_zoo3's tuned files; sb3-mpo's own file for MPO),
 through rl_zoo3's experiment manager, so normalisation, ``n_envs``, wrappers and schedules are those of RL Zoo.
@@ -41,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.goal import Goal, parse_goal
 from benchmarks.references import REFERENCES, ScoreReference
 
 #: Algorithms a suite may name: MPO and the SB3 / sb3-contrib algorithms rl_zoo3 has tuned files for
@@ -113,6 +115,7 @@ class Suite:
     kind: str = "returns"  # what the suite measures (see SUITE_KINDS)
     reference: str = "mpo"  # the MPO configuration the report compares each other MPO configuration with
     normalisation: ScoreReference | None = None  # the aggregate's fixed reference returns (None: the page's worst, best run)
+    goal: Goal | None = None  # what the page judges from the stored runs (benchmarks/goal.py; None: the suite sets none)
 
     @property
     def page_path(self) -> Path:
@@ -170,7 +173,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if exploration:
         from benchmarks.exploration import LEARNERS
 
-        for key in ("variants", "budget_multiplier"):
+        for key in ("variants", "budget_multiplier", "goal"):
             _require(key not in spec, f"{path}: {key}", "an exploration suite takes none")
     algos = tuple(LEARNERS) if exploration else KNOWN_ALGOS
     eval_episodes = int(spec.get("eval_episodes", 10))
@@ -231,8 +234,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
     _require("reference" not in spec or reference in mpo_configurations, f"{path}: reference",
              f"must name an MPO configuration the suite runs, one of {mpo_configurations}, got {reference!r}")  # fmt: skip
     normalisation = _normalisation(spec.get("normalisation"), list(envs), f"{path}: normalisation")
+    goal = parse_goal(spec.get("goal"), list(dict.fromkeys(job.algo for job in jobs)), reference, f"{path}: goal")
     return Suite(
-        name, str(spec.get("description", "")), jobs, multiplier, path, thresholds, page, kind, reference, normalisation
+        name, str(spec.get("description", "")), jobs, multiplier, path, thresholds, page, kind, reference, normalisation, goal
     )
 
 

@@ -224,6 +224,33 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
         assert f"../fig/tiny/{figure}" in page
 
 
+def test_report_judges_the_suites_goal_above_the_reading(local_store, tmp_path):
+    """The goal's section sits between the page's head and its reading, judged from the stored runs."""
+    suite_path, results = local_store
+    goal_suite = write_suite(tmp_path, {**TINY, "goal": {"at_or_above": ["sac"]}})
+    goal_suite.with_suffix(".reading.md").write_text("The reading.")
+    out = tmp_path / "tiny.md"
+    assert main(["report", str(goal_suite), "--results", str(results), "--out", str(out), "--figures", str(tmp_path)]) == 0
+    page = out.read_text()
+    assert page.index("## Goal") < page.index("## Reading") < page.index("## Pendulum-v1")
+    finals = {
+        algo: [
+            load_result(job.result_path(results), job)["final_return"]
+            for job in load_suite(suite_path).jobs
+            if job.algo == algo
+        ]
+        for algo in ("mpo", "sac")
+    }
+    # one environment, two runs each: min-max scores are one affine map of the returns, and an IQM of two is their mean
+    met = np.mean(finals["mpo"]) >= np.mean(finals["sac"])
+    assert re.search(rf"^\| IQM at or above SAC's \| [^|]+ \| [^|]+ \| {'met' if met else 'not met'} \|$", page, re.MULTILINE)
+    assert f"Goal: **{'met' if met else 'not met'}**." in page
+    assert "(4 of 4 runs of the algorithms it reads)" in page
+    plain = tmp_path / "plain.md"  # the suite without a goal: no such section
+    assert main(["report", str(suite_path), "--results", str(results), "--out", str(plain), "--figures", str(tmp_path)]) == 0
+    assert "## Goal" not in plain.read_text()
+
+
 def copy_store(results: Path, target: Path) -> Path:
     for path in results.rglob("*.json"):
         copy = target / path.relative_to(results)
@@ -1015,6 +1042,7 @@ def test_results_of_the_other_kind_are_refused(local_store, tmp_path):
     [
         ({"kind": "coverage"}, r"kind: must be one of \('returns', 'exploration'\)"),
         ({"variants": {"x": {"algo": "mpo"}}}, "variants: an exploration suite takes none"),
+        ({"goal": {"at_or_above": ["sac"]}}, "goal: an exploration suite takes none"),
         ({"envs": {"Pendulum-v1": {"steps": 10, "seeds": [0], "algos": ["td3"]}}}, r"unknown algorithms \['td3'\]"),
         ({"envs": {"Pendulum-v1": {"steps": 10, "seeds": [0], "algos": ["mpo"], "zoo_entry": "X"}}}, "zoo_entry: an exp"),
     ],
