@@ -1,23 +1,26 @@
 """
-A suite's goal, set in its file before its runs (``goal:``), and its judgement from the stored runs, which the page
-shows above the maintainers' reading, so that whether the goal is met is computed, not typed.
+A suite's goal, stated in its file (``goal:``), and its judgement from the stored runs, which the page shows above the
+maintainers' reading, so that whether the goal is met is computed, not typed.
 
 .. code-block:: yaml
 
     goal:
       algo: mpo_ln_brn_adam          # the algorithm judged (default: the suite's reference MPO configuration)
       at_or_above: [sac, tqc]        # its aggregate IQM at or above each of theirs
-      where_run: [tqc]               # criteria against these count only where their runs judge them
-      floor: {sac: 0.9}              # on every environment, its mean final return at or above 0.9x SAC's
+      where_run: [tqc]               # criteria against these are left out of the verdict where these lack runs
+      floor: {sac: 0.9}              # on every environment, its mean final return at most 10% below SAC's
       stretch: [crossq_256]          # a stretch goal: its aggregate IQM at or above each of theirs
 
 A criterion whose runs are missing is not judged (and says why); the goal is met when every criterion of
 ``at_or_above`` and ``floor`` is judged and met, not met when one is judged and not met, and undecided otherwise. A
-criterion against an algorithm of ``where_run`` that is not judged is left out of the verdict ("at or above TQC's,
-where TQC ran"). The stretch goal is judged the same way on its own.
+criterion against an algorithm of ``where_run`` is left out of the verdict while that algorithm lacks runs ("and TQC's,
+where it runs"); the judged algorithm's own missing runs leave the goal undecided. The stretch goal is judged the same
+way on its own. An IQM comparison compares the point estimates; the page shows their intervals beside them. A floor of
+share s under a mean m is m − (1 − s)·|m|: s·m for a positive mean, as far below a negative one.
 """
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from typing import Any
 
 #: The keys a suite's ``goal`` accepts
@@ -30,13 +33,13 @@ class Goal:
 
     algo: str
     at_or_above: tuple[str, ...] = ()
-    floors: dict[str, float] = field(default_factory=dict)  # baseline -> share of its mean on every environment
+    floors: tuple[tuple[str, float], ...] = ()  # (other algorithm, share of its mean) on every environment
     stretch: tuple[str, ...] = ()
-    where_run: tuple[str, ...] = ()  # algorithms whose criteria count only where their runs judge them
+    where_run: tuple[str, ...] = ()  # algorithms whose criteria are left out of the verdict where they lack runs
 
     def algorithms(self) -> set[str]:
         """:return: Every algorithm the goal reads: the judged one and those of its criteria"""
-        return {self.algo, *self.at_or_above, *self.floors, *self.stretch}
+        return {self.algo, *self.at_or_above, *(name for name, _ in self.floors), *self.stretch}
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,25 @@ class Criterion:
     met: bool | None
     reason: str = ""
     stretch: bool = False
-    optional: bool = False  # left out of the verdict where not judged (an algorithm of the goal's ``where_run``)
-    bar: float | None = None  # what ``value`` must reach where that is not ``other`` itself (a floor's share of it)
+    optional: bool = False  # left out of the verdict while not judged (the other algorithm, of ``where_run``, lacks runs)
+    bar: float | None = None  # what ``value`` must reach where that is not ``other`` itself (a floor)
+
+
+def floor_of(mean: float, share: float) -> float:
+    """:return: The floor of ``share`` under ``mean``: mean − (1 − share)·|mean| (share·mean for a positive mean)"""
+    return mean - (1.0 - share) * abs(mean)
+
+
+def _names(spec: dict[str, Any], key: str, algos: list[str], algo: str, require: Any) -> tuple[str, ...]:
+    """:return: The list of other algorithms under ``key`` (empty where the key is absent), checked"""
+    names = spec.get(key)
+    if names is None:
+        return ()
+    require(isinstance(names, list), f".{key}", f"must be a list of algorithms, got {names!r}")
+    unknown = [name for name in names if name not in algos or name == algo]
+    require(not unknown, f".{key}", f"names {unknown}: expected other algorithms the suite runs, among {sorted(algos)}")
+    require(len(set(names)) == len(names), f".{key}", f"names an algorithm twice: {names}")
+    return tuple(names)
 
 
 def parse_goal(spec: Any, algos: list[str], reference: str, where: str) -> Goal | None:
@@ -70,20 +90,20 @@ def parse_goal(spec: Any, algos: list[str], reference: str, where: str) -> Goal 
         return None
 
     def require(condition: bool, key: str, message: str) -> None:
+        """Raise a ValueError naming the goal's key when ``condition`` does not hold."""
         if not condition:
             raise ValueError(f"Suite {where}{key}: {message}")
 
     require(isinstance(spec, dict) and set(spec) <= set(GOAL_KEYS), "", f"must map some of {GOAL_KEYS}, got {spec!r}")
     algo = spec.get("algo", reference)
     require(algo in algos, ".algo", f"must name an algorithm the suite runs, one of {sorted(algos)}, got {algo!r}")
-    lists = {}
-    for key in ("at_or_above", "stretch", "where_run"):
-        names = spec.get(key) or []
-        require(isinstance(names, list), f".{key}", f"must be a list of algorithms, got {names!r}")
-        unknown = [name for name in names if name not in algos or name == algo]
-        require(not unknown, f".{key}", f"names {unknown}: expected other algorithms the suite runs, among {sorted(algos)}")
-        lists[key] = tuple(names)
-    floors = spec.get("floor") or {}
+    at_or_above, stretch, where_run = (
+        _names(spec, key, algos, algo, require) for key in ("at_or_above", "stretch", "where_run")
+    )
+    both = sorted(set(at_or_above) & set(stretch))
+    require(not both, ".stretch", f"names {both}, which at_or_above names already")
+    floors = spec.get("floor")
+    floors = {} if floors is None else floors
     require(isinstance(floors, dict), ".floor", f"must map algorithms to a share of their mean, got {floors!r}")
     for name, share in floors.items():
         require(
@@ -91,16 +111,15 @@ def parse_goal(spec: Any, algos: list[str], reference: str, where: str) -> Goal 
             f".floor.{name}",
             f"expected another algorithm the suite runs, among {sorted(algos)}",
         )
-        require(isinstance(share, (int, float)) and share > 0, f".floor.{name}", f"must be a number above 0, got {share!r}")
-    compared = {*lists["at_or_above"], *lists["stretch"], *floors}
-    require(
-        set(lists["where_run"]) <= compared,
-        ".where_run",
-        f"must name algorithms the goal compares with, among {sorted(compared)}",
-    )
-    require(bool(compared), "", "names no criterion: give at_or_above, floor or stretch")
-    shares = {name: float(share) for name, share in floors.items()}
-    return Goal(algo, lists["at_or_above"], shares, lists["stretch"], lists["where_run"])
+        number = isinstance(share, (int, float)) and not isinstance(share, bool)
+        require(
+            number and math.isfinite(share) and share > 0, f".floor.{name}", f"must be a finite number above 0, got {share!r}"
+        )
+    require(bool(at_or_above) or bool(floors), "", "needs a criterion of the goal itself: give at_or_above or floor")
+    compared = {*at_or_above, *stretch, *floors}
+    require(set(where_run) <= compared, ".where_run", f"must name algorithms the goal compares with, among {sorted(compared)}")
+    shares = tuple((name, float(share)) for name, share in floors.items())
+    return Goal(algo, at_or_above, shares, stretch, where_run)
 
 
 def judge_goal(goal: Goal, iqms: dict[str, float], means: dict[str, dict[str, float]], envs: list[str]) -> list[Criterion]:
@@ -108,47 +127,54 @@ def judge_goal(goal: Goal, iqms: dict[str, float], means: dict[str, dict[str, fl
     Judge each criterion of the goal.
 
     :param goal: The goal
-    :param iqms: The aggregate IQM of each algorithm that ran on every environment (the others have none)
+    :param iqms: The aggregate IQM of each algorithm with stored runs on every one of ``envs`` (the others have none)
     :param means: Environment -> algorithm -> its mean final return over its stored runs there
     :param envs: The suite's environments, each of which a floor judges
     :return: The criteria: the IQM comparisons of ``at_or_above``, the floors per environment, then the stretch goal's
     """
 
+    def excused(other: str, value: float | None, baseline: float | None) -> bool:
+        """Whether the criterion is left out of the verdict: only the other algorithm's runs are missing, and it may."""
+        return other in goal.where_run and value is not None and baseline is None
+
     def aggregate(other: str, stretch: bool) -> Criterion:
-        description = f"IQM at or above {other.upper()}'s" + (
-            f", where {other.upper()} ran" if other in goal.where_run else ""
-        )
-        value, baseline, optional = iqms.get(goal.algo), iqms.get(other), other in goal.where_run
+        """The IQM comparison with ``other``."""
+        condition = f", if {other.upper()} runs on every environment" if other in goal.where_run else ""
+        description = f"IQM at or above {other.upper()}'s{condition}"
+        value, baseline = iqms.get(goal.algo), iqms.get(other)
         if value is None or baseline is None:
             absent = [name.upper() for name, iqm in ((goal.algo, value), (other, baseline)) if iqm is None]
-            reason = f"{' and '.join(absent)} not in the aggregate (a stored run on every environment)"
-            return Criterion(description, other, True, value, baseline, None, reason, stretch, optional)
-        return Criterion(description, other, True, value, baseline, bool(value >= baseline), "", stretch, optional)
+            reason = f"{' and '.join(absent)} without stored runs on every environment"
+            return Criterion(description, other, True, value, baseline, None, reason, stretch, excused(other, value, baseline))
+        return Criterion(description, other, True, value, baseline, bool(value >= baseline), "", stretch)
 
     def floor(env: str, other: str, share: float) -> Criterion:
-        description = f"{env}: mean at or above {share:g}x {other.upper()}'s"
+        """The floor under ``other``'s mean on ``env``."""
+        change = f"at most {1 - share:.0%} below" if share <= 1 else f"at least {share - 1:.0%} above"
+        description = f"{env}: mean {change} {other.upper()}'s"
         value, baseline = means.get(env, {}).get(goal.algo), means.get(env, {}).get(other)
         if value is None or baseline is None:
             absent = [name.upper() for name, mean in ((goal.algo, value), (other, baseline)) if mean is None]
-            return Criterion(description, other, False, value, baseline, None, f"no stored run of {' and '.join(absent)}")
-        if baseline <= 0:
-            reason = f"{other.upper()}'s mean is not above 0: no share of it is a floor"
-            return Criterion(description, other, False, value, baseline, None, reason)
-        return Criterion(description, other, False, value, baseline, bool(value >= share * baseline), bar=share * baseline)
+            reason = f"no stored run of {' and '.join(absent)}"
+            return Criterion(
+                description, other, False, value, baseline, None, reason, optional=excused(other, value, baseline)
+            )
+        bar = floor_of(baseline, share)
+        return Criterion(description, other, False, value, baseline, bool(value >= bar), bar=bar)
 
     return [
         *(aggregate(other, stretch=False) for other in goal.at_or_above),
-        *(floor(env, other, share) for other, share in goal.floors.items() for env in envs),
+        *(floor(env, other, share) for other, share in goal.floors for env in envs),
         *(aggregate(other, stretch=True) for other in goal.stretch),
     ]
 
 
 def verdict(criteria: list[Criterion]) -> bool | None:
     """
-    :return: False if a judged criterion is not met, True if all are judged (an optional one may be left unjudged)
-        and met, None otherwise (undecided)
+    :return: False if a judged criterion is not met, True if all are judged and met (the ``optional`` ones, not
+        judged, left out), None otherwise (undecided)
     """
-    counted = [criterion for criterion in criteria if criterion.met is not None or not criterion.optional]
+    counted = [criterion for criterion in criteria if not criterion.optional]
     if any(criterion.met is False for criterion in counted):
         return False
     return True if counted and all(criterion.met for criterion in counted) else None

@@ -751,57 +751,67 @@ def aggregate_section(
     return [*lines, "", f"![performance profile]({relative(path)})"]
 
 
-def goal_section(results: Results, goal: Goal, normalisation: ScoreReference | None, stored: int, planned: int) -> list[str]:
+def goal_section(
+    results: Results, goal: Goal, envs: list[str], normalisation: ScoreReference | None, stored: int, planned: int
+) -> list[str]:
     """
     The suite's goal judged from its stored runs (:func:`benchmarks.goal.judge_goal`): each criterion with both sides'
-    numbers and whether it is met, then the verdict of the goal and of its stretch goal.
+    numbers and whether it is met, then the verdict of the goal and of its stretch goal. The IQMs are those of the
+    page's aggregate (:func:`aggregate_section`), where every one of ``envs`` has stored runs.
 
     :param results: The runs, by environment and algorithm
     :param goal: The suite's goal
+    :param envs: The suite's environments
     :param normalisation: The suite's fixed reference returns (None: min-max over the aggregate's runs)
     :param stored: How many runs of the goal's algorithms are stored
     :param planned: How many the suite runs
     :return: The section's markdown lines
     """
-    scores, _ = normalised_scores(results, normalisation)
-    point, interval = interval_estimates(scores, _iqm)
-    shown = {}
-    for algo, score in scores.items():
+    scores = normalised_scores(results, normalisation)[0] if all(env in results for env in envs) else {}
+    point, interval = interval_estimates({algo: scores[algo] for algo in goal.algorithms() if algo in scores}, _iqm)
+    shown: dict[str, str] = {}
+    for algo, estimate in point.items():
         low, high = interval[algo][:, 0]
-        shown[algo] = _point_and_interval(point[algo][0], low, high, score.shape[0], digits=2)
+        runs = scores[algo].shape[0]
+        shown[algo] = f"{_point_and_interval(estimate[0], low, high, runs, digits=2)} ({runs} run{'s' * (runs > 1)} per env)"
     means = {
         env: {algo: float(np.mean([run["final_return"] for run in runs])) for algo, runs in by_algo.items()}
         for env, by_algo in results.items()
     }
-    criteria = judge_goal(goal, {algo: float(point[algo][0]) for algo in scores}, means, list(results))
+    criteria = judge_goal(goal, {algo: float(estimate[0]) for algo, estimate in point.items()}, means, envs)
 
-    def cell(criterion: Criterion, side: str) -> str:
-        value = criterion.value if side == "value" else criterion.other
+    def cell(criterion: Criterion, judged_side: bool) -> str:
+        """A side's number: an IQM with its interval, or a mean (with the floor under the other's)."""
+        value = criterion.value if judged_side else criterion.other
         if value is None:
             return "—"
         if criterion.aggregate:
-            return shown[goal.algo if side == "value" else criterion.against]
-        return _fmt(value) + ("" if criterion.bar is None or side == "value" else f" (floor {_fmt(criterion.bar)})")
+            return shown[goal.algo if judged_side else criterion.against]
+        return _fmt(value) + ("" if judged_side or criterion.bar is None else f" (floor {_fmt(criterion.bar)})")
 
     def outcome(met: bool | None, reason: str = "") -> str:
+        """A verdict as the page words it."""
         return {True: "met", False: "not met", None: f"not judged: {reason}" if reason else "undecided"}[met]
 
+    goal_criteria = [criterion for criterion in criteria if not criterion.stretch]
+    stretch_criteria = [criterion for criterion in criteria if criterion.stretch]
     return [
         f"The suite's goal for `{goal.algo}` (`goal:` in its file), judged from the stored runs "
         f"({stored} of {planned} runs of the algorithms it reads"
         + ("; the verdict may change as the others land)" if stored < planned else ")")
-        + ". An IQM is over the aggregate's normalised final returns (below), a mean over an environment's stored seeds.",
+        + ". An IQM is the aggregate's (below: normalised final returns, each algorithm's runs per environment as many as "
+        "on its least-run one), compared by its point estimate; a mean is over an environment's stored seeds.",
         "",
         f"| criterion | {goal.algo.upper()} | other | verdict |",
         "|---|---|---|---|",
         *(
-            f"| {'stretch: ' if criterion.stretch else ''}{criterion.description} | {cell(criterion, 'value')} "
-            f"| {cell(criterion, 'other')} | {outcome(criterion.met, criterion.reason)} |"
+            f"| {'stretch: ' if criterion.stretch else ''}{criterion.description} | {cell(criterion, True)} "
+            f"| {cell(criterion, False)} | {outcome(criterion.met, criterion.reason)} |"
             for criterion in criteria
         ),
         "",
-        f"Goal: **{outcome(verdict([criterion for criterion in criteria if not criterion.stretch]))}**."
-        + (f" Stretch goal: **{outcome(verdict([c for c in criteria if c.stretch]))}**." if goal.stretch else ""),
+        f"Goal: **{outcome(verdict(goal_criteria))}**."
+        + (f" Stretch goal: **{outcome(verdict(stretch_criteria))}**." if stretch_criteria else ""),
     ]
 
 
@@ -1028,7 +1038,8 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         goal = suite.goal
         stored = sum(len(runs) for by_algo in results.values() for algo, runs in by_algo.items() if algo in goal.algorithms())
         planned = sum(1 for job in suite.jobs if job.algo in goal.algorithms())
-        lines += ["## Goal", "", *goal_section(results, goal, suite.normalisation, stored, planned), ""]
+        section = goal_section(results, goal, suite.envs(), suite.normalisation, stored, planned)
+        lines += ["## Goal", "", *section, ""]
     lines += reading_section(suite, reading)
     for env, runs_by_algo in results.items():
         figure = figures / f"{env}.png"

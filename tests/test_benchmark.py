@@ -243,9 +243,20 @@ def test_report_judges_the_suites_goal_above_the_reading(local_store, tmp_path):
     }
     # one environment, two runs each: min-max scores are one affine map of the returns, and an IQM of two is their mean
     met = np.mean(finals["mpo"]) >= np.mean(finals["sac"])
-    assert re.search(rf"^\| IQM at or above SAC's \| [^|]+ \| [^|]+ \| {'met' if met else 'not met'} \|$", page, re.MULTILINE)
+    row = re.search(
+        r"^\| IQM at or above SAC's \| ([^|]+) \(2 runs per env\) \| ([^|]+) \(2 runs per env\) \| (.+) \|$",
+        page,
+        re.MULTILINE,
+    )
+    assert row is not None and row[3] == ("met" if met else "not met")
+    aggregate = {algo: re.search(rf"^\| {algo} \| 2 \| ([^|]+) \|$", page, re.MULTILINE) for algo in ("MPO", "SAC")}
+    assert (row[1], row[2]) == (aggregate["MPO"][1].strip(), aggregate["SAC"][1].strip())  # the aggregate table's IQMs
     assert f"Goal: **{'met' if met else 'not met'}**." in page
     assert "(4 of 4 runs of the algorithms it reads)" in page
+    partial = copy_store(results, tmp_path / "partial")  # one of SAC's runs missing: the count says so
+    next(path for path in partial.rglob("sac_*seed1*.json")).unlink()
+    assert main(["report", str(goal_suite), "--results", str(partial), "--out", str(out), "--figures", str(tmp_path)]) == 0
+    assert "(3 of 4 runs of the algorithms it reads; the verdict may change as the others land)" in out.read_text()
     plain = tmp_path / "plain.md"  # the suite without a goal: no such section
     assert main(["report", str(suite_path), "--results", str(results), "--out", str(plain), "--figures", str(tmp_path)]) == 0
     assert "## Goal" not in plain.read_text()
