@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch as th
-from scipy import optimize, stats
+from scipy import integrate, optimize, stats
 from torch.distributions import Categorical, Normal, kl_divergence
 
 from sb3_mpo.mpo import losses
@@ -480,6 +480,25 @@ def test_decoupled_gaussian_kl_shapes_and_values(batch_size, action_dim):
 # ----------------------------------------------------------------------------------------------------------------------
 # Log-likelihood and the decoupled M-step loss
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mean, std", [(0.0, 0.5), (1.3, 0.46), (-2.0, 0.3), (0.9, 1e-3), (5.0, 0.1), (-0.4, 2.0), (0.95, 0.2)]
+)
+def test_clipped_gaussian_mean_is_the_censored_normals_mean_by_quadrature(mean, std):
+    """E[clip(u, -1, 1)]: the mass beyond each bound at that bound, plus the integral of u·N(u; μ, σ²) over the box."""
+    inside, _ = integrate.quad(lambda u: u * stats.norm.pdf(u, mean, std), -1.0, 1.0, points=[mean] if abs(mean) < 1 else None)
+    expected = -stats.norm.cdf(-1.0, mean, std) + stats.norm.sf(1.0, mean, std) + inside
+    value = losses.clipped_gaussian_mean(th.tensor(mean, dtype=th.float64), th.tensor(std, dtype=th.float64))
+    assert value.item() == pytest.approx(expected, abs=1e-9)
+
+
+def test_clipped_gaussian_mean_broadcasts_and_stays_in_any_box():
+    mean, std = th.tensor([[3.0, -0.2], [0.0, -4.0]]), th.tensor([0.5, 1.0])
+    value = losses.clipped_gaussian_mean(mean, std, low=-0.5, high=2.0)
+    samples = (mean + std * th.randn(400_000, 2, 2, generator=th.Generator().manual_seed(0))).clamp(-0.5, 2.0)
+    assert value.shape == (2, 2) and th.all((value >= -0.5) & (value <= 2.0))
+    th.testing.assert_close(value, samples.mean(dim=0), atol=5e-3, rtol=0)
 
 
 def test_gaussian_log_prob_matches_torch_and_scipy_with_broadcasting():

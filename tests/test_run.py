@@ -8,6 +8,7 @@ import pytest
 import torch as th
 import torch.nn.functional as F
 from gymnasium import spaces
+from scipy import integrate, stats
 from stable_baselines3 import HerReplayBuffer
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
@@ -326,6 +327,38 @@ def test_mean_outside_box_is_the_share_of_policy_means_beyond_the_box(bias, outs
         model.actor.mu.bias.fill_(bias)
     model.train(1, 32)
     assert model.logger.name_to_value["train/mean_outside_box"] == outside
+
+
+def test_deterministic_mean_action_is_the_clipped_gaussians_mean_and_survives_save_load(tmp_path):
+    """deterministic_action="mean" predicts E[clip(u)], here the censored normal's mean, rescaled to Pendulum's box."""
+    kwargs = {**SMALL, "policy_kwargs": dict(net_arch=[32], deterministic_action="mean")}
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **kwargs)
+    model.learn(60)
+    with th.no_grad():  # a policy whose mean is 1.3 (beyond the box) at every state
+        model.actor.mu.weight.zero_()
+        model.actor.mu.bias.fill_(1.3)
+    obs = np.stack([model.observation_space.sample() for _ in range(8)])
+    with th.no_grad():
+        std = model.actor.distribution_params(model.policy.obs_to_tensor(obs)[0])[1].numpy()
+    # censored N(1.3, σ²) on [-1, 1]: -P(u < -1) + P(u > 1) + ∫ u φ over the box, by quadrature
+    inside = np.vectorize(lambda s: integrate.quad(lambda u: u * stats.norm.pdf(u, 1.3, s), -1.0, 1.0)[0])(std)
+    expected = 2.0 * (-stats.norm.cdf(-1.0, 1.3, std) + stats.norm.sf(1.0, 1.3, std) + inside)  # Pendulum: [-2, 2]
+    np.testing.assert_allclose(model.predict(obs, deterministic=True)[0], expected, atol=1e-5)
+    model.save(tmp_path / "model")
+    loaded = MPO.load(tmp_path / "model")
+    assert loaded.actor.deterministic_action == "mean"
+    np.testing.assert_allclose(loaded.predict(obs, deterministic=True)[0], expected, atol=1e-5)
+    mode = MPO("MlpPolicy", "Pendulum-v1", seed=0, **{**SMALL, "policy_kwargs": dict(net_arch=[32])})  # the mode, clip(μ)
+    mode.actor.load_state_dict(model.actor.state_dict())
+    np.testing.assert_allclose(mode.predict(obs, deterministic=True)[0], 2.0)
+    with pytest.raises(
+        ValueError, match=r"policy_kwargs\['deterministic_action'\]='median' is invalid, expected one of 'mode', 'mean'"
+    ):
+        MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(deterministic_action="median"))
+    with pytest.raises(
+        ValueError, match=r"deterministic_action='mean' is invalid with action_bounding='tanh'.*'mean' needs 'clip'"
+    ):
+        MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(deterministic_action="mean", action_bounding="tanh"))
 
 
 def test_tanh_squashed_policies_log_no_mean_outside_box():

@@ -325,6 +325,27 @@ def decoupled_gaussian_kl(
     return DecoupledKL(mean=kl_mean, std=kl_std)
 
 
+def clipped_gaussian_mean(mean: th.Tensor, std: th.Tensor, low: float = -1.0, high: float = 1.0) -> th.Tensor:
+    """
+    The expected action of a Gaussian policy whose samples are clipped into the box, E[clip(u, low, high)] for
+    u ~ N(μ, σ²) per dimension (the mean of a censored normal distribution):
+    low·Φ(α) + high·(1 − Φ(β)) + μ·(Φ(β) − Φ(α)) + σ·(φ(α) − φ(β)), with α = (low − μ)/σ and β = (high − μ)/σ.
+    It is the average of the actions the behaviour policy executes; clip(μ), the policy's mode, leaves the box's
+    faces only where μ is inside the box.
+
+    :param mean: μ, any shape
+    :param std: σ > 0, broadcasting against ``mean``
+    :param low: The box's lower bound
+    :param high: The box's upper bound
+    :return: E[clip(u, low, high)], the shape of ``mean``, inside [low, high]
+    """
+    normal = th.distributions.Normal(th.zeros_like(mean), th.ones_like(mean))
+    alpha, beta = (low - mean) / std, (high - mean) / std
+    below, inside = normal.cdf(alpha), normal.cdf(beta) - normal.cdf(alpha)
+    density = normal.log_prob(alpha).exp() - normal.log_prob(beta).exp()
+    return (low * below + high * (1.0 - below - inside) + mean * inside + std * density).clamp(low, high)
+
+
 def gaussian_log_prob(actions: th.Tensor, mean: th.Tensor, std: th.Tensor) -> th.Tensor:
     """
     Log-density of a diagonal Gaussian, summed over action dimensions.

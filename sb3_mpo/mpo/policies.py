@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_mpo.common.checks import is_integer
-from sb3_mpo.mpo.losses import categorical_mean, clipped_values, inverse_positive, mixture_mean
+from sb3_mpo.mpo.losses import categorical_mean, clipped_gaussian_mean, clipped_values, inverse_positive, mixture_mean
 from sb3_mpo.mpo.torsos import (
     batch_renorm_torso,
     layer_norm_input_block,
@@ -32,6 +32,10 @@ from sb3_mpo.mpo.torsos import (
 
 ActionBounding = Literal["clip", "tanh"]
 ACTION_BOUNDINGS: tuple[str, ...] = ("clip", "tanh")
+#: The action of ``predict(deterministic=True)``: the policy's mode squashed into the box, or (with clipped actions)
+#: the mean of the clipped Gaussian, the average action the behaviour policy executes
+DeterministicAction = Literal["mode", "mean"]
+DETERMINISTIC_ACTIONS: tuple[str, ...] = ("mode", "mean")
 #: Adam's arguments that choose its implementation (the same update, computed differently)
 ADAM_IMPLEMENTATIONS: frozenset[str] = frozenset({"fused", "foreach", "capturable", "differentiable"})
 #: Pairs of those that Adam refuses together
@@ -124,6 +128,9 @@ class GaussianActor(MPOActor):
     :param action_bounding: How actions are mapped into the box: ``"clip"`` or ``"tanh"``
     :param share_features_extractor: Whether the features extractor is shared with (and trained by) the critic;
         the actor then reads the features without back-propagating into them
+    :param deterministic_action: The action of a deterministic prediction: ``"mode"``, squash(μ), or ``"mean"``,
+        E[clip(u)] for u ~ N(μ, σ²) (:func:`~sb3_mpo.mpo.losses.clipped_gaussian_mean`; ``action_bounding="clip"``
+        only). Training never reads it: it only changes what ``predict(deterministic=True)`` returns
     """
 
     def __init__(
@@ -139,6 +146,7 @@ class GaussianActor(MPOActor):
         min_std: float = 1e-4,
         action_bounding: ActionBounding = "clip",
         share_features_extractor: bool = False,
+        deterministic_action: DeterministicAction = "mode",
     ):
         super().__init__(
             observation_space,
@@ -155,6 +163,11 @@ class GaussianActor(MPOActor):
             raise ValueError(
                 f"GaussianActor: action_bounding={action_bounding!r} is invalid, expected one of {ACTION_BOUNDINGS}"
             )
+        if deterministic_action not in DETERMINISTIC_ACTIONS or (deterministic_action == "mean" and action_bounding != "clip"):
+            raise ValueError(
+                f"GaussianActor: deterministic_action={deterministic_action!r} is invalid with "
+                f"action_bounding={action_bounding!r}, expected one of {DETERMINISTIC_ACTIONS} ('mean' needs 'clip')"
+            )
         if not 0 < min_std < init_std:
             raise ValueError(
                 f"GaussianActor: min_std={min_std!r} and init_std={init_std!r} are invalid, expected 0 < min_std < init_std"
@@ -162,6 +175,7 @@ class GaussianActor(MPOActor):
         self.init_std = init_std
         self.min_std = min_std
         self.action_bounding = action_bounding
+        self.deterministic_action = deterministic_action
 
         action_dim = get_action_dim(self.action_space)
         self.latent_pi = nn.Sequential(*create_mlp(features_dim, -1, net_arch, activation_fn))
@@ -173,7 +187,14 @@ class GaussianActor(MPOActor):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(dict(init_std=self.init_std, min_std=self.min_std, action_bounding=self.action_bounding))
+        data.update(
+            dict(
+                init_std=self.init_std,
+                min_std=self.min_std,
+                action_bounding=self.action_bounding,
+                deterministic_action=self.deterministic_action,
+            )
+        )
         return data
 
     def distribution_params(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
@@ -231,6 +252,8 @@ class GaussianActor(MPOActor):
         return mean + std * th.randn_like(mean)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        if deterministic and self.deterministic_action == "mean":
+            return clipped_gaussian_mean(*self.distribution_params(obs))
         return self.squash(self.sample_raw(obs, deterministic))
 
 
@@ -487,6 +510,9 @@ class MPOPolicy(BasePolicy):
     :param min_std: Lower bound of the policy's standard deviation (``Box`` only)
     :param action_bounding: ``"clip"`` (unbounded Gaussian, actions clipped into the box) or ``"tanh"`` (squashed
         Gaussian); see docs/results/action_bounding.md for the measured comparison (``Box`` only)
+    :param deterministic_action: What ``predict(deterministic=True)`` returns: ``"mode"``, the Gaussian's mean squashed
+        into the box, or ``"mean"``, the mean of the clipped Gaussian, the average action the behaviour policy executes
+        (``action_bounding="clip"``, ``Box`` only); training is the same with either
     :param features_extractor_class: Features extractor to use.
     :param features_extractor_kwargs: Keyword arguments to pass to the features extractor.
     :param normalize_images: Whether to normalize images or not, dividing by 255.0 (True by default)
@@ -547,6 +573,7 @@ class MPOPolicy(BasePolicy):
         init_std: float = 0.5,
         min_std: float = 1e-4,
         action_bounding: ActionBounding = "clip",
+        deterministic_action: DeterministicAction = "mode",
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         normalize_images: bool = True,
@@ -616,6 +643,7 @@ class MPOPolicy(BasePolicy):
             "init_std": init_std,
             "min_std": min_std,
             "action_bounding": action_bounding,
+            "deterministic_action": deterministic_action,
         }
         self.critic_kwargs = {**common, "net_arch": critic_arch, "n_critics": n_critics}
         # A tuple of floats, also when a saved model's policy_kwargs come back as a list
@@ -760,6 +788,7 @@ class MPOPolicy(BasePolicy):
                 init_std=self.actor_kwargs["init_std"],
                 min_std=self.actor_kwargs["min_std"],
                 action_bounding=self.actor_kwargs["action_bounding"],
+                deterministic_action=self.actor_kwargs["deterministic_action"],
                 lr_schedule=self._dummy_schedule,  # dummy lr schedule, not needed for loading policy alone
                 optimizer_class=self.optimizer_class,
                 optimizer_kwargs=self.optimizer_kwargs,
@@ -791,7 +820,7 @@ class MPOPolicy(BasePolicy):
         if features_extractor is None:
             actor_kwargs["share_features_extractor"] = False
         if self.discrete:
-            for gaussian_only in ("init_std", "min_std", "action_bounding"):
+            for gaussian_only in ("init_std", "min_std", "action_bounding", "deterministic_action"):
                 actor_kwargs.pop(gaussian_only)
             actor: GaussianActor | CategoricalActor = CategoricalActor(**actor_kwargs)
             network = actor.get_submodule("logits")
