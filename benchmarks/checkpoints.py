@@ -42,11 +42,12 @@ from typing import Any, NamedTuple, TextIO
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 from benchmarks.results import TRAINING_RETURN, ResultError, changed_settings, describe_changes, load_result, write_result
-from benchmarks.suite import Job
+from benchmarks.suite import PAIRED_EVALUATIONS, Job
 from sb3_mpo.common.buffers import end_newest_episodes
 from sb3_mpo.common.hyperparams import SCHEDULED_RATES
 
@@ -171,8 +172,11 @@ class TimedEvalCallback(EvalCallback):
 
     eval_seconds = 0.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, paired: "PairedEvaluation | None" = None, **kwargs: Any) -> None:
+        """:param paired: Evaluate the same policy a second way after each evaluation (None: only the one way)"""
         super().__init__(*args, **kwargs)
+        self.paired = paired
+        self.paired_results: dict[int, dict[str, Any]] = {}  # evaluation step -> the paired evaluation's returns
         self.diagnostics: list[dict[str, float]] = []  # one per evaluation, as SB3's evaluations_* lists
         self.training_returns: list[float] = []  # of the training episodes that ended since the last evaluation
         self._counted_step = -1  # the training step whose ended episodes are counted (the final evaluation repeats one)
@@ -200,12 +204,16 @@ class TimedEvalCallback(EvalCallback):
                 diagnostics[TRAINING_RETURN] = float(np.mean(self.training_returns))
             self.diagnostics.append(diagnostics)
             self.training_returns = []
+            if self.paired is not None:
+                self.paired_results[int(self.evaluations_timesteps[-1])] = self.paired.evaluate(
+                    self.model, self.n_eval_episodes
+                )
         self.eval_seconds += time.perf_counter() - start
         return keep_going
 
     @property
-    def curve_state(self) -> dict[str, list]:
-        """The evaluations so far, as JSON-ready lists."""
+    def curve_state(self) -> dict[str, Any]:
+        """The evaluations so far, as JSON-ready lists (and the paired evaluations by step)."""
         return {
             "timesteps": [int(step) for step in self.evaluations_timesteps],
             "results": [list(map(float, returns)) for returns in self.evaluations_results],
@@ -213,15 +221,17 @@ class TimedEvalCallback(EvalCallback):
             "diagnostics": [dict(values) for values in self.diagnostics],
             "training_returns": list(self.training_returns),
             "warnings": [dict(entry) for entry in self.warning_record.warnings],
+            "paired": {str(step): dict(result) for step, result in self.paired_results.items()},
         }
 
     def result_curve(self) -> list[dict[str, Any]]:
         """
         :return: The evaluations so far as a result's curve: per evaluation its step, the mean, standard deviation and
-            list of the episodes' returns, their lengths (where an episode ended early: a fall, not a slow gait), and
-            what training logged last before it (``train``)
+            list of the episodes' returns, their lengths (where an episode ended early: a fall, not a slow gait), what
+            training logged last before it (``train``), and where the run evaluated it a second way, that evaluation
+            under the name of :class:`PairedEvaluation` (``mean_action``)
         """
-        return [
+        curve = [
             {
                 "step": int(step),
                 "mean": float(np.mean(returns)),
@@ -234,6 +244,10 @@ class TimedEvalCallback(EvalCallback):
                 self.evaluations_timesteps, self.evaluations_results, self.evaluations_length, self.diagnostics, strict=True
             )
         ]
+        for point in curve:
+            if point["step"] in self.paired_results:
+                point[self.paired_results[point["step"]]["name"]] = self.paired_results[point["step"]]
+        return curve
 
     def evaluate_final(self, steps: int) -> None:
         """
@@ -246,10 +260,10 @@ class TimedEvalCallback(EvalCallback):
         self.num_timesteps = self.model.num_timesteps
         self.on_step()
 
-    def restore_curve(self, curve: dict[str, list], eval_seconds: float, n_calls: int) -> None:
+    def restore_curve(self, curve: dict[str, Any], eval_seconds: float, n_calls: int) -> None:
         """
         :param curve: The evaluations so far and the warnings given (:attr:`curve_state`; a checkpoint written before
-            diagnostics, training returns or warnings were kept restores empty ones)
+            diagnostics, training returns, warnings or paired evaluations were kept restores empty ones)
         :param eval_seconds: The time they took
         :param n_calls: The steps of the vectorised environment so far, which schedule the next evaluation
         """
@@ -260,7 +274,52 @@ class TimedEvalCallback(EvalCallback):
         self.diagnostics = [dict(values) for values in curve.get("diagnostics", [{} for _ in curve["timesteps"]])]
         self.training_returns = list(curve.get("training_returns", []))
         self.warning_record.warnings = [dict(entry) for entry in curve.get("warnings", [])]
+        self.paired_results = {int(step): dict(result) for step, result in curve.get("paired", {}).items()}
         self.eval_seconds = eval_seconds
+
+
+class PairedEvaluation:
+    """
+    A second evaluation of the policy that the run's evaluation has just scored, on an environment of its own seeded
+    like the first (so that its episodes start from the same states), with MPO's deterministic action taken as the
+    clipped Gaussian's mean instead of its mode: the same policy, read another way, at every evaluation of the run.
+    Training never sees it.
+
+    :param env: Its evaluation environment (seeded by the caller like the run's)
+    :param name: Which second evaluation, one of :data:`PAIRED_EVALUATIONS`
+    """
+
+    def __init__(self, env: VecEnv, name: str = "mean_action") -> None:
+        if name not in PAIRED_EVALUATIONS:
+            raise ValueError(f"paired_evaluation={name!r} is invalid, expected one of {PAIRED_EVALUATIONS}")
+        self.env, self.name = env, name
+
+    @staticmethod
+    def applies_to(model: BaseAlgorithm) -> bool:
+        """:return: Whether the model has a second way to read its policy: MPO's Gaussian actor with clipped actions"""
+        actor = getattr(model, "actor", None)
+        return getattr(actor, "action_bounding", None) == "clip" and getattr(actor, "deterministic_action", None) == "mode"
+
+    def evaluate(self, model: BaseAlgorithm, episodes: int) -> dict[str, Any]:
+        """
+        :param model: The model just evaluated (its actor is switched to the mean action for this evaluation only)
+        :param episodes: Deterministic episodes, as many as the run's evaluation
+        :return: The evaluation's name, mean return, the episodes' returns and lengths
+        """
+        actor = model.actor  # type: ignore[attr-defined]
+        if model.get_vec_normalize_env() is not None:
+            sync_envs_normalization(model.get_env(), self.env)  # type: ignore[arg-type]
+        actor.deterministic_action = "mean"
+        try:
+            returns, lengths = evaluate_policy(model, self.env, episodes, deterministic=True, return_episode_rewards=True)
+        finally:
+            actor.deterministic_action = "mode"
+        return {
+            "name": self.name,
+            "mean": float(np.mean(returns)),
+            "returns": [float(value) for value in returns],  # type: ignore[union-attr]
+            "lengths": [int(value) for value in lengths],  # type: ignore[union-attr]
+        }
 
 
 def job_signature(job: Job) -> dict[str, Any]:

@@ -406,6 +406,37 @@ def falls_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def paired_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """
+    The runs that evaluated their policy a second way after each evaluation (a suite's ``paired_evaluation``: MPO's
+    clipped Gaussian's mean as the deterministic action, beside its mode), each way's final return and mean over the
+    evaluations both scored, and at how many of those the second way scored higher; nothing where no run did.
+    """
+    rows = []
+    for algo, runs in runs_by_algo.items():
+        for run in runs:
+            pairs = [(point["mean"], point["mean_action"]["mean"]) for point in run["curve"] if "mean_action" in point]
+            if not pairs:
+                continue
+            modes, means = np.array(pairs).T
+            final, over_run = f"{modes[-1]:.0f} / {means[-1]:.0f}", f"{modes.mean():.0f} / {means.mean():.0f}"
+            rows.append(
+                f"| {algo.upper()} | {run['seed']} | {final} | {over_run} | {int(np.sum(means > modes))} of {len(pairs)} |"
+            )
+    if not rows:
+        return []
+    return [
+        "The same policy evaluated a second way after each evaluation, on an environment seeded alike (its episodes start "
+        "from the same states): the deterministic action as the mode of MPO's Gaussian, clip(μ), and as the clipped "
+        'Gaussian\'s mean, E[clip(u)] (`deterministic_action="mean"`):',
+        "",
+        "| algorithm | seed | final return: mode / mean | mean over the evaluations: mode / mean "
+        "| evaluations where the mean scored higher |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def sample_efficiency_table(results: Results) -> list[str]:
     """MPO's return at its budget N beside each on-policy baseline's at N and at its own budget (10·N in the suites)."""
     lines = []
@@ -1053,7 +1084,13 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
             *curve_summary_table(runs_by_algo),
             "",
         ]
-        for table in (diagnostics_table(runs_by_algo), excursions_table(runs_by_algo), falls_table(runs_by_algo)):
+        tables = (
+            diagnostics_table(runs_by_algo),
+            excursions_table(runs_by_algo),
+            falls_table(runs_by_algo),
+            paired_table(runs_by_algo),
+        )
+        for table in tables:
             lines += [*table, ""] if table else []
         if env in suite.thresholds:
             lines += [*threshold_table(runs_by_algo, suite.thresholds[env]), ""]

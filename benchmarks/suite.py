@@ -10,6 +10,8 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
     normalisation: d4rl             # optional: the aggregate's fixed reference returns (benchmarks/references.py);
                                     # without it, the worst and best run on the page
     goal: {at_or_above: [sac]}      # optional: what the page judges from the stored runs (benchmarks/goal.py)
+    paired_evaluation: mean_action  # optional: after each evaluation of an MPO run with clipped actions, the same policy
+                                    # again with the clipped Gaussian's mean as its deterministic action
     budget_multiplier: {ppo: 10}    # on-policy baselines train for 10x the environment's budget
     envs:
       Pendulum-v1:
@@ -30,7 +32,8 @@ Benchmark suites: a YAML file that names a grid of (algorithm, environment, seed
 
 A suite of ``kind: exploration`` (default ``returns``) measures state coverage instead of returns: its ``algos`` are
 the learners of :mod:`benchmarks.exploration` (``random``, ``mpo``, ``sac``, ``mpo_smm1``, ``mpo_smm4``), trained
-without RL Zoo, and it takes neither ``variants``, ``zoo_entry``, ``hyperparams``, ``budget_multiplier`` nor ``goal``.
+without RL Zoo, and it takes neither ``variants``, ``zoo_entry``, ``hyperparams``, ``budget_multiplier``, ``goal`` nor
+``paired_evaluation``.
 
 Every algorithm trains with RL Zoo's entry for the environment (rl_zoo3's tuned files; sb3-mpo's own file for MPO),
 through rl_zoo3's experiment manager, so normalisation, ``n_envs``, wrappers and schedules are those of RL Zoo.
@@ -45,6 +48,9 @@ import yaml
 from benchmarks.goal import Goal, parse_goal
 from benchmarks.references import REFERENCES, ScoreReference
 
+#: The second evaluations a suite may ask for (``paired_evaluation:``, run by benchmarks.checkpoints.PairedEvaluation):
+#: MPO's clipped Gaussian's mean as the deterministic action, beside its mode
+PAIRED_EVALUATIONS = ("mean_action",)
 #: Algorithms a suite may name: MPO and the SB3 / sb3-contrib algorithms rl_zoo3 has tuned files for
 KNOWN_ALGOS = ("mpo", "sac", "td3", "tqc", "ddpg", "ppo", "trpo", "a2c", "dqn", "qrdqn", "crossq", "ars")
 #: What a suite measures: returns of RL Zoo-configured runs, or the state coverage of exploration learners
@@ -72,6 +78,8 @@ class Job:
     zoo_entry: str | None = None
     base_algo: str = ""  # the algorithm a variant runs ("" : ``algo`` itself)
     kind: str = "returns"  # the suite's kind (see SUITE_KINDS)
+    # a second evaluation of the same policy after each evaluation (benchmarks.checkpoints.PairedEvaluation; None: none)
+    paired_evaluation: str | None = field(default=None, compare=False)
 
     @property
     def zoo_algo(self) -> str:
@@ -173,10 +181,16 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if exploration:
         from benchmarks.exploration import LEARNERS
 
-        for key in ("variants", "budget_multiplier", "goal"):
+        for key in ("variants", "budget_multiplier", "goal", "paired_evaluation"):
             _require(key not in spec, f"{path}: {key}", "an exploration suite takes none")
     algos = tuple(LEARNERS) if exploration else KNOWN_ALGOS
     eval_episodes = int(spec.get("eval_episodes", 10))
+    paired = spec.get("paired_evaluation")
+    _require(
+        paired in (None, *PAIRED_EVALUATIONS),
+        f"{path}: paired_evaluation",
+        f"must be one of {PAIRED_EVALUATIONS}, got {paired!r}",
+    )
     _require(eval_episodes >= 1, f"{path}: eval_episodes", f"must be a positive integer, got {eval_episodes}")
     multiplier = {str(algo): int(factor) for algo, factor in (spec.get("budget_multiplier") or {}).items()}
     variants = spec.get("variants") or {}
@@ -224,6 +238,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
                         zoo_entry=settings.get("zoo_entry"),
                         base_algo=variant.get("algo", ""),
                         kind=kind,
+                        paired_evaluation=paired,
                     )
                 )
     page = Path(spec["page"]) if spec.get("page") is not None else None

@@ -76,6 +76,7 @@ def run_job(
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
     from benchmarks.checkpoints import (
+        PairedEvaluation,
         RunCheckpoint,
         TimedEvalCallback,
         WarningRecord,
@@ -109,6 +110,12 @@ def run_job(
             if stale is not None:
                 print(f"{job.name}: its checkpoint was saved {stale.how}, it starts over: {stale.changes}", file=sys.stderr)
         eval_env.seed(10_000 + job.seed)
+        paired = None
+        if job.paired_evaluation is not None and PairedEvaluation.applies_to(model):
+            with contextlib.redirect_stdout(io.StringIO()):
+                paired_env = manager.create_envs(n_envs=1, eval_env=True)
+            paired_env.seed(10_000 + job.seed)  # its episodes start where the run's evaluation episodes start
+            paired = PairedEvaluation(paired_env, job.paired_evaluation)
         n_envs = model.get_env().num_envs  # type: ignore[union-attr]
         evaluation = TimedEvalCallback(
             eval_env,
@@ -117,6 +124,7 @@ def run_job(
             log_path=log_folder,
             deterministic=True,
             verbose=0,
+            paired=paired,
         )
         callbacks = [*manager.callbacks, evaluation, ReleaseFreeMemory()]
         continued = state.get("continued_from") if state else None
@@ -144,6 +152,8 @@ def run_job(
             checkpoint.save()  # not in this run's timings: the final state is for a longer run, whose timings add it
         model.get_env().close()  # type: ignore[union-attr]
         eval_env.close()
+        if paired is not None:
+            paired.env.close()
 
     train_seconds = total_seconds - evaluation.eval_seconds - save_seconds
     curve = evaluation.result_curve()

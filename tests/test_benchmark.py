@@ -39,6 +39,7 @@ from benchmarks.report import (
     library_versions_line,
     mean_over_run,
     normalised_scores,
+    paired_table,
     processor,
     shared_grid,
     shared_task_comparisons,
@@ -348,6 +349,21 @@ def test_excursions_are_listed_per_run_that_counted_them() -> None:
     peaked = {**counted, "train/kl_std_max_peak_ratio": 1234.5, "train/kl_mean_max_peak_ratio": 12.0}
     assert excursions_table({"mpo": [run(4, peaked)]})[-1] == "| MPO | 4 | 3 (12x) | 11 (1.23e+03x) |"
     assert excursions_table({"mpo": [run(1, {"train/kl_q": 0.1})], "sac": runs_by_algo["sac"]}) == []
+
+
+def test_paired_table_compares_the_two_readings_of_each_evaluated_policy() -> None:
+    def point(step: int, mode: float, mean: float | None) -> dict:
+        return {"step": step, "mean": mode, **({} if mean is None else {"mean_action": {"mean": mean}})}
+
+    paired = {"seed": 1, "curve": [point(10, 100.0, None), point(20, 300.0, 350.0), point(30, 205.0, 3000.0)]}
+    runs = {
+        "mpo": [{"seed": 0, "curve": [point(10, 1.0, None)]}, paired],
+        "sac": [{"seed": 0, "curve": [point(10, 5.0, None)]}],
+    }
+    lines = paired_table(runs)
+    assert lines[-1] == "| MPO | 1 | 205 / 3000 | 252 / 1675 | 2 of 2 |"  # over the evaluations both scored
+    assert len([line for line in lines if line.startswith("| MPO")]) == 1
+    assert paired_table({"sac": runs["sac"]}) == []
 
 
 def test_falls_table_reads_each_intervals_excursions_from_the_running_totals() -> None:
@@ -1054,6 +1070,7 @@ def test_results_of_the_other_kind_are_refused(local_store, tmp_path):
         ({"kind": "coverage"}, r"kind: must be one of \('returns', 'exploration'\)"),
         ({"variants": {"x": {"algo": "mpo"}}}, "variants: an exploration suite takes none"),
         ({"goal": {"at_or_above": ["sac"]}}, "goal: an exploration suite takes none"),
+        ({"paired_evaluation": "mean_action"}, "paired_evaluation: an exploration suite takes none"),
         ({"envs": {"Pendulum-v1": {"steps": 10, "seeds": [0], "algos": ["td3"]}}}, r"unknown algorithms \['td3'\]"),
         ({"envs": {"Pendulum-v1": {"steps": 10, "seeds": [0], "algos": ["mpo"], "zoo_entry": "X"}}}, "zoo_entry: an exp"),
     ],

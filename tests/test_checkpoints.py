@@ -18,9 +18,11 @@ from gymnasium import spaces
 from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
 
 from benchmarks import checkpoints as checkpoints_module
 from benchmarks.checkpoints import (
+    PairedEvaluation,
     RunCheckpoint,
     TimedEvalCallback,
     adopt_result,
@@ -36,6 +38,7 @@ from benchmarks.results import REQUIRED_KEYS, SCHEMA, TRAINING_RETURN, load_resu
 from benchmarks.stamp import git_commit
 from benchmarks.suite import Job, load_suite
 from benchmarks.training import run_job, run_job_safely
+from sb3_mpo import MPO
 from sb3_mpo.common.buffers import end_newest_episodes
 
 SPEC = {
@@ -435,6 +438,54 @@ def test_each_evaluation_keeps_the_return_of_the_training_episodes_since_the_pre
     evaluation.evaluate_final(1000)
     assert evaluation.diagnostics[-1][TRAINING_RETURN] == pytest.approx(np.mean(episodes[3:]))
     assert evaluation.training_returns == []
+
+
+def test_a_paired_evaluation_scores_the_clipped_gaussians_mean_on_episodes_that_start_alike():
+    """Against evaluate_policy on a model built with deterministic_action="mean" and the same weights."""
+    settings = dict(learning_starts=50, batch_size=16, n_action_samples=4, seed=0)
+    model = MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[8]), **settings)
+    with th.no_grad():
+        model.actor.mu.bias.fill_(1.3)  # the mean beyond the box: the mode and the clipped Gaussian's mean differ
+    assert PairedEvaluation.applies_to(model)
+    result = PairedEvaluation(make_vec_env("Pendulum-v1", seed=7)).evaluate(model, 2)
+    assert model.actor.deterministic_action == "mode", "the model's own deterministic action is restored"
+    reference = MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[8], deterministic_action="mean"), **settings)
+    reference.actor.load_state_dict(model.actor.state_dict())
+    env = make_vec_env("Pendulum-v1", seed=7)
+    returns, lengths = evaluate_policy(reference, env, 2, deterministic=True, return_episode_rewards=True)
+    assert result["name"] == "mean_action" and result["lengths"] == lengths
+    np.testing.assert_allclose(result["returns"], returns, rtol=1e-6)
+    assert result["mean"] == pytest.approx(np.mean(returns))
+    mode, _ = evaluate_policy(model, make_vec_env("Pendulum-v1", seed=7), 2, deterministic=True)
+    assert mode != pytest.approx(result["mean"], rel=1e-3)
+    assert not PairedEvaluation.applies_to(SAC("MlpPolicy", "Pendulum-v1"))
+    squashed = MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[8], action_bounding="tanh"), **settings)
+    assert not PairedEvaluation.applies_to(squashed)
+    with pytest.raises(ValueError, match=r"paired_evaluation='median' is invalid, expected one of \('mean_action',\)"):
+        PairedEvaluation(env, "median")
+
+
+def test_a_suites_paired_evaluation_follows_every_evaluation_and_survives_a_resume(tmp_path, monkeypatch):
+    spec = {**SPEC, "paired_evaluation": "mean_action"}
+    (job,) = load_suite(write_spec(tmp_path, spec)).jobs
+    checkpoints = tmp_path / "checkpoints"
+    interrupt_at_step(monkeypatch, 150)
+    assert run_job_safely(job, checkpoints, checkpoint_minutes=0)[1] is None
+    monkeypatch.undo()
+    resumed, uninterrupted = run_job(job, checkpoints, checkpoint_minutes=0), run_job(job)
+    for result in (resumed, uninterrupted):
+        assert [len(point["mean_action"]["returns"]) for point in result["curve"]] == [2, 2, 2]
+    assert resumed["curve"][0]["mean_action"] == uninterrupted["curve"][0]["mean_action"], "kept through the checkpoint"
+    (plain,) = load_suite(write_spec(tmp_path, SPEC)).jobs
+    assert all("mean_action" not in point for point in run_job(plain)["curve"])
+    with pytest.raises(ValueError, match=r"paired_evaluation: must be one of \('mean_action',\), got 'median'"):
+        load_suite(write_spec(tmp_path, {**SPEC, "paired_evaluation": "median"}))
+
+
+def write_spec(folder: Path, spec: dict) -> Path:
+    path = folder / f"{spec['name']}.yml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
 def test_the_warnings_given_while_training_are_kept_once_each_and_still_shown(tmp_path):
