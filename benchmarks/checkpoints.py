@@ -167,16 +167,18 @@ class TimedEvalCallback(EvalCallback):
     the mean return of the training episodes that ended since the previous evaluation (:data:`TRAINING_RETURN`: the
     behaviour policy, its exploration included, where the evaluation runs the deterministic one). Its
     :attr:`warning_record` keeps the warnings that training gives (MPO's health checks, a library's), at the model's env
-    step, so that a result says what its run reported and not only the log.
+    step, so that a result says what its run reported and not only the log. With ``paired`` it evaluates the same
+    policy a second way after each evaluation (:class:`PairedEvaluation`), kept by evaluation in :attr:`paired_results`.
+
+    :param paired: The second evaluation (None: only the one)
     """
 
     eval_seconds = 0.0
 
     def __init__(self, *args: Any, paired: "PairedEvaluation | None" = None, **kwargs: Any) -> None:
-        """:param paired: Evaluate the same policy a second way after each evaluation (None: only the one way)"""
         super().__init__(*args, **kwargs)
         self.paired = paired
-        self.paired_results: dict[int, dict[str, Any]] = {}  # evaluation step -> the paired evaluation's returns
+        self.paired_results: dict[int, dict[str, Any]] = {}  # evaluation's index -> the paired evaluation's returns
         self.diagnostics: list[dict[str, float]] = []  # one per evaluation, as SB3's evaluations_* lists
         self.training_returns: list[float] = []  # of the training episodes that ended since the last evaluation
         self._counted_step = -1  # the training step whose ended episodes are counted (the final evaluation repeats one)
@@ -205,15 +207,13 @@ class TimedEvalCallback(EvalCallback):
             self.diagnostics.append(diagnostics)
             self.training_returns = []
             if self.paired is not None:
-                self.paired_results[int(self.evaluations_timesteps[-1])] = self.paired.evaluate(
-                    self.model, self.n_eval_episodes
-                )
+                self.paired_results[evaluations] = self.paired.evaluate(self.model, self.n_eval_episodes)
         self.eval_seconds += time.perf_counter() - start
         return keep_going
 
     @property
     def curve_state(self) -> dict[str, Any]:
-        """The evaluations so far, as JSON-ready lists (and the paired evaluations by step)."""
+        """The evaluations so far, as JSON-ready lists (and the paired evaluations by the evaluation's index)."""
         return {
             "timesteps": [int(step) for step in self.evaluations_timesteps],
             "results": [list(map(float, returns)) for returns in self.evaluations_results],
@@ -221,7 +221,7 @@ class TimedEvalCallback(EvalCallback):
             "diagnostics": [dict(values) for values in self.diagnostics],
             "training_returns": list(self.training_returns),
             "warnings": [dict(entry) for entry in self.warning_record.warnings],
-            "paired": {str(step): dict(result) for step, result in self.paired_results.items()},
+            "paired": {str(index): dict(result) for index, result in self.paired_results.items()},
         }
 
     def result_curve(self) -> list[dict[str, Any]]:
@@ -244,9 +244,8 @@ class TimedEvalCallback(EvalCallback):
                 self.evaluations_timesteps, self.evaluations_results, self.evaluations_length, self.diagnostics, strict=True
             )
         ]
-        for point in curve:
-            if point["step"] in self.paired_results:
-                point[self.paired_results[point["step"]]["name"]] = self.paired_results[point["step"]]
+        for index, result in self.paired_results.items():
+            curve[index][result["name"]] = result
         return curve
 
     def evaluate_final(self, steps: int) -> None:
@@ -274,7 +273,7 @@ class TimedEvalCallback(EvalCallback):
         self.diagnostics = [dict(values) for values in curve.get("diagnostics", [{} for _ in curve["timesteps"]])]
         self.training_returns = list(curve.get("training_returns", []))
         self.warning_record.warnings = [dict(entry) for entry in curve.get("warnings", [])]
-        self.paired_results = {int(step): dict(result) for step, result in curve.get("paired", {}).items()}
+        self.paired_results = {int(index): dict(result) for index, result in curve.get("paired", {}).items()}
         self.eval_seconds = eval_seconds
 
 
@@ -306,14 +305,16 @@ class PairedEvaluation:
         :param episodes: Deterministic episodes, as many as the run's evaluation
         :return: The evaluation's name, mean return, the episodes' returns and lengths
         """
+        if not self.applies_to(model):
+            raise ValueError(f"{self.name}: {type(model).__name__} has no clipped Gaussian actor reading its mode")
         actor = model.actor  # type: ignore[attr-defined]
         if model.get_vec_normalize_env() is not None:
             sync_envs_normalization(model.get_env(), self.env)  # type: ignore[arg-type]
-        actor.deterministic_action = "mean"
+        previous, actor.deterministic_action = actor.deterministic_action, "mean"
         try:
             returns, lengths = evaluate_policy(model, self.env, episodes, deterministic=True, return_episode_rewards=True)
         finally:
-            actor.deterministic_action = "mode"
+            actor.deterministic_action = previous
         return {
             "name": self.name,
             "mean": float(np.mean(returns)),

@@ -419,7 +419,9 @@ def paired_table(runs_by_algo: dict[str, list[dict[str, Any]]]) -> list[str]:
             if not pairs:
                 continue
             modes, means = np.array(pairs).T
-            final, over_run = f"{modes[-1]:.0f} / {means[-1]:.0f}", f"{modes.mean():.0f} / {means.mean():.0f}"
+            last = run["curve"][-1]
+            final = f"{last['mean']:.0f} / " + (f"{last['mean_action']['mean']:.0f}" if "mean_action" in last else "—")
+            over_run = f"{modes.mean():.0f} / {means.mean():.0f}"
             rows.append(
                 f"| {algo.upper()} | {run['seed']} | {final} | {over_run} | {int(np.sum(means > modes))} of {len(pairs)} |"
             )

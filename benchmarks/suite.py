@@ -241,6 +241,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
                         paired_evaluation=paired,
                     )
                 )
+    _require(paired is None or any(job.zoo_algo == "mpo" for job in jobs), f"{path}: paired_evaluation",
+             "pairs MPO's evaluations, and the suite runs no MPO configuration")  # fmt: skip
     page = Path(spec["page"]) if spec.get("page") is not None else None
     _require(page is None or (page.suffix == ".md" and not page.is_absolute()), f"{path}: page",
              f"must be a relative .md path, got {page}")  # fmt: skip

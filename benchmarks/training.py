@@ -112,10 +112,12 @@ def run_job(
         eval_env.seed(10_000 + job.seed)
         paired = None
         if job.paired_evaluation is not None and PairedEvaluation.applies_to(model):
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), set_up.recording():
                 paired_env = manager.create_envs(n_envs=1, eval_env=True)
             paired_env.seed(10_000 + job.seed)  # its episodes start where the run's evaluation episodes start
             paired = PairedEvaluation(paired_env, job.paired_evaluation)
+        elif job.paired_evaluation is not None and job.zoo_algo == "mpo":
+            print(f"{job.name}: no {job.paired_evaluation} evaluation, its actor does not clip a Gaussian", file=sys.stderr)
         n_envs = model.get_env().num_envs  # type: ignore[union-attr]
         evaluation = TimedEvalCallback(
             eval_env,

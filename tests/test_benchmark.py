@@ -364,6 +364,8 @@ def test_paired_table_compares_the_two_readings_of_each_evaluated_policy() -> No
     assert lines[-1] == "| MPO | 1 | 205 / 3000 | 252 / 1675 | 2 of 2 |"  # over the evaluations both scored
     assert len([line for line in lines if line.startswith("| MPO")]) == 1
     assert paired_table({"sac": runs["sac"]}) == []
+    paired["curve"].append(point(40, 900.0, None))  # a last evaluation without its pair: its final reads "—"
+    assert paired_table(runs)[-1] == "| MPO | 1 | 900 / — | 252 / 1675 | 2 of 2 |"
 
 
 def test_falls_table_reads_each_intervals_excursions_from_the_running_totals() -> None:

@@ -466,20 +466,29 @@ def test_a_paired_evaluation_scores_the_clipped_gaussians_mean_on_episodes_that_
 
 
 def test_a_suites_paired_evaluation_follows_every_evaluation_and_survives_a_resume(tmp_path, monkeypatch):
-    spec = {**SPEC, "paired_evaluation": "mean_action"}
-    (job,) = load_suite(write_spec(tmp_path, spec)).jobs
+    """Paired at 100, 200 and the final 250 (between two scheduled evaluations), through a checkpoint; training alike."""
+    envs = {"Pendulum-v1": {**SPEC["envs"]["Pendulum-v1"], "steps": 250}}
+    (job,) = load_suite(write_spec(tmp_path, {**SPEC, "envs": envs, "paired_evaluation": "mean_action"})).jobs
     checkpoints = tmp_path / "checkpoints"
     interrupt_at_step(monkeypatch, 150)
     assert run_job_safely(job, checkpoints, checkpoint_minutes=0)[1] is None
     monkeypatch.undo()
     resumed, uninterrupted = run_job(job, checkpoints, checkpoint_minutes=0), run_job(job)
     for result in (resumed, uninterrupted):
+        assert [point["step"] for point in result["curve"]] == [100, 200, 250]
         assert [len(point["mean_action"]["returns"]) for point in result["curve"]] == [2, 2, 2]
     assert resumed["curve"][0]["mean_action"] == uninterrupted["curve"][0]["mean_action"], "kept through the checkpoint"
-    (plain,) = load_suite(write_spec(tmp_path, SPEC)).jobs
-    assert all("mean_action" not in point for point in run_job(plain)["curve"])
+    (plain,) = load_suite(write_spec(tmp_path, {**SPEC, "envs": envs})).jobs
+    unpaired = run_job(plain)
+    assert all("mean_action" not in point for point in unpaired["curve"])
+    # the second evaluation changes nothing of the training or of the run's own evaluations
+    assert [point["returns"] for point in unpaired["curve"]] == [point["returns"] for point in uninterrupted["curve"]]
+    assert unpaired["curve"][-1]["train"] == uninterrupted["curve"][-1]["train"]
     with pytest.raises(ValueError, match=r"paired_evaluation: must be one of \('mean_action',\), got 'median'"):
         load_suite(write_spec(tmp_path, {**SPEC, "paired_evaluation": "median"}))
+    sac_only = {"Pendulum-v1": {**SPEC["envs"]["Pendulum-v1"], "algos": ["sac"], "hyperparams": {}}}
+    with pytest.raises(ValueError, match=r"paired_evaluation: pairs MPO's evaluations, and the suite runs no MPO"):
+        load_suite(write_spec(tmp_path, {**SPEC, "envs": sac_only, "paired_evaluation": "mean_action"}))
 
 
 def write_spec(folder: Path, spec: dict) -> Path:

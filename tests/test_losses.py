@@ -493,6 +493,16 @@ def test_clipped_gaussian_mean_is_the_censored_normals_mean_by_quadrature(mean, 
     assert value.item() == pytest.approx(expected, abs=1e-9)
 
 
+def test_clipped_gaussian_mean_in_float32_is_exact_at_the_faces_and_finite_far_out():
+    mean = th.tensor([40.0, -40.0, -44.0, 0.3, 1e6])
+    std = th.tensor([1e-4, 1e-4, 100.0, 1e-4, 1.0])
+    value = losses.clipped_gaussian_mean(mean, std)
+    wide = losses.clipped_gaussian_mean(mean.double(), std.double())
+    assert th.isfinite(value).all() and value[0] == 1.0 and value[1] == -1.0 and value[4] == 1.0
+    th.testing.assert_close(value.double(), wide, atol=1e-5, rtol=0)
+    assert value[3].item() == pytest.approx(0.3, abs=1e-6)  # a narrow policy inside the box: its mean
+
+
 def test_clipped_gaussian_mean_broadcasts_and_stays_in_any_box():
     mean, std = th.tensor([[3.0, -0.2], [0.0, -4.0]]), th.tensor([0.5, 1.0])
     value = losses.clipped_gaussian_mean(mean, std, low=-0.5, high=2.0)

@@ -333,17 +333,16 @@ def clipped_gaussian_mean(mean: th.Tensor, std: th.Tensor, low: float = -1.0, hi
     It is the average of the actions the behaviour policy executes; clip(μ), the policy's mode, leaves the box's
     faces only where μ is inside the box.
 
-    :param mean: μ, any shape
+    :param mean: μ
     :param std: σ > 0, broadcasting against ``mean``
     :param low: The box's lower bound
     :param high: The box's upper bound
-    :return: E[clip(u, low, high)], the shape of ``mean``, inside [low, high]
+    :return: E[clip(u, low, high)], of the broadcast shape, inside [low, high]
     """
-    normal = th.distributions.Normal(th.zeros_like(mean), th.ones_like(mean))
     alpha, beta = (low - mean) / std, (high - mean) / std
-    below, inside = normal.cdf(alpha), normal.cdf(beta) - normal.cdf(alpha)
-    density = normal.log_prob(alpha).exp() - normal.log_prob(beta).exp()
-    return (low * below + high * (1.0 - below - inside) + mean * inside + std * density).clamp(low, high)
+    below, above = th.special.ndtr(alpha), th.special.ndtr(-beta)  # each tail from its own side: exact far out
+    density = (th.exp(-0.5 * alpha**2) - th.exp(-0.5 * beta**2)) / math.sqrt(2 * math.pi)
+    return (low * below + high * above + mean * (1.0 - below - above) + std * density).clamp(low, high)
 
 
 def gaussian_log_prob(actions: th.Tensor, mean: th.Tensor, std: th.Tensor) -> th.Tensor:

@@ -163,10 +163,15 @@ class GaussianActor(MPOActor):
             raise ValueError(
                 f"GaussianActor: action_bounding={action_bounding!r} is invalid, expected one of {ACTION_BOUNDINGS}"
             )
-        if deterministic_action not in DETERMINISTIC_ACTIONS or (deterministic_action == "mean" and action_bounding != "clip"):
+        if deterministic_action not in DETERMINISTIC_ACTIONS:
             raise ValueError(
-                f"GaussianActor: deterministic_action={deterministic_action!r} is invalid with "
-                f"action_bounding={action_bounding!r}, expected one of {DETERMINISTIC_ACTIONS} ('mean' needs 'clip')"
+                f"GaussianActor: deterministic_action={deterministic_action!r} is invalid, "
+                f"expected one of {DETERMINISTIC_ACTIONS}"
+            )
+        if deterministic_action == "mean" and action_bounding != "clip":
+            raise ValueError(
+                f"GaussianActor: deterministic_action='mean' is invalid with action_bounding={action_bounding!r}: the mean "
+                "of the clipped Gaussian needs action_bounding='clip' (with 'tanh', use deterministic_action='mode')"
             )
         if not 0 < min_std < init_std:
             raise ValueError(
@@ -596,6 +601,11 @@ class MPOPolicy(BasePolicy):
         self.check_n_critics(n_critics, action_space, critic_support is not None or critic_mixture is not None)
         if batch_renorm:
             self.check_batch_renorm(action_space, residual)
+        if deterministic_action != "mode" and isinstance(action_space, spaces.Discrete):
+            raise ValueError(
+                f"MPOPolicy: deterministic_action={deterministic_action!r} is invalid with a Discrete action space, expected "
+                "'mode' (the most probable action; the mean action is that of a Box space's clipped Gaussian)"
+            )
         if residual and layer_norm:
             raise ValueError(
                 "MPOPolicy: residual=True is invalid with layer_norm=True, expected one of the two torsos (SimBa's "
