@@ -126,11 +126,15 @@ def collect(suite: Suite, results_dir: Path) -> tuple[Results, list[str], list[s
     return results, problems, missing
 
 
-def iqm_interval(finals: dict[str, np.ndarray]) -> dict[str, tuple[float, float, float]]:
-    """IQM of each algorithm's final returns with its 95% stratified-bootstrap confidence interval (rliable)."""
-    scores = {algo: values.reshape(-1, 1) for algo, values in finals.items()}
+def iqm_estimates(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float, float]]:
+    """The IQM of each (runs x tasks) score matrix with its 95% stratified-bootstrap confidence interval (rliable)."""
     point, interval = interval_estimates(scores, _iqm)
     return {algo: (float(point[algo][0]), float(interval[algo][0, 0]), float(interval[algo][1, 0])) for algo in scores}
+
+
+def iqm_interval(finals: dict[str, np.ndarray]) -> dict[str, tuple[float, float, float]]:
+    """IQM of each algorithm's final returns with its 95% stratified-bootstrap confidence interval (rliable)."""
+    return iqm_estimates({algo: values.reshape(-1, 1) for algo, values in finals.items()})
 
 
 def _value_at(run: dict[str, Any], step: int) -> float | None:
@@ -731,7 +735,7 @@ def aggregate_section(
     shared = shared_task_lines(results, list(scores), trains, reference)
     if len(scores) < 2:
         return ["Aggregates need two algorithms that ran on every environment of the suite.", *shared]
-    point, interval = interval_estimates(scores, _iqm)
+    iqms = iqm_estimates(scores)
     lines = [
         f"Over {len(envs)} environment(s) ({', '.join(envs)}), {normalisation_phrase(envs, normalisation)}:",
         "",
@@ -739,10 +743,9 @@ def aggregate_section(
         "|---|---|---|",
     ]
     for algo in scores:
-        low, high = interval[algo][:, 0]
         runs, most = scores[algo].shape[0], max(len(results[env][algo]) for env in envs)
         counted = f"{runs}" if most == runs else f"{runs} (its lowest seeds: up to {most} ran on an environment)"
-        lines.append(f"| {algo.upper()} | {counted} | {_point_and_interval(point[algo][0], low, high, runs, digits=2)} |")
+        lines.append(f"| {algo.upper()} | {counted} | {_point_and_interval(*iqms[algo], runs, digits=2)} |")
     compared = improvement_pairs(list(scores), trains, reference)
     if compared:
         lines += ["", "| P(MPO > baseline) | estimate [95% CI] |", "|---|---|"]
@@ -801,17 +804,16 @@ def goal_section(
     :return: The section's markdown lines
     """
     scores = normalised_scores(results, normalisation)[0] if all(env in results for env in envs) else {}
-    point, interval = interval_estimates({algo: scores[algo] for algo in goal.algorithms() if algo in scores}, _iqm)
+    iqms = iqm_estimates({algo: scores[algo] for algo in goal.algorithms() if algo in scores})
     shown: dict[str, str] = {}
-    for algo, estimate in point.items():
-        low, high = interval[algo][:, 0]
+    for algo, estimate in iqms.items():
         runs = scores[algo].shape[0]
-        shown[algo] = f"{_point_and_interval(estimate[0], low, high, runs, digits=2)} ({runs} run{'s' * (runs > 1)} per env)"
+        shown[algo] = f"{_point_and_interval(*estimate, runs, digits=2)} ({runs} run{'s' * (runs > 1)} per env)"
     means = {
         env: {algo: float(np.mean([run["final_return"] for run in runs])) for algo, runs in by_algo.items()}
         for env, by_algo in results.items()
     }
-    criteria = judge_goal(goal, {algo: float(estimate[0]) for algo, estimate in point.items()}, means, envs)
+    criteria = judge_goal(goal, {algo: estimate[0] for algo, estimate in iqms.items()}, means, envs)
 
     def cell(criterion: Criterion, judged_side: bool) -> str:
         """A side's number: an IQM with its interval, or a mean (with the floor under the other's)."""
