@@ -1,0 +1,277 @@
+"""
+Kept final policies read each way: the final state of a run kept with ``run --keep-final`` evaluated again, without
+training, with each way MPO's clipped Gaussian policy can act: its mode clip(mu) (``predict(deterministic=True)``,
+what every benchmark evaluates), its mean E[clip(u)] (``deterministic_action="mean"``) and sampled actions.
+
+    python -m benchmarks.final_policies run mujoco_screen --checkpoints /path/to/benchmarks/results/.checkpoints
+    python -m benchmarks.final_policies page                                              # regenerate the page
+
+Each reading runs the suite's number of evaluation episodes on the run's own evaluation environment (RL Zoo's, built as
+the runner builds it, ``VecNormalize`` statistics from the final state), seeded with the run's evaluation seed before
+each reading, so that the three readings' episodes start from the same states. The record also gives the run's own
+final evaluation (from its result file, where found), and, over the states the mode's episodes visited, the share of
+the policy mean's components beyond the box and the policy's mean standard deviation: how far mode and mean can part.
+Results: benchmarks/results/final_policies/<suite>/<env>/<run>.json; page: docs/results/final_policies.md.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.report import mean_and_spread
+from benchmarks.results import ResultError, load_result, write_result
+from benchmarks.suite import RESULTS_DIR, Job, load_suite
+
+RESULTS = RESULTS_DIR / "final_policies"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "final_policies.md"
+#: The maintainers' reading of the stored records, placed on the page
+READING = Path(__file__).with_name("final_policies.reading.md")
+#: The ways a clipped Gaussian policy is read, in the order they are evaluated
+READINGS = ("mode", "mean", "sampled")
+
+
+def record_path(job: Job, store: Path) -> Path:
+    """
+    :param job: A run whose final state is kept
+    :param store: The folder of this probe's records (:data:`RESULTS` in the checkout)
+    :return: Where the readings of ``job``'s kept final state are stored
+    """
+    return store / job.suite / job.env_folder / f"{job.name}.json"
+
+
+def kept_finals(jobs: list[Job], checkpoints: Path) -> list[Job]:
+    """
+    :param jobs: A suite's jobs
+    :param checkpoints: The folder of checkpoints and kept final states
+    :return: The MPO jobs whose final state is kept there, saved by the very same job (a final state saved under another
+        job's signature, from before the suite was edited, is left out)
+    """
+    from benchmarks.checkpoints import read_state
+
+    return [job for job in jobs if job.zoo_algo == "mpo" and read_state(job.final_path(checkpoints), job) is not None]
+
+
+def policy_spread(model: Any, observations: np.ndarray) -> dict[str, float]:
+    """
+    :param model: An MPO model with a Gaussian actor
+    :param observations: Observations as the policy sees them (after ``VecNormalize``), shape (n, ...)
+    :return: ``mean_outside_box``: the share of the Gaussian mean's components beyond the normalised box [-1, 1], where
+        mode and mean part; ``policy_std``: the standard deviation's average over states and action dimensions
+    """
+    import torch as th
+
+    with th.no_grad():
+        mean, std = model.actor.distribution_params(model.policy.obs_to_tensor(observations)[0])
+    return {"mean_outside_box": float((mean.abs() > 1.0).float().mean()), "policy_std": float(std.mean())}
+
+
+def evaluate_reading(model: Any, env: Any, reading: str, episodes: int, seed: int) -> tuple[dict[str, Any], np.ndarray]:
+    """
+    :param model: An MPO model with a clipped Gaussian actor
+    :param env: Its evaluation environment (one env)
+    :param reading: One of :data:`READINGS`
+    :param episodes: Episodes to run
+    :param seed: Seed of the environment's resets and of the sampled actions
+    :return: The reading (its mean return, the episodes' returns and lengths) and the observations its episodes visited
+    """
+    import torch as th
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    if reading not in READINGS:
+        raise ValueError(f"reading={reading!r} is invalid, expected one of {READINGS}")
+    actor = model.actor
+    visited: list[np.ndarray] = []
+    env.seed(seed)
+    th.manual_seed(seed)
+    previous = actor.deterministic_action
+    actor.deterministic_action = "mean" if reading == "mean" else "mode"
+    try:
+        returns, lengths = evaluate_policy(
+            model,
+            env,
+            n_eval_episodes=episodes,
+            deterministic=reading != "sampled",
+            return_episode_rewards=True,
+            callback=lambda local, _: visited.append(np.array(local["observations"][local["i"]])),
+        )
+    finally:
+        actor.deterministic_action = previous
+    result = {
+        "mean": float(np.mean(returns)),
+        "returns": [float(value) for value in returns],  # type: ignore[union-attr]
+        "lengths": [int(value) for value in lengths],  # type: ignore[union-attr]
+    }
+    return result, np.stack(visited)
+
+
+def read_final(job: Job, checkpoints: Path, episodes: int | None = None, results_dir: Path = RESULTS_DIR) -> dict[str, Any]:
+    """
+    Evaluate ``job``'s kept final state each way (:data:`READINGS`).
+
+    :param job: A job whose final state is kept (:func:`kept_finals`)
+    :param checkpoints: The folder of checkpoints and kept final states
+    :param episodes: Episodes per reading (None: the suite's evaluation episodes)
+    :param results_dir: The result store where the run's own result file is looked for
+    :return: The record to store
+    """
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from benchmarks.checkpoints import MODEL_FILE, VEC_NORMALIZE_FILE, PairedEvaluation, read_state
+    from benchmarks.stamp import stamp
+    from benchmarks.zoo import zoo_experiment
+
+    folder = job.final_path(checkpoints)
+    state = read_state(folder, job)
+    if state is None:
+        raise ValueError(f"{job.name}: no final state of this job in {folder}")
+    episodes = job.eval_episodes if episodes is None else episodes
+    eval_seed = 10_000 + job.seed  # the runner's evaluation seed (benchmarks/training.py)
+    code = stamp()
+    with tempfile.TemporaryDirectory() as log_folder:
+        manager, _ = zoo_experiment(job, log_folder)
+        with contextlib.redirect_stdout(io.StringIO()):
+            built, _ = manager.setup_experiment()  # type: ignore[misc]
+            env = manager.create_envs(n_envs=1, eval_env=True)
+        built.get_env().close()  # type: ignore[union-attr]
+        model = type(built).load(folder / MODEL_FILE, env=env, device="cpu")
+        if not PairedEvaluation.applies_to(model):
+            raise ValueError(f"{job.name}: {type(model).__name__} has no clipped Gaussian actor reading its mode")
+        if isinstance(env, VecNormalize):
+            saved = VecNormalize.load(str(folder / VEC_NORMALIZE_FILE), env.venv)
+            env.obs_rms, env.ret_rms = saved.obs_rms, saved.ret_rms
+        readings, visited = {}, {}
+        for reading in READINGS:
+            readings[reading], visited[reading] = evaluate_reading(model, env, reading, episodes, eval_seed)
+        env.close()
+    try:
+        run_final: float | None = float(load_result(job.result_path(results_dir), job)["final_return"])
+    except ResultError:
+        run_final = None
+    return {
+        "suite": job.suite,
+        "algo": job.algo,
+        "env": job.env,
+        "seed": job.seed,
+        "steps": job.steps,
+        "num_timesteps": int(state["num_timesteps"]),
+        "trained_at": state.get("commit"),
+        "episodes": episodes,
+        "eval_seed": eval_seed,
+        "run_final_return": run_final,
+        "readings": readings,
+        **policy_spread(model, visited["mode"]),
+        **code,
+    }
+
+
+def summary_line(records: list[dict[str, Any]]) -> str:
+    """
+    :param records: The stored records of one suite and environment
+    :return: A sentence: how the mean reading compares with the mode over the runs (mean difference, and how many runs
+        it is at or above)
+    """
+    differences = np.array([record["readings"]["mean"]["mean"] - record["readings"]["mode"]["mean"] for record in records])
+    return (
+        f"Mean minus mode over {len(records)} run{'s' * (len(records) != 1)}: {mean_and_spread(differences)}; "
+        f"the mean at or above the mode in {int(np.sum(differences >= 0))} of {len(records)}."
+    )
+
+
+def write_page(store: Path, page: Path, reading: Path) -> str:
+    """
+    Regenerate the page from every stored record.
+
+    :param store: The folder of this probe's records
+    :param page: The page to write
+    :param reading: The maintainers' reading placed on the page (if the file exists)
+    :return: The page's text
+    """
+    records = [json.loads(path.read_text()) for path in sorted(store.glob("*/*/*.json"))]
+    lines = [
+        "# Kept final policies, read each way",
+        "",
+        "Generated by `python -m benchmarks.final_policies page` from `benchmarks/results/final_policies/`. Each run's",
+        "final state, kept by `run --keep-final`, evaluated again without training on the run's evaluation environment,",
+        "seeded as its evaluations are: with the clipped Gaussian's mode clip(μ) (what every page evaluates), its mean",
+        'E[clip(u)] (`policy_kwargs` `deterministic_action="mean"`), and sampled actions; the same episodes\' starts for',
+        "the three. 'run's final' is the run's own last evaluation (its environment had run earlier evaluations, so its",
+        "episodes start elsewhere). 'beyond the box' is the share of the policy mean's components outside [-1, 1] over the",
+        "states of the mode's episodes (where mode and mean part), σ the policy's mean standard deviation there.",
+        "",
+    ]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["suite"], record["env"]), []).append(record)
+    for (suite, env_id), group in sorted(groups.items()):
+        lines += [
+            f"## {suite}, {env_id}",
+            "",
+            "| algorithm | seed | steps | episodes | run's final | mode | mean | mean − mode | sampled | beyond the box | σ "
+            "| commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for record in sorted(group, key=lambda item: (item["algo"], item["seed"])):
+            values = {name: record["readings"][name]["mean"] for name in READINGS}
+            run_final = "—" if record["run_final_return"] is None else f"{record['run_final_return']:.0f}"
+            lines.append(
+                f"| {record['algo']} | {record['seed']} | {record['num_timesteps']} | {record['episodes']} | {run_final} "
+                f"| {values['mode']:.0f} | {values['mean']:.0f} | {values['mean'] - values['mode']:+.0f} "
+                f"| {values['sampled']:.0f} | {record['mean_outside_box']:.2f} | {record['policy_std']:.2f} "
+                f"| {record['commit']} |"
+            )
+        lines += ["", summary_line(group), ""]
+    machines = sorted({record["machine"] for record in records})
+    lines += [f"Machines: {'; '.join(machines)}." if machines else "No record is stored yet.", ""]
+    if reading.is_file():
+        lines += ["## Reading", "", reading.read_text().strip(), ""]
+    text = "\n".join(lines)
+    page.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="evaluate the kept final states not read yet, then write the page")
+    run_parser.add_argument("suite", help="a suite YAML file, or the name of one in benchmarks/suites/")
+    run_parser.add_argument("--checkpoints", type=Path, default=RESULTS_DIR / ".checkpoints", help="where the finals are")
+    run_parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="the result store of the runs themselves")
+    run_parser.add_argument("--envs", nargs="+", help="only these environments")
+    run_parser.add_argument("--algos", nargs="+", help="only these algorithms")
+    run_parser.add_argument("--episodes", type=int, help="episodes per reading (default: the suite's evaluation episodes)")
+    commands.add_parser("page", help="regenerate the page only")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        import torch as th
+
+        if args.episodes is not None and args.episodes < 1:
+            parser.error(f"--episodes must be a positive integer, got {args.episodes}")
+        th.set_num_threads(1)
+        jobs = [
+            job
+            for job in load_suite(args.suite).jobs
+            if (args.envs is None or job.env in args.envs) and (args.algos is None or job.algo in args.algos)
+        ]
+        finals = kept_finals(jobs, args.checkpoints)
+        if not finals:
+            print(f"no kept final state of {args.suite}'s selected runs in {args.checkpoints}", file=sys.stderr)
+        for job in finals:
+            path = record_path(job, RESULTS)
+            if path.exists():
+                continue
+            record = read_final(job, args.checkpoints, args.episodes, args.results)
+            write_result(path, record)
+            values = ", ".join(f"{name} {record['readings'][name]['mean']:.0f}" for name in READINGS)
+            print(f"{job.name}: {values}", flush=True)
+    print(write_page(RESULTS, PAGE, READING))
+
+
+if __name__ == "__main__":
+    main()
