@@ -174,13 +174,17 @@ def read_final(job: Job, checkpoints: Path, episodes: int | None = None, results
 def summary_line(records: list[dict[str, Any]]) -> str:
     """
     :param records: The stored records of one suite and environment
-    :return: A sentence: how the mean reading compares with the mode over the runs (mean difference, and how many runs
-        it is at or above)
+    :return: A sentence: how the mean reading and the sampled one compare with the mode over the runs (mean
+        difference ± std over runs, and in how many runs the mean is at or above the mode)
     """
-    differences = np.array([record["readings"]["mean"]["mean"] - record["readings"]["mode"]["mean"] for record in records])
+
+    def minus_mode(reading: str) -> np.ndarray:
+        return np.array([record["readings"][reading]["mean"] - record["readings"]["mode"]["mean"] for record in records])
+
+    mean, sampled = minus_mode("mean"), minus_mode("sampled")
     return (
-        f"Mean minus mode over {len(records)} run{'s' * (len(records) != 1)}: {mean_and_spread(differences)}; "
-        f"the mean at or above the mode in {int(np.sum(differences >= 0))} of {len(records)}."
+        f"Mean minus mode over {len(records)} run{'s' * (len(records) != 1)}: {mean_and_spread(mean)} (at or above the "
+        f"mode in {int(np.sum(mean >= 0))} of {len(records)}); sampled minus mode: {mean_and_spread(sampled)}."
     )
 
 

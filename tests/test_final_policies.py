@@ -25,9 +25,8 @@ SPEC = {
         "Pendulum-v1": {
             "steps": 300,
             "eval_freq": 150,
-            "seeds": [0, 1],
+            "seeds": [0],
             "algos": ["mpo", "sac"],
-            "algo_seeds": {"mpo": [0]},
             "hyperparams": {
                 "mpo": {"learning_starts": 50, "batch_size": 16, "n_action_samples": 4, "policy_kwargs": "dict(net_arch=[8])"},
                 "sac": {"learning_starts": 50, "batch_size": 16, "policy_kwargs": "dict(net_arch=[8])"},
@@ -63,8 +62,8 @@ def test_a_kept_final_policy_is_read_each_way_on_the_runs_evaluation_episodes(tm
     monkeypatch.setattr(final_policies, "PAGE", tmp_path / "page.md")
     monkeypatch.setattr(final_policies, "READING", tmp_path / "reading.md")
     assert runner(["run", str(suite_path), "--results", str(results), "--workers", "1", "--keep-final"]) == 0
-    mpo_job, *sac_jobs = load_suite(suite_path).jobs
-    assert mpo_job.algo == "mpo" and all(job.final_path(checkpoints).exists() for job in sac_jobs)
+    mpo_job, sac_job = load_suite(suite_path).jobs
+    assert mpo_job.algo == "mpo" and sac_job.final_path(checkpoints).exists()
     assert kept_finals(load_suite(suite_path).jobs, checkpoints) == [mpo_job], "SAC's finals have no second reading"
 
     final_policies.main(["run", str(suite_path), "--checkpoints", str(checkpoints), "--results", str(results)])
