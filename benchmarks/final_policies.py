@@ -7,11 +7,13 @@ what every benchmark evaluates), its mean E[clip(u)] (``deterministic_action="me
     python -m benchmarks.final_policies page                                              # regenerate the page
 
 Each reading runs the suite's number of evaluation episodes on the run's own evaluation environment (RL Zoo's, built as
-the runner builds it, ``VecNormalize`` statistics from the final state), seeded with the run's evaluation seed before
-each reading, so that the three readings' episodes start from the same states. The record also gives the run's own
-final evaluation (from its result file, where found), and, over the states the mode's episodes visited, the share of
-the policy mean's components beyond the box and the policy's mean standard deviation: how far mode and mean can part.
-Results: benchmarks/results/final_policies/<suite>/<env>/<run>.json; page: docs/results/final_policies.md.
+the runner builds it from the settings the run trained with, ``VecNormalize`` statistics from the final state), seeded
+with the run's evaluation seed before each reading, so that the three readings' episodes start from the same states.
+The record also gives the run's own final evaluation (from its result file, where it trained with the same settings)
+and, over the states the mode's episodes visited, how far mode and mean lie apart (the mean of |clip(mu) - E[clip(u)]|
+over states and action dimensions), the share of the policy mean's components beyond the box and the policy's mean
+standard deviation. Results: benchmarks/results/final_policies/<suite>/<env>/<run>.json; page:
+docs/results/final_policies.md. A stored record is read again only when the final state or the episodes differ.
 """
 
 import argparse
@@ -35,6 +37,12 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "final_policie
 READING = Path(__file__).with_name("final_policies.reading.md")
 #: The ways a clipped Gaussian policy is read, in the order they are evaluated
 READINGS = ("mode", "mean", "sampled")
+#: Observations as a batch: an array, or a dict of arrays for ``Dict`` observation spaces
+Observations = np.ndarray | dict[str, np.ndarray]
+
+
+class UnreadableFinal(ValueError):
+    """A kept final state that cannot be read each way (another action bounding, other settings, missing statistics)."""
 
 
 def record_path(job: Job, store: Path) -> Path:
@@ -58,36 +66,93 @@ def kept_finals(jobs: list[Job], checkpoints: Path) -> list[Job]:
     return [job for job in jobs if job.zoo_algo == "mpo" and read_state(job.final_path(checkpoints), job) is not None]
 
 
-def policy_spread(model: Any, observations: np.ndarray) -> dict[str, float]:
+def is_current(record_file: Path, state: dict[str, Any], episodes: int) -> bool:
     """
-    :param model: An MPO model with a Gaussian actor
-    :param observations: Observations as the policy sees them (after ``VecNormalize``), shape (n, ...)
-    :return: ``mean_outside_box``: the share of the Gaussian mean's components beyond the normalised box [-1, 1], where
-        mode and mean part; ``policy_std``: the standard deviation's average over states and action dimensions
+    :param record_file: A stored record (:func:`record_path`)
+    :param state: The kept final state's ``state.json``
+    :param episodes: The episodes per reading asked for
+    :return: Whether the record read this very final state with as many episodes (else it is read again)
+    """
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (
+        record.get("episodes") == episodes
+        and record.get("num_timesteps") == state.get("num_timesteps")
+        and record.get("trained_at") == state.get("commit")
+    )
+
+
+def unreadable(model: Any) -> str | None:
+    """
+    :param model: A loaded model
+    :return: Why its policy cannot be read each way (only a Gaussian actor clipping into the box has a mode and a mean
+        that differ), or None
+    """
+    actor = getattr(model, "actor", None)
+    bounding = getattr(actor, "action_bounding", None)
+    if bounding != "clip":
+        return f"its actor ({type(actor).__name__}, action_bounding={bounding!r}) does not clip a Gaussian into the box"
+    return None
+
+
+def policy_spread(model: Any, observations: Observations) -> dict[str, float]:
+    """
+    :param model: An MPO model with a clipped Gaussian actor
+    :param observations: Observations as the policy sees them (after ``VecNormalize``), a batch
+    :return: ``mode_mean_gap``: |clip(mu) - E[clip(u)]| (:func:`~sb3_mpo.mpo.losses.clipped_gaussian_mean`) averaged over
+        states and action dimensions, in the normalised box's units; ``mean_outside_box``: the share of the Gaussian
+        mean's components beyond [-1, 1]; ``policy_std``: the standard deviation's average over states and dimensions
     """
     import torch as th
 
+    from sb3_mpo.mpo.losses import clipped_gaussian_mean
+
+    model.policy.set_training_mode(False)
     with th.no_grad():
         mean, std = model.actor.distribution_params(model.policy.obs_to_tensor(observations)[0])
-    return {"mean_outside_box": float((mean.abs() > 1.0).float().mean()), "policy_std": float(std.mean())}
+        gap = (mean.clamp(-1.0, 1.0) - clipped_gaussian_mean(mean, std)).abs()
+    return {
+        "mode_mean_gap": float(gap.mean()),
+        "mean_outside_box": float((mean.abs() > 1.0).float().mean()),
+        "policy_std": float(std.mean()),
+    }
 
 
-def evaluate_reading(model: Any, env: Any, reading: str, episodes: int, seed: int) -> tuple[dict[str, Any], np.ndarray]:
+def stack_observations(observations: list[Any]) -> Observations:
+    """:return: One observation per step (an array, or a dict of arrays) as a batch"""
+    if isinstance(observations[0], dict):
+        return {key: np.stack([observation[key] for observation in observations]) for key in observations[0]}
+    return np.stack(observations)
+
+
+def evaluate_reading(
+    model: Any, env: Any, reading: str, episodes: int, seed: int, visited: list[Any] | None = None
+) -> dict[str, Any]:
     """
     :param model: An MPO model with a clipped Gaussian actor
     :param env: Its evaluation environment (one env)
     :param reading: One of :data:`READINGS`
     :param episodes: Episodes to run
     :param seed: Seed of the environment's resets and of the sampled actions
-    :return: The reading (its mean return, the episodes' returns and lengths) and the observations its episodes visited
+    :param visited: Where to append the observation each action was chosen from, if given
+    :return: The reading: its mean return, the episodes' returns and lengths
     """
     import torch as th
     from stable_baselines3.common.evaluation import evaluate_policy
 
     if reading not in READINGS:
         raise ValueError(f"reading={reading!r} is invalid, expected one of {READINGS}")
+
+    def keep(local: dict[str, Any], _: dict[str, Any]) -> None:
+        observations, index = local["observations"], local["i"]
+        if isinstance(observations, dict):
+            visited.append({key: np.array(value[index]) for key, value in observations.items()})  # type: ignore[union-attr]
+        else:
+            visited.append(np.array(observations[index]))  # type: ignore[union-attr]
+
     actor = model.actor
-    visited: list[np.ndarray] = []
     env.seed(seed)
     th.manual_seed(seed)
     previous = actor.deterministic_action
@@ -99,16 +164,39 @@ def evaluate_reading(model: Any, env: Any, reading: str, episodes: int, seed: in
             n_eval_episodes=episodes,
             deterministic=reading != "sampled",
             return_episode_rewards=True,
-            callback=lambda local, _: visited.append(np.array(local["observations"][local["i"]])),
+            callback=None if visited is None else keep,
         )
     finally:
         actor.deterministic_action = previous
-    result = {
+    return {
         "mean": float(np.mean(returns)),
         "returns": [float(value) for value in returns],  # type: ignore[union-attr]
         "lengths": [int(value) for value in lengths],  # type: ignore[union-attr]
     }
-    return result, np.stack(visited)
+
+
+def load_statistics(env: Any, folder: Path, name: str) -> None:
+    """
+    Give the evaluation environment's ``VecNormalize`` (under any wrapper rl_zoo3 puts above it) the statistics of the
+    kept final state.
+
+    :param env: The evaluation environment
+    :param folder: The kept final state
+    :param name: The run, for the error
+    :raises UnreadableFinal: where the environment normalises and the final state has no statistics, or the reverse
+    """
+    from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_normalize
+
+    from benchmarks.checkpoints import VEC_NORMALIZE_FILE
+
+    normalizer, saved = unwrap_vec_normalize(env), folder / VEC_NORMALIZE_FILE
+    if (normalizer is None) != (not saved.exists()):
+        has = "has" if saved.exists() else "has no"
+        does = "does not normalise" if normalizer is None else "normalises"
+        raise UnreadableFinal(f"{name}: its evaluation environment {does} observations and its final state {has} {saved.name}")
+    if normalizer is not None:
+        statistics = VecNormalize.load(str(saved), normalizer.venv)
+        normalizer.obs_rms, normalizer.ret_rms = statistics.obs_rms, statistics.ret_rms
 
 
 def read_final(job: Job, checkpoints: Path, episodes: int | None = None, results_dir: Path = RESULTS_DIR) -> dict[str, Any]:
@@ -120,38 +208,44 @@ def read_final(job: Job, checkpoints: Path, episodes: int | None = None, results
     :param episodes: Episodes per reading (None: the suite's evaluation episodes)
     :param results_dir: The result store where the run's own result file is looked for
     :return: The record to store
+    :raises UnreadableFinal: where the final state cannot be read each way (:func:`unreadable`), was kept under other
+        settings than the job's RL Zoo entry gives now, or its normalisation statistics do not fit its environment
     """
-    from stable_baselines3.common.vec_env import VecNormalize
-
-    from benchmarks.checkpoints import MODEL_FILE, VEC_NORMALIZE_FILE, PairedEvaluation, read_state
+    from benchmarks.checkpoints import MODEL_FILE, read_state
     from benchmarks.stamp import stamp
-    from benchmarks.zoo import zoo_experiment
+    from benchmarks.zoo import zoo_experiment, zoo_settings
+    from sb3_mpo import MPO
 
-    folder = job.final_path(checkpoints)
-    state = read_state(folder, job)
-    if state is None:
-        raise ValueError(f"{job.name}: no final state of this job in {folder}")
     episodes = job.eval_episodes if episodes is None else episodes
-    eval_seed = 10_000 + job.seed  # the runner's evaluation seed (benchmarks/training.py)
+    if not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+    folder = job.final_path(checkpoints)
+    settings = zoo_settings(job)
+    state = read_state(folder, job, settings)
+    if state is None:
+        raise UnreadableFinal(f"{job.name}: no final state of this job in {folder} under the settings it trains with now")
+    model = MPO.load(folder / MODEL_FILE, device="cpu")
+    why = unreadable(model)
+    if why is not None:
+        raise UnreadableFinal(f"{job.name}: {why}")
     code = stamp()
-    with tempfile.TemporaryDirectory() as log_folder:
+    visited: list[Any] = []
+    with tempfile.TemporaryDirectory() as log_folder, contextlib.ExitStack() as closing:
         manager, _ = zoo_experiment(job, log_folder)
         with contextlib.redirect_stdout(io.StringIO()):
             built, _ = manager.setup_experiment()  # type: ignore[misc]
+            built.get_env().close()  # type: ignore[union-attr]  # the run's environment as rl_zoo3 builds it, unused
             env = manager.create_envs(n_envs=1, eval_env=True)
-        built.get_env().close()  # type: ignore[union-attr]
-        model = type(built).load(folder / MODEL_FILE, env=env, device="cpu")
-        if not PairedEvaluation.applies_to(model):
-            raise ValueError(f"{job.name}: {type(model).__name__} has no clipped Gaussian actor reading its mode")
-        if isinstance(env, VecNormalize):
-            saved = VecNormalize.load(str(folder / VEC_NORMALIZE_FILE), env.venv)
-            env.obs_rms, env.ret_rms = saved.obs_rms, saved.ret_rms
-        readings, visited = {}, {}
-        for reading in READINGS:
-            readings[reading], visited[reading] = evaluate_reading(model, env, reading, episodes, eval_seed)
-        env.close()
+            closing.callback(env.close)
+        load_statistics(env, folder, job.name)
+        model.set_env(env)
+        readings = {
+            reading: evaluate_reading(model, env, reading, episodes, job.eval_seed, visited if reading == "mode" else None)
+            for reading in READINGS
+        }
     try:
-        run_final: float | None = float(load_result(job.result_path(results_dir), job)["final_return"])
+        result = load_result(job.result_path(results_dir), job)
+        run_final = float(result["final_return"]) if result["hyperparams"] == state.get("settings", settings) else None
     except ResultError:
         run_final = None
     return {
@@ -163,10 +257,10 @@ def read_final(job: Job, checkpoints: Path, episodes: int | None = None, results
         "num_timesteps": int(state["num_timesteps"]),
         "trained_at": state.get("commit"),
         "episodes": episodes,
-        "eval_seed": eval_seed,
+        "eval_seed": job.eval_seed,
         "run_final_return": run_final,
         "readings": readings,
-        **policy_spread(model, visited["mode"]),
+        **policy_spread(model, stack_observations(visited)),
         **code,
     }
 
@@ -206,8 +300,11 @@ def write_page(store: Path, page: Path, reading: Path) -> str:
         "seeded as its evaluations are: with the clipped Gaussian's mode clip(μ) (what every page evaluates), its mean",
         'E[clip(u)] (`policy_kwargs` `deterministic_action="mean"`), and sampled actions; the same episodes\' starts for',
         "the three. 'run's final' is the run's own last evaluation (its environment had run earlier evaluations, so its",
-        "episodes start elsewhere). 'beyond the box' is the share of the policy mean's components outside [-1, 1] over the",
-        "states of the mode's episodes (where mode and mean part), σ the policy's mean standard deviation there.",
+        "episodes start elsewhere; — where its result is not stored or trained under other settings). Over the states of",
+        "the mode's episodes: '|mode − mean|' is |clip(μ) − E[clip(u)]| averaged over states and action dimensions (in the",
+        "normalised box, whose half-width is 1), 'beyond the box' the share of the policy mean's components outside [-1, 1]",
+        "(the mode acts on the box's faces there), σ the policy's mean standard deviation. 'trained at' is the commit of the",
+        "run's last part, 'read at' that of the reading.",
         "",
     ]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -217,18 +314,18 @@ def write_page(store: Path, page: Path, reading: Path) -> str:
         lines += [
             f"## {suite}, {env_id}",
             "",
-            "| algorithm | seed | steps | episodes | run's final | mode | mean | mean − mode | sampled | beyond the box | σ "
-            "| commit |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| algorithm | seed | steps | episodes | run's final | mode | mean | mean − mode | sampled | |mode − mean| "
+            "| beyond the box | σ | trained at | read at |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for record in sorted(group, key=lambda item: (item["algo"], item["seed"])):
-            values = {name: record["readings"][name]["mean"] for name in READINGS}
+            shown = {name: round(record["readings"][name]["mean"]) for name in READINGS}
             run_final = "—" if record["run_final_return"] is None else f"{record['run_final_return']:.0f}"
             lines.append(
                 f"| {record['algo']} | {record['seed']} | {record['num_timesteps']} | {record['episodes']} | {run_final} "
-                f"| {values['mode']:.0f} | {values['mean']:.0f} | {values['mean'] - values['mode']:+.0f} "
-                f"| {values['sampled']:.0f} | {record['mean_outside_box']:.2f} | {record['policy_std']:.2f} "
-                f"| {record['commit']} |"
+                f"| {shown['mode']} | {shown['mean']} | {shown['mean'] - shown['mode']:+d} | {shown['sampled']} "
+                f"| {record['mode_mean_gap']:.3f} | {record['mean_outside_box']:.2f} | {record['policy_std']:.2f} "
+                f"| {record['trained_at'] or '—'} | {record['commit']} |"
             )
         lines += ["", summary_line(group), ""]
     machines = sorted({record["machine"] for record in records})
@@ -255,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         import torch as th
 
+        from benchmarks.checkpoints import read_state
+
         if args.episodes is not None and args.episodes < 1:
             parser.error(f"--episodes must be a positive integer, got {args.episodes}")
         th.set_num_threads(1)
@@ -268,9 +367,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"no kept final state of {args.suite}'s selected runs in {args.checkpoints}", file=sys.stderr)
         for job in finals:
             path = record_path(job, RESULTS)
-            if path.exists():
+            state = read_state(job.final_path(args.checkpoints), job) or {}
+            if is_current(path, state, job.eval_episodes if args.episodes is None else args.episodes):
                 continue
-            record = read_final(job, args.checkpoints, args.episodes, args.results)
+            try:
+                record = read_final(job, args.checkpoints, args.episodes, args.results)
+            except UnreadableFinal as error:
+                print(f"skipped: {error}", file=sys.stderr)
+                continue
             write_result(path, record)
             values = ", ".join(f"{name} {record['readings'][name]['mean']:.0f}" for name in READINGS)
             print(f"{job.name}: {values}", flush=True)

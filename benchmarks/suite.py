@@ -95,6 +95,11 @@ class Job:
     def name(self) -> str:
         return f"{self.algo}_{self.env_folder}_seed{self.seed}_{self.steps}"
 
+    @property
+    def eval_seed(self) -> int:
+        """The seed of the run's evaluation environments, apart from the training seeds: 10,000 + ``seed``."""
+        return 10_000 + self.seed
+
     def result_path(self, results_dir: Path) -> Path:
         """The run's result file: ``<results_dir>/<suite>/<env>/<algo>_<env>_seed<k>_<steps>.json``."""
         return results_dir / self.suite / self.env_folder / f"{self.name}.json"

@@ -109,13 +109,12 @@ def run_job(
             stale = stale_checkpoint(checkpoint_folder, job, settings) if state is None else None
             if stale is not None:
                 print(f"{job.name}: its checkpoint was saved {stale.how}, it starts over: {stale.changes}", file=sys.stderr)
-        eval_seed = 10_000 + job.seed
-        eval_env.seed(eval_seed)
+        eval_env.seed(job.eval_seed)
         paired = None
         if job.paired_evaluation is not None and PairedEvaluation.applies_to(model):
             with contextlib.redirect_stdout(io.StringIO()), set_up.recording():
                 paired_env = manager.create_envs(n_envs=1, eval_env=True)
-            paired_env.seed(eval_seed)  # its episodes start where the run's evaluation episodes start
+            paired_env.seed(job.eval_seed)  # its episodes start where the run's evaluation episodes start
             paired = PairedEvaluation(paired_env, job.paired_evaluation)
         elif job.paired_evaluation is not None and job.zoo_algo == "mpo":
             print(f"{job.name}: no {job.paired_evaluation} evaluation, its actor does not clip a Gaussian", file=sys.stderr)
