@@ -301,7 +301,7 @@ def write_page(store: Path, page: Path, reading: Path) -> str:
         'E[clip(u)] (`policy_kwargs` `deterministic_action="mean"`), and sampled actions; the same episodes\' starts for',
         "the three. 'run's final' is the run's own last evaluation (its environment had run earlier evaluations, so its",
         "episodes start elsewhere; — where its result is not stored or trained under other settings). Over the states of",
-        "the mode's episodes: '|mode − mean|' is |clip(μ) − E[clip(u)]| averaged over states and action dimensions (in the",
+        "the mode's episodes: 'mode–mean gap' is |clip(μ) − E[clip(u)]| averaged over states and action dimensions (in the",
         "normalised box, whose half-width is 1), 'beyond the box' the share of the policy mean's components outside [-1, 1]",
         "(the mode acts on the box's faces there), σ the policy's mean standard deviation. 'trained at' is the commit of the",
         "run's last part, 'read at' that of the reading.",
@@ -314,7 +314,7 @@ def write_page(store: Path, page: Path, reading: Path) -> str:
         lines += [
             f"## {suite}, {env_id}",
             "",
-            "| algorithm | seed | steps | episodes | run's final | mode | mean | mean − mode | sampled | |mode − mean| "
+            "| algorithm | seed | steps | episodes | run's final | mode | mean | mean − mode | sampled | mode–mean gap "
             "| beyond the box | σ | trained at | read at |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
