@@ -60,3 +60,30 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
     for page in pages:
         assert (out / "results" / f"{page.stem}.html").is_file(), page.name
         assert f'href="results/{page.stem}.html"' in index, page.name
+
+
+def _table_rows_of_another_width(text: str) -> list[str]:
+    """
+    :param text: Markdown
+    :return: The rows of its pipe tables whose cell count differs from their header's (an unescaped ``|`` inside a
+        cell splits it, and the renderer drops the extra cells without a warning)
+    """
+    odd, width = [], None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = len(re.split(r"(?<!\\)\|", line.strip()))
+        if width is None:
+            width = cells
+        elif cells != width:
+            odd.append(line)
+    return odd
+
+
+def test_every_markdown_table_keeps_its_headers_width() -> None:
+    assert _table_rows_of_another_width("| a | b |\n|---|---|\n| 1 | \\|x\\| |\n\n| c |\n|---|\n| 2 |") == []
+    assert _table_rows_of_another_width("| a | gap |\n|---|---|\n| 1 | |x| |") == ["| 1 | |x| |"]
+    pages = [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md")), *sorted((DOCS / "results").glob("*.md"))]
+    odd = {page.name: rows for page in pages if (rows := _table_rows_of_another_width(page.read_text()))}
+    assert odd == {}
