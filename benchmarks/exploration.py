@@ -153,7 +153,7 @@ def run_exploration_job(job: Job, torch_threads: int = 1) -> dict[str, Any]:
         replay_states = buffer.next_observations[: buffer.size(), 0]
         predict = model.predict if snapshots is None else HistoricalAveragePolicy(snapshots.snapshots, seed=job.seed).predict
     train_seconds = time.perf_counter() - start
-    rollout_env = make_vec_env(make_env, n_envs=1, seed=10_000 + job.seed)
+    rollout_env = make_vec_env(make_env, n_envs=1, seed=job.eval_seed)
     visited_in_rollouts = rollout_states(predict, rollout_env, ROLLOUT_EPISODES)
     env.close()
     rollout_env.close()

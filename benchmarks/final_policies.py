@@ -37,6 +37,8 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "final_policie
 READING = Path(__file__).with_name("final_policies.reading.md")
 #: The ways a clipped Gaussian policy is read, in the order they are evaluated
 READINGS = ("mode", "mean", "sampled")
+#: What the page reads from a record: one written before any of them was measured is read again
+RECORD_KEYS = ("readings", "run_final_return", "mode_mean_gap", "mean_outside_box", "policy_std", "trained_at", "commit")
 #: Observations as a batch: an array, or a dict of arrays for ``Dict`` observation spaces
 Observations = np.ndarray | dict[str, np.ndarray]
 
@@ -71,14 +73,16 @@ def is_current(record_file: Path, state: dict[str, Any], episodes: int) -> bool:
     :param record_file: A stored record (:func:`record_path`)
     :param state: The kept final state's ``state.json``
     :param episodes: The episodes per reading asked for
-    :return: Whether the record read this very final state with as many episodes (else it is read again)
+    :return: Whether the record read this very final state with as many episodes, and holds every measure the page
+        shows (:data:`RECORD_KEYS`); else it is read again
     """
     try:
         record = json.loads(record_file.read_text())
     except (OSError, json.JSONDecodeError):
         return False
     return (
-        record.get("episodes") == episodes
+        all(key in record for key in RECORD_KEYS)
+        and record.get("episodes") == episodes
         and record.get("num_timesteps") == state.get("num_timesteps")
         and record.get("trained_at") == state.get("commit")
     )
@@ -301,7 +305,7 @@ def write_page(store: Path, page: Path, reading: Path) -> str:
         'E[clip(u)] (`policy_kwargs` `deterministic_action="mean"`), and sampled actions; the same episodes\' starts for',
         "the three. 'run's final' is the run's own last evaluation (its environment had run earlier evaluations, so its",
         "episodes start elsewhere; — where its result is not stored or trained under other settings). Over the states of",
-        "the mode's episodes: 'mode–mean gap' is |clip(μ) − E[clip(u)]| averaged over states and action dimensions (in the",
+        "the mode's episodes: 'mode-mean gap' is |clip(μ) − E[clip(u)]| averaged over states and action dimensions (in the",
         "normalised box, whose half-width is 1), 'beyond the box' the share of the policy mean's components outside [-1, 1]",
         "(the mode acts on the box's faces there), σ the policy's mean standard deviation. 'trained at' is the commit of the",
         "run's last part, 'read at' that of the reading.",
@@ -314,7 +318,7 @@ def write_page(store: Path, page: Path, reading: Path) -> str:
         lines += [
             f"## {suite}, {env_id}",
             "",
-            "| algorithm | seed | steps | episodes | run's final | mode | mean | mean − mode | sampled | mode–mean gap "
+            "| algorithm | seed | steps | episodes | run's final | mode | mean | mean − mode | sampled | mode-mean gap "
             "| beyond the box | σ | trained at | read at |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]

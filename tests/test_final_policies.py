@@ -133,14 +133,38 @@ def test_a_kept_final_policy_is_read_each_way_on_the_runs_evaluation_episodes(tm
     row = f"| mpo | 0 | 300 | 2 | {record['run_final_return']:.0f} | {shown['mode']} | {shown['mean']} | {difference:+d} |"
     assert row in page and "Mean minus mode over 1 run: " in page and "## kept, Pendulum-v1" in page
 
+    # its RL Zoo entry edited since the final state was kept: refused, not read under the new settings
+    from benchmarks import zoo
+
+    trained_with = zoo.zoo_settings(job)
+    monkeypatch.setattr(zoo, "zoo_settings", lambda edited_job: {**trained_with, "batch_size": "8"})
+    final_policies.main(["run", str(suite_path), "--checkpoints", str(checkpoints), "--algos", "mpo", "--episodes", "1"])
+    assert f"skipped: {job.name}: no final state of this job in" in capsys.readouterr().err
+    monkeypatch.setattr(zoo, "zoo_settings", lambda edited_job: trained_with)
+    stale = {key: value for key, value in record.items() if key != "mode_mean_gap"}
+    record_path(job, store).write_text(json.dumps(stale))
+
     calls = []
     monkeypatch.setattr(final_policies, "read_final", lambda *args: calls.append(args[2]) or record)
     final_policies.main(["run", str(suite_path), "--checkpoints", str(checkpoints), "--algos", "mpo"])
-    assert calls == [], "a record of the same final state and episodes is not read again"
+    assert calls == [None], "a record without a measure the page shows is read again"
+    final_policies.main(["run", str(suite_path), "--checkpoints", str(checkpoints), "--algos", "mpo"])
+    assert calls == [None], "a record of the same final state and episodes is not read again"
     final_policies.main(["run", str(suite_path), "--checkpoints", str(checkpoints), "--algos", "mpo", "--episodes", "3"])
-    assert calls == [3], "with other episodes it is"
+    assert calls == [None, 3], "with other episodes it is"
     final_policies.main(["run", str(suite_path), "--checkpoints", str(tmp_path / "none"), "--algos", "mpo"])
     assert "no kept final state of" in capsys.readouterr().err
+
+
+def test_a_reading_leaves_the_models_deterministic_action_as_it_was():
+    model = MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[8]), seed=0)
+    env = make_vec_env("Pendulum-v1", seed=3)
+    visited = []
+    reading = final_policies.evaluate_reading(model, env, "mean", 1, seed=3, visited=visited)
+    assert model.actor.deterministic_action == "mode" and reading["lengths"] == [200] and len(visited) == 200
+    with pytest.raises(ValueError, match=r"reading='median' is invalid, expected one of \('mode', 'mean', 'sampled'\)"):
+        final_policies.evaluate_reading(model, env, "median", 1, seed=3)
+    assert [job.eval_seed for job in load_suite("tiny").jobs if job.algo == "mpo"] == [10_000, 10_001]
 
 
 def test_only_a_gaussian_clipped_into_the_box_is_read_each_way():
