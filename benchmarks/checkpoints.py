@@ -307,20 +307,44 @@ class PairedEvaluation:
         """
         if not self.applies_to(model):
             raise ValueError(f"{self.name}: {type(model).__name__} has no clipped Gaussian actor reading its mode")
-        actor = model.actor  # type: ignore[attr-defined]
         if model.get_vec_normalize_env() is not None:
             sync_envs_normalization(model.get_env(), self.env)  # type: ignore[arg-type]
-        previous, actor.deterministic_action = actor.deterministic_action, "mean"
-        try:
-            returns, lengths = evaluate_policy(model, self.env, episodes, deterministic=True, return_episode_rewards=True)
-        finally:
-            actor.deterministic_action = previous
-        return {
-            "name": self.name,
-            "mean": float(np.mean(returns)),
-            "returns": [float(value) for value in returns],  # type: ignore[union-attr]
-            "lengths": [int(value) for value in lengths],  # type: ignore[union-attr]
-        }
+        return {"name": self.name, **evaluate_with_action(model, self.env, episodes, "mean")}
+
+
+def evaluate_with_action(
+    model: BaseAlgorithm,
+    env: VecEnv,
+    episodes: int,
+    deterministic_action: str,
+    deterministic: bool = True,
+    callback: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """
+    SB3's ``evaluate_policy`` with MPO's actor reading its deterministic action as ``deterministic_action`` for these
+    episodes only (the actor's own is restored after, whatever happens).
+
+    :param model: An MPO model with a Gaussian actor
+    :param env: The evaluation environment
+    :param episodes: Episodes to run
+    :param deterministic_action: ``"mode"`` or ``"mean"`` (:class:`~sb3_mpo.mpo.policies.GaussianActor`)
+    :param deterministic: Whether the policy acts deterministically (False: sampled actions, where the first is unused)
+    :param callback: ``evaluate_policy``'s callback, called after each step
+    :return: The mean return, the episodes' returns and lengths
+    """
+    actor = model.actor  # type: ignore[attr-defined]
+    previous, actor.deterministic_action = actor.deterministic_action, deterministic_action
+    try:
+        returns, lengths = evaluate_policy(
+            model, env, episodes, deterministic=deterministic, return_episode_rewards=True, callback=callback
+        )
+    finally:
+        actor.deterministic_action = previous
+    return {
+        "mean": float(np.mean(returns)),
+        "returns": [float(value) for value in returns],  # type: ignore[union-attr]
+        "lengths": [int(value) for value in lengths],  # type: ignore[union-attr]
+    }
 
 
 def job_signature(job: Job) -> dict[str, Any]:

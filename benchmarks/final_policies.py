@@ -144,7 +144,8 @@ def evaluate_reading(
     :return: The reading: its mean return, the episodes' returns and lengths
     """
     import torch as th
-    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from benchmarks.checkpoints import evaluate_with_action
 
     if reading not in READINGS:
         raise ValueError(f"reading={reading!r} is invalid, expected one of {READINGS}")
@@ -156,27 +157,10 @@ def evaluate_reading(
         else:
             visited.append(np.array(observations[index]))  # type: ignore[union-attr]
 
-    actor = model.actor
     env.seed(seed)
     th.manual_seed(seed)
-    previous = actor.deterministic_action
-    actor.deterministic_action = "mean" if reading == "mean" else "mode"
-    try:
-        returns, lengths = evaluate_policy(
-            model,
-            env,
-            n_eval_episodes=episodes,
-            deterministic=reading != "sampled",
-            return_episode_rewards=True,
-            callback=None if visited is None else keep,
-        )
-    finally:
-        actor.deterministic_action = previous
-    return {
-        "mean": float(np.mean(returns)),
-        "returns": [float(value) for value in returns],  # type: ignore[union-attr]
-        "lengths": [int(value) for value in lengths],  # type: ignore[union-attr]
-    }
+    action = "mean" if reading == "mean" else "mode"
+    return evaluate_with_action(model, env, episodes, action, reading != "sampled", None if visited is None else keep)
 
 
 def load_statistics(env: Any, folder: Path, name: str) -> None:
