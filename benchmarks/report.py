@@ -891,6 +891,75 @@ def curve_figure(env: str, runs_by_algo: dict[str, list[dict[str, Any]]], path: 
     plt.close(fig)
 
 
+#: What training logged that a page plots over the run, one panel each where a run recorded it: key -> (axis label,
+#: whether on a log scale)
+TRAINING_PANELS = {
+    "train/std_mean": ("MPO's policy std (mean)", False),
+    "train/alpha_mean": ("the mean's multiplier α_μ", True),
+    "train/alpha_std": ("the std's multiplier α_Σ", True),
+    "train/temperature": ("MPO's temperature η", True),
+    "train/ent_coef": ("entropy coefficient (SAC, TQC, CrossQ)", True),
+}
+#: Panels per row of that figure
+TRAINING_COLUMNS = 3
+
+
+def training_series(run: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """
+    :param run: A stored result
+    :param key: A quantity that ``train()`` logs
+    :return: The evaluation steps whose record holds ``key`` (what training logged last before that evaluation), and its
+        values there
+    """
+    points = [(point["step"], point["train"][key]) for point in run["curve"] if key in (point.get("train") or {})]
+    steps, values = zip(*points, strict=True) if points else ((), ())
+    return np.array(steps, dtype=float), np.array(values, dtype=float)
+
+
+def training_figure(env: str, runs_by_algo: dict[str, list[dict[str, Any]]], path: Path) -> list[str]:
+    """
+    What training logged before each evaluation, one line per run and one colour per algorithm, a panel for each of
+    :data:`TRAINING_PANELS` that some run recorded; no figure where none did.
+
+    :return: The keys plotted, in the panels' order
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    keys = [
+        key
+        for key in TRAINING_PANELS
+        if any(training_series(run, key)[0].size for runs in runs_by_algo.values() for run in runs)
+    ]
+    if not keys:
+        return []
+    columns = min(len(keys), TRAINING_COLUMNS)
+    rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes.flat, keys, strict=False):
+        label, log = TRAINING_PANELS[key]
+        for index, (algo, runs) in enumerate(runs_by_algo.items()):
+            series = [training_series(run, key) for run in runs]
+            drawn = [(steps, values) for steps, values in series if steps.size]
+            for number, (steps, values) in enumerate(drawn):
+                name = f"{algo.upper()} ({len(drawn)} seed{'s' if len(drawn) > 1 else ''})" if number == 0 else None
+                ax.plot(steps, values, color=colours[index % len(colours)], linewidth=1, label=name)
+        ax.set_yscale("log" if log else "linear")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda step, _: f"{step / 1000:.0f}k"))
+        ax.set_xlabel("environment steps")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{env}: what training logged before each evaluation", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return keys
+
+
 def library_versions_line(runs: list[dict[str, Any]]) -> str:
     """
     Every library the runs recorded, with each version seen among them (``a / b`` where runs differ, ``not recorded``
@@ -1099,6 +1168,17 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
         if env in suite.thresholds:
             lines += [*threshold_table(runs_by_algo, suite.thresholds[env]), ""]
         lines += [f"![{env} learning curves]({relative(figure)})", ""]
+        diagnostics = figures / f"{env}_training.png"
+        if training_figure(env, runs_by_algo, diagnostics):
+            lines += [
+                "What training logged last before each evaluation, one line per run (the multipliers, the temperature and "
+                "the entropy coefficient on log scales):",
+                "",
+                f"![{env} training diagnostics]({relative(diagnostics)})",
+                "",
+            ]
+        else:
+            diagnostics.unlink(missing_ok=True)
     if results:
         aggregate = aggregate_section(results, figures, relative, suite.trains(), suite.reference, suite.normalisation)
         lines += ["## Aggregate over environments", "", *aggregate, ""]

@@ -43,6 +43,8 @@ from benchmarks.report import (
     processor,
     shared_grid,
     shared_task_comparisons,
+    training_figure,
+    training_series,
 )
 from benchmarks.results import (
     TRAINING_RETURN,
@@ -219,7 +221,7 @@ def test_report_renders_tables_and_plots(local_store, tmp_path):
     # the curves' last evaluations and their whole span, and the training episodes' late return, beside the final return
     summary = "| algorithm | seeds | mean of the last 3 evaluations | per seed | mean over the run's evaluations | per seed |"
     assert f"{summary} training episodes' return, last 3 windows | per seed |" in page
-    for figure in ("Pendulum-v1.png", "performance_profile.png"):
+    for figure in ("Pendulum-v1.png", "Pendulum-v1_training.png", "performance_profile.png"):
         path = tmp_path / "fig" / "tiny" / figure
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"../fig/tiny/{figure}" in page
@@ -588,6 +590,39 @@ def test_a_curve_figure_averages_the_runs_evaluated_at_the_same_steps():
     grid, curves = shared_grid(runs)
     assert grid == (10, 20) and curves == [runs[0]["curve"], runs[2]["curve"]]
     assert shared_grid(runs[1:2]) == ((10, 20, 25), [runs[1]["curve"]])
+
+
+def test_training_series_takes_the_evaluations_whose_record_holds_the_quantity():
+    """Evaluations before the first update (no record) or whose record lacks the key are left out, not read as zero."""
+    run = {
+        "curve": [
+            {"step": 10, "mean": 0.0},
+            {"step": 20, "mean": 0.0, "train": {}},
+            {"step": 30, "mean": 0.0, "train": {"train/std_mean": 0.4, "train/alpha_std": 40.0}},
+            {"step": 40, "mean": 0.0, "train": {"train/alpha_std": 41.0}},
+            {"step": 50, "mean": 0.0, "train": {"train/std_mean": 0.3}},
+        ]
+    }
+    steps, values = training_series(run, "train/std_mean")
+    assert steps.tolist() == [30.0, 50.0] and values.tolist() == [0.4, 0.3]
+    assert training_series(run, "train/alpha_std")[0].tolist() == [30.0, 40.0]
+    assert [array.size for array in training_series(run, "train/ent_coef")] == [0, 0]
+
+
+def test_a_training_figure_has_a_panel_for_each_quantity_some_run_logged(tmp_path):
+    """MPO's std and temperature and SAC's entropy coefficient, in the panels' order; nothing logged, no figure."""
+
+    def run(logged: dict[str, float]) -> dict[str, Any]:
+        return {"curve": [{"step": step, "mean": 0.0, "train": dict(logged)} for step in (10, 20)]}
+
+    mpo = [run({"train/temperature": 2.0, "train/std_mean": 0.4}), {"curve": [{"step": 10, "mean": 0.0}]}]
+    runs_by_algo = {"mpo": mpo, "sac": [run({"train/ent_coef": 0.1, "train/critic_loss": 3.0})]}
+    path = tmp_path / "training.png"
+    assert training_figure("Env", runs_by_algo, path) == ["train/std_mean", "train/temperature", "train/ent_coef"]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    unlogged = tmp_path / "unlogged.png"
+    assert training_figure("Env", {"mpo": mpo[1:], "sac": [run({"train/critic_loss": 3.0})]}, unlogged) == []
+    assert not unlogged.exists()
 
 
 def test_shared_environment_comparisons_show_before_any_aggregate(tmp_path):
