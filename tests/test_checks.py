@@ -15,7 +15,7 @@ from stable_baselines3.common.envs import BitFlippingEnv, SimpleMultiObsEnv
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_mpo import MPO, NonFiniteError
-from sb3_mpo.common.buffers import DictSegmentReplayBuffer
+from sb3_mpo.common.buffers import DictSegmentReplayBuffer, SegmentReplayBuffer
 from sb3_mpo.common.checks import non_finite_transition
 
 TINY = dict(batch_size=16, n_action_samples=4, policy_kwargs=dict(net_arch=[8]))
@@ -363,6 +363,9 @@ def pendulum() -> gym.Env:
          r"n_steps=1 with it, or replay_buffer_class=None"),
         (lambda: SimpleMultiObsEnv(discrete_actions=False), dict(q_target="n_step", n_steps=3),
          r"n_steps=3 is invalid with Dict observations, .*expected n_steps=1, or q_target='retrace'"),
+        (pendulum, dict(replay_buffer_class=SegmentReplayBuffer, q_target="n_step"),
+         r"replay_buffer_class=SegmentReplayBuffer is invalid with q_target='n_step', which trains on transitions, not "
+         r"segments; expected None or a transition buffer, or q_target='retrace'"),
         (pendulum, dict(replay_buffer_kwargs=dict(segment_length=4)),
          r"replay_buffer_kwargs\['segment_length'\]=4 disagrees with segment_length=8: .*expected segment_length=4 as "
          r"MPO's argument"),

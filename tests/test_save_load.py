@@ -6,10 +6,11 @@ import warnings
 import numpy as np
 import pytest
 import torch as th
-from stable_baselines3.common.buffers import NStepReplayBuffer
+from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_mpo import MPO, IncompatibleParametersError
+from sb3_mpo.common.buffers import SegmentReplayBuffer
 from sb3_mpo.mpo.policies import MlpPolicy
 
 SMALL = dict(learning_starts=50, batch_size=32, n_action_samples=4, policy_kwargs=dict(net_arch=[32, 32]))
@@ -252,3 +253,67 @@ def test_n_step_model_loads_without_warning_and_keeps_its_buffer(tmp_path):
         loaded = MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1))
     assert type(loaded.replay_buffer) is NStepReplayBuffer
     assert loaded.replay_buffer.n_steps == 3 and loaded.replay_buffer.gamma == model.gamma
+
+
+@pytest.mark.parametrize(
+    "saved, changed, buffer_class",
+    [
+        (dict(q_target="n_step", n_steps=3), {"gamma": 0.95}, NStepReplayBuffer),
+        (dict(q_target="n_step", n_steps=3), {"n_steps": 5}, NStepReplayBuffer),
+        (dict(q_target="n_step", n_steps=3), {"q_target": "retrace", "n_steps": 1}, SegmentReplayBuffer),
+        ({}, {"segment_length": 4}, SegmentReplayBuffer),
+        ({}, {"gamma": 0.95}, SegmentReplayBuffer),
+        ({}, {"q_target": "n_step"}, ReplayBuffer),
+    ],
+)
+def test_settings_that_shape_the_buffer_changed_at_load_build_the_buffer_a_new_model_would(
+    tmp_path, saved, changed, buffer_class
+):
+    """The model keeps the buffer asked for, not the one resolved from its settings: a load that changes q_target,
+    segment_length, n_steps or gamma builds the buffer those settings give, which then trains the critic."""
+    MPO("MlpPolicy", "Pendulum-v1", seed=0, **saved, **SMALL).save(tmp_path / "mpo.zip")
+    loaded = MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1), custom_objects=changed)
+    fresh = MPO("MlpPolicy", "Pendulum-v1", seed=0, **{**saved, **changed}, **SMALL)
+    assert type(loaded.replay_buffer) is type(fresh.replay_buffer) is buffer_class
+    for setting in ("gamma", "n_steps", "segment_length"):
+        assert getattr(loaded.replay_buffer, setting, None) == getattr(fresh.replay_buffer, setting, None), setting
+    assert type(loaded.evaluation) is type(fresh.evaluation)
+    loaded.learn(60, reset_num_timesteps=False)  # past learning_starts: the critic trains on that buffer
+    assert loaded._n_updates > 0
+
+
+@pytest.mark.parametrize(
+    "saved, changed, message",
+    [
+        ({}, {"epsilon": 2.0}, r"^MPO: epsilon=2\.0 is invalid with n_action_samples=4, expected a float below log\(4\)"),
+        ({}, {"n_steps": 3}, r"^MPO: n_steps=3 is invalid, expected 1 with q_target='retrace'"),
+        ({}, {"batch_size": 0}, r"^MPO: batch_size=0 is invalid, expected"),
+        (dict(q_target="n_step"), {"mixture_return_samples": 16}, r"^MPO: mixture_return_samples=16 is invalid"),
+    ],
+)
+def test_a_load_refuses_settings_the_constructor_refuses(tmp_path, saved, changed, message):
+    """custom_objects (and load's keyword arguments, as RL Zoo's -i passes an entry) are checked as constructor arguments."""
+    MPO("MlpPolicy", "Pendulum-v1", seed=0, **saved, **SMALL).save(tmp_path / "mpo.zip")
+    with pytest.raises(ValueError, match=message):
+        MPO("MlpPolicy", "Pendulum-v1", **{**saved, **changed, **{k: v for k, v in SMALL.items() if k not in changed}})
+    with pytest.raises(ValueError, match=message):
+        MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1), custom_objects=changed)
+    with pytest.raises(ValueError, match=message):
+        MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1), **changed)
+
+
+def test_a_model_loaded_to_act_takes_a_learning_rate_of_zero(tmp_path):
+    """SB3's idiom for a model loaded only to act (RL Zoo's enjoy): learning_rate 0 in custom_objects is not refused."""
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, **SMALL)
+    model.save(tmp_path / "mpo.zip")
+    custom_objects = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0}
+    loaded = MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1), custom_objects=custom_objects)
+    obs = np.stack([model.observation_space.sample() for _ in range(4)])
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+
+
+def test_loading_popart_statistics_into_a_model_without_popart_names_the_setting(tmp_path):
+    """value_normalization=False at load leaves the saved statistics nowhere to go: MPO's error, not an AttributeError."""
+    MPO("MlpPolicy", "Pendulum-v1", seed=0, value_normalization=True, **SMALL).save(tmp_path / "mpo.zip")
+    with pytest.raises(IncompatibleParametersError, match=r"expected value_normalization=True, as saved"):
+        MPO.load(tmp_path / "mpo.zip", custom_objects={"value_normalization": False})

@@ -498,6 +498,11 @@ def replay_settings_problem(
                 "HerReplayBuffer too, with n_steps=1)"
             )
         return _disagreement(replay_buffer_kwargs, {"segment_length": segment_length})
+    if replay_buffer_class is not None and issubclass(replay_buffer_class, SegmentReplayBuffer):
+        return (
+            f"replay_buffer_class={name} is invalid with q_target='n_step', which trains on transitions, not segments; "
+            "expected None or a transition buffer, or q_target='retrace' (the default) with it"
+        )
     own_horizon = replay_buffer_class is not None and issubclass(replay_buffer_class, NStepReplayBuffer)
     if n_steps > 1 and replay_buffer_class is not None and not own_horizon:
         return (

@@ -13,6 +13,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import (
     GymEnv,
     MaybeCallback,
@@ -20,6 +21,7 @@ from stable_baselines3.common.type_aliases import (
     ReplayBufferSamples,
     Schedule,
     TensorDict,
+    TrainFreq,
 )
 from stable_baselines3.common.utils import FloatSchedule, get_parameters_by_name, polyak_update, update_learning_rate
 from stable_baselines3.dqn.policies import QNetwork
@@ -51,6 +53,22 @@ from sb3_mpo.mpo.policies import (
 from sb3_mpo.mpo.popart import PopArt
 
 SelfMPO = TypeVar("SelfMPO", bound="MPO")
+#: Constructor arguments that a loaded model's checks leave out: those it does not hold under their own names as given
+#: (``policy``, ``train_freq``, ``stats_window_size``: held otherwise; ``env``, ``device``: wrapped or resolved), those
+#: its buffer's set-up checks (``replay_buffer_class``, ``replay_buffer_kwargs``), and ``learning_rate``, which SB3's
+#: idiom for a model loaded to act sets to 0 (``custom_objects={"learning_rate": 0.0, ...}``, as RL Zoo's ``enjoy``)
+NOT_HELD = frozenset(
+    (
+        "policy",
+        "train_freq",
+        "stats_window_size",
+        "env",
+        "device",
+        "replay_buffer_class",
+        "replay_buffer_kwargs",
+        "learning_rate",
+    )
+)
 QTarget = Literal["n_step", "retrace"]
 TemperatureUpdate = Literal["solve", "gradient"]
 PolicyImprovementKind = Literal["nonparametric", "parametric"]
@@ -416,6 +434,9 @@ class MPO(OffPolicyAlgorithm):
         self._kl_excursions: dict[str, int] = {}
         self._kl_peak_ratios: dict[str, float] = {}
 
+        # SB3's load builds the model without setting it up (its constructor's defaults), then sets the saved settings,
+        # updated by custom_objects: _setup_model checks those as this constructor checked its arguments
+        self._settings_checked = _init_setup_model
         if _init_setup_model:
             self._setup_model()
 
@@ -499,6 +520,25 @@ class MPO(OffPolicyAlgorithm):
         for name, ok, accepted in relations:
             if not ok:
                 raise ValueError(f"{owner}: {name}={arguments[name]!r} is invalid, expected {accepted}")
+
+    def _check_held_settings(self) -> None:
+        """
+        The constructor's checks (:meth:`_check_arguments`, :meth:`_check_sampled_bounds`) on the settings the model
+        holds: those of a model that ``MPO.load`` built are the saved ones, updated by ``custom_objects`` and by the
+        keyword arguments of ``load`` (as RL Zoo passes an entry's hyperparameters when it continues training), which
+        the constructor never saw.
+
+        :raises ValueError: naming the first bad setting, its value and what is accepted
+        """
+        held = {name: getattr(self, name) for name in checks.constructor_parameters(type(self)) if name not in NOT_HELD}
+        train_freq = self.train_freq  # SB3 converts it to a TrainFreq when it sets the model up
+        if isinstance(train_freq, TrainFreq):
+            train_freq = (train_freq.frequency, train_freq.unit.value)
+        self._check_arguments(
+            **held, policy=self.policy_class, train_freq=train_freq, stats_window_size=self._stats_window_size
+        )
+        if isinstance(self.action_space, spaces.Box) and self.policy_improvement == "nonparametric":
+            self._check_sampled_bounds(self.n_action_samples, epsilon=self.epsilon, epsilon_penalty=self.epsilon_penalty)
 
     @staticmethod
     def _check_sampled_bounds(n_action_samples: int, **bounds: float | None) -> None:
@@ -640,6 +680,9 @@ class MPO(OffPolicyAlgorithm):
         )
 
     def _setup_model(self) -> None:
+        if not self._settings_checked:
+            self._check_held_settings()
+            self._settings_checked = True
         problem = replay_settings_problem(
             self.q_target,
             self.n_steps,
@@ -656,14 +699,19 @@ class MPO(OffPolicyAlgorithm):
         )
         label = "'replay_buffer_kwargs' key {key!r}"
         checks.check_class_kwargs(self.replay_buffer_kwargs, buffer_class, checks.SET_FOR_REPLAY_BUFFER, label)
+        # The buffer asked for, not the class and arguments that MPO and SB3 resolve it to (which take segment_length,
+        # n_steps and gamma from MPO's arguments), is what the model keeps and saves: a load whose custom_objects change
+        # those arguments resolves the buffer afresh, as the constructor would
+        requested = self.replay_buffer_class, dict(self.replay_buffer_kwargs)
         if self.q_target == "retrace":
             self.replay_buffer_class = buffer_class
             self.replay_buffer_kwargs = {"segment_length": self.segment_length, **self.replay_buffer_kwargs}
         elif self.replay_buffer_class is NStepReplayBuffer and self.replay_buffer_kwargs.get("n_steps") == self.n_steps:
-            # A loaded model carries the buffer class SB3 picked for n_steps > 1. Clearing it lets SB3 pick the same
-            # class and arguments again, instead of warning that a custom class ignores n_steps.
+            # A model saved before the request was kept carries the class SB3 picked for n_steps > 1. Clearing it lets
+            # SB3 pick the same class and arguments again, instead of warning that a custom class ignores n_steps.
             self.replay_buffer_class = None
         super()._setup_model()
+        self.replay_buffer_class, self.replay_buffer_kwargs = requested
         self._check_mixed_replay()
         self._create_aliases()
         # the policy builds both optimisers at learning_rate's first value; train() sets each rate before every update
@@ -1048,6 +1096,7 @@ class MPO(OffPolicyAlgorithm):
         excluded += ["_compute_losses", "value_normalizer", "written_by_losses"]
         excluded += ["batch_norm_stats", "batch_norm_stats_target", "actor_batch_norm_stats", "actor_batch_norm_stats_target"]
         excluded += ["_warned", "actor_lr_schedule"]  # a loaded model warns again; _setup_lr_schedule makes the schedule
+        excluded += ["_settings_checked"]  # a loaded model's settings are checked when it is set up
         return [*super()._excluded_save_params(), *excluded]
 
     def set_parameters(
@@ -1062,8 +1111,17 @@ class MPO(OffPolicyAlgorithm):
         :raises IncompatibleParametersError: naming those settings and what torch found (where SB3's ``load`` would
             otherwise end in ``KeyError: 'policy.optimizer'``, its fallback for DQN's older files)
         """
+        params = load_path_or_dict
+        if not isinstance(params, dict):
+            _, params, _ = load_from_zip_file(params, device=device, load_data=False)
+        if "value_normalizer" in params and self.value_normalizer is None:
+            raise IncompatibleParametersError(
+                f"{type(self).__name__}: the saved parameters hold PopArt's statistics, which value_normalization=False "
+                "has no place for: the saved critic learned normalised values, which it cannot give unnormalised; "
+                "expected value_normalization=True, as saved (custom_objects in MPO.load)"
+            )
         try:
-            super().set_parameters(load_path_or_dict, exact_match, device)
+            super().set_parameters(params, exact_match, device)
         except (RuntimeError, ValueError) as error:
             raise IncompatibleParametersError(
                 f"{type(self).__name__}: the saved parameters do not fit this model (policy_kwargs={self.policy_kwargs!r}, "
