@@ -262,6 +262,11 @@ def test_replay_buffer_sampled_otherwise_is_refused(
             r"segment_length$",
         ),
         (dict(replay_buffer_kwargs=dict(buffer_size=10)), r"'buffer_size' is set by SB3 from buffer_size: remove it"),
+        # SB3's pick for n-step targets, whose constructor passes its other keywords on to ReplayBuffer's
+        (
+            dict(q_target="n_step", n_steps=3, replay_buffer_kwargs=dict(foo=1)),
+            r"'replay_buffer_kwargs' key 'foo' for NStepReplayBuffer\. NStepReplayBuffer accepts: ",
+        ),
         # SB3's pick for 1-step targets is its ReplayBuffer, which has no segments
         (
             dict(q_target="n_step", replay_buffer_kwargs=dict(segment_length=4)),

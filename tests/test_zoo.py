@@ -429,6 +429,55 @@ def test_diverged_trial_is_pruned(monkeypatch: pytest.MonkeyPatch) -> None:
         manager.objective(optuna.trial.FixedTrial({}))
 
 
+def test_a_trial_whose_sampled_settings_clash_with_the_entrys_is_pruned_not_fatal(tmp_path: Path) -> None:
+    """An entry with value_normalization=True and trials that draw a mixture critic or CrossQ's: those trials are
+    pruned (their settings refused by the constructor) and the search goes on to its other trials."""
+    storage = str(tmp_path / "mpo.log")
+    zoo(
+        "train",
+        *("--algo", ALGO_NAME, "--env", ENV_ID, "-f", tmp_path, "-n", 120, "--eval-episodes", 1, "--seed", 0),
+        *("--hyperparams", "learning_starts:110", "value_normalization:True", "-optimize", "--n-trials", 8),
+        *("--sampler", "random", "--pruner", "none", "--no-optim-plots", "--storage", storage, "--study-name", "v"),
+    )
+    trials = optuna.load_study(study_name="v", storage=open_storage(storage)).trials
+    assert len(trials) == 8
+    states = {trial.number: trial.state for trial in trials}
+    clashing = {
+        trial.number
+        for trial in trials
+        if trial.params.get("critic") == "mixture" or trial.params.get("critic_normalization") == "batch_renorm"
+    }
+    assert clashing and clashing != set(states), "the seed must draw clashing and accepted trials alike"
+    assert all(states[number] == optuna.trial.TrialState.PRUNED for number in clashing)
+    assert all(states[number] == optuna.trial.TrialState.COMPLETE for number in set(states) - clashing)
+
+
+def test_a_search_with_her_samples_only_what_mpo_takes_with_it() -> None:
+    """With HerReplayBuffer: 1-step targets and pure replay, HER's relabelling searched as rl_zoo3 searches it for SAC
+    (on top of the entry's HER settings), and a stored trial converted back to the same settings."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    her = {"using_her_replay_buffer": True, "her_kwargs": {"copy_info_dict": True}}
+    for _ in range(8):
+        trial = study.ask()
+        sampled = sample_mpo_params(trial, n_actions=2, n_envs=1, additional_args=her)
+        assert (sampled["q_target"], sampled["n_steps"], sampled["replay_fraction"]) == ("n_step", 1, 1.0)
+        assert "q_target" not in trial.params and "replay_fraction" not in trial.params
+        buffer = sampled["replay_buffer_kwargs"]
+        assert buffer["copy_info_dict"] is True and 1 <= buffer["n_sampled_goal"] <= 5
+        assert buffer["goal_selection_strategy"] in ("final", "episode", "future")
+        stored = convert_mpo_params(trial.params)
+        assert stored["replay_buffer_kwargs"] == {key: buffer[key] for key in ("n_sampled_goal", "goal_selection_strategy")}
+        study.tell(trial, 0.0)
+
+
+def test_plot_from_file_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    """rl_zoo3's plot_from_file runs under the zoo command (its usage printed), as `python -m rl_zoo3.cli` runs it."""
+    pytest.importorskip("rliable")
+    with pytest.raises(SystemExit) as exit_code:
+        zoo("plot_from_file", "--help")
+    assert exit_code.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_processes_share_a_journal_study(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "sb3_mpo.zoo", "train", "--algo", ALGO_NAME, "--env", ENV_ID, "-f", str(tmp_path)]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import numpy as np
+from stable_baselines3.common.buffers import NStepReplayBuffer
 
 from sb3_mpo.mpo.losses import MULTIPLIER_FLOOR
 
@@ -332,6 +333,11 @@ def check_known_keys(
             raise ValueError(f"Unknown hyperparameter {label.format(key=key)} for {owner}.{hint} {owner} accepts: {accepted}")
 
 
+#: Classes whose constructor passes its ``**kwargs`` on to its parent's and uses them for nothing else (SB3's n-step
+#: buffer): their keys are checked against their own and their parents' parameters (:func:`constructor_parameters`)
+FORWARDING_CLASSES: tuple[type, ...] = (NStepReplayBuffer,)
+
+
 def check_class_kwargs(kwargs: Mapping[str, Any], cls: type, set_elsewhere: Mapping[str, str], label: str) -> None:
     """
     Refuse keyword arguments meant for another class's constructor that it receives from elsewhere, or does not take,
@@ -349,7 +355,7 @@ def check_class_kwargs(kwargs: Mapping[str, Any], cls: type, set_elsewhere: Mapp
         if key in set_elsewhere:
             raise ValueError(f"Hyperparameter {label.format(key=key)} is set {set_elsewhere[key]}: remove it")
     constructor = inspect.signature(cls.__init__).parameters.values()  # type: ignore[misc]
-    if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in constructor):
+    if cls in FORWARDING_CLASSES or not any(parameter.kind is parameter.VAR_KEYWORD for parameter in constructor):
         check_known_keys(kwargs, constructor_parameters(cls), cls.__name__, label, set_elsewhere)
 
 

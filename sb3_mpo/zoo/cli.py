@@ -61,7 +61,9 @@ def _run_plot_script(name: str) -> None:
     spec = importlib.util.find_spec("rl_zoo3")
     assert spec is not None and spec.origin is not None, "rl_zoo3 is not installed"
     script = Path(spec.origin).parent / "plots" / f"{name}.py"
-    namespace = runpy.run_path(str(script), run_name=f"rl_zoo3.plots.{name}")
+    # Under a name of its own: under its module's, the half-run script would stand in sys.modules for the module that
+    # rl_zoo3.plots' __init__ imports when the script imports from that package (plot_from_file does)
+    namespace = runpy.run_path(str(script), run_name=f"sb3_mpo_zoo_{name}")
     namespace[name]()
 
 

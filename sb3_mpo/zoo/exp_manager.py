@@ -21,8 +21,9 @@ class MPOExperimentManager(ExperimentManager):
     - ``actor_learning_rate`` (:data:`~sb3_mpo.common.hyperparams.SCHEDULED_RATES`) may be RL Zoo's linear schedule
       ``lin_<float>``, as ``learning_rate`` may.
     - A hyperparameter-search trial that meets a NaN or infinite loss, observation or reward
-      (:class:`~sb3_mpo.NonFiniteError`) is pruned, as rl_zoo3 prunes trials that fail with ``ValueError``, instead
-      of stopping the whole search.
+      (:class:`~sb3_mpo.NonFiniteError`), or whose sampled settings MPO's constructor refuses beside the entry's fixed
+      ones (e.g. a mixture critic where the entry sets ``value_normalization=True``), is pruned with a line that says
+      why, as rl_zoo3 prunes trials that fail with ``ValueError`` while training, instead of stopping the whole search.
 
     Takes exactly the arguments of rl_zoo3's ``ExperimentManager``.
     """
@@ -60,4 +61,7 @@ class MPOExperimentManager(ExperimentManager):
             return super().objective(trial)
         except NonFiniteError as error:
             print(f"Trial {trial.number} met a non-finite value and is pruned: {error}")
+            raise optuna.TrialPruned(str(error)) from error
+        except ValueError as error:  # rl_zoo3 prunes those raised while training; these come from building the model
+            print(f"Trial {trial.number}'s settings are refused and it is pruned: {error}")
             raise optuna.TrialPruned(str(error)) from error

@@ -9,6 +9,7 @@ parameters when training is resumed from a study with ``--storage ... --study-na
 from typing import Any
 
 import optuna
+from rl_zoo3.hyperparams_opt import sample_her_params
 from torch import nn
 
 #: Hidden layers of the actor and the critic for each ``net_arch`` choice (the names of rl_zoo3's off-policy samplers)
@@ -59,9 +60,13 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
     :param n_actions: rl_zoo3's number of action dimensions: the size of a ``Box`` action space, and 0 for every other
         space (rl_zoo3 sets it for ``Box`` spaces only), which is how the sampler tells ``Discrete`` actions apart
     :param n_envs: Number of environments (unused)
-    :param additional_args: rl_zoo3's extra information on the run (unused: MPO has no HER-specific setting)
+    :param additional_args: rl_zoo3's extra information on the run. With SB3's ``HerReplayBuffer``
+        (``using_her_replay_buffer``) the critic target is 1-step returns and every batch is replayed, the only
+        settings MPO takes with that buffer, and HER's goal relabelling is searched as rl_zoo3 searches it for SAC
+        (its ``sample_her_params``, on top of the entry's ``her_kwargs``)
     :return: Keyword arguments for MPO's constructor
     """
+    her = bool(additional_args.get("using_her_replay_buffer", False))
     sampled: dict[str, Any] = {
         # gamma in [0.97, 0.9999], as in rl_zoo3's SAC / TD3 samplers
         "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
@@ -77,14 +82,16 @@ def sample_mpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
         # From 2**6=64 to 2**9=512
         "batch_size_pow": trial.suggest_int("batch_size_pow", 6, 9),
         "epsilon": trial.suggest_float("epsilon", 0.01, 1.0, log=True),
-        "q_target": trial.suggest_categorical("q_target", list(CRITIC_TARGETS)),
+        "q_target": "1-step" if her else trial.suggest_categorical("q_target", list(CRITIC_TARGETS)),
         # Polyak coefficient of the target networks
         "tau": trial.suggest_float("tau", 0.001, 0.05, log=True),
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
         "torso": trial.suggest_categorical("torso", list(TORSOS)),
         # Pure replay (the default), or a quarter or half of each batch from the newest data
-        "replay_fraction": trial.suggest_categorical("replay_fraction", [1.0, 0.75, 0.5]),
+        "replay_fraction": 1.0 if her else trial.suggest_categorical("replay_fraction", [1.0, 0.75, 0.5]),
     }
+    if her:
+        sampled = sample_her_params(trial, sampled, additional_args.get("her_kwargs", {}))
     if n_actions > 0:
         sampled["n_action_samples"] = trial.suggest_categorical("n_action_samples", [10, 20, 40])
         sampled["epsilon_mean"] = trial.suggest_float("epsilon_mean", 1e-4, 1e-2, log=True)
@@ -126,6 +133,10 @@ def convert_mpo_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     :return: Keyword arguments for MPO's constructor
     """
     hyperparams = sampled_params.copy()
+    # A stored trial of a search with HerReplayBuffer holds HER's relabelling settings, which go to the buffer
+    her_settings = {key: hyperparams.pop(key) for key in ("n_sampled_goal", "goal_selection_strategy") if key in hyperparams}
+    if her_settings:
+        hyperparams["replay_buffer_kwargs"] = {**hyperparams.get("replay_buffer_kwargs", {}), **her_settings}
     hyperparams["gamma"] = 1 - hyperparams.pop("one_minus_gamma")
     hyperparams["batch_size"] = 2 ** hyperparams.pop("batch_size_pow")
     # Studies from before the actor's own rate was searched trained the actor at learning_rate
