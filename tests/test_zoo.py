@@ -118,6 +118,20 @@ def test_train_writes_log_folder(trained: Path) -> None:
     assert model.batch_size == 32 and model.n_action_samples == 4
 
 
+def test_training_continues_from_a_trained_agent_and_its_settings_are_checked(trained: Path, tmp_path: Path) -> None:
+    """-i loads the agent with the entry's hyperparameters as load's keywords: they go through the constructor's checks
+    (here a bound that cannot bind over the entry's 4 sampled actions), and valid ones continue its training."""
+    agent = trained / ALGO_NAME / f"{ENV_ID}_1" / f"{ENV_ID}.zip"
+    common = ("--algo", ALGO_NAME, "--env", ENV_ID, "-f", tmp_path, "-n", 100, "--eval-freq", -1, "-i", agent)
+    with pytest.raises(ValueError, match=r"^MPO: epsilon=2\.0 is invalid with n_action_samples=4"):
+        zoo("train", *common, "--hyperparams", "learning_starts:50", *FAST, "epsilon:2.0")
+    zoo("train", *common, "--hyperparams", "learning_starts:50", *FAST)
+    (saved,) = tmp_path.glob(f"{ALGO_NAME}/{ENV_ID}_*/{ENV_ID}.zip")  # the refused run saved nothing
+    continued = MPO.load(saved)
+    # rl_zoo3 counts the new run's steps from 0; the updates go on from the agent's
+    assert continued.num_timesteps == 100 and continued._n_updates > MPO.load(agent)._n_updates > 0
+
+
 def test_enjoy(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
     zoo("enjoy", "--algo", ALGO_NAME, "--env", ENV_ID, "-f", trained, "--no-render", "-n", 200)
     output = capsys.readouterr().out
