@@ -540,3 +540,66 @@ def test_a_policy_built_alone_names_a_bad_actor_setting(kwargs: dict[str, Any], 
     box = spaces.Box(-1.0, 1.0, (2,))
     with pytest.raises(ValueError, match=match):
         MPOPolicy(box, box, lambda _: 1e-3, **kwargs)
+
+
+class BoxActionsEnv(gym.Env):
+    """Observations of one dimension; actions in a given Box (bounds of any float32 values, any shape)."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+
+    def __init__(self, low: Any, high: Any, shape: tuple[int, ...] | None = None):
+        self.action_space = spaces.Box(np.float32(low), np.float32(high), shape, dtype=np.float32)
+        self.outside = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.outside += int(not self.action_space.contains(np.asarray(action, dtype=np.float32)))
+        return np.zeros(1, dtype=np.float32), 0.0, False, False, {}
+
+
+def test_actions_on_the_box_faces_stay_within_bounds_that_float32_would_round_past() -> None:
+    """The clipped Gaussian's ±1, rescaled to [-3.7951624, 0.50708646] in float32, would land one rounding step beyond
+    the high bound (0.5070865); the environment and predict get actions inside the box."""
+    env = BoxActionsEnv([-3.7951624, 0.0], [0.50708646, 1.0])
+    scaled = np.array([[1.0, 1.0], [-1.0, -1.0]], dtype=np.float32)
+    low, high = env.action_space.low, env.action_space.high
+    assert (low + 0.5 * (scaled + 1.0) * (high - low) > high).any(), "the bounds must round past the box in float32"
+    wide = {**TINY, "policy_kwargs": dict(net_arch=[8], init_std=5.0)}
+    model = MPO("MlpPolicy", env, seed=0, learning_starts=20, **wide)
+    assert all(env.action_space.contains(action) for action in model.policy.unscale_action(scaled))
+    model.learn(100)  # a wide Gaussian: most sampled actions are clipped onto the faces
+    assert env.outside == 0
+    observations = np.zeros((200, 1), dtype=np.float32)
+    for deterministic in (True, False):
+        actions, _ = model.predict(observations, deterministic=deterministic)
+        assert ((actions >= low) & (actions <= high)).all()
+
+
+def test_a_box_action_space_of_several_dimensions_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"MPO needs a Box action space of one dimension .* of shape \(2, 2\): wrap .* the "
+                       r"flat Box of 4 actions"):  # fmt: skip
+        MPO("MlpPolicy", BoxActionsEnv(-1.0, 1.0, (2, 2)), **TINY)
+
+
+@pytest.mark.parametrize(
+    "make_env, kwargs, message",
+    [
+        (pendulum, dict(verbose="yes"), r"^MPO: verbose='yes' is invalid, expected"),
+        (pendulum, dict(seed=1.5), r"^MPO: seed=1\.5 is invalid, expected"),
+        (pendulum, dict(optimize_memory_usage="yes"), r"^MPO: optimize_memory_usage='yes' is invalid, expected"),
+        (pendulum, dict(q_target="n_step", n_steps=3, optimize_memory_usage=True),
+         r"^MPO: optimize_memory_usage=True is invalid, expected False with n-step returns"),
+        (pendulum, dict(policy="MultiInputPolicy"),
+         r"^MPO: policy=MultiInputPolicy is invalid with the observation space Box.*, expected a Dict observation space"),
+        (lambda: make_vec_env("Pendulum-v1", n_envs=2), dict(train_freq=(1, "episode")),
+         r"^MPO: train_freq=\(1, 'episode'\) is invalid with 2 environments, expected a frequency in steps"),
+    ],
+)  # fmt: skip
+def test_settings_sb3_would_trip_over_are_refused_by_name(make_env: Any, kwargs: dict[str, Any], message: str) -> None:
+    """SB3 leaves these to a TypeError, an AttributeError or an assertion while training; MPO names them at construction."""
+    policy = kwargs.pop("policy", "MlpPolicy")
+    with pytest.raises(ValueError, match=message):
+        MPO(policy, make_env(), **TINY, **kwargs)

@@ -317,3 +317,16 @@ def test_loading_popart_statistics_into_a_model_without_popart_names_the_setting
     MPO("MlpPolicy", "Pendulum-v1", seed=0, value_normalization=True, **SMALL).save(tmp_path / "mpo.zip")
     with pytest.raises(IncompatibleParametersError, match=r"expected value_normalization=True, as saved"):
         MPO.load(tmp_path / "mpo.zip", custom_objects={"value_normalization": False})
+
+
+def test_loading_into_a_model_with_popart_parameters_saved_without_it_names_the_setting(tmp_path):
+    """value_normalization=True at load, where the saved critic learned unnormalised values: MPO's error names it."""
+    MPO("MlpPolicy", "Pendulum-v1", seed=0, **SMALL).save(tmp_path / "mpo.zip")
+    with pytest.raises(IncompatibleParametersError, match=r"expected value_normalization=False, as saved"):
+        MPO.load(tmp_path / "mpo.zip", custom_objects={"value_normalization": True})
+
+
+def test_set_parameters_with_missing_objects_raises_sb3s_error(trained_model):
+    """A dict without the optimisers' states: SB3's ValueError about the names, as SAC raises, not a settings error."""
+    with pytest.raises(ValueError, match=r"Names of parameters do not match"):
+        trained_model.set_parameters({"policy": trained_model.policy.state_dict()}, exact_match=True)

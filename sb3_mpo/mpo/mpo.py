@@ -362,6 +362,9 @@ class MPO(OffPolicyAlgorithm):
             per_dim_constraints=per_dim_constraints,
             stats_window_size=stats_window_size,
             policy_kwargs=policy_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            verbose=verbose,
+            seed=seed,
         )
         if env is not None and not isinstance(env, str):
             self._check_action_space(env.action_space)  # before SB3's own assertions, with a clearer message
@@ -516,6 +519,12 @@ class MPO(OffPolicyAlgorithm):
                 not (arguments["compile_update"] and batch_renorm),
                 "False with policy_kwargs batch_renorm=True (its update is not compiled)",
             ),
+            (
+                "optimize_memory_usage",
+                not (arguments.get("optimize_memory_usage") and arguments["q_target"] == "n_step" and n_steps > 1),
+                f"False with n-step returns (q_target='n_step', n_steps={n_steps}): SB3's NStepReplayBuffer does not "
+                "store observations that way",
+            ),
         ]
         for name, ok, accepted in relations:
             if not ok:
@@ -531,14 +540,37 @@ class MPO(OffPolicyAlgorithm):
         :raises ValueError: naming the first bad setting, its value and what is accepted
         """
         held = {name: getattr(self, name) for name in checks.constructor_parameters(type(self)) if name not in NOT_HELD}
-        train_freq = self.train_freq  # SB3 converts it to a TrainFreq when it sets the model up
-        if isinstance(train_freq, TrainFreq):
-            train_freq = (train_freq.frequency, train_freq.unit.value)
         self._check_arguments(
-            **held, policy=self.policy_class, train_freq=train_freq, stats_window_size=self._stats_window_size
+            **held, policy=self.policy_class, train_freq=self._train_freq_as_given(), stats_window_size=self._stats_window_size
         )
         if isinstance(self.action_space, spaces.Box) and self.policy_improvement == "nonparametric":
             self._check_sampled_bounds(self.n_action_samples, epsilon=self.epsilon, epsilon_penalty=self.epsilon_penalty)
+
+    def _train_freq_as_given(self) -> int | tuple[int, str]:
+        """:return: ``train_freq`` as the constructor takes it (SB3 makes it a ``TrainFreq`` when it sets the model up)"""
+        if isinstance(self.train_freq, TrainFreq):
+            return self.train_freq.frequency, self.train_freq.unit.value
+        return self.train_freq
+
+    def _check_environment_settings(self) -> None:
+        """
+        Refuse settings that the environment rules out, which SB3 would meet as an ``AttributeError`` while building the
+        policy or an assertion while collecting experience.
+
+        :raises ValueError: for ``MultiInputPolicy`` without Dict observations, or training per episode with several
+            environments
+        """
+        if issubclass(self.policy_class, MultiInputPolicy) and not isinstance(self.observation_space, spaces.Dict):
+            raise ValueError(
+                f"MPO: policy=MultiInputPolicy is invalid with the observation space {self.observation_space}, expected "
+                "a Dict observation space; use MlpPolicy (or CnnPolicy for images)"
+            )
+        train_freq = self._train_freq_as_given()
+        if isinstance(train_freq, tuple) and train_freq[1] == "episode" and self.n_envs > 1:
+            raise ValueError(
+                f"MPO: train_freq={train_freq!r} is invalid with {self.n_envs} environments, expected a frequency in steps "
+                "(an int, or (n, 'step')): SB3 trains per episode with one environment only"
+            )
 
     @staticmethod
     def _check_sampled_bounds(n_action_samples: int, **bounds: float | None) -> None:
@@ -567,7 +599,8 @@ class MPO(OffPolicyAlgorithm):
         Refuse the action spaces MPO cannot act in, saying what it accepts.
 
         :param action_space: The environment's action space
-        :raises ValueError: for a space other than a bounded Box or a Discrete space of at least 2 actions from 0
+        :raises ValueError: for a space other than a bounded Box of one dimension or a Discrete space of at least 2
+            actions from 0
         """
         if isinstance(action_space, spaces.Discrete):
             if action_space.n < 2:
@@ -583,6 +616,13 @@ class MPO(OffPolicyAlgorithm):
             raise ValueError(
                 "MPO supports Box (continuous, bounded) and Discrete action spaces; the environment's is "
                 f"{action_space}. MultiDiscrete, MultiBinary and other spaces are not supported."
+            )
+        if len(action_space.shape) != 1:
+            raise ValueError(
+                f"MPO needs a Box action space of one dimension (a vector of actions), got {action_space} of shape "
+                f"{action_space.shape}: wrap the environment in a gymnasium.ActionWrapper whose action_space is the "
+                f"flat Box of {int(np.prod(action_space.shape))} actions and whose action(a) reshapes a to "
+                f"{action_space.shape}"
             )
         if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
             raise ValueError(
@@ -683,6 +723,7 @@ class MPO(OffPolicyAlgorithm):
         if not self._settings_checked:
             self._check_held_settings()
             self._settings_checked = True
+        self._check_environment_settings()
         problem = replay_settings_problem(
             self.q_target,
             self.n_steps,
@@ -1120,9 +1161,17 @@ class MPO(OffPolicyAlgorithm):
                 "has no place for: the saved critic learned normalised values, which it cannot give unnormalised; "
                 "expected value_normalization=True, as saved (custom_objects in MPO.load)"
             )
+        if exact_match and "policy" in params and "value_normalizer" not in params and self.value_normalizer is not None:
+            raise IncompatibleParametersError(
+                f"{type(self).__name__}: the saved parameters hold no PopArt statistics for value_normalization=True: "
+                "the saved critic learned unnormalised values; expected value_normalization=False, as saved "
+                "(custom_objects in MPO.load)"
+            )
+        if exact_match and set(params) != set(self._get_torch_save_params()[0]):
+            super().set_parameters(params, exact_match, device)  # SB3's ValueError, which names the objects missing
         try:
             super().set_parameters(params, exact_match, device)
-        except (RuntimeError, ValueError) as error:
+        except (RuntimeError, ValueError) as error:  # torch's, for tensors or optimiser groups of other shapes or names
             raise IncompatibleParametersError(
                 f"{type(self).__name__}: the saved parameters do not fit this model (policy_kwargs={self.policy_kwargs!r}, "
                 f"temperature_update={self.temperature_update!r}, epsilon_penalty={self.epsilon_penalty!r}, "

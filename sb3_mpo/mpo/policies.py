@@ -880,6 +880,18 @@ class MPOPolicy(BasePolicy):
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self.actor(observation, deterministic)
 
+    def unscale_action(self, scaled_action: np.ndarray) -> np.ndarray:
+        """
+        SB3's rescaling from the normalised box [-1, 1] to the action space's bounds, clipped to those bounds: the
+        clipped Gaussian puts actions on the box's faces routinely, and the rescaling of ±1 in float32 can land one
+        rounding step beyond a bound (e.g. 0.5070865 for a high of 0.50708646), which the environment would receive.
+
+        :param scaled_action: Actions in [-1, 1]
+        :return: Actions within the action space's bounds
+        """
+        assert isinstance(self.action_space, spaces.Box)
+        return np.clip(super().unscale_action(scaled_action), self.action_space.low, self.action_space.high)
+
     def set_training_mode(self, mode: bool) -> None:
         """
         Put the policy in either training or evaluation mode (targets always stay in evaluation mode).
