@@ -186,8 +186,8 @@ class ActionSpaceEnv(gym.Env):
             r"low < high in every dimension.*dimension\(s\) \[1, 2\] have low >= high",
         ),
         (
-            spaces.Box(np.float32([[0.0, 0.0]]), np.float32([[1.0, 0.0]])),
-            r"dimension\(s\) \[\(0, 1\)\] have low >= high",
+            spaces.Box(np.float32([[0.0, 0.0]]), np.float32([[1.0, 0.5]])),
+            r"MPO needs a Box action space of one dimension .* of shape \(1, 2\)",
         ),
         (
             spaces.Discrete(3, start=1),

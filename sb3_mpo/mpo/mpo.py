@@ -630,7 +630,7 @@ class MPO(OffPolicyAlgorithm):
             )
         empty = np.argwhere(~(action_space.low < action_space.high))
         if len(empty) > 0:
-            dimensions = [int(index[0]) if len(index) == 1 else tuple(map(int, index)) for index in empty]
+            dimensions = [int(index[0]) for index in empty]
             raise ValueError(
                 f"MPO needs low < high in every dimension of a Box action space to map the policy into it, got "
                 f"{action_space} whose dimension(s) {dimensions} have low >= high: remove the constant dimension(s) "
