@@ -588,7 +588,8 @@ def test_a_box_action_space_of_several_dimensions_is_refused() -> None:
     "make_env, kwargs, message",
     [
         (pendulum, dict(verbose="yes"), r"^MPO: verbose='yes' is invalid, expected"),
-        (pendulum, dict(seed=1.5), r"^MPO: seed=1\.5 is invalid, expected"),
+        (pendulum, dict(seed=1.5), r"^MPO: seed=1\.5 is invalid, expected None or a Python integer"),
+        (pendulum, dict(seed=np.int64(3)), r"^MPO: seed=np\.int64\(3\) is invalid, expected None or a Python integer"),
         (pendulum, dict(optimize_memory_usage="yes"), r"^MPO: optimize_memory_usage='yes' is invalid, expected"),
         (pendulum, dict(q_target="n_step", n_steps=3, optimize_memory_usage=True),
          r"^MPO: optimize_memory_usage=True is invalid, expected False with n-step returns"),

@@ -187,6 +187,8 @@ MPO_ARGUMENTS: dict[str, Requirement] = {
     "target_update_interval": POSITIVE_INTEGER,
     "replay_fraction": fraction(include_zero=False),
     "stats_window_size": POSITIVE_INTEGER,
+    # Python's random.seed, which SB3 calls with it, takes no NumPy integer
+    "seed": Requirement(lambda value: value is None or type(value) is int, "None or a Python integer"),
 }
 #: What the policy's arguments (``policy_kwargs``) accept beyond their annotations
 POLICY_ARGUMENTS: dict[str, Requirement] = {

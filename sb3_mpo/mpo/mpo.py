@@ -1150,7 +1150,10 @@ class MPO(OffPolicyAlgorithm):
         ``per_dim_constraints`` with several action dimensions) cannot take the saved values.
 
         :raises IncompatibleParametersError: naming those settings and what torch found (where SB3's ``load`` would
-            otherwise end in ``KeyError: 'policy.optimizer'``, its fallback for DQN's older files)
+            otherwise end in ``KeyError: 'policy.optimizer'``, its fallback for DQN's older files), or PopArt's
+            statistics where ``value_normalization`` differs from the saved model's
+        :raises ValueError: SB3's, where ``exact_match`` and the objects given (policy, optimisers, multipliers) are not
+            the model's
         """
         params = load_path_or_dict
         if not isinstance(params, dict):
