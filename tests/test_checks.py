@@ -16,7 +16,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_mpo import MPO, NonFiniteError
 from sb3_mpo.common.buffers import DictSegmentReplayBuffer, SegmentReplayBuffer
-from sb3_mpo.common.checks import non_finite_transition
+from sb3_mpo.common.checks import non_finite_transition, tuples_from_json
 
 TINY = dict(batch_size=16, n_action_samples=4, policy_kwargs=dict(net_arch=[8]))
 
@@ -604,3 +604,11 @@ def test_settings_sb3_would_trip_over_are_refused_by_name(make_env: Any, kwargs:
     policy = kwargs.pop("policy", "MlpPolicy")
     with pytest.raises(ValueError, match=message):
         MPO(policy, make_env(), **TINY, **kwargs)
+
+
+def test_tuples_that_a_json_round_trip_made_lists_are_tuples_again() -> None:
+    """Only where the annotation takes a tuple and no list: a list annotation, a union with one, or no annotation keep it."""
+    parameters = {"support": tuple[float, float] | None, "arch": list[int], "either": tuple[int, int] | list[int]}
+    read_back = {"support": [-10.0, 10.0], "arch": [64, 64], "either": [1, 2], "unknown": [1, 2], "scalar": 3}
+    assert tuples_from_json(read_back, parameters) == {**read_back, "support": (-10.0, 10.0)}
+    assert isinstance(tuples_from_json(read_back, parameters)["arch"], list)

@@ -540,6 +540,10 @@ class MPO(OffPolicyAlgorithm):
         :raises ValueError: naming the first bad setting, its value and what is accepted
         """
         held = {name: getattr(self, name) for name in checks.constructor_parameters(type(self)) if name not in NOT_HELD}
+        if held["policy_kwargs"]:  # saved as JSON, which gives tuples back as lists
+            held["policy_kwargs"] = checks.tuples_from_json(
+                held["policy_kwargs"], checks.constructor_parameters(self.policy_class)
+            )
         self._check_arguments(
             **held, policy=self.policy_class, train_freq=self._train_freq_as_given(), stats_window_size=self._stats_window_size
         )
