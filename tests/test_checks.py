@@ -11,7 +11,7 @@ from gymnasium import spaces
 from stable_baselines3 import SAC, HerReplayBuffer
 from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.envs import BitFlippingEnv, SimpleMultiObsEnv
+from stable_baselines3.common.envs import BitFlippingEnv, FakeImageEnv, SimpleMultiObsEnv
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_mpo import MPO, NonFiniteError
@@ -612,3 +612,21 @@ def test_tuples_that_a_json_round_trip_made_lists_are_tuples_again() -> None:
     read_back = {"support": [-10.0, 10.0], "arch": [64, 64], "either": [1, 2], "unknown": [1, 2], "scalar": 3}
     assert tuples_from_json(read_back, parameters) == {**read_back, "support": (-10.0, 10.0)}
     assert isinstance(tuples_from_json(read_back, parameters)["arch"], list)
+
+
+@pytest.mark.parametrize(
+    "policy, env, policy_kwargs, message",
+    [
+        ("MlpPolicy", pendulum, dict(features_extractor_kwargs=dict(features_dimm=8)),
+         r"^Unknown hyperparameter 'policy_kwargs' 'features_extractor_kwargs' key 'features_dimm' for FlattenExtractor\. "
+         r"FlattenExtractor takes no keyword of its own$"),
+        ("MlpPolicy", pendulum, dict(features_extractor_kwargs=dict(observation_space=None)),
+         r"'features_extractor_kwargs' key 'observation_space' is set by SB3 from the environment: remove it"),
+        ("CnnPolicy", lambda: FakeImageEnv(), dict(features_extractor_kwargs=dict(feature_dim=32)),
+         r"key 'feature_dim' for NatureCNN\. Did you mean 'features_dim'\? NatureCNN accepts: features_dim, normalized_image"),
+    ],
+)  # fmt: skip
+def test_features_extractor_kwargs_the_extractor_does_not_take_are_refused(policy, env, policy_kwargs, message) -> None:
+    """The extractor's TypeError would come while the policy is built, without what the extractor accepts."""
+    with pytest.raises(ValueError, match=message):
+        MPO(policy, env(), buffer_size=1000, batch_size=16, policy_kwargs=policy_kwargs)

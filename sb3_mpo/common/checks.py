@@ -27,6 +27,8 @@ SET_BY_MPO: frozenset[str] = frozenset({"observation_space", "action_space", "lr
 SET_FOR_OPTIMIZER: dict[str, str] = {"params": "by the policy (its parameters)", "lr": "by MPO from learning_rate"}
 #: The same for the actor's optimiser alone
 SET_FOR_ACTOR_OPTIMIZER: dict[str, str] = {**SET_FOR_OPTIMIZER, "lr": "by MPO from actor_learning_rate (or learning_rate)"}
+#: Features extractor arguments that SB3 passes itself, and where from
+SET_FOR_EXTRACTOR: dict[str, str] = {"observation_space": "by SB3 from the environment"}
 #: Replay buffer arguments that SB3 passes itself, and where from
 SET_FOR_REPLAY_BUFFER: dict[str, str] = {
     "buffer_size": "by SB3 from buffer_size",
@@ -332,7 +334,8 @@ def check_known_keys(
             close = difflib.get_close_matches(key, parameters, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             accepted = ", ".join(sorted(set(parameters).difference(set_elsewhere)))
-            raise ValueError(f"Unknown hyperparameter {label.format(key=key)} for {owner}.{hint} {owner} accepts: {accepted}")
+            takes = f"accepts: {accepted}" if accepted else "takes no keyword of its own"
+            raise ValueError(f"Unknown hyperparameter {label.format(key=key)} for {owner}.{hint} {owner} {takes}")
 
 
 #: Classes whose constructor passes its ``**kwargs`` on to its parent's and uses them for nothing else (SB3's n-step
@@ -414,8 +417,9 @@ def check_arguments(
 def check_policy_kwargs(owner: str, policy_class: type, policy_kwargs: Mapping[str, Any]) -> None:
     """
     Check ``policy_kwargs`` against the policy's constructor: no argument that the algorithm fills in, no unknown
-    key, every value of the right type and range (``net_arch``, ``init_std``, ``min_std``, ...), and the keys of
-    ``optimizer_kwargs`` and ``actor_optimizer_kwargs`` against the optimiser's constructor.
+    key, every value of the right type and range (``net_arch``, ``init_std``, ``min_std``, ...), the keys of
+    ``features_extractor_kwargs`` against the features extractor's constructor, and those of ``optimizer_kwargs`` and
+    ``actor_optimizer_kwargs`` against the optimiser's.
 
     :param owner: The algorithm, as the message names it
     :param policy_class: The policy class the keyword arguments are for
@@ -427,6 +431,12 @@ def check_policy_kwargs(owner: str, policy_class: type, policy_kwargs: Mapping[s
     parameters = constructor_parameters(policy_class)
     check_known_keys(policy_kwargs, parameters, policy_class.__name__, "'policy_kwargs' key {key!r}", SET_BY_MPO)
     check_arguments(owner, policy_kwargs, parameters, POLICY_ARGUMENTS, "policy_kwargs[{key!r}]")
+    extractor_class = policy_kwargs.get(
+        "features_extractor_class", constructor_default(policy_class, "features_extractor_class")
+    )
+    if isinstance(extractor_class, type):  # a user's policy may take none
+        label = "'policy_kwargs' 'features_extractor_kwargs' key {key!r}"
+        check_class_kwargs(policy_kwargs.get("features_extractor_kwargs") or {}, extractor_class, SET_FOR_EXTRACTOR, label)
     optimizer_class = policy_kwargs.get("optimizer_class", constructor_default(policy_class, "optimizer_class"))
     if optimizer_class is inspect.Parameter.empty or not isinstance(optimizer_class, type):  # a user's policy may take none
         return
