@@ -926,11 +926,15 @@ def training_figure(env: str, runs_by_algo: dict[str, list[dict[str, Any]]], pat
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    keys = [
-        key
+    # per panel, per algorithm, the series of the runs that logged it
+    logged = {
+        key: {
+            algo: [series for series in (training_series(run, key) for run in runs) if series[0].size]
+            for algo, runs in runs_by_algo.items()
+        }
         for key in TRAINING_PANELS
-        if any(training_series(run, key)[0].size for runs in runs_by_algo.values() for run in runs)
-    ]
+    }
+    keys = [key for key, by_algo in logged.items() if any(by_algo.values())]
     if not keys:
         return []
     columns = min(len(keys), TRAINING_COLUMNS)
@@ -941,9 +945,7 @@ def training_figure(env: str, runs_by_algo: dict[str, list[dict[str, Any]]], pat
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, key in zip(axes.flat, keys, strict=False):
         label, log = TRAINING_PANELS[key]
-        for index, (algo, runs) in enumerate(runs_by_algo.items()):
-            series = [training_series(run, key) for run in runs]
-            drawn = [(steps, values) for steps, values in series if steps.size]
+        for index, (algo, drawn) in enumerate(logged[key].items()):
             for number, (steps, values) in enumerate(drawn):
                 name = f"{algo.upper()} ({len(drawn)} seed{'s' if len(drawn) > 1 else ''})" if number == 0 else None
                 ax.plot(steps, values, color=colours[index % len(colours)], linewidth=1, label=name)

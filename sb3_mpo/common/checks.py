@@ -367,22 +367,19 @@ def check_class_kwargs(kwargs: Mapping[str, Any], cls: type, set_elsewhere: Mapp
 def tuples_from_json(arguments: Mapping[str, Any], parameters: Mapping[str, Any]) -> dict[str, Any]:
     """
     Arguments as they were given before a JSON round trip, as SB3's ``save`` makes of a model's settings (JSON has no
-    tuples): a list where the annotation takes a tuple and no list becomes that tuple again.
+    tuples): a list that its annotation refuses (:func:`matches_annotation`) and takes as a tuple becomes that tuple.
 
     :param arguments: Argument name -> value, as read back
     :param parameters: Argument name -> annotation (see :func:`constructor_parameters`)
     :return: The arguments, with those lists turned back into tuples
     """
 
-    def takes_tuple_only(annotation: Any) -> bool:
-        options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
-        origins = [get_origin(option) or option for option in options]
-        return tuple in origins and list not in origins
+    def as_given(key: str, value: Any) -> Any:
+        if not isinstance(value, list) or key not in parameters or matches_annotation(value, parameters[key]):
+            return value
+        return tuple(value) if matches_annotation(tuple(value), parameters[key]) else value
 
-    return {
-        key: tuple(value) if isinstance(value, list) and takes_tuple_only(parameters.get(key)) else value
-        for key, value in arguments.items()
-    }
+    return {key: as_given(key, value) for key, value in arguments.items()}
 
 
 def check_arguments(

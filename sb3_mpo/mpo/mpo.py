@@ -1175,7 +1175,9 @@ class MPO(OffPolicyAlgorithm):
                 "(custom_objects in MPO.load)"
             )
         if exact_match and set(params) != set(self._get_torch_save_params()[0]):
-            super().set_parameters(params, exact_match, device)  # SB3's ValueError, which names the objects missing
+            # SB3 loads the objects given, then raises its ValueError, which names those missing or unknown
+            super().set_parameters(params, exact_match, device)
+            return
         try:
             super().set_parameters(params, exact_match, device)
         except (RuntimeError, ValueError) as error:  # torch's, for tensors or optimiser groups of other shapes or names
