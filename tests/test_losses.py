@@ -700,30 +700,46 @@ def test_lagrangian_penalty_value_and_no_gradient_into_multiplier():
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_action_penalty_q_is_zero_inside_bounds():
-    """Actions inside [-1, 1] (bounds included) have penalty exactly 0."""
+@pytest.mark.parametrize("cost", ["norm", "squared_norm"])
+def test_action_penalty_q_is_zero_inside_bounds(cost):
+    """Actions inside [-1, 1] (bounds included) have penalty exactly 0, and a gradient of exactly 0 there."""
     actions = _t(_rng(15).uniform(-1.0, 1.0, size=(7, 4, 3)))
     actions[0, 0] = _t([-1.0, 1.0, 0.0])
-    penalty = losses.action_penalty_q(actions)
+    actions.requires_grad_(True)
+    penalty = losses.action_penalty_q(actions, cost)
     assert penalty.shape == (7, 4)
     assert th.all(penalty == 0)
+    (gradient,) = th.autograd.grad(penalty.sum(), actions)
+    assert th.all(gradient == 0)
 
 
+@pytest.mark.parametrize("cost, power", [("norm", 1), ("squared_norm", 2)])
 @pytest.mark.parametrize("low,high", [(-1.0, 1.0), (-2.0, 0.5)])
-def test_action_penalty_q_matches_numpy_excess(low, high):
-    """Penalty = -sum_d excess_d^2 with excess = distance to [low, high], by a numpy loop over the last axis."""
+def test_action_penalty_q_matches_numpy_excess(cost, power, low, high):
+    """
+    Penalty = -d^p with d the Euclidean distance to the box [low, high]^A (math.hypot over the excess of each
+    dimension, by a Python loop) and p = 1 for ``"norm"`` (Acme's), 2 for ``"squared_norm"``; its gradient outside
+    the box is -p·d^(p-2)·excess (its closed form).
+    """
     actions_np = _rng(16).normal(scale=2.0, size=(6, 5, 3))
-    penalty = losses.action_penalty_q(_t(actions_np), low=low, high=high)
-    expected = np.zeros((6, 5))
+    actions = _t(actions_np).requires_grad_(True)
+    penalty = losses.action_penalty_q(actions, cost, low=low, high=high)
+    expected, expected_gradient = np.zeros((6, 5)), np.zeros((6, 5, 3))
     for index in np.ndindex(6, 5):
-        total = 0.0
-        for value in actions_np[index]:
-            excess = value - high if value > high else (low - value if value < low else 0.0)
-            total += excess**2
-        expected[index] = -total
-    assert penalty.shape == (6, 5)
-    np.testing.assert_allclose(penalty.numpy(), expected, rtol=1e-12, atol=1e-15)
-    assert np.any(expected < 0)
+        excess = [value - high if value > high else (value - low if value < low else 0.0) for value in actions_np[index]]
+        distance = math.hypot(*excess)
+        expected[index] = -(distance**power)
+        if distance > 0:
+            expected_gradient[index] = -power * distance ** (power - 2) * np.array(excess)
+    assert penalty.shape == (6, 5) and (expected < 0).mean() > 0.5
+    np.testing.assert_allclose(penalty.detach().numpy(), expected, rtol=1e-12, atol=1e-15)
+    (gradient,) = th.autograd.grad(penalty.sum(), actions)
+    np.testing.assert_allclose(gradient.numpy(), expected_gradient, rtol=1e-10, atol=1e-15)
+
+
+def test_action_penalty_q_refuses_an_unknown_cost():
+    with pytest.raises(ValueError, match=r"cost='l1' is invalid, expected 'norm' or 'squared_norm'"):
+        losses.action_penalty_q(_t(np.zeros((2, 3))), "l1")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("tensor_discount", [False, True])

@@ -160,21 +160,24 @@ def test_gradient_temperatures_follow_the_dual_slope_eps_minus_kl():
     assert not th.equal(model.multipliers.temperatures, before)
 
 
-def test_gaussian_policy_loss_is_the_likelihood_of_both_objectives_summed_weights():
+@pytest.mark.parametrize("penalty_cost, power", [("squared_norm", 2.0), ("norm", 1.0)])
+def test_gaussian_policy_loss_is_the_likelihood_of_both_objectives_summed_weights(penalty_cost, power):
     """
     The assembled policy loss of a Box policy at θ = θ_old (its trust-region penalties are then zero): the weighted
     log-likelihood of the sampled actions under N(μ_θ, σ_old) and N(μ_old, σ_θ) (torch.distributions), the weights the
-    sum of the return's softmax(Q/η) and MO-MPO's penalty softmax(−‖a − clip(a)‖²/η_penalty) (numpy).
+    sum of the return's softmax(Q/η) and MO-MPO's penalty softmax(−d^p/η_penalty), d = ‖a − clip(a)‖ and p the
+    ``penalty_cost``'s power (numpy).
     """
     policy_kwargs = dict(net_arch=[16], init_std=1.0)  # wide samples, many of them outside the box
-    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, q_target="n_step", **{**SMALL, "policy_kwargs": policy_kwargs})
+    settings = {**SMALL, "policy_kwargs": policy_kwargs}
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, q_target="n_step", penalty_cost=penalty_cost, **settings)
     model.learn(SMALL["learning_starts"])  # fills replay, no update yet: the actor is its target
     batch = model.evaluation.evaluate(model.replay_buffer.sample(model.batch_size)).improvement
     policy_loss, _, diagnostics = model.improvement.improve(batch)
 
     actions = batch.actions.double().numpy()  # (N, B, A)
-    penalty = -np.sum((actions - np.clip(actions, -1.0, 1.0)) ** 2, axis=-1)
-    assert (penalty < 0).mean() > 0.1
+    penalty = -np.sqrt(np.sum((actions - np.clip(actions, -1.0, 1.0)) ** 2, axis=-1)) ** power
+    assert (penalty < 0).mean() > 0.1 and (penalty < -1.0).any() and ((penalty < 0) & (penalty > -1.0)).any()
     weights = np.zeros(penalty.shape)
     for values, eta in (
         (batch.q_values.double().numpy(), diagnostics["temperature"]),

@@ -289,6 +289,7 @@ def test_settings_that_shape_the_buffer_changed_at_load_build_the_buffer_a_new_m
         ({}, {"n_steps": 3}, r"^MPO: n_steps=3 is invalid, expected 1 with q_target='retrace'"),
         ({}, {"batch_size": 0}, r"^MPO: batch_size=0 is invalid, expected"),
         (dict(q_target="n_step"), {"mixture_return_samples": 16}, r"^MPO: mixture_return_samples=16 is invalid"),
+        ({}, {"penalty_cost": "l1"}, r"^MPO: penalty_cost='l1' is invalid, expected one of 'norm', 'squared_norm'"),
     ],
 )
 def test_a_load_refuses_settings_the_constructor_refuses(tmp_path, saved, changed, message):
@@ -300,6 +301,21 @@ def test_a_load_refuses_settings_the_constructor_refuses(tmp_path, saved, change
         MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1), custom_objects=changed)
     with pytest.raises(ValueError, match=message):
         MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1), **changed)
+
+
+def test_the_action_penaltys_cost_survives_save_load(tmp_path):
+    """A model saved with penalty_cost='norm' loads with it: on one batch its policy loss is the saved model's."""
+    settings = {**SMALL, "policy_kwargs": dict(net_arch=[16], init_std=1.0)}  # wide samples, many outside the box
+    model = MPO("MlpPolicy", "Pendulum-v1", seed=0, q_target="n_step", penalty_cost="norm", **settings)
+    model.learn(SMALL["learning_starts"])
+    model.save(tmp_path / "mpo.zip")
+    loaded = MPO.load(tmp_path / "mpo.zip", env=make_vec_env("Pendulum-v1", n_envs=1))
+    assert loaded.penalty_cost == "norm"
+    batch = model.evaluation.evaluate(model.replay_buffer.sample(model.batch_size)).improvement
+    losses = [candidate.improvement.improve(batch)[0].item() for candidate in (model, loaded)]
+    loaded.penalty_cost = "squared_norm"
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    assert loaded.improvement.improve(batch)[0].item() != pytest.approx(losses[0], rel=1e-3)
 
 
 def test_a_model_loaded_to_act_takes_a_learning_rate_of_zero(tmp_path):

@@ -434,11 +434,12 @@ class GaussianImprovement(PolicyImprovement):
         assert isinstance(batch, SampledImprovementBatch)
         model = self.model
         # E-step: non-parametric improvement of the sampled actions, temperature from the convex dual. With action
-        # penalisation (MO-MPO) a second objective, −‖a − clip(a)‖², re-weights the same samples with its own bound.
+        # penalisation (MO-MPO) a second objective, −‖a − clip(a)‖ (or its square), re-weights the same samples with its
+        # own bound.
         q_values, epsilons = batch.q_values.unsqueeze(0), [model.epsilon]
         if self.action_penalty:
             assert model.epsilon_penalty is not None
-            q_values = th.stack([batch.q_values, losses.action_penalty_q(batch.actions)])
+            q_values = th.stack([batch.q_values, losses.action_penalty_q(batch.actions, model.penalty_cost)])
             epsilons.append(model.epsilon_penalty)
         temperatures, dual_loss = self.e_step_temperatures(q_values, epsilons)
         objective_weights = losses.e_step_weights(q_values, temperatures[:, None, None])
@@ -494,7 +495,7 @@ class ParametricGaussianImprovement(GaussianImprovement):
     a parametric q(a|s; θ) of the policy's own form, so that there is no separate M-step): the policy maximises the
     expected advantage of its own reparameterised samples, A(s, a) = Q'(s, a) − E_{π_old} Q'(s, ·), read through the
     target critic (whose parameters the policy loss leaves alone), under the same decoupled trust regions as the
-    non-parametric M-step. With the clip bounding and ``epsilon_penalty`` set, the action penalty −‖a − clip(a)‖² is
+    non-parametric M-step. With the clip bounding and ``epsilon_penalty`` set, the action penalty (``penalty_cost``) is
     added to the advantage, so the Gaussian is still pulled back inside the bounds. There is no temperature: the trust
     regions alone bound the step, and their multipliers scale with the size of the advantages. Each half of the loss
     draws K = ``parametric_samples`` actions per state (N = ``n_action_samples`` by default); the 2K actions pass through
@@ -518,7 +519,7 @@ class ParametricGaussianImprovement(GaussianImprovement):
         actions = th.cat([actions_mean, actions_std])  # (2K, B, A)
         q_values = critic.sampled_q_values(batch.observations, actor.squash(actions), self.model.target_dtype)
         if self.action_penalty:
-            q_values = q_values + losses.action_penalty_q(actions)
+            q_values = q_values + losses.action_penalty_q(actions, self.model.penalty_cost)
         improvement_loss = losses.parametric_improvement_loss(q_values[:n_samples], q_values[n_samples:], batch.expected_q())
         penalties, multiplier_losses, diagnostics = self.trust_region_losses(batch, mean, std)
         return (

@@ -8,7 +8,7 @@ Sampled quantities are laid out ``(N, B, ...)`` (samples first), like ``Distribu
 """
 
 import math
-from typing import NamedTuple, cast
+from typing import Literal, NamedTuple, cast
 
 import numpy as np
 import torch as th
@@ -17,6 +17,9 @@ from torch.nn import functional as F
 
 #: The smallest value a temperature or Lagrange multiplier takes (:func:`positive`)
 MULTIPLIER_FLOOR = 1e-8
+#: How the action penalty grows with an action's distance d to the box (:func:`action_penalty_q`): ``"norm"`` is −d,
+#: ``"squared_norm"`` is −d²
+PenaltyCost = Literal["norm", "squared_norm"]
 
 
 def positive(raw: th.Tensor, floor: float = MULTIPLIER_FLOOR) -> th.Tensor:
@@ -251,19 +254,26 @@ def sample_kl_to_old(weights: th.Tensor) -> th.Tensor:
     return th.sum(weights * th.log(n_samples * weights + 1e-12), dim=0).mean()
 
 
-def action_penalty_q(actions: th.Tensor, low: float = -1.0, high: float = 1.0) -> th.Tensor:
+def action_penalty_q(actions: th.Tensor, cost: PenaltyCost, low: float = -1.0, high: float = 1.0) -> th.Tensor:
     """
     Action penalisation objective of MO-MPO (Abdolmaleki et al. 2020, "A distributional view on multi-objective
-    policy optimization", arXiv 2005.07513, its action-norm penalty): Q_penalty(s, a) = −‖a − clip(a, low, high)‖²,
-    so the policy is pulled back
-    inside the action bounds by a second E-step with its own temperature and KL bound.
+    policy optimization", arXiv 2005.07513): a second objective that is zero inside the action bounds and falls with
+    the distance d = ‖a − clip(a, low, high)‖ beyond them, so that a second E-step with its own temperature and KL bound
+    pulls the policy back inside. DeepMind's MPO (Acme's TF and JAX losses) uses Q_penalty = −d (``cost="norm"``);
+    ``"squared_norm"`` gives −d².
 
     :param actions: Unbounded Gaussian samples, shape (..., A)
+    :param cost: ``"norm"`` (−d) or ``"squared_norm"`` (−d²)
     :param low: Lower bound of the (normalised) action space
     :param high: Upper bound of the (normalised) action space
     :return: The penalty "Q-values", shape (...)
     """
-    return -th.sum((actions - actions.clamp(low, high)) ** 2, dim=-1)
+    excess = actions - actions.clamp(low, high)
+    if cost == "norm":  # its gradient at d = 0 (inside the box) is torch's subgradient 0
+        return -th.linalg.vector_norm(excess, dim=-1)
+    if cost == "squared_norm":
+        return -th.sum(excess**2, dim=-1)
+    raise ValueError(f"cost={cost!r} is invalid, expected 'norm' or 'squared_norm'")
 
 
 class DecoupledKL(NamedTuple):

@@ -41,6 +41,7 @@ from sb3_mpo.common.precision import TargetPrecision, dtype_name, target_dtype
 from sb3_mpo.mpo import health
 from sb3_mpo.mpo.evaluation import CriticEvaluation, make_evaluation
 from sb3_mpo.mpo.improvement import GREEDY_KL, LagrangeMultipliers, PolicyImprovement, make_improvement
+from sb3_mpo.mpo.losses import PenaltyCost
 from sb3_mpo.mpo.policies import (
     CategoricalActor,
     CnnPolicy,
@@ -156,7 +157,11 @@ class MPO(OffPolicyAlgorithm):
     :param epsilon_policy: Bound on KL(π_old || π) in the M-step of a categorical policy (``Discrete`` only)
     :param epsilon_penalty: Bound on the KL of the action-penalty E-step (MO-MPO), used with the ``"clip"`` action
         bounding; ``None`` switches action penalisation off. The parametric improvement has no E-step: it adds the
-        penalty −‖a − clip(a)‖² to the advantage (in the critic's units), so there only ``None`` or not counts
+        penalty to the advantage (in the critic's units), so there only ``None`` or not counts
+    :param penalty_cost: The action penalty's objective as a function of the distance d = ‖a − clip(a)‖ of a sampled
+        action to the box (:func:`~sb3_mpo.mpo.losses.action_penalty_q`): ``"squared_norm"`` (the default) −d²,
+        ``"norm"`` −d, as DeepMind's MPO (Acme's losses) has it. Used wherever the action penalty is (``epsilon_penalty``
+        set, the ``"clip"`` bounding)
     :param per_dim_constraints: One trust region (and multiplier) per action dimension rather than a joint one
         (``Box`` only)
     :param policy_improvement: ``"nonparametric"`` (the default): the E-step re-weights N samples of the target policy
@@ -300,6 +305,7 @@ class MPO(OffPolicyAlgorithm):
         epsilon_std: float = 1e-5,
         epsilon_policy: float = 1e-2,
         epsilon_penalty: float | None = 1e-3,
+        penalty_cost: PenaltyCost = "squared_norm",
         per_dim_constraints: bool = True,
         policy_improvement: PolicyImprovementKind = "nonparametric",
         parametric_samples: int | None = None,
@@ -342,6 +348,7 @@ class MPO(OffPolicyAlgorithm):
             epsilon_std=epsilon_std,
             epsilon_policy=epsilon_policy,
             epsilon_penalty=epsilon_penalty,
+            penalty_cost=penalty_cost,
             policy_improvement=policy_improvement,
             parametric_samples=parametric_samples,
             temperature_update=temperature_update,
@@ -411,6 +418,7 @@ class MPO(OffPolicyAlgorithm):
         self.epsilon_std = epsilon_std
         self.epsilon_policy = epsilon_policy
         self.epsilon_penalty = epsilon_penalty
+        self.penalty_cost = penalty_cost
         self.per_dim_constraints = per_dim_constraints
         self.policy_improvement = policy_improvement
         self.parametric_samples = parametric_samples
