@@ -138,7 +138,8 @@ def check_against_log(buffer: SegmentReplayBuffer, streams: Streams, samples: Se
             if buffer.optimize_memory_usage:
                 expected_termination = entry.done
             else:
-                expected_termination = entry.terminated or (entry.truncated and not strict_timeouts)
+                # a cut is a truncation where the buffer tells truncations apart, else a termination like every end
+                expected_termination = entry.terminated or ((entry.truncated or entry.cut) and not strict_timeouts)
             assert samples.terminations[i, t] == float(expected_termination), (i, t)
             if buffer.optimize_memory_usage and entry.done and step < len(log) - 1:
                 pass  # SB3's caveat: the terminal observation was overwritten by the next episode's first one
@@ -236,9 +237,27 @@ def test_dict_observations() -> None:
         make_buffer(16, n_envs=2, dict_obs=True, optimize=True, timeouts=False)
 
 
-@pytest.mark.parametrize("optimize", [False, True])
-def test_reset_without_episode_end_cuts_the_stream(optimize: bool) -> None:
-    buffer = make_buffer(30, n_envs=2, optimize=optimize, timeouts=not optimize)
+def test_a_cut_leaves_no_timeout_that_outlives_its_row_without_timeout_handling() -> None:
+    """
+    With handle_timeout_termination=False SB3's add never writes ``timeouts``: a cut written there as a truncation
+    would turn the termination stored in its row after the wrap-around into a truncation. Streams logged over several
+    wrap-arounds with cuts and terminations: every sampled termination is the log's.
+    """
+    for seed in range(20):
+        buffer = make_buffer(8, n_envs=2, timeouts=False, length=3)
+        streams = Streams(2, seed=seed, end_prob=0.3)
+        rng = np.random.default_rng(seed)
+        for step in range(40):
+            if step and rng.random() < 0.15:
+                streams.reset_without_done(int(rng.integers(2)))
+            streams.step(buffer)
+        assert buffer.timeouts.sum() == 0
+        check_against_log(buffer, streams, all_segments(buffer)[0])
+
+
+@pytest.mark.parametrize("optimize, timeouts", [(False, True), (False, False), (True, False)])
+def test_reset_without_episode_end_cuts_the_stream(optimize: bool, timeouts: bool) -> None:
+    buffer = make_buffer(30, n_envs=2, optimize=optimize, timeouts=timeouts)
     streams = Streams(2, seed=5, end_prob=0.0)
     for _ in range(6):
         streams.step(buffer)
@@ -250,8 +269,9 @@ def test_reset_without_episode_end_cuts_the_stream(optimize: bool) -> None:
     newest_row = (buffer.pos - 1) % buffer.buffer_size
     cut_row = (newest_row - 5) % buffer.buffer_size
     assert buffer.dones[cut_row].tolist() == [0.0, 1.0]
-    # a cut keeps the bootstrap, unless the next observation is gone (optimize_memory_usage, as SB3 does)
-    assert buffer.timeouts[cut_row, 1] == (0.0 if optimize else 1.0)
+    # a cut keeps the bootstrap where the buffer tells truncations apart; else (optimize_memory_usage, whose next
+    # observation is gone, as SB3 does) it is a termination
+    assert buffer.timeouts[cut_row, 1] == (1.0 if timeouts else 0.0)
 
     buffer.truncate_last_trajectory()
     assert buffer.dones[newest_row].tolist() == [1.0, 1.0]

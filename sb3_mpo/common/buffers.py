@@ -412,8 +412,11 @@ def end_newest_episodes(buffer: ReplayBuffer, env_mask: np.ndarray | None = None
     """
     End the newest stored episode of some environments at the newest stored step, for when their streams continue
     with a fresh episode (the environments were reset, a loaded buffer is continued), so that no n-step return or
-    segment joins the two. The step becomes a time-limit truncation, keeping its bootstrap; with
-    ``optimize_memory_usage``, whose next observation is about to be overwritten, a termination.
+    segment joins the two. The step becomes a time-limit truncation, keeping its bootstrap, where the buffer tells
+    truncations apart (``handle_timeout_termination``); else a termination, as every episode end there is (SB3's
+    ``add`` then never writes ``timeouts``, so a flag set here would outlive the row and turn a later termination
+    stored in it into a truncation). With ``optimize_memory_usage``, whose next observation is about to be
+    overwritten, SB3 allows no timeout handling: a termination too.
     Works on SB3's ``ReplayBuffer`` and its subclasses; an empty buffer is left alone.
 
     :param buffer: The replay buffer
@@ -425,7 +428,7 @@ def end_newest_episodes(buffer: ReplayBuffer, env_mask: np.ndarray | None = None
     newest = (buffer.pos - 1) % buffer.buffer_size
     open_episodes = env_mask & (buffer.dones[newest] == 0)
     buffer.dones[newest, open_episodes] = 1.0
-    if not buffer.optimize_memory_usage:
+    if buffer.handle_timeout_termination:
         buffer.timeouts[newest, open_episodes] = 1.0
 
 
