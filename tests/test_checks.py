@@ -1,6 +1,7 @@
 """Bad inputs are refused early, with an error that names them: arguments, action spaces, replay buffers, transitions."""
 
 import re
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -412,6 +413,47 @@ def test_n_step_buffer_of_sb3_is_accepted_with_its_own_horizon() -> None:
     model = MPO("MlpPolicy", "Pendulum-v1", q_target="n_step", replay_buffer_class=NStepReplayBuffer,
                 replay_buffer_kwargs=buffer_kwargs, **TINY)  # fmt: skip
     assert isinstance(model.replay_buffer, NStepReplayBuffer) and model.replay_buffer.n_steps == 3
+
+
+class _CustomNStepBuffer(NStepReplayBuffer):
+    """A user's n-step buffer, which SB3 would warn ignores the model's n_steps."""
+
+
+@pytest.mark.parametrize("buffer_class", [NStepReplayBuffer, _CustomNStepBuffer])
+@pytest.mark.parametrize(
+    "n_steps, buffer_kwargs, horizon",
+    [(5, None, 5), (1, None, 1), (1, {"n_steps": 4}, 4), (5, {"n_steps": 5}, 5)],
+    ids=["model_horizon", "one_step", "own_horizon", "both"],
+)
+def test_an_n_step_buffer_asked_for_by_class_takes_the_models_discount_and_horizon(
+    buffer_class: type, n_steps: int, buffer_kwargs: dict[str, Any] | None, horizon: int
+) -> None:
+    """
+    The buffer computes the returns the critic learns from: where its arguments leave gamma and n_steps out it takes
+    the model's (not NStepReplayBuffer's defaults, 0.99 and 3), its sampled discounts are powers of the model's gamma,
+    no warning says n_steps is ignored, and the caller's replay_buffer_kwargs are left as they were.
+    """
+    asked = None if buffer_kwargs is None else dict(buffer_kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = MPO("MlpPolicy", "Pendulum-v1", q_target="n_step", gamma=0.9, n_steps=n_steps,
+                    replay_buffer_class=buffer_class, replay_buffer_kwargs=asked, learning_starts=1000, **TINY)  # fmt: skip
+    buffer = model.replay_buffer
+    assert type(buffer) is buffer_class and buffer.gamma == 0.9 and buffer.n_steps == horizon
+    assert asked == buffer_kwargs
+    model.learn(80)  # before learning_starts: the buffer fills, nothing trains
+    discounts = {round(float(discount), 5) for discount in buffer.sample(64).discounts.numpy().ravel()}
+    assert discounts <= {round(0.9**k, 5) for k in range(1, horizon + 1)} and round(0.9**horizon, 5) in discounts
+
+
+def test_replay_buffer_kwargs_of_the_caller_are_left_as_given_for_a_second_model() -> None:
+    """SB3 adds n_steps and gamma to the buffer's arguments: not to the caller's dict, which a sweep may reuse."""
+    buffer_kwargs = {"handle_timeout_termination": True}
+    for gamma in (0.9, 0.99):
+        model = MPO("MlpPolicy", "Pendulum-v1", q_target="n_step", n_steps=3, gamma=gamma,
+                    replay_buffer_kwargs=buffer_kwargs, **TINY)  # fmt: skip
+        assert model.replay_buffer.gamma == gamma
+    assert buffer_kwargs == {"handle_timeout_termination": True}
 
 
 def test_replay_buffer_with_the_same_settings_loads(tmp_path: Any) -> None:

@@ -756,14 +756,21 @@ class MPO(OffPolicyAlgorithm):
         # n_steps and gamma from MPO's arguments), is what the model keeps and saves: a load whose custom_objects change
         # those arguments resolves the buffer afresh, as the constructor would
         requested = self.replay_buffer_class, dict(self.replay_buffer_kwargs)
+        self.replay_buffer_kwargs = dict(self.replay_buffer_kwargs)  # SB3 adds n_steps and gamma: not to the caller's
+        ignored_n_steps = None
         if self.q_target == "retrace":
             self.replay_buffer_class = buffer_class
             self.replay_buffer_kwargs = {"segment_length": self.segment_length, **self.replay_buffer_kwargs}
-        elif self.replay_buffer_class is NStepReplayBuffer and self.replay_buffer_kwargs.get("n_steps") == self.n_steps:
-            # A model saved before the request was kept carries the class SB3 picked for n_steps > 1. Clearing it lets
-            # SB3 pick the same class and arguments again, instead of warning that a custom class ignores n_steps.
-            self.replay_buffer_class = None
-        super()._setup_model()
+        elif issubclass(buffer_class, NStepReplayBuffer) and self.replay_buffer_class is not None:
+            # An n-step buffer asked for by class computes the returns the critic learns from: it takes MPO's gamma
+            # and n_steps where its arguments leave them out (not the class's own defaults), so SB3's warning that a
+            # custom class ignores n_steps does not hold
+            self.replay_buffer_kwargs = {"gamma": self.gamma, "n_steps": self.n_steps, **self.replay_buffer_kwargs}
+            ignored_n_steps = r"`n_steps=\d+` is ignored because a custom `replay_buffer_class`"
+        with warnings.catch_warnings():
+            if ignored_n_steps is not None:
+                warnings.filterwarnings("ignore", message=ignored_n_steps)
+            super()._setup_model()
         self.replay_buffer_class, self.replay_buffer_kwargs = requested
         self._check_mixed_replay()
         self._create_aliases()
