@@ -1,4 +1,5 @@
 import pickle
+import re
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -237,6 +238,22 @@ def test_dict_observations() -> None:
         make_buffer(16, n_envs=2, dict_obs=True, optimize=True, timeouts=False)
 
 
+def test_a_subclass_for_array_observations_refuses_a_dict_space_by_name() -> None:
+    """SegmentReplayBuffer itself becomes the Dict buffer; a user's subclass of it cannot, and says which to subclass."""
+
+    class ArrayBuffer(SegmentReplayBuffer):
+        pass
+
+    class DictBuffer(DictSegmentReplayBuffer):
+        pass
+
+    observation_space, action_space = Streams.spaces(dict_obs=True)
+    with pytest.raises(ValueError, match=r"^ArrayBuffer stores observations as one array.*subclass of DictSegmentReplay"):
+        ArrayBuffer(16, observation_space, action_space, device="cpu")
+    assert type(DictBuffer(16, observation_space, action_space, device="cpu")) is DictBuffer
+    assert type(ArrayBuffer(16, *Streams.spaces(dict_obs=False), device="cpu")) is ArrayBuffer
+
+
 def test_a_cut_leaves_no_timeout_that_outlives_its_row_without_timeout_handling() -> None:
     """
     With handle_timeout_termination=False SB3's add never writes ``timeouts``: a cut written there as a truncation
@@ -297,8 +314,10 @@ def test_behaviour_log_prob_is_required_and_consumed() -> None:
 
 
 def test_invalid_arguments() -> None:
-    with pytest.raises(ValueError, match="segment_length"):
-        make_buffer(10, n_envs=1, length=0)
+    for length in (0, 2.5, np.float64(3.0), True):
+        with pytest.raises(ValueError, match=rf"segment_length={re.escape(repr(length))} is invalid, expected a positive"):
+            make_buffer(10, n_envs=1, length=length)  # type: ignore[arg-type]
+    assert make_buffer(10, n_envs=1, length=np.int64(3)).segment_length == 3
     with pytest.raises(ValueError, match="optimize_memory_usage"):
         make_buffer(10, n_envs=1, optimize=True, timeouts=True)  # SB3's restriction, same reason
     with pytest.raises(ValueError, match="no complete transition"):

@@ -456,6 +456,17 @@ def test_replay_buffer_kwargs_of_the_caller_are_left_as_given_for_a_second_model
     assert buffer_kwargs == {"handle_timeout_termination": True}
 
 
+def test_replay_buffer_of_another_environment_is_refused_at_load(tmp_path: Any) -> None:
+    """A buffer recorded on Pendulum-v1 (3 observations) is not sampled by a MountainCarContinuous-v0 model (2)."""
+    kwargs = dict(learning_starts=100, buffer_size=200, batch_size=16, policy_kwargs=dict(net_arch=[8]), seed=0)
+    path = saved_buffer(MPO("MlpPolicy", "Pendulum-v1", **kwargs), tmp_path / "buffer.pkl")
+    model = MPO("MlpPolicy", "MountainCarContinuous-v0", **kwargs)
+    own = model.replay_buffer
+    with pytest.raises(ValueError, match=r"it has observation_space=Box\(.*\(3,\), float32\), where this model has "):
+        model.load_replay_buffer(path)
+    assert model.replay_buffer is own
+
+
 def test_replay_buffer_with_the_same_settings_loads(tmp_path: Any) -> None:
     kwargs = dict(
         learning_starts=100, buffer_size=200, batch_size=16, segment_length=4, policy_kwargs=dict(net_arch=[8]), seed=0

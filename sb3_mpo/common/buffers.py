@@ -97,7 +97,12 @@ class SegmentReplayBuffer(ReplayBuffer):
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "SegmentReplayBuffer":
         observation_space = args[1] if len(args) > 1 else kwargs.get("observation_space")
-        if cls is SegmentReplayBuffer and isinstance(observation_space, spaces.Dict):
+        if isinstance(observation_space, spaces.Dict) and not issubclass(cls, DictSegmentReplayBuffer):
+            if cls is not SegmentReplayBuffer:
+                raise ValueError(
+                    f"{cls.__name__} stores observations as one array, which a Dict observation space does not fit: "
+                    "expected a subclass of DictSegmentReplayBuffer for Dict observations"
+                )
             cls = DictSegmentReplayBuffer
         return super().__new__(cls)
 
@@ -112,7 +117,7 @@ class SegmentReplayBuffer(ReplayBuffer):
         handle_timeout_termination: bool = True,
         segment_length: int = 8,
     ):
-        if segment_length < 1:
+        if not isinstance(segment_length, (int, np.integer)) or isinstance(segment_length, bool) or segment_length < 1:
             raise ValueError(f"SegmentReplayBuffer: segment_length={segment_length!r} is invalid, expected a positive integer")
         if optimize_memory_usage and isinstance(observation_space, spaces.Dict):
             raise ValueError("SegmentReplayBuffer does not support optimize_memory_usage=True with Dict observations")

@@ -39,9 +39,18 @@ SET_FOR_REPLAY_BUFFER: dict[str, str] = {
     "optimize_memory_usage": "by SB3 from optimize_memory_usage",
     "env": "by SB3 from the environment",
 }
-#: Buffer attributes that decide what a sample holds: segment length (Retrace), n-step horizon and its discount,
-#: whether a time-limit truncation keeps its bootstrap, and the environments whose streams the buffer's columns hold
-REPLAY_SETTINGS: tuple[str, ...] = ("segment_length", "n_steps", "gamma", "handle_timeout_termination", "n_envs")
+#: Buffer attributes that decide what a sample holds: the spaces its observations and actions come from, segment
+#: length (Retrace), n-step horizon and its discount, whether a time-limit truncation keeps its bootstrap, and the
+#: environments whose streams the buffer's columns hold
+REPLAY_SETTINGS: tuple[str, ...] = (
+    "observation_space",
+    "action_space",
+    "segment_length",
+    "n_steps",
+    "gamma",
+    "handle_timeout_termination",
+    "n_envs",
+)
 
 #: One array per quantity, or a dict of arrays for Dict observations
 NumpyValues = np.ndarray | dict[str, np.ndarray]

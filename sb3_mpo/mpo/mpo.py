@@ -701,8 +701,8 @@ class MPO(OffPolicyAlgorithm):
         """
         Load a replay buffer from a pickle file (SB3's ``load_replay_buffer``), refusing one that this model would
         sample differently from its own: a transition buffer (e.g. SAC's) where Retrace samples segments, a segment
-        buffer where n-step targets sample transitions, or another ``segment_length``, ``n_steps``, n-step ``gamma``,
-        ``handle_timeout_termination`` or number of environments.
+        buffer where n-step targets sample transitions, or another observation or action space (another environment),
+        ``segment_length``, ``n_steps``, n-step ``gamma``, ``handle_timeout_termination`` or number of environments.
 
         :param path: Path to the pickled replay buffer
         :param truncate_last_traj: End the newest stored episode of each environment at the buffer's newest step (a
@@ -718,7 +718,7 @@ class MPO(OffPolicyAlgorithm):
             raise ValueError(
                 f"MPO: the replay buffer in {path} does not fit this model (q_target={self.q_target!r}, "
                 f"segment_length={self.segment_length}, n_steps={self.n_steps}): {mismatch}. The model keeps its own "
-                "replay buffer; load this one into a model built with the settings it was saved with."
+                "replay buffer; load this one into a model built with the settings and environment it was saved with."
             )
         if truncate_last_traj:
             assert self.replay_buffer is not None
