@@ -101,11 +101,14 @@ def push_critic_values(model: MPO, value: float) -> None:
                 layer.bias.fill_(value)
 
 
-def test_a_critic_beyond_every_return_is_reported_once(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("value_normalization", [False, True], ids=["plain", "popart"])
+def test_a_critic_beyond_every_return_is_reported_once(monkeypatch: pytest.MonkeyPatch, value_normalization: bool) -> None:
+    """With PopArt too: its outputs are normalised, but the values compared (σ·q̂ + μ, as logged) are in return units."""
     monkeypatch.setattr(MPO, "health_check_interval", 2)
-    model = filled_model()
+    model = filled_model(value_normalization=value_normalization)
     bound = health.return_bound(model._critic_rewards(), model.gamma)  # Pendulum: |r| <= 16.3, so about 1600
-    push_critic_values(model, -100 * bound)
+    value = th.tensor(-100 * bound, dtype=th.float64)
+    push_critic_values(model, value.item() if model.value_normalizer is None else model.value_normalizer.normalize(value).item())
     assert warnings_about(model, "diverged", updates=1) == [], "checked before the interval"
     (message,) = warnings_about(model, "diverged", updates=1)
     assert "env step 200" in message and "max|r| / (1 - gamma)" in message
@@ -118,9 +121,17 @@ def test_a_critic_within_the_returns_is_not_reported(monkeypatch: pytest.MonkeyP
     bound = health.return_bound(model._critic_rewards(), model.gamma)
     push_critic_values(model, -0.5 * bound)
     assert warnings_about(model, "diverged", updates=3) == []
-    # PopArt rescales the values, so their size says nothing there: not checked
-    model = filled_model(value_normalization=True)
-    assert model._critic_rewards() is None
+
+
+@pytest.mark.parametrize("value_normalization", [False, True], ids=["plain", "popart"])
+def test_returns_too_large_for_the_critic_are_reported_without_popart_alone(
+    monkeypatch: pytest.MonkeyPatch, value_normalization: bool
+) -> None:
+    """Pendulum's returns (up to about 1600) past a scale of 100: a plain critic must reach them, PopArt's targets not."""
+    monkeypatch.setattr(MPO, "large_return_scale", 100.0)
+    model = filled_model(value_normalization=value_normalization)
+    found = warnings_about(model, "above 1e+02")
+    assert len(found) == (0 if value_normalization else 1)
 
 
 def test_rewards_relabelled_at_sampling_are_not_compared() -> None:

@@ -858,7 +858,7 @@ class MPO(OffPolicyAlgorithm):
             # batch_size counts transitions: as many segments as hold about that many
             batch_size = max(1, -(-batch_size // self.segment_length))
 
-        if self._n_updates == 0:
+        if self._n_updates == 0 and not self.value_normalization:  # PopArt's targets are normalised, whatever the scale
             rewards = self._critic_rewards()
             self._warn_once(
                 "large_returns",
@@ -878,13 +878,13 @@ class MPO(OffPolicyAlgorithm):
 
     def _critic_rewards(self) -> np.ndarray | None:
         """
-        :return: The rewards in replay as the critic sees them (after VecNormalize); None where nothing is stored, where
-            the buffer relabels the rewards it samples (SMM), where PopArt rescales the values, or where no discounted
-            horizon bounds the returns (gamma 1)
+        :return: The rewards in replay as the critic sees them (after VecNormalize; PopArt's values are compared in these
+            units, as the logged ``q_mean`` is); None where nothing is stored, where the buffer relabels the rewards it
+            samples (SMM), or where no discounted horizon bounds the returns (gamma 1)
         """
         rewards = getattr(self.replay_buffer, "rewards", None)
         relabelled = getattr(self.replay_buffer, "relabels_rewards", False)
-        if self.value_normalization or rewards is None or relabelled or self.gamma >= 1.0:
+        if rewards is None or relabelled or self.gamma >= 1.0:
             return None
         stored = rewards if self.replay_buffer.full else rewards[: self.replay_buffer.pos]  # type: ignore[union-attr]
         if stored.size == 0:
