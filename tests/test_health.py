@@ -42,6 +42,13 @@ def collapse_warnings(model: MPO, updates: int = 1) -> list[str]:
     return warnings_about(model, "collapsed", updates)
 
 
+def test_a_floor_close_below_the_initial_std_is_no_collapse_at_the_start() -> None:
+    """init_std 0.5, min_std 0.3 (the constructor accepts it): the first updates leave the std near 0.5, unreported."""
+    model = filled_model(policy_kwargs=dict(net_arch=[32, 32], init_std=0.5, min_std=0.3))
+    assert collapse_warnings(model, updates=2) == []
+    assert model.logger.name_to_value["train/std_mean"] > 0.45
+
+
 def test_a_standard_deviation_at_its_floor_is_reported_once() -> None:
     model = filled_model()
     pin_std_to_its_floor(model)
@@ -86,8 +93,12 @@ def test_health_messages_name_what_they_measured() -> None:
     message = health.diverged_critic(-401.0, rewards, 0.99, factor=2.0, env_step=7)
     assert message is not None and "-401" in message and "400" in message and "env step 7" in message
     assert health.diverged_critic(0.3, np.zeros(5), 0.99, factor=2.0, env_step=7) is None  # no reward seen yet
-    assert health.collapsed_exploration(2.1e-4, 1e-4, factor=2.0, env_step=3) is None
-    assert "min_std=0.0001" in (health.collapsed_exploration(2e-4, 1e-4, factor=2.0, env_step=3) or "")
+    assert health.collapsed_exploration(2.1e-4, 1e-4, 0.5, factor=2.0, env_step=3) is None
+    assert "min_std=0.0001" in (health.collapsed_exploration(2e-4, 1e-4, 0.5, factor=2.0, env_step=3) or "")
+    # a floor close below the start: not collapsed at the start (0.49 of 0.5, floor 0.3), only past halfway down (0.4)
+    assert health.collapsed_exploration(0.49, 0.3, 0.5, factor=2.0, env_step=3) is None
+    assert health.collapsed_exploration(0.41, 0.3, 0.5, factor=2.0, env_step=3) is None
+    assert "min_std=0.3" in (health.collapsed_exploration(0.4, 0.3, 0.5, factor=2.0, env_step=3) or "")
     assert health.large_returns(rewards, 0.99, limit=150.0) is None  # scale 1.5 / 0.01 = 150
     assert "above 2e+02" in (health.large_returns(rewards * 10, 0.99, limit=200.0) or "")
 
@@ -107,8 +118,8 @@ def test_a_critic_beyond_every_return_is_reported_once(monkeypatch: pytest.Monke
     monkeypatch.setattr(MPO, "health_check_interval", 2)
     model = filled_model(value_normalization=value_normalization)
     bound = health.return_bound(model._critic_rewards(), model.gamma)  # Pendulum: |r| <= 16.3, so about 1600
-    value = th.tensor(-100 * bound, dtype=th.float64)
-    push_critic_values(model, value.item() if model.value_normalizer is None else model.value_normalizer.normalize(value).item())
+    value, normalizer = th.tensor(-100 * bound, dtype=th.float64), model.value_normalizer
+    push_critic_values(model, value.item() if normalizer is None else normalizer.normalize(value).item())
     assert warnings_about(model, "diverged", updates=1) == [], "checked before the interval"
     (message,) = warnings_about(model, "diverged", updates=1)
     assert "env step 200" in message and "max|r| / (1 - gamma)" in message

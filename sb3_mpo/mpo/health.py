@@ -49,18 +49,20 @@ def large_returns(rewards: np.ndarray, gamma: float, limit: float) -> str | None
     )
 
 
-def collapsed_exploration(std_mean: float, min_std: float, factor: float, env_step: int) -> str | None:
+def collapsed_exploration(std_mean: float, min_std: float, init_std: float, factor: float, env_step: int) -> str | None:
     """
     A Gaussian policy whose standard deviation sits at its floor explores no more, and the M-step's gradient on it
     vanishes through the softplus, so it may never rise again.
 
     :param std_mean: The policy's standard deviation, averaged over the last batches' states and action dimensions
     :param min_std: Its floor
-    :param factor: How close to the floor counts as collapsed
+    :param init_std: Where it started
+    :param factor: How close to the floor counts as collapsed: within ``factor`` times the floor, and below halfway
+        from ``init_std`` down to it (a floor set close below ``init_std`` is not a collapse at the start)
     :param env_step: Where training is, for the message
     :return: The warning, or None
     """
-    if std_mean > factor * min_std:
+    if std_mean > min(factor * min_std, (min_std + init_std) / 2):
         return None
     return (
         f"MPO: the policy's standard deviation has collapsed to its floor (mean {std_mean:.3g} over the last batches, "

@@ -248,7 +248,8 @@ class MPO(OffPolicyAlgorithm):
     #: Scale of the returns, ``mean |r| / (1 - γ)`` over the warm-up's rewards, above which the first update warns that the
     #: critic, which starts near 0, cannot follow them without ``value_normalization`` (docs/results/reward_scale.md)
     large_return_scale: ClassVar[float] = 1e4
-    #: A mean policy standard deviation within this factor of ``min_std`` counts as collapsed (warned once)
+    #: A mean policy standard deviation within this factor of ``min_std`` (and below halfway down to it from
+    #: ``init_std``) counts as collapsed (warned once)
     collapsed_std_factor: ClassVar[float] = 2.0
     #: A mean Q-value beyond this factor times ``max |r| / (1 - γ)`` over the rewards in replay counts as diverged
     diverged_value_factor: ClassVar[float] = 2.0
@@ -902,8 +903,10 @@ class MPO(OffPolicyAlgorithm):
         :param gradient_steps: How many gradient steps that call took
         """
         if "std_mean" in means:
-            floor = cast(GaussianActor, self.actor).min_std
-            message = health.collapsed_exploration(means["std_mean"], floor, self.collapsed_std_factor, self.num_timesteps)
+            actor = cast(GaussianActor, self.actor)
+            message = health.collapsed_exploration(
+                means["std_mean"], actor.min_std, actor.init_std, self.collapsed_std_factor, self.num_timesteps
+            )
             self._warn_once("collapsed_exploration", message)
         # only past the limit, and once, read the replay's rewards for the message
         if means.get("mass_outside", 0.0) > self.mass_outside_limit and "returns_outside_support" not in self._warned:
