@@ -33,6 +33,8 @@ update, is the bottleneck.
 """
 
 import contextlib
+import io
+import pathlib
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -40,13 +42,19 @@ from typing import Any
 import torch as th
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.type_aliases import GymEnv, TrainFrequencyUnit
 
+from sb3_mpo.common import checks
 from sb3_mpo.mpo.mpo import MPO, NonFiniteError, optimized_parameters
 from sb3_mpo.mpo.torsos import SharedBatchRenorm
 
 #: Seconds a worker waits for the others in a collective before it fails
 DEFAULT_TIMEOUT_SECONDS = 300.0
+#: The backends ``torch.distributed`` knows, by name
+BACKENDS = ("gloo", "nccl", "mpi", "ucc", "xccl")
+#: The diagnostics computed from the gradients after they were averaged: every worker holds the same
+AVERAGED = ("critic_grad_norm", "actor_grad_norm")
 
 
 class WorkerLostError(RuntimeError):
@@ -58,11 +66,21 @@ def init_workers(backend: str = "gloo", timeout_seconds: float = DEFAULT_TIMEOUT
     Join the process group of the workers, as launched by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``,
     ``MASTER_ADDR`` and ``MASTER_PORT``), unless it is already initialised.
 
-    :param backend: ``"gloo"`` (CPU) or ``"nccl"`` (GPU)
-    :param timeout_seconds: How long a collective waits for a worker before it raises
+    :param backend: ``"gloo"`` (CPU) or ``"nccl"`` (GPU), or another of :data:`BACKENDS`, or device-backend pairs as
+        ``torch.distributed`` takes them (``"cpu:gloo,cuda:nccl"``)
+    :param timeout_seconds: How long a collective waits for a worker before it raises, a finite number of seconds above 0
     :param kwargs: More arguments of ``torch.distributed.init_process_group`` (e.g. ``init_method``, ``rank``,
         ``world_size`` outside ``torchrun``)
+    :raises ValueError: naming a backend or timeout that is not one of those
     """
+    names = [part.split(":")[-1] for part in backend.split(",")] if isinstance(backend, str) else [None]
+    if not all(name in BACKENDS for name in names):
+        raise ValueError(
+            f"init_workers: backend={backend!r} is invalid, expected one of {BACKENDS} or device:backend pairs "
+            "(e.g. 'cpu:gloo,cuda:nccl')"
+        )
+    if not (checks.is_finite_number(timeout_seconds) and timeout_seconds > 0):
+        raise ValueError(f"init_workers: timeout_seconds={timeout_seconds!r} is invalid, expected a finite number above 0")
     if dist.is_initialized():
         return
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_seconds), **kwargs)
@@ -114,17 +132,25 @@ class DistributedMPO(MPO):
                 "and call sb3_mpo.distributed.init_workers() before creating the model"
             )
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        train_freq = kwargs.get("train_freq", 1)
-        if isinstance(train_freq, tuple) and len(train_freq) == 2 and train_freq[1] != "step":  # others: MPO's checks
-            raise ValueError(
-                f"DistributedMPO: train_freq={train_freq!r} is invalid, expected a number of steps (an int or (n, 'step')): "
-                "workers must update at the same steps"
-            )
         if self.rank != 0:
             kwargs["verbose"] = 0
         super().__init__(*args, **kwargs)
-        if self.rank != 0:
-            self.set_logger(configure(folder=None, format_strings=[]))
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> "DistributedMPO":
+        """SB3's ``load`` on every worker; a worker other than rank 0 loads the chief's save silently (verbose 0)."""
+        if dist.is_initialized() and dist.get_rank() != 0:
+            custom_objects = {**(custom_objects or {}), "verbose": 0}
+        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
 
     @property
     def is_chief(self) -> bool:
@@ -145,7 +171,18 @@ class DistributedMPO(MPO):
         )
 
     def _setup_model(self) -> None:
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()  # a loaded model: this process's
         super()._setup_model()
+        # Here, not in the constructor, so that a load (of a saved model, or with custom_objects) is checked too
+        if self.train_freq.unit != TrainFrequencyUnit.STEP:  # type: ignore[union-attr]
+            raise ValueError(
+                f"DistributedMPO: train_freq={self._train_freq_as_given()!r} is invalid, expected a number of steps (an "
+                "int or (n, 'step')): workers must update at the same steps"
+            )
+        if self.rank != 0:
+            self.verbose = 0
+            self.set_logger(Logger(folder=None, output_formats=[]))
+        self._local_gradients_finite = th.ones((), dtype=th.bool)
         # Workers initialise their networks from different seeds: all start from rank 0's parameters
         for tensor in [*self.policy.state_dict().values(), *self.multipliers.state_dict().values()]:
             dist.broadcast(tensor, src=0)
@@ -157,8 +194,15 @@ class DistributedMPO(MPO):
         """Turn the backend's error about a dead or silent worker into one that says at which update training stopped."""
         return _worker_lost(f"at gradient update {self._n_updates + 1} (env step {self.num_timesteps})")
 
+    def _backward(self, loss: th.Tensor) -> None:
+        with self._collective():  # CrossQ's critic sums its batch moments' gradients over the workers here
+            super()._backward(loss)
+
     def _average_gradients(self, optimizers: list[th.optim.Optimizer]) -> None:
-        self._average_over_workers([param.grad for param in optimized_parameters(optimizers) if param.grad is not None])
+        gradients = [param.grad for param in optimized_parameters(optimizers) if param.grad is not None]
+        # whether this worker's own gradients are finite, before the average mixes in the others'
+        self._local_gradients_finite = th.stack([gradient.isfinite().all() for gradient in gradients]).all()
+        self._average_over_workers(gradients)
 
     @th.compiler.disable  # with compile_update, the collective runs eagerly between the compiled graphs
     def _average_over_workers(self, tensors: list[th.Tensor]) -> None:
@@ -174,15 +218,30 @@ class DistributedMPO(MPO):
             offset += tensor.numel()
 
     def _raise_if_not_finite(self, quantities: dict[str, th.Tensor]) -> None:
-        finite = th.isfinite(th.stack(list(quantities.values()))).all().to(th.float32).reshape(1)
+        """
+        Stop every worker at the same update where any worker's own losses, diagnostics or gradients (before the
+        average, which spreads one worker's NaN to all) are not finite, each saying which workers they were.
+        """
+        own = [value for key, value in quantities.items() if key not in AVERAGED]
+        finite = th.isfinite(th.stack(own)).all() & self._local_gradients_finite
+        at_fault = th.zeros(self.world_size)
+        at_fault[self.rank] = (~finite).float()
         with self._collective():
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item() == 0.0:
-            super()._raise_if_not_finite(quantities)  # this worker's own non-finite values, named
-            raise NonFiniteError(
-                f"MPO: a non-finite loss, gradient norm or multiplier on another worker at gradient update "
-                f"{self._n_updates + 1}; nothing of the model was updated on any worker"
-            )
+            dist.all_reduce(at_fault, op=dist.ReduceOp.SUM)
+        ranks = at_fault.nonzero().flatten().tolist()
+        if not ranks:
+            return
+        workers = f"worker{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {self.world_size}"
+        if self.rank in ranks:  # its own non-finite values, named
+            try:
+                super()._raise_if_not_finite(quantities)
+            except NonFiniteError as error:
+                raise NonFiniteError(f"DistributedMPO rank {self.rank} ({workers} at fault): {error}") from None
+        raise NonFiniteError(
+            f"DistributedMPO rank {self.rank}: a non-finite loss, gradient or multiplier on {workers} at gradient update "
+            f"{self._n_updates + 1}, whose gradients reached this worker's average; nothing of the model was updated on "
+            "any worker"
+        )
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch as th
 
@@ -62,9 +63,10 @@ if mode == "train":
     if model.is_chief:
         model.save(out / "model")
     th.distributed.barrier()
-    resumed = DistributedMPO.load(out / "model", env=gym.make("Pendulum-v1"))
+    # saved with verbose=1: a worker other than the chief loads it silently
+    resumed = DistributedMPO.load(out / "model", env=gym.make("Pendulum-v1"), custom_objects={"verbose": 1})
     resumed.learn(60, reset_num_timesteps=False)
-    result.update(resumed=fingerprint(resumed), resumed_updates=resumed._n_updates)
+    result.update(resumed=fingerprint(resumed), resumed_updates=resumed._n_updates, resumed_verbose=resumed.verbose)
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     # Leave together: a process that exits while its peer's gloo connections are still open may abort at exit
     th.distributed.barrier()
@@ -78,11 +80,30 @@ elif mode == "moments":  # CrossQ's critic's batch moments over both workers' ba
     moments = {"mean": mean.tolist(), "var": var.tolist(), "grad": x.grad.tolist()}
     (out / f"moments{rank}.json").write_text(json.dumps(moments))
     th.distributed.destroy_process_group()
-else:  # one worker dies, or hangs, before its first update
+elif mode == "nan":  # rank 1's critic loss turns NaN at its third update: every worker stops there, naming rank 1
+    model = DistributedMPO("MlpPolicy", "Pendulum-v1", **kwargs)
+    losses = model._compute_losses
+
+    def poisoned(data):
+        critic_loss, *others = losses(data)
+        return (critic_loss * float("nan") if rank == 1 and model._n_updates == 2 else critic_loss), *others
+
+    model._compute_losses = poisoned
+    try:
+        model.learn(120)
+        report = {"error": None}
+    except Exception as error:
+        report = {"error": type(error).__name__, "message": str(error), "n_updates": model._n_updates}
+    (out / f"nan{rank}.json").write_text(json.dumps(report))
+    th.distributed.barrier()
+    th.distributed.destroy_process_group()
+else:  # one worker dies (before its first update, or between its first forward and backward passes), or hangs
     model = DistributedMPO("MlpPolicy", "Pendulum-v1", **{**kwargs, "learning_starts": 5})
     if rank == 1 and mode == "kill":
         os._exit(3)
-    if rank == 1:
+    if rank == 1 and mode == "kill_backward":
+        model._backward = lambda loss: os._exit(3)
+    if rank == 1 and mode == "hang":
         time.sleep(15)  # longer than the group's 10 s timeout
         os._exit(4)
     start = time.perf_counter()
@@ -155,6 +176,7 @@ def test_the_chiefs_save_loads_anywhere_and_resumes_on_every_worker(trained):
     ranks = [json.loads((trained / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert ranks[0]["resumed"] == ranks[1]["resumed"] and ranks[0]["resumed"] != ranks[0]["trained"]
     assert ranks[0]["resumed_updates"] > ranks[0]["n_updates"]
+    assert (ranks[0]["resumed_verbose"], ranks[1]["resumed_verbose"]) == (1, 0)  # only the chief speaks
     model = MPO.load(trained / "model")  # a single process reads the chief's file as a plain MPO
     assert model._n_updates == ranks[0]["n_updates"]
 
@@ -175,7 +197,10 @@ def test_crossqs_critic_normalises_with_the_moments_of_every_workers_batch_and_t
         th.testing.assert_close(th.tensor(worker["grad"], dtype=th.float64), gradients[rank])
 
 
-@pytest.mark.parametrize("mode, code, variant", [("kill", 3, "plain"), ("hang", 4, "plain"), ("kill", 3, "batch_renorm")])
+@pytest.mark.parametrize(
+    "mode, code, variant",
+    [("kill", 3, "plain"), ("hang", 4, "plain"), ("kill", 3, "batch_renorm"), ("kill_backward", 3, "batch_renorm")],
+)
 def test_a_dead_or_silent_worker_makes_the_others_fail_instead_of_hanging(tmp_path, mode, code, variant):
     """A dead worker's peers fail at once, a silent one's after the group's timeout (10 s here), with a clear error."""
     _, lost = run_workers(tmp_path, mode, variant, timeout=120)
@@ -183,10 +208,43 @@ def test_a_dead_or_silent_worker_makes_the_others_fail_instead_of_hanging(tmp_pa
     report = json.loads((tmp_path / "survivor.json").read_text())
     assert report["error"] == "WorkerLostError", "the survivor trained on alone"
     assert "another worker died or did not answer" in report["message"]
-    # CrossQ's critic meets the lost worker first in its batch statistics, in the forward pass
-    where = "gradient update 1 " if variant == "plain" else "while the critic's batch statistics were summed"
+    # CrossQ's critic meets a worker lost before the update first in its batch statistics, in the forward pass; one
+    # lost after its forward pass, in the backward pass, which sums their gradients
+    forward = variant == "batch_renorm" and mode == "kill"
+    where = "while the critic's batch statistics were summed" if forward else "gradient update 1 "
     assert where in report["message"], report["message"]
     assert report["seconds"] < (5 if mode == "kill" else 40)
+
+
+def test_a_non_finite_loss_on_one_worker_stops_every_worker_at_that_update_naming_it(tmp_path):
+    """Rank 1's NaN critic loss reaches rank 0 through the averaged gradients: rank 0 names rank 1, not itself."""
+    for result in run_workers(tmp_path, "nan", timeout=120):
+        assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"nan{rank}.json").read_text()) for rank in range(2)]
+    assert [report["error"] for report in reports] == ["NonFiniteError"] * 2
+    assert reports[0]["n_updates"] == reports[1]["n_updates"] == 2  # the third update applied nowhere
+    assert reports[0]["message"].startswith("DistributedMPO rank 0: a non-finite loss, gradient or multiplier on worker 1 of")
+    assert "critic_loss=nan" not in reports[0]["message"]
+    assert reports[1]["message"].startswith("DistributedMPO rank 1 (worker 1 of 2 at fault): MPO: non-finite critic_loss=nan")
+
+
+@pytest.mark.parametrize(
+    "backend, timeout_seconds, match",
+    [
+        ("glo", 10.0, r"backend='glo' is invalid, expected one of \('gloo'"),
+        ("cpu:gloo,cuda:nccI", 10.0, r"backend='cpu:gloo,cuda:nccI' is invalid"),
+        ("gloo", 0, r"timeout_seconds=0 is invalid, expected a finite number above 0"),
+        ("gloo", -5.0, r"timeout_seconds=-5\.0 is invalid"),
+        ("gloo", float("nan"), r"timeout_seconds=nan is invalid"),
+        ("gloo", float("inf"), r"timeout_seconds=inf is invalid"),
+        ("gloo", True, r"timeout_seconds=True is invalid"),
+    ],
+)
+def test_init_workers_names_a_bad_backend_or_timeout(backend, timeout_seconds, match):
+    from sb3_mpo.distributed import init_workers
+
+    with pytest.raises(ValueError, match=match):
+        init_workers(backend, timeout_seconds)
 
 
 def test_distributed_mpo_refuses_to_start_outside_a_process_group():
@@ -212,6 +270,22 @@ def test_distributed_mpo_refuses_a_train_freq_in_episodes_or_malformed(train_fre
     try:
         with pytest.raises(ValueError, match=match):
             DistributedMPO("MlpPolicy", "Pendulum-v1", train_freq=train_freq)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("saved, custom_objects", [((1, "episode"), None), (1, {"train_freq": (1, "episode")})])
+def test_distributed_mpo_refuses_a_train_freq_in_episodes_at_load(saved, custom_objects, tmp_path):
+    """A saved model, or custom_objects, with train_freq in episodes is refused by the load as by the constructor."""
+    import torch.distributed as dist
+
+    from sb3_mpo.distributed import DistributedMPO
+
+    MPO("MlpPolicy", "CartPole-v1", train_freq=saved, gradient_steps=-1, learning_starts=10).save(tmp_path / "model")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match=r"DistributedMPO: train_freq=\(1, 'episode'\) is invalid, expected a number"):
+            DistributedMPO.load(tmp_path / "model", env=gym.make("CartPole-v1"), custom_objects=custom_objects)
     finally:
         dist.destroy_process_group()
 

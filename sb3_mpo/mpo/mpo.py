@@ -1021,7 +1021,7 @@ class MPO(OffPolicyAlgorithm):
         optimizers = [self.critic.optimizer, self.actor.optimizer, self.multipliers_optimizer]
         for optimizer in optimizers:
             optimizer.zero_grad()
-        (critic_loss + policy_loss + dual_loss).backward()
+        self._backward(critic_loss + policy_loss + dual_loss)
         self._average_gradients(optimizers)
         checked = {
             "critic_loss": critic_loss.detach(),
@@ -1078,6 +1078,14 @@ class MPO(OffPolicyAlgorithm):
         policy_loss, dual_loss, diagnostics = self.improvement.improve(evaluation.improvement)
         diagnostics = {**diagnostics, **(evaluation.diagnostics or {}), "q_mean": evaluation.q_mean}
         return evaluation.critic_loss, policy_loss, dual_loss, diagnostics
+
+    def _backward(self, loss: th.Tensor) -> None:
+        """
+        The backward pass of the update's summed losses (data-parallel training runs it where a lost worker is reported).
+
+        :param loss: The critic's, the policy's and the multipliers' losses, summed
+        """
+        loss.backward()
 
     def _average_gradients(self, optimizers: list[th.optim.Optimizer]) -> None:
         """
