@@ -168,6 +168,8 @@ def test_snapshots_survive_save_and_resume(algo, tmp_path):
 
 def test_historical_average_picks_one_snapshot_per_episode():
     class Constant:
+        observation_space = gym.spaces.Box(-1.0, 1.0, (3,))
+
         def __init__(self, value):
             self.value = value
 
@@ -185,6 +187,10 @@ def test_historical_average_picks_one_snapshot_per_episode():
             per_episode.append(values.pop())
     seen.update(per_episode)
     assert seen == {0.0, 1.0, 2.0}
+    # one observation, as SB3's predict takes it: one action, the snapshot of its episode
+    single = HistoricalAveragePolicy([Constant(0.0), Constant(1.0), Constant(2.0)], seed=0)
+    first, _ = single.predict(np.zeros(3), episode_start=np.array([True]))
+    assert first.shape == (1,) and all(single.predict(np.zeros(3))[0] == first for _ in range(3))
 
 
 def test_bad_input_is_refused_before_training():
@@ -201,6 +207,57 @@ def test_bad_input_is_refused_before_training():
         SkillWrapper(SimpleMultiObsEnv(), n_skills=2)
     with pytest.raises(ValueError, match="no room for 4 skill dimensions"):
         SMM(gym.spaces.Box(0.0, 1.0, shape=(4,)), n_skills=4)
+    for name, value in (("density_coef", float("nan")), ("env_reward_coef", float("inf")), ("learning_rate", -1e-3)):
+        with pytest.raises(ValueError, match=rf"SMM: {name}={value!r} is invalid"):
+            SMM(SPACE, n_skills=4, **{name: value})
+    with pytest.raises(ValueError, match=r"SMM: latent_dim=0 is invalid, expected an integer >= 1"):
+        SMM(SPACE, n_skills=4, latent_dim=0)
+    for name, value in (("max_step", float("nan")), ("max_step", -0.05), ("max_episode_steps", 0)):
+        with pytest.raises(ValueError, match=rf"PointRoomsEnv: {name}={value!r} is invalid"):
+            PointRoomsEnv(**{name: value})
+
+
+def test_observations_without_a_one_hot_skill_are_refused_by_name():
+    """
+    An environment without SkillWrapper (MountainCarContinuous-v0's velocity ranges over ±0.07, not [0, 1]) is refused
+    at once; a SkillWrapper of 4 skills read as 1 or 3 (its last features in [0, 1], not one-hot) at the first update.
+    """
+    with pytest.raises(ValueError, match=r"last n_skills=1 features .* not \[0, 1\].*SkillWrapper\(env, n_skills=1\)"):
+        MPO("MlpPolicy", "MountainCarContinuous-v0", q_target="n_step", replay_buffer_class=SMMReplayBuffer)
+    for n_skills in (1, 3):  # episodes of 10 steps: several skills in replay by the first update
+        env = SkillWrapper(gym.make("sb3_mpo/PointRooms-v0", max_episode_steps=10), n_skills=4)
+        model = MPO("MlpPolicy", env, q_target="n_step", replay_buffer_class=SMMReplayBuffer, learning_starts=50, seed=0,
+                    batch_size=16, replay_buffer_kwargs=dict(n_skills=n_skills), policy_kwargs=dict(net_arch=[8]))  # fmt: skip
+        with pytest.raises(ValueError, match=rf"last n_skills={n_skills} features of the observations are not a one-hot"):
+            model.learn(100)
+
+
+def test_smm_sees_the_environments_states_under_vec_normalize():
+    """
+    With VecNormalize the agent's batch is normalised, while SMM models the states and one-hot skills as the
+    environment gives them: the batch's observations are the stored ones normalised, its rewards
+    c_env · normalised r_env + r_z(stored s').
+    """
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    env = VecNormalize(DummyVecEnv([lambda: SkillWrapper(gym.make("sb3_mpo/PointRooms-v0"), n_skills=2)]))
+    model = MPO("MlpPolicy", env, q_target="n_step", replay_buffer_class=SMMReplayBuffer, learning_starts=1000,
+                replay_buffer_kwargs=dict(n_skills=2, env_reward_coef=0.5), policy_kwargs=dict(net_arch=[8]))  # fmt: skip
+    model.learn(200)  # before learning_starts: the buffer fills, nothing trains
+    buffer = model.replay_buffer
+    buffer.smm.update = lambda observations: {}  # the models held fixed, so that two samples compare
+    batches = []
+    for normaliser in (None, env):
+        np.random.seed(0)  # the same rows
+        batches.append(buffer.sample(32, env=normaliser))
+    stored, normalised = batches
+    assert set(stored.next_observations[:, 2:].flatten().tolist()) == {0.0, 1.0}
+    for name in ("observations", "next_observations"):
+        expected = env.normalize_obs(getattr(stored, name).numpy())
+        np.testing.assert_allclose(getattr(normalised, name).numpy(), expected, rtol=1e-6)
+    assert not np.isin(expected[:, 2:], [0.0, 1.0]).all()  # the normalised skills are no one-hot
+    env_rewards = th.as_tensor(env.normalize_reward(np.zeros((32, 1), dtype=np.float32)))  # PointRooms pays 0
+    th.testing.assert_close(normalised.rewards, buffer.smm.reward(stored.next_observations, env_rewards))
 
 
 def test_target_density_enters_the_reward():
@@ -256,3 +313,19 @@ def test_metrics_against_scipy():
     assert fractions[0] == pytest.approx(np.mean((positions[:, 0] < 0.5) & (positions[:, 1] < 0.5)))
     one_cell = metrics.visit_histogram(np.full((10, 2), 0.15), bins=10)
     assert metrics.coverage(one_cell) == 0.01 and metrics.state_entropy(one_cell) == 0.0
+
+
+def test_a_lambda_target_saves_and_loads_with_the_replay_buffer(tmp_path):
+    """SB3 pickles the replay buffer with pickle, which refuses a lambda: SMM stores its target through cloudpickle."""
+    env = SkillWrapper(gym.make("sb3_mpo/PointRooms-v0"), n_skills=2)
+    kwargs = dict(
+        q_target="n_step", replay_buffer_class=SMMReplayBuffer, learning_starts=1000, policy_kwargs=dict(net_arch=[8])
+    )
+    target = dict(n_skills=2, target_log_prob=lambda states: -10.0 * states[:, 0])
+    model = MPO("MlpPolicy", env, replay_buffer_kwargs=target, **kwargs)
+    model.learn(20)
+    model.save_replay_buffer(tmp_path / "buffer.pkl")
+    resumed = MPO("MlpPolicy", env, replay_buffer_kwargs=dict(n_skills=2), **kwargs)
+    resumed.load_replay_buffer(tmp_path / "buffer.pkl")
+    states = th.tensor([[0.2, 0.5], [0.7, 0.1]])
+    th.testing.assert_close(resumed.replay_buffer.smm.log_target(states), th.tensor([-2.0, -7.0]))

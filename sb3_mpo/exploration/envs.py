@@ -27,6 +27,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from sb3_mpo.common.checks import is_finite_number, is_integer
+
 #: Centre of each doorway along its wall, for the four wall halves
 DOOR_CENTRES = {"vertical_low": 0.25, "vertical_high": 0.75, "horizontal_left": 0.25, "horizontal_right": 0.75}
 
@@ -54,7 +56,11 @@ class PointRoomsEnv(gym.Env):
 
     def __init__(self, max_step: float = 0.05, door_width: float = 0.1, max_episode_steps: int = 100):
         if not 0 < door_width < 0.5:
-            raise ValueError(f"door_width must be in (0, 0.5), got {door_width}")
+            raise ValueError(f"PointRoomsEnv: door_width={door_width!r} is invalid, expected a number in (0, 0.5)")
+        if not (is_finite_number(max_step) and 0 < max_step <= 1):
+            raise ValueError(f"PointRoomsEnv: max_step={max_step!r} is invalid, expected a number in (0, 1]")
+        if not (is_integer(max_episode_steps) and max_episode_steps >= 1):
+            raise ValueError(f"PointRoomsEnv: max_episode_steps={max_episode_steps!r} is invalid, expected an integer >= 1")
         self.max_step = max_step
         self.door_width = door_width
         self.max_episode_steps = max_episode_steps

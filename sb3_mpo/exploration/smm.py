@@ -28,8 +28,9 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import cloudpickle
 import gymnasium as gym
 import numpy as np
 import torch as th
@@ -39,8 +40,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import create_mlp
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.utils import is_vectorized_observation
+from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 from torch.nn import functional as F
+
+from sb3_mpo.common.checks import is_finite_number, is_integer
 
 #: log p*(s) of a batch of states, shape (B, state_dim) -> (B,); None is the uniform target (a constant, dropped)
 TargetLogProb = Callable[[np.ndarray], np.ndarray]
@@ -163,6 +168,15 @@ class SMM(nn.Module):
     ):
         super().__init__()
         check_skill_count(n_skills)
+        for name, value in (("target_coef", target_coef), ("density_coef", density_coef), ("skill_coef", skill_coef)):
+            if not is_finite_number(value):
+                raise ValueError(f"SMM: {name}={value!r} is invalid, expected a finite number")
+        if not is_finite_number(env_reward_coef):
+            raise ValueError(f"SMM: env_reward_coef={env_reward_coef!r} is invalid, expected a finite number")
+        if not (is_finite_number(learning_rate) and learning_rate > 0):
+            raise ValueError(f"SMM: learning_rate={learning_rate!r} is invalid, expected a finite number above 0")
+        if not (is_integer(latent_dim) and latent_dim >= 1):
+            raise ValueError(f"SMM: latent_dim={latent_dim!r} is invalid, expected an integer >= 1")
         if not (isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 1):
             raise ValueError(
                 f"SMM needs a 1-D Box observation space ([state, one-hot skill], see SkillWrapper), got {observation_space}"
@@ -170,6 +184,13 @@ class SMM(nn.Module):
         self.state_dim = observation_space.shape[0] - n_skills
         if self.state_dim < 1:
             raise ValueError(f"SMM: the observation space {observation_space} has no room for {n_skills} skill dimensions")
+        low, high = observation_space.low[self.state_dim :], observation_space.high[self.state_dim :]
+        if not (np.all(low == 0.0) and np.all(high == 1.0)):
+            raise ValueError(
+                f"SMM: the last n_skills={n_skills} features of the observation space {observation_space} range over "
+                f"[{low}, {high}], not [0, 1] as a one-hot skill does: wrap the environment in "
+                f"SkillWrapper(env, n_skills={n_skills}) (n_skills=1, plain SMM, too) and give SMM the wrapper's n_skills"
+            )
         self.n_skills = n_skills
         self.target_log_prob = target_log_prob
         self.target_coef, self.density_coef, self.skill_coef = target_coef, density_coef, skill_coef
@@ -184,9 +205,26 @@ class SMM(nn.Module):
             high = np.nan_to_num(observation_space.high[: self.state_dim], posinf=1.0)
             self.log_target(th.as_tensor(np.random.default_rng(0).uniform(low, high, size=(16, self.state_dim))))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the replay buffer: ``target_log_prob`` through cloudpickle, so that a lambda or a closure saves too."""
+        return {**self.__dict__, "target_log_prob": cloudpickle.dumps(self.target_log_prob)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        target = state["target_log_prob"]
+        super().__setstate__({**state, "target_log_prob": cloudpickle.loads(target) if isinstance(target, bytes) else target})
+
     def split(self, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """:return: The states (B, state_dim) and the one-hot skills (B, n_skills) of skill-augmented observations."""
-        return observations[:, : self.state_dim], observations[:, self.state_dim :]
+        """
+        :return: The states (B, state_dim) and the one-hot skills (B, n_skills) of skill-augmented observations
+        :raises ValueError: where the skills are not one-hot (a ``SkillWrapper`` of another ``n_skills``)
+        """
+        states, skills = observations[:, : self.state_dim], observations[:, self.state_dim :]
+        if not bool((((skills == 0) | (skills == 1)).all(dim=-1) & (skills.sum(dim=-1) == 1)).all()):
+            raise ValueError(
+                f"SMM: the last n_skills={self.n_skills} features of the observations are not a one-hot skill: give SMM "
+                "(SMMReplayBuffer's n_skills) the n_skills of the SkillWrapper around the environment"
+            )
+        return states, skills
 
     def log_target(self, states: th.Tensor) -> th.Tensor:
         """log p*(s) from the user's function, checked: a NaN/inf or a wrong shape stops with a clear error."""
@@ -248,7 +286,7 @@ class SMM(nn.Module):
 
 
 def check_skill_count(n_skills: Any) -> None:
-    if not (isinstance(n_skills, int | np.integer) and n_skills >= 1):
+    if not (is_integer(n_skills) and n_skills >= 1):
         raise ValueError(f"SMM: n_skills must be an integer >= 1, got {n_skills!r}")
 
 
@@ -324,10 +362,25 @@ class SMMReplayBuffer(ReplayBuffer):
         )
         self.smm = SMM(observation_space, device=self.device, **smm_kwargs)
 
-    def sample(self, batch_size: int, env: Any = None) -> ReplayBufferSamples:
-        data = super().sample(batch_size, env=env)
-        self.smm.update(data.next_observations)
-        return data._replace(rewards=self.smm.reward(data.next_observations, data.rewards))
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:
+        """
+        :param batch_size: Transitions to sample
+        :param env: The ``VecNormalize`` of the model's environment, if any: the batch's observations and environment
+            rewards are normalised as the agent sees them, while SMM models the states, skills and target as the
+            environment gives them (a normalised one-hot is no skill, and ``target_log_prob`` takes raw states)
+        :return: The batch, its rewards c_env · r_env + r_z(s')
+        """
+        data = super().sample(batch_size)
+        states = data.next_observations
+        self.smm.update(states)
+        if env is not None:
+            observations, next_observations = (
+                self.to_torch(cast(np.ndarray, env.normalize_obs(tensor.cpu().numpy())))
+                for tensor in (data.observations, data.next_observations)
+            )
+            rewards = self.to_torch(env.normalize_reward(data.rewards.cpu().numpy()))
+            data = data._replace(observations=observations, next_observations=next_observations, rewards=rewards)
+        return data._replace(rewards=self.smm.reward(states, data.rewards))
 
 
 class PolicySnapshots(BaseCallback):
@@ -432,10 +485,14 @@ class HistoricalAveragePolicy:
         deterministic: bool = False,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """
-        :param observation: A batch of observations, one per environment
+        :param observation: A batch of observations, one per environment, or one observation (as SB3's ``predict``
+            takes it)
         :param episode_start: Which environments start an episode (a new snapshot is drawn for them)
-        :return: The actions, and ``None`` (no recurrent state)
+        :return: The actions (one action for one observation), and ``None`` (no recurrent state)
         """
+        if not is_vectorized_observation(observation, self.snapshots[0].observation_space):
+            batch, _ = self.predict(observation[np.newaxis], state, episode_start, deterministic)
+            return batch[0], None
         n_envs = observation.shape[0]
         if self.choices is None or len(self.choices) != n_envs:
             self.choices = np.asarray(self.rng.integers(len(self.snapshots), size=n_envs))
