@@ -34,6 +34,7 @@ update, is the bottleneck.
 
 import contextlib
 import io
+import os
 import pathlib
 from collections.abc import Iterator
 from datetime import timedelta
@@ -64,7 +65,8 @@ class WorkerLostError(RuntimeError):
 def init_workers(backend: str = "gloo", timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, **kwargs: Any) -> None:
     """
     Join the process group of the workers, as launched by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``,
-    ``MASTER_ADDR`` and ``MASTER_PORT``), unless it is already initialised.
+    ``MASTER_ADDR`` and ``MASTER_PORT``), unless it is already initialised. With NCCL each process takes the GPU of
+    its ``LOCAL_RANK`` (``torch.cuda.set_device``), so that the workers of one machine do not share one GPU.
 
     :param backend: ``"gloo"`` (CPU) or ``"nccl"`` (GPU), or another of :data:`BACKENDS`, or device-backend pairs as
         ``torch.distributed`` takes them (``"cpu:gloo,cuda:nccl"``)
@@ -83,6 +85,9 @@ def init_workers(backend: str = "gloo", timeout_seconds: float = DEFAULT_TIMEOUT
         raise ValueError(f"init_workers: timeout_seconds={timeout_seconds!r} is invalid, expected a finite number above 0")
     if dist.is_initialized():
         return
+    if "nccl" in names and th.cuda.is_available():
+        # torchrun starts one process per GPU: each takes its local rank's, which SB3's device "auto" ("cuda") then is
+        th.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_seconds), **kwargs)
 
 

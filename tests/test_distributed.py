@@ -312,3 +312,21 @@ def test_each_workers_health_warning_names_its_rank(tmp_path, monkeypatch):
         dist.destroy_process_group()
     (message,) = [str(warning.message) for warning in caught if "epsilon_mean=1e-09" in str(warning.message)]
     assert message.startswith("DistributedMPO rank 0 of 1: MPO: the M-step's KL")
+
+
+def test_init_workers_gives_each_nccl_worker_the_gpu_of_its_local_rank(monkeypatch):
+    """torchrun's LOCAL_RANK picks the GPU (set_device) before the group is joined; gloo leaves the devices alone."""
+    import torch.distributed as dist
+
+    from sb3_mpo import distributed
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: calls.append(("init", kwargs["backend"])))
+    monkeypatch.setattr(th.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(th.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    distributed.init_workers("nccl")
+    distributed.init_workers("cpu:gloo,cuda:nccl")
+    distributed.init_workers("gloo")
+    assert calls == [("set_device", 3), ("init", "nccl"), ("set_device", 3), ("init", "cpu:gloo,cuda:nccl"), ("init", "gloo")]
