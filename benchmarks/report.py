@@ -571,17 +571,19 @@ def normalised_scores(
     algos = [
         algo for algo in dict.fromkeys(a for runs in results.values() for a in runs) if all(algo in results[e] for e in envs)
     ]
+    n_runs = {algo: min(len(results[env][algo]) for env in envs) for algo in algos}
     scores = {}
     for algo in algos:
-        n_runs = min(len(results[env][algo]) for env in envs)
         columns = []
         for env in envs:
-            if normalisation is None:
-                every_final = np.array([run["final_return"] for other in algos for run in results[env][other]])
+            if normalisation is None:  # over the runs that enter the aggregate, no other
+                every_final = np.array(
+                    [run["final_return"] for other in algos for run in results[env][other][: n_runs[other]]]
+                )
                 low, high = every_final.min(), every_final.max()
             else:
                 low, high = normalisation.range_of(env)
-            finals = np.array([run["final_return"] for run in results[env][algo][:n_runs]])
+            finals = np.array([run["final_return"] for run in results[env][algo][: n_runs[algo]]])
             columns.append((finals - low) / (high - low) if high > low else np.ones_like(finals))
         scores[algo] = np.stack(columns, axis=1)
     return scores, envs

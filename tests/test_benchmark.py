@@ -436,6 +436,10 @@ def test_normalised_scores_span_the_aggregates_runs_only():
     assert list(with_variant) == ["mpo", "sac"]
     for algo in scores:
         np.testing.assert_array_equal(with_variant[algo], scores[algo])
+    # a third seed of SAC alone: the aggregate takes two runs of each, and the third moves no score either
+    extra, _ = normalised_scores({"A": {"mpo": runs(0.0, 10.0), "sac": runs(5.0, 20.0, 1000.0)}, "B": results["B"]})
+    for algo in scores:
+        np.testing.assert_array_equal(extra[algo], scores[algo])
 
 
 def test_fixed_reference_returns_normalise_each_run_alone():
