@@ -23,7 +23,9 @@ import contextlib
 import functools
 import importlib.util
 import sys
+import time
 from pathlib import Path
+from typing import IO
 
 try:
     import fcntl
@@ -84,9 +86,7 @@ def _claim(jobs: list[Job], results_dir: Path, held: contextlib.ExitStack) -> li
         path = _lock_path(job, results_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         file = open(path, "a")  # held open, locked, until the runner is done
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_soon(file, fcntl.LOCK_EX):
             file.close()
             taken.append(job.name)
             continue
@@ -97,14 +97,34 @@ def _claim(jobs: list[Job], results_dir: Path, held: contextlib.ExitStack) -> li
     return claimed
 
 
+def _lock_soon(file: IO[str], kind: int, attempts: int = 10, pause: float = 0.05) -> bool:
+    """
+    :param file: An open lock file
+    :param kind: ``fcntl.LOCK_EX`` or ``fcntl.LOCK_SH``
+    :param attempts: How often to try before giving up: a ``status`` probing the lock holds it for an instant, which
+        must not make a starting runner leave the job to a runner that does not exist
+    :param pause: Seconds between the attempts
+    :return: Whether the lock was taken
+    """
+    assert fcntl is not None
+    for attempt in range(attempts):
+        try:
+            fcntl.flock(file, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < attempts:
+                time.sleep(pause)
+    return False
+
+
 def _held_by_another_runner(job: Job, results_dir: Path) -> bool:
-    """Whether another runner holds the job now (see :func:`_claim`)."""
+    """Whether another runner holds the job now (see :func:`_claim`), probed with a shared lock, at once."""
     path = _lock_path(job, results_dir)
     if fcntl is None or not path.exists():
         return False
     with open(path, "a") as file:
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         fcntl.flock(file, fcntl.LOCK_UN)
@@ -358,7 +378,8 @@ def status(args: argparse.Namespace) -> int:
         settings, unresolved = _settings_now(job) if job in pending else (None, "")
         progress = None
         if checkpoints and job in pending:
-            recover_interrupted_save(job.checkpoint_path(checkpoints))
+            if not _held_by_another_runner(job, args.results):  # a runner's save in progress is its own to finish
+                recover_interrupted_save(job.checkpoint_path(checkpoints))
             progress = checkpoint_progress(job.checkpoint_path(checkpoints))
         step = progress.step if progress else None
         note = ""

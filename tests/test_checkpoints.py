@@ -1,5 +1,6 @@
 """Mid-run checkpoints of benchmark jobs: an interrupted run resumes where its last checkpoint left it."""
 
+import contextlib
 import copy
 import fcntl
 import json
@@ -651,6 +652,40 @@ def test_a_second_runner_leaves_a_run_that_another_runner_has_to_it(suite_path, 
         assert "(a runner holds it: training it now, or after the runs before it)" in capsys.readouterr().out
     assert main(["status", *arguments]) == 0
     assert "a runner holds it" not in capsys.readouterr().out, "released with its runner"
+
+
+def test_a_status_probing_a_lock_does_not_make_a_starting_runner_leave_the_run(suite_path, tmp_path):
+    """status probes each run's lock for an instant: a runner that starts in that instant waits for it, and takes the run."""
+    import threading
+
+    from benchmarks import cli
+
+    (job,) = load_suite(suite_path).jobs
+    lock = tmp_path / ".locks" / job.suite / job.env_folder / f"{job.name}.lock"
+    lock.parent.mkdir(parents=True)
+    probe = open(lock, "a")
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(0.1, probe.close).start()  # the probe lets go 0.1 s later
+    with contextlib.ExitStack() as held:
+        assert cli._claim([job], tmp_path, held) == [job]
+
+
+def test_status_leaves_a_checkpoint_save_of_a_runner_that_holds_the_run_to_it(suite_path, tmp_path, monkeypatch, capsys):
+    """Recovering an interrupted save while a runner is between its two renames would break that runner's save."""
+    from benchmarks import cli
+
+    (job,) = load_suite(suite_path).jobs
+    recovered = []
+    monkeypatch.setattr(cli, "recover_interrupted_save", recovered.append)
+    arguments = ["status", str(suite_path), "--results", str(tmp_path)]
+    lock = tmp_path / ".locks" / job.suite / job.env_folder / f"{job.name}.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as runner:
+        fcntl.flock(runner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(arguments) == 0
+        assert recovered == []
+    assert main(arguments) == 0
+    assert recovered == [job.checkpoint_path(tmp_path / ".checkpoints")]
 
 
 def test_adopting_and_continuing_leave_a_run_whose_settings_cannot_be_resolved_to_it(
