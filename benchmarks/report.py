@@ -50,6 +50,9 @@ RUN_DISCLOSURES = {
     "the environments restarted with a fresh episode and the random generators from the run's seed, as at a resume",
     "adopted_from": "Trained by another suite, which each file names, with the same algorithm, settings, seed, budget and "
     "evaluation: the result is that run's, its numbers unchanged",
+    "evaluated_past_budget": "Trained past the budget (a rollout of its vectorised environments ended beyond it) and "
+    "evaluated there once more: that evaluation is left out and the run's final return is its last evaluation within the "
+    "budget, as every other run's is",
 }
 #: Seed of every bootstrap, so that the same result files always give the same page
 BOOTSTRAP_SEED = 0
@@ -117,13 +120,27 @@ def collect(suite: Suite, results_dir: Path) -> tuple[Results, list[str], list[s
             missing.append(job.name)
             continue
         try:
-            results[job.env][job.algo].append(load_result(path, job))
+            results[job.env][job.algo].append(within_budget(load_result(path, job)))
         except ResultError as error:
             problems.append(str(error))
     for runs_by_algo in results.values():
         for runs in runs_by_algo.values():
             runs.sort(key=lambda run: run["seed"])
     return results, problems, missing
+
+
+def within_budget(run: dict[str, Any]) -> dict[str, Any]:
+    """
+    :param run: A stored result
+    :return: The result as the page reads it: where its algorithm trained past the budget (PPO's last rollout of 16
+        environments ends after it) and the runner evaluated it there once more, without that evaluation, its final
+        return its last evaluation within the budget (``evaluated_past_budget`` says at which step the other was)
+    """
+    curve = run["curve"]
+    within = [point for point in curve if point["step"] <= run["steps"]]
+    if len(within) == len(curve) or not within:
+        return run
+    return {**run, "curve": within, "final_return": within[-1]["mean"], "evaluated_past_budget": curve[-1]["step"]}
 
 
 def iqm_estimates(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float, float]]:

@@ -45,6 +45,7 @@ from benchmarks.report import (
     shared_task_comparisons,
     training_figure,
     training_series,
+    within_budget,
 )
 from benchmarks.results import (
     TRAINING_RETURN,
@@ -440,6 +441,18 @@ def test_normalised_scores_span_the_aggregates_runs_only():
     extra, _ = normalised_scores({"A": {"mpo": runs(0.0, 10.0), "sac": runs(5.0, 20.0, 1000.0)}, "B": results["B"]})
     for algo in scores:
         np.testing.assert_array_equal(extra[algo], scores[algo])
+
+
+def test_an_evaluation_past_the_budget_is_left_out_and_the_last_within_it_is_final():
+    """PPO with 16 environments: evaluations every 1562 vector steps (24,992, ...), then once more after the rollout
+    that ended past 300,000: the page takes 299,904's, as it takes every other run's last evaluation within budget."""
+    curve = [{"step": step, "mean": float(index)} for index, step in enumerate(range(24_992, 300_000, 24_992))]
+    run = {"steps": 300_000, "curve": [*curve, {"step": 311_296, "mean": 99.0}], "final_return": 99.0}
+    read = within_budget(run)
+    assert read["final_return"] == curve[-1]["mean"] == 11.0 and read["curve"] == curve
+    assert read["evaluated_past_budget"] == 311_296 and run["final_return"] == 99.0  # the stored record is untouched
+    exact = {"steps": 300_000, "curve": [*curve, {"step": 300_000, "mean": 5.0}], "final_return": 5.0}
+    assert within_budget(exact) is exact
 
 
 def test_fixed_reference_returns_normalise_each_run_alone():
