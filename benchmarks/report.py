@@ -136,7 +136,7 @@ def within_budget(run: dict[str, Any]) -> dict[str, Any]:
         environments ends after it) and the runner evaluated it there once more, without that evaluation, its final
         return its last evaluation within the budget (``evaluated_past_budget`` says at which step the other was)
     """
-    curve = run["curve"]
+    curve = run.get("curve") or []  # an exploration suite's record has none
     within = [point for point in curve if point["step"] <= run["steps"]]
     if len(within) == len(curve) or not within:
         return run
@@ -511,10 +511,33 @@ SPEED_NOTE = (
 )
 
 
+def speed_group(run: dict[str, Any]) -> tuple[str, str]:
+    """
+    :param run: A result record
+    :return: Its processor and torch threads, as the speed table groups it; a resumed run whose legs trained on other
+        processors or thread counts (as its resumes record each leg and the one before it, where the runner that trained
+        it did) is "mixed: ..." in both, a row of its own
+    """
+    legs = {(processor(run), str(torch_threads(run)))}
+    for resume in run.get("resumes", []):
+        for leg in (resume, resume.get("before")):
+            if leg and "machine" in leg:
+                legs.add((processor(leg), str(torch_threads(leg))))
+    if len(legs) == 1:
+        return legs.pop()
+
+    def label(values: tuple[str, ...]) -> str:
+        distinct = list(dict.fromkeys(values))
+        return distinct[0] if len(distinct) == 1 else f"mixed: {' / '.join(distinct)}"
+
+    models, threads = zip(*sorted(legs), strict=True)
+    return label(models), label(threads)
+
+
 def speed_table(results: Results) -> list[str]:
     """
     Median speeds per environment and algorithm, a row per processor and torch-thread count, so that no median mixes
-    two machines or two thread counts.
+    two machines or two thread counts (:func:`speed_group`).
     """
     lines = [
         "| environment | algorithm | network | batch | processor | torch threads | runs | env steps/s (median) "
@@ -523,9 +546,9 @@ def speed_table(results: Results) -> list[str]:
     ]
     for env, runs_by_algo in results.items():
         for algo, all_runs in runs_by_algo.items():
-            groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+            groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
             for run in all_runs:
-                groups[(processor(run), torch_threads(run))].append(run)
+                groups[speed_group(run)].append(run)
             for (model, threads), runs in sorted(groups.items()):
                 gradient = [run["gradient_steps_per_second"] for run in runs if run.get("gradient_steps_per_second")]
                 lines.append(

@@ -20,6 +20,9 @@ from benchmarks.stamp import git_commit, library_versions, machine
 from benchmarks.suite import Job
 from benchmarks.zoo import zoo_experiment
 
+#: What a part of a run (a leg: from its start or a resume to its end or next save) records of where it trained
+LEG_KEYS = ("commit", "torch_threads", "machine")
+
 
 def critic_target(model: Any) -> str | None:
     """
@@ -130,17 +133,20 @@ def run_job(
         )
         callbacks = [*manager.callbacks, evaluation, ReleaseFreeMemory()]
         continued = state.get("continued_from") if state else None
+        leg = {"commit": commit, "torch_threads": torch_threads, "machine": machine()}
         if state is not None:
             assert checkpoint_folder is not None
             with set_up.recording():
                 model = restore(model, checkpoint_folder, state, evaluation)
             if not continued or continued["step"] != model.num_timesteps:  # a continuation is recorded as such
-                state["resumes"].append({"step": int(model.num_timesteps), "commit": commit, "torch_threads": torch_threads})
+                # the leg that starts here, and the one before it, which the checkpoint recorded (its speed's part of
+                # the result's is theirs: the speed table keeps runs whose legs differ apart)
+                before = {key: state[key] for key in LEG_KEYS if key in state}
+                state["resumes"].append({"step": int(model.num_timesteps), **leg, "before": before})
         for warning in set_up.warnings:  # a resumed run's set-up gives its first leg's again: kept once
             evaluation.warning_record.keep(warning["category"], warning["message"], int(model.num_timesteps))
         checkpoint = None
         if checkpoint_folder is not None:
-            leg = {"commit": commit, "torch_threads": torch_threads}
             checkpoint = RunCheckpoint(checkpoint_folder, job, evaluation, checkpoint_minutes * 60, state, settings, leg)
             callbacks.append(checkpoint)
         start = time.perf_counter()

@@ -43,6 +43,7 @@ from benchmarks.report import (
     processor,
     shared_grid,
     shared_task_comparisons,
+    speed_group,
     training_figure,
     training_series,
     within_budget,
@@ -453,6 +454,23 @@ def test_an_evaluation_past_the_budget_is_left_out_and_the_last_within_it_is_fin
     assert read["evaluated_past_budget"] == 311_296 and run["final_return"] == 99.0  # the stored record is untouched
     exact = {"steps": 300_000, "curve": [*curve, {"step": 300_000, "mean": 5.0}], "final_return": 5.0}
     assert within_budget(exact) is exact
+    exploration = {"steps": 1000, "kind": "exploration"}  # no curve
+    assert within_budget(exploration) is exploration
+
+
+def test_a_resumed_run_whose_legs_trained_differently_gets_a_speed_row_of_its_own():
+    """Its speed mixes its legs': one leg of 1 thread before a resume with 2 is no 2-thread run (nor a 1-thread one)."""
+    amd, intel = "vm AMD EPYC 7B13 2 cores Linux", "vm Intel(R) Xeon(R) Processor 2 cores Linux"
+    plain = {"machine": amd, "torch_threads": 1}
+    assert speed_group(plain) == ("AMD EPYC 7B13", "1")
+    same = {**plain, "resumes": [{"step": 5, "machine": amd, "torch_threads": 1, "before": dict(plain)}]}
+    assert speed_group(same) == ("AMD EPYC 7B13", "1")
+    threads = {"machine": amd, "torch_threads": 2, "resumes": [{"machine": amd, "torch_threads": 2, "before": plain}]}
+    assert speed_group(threads) == ("AMD EPYC 7B13", "mixed: 1 / 2")
+    moved = {"machine": intel, "torch_threads": 1, "resumes": [{"machine": intel, "torch_threads": 1, "before": plain}]}
+    assert speed_group(moved) == ("mixed: AMD EPYC 7B13 / Intel(R) Xeon(R) Processor", "1")
+    older = {**plain, "resumes": [{"step": 5, "commit": "abc", "torch_threads": 2}]}  # its legs were not recorded
+    assert speed_group(older) == ("AMD EPYC 7B13", "1")
 
 
 def test_fixed_reference_returns_normalise_each_run_alone():

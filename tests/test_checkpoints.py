@@ -36,7 +36,7 @@ from benchmarks.checkpoints import (
 )
 from benchmarks.cli import main
 from benchmarks.results import REQUIRED_KEYS, SCHEMA, TRAINING_RETURN, load_result, write_result
-from benchmarks.stamp import git_commit
+from benchmarks.stamp import git_commit, machine
 from benchmarks.suite import Job, load_suite
 from benchmarks.training import run_job, run_job_safely
 from sb3_mpo import MPO
@@ -107,7 +107,9 @@ def test_interrupted_run_resumes_with_its_model_replay_buffer_and_schedule(suite
     # (learning_starts=50, one per step); the resumed run carries on from there and loses no update
     assert restored["size"] == 150 and restored["n_updates"] == 100
     assert restored["ended"] == 1.0, "the stored episode must end where the checkpoint cut it"
-    assert resumed["resumes"] == [{"step": 150, "commit": git_commit(), "torch_threads": 2}]
+    here = {"commit": git_commit(), "machine": machine()}
+    # the leg that starts at the resume, and the one before it, as its checkpoint recorded it
+    assert resumed["resumes"] == [{"step": 150, **here, "torch_threads": 2, "before": {**here, "torch_threads": 1}}]
     assert uninterrupted["resumes"] == [] and (resumed["torch_threads"], uninterrupted["torch_threads"]) == (2, 1)
     assert uninterrupted["commit"] == git_commit(), "a worker records the commit of the code it imported"
     assert [point["step"] for point in resumed["curve"]] == [100, 200, 300], "evaluations keep their schedule"
