@@ -416,7 +416,14 @@ class RunCheckpoint(BaseCallback):
         if self.saved_step < step < self.job.steps and time.perf_counter() - self.last_save >= self.interval_seconds:
             self.save()
 
-    def save(self) -> None:
+    def save(self, final: bool = False) -> None:
+        """
+        Save the run so far (model, replay buffer, normalisation, curve, timings) into the checkpoint folder, swapped in
+        whole.
+
+        :param final: The finished run's state, saved for a longer run to continue (``run --keep-final``): marked as
+            such, and its save left out of the timings it stores, as the result leaves it out
+        """
         start = time.perf_counter()
         model = self.model
         check_finite(model, "before saving its checkpoint")
@@ -429,7 +436,8 @@ class RunCheckpoint(BaseCallback):
         vec_normalize = model.get_vec_normalize_env()
         if vec_normalize is not None:
             vec_normalize.save(str(partial / VEC_NORMALIZE_FILE))
-        self.save_seconds += time.perf_counter() - start
+        if not final:
+            self.save_seconds += time.perf_counter() - start
         state = {
             "job": job_signature(self.job),
             "settings": self.settings,
@@ -441,6 +449,7 @@ class RunCheckpoint(BaseCallback):
             "resumes": self.resumes,
             **self.leg,
             **({"continued_from": self.continued_from} if self.continued_from else {}),
+            **({"final": True} if final else {}),
         }
         (partial / STATE_FILE).write_text(json.dumps(state, indent=1))
         # Swap the folders: a crash before the rename keeps the old checkpoint, one after it the new one
@@ -670,12 +679,14 @@ def continue_from_final(job: Job, shorter: list[Job], checkpoints: Path, setting
         return None
     source, final = found
     state = dict(final, job=job_signature(job))
+    state.pop("final", None)  # the shorter run's end, this one's start
     state["continued_from"] = {
         "suite": source.suite,
         "algo": source.algo,
         "step": state["num_timesteps"],
         "commit": state.pop("commit", None),
         "torch_threads": state.pop("torch_threads", None),
+        **({"machine": state.pop("machine")} if "machine" in state else {}),
         **({"continued_from": state["continued_from"]} if state.get("continued_from") else {}),
     }
     folder = job.checkpoint_path(checkpoints)

@@ -138,7 +138,10 @@ def run_job(
             assert checkpoint_folder is not None
             with set_up.recording():
                 model = restore(model, checkpoint_folder, state, evaluation)
-            if not continued or continued["step"] != model.num_timesteps:  # a continuation is recorded as such
+            # a continuation is recorded as such; a finished run's final state whose result was never stored (its
+            # driver stopped before it could) leaves nothing to train, and nothing was resumed
+            finished = state.get("final", False) and model.num_timesteps >= job.steps
+            if not finished and (not continued or continued["step"] != model.num_timesteps):
                 # the leg that starts here, and the one before it, which the checkpoint recorded (its speed's part of
                 # the result's is theirs: the speed table keeps runs whose legs differ apart)
                 before = {key: state[key] for key in LEG_KEYS if key in state}
@@ -157,7 +160,7 @@ def run_job(
         total_seconds = (state["elapsed_seconds"] if state else 0.0) + time.perf_counter() - start
         save_seconds = checkpoint.save_seconds if checkpoint is not None else 0.0
         if keep_final and checkpoint is not None:
-            checkpoint.save()  # not in this run's timings: the final state is for a longer run, whose timings add it
+            checkpoint.save(final=True)  # not in this run's timings: the final state is for a longer run
         model.get_env().close()  # type: ignore[union-attr]
         eval_env.close()
         if paired is not None:

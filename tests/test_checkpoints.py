@@ -303,6 +303,7 @@ def test_a_longer_suite_continues_a_kept_final_state(suite_path, tmp_path, monke
         "step": 300,
         "commit": git_commit(),
         "torch_threads": 1,
+        "machine": machine(),
     }
     assert [resume["step"] for resume in result["resumes"]] == [400], "the continuation is not recorded as a resume"
     assert result["curve"][:3] == short["curve"], "the first part of the curve is the shorter run's"
@@ -314,6 +315,21 @@ def test_a_longer_suite_continues_a_kept_final_state(suite_path, tmp_path, monke
     short_job.result_path(results).unlink()  # a newer run of the shorter job, without --keep-final
     assert main(["run", str(suite_path), *common]) == 0
     assert not short_job.final_path(checkpoints).exists(), "the final state of the older run went with its result"
+
+
+def test_a_kept_final_state_whose_result_was_lost_gives_the_result_again_without_a_resume(suite_path, tmp_path):
+    """
+    With --keep-final the worker saves the finished run in its checkpoint folder, which its driver renames once the
+    result is stored; a driver that stops in between leaves that final state as the job's checkpoint. The next run
+    trains nothing from it and records no resume: the same curve, updates and timings as the lost result.
+    """
+    (job,) = load_suite(suite_path).jobs
+    checkpoints = tmp_path / "checkpoints"
+    first = run_job(job, checkpoints, checkpoint_minutes=60, keep_final=True)  # its driver stops before storing it
+    assert read_state(job.checkpoint_path(checkpoints), job)["final"] is True
+    again = run_job(job, checkpoints, checkpoint_minutes=60, keep_final=True)
+    assert again["resumes"] == [] and again["curve"] == first["curve"] and again["n_updates"] == first["n_updates"]
+    assert again["checkpoint_seconds"] == first["checkpoint_seconds"], "neither counts its final save"
 
 
 def test_only_the_same_training_on_the_evaluation_grid_and_independent_of_its_budget_continues(tmp_path):
