@@ -233,6 +233,22 @@ def test_loading_with_settings_that_reshape_the_saved_tensors_names_them(tmp_pat
     assert "cannot differ from the saved model's (custom_objects in MPO.load)" in str(error.value)
 
 
+def test_a_categorical_critic_loaded_with_another_support_names_it(tmp_path):
+    """
+    critic_support changed at load with as many atoms: torch would load the saved atoms over the new ones without a
+    word, and the critic would go on with the old support while the model says the new one.
+    """
+    categorical = dict(net_arch=[8], critic_support=(-10.0, 10.0), n_atoms=5)
+    MPO("MlpPolicy", "Pendulum-v1", q_target="n_step", seed=0, **{**SMALL, "policy_kwargs": categorical}).save(
+        tmp_path / "mpo.zip"
+    )
+    wider = {"policy_kwargs": {**categorical, "critic_support": (-100.0, 100.0)}}
+    with pytest.raises(IncompatibleParametersError, match=r"atoms span \[-10, 10\], not policy_kwargs critic_support=\(-100"):
+        MPO.load(tmp_path / "mpo.zip", custom_objects=wider)
+    loaded = MPO.load(tmp_path / "mpo.zip")  # as saved
+    assert loaded.critic.atoms.tolist() == [-10.0, -5.0, 0.0, 5.0, 10.0]
+
+
 def test_a_replay_buffer_loaded_to_continue_its_episode_keeps_it_open(tmp_path):
     """truncate_last_traj=False: the environments' next steps continue the newest episode, which stays open."""
     model = MPO("MlpPolicy", "Pendulum-v1", seed=0, q_target="n_step", n_steps=3, **dict(SMALL, learning_starts=10**6))

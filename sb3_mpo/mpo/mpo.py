@@ -1200,6 +1200,14 @@ class MPO(OffPolicyAlgorithm):
                 "the saved critic learned unnormalised values; expected value_normalization=False, as saved "
                 "(custom_objects in MPO.load)"
             )
+        moved = self._moved_atoms(params.get("policy"))
+        if moved is not None:
+            raise IncompatibleParametersError(
+                f"{type(self).__name__}: the saved categorical critic's atoms span [{moved[0]:g}, {moved[1]:g}], not "
+                f"policy_kwargs critic_support={self.policy.critic_support!r}: its logits are the probabilities of those "
+                f"atoms, which another support would read as other returns; expected critic_support=({moved[0]:g}, "
+                f"{moved[1]:g}) as saved (custom_objects in MPO.load)"
+            )
         if exact_match and set(params) != set(self._get_torch_save_params()[0]):
             # SB3 loads the objects given, then raises its ValueError, which names those missing or unknown
             super().set_parameters(params, exact_match, device)
@@ -1213,6 +1221,22 @@ class MPO(OffPolicyAlgorithm):
                 f"per_dim_constraints={self.per_dim_constraints!r}): {error}. Settings that shape the networks or the "
                 "multipliers cannot differ from the saved model's (custom_objects in MPO.load)"
             ) from error
+
+    def _moved_atoms(self, saved: Any) -> tuple[float, float] | None:
+        """
+        :param saved: The saved policy's state dict (or None)
+        :return: The span of the saved categorical critic's atoms where they are not this policy's (a ``critic_support``
+            changed at load: the same number of atoms, so torch would load them over the new ones without a word), else
+            None
+        """
+        if not isinstance(saved, dict):
+            return None
+        own = self.policy.state_dict()
+        for name, atoms in saved.items():
+            if name.endswith("atoms") and name in own and own[name].shape == atoms.shape:
+                if not th.allclose(own[name].cpu(), atoms.cpu(), rtol=1e-6, atol=1e-6):
+                    return float(atoms[0]), float(atoms[-1])
+        return None
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "actor.optimizer", "critic.optimizer", "multipliers", "multipliers_optimizer"]
