@@ -17,7 +17,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_mpo import MPO, NonFiniteError
 from sb3_mpo.common.buffers import DictSegmentReplayBuffer, SegmentReplayBuffer
-from sb3_mpo.common.checks import non_finite_transition, tuples_from_json
+from sb3_mpo.common.checks import constructor_default, non_finite_transition, tuples_from_json
+from sb3_mpo.mpo.policies import MlpPolicy
 
 TINY = dict(batch_size=16, n_action_samples=4, policy_kwargs=dict(net_arch=[8]))
 
@@ -141,6 +142,25 @@ def test_bad_policy_kwargs_are_refused_at_construction(policy_kwargs: dict[str, 
     """net_arch=[0] would silently train a network that ignores the observation; the others would fail inside torch."""
     with pytest.raises(ValueError, match=message):
         MPO("MlpPolicy", "Pendulum-v1", policy_kwargs=policy_kwargs)
+
+
+@pytest.mark.parametrize(
+    "env_id, policy_kwargs, message",
+    [
+        ("CartPole-v1", dict(action_bounding="tanh"), r"action_bounding='tanh' is invalid with a Discrete action space"),
+        ("CartPole-v1", dict(init_std=0.1, min_std=0.05), r"init_std=0\.1 is invalid with a Discrete action space"),
+        ("CartPole-v1", dict(deterministic_action="mean"), r"deterministic_action='mean' is invalid with a Discrete"),
+        ("Pendulum-v1", dict(n_atoms=11), r"n_atoms=11 is invalid without critic_support, whose atoms it counts"),
+        ("Pendulum-v1", dict(renorm_warmup_steps=5), r"renorm_warmup_steps=5 is invalid without batch_renorm"),
+        ("Pendulum-v1", dict(batch_norm_momentum=0.1), r"batch_norm_momentum=0\.1 is invalid without batch_renorm"),
+    ],
+)
+def test_settings_that_would_do_nothing_are_refused(env_id: str, policy_kwargs: dict[str, Any], message: str) -> None:
+    """A Gaussian setting with Discrete actions, or a setting of a critic the policy does not build, changes nothing."""
+    with pytest.raises(ValueError, match=rf"^MPOPolicy: {message}.*expected its default"):
+        MPO("MlpPolicy", env_id, policy_kwargs=policy_kwargs)
+    same = {key: constructor_default(MlpPolicy, key) for key in policy_kwargs}
+    MPO("MlpPolicy", env_id, policy_kwargs=same)  # their defaults, given, are accepted
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from stable_baselines3.dqn.policies import QNetwork
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_mpo.common.checks import is_integer
+from sb3_mpo.common.checks import constructor_default, is_integer
 from sb3_mpo.mpo.losses import categorical_mean, clipped_gaussian_mean, clipped_values, inverse_positive, mixture_mean
 from sb3_mpo.mpo.torsos import (
     batch_renorm_torso,
@@ -601,11 +601,16 @@ class MPOPolicy(BasePolicy):
         self.check_n_critics(n_critics, action_space, critic_support is not None or critic_mixture is not None)
         if batch_renorm:
             self.check_batch_renorm(action_space, residual)
-        if deterministic_action != "mode" and isinstance(action_space, spaces.Discrete):
-            raise ValueError(
-                f"MPOPolicy: deterministic_action={deterministic_action!r} is invalid with a Discrete action space, expected "
-                "'mode' (the most probable action; the mean action is that of a Box space's clipped Gaussian)"
-            )
+        self.check_settings_in_use(
+            action_space,
+            init_std=init_std,
+            min_std=min_std,
+            action_bounding=action_bounding,
+            deterministic_action=deterministic_action,
+            n_atoms=(n_atoms, critic_support is None, "without critic_support, whose atoms it counts"),
+            batch_norm_momentum=(batch_norm_momentum, not batch_renorm, "without batch_renorm, whose statistics it sets"),
+            renorm_warmup_steps=(renorm_warmup_steps, not batch_renorm, "without batch_renorm, whose warm-up it sets"),
+        )
         if residual and layer_norm:
             raise ValueError(
                 "MPOPolicy: residual=True is invalid with layer_norm=True, expected one of the two torsos (SimBa's "
@@ -665,6 +670,21 @@ class MPOPolicy(BasePolicy):
         if critic_mixture is not None:
             self.critic_kwargs.update(critic_mixture=critic_mixture, critic_mixture_init_scale=critic_mixture_init_scale)
         self._build(lr_schedule)
+
+    @staticmethod
+    def check_settings_in_use(action_space: spaces.Space, **settings: Any) -> None:
+        """
+        Refuse a setting that would do nothing: one of the Gaussian actor's with a ``Discrete`` action space (given by
+        value), or one given with the condition under which it is unused and why (a tuple).
+
+        :raises ValueError: naming the first such setting that is not its default, and what is expected
+        """
+        for name, given in settings.items():
+            value, unused, why = given if isinstance(given, tuple) else (given, isinstance(action_space, spaces.Discrete), "")
+            default = constructor_default(MPOPolicy, name)
+            if unused and value != default:
+                why = why or "with a Discrete action space (the categorical actor has no Gaussian)"
+                raise ValueError(f"MPOPolicy: {name}={value!r} is invalid {why}, expected its default {default!r}")
 
     @staticmethod
     def check_distributional_critic(
