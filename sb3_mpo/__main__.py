@@ -62,6 +62,11 @@ def build_parser(prog: str = "python -m sb3_mpo", description: str | None = None
     return parser
 
 
+#: An entry's settings of what RL Zoo builds around the environment (wrappers, stacked frames, normalisation, several
+#: environments, callbacks)
+ENVIRONMENT_KEYS = ("env_wrapper", "frame_stack", "normalize", "n_envs", "vec_env_wrapper", "callback")
+
+
 def build_model(args: argparse.Namespace, algo_class: type[SelfMPO] = MPO) -> SelfMPO:  # type: ignore[assignment]
     """
     The model of the parsed command line, with the entry of the shipped RL Zoo file for ``args.env`` (see
@@ -74,9 +79,17 @@ def build_model(args: argparse.Namespace, algo_class: type[SelfMPO] = MPO) -> Se
     """
     set_torch_threads()
     entry = load_entry(args.env)
+    # What RL Zoo builds around the environment, which this job's plain environment does not
+    around = {key: entry[key] for key in ENVIRONMENT_KEYS if entry.get(key) not in (None, False, 1)}
+    if around:
+        raise ValueError(
+            f"env={args.env!r}: its entry in sb3_mpo/hyperparams/mpo.yml sets {around}, which this job's plain "
+            f"environment does not apply; train it through RL Zoo: python -m sb3_mpo.zoo train --algo mpo --env {args.env}"
+        )
     if args.steps is None:
         args.steps = int(entry["n_timesteps"])
-    return algo_class("MlpPolicy", args.env, seed=args.seed, verbose=args.verbose, **zoo_entry_to_kwargs(entry))
+    policy = entry.get("policy", "MlpPolicy")
+    return algo_class(policy, args.env, seed=args.seed, verbose=args.verbose, **zoo_entry_to_kwargs(entry))
 
 
 def train_and_report(args: argparse.Namespace, model: MPO, chief: bool = True, label: str = "MPO") -> None:

@@ -88,6 +88,19 @@ def test_readme_mujoco_entry_builds_acmes_torso_and_crossqs_critic_and_optimiser
         assert optimizer.defaults["lr"] == 1e-3 and optimizer.defaults["betas"] == (0.5, 0.999)
 
 
+def test_main_job_refuses_an_entry_whose_environment_rl_zoo_would_wrap(monkeypatch):
+    """The shipped Atari entry stacks AtariWrapper's frames, which this job's plain environment would not: it says so."""
+    import sb3_mpo.__main__ as main_job
+
+    entries = {"CartPole-v1": {"policy": "CnnPolicy", "frame_stack": 4, "n_timesteps": 100, "n_envs": 1}}
+    monkeypatch.setattr(main_job, "load_entry", lambda env_id: dict(entries[env_id]))
+    args = build_parser().parse_args(["--env", "CartPole-v1", "--steps", "10"])
+    with pytest.raises(ValueError, match=r"^env='CartPole-v1': its entry .* sets \{'frame_stack': 4\}.*sb3_mpo\.zoo train"):
+        build_model(args)
+    entries["CartPole-v1"] = {"policy": "MlpPolicy", "n_timesteps": 100, "n_envs": 1, "normalize": False}
+    assert build_model(args).num_timesteps == 0  # one environment, no normalisation: nothing left out
+
+
 def test_benchmark_report_names_the_install_it_needs(monkeypatch, capsys):
     """Without rliable, `report` stops before writing anything and names the extra to install."""
     from benchmarks import cli

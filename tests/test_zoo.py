@@ -443,6 +443,21 @@ def test_diverged_trial_is_pruned(monkeypatch: pytest.MonkeyPatch) -> None:
         manager.objective(optuna.trial.FixedTrial({}))
 
 
+def test_another_algorithms_trial_fails_as_with_rl_zoo3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAC's bad settings end its search as rl_zoo3's do (a ValueError), not as an MPO trial's pruned ones."""
+
+    def refused(self: ExperimentManager, trial: optuna.Trial) -> float:
+        raise ValueError("target_entropy='foo' is invalid")
+
+    monkeypatch.setattr(ExperimentManager, "objective", refused)
+    manager = MPOExperimentManager(argparse.Namespace(conf_file=None), "sac", ENV_ID, "logs")
+    with pytest.raises(ValueError, match="target_entropy='foo'"):
+        manager.objective(optuna.trial.FixedTrial({}))
+    mpo = MPOExperimentManager(argparse.Namespace(conf_file=None), ALGO_NAME, ENV_ID, "logs")
+    with pytest.raises(optuna.TrialPruned, match="target_entropy='foo'"):
+        mpo.objective(optuna.trial.FixedTrial({}))
+
+
 def test_a_trial_whose_sampled_settings_clash_with_the_entrys_is_pruned_not_fatal(tmp_path: Path) -> None:
     """An entry with value_normalization=True and trials that draw a mixture critic or CrossQ's: those trials are
     pruned (their settings refused by the constructor) and the search goes on to its other trials."""

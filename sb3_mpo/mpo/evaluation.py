@@ -251,6 +251,10 @@ class RetraceEvaluation(CriticEvaluation):
     """
 
     def evaluate(self, segments: SegmentSamples) -> PolicyEvaluation:
+        """
+        :param segments: A batch of trajectory segments (:class:`~sb3_mpo.common.buffers.SegmentSamples`)
+        :return: The Retrace critic loss over their valid steps, and the improvement batch at their next states
+        """
         model = self.model
         n_segments, length = segments.rewards.shape
         observations = _flatten_time(segments.observations)

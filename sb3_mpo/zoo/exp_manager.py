@@ -57,6 +57,8 @@ class MPOExperimentManager(ExperimentManager):
         return processed, env_wrapper, callbacks, vec_env_wrapper
 
     def objective(self, trial: optuna.Trial) -> float:
+        if self.algo != ALGO_NAME:  # every other algorithm's trials run as rl_zoo3's do
+            return super().objective(trial)
         try:
             return super().objective(trial)
         except NonFiniteError as error:
