@@ -425,6 +425,7 @@ class RunCheckpoint(BaseCallback):
             such, and its save left out of the timings it stores, as the result leaves it out
         """
         start = time.perf_counter()
+        elapsed = self.elapsed_seconds  # a final save's own time is in none of the timings it stores
         model = self.model
         check_finite(model, "before saving its checkpoint")
         partial = self.folder.with_name(self.folder.name + ".partial")
@@ -443,7 +444,7 @@ class RunCheckpoint(BaseCallback):
             "settings": self.settings,
             "num_timesteps": int(model.num_timesteps),
             "curve": self.evaluation.curve_state,
-            "elapsed_seconds": self.elapsed_seconds,
+            "elapsed_seconds": elapsed if final else self.elapsed_seconds,
             "eval_seconds": self.evaluation.eval_seconds,
             "save_seconds": self.save_seconds,
             "resumes": self.resumes,

@@ -97,7 +97,7 @@ def _claim(jobs: list[Job], results_dir: Path, held: contextlib.ExitStack) -> li
     return claimed
 
 
-def _lock_soon(file: IO[str], kind: int, attempts: int = 10, pause: float = 0.05) -> bool:
+def _lock_soon(file: IO[str], kind: int, attempts: int = 5, pause: float = 0.04) -> bool:
     """
     :param file: An open lock file
     :param kind: ``fcntl.LOCK_EX`` or ``fcntl.LOCK_SH``

@@ -515,14 +515,19 @@ def speed_group(run: dict[str, Any]) -> tuple[str, str]:
     """
     :param run: A result record
     :return: Its processor and torch threads, as the speed table groups it; a resumed run whose legs trained on other
-        processors or thread counts (as its resumes record each leg and the one before it, where the runner that trained
-        it did) is "mixed: ..." in both, a row of its own
+        processors or thread counts (as its resumes record each leg and the one before it, and ``continued_from`` the
+        shorter runs it continues, where the runner that trained it did) is "mixed: ..." in both, a row of its own
     """
     legs = {(processor(run), str(torch_threads(run)))}
     for resume in run.get("resumes", []):
         for leg in (resume, resume.get("before")):
             if leg and "machine" in leg:
                 legs.add((processor(leg), str(torch_threads(leg))))
+    shorter = run.get("continued_from")
+    while shorter:  # the runs it continues, whose time its speed includes
+        if "machine" in shorter:
+            legs.add((processor(shorter), str(torch_threads(shorter))))
+        shorter = shorter.get("continued_from")
     if len(legs) == 1:
         return legs.pop()
 

@@ -80,7 +80,11 @@ def build_model(args: argparse.Namespace, algo_class: type[SelfMPO] = MPO) -> Se
     set_torch_threads()
     entry = load_entry(args.env)
     # What RL Zoo builds around the environment, which this job's plain environment does not
-    around = {key: entry[key] for key in ENVIRONMENT_KEYS if entry.get(key) not in (None, False, 1)}
+    around = {
+        key: entry[key]
+        for key in ENVIRONMENT_KEYS
+        if not (entry.get(key) is None or entry[key] is False or (key == "n_envs" and entry[key] == 1))
+    }
     if around:
         raise ValueError(
             f"env={args.env!r}: its entry in sb3_mpo/hyperparams/mpo.yml sets {around}, which this job's plain "

@@ -75,7 +75,7 @@ def init_workers(backend: str = "gloo", timeout_seconds: float = DEFAULT_TIMEOUT
         ``world_size`` outside ``torchrun``)
     :raises ValueError: naming a backend or timeout that is not one of those
     """
-    names = [part.split(":")[-1] for part in backend.split(",")] if isinstance(backend, str) else [None]
+    names = [part.split(":")[-1].lower() for part in backend.split(",")] if isinstance(backend, str) else [None]
     if not all(name in BACKENDS for name in names):
         raise ValueError(
             f"init_workers: backend={backend!r} is invalid, expected one of {BACKENDS} or device:backend pairs "
@@ -187,7 +187,7 @@ class DistributedMPO(MPO):
         if self.rank != 0:
             self.verbose = 0
             self.set_logger(Logger(folder=None, output_formats=[]))
-        self._local_gradients_finite = th.ones((), dtype=th.bool)
+        self._local_gradients_finite = th.ones((), dtype=th.bool, device=self.device)
         # Workers initialise their networks from different seeds: all start from rank 0's parameters
         for tensor in [*self.policy.state_dict().values(), *self.multipliers.state_dict().values()]:
             dist.broadcast(tensor, src=0)
@@ -206,7 +206,8 @@ class DistributedMPO(MPO):
     def _average_gradients(self, optimizers: list[th.optim.Optimizer]) -> None:
         gradients = [param.grad for param in optimized_parameters(optimizers) if param.grad is not None]
         # whether this worker's own gradients are finite, before the average mixes in the others'
-        self._local_gradients_finite = th.stack([gradient.isfinite().all() for gradient in gradients]).all()
+        finite = [gradient.isfinite().all() for gradient in gradients]
+        self._local_gradients_finite = th.stack(finite).all() if finite else th.ones((), dtype=th.bool, device=self.device)
         self._average_over_workers(gradients)
 
     @th.compiler.disable  # with compile_update, the collective runs eagerly between the compiled graphs
@@ -229,7 +230,7 @@ class DistributedMPO(MPO):
         """
         own = [value for key, value in quantities.items() if key not in AVERAGED]
         finite = th.isfinite(th.stack(own)).all() & self._local_gradients_finite
-        at_fault = th.zeros(self.world_size)
+        at_fault = th.zeros(self.world_size, device=finite.device)  # NCCL reduces CUDA tensors only
         at_fault[self.rank] = (~finite).float()
         with self._collective():
             dist.all_reduce(at_fault, op=dist.ReduceOp.SUM)

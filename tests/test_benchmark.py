@@ -471,6 +471,8 @@ def test_a_resumed_run_whose_legs_trained_differently_gets_a_speed_row_of_its_ow
     assert speed_group(moved) == ("mixed: AMD EPYC 7B13 / Intel(R) Xeon(R) Processor", "1")
     older = {**plain, "resumes": [{"step": 5, "commit": "abc", "torch_threads": 2}]}  # its legs were not recorded
     assert speed_group(older) == ("AMD EPYC 7B13", "1")
+    continued = {"machine": intel, "torch_threads": 2, "resumes": [], "continued_from": {"step": 9, **plain}}
+    assert speed_group(continued) == ("mixed: AMD EPYC 7B13 / Intel(R) Xeon(R) Processor", "mixed: 1 / 2")
 
 
 def test_fixed_reference_returns_normalise_each_run_alone():

@@ -97,6 +97,9 @@ def test_main_job_refuses_an_entry_whose_environment_rl_zoo_would_wrap(monkeypat
     args = build_parser().parse_args(["--env", "CartPole-v1", "--steps", "10"])
     with pytest.raises(ValueError, match=r"^env='CartPole-v1': its entry .* sets \{'frame_stack': 4\}.*sb3_mpo\.zoo train"):
         build_model(args)
+    entries["CartPole-v1"] = {"policy": "MlpPolicy", "n_timesteps": 100, "normalize": True}  # True == 1, still refused
+    with pytest.raises(ValueError, match=r"sets \{'normalize': True\}"):
+        build_model(args)
     entries["CartPole-v1"] = {"policy": "MlpPolicy", "n_timesteps": 100, "n_envs": 1, "normalize": False}
     assert build_model(args).num_timesteps == 0  # one environment, no normalisation: nothing left out
 
@@ -123,10 +126,14 @@ def test_readme_commands_run_as_written(tmp_path):
         "python -m sb3_mpo.zoo train": ["-n", "300", "--eval-freq", "-1", "--hyperparams", "learning_starts:100"],
         "python -m sb3_mpo.zoo enjoy": ["-n", "50", "--no-render"],
         "python -m benchmarks run tiny": ["--results", str(tmp_path / "results"), "--workers", "1"],
+        "python -m benchmarks report tiny": [
+            *("--results", str(tmp_path / "results")),
+            *("--out", str(tmp_path / "tiny.md"), "--figures", str(tmp_path / "figures")),
+        ],
         "python -m benchmarks report quick": ["--out", str(tmp_path / "quick.md")],
     }
     commands = readme_commands()
-    assert len(commands) == 5, commands  # train, enjoy, run tiny, run quick, report quick
+    assert len(commands) == 6, commands  # train, enjoy, run tiny, report tiny, run quick, report quick
     repository = Path(__file__).resolve().parents[1]
     for command in commands:
         if command == "python -m benchmarks run quick":  # hours: only check that the suite loads and what it would run
@@ -139,4 +146,5 @@ def test_readme_commands_run_as_written(tmp_path):
         assert done.returncode == 0, f"{command}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     assert (tmp_path / "logs" / "mpo" / "Pendulum-v1_1" / "Pendulum-v1.zip").is_file()
     assert (tmp_path / "quick.md").read_text().startswith("# Benchmark suite `quick`")
+    assert (tmp_path / "tiny.md").read_text().startswith("# Benchmark suite `tiny`")
     assert len(list((tmp_path / "results" / "tiny").rglob("*.json"))) == 4

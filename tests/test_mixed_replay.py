@@ -11,7 +11,7 @@ from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 
 from sb3_mpo import MPO
 from sb3_mpo.common.buffers import SegmentReplayBuffer, mixed_batch_sizes, newest_windows, sample_mixed, stored_range
-from sb3_mpo.exploration import SMMReplayBuffer
+from sb3_mpo.exploration import SkillWrapper, SMMReplayBuffer
 
 OBS_SPACE = spaces.Box(-np.inf, np.inf, (1,), np.float32)
 ACTION_SPACE = spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -104,6 +104,6 @@ def test_mpo_trains_with_mixed_batches_and_keeps_the_fraction(tmp_path):
 
 def test_mixed_batches_refused_with_a_buffer_that_samples_its_own_way():
     """SMM's buffer updates its models on every sample(): the newest data would bypass that, so it is refused."""
-    env = gym.make("Pendulum-v1")
+    env = SkillWrapper(gym.make("Pendulum-v1"), n_skills=1)
     with pytest.raises(ValueError, match=r"replay_fraction=0\.5 is invalid with replay_buffer_class=SMMReplayBuffer"):
         MPO("MlpPolicy", env, q_target="n_step", replay_fraction=0.5, replay_buffer_class=SMMReplayBuffer)
