@@ -8,8 +8,8 @@ replay buffer (``save_replay_buffer``), the ``VecNormalize`` statistics and ``st
 far and the time spent). :func:`restore` puts a fresh run back in that state, its evaluation schedule included, so the
 resumed run collects, trains and evaluates at the same steps as an uninterrupted one. The folder is replaced
 by renames (written beside it, the old one moved aside, the new one moved in), so an interruption while saving leaves
-the previous checkpoint intact: between the two renames as ``<folder>.old``, which the next run or ``status`` puts
-back (:func:`recover_interrupted_save`).
+the previous checkpoint intact: between the two renames as ``<folder>.old`` beside the complete new one
+(``<folder>.partial``), which the next run or ``status`` puts in place (:func:`recover_interrupted_save`).
 
 A resumed run is not bit-identical to an uninterrupted one: the environments restart with a fresh episode (the last
 stored transition is ended as a time-limit truncation, so no return is bootstrapped across the gap) and the random
@@ -466,13 +466,20 @@ class RunCheckpoint(BaseCallback):
 
 def recover_interrupted_save(folder: Path) -> None:
     """
-    Undo a save interrupted between its two renames (:meth:`RunCheckpoint.save`), which leaves the previous checkpoint
-    only as ``<folder>.old``: it becomes the job's checkpoint again.
+    Undo a save interrupted between its two renames (:meth:`RunCheckpoint.save`), or a continuation's between its
+    removal of a stale checkpoint and its rename (:func:`continue_from_final`): where the job has no checkpoint folder,
+    the one written beside it (``<folder>.partial``) becomes it if it is complete (its ``state.json``, written last, is
+    there), else the previous one (``<folder>.old``).
 
     :param folder: A job's checkpoint folder
     """
-    old = folder.with_name(folder.name + ".old")
-    if not folder.exists() and old.is_dir():
+    if folder.exists():
+        return
+    partial, old = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".old")
+    if _read_state_file(partial) is not None:
+        partial.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.is_dir():
         old.rename(folder)
 
 

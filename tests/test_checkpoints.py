@@ -4,6 +4,7 @@ import contextlib
 import copy
 import fcntl
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from benchmarks.checkpoints import (
     continue_from_final,
     job_signature,
     read_state,
+    recover_interrupted_save,
     stale_checkpoint,
     training_pace,
 )
@@ -200,6 +202,31 @@ def test_a_save_interrupted_between_its_renames_leaves_the_previous_checkpoint_t
     assert checkpoint_progress(folder).step == 150, "status put it back"
     folder.rename(folder.with_name(folder.name + ".old"))
     assert run_job(job, checkpoints, checkpoint_minutes=60)["resumes"][0]["step"] == 150
+
+
+def test_a_complete_checkpoint_left_beside_its_folder_is_put_in_place(suite_path, tmp_path, monkeypatch):
+    """
+    The new checkpoint written in full (its state.json last) and the folder gone: the process died after the old one
+    moved aside (a save) or was removed (a continuation). The newer one is resumed, the older removed; a new one whose
+    state.json is missing (died while writing it) leaves the older one to resume.
+    """
+    (job,) = load_suite(suite_path).jobs
+    checkpoints = tmp_path / "checkpoints"
+    interrupt_at_step(monkeypatch, 150)
+    run_job_safely(job, checkpoints, checkpoint_minutes=0)
+    monkeypatch.undo()
+    folder = job.checkpoint_path(checkpoints)
+    partial, old = (folder.with_name(folder.name + suffix) for suffix in (".partial", ".old"))
+    shutil.copytree(folder, old)
+    (old / "state.json").write_text(json.dumps({**json.loads((old / "state.json").read_text()), "num_timesteps": 100}))
+    folder.rename(partial)
+    recover_interrupted_save(folder)
+    assert checkpoint_progress(folder).step == 150 and not partial.exists() and not old.exists()
+    shutil.copytree(folder, old)
+    folder.rename(partial)
+    (partial / "state.json").unlink()  # died before writing it
+    recover_interrupted_save(folder)
+    assert checkpoint_progress(folder).step == 150 and partial.exists(), "the older one, complete, is resumed"
 
 
 def test_a_checkpoint_saved_under_other_settings_is_not_resumed_and_the_run_says_so(suite_path, tmp_path, capsys):
