@@ -523,10 +523,15 @@ def stale_checkpoint(folder: Path, job: Job, settings: dict[str, str] | None) ->
     :return: What differs, when ``folder`` holds a checkpoint that :func:`read_state` refuses: one saved for another
         set-up of the job (its evaluation, suite override or RL Zoo entry as the suite gave them then), or under other
         settings (an RL Zoo entry or suite override edited since; compared exactly, as the checkpoint's model keeps its
-        own); else None
+        own), or one whose ``state.json`` is missing, unreadable or names no run; else None
     """
     state = _read_state_file(folder) or {}
     saved_job, signature = state.get("job"), job_signature(job)
+    if folder.is_dir() and not isinstance(saved_job, dict):
+        return StaleCheckpoint(
+            "without a state.json that names its run",
+            "a save that died before writing it, or a runner from before checkpoints named their run",
+        )
     if isinstance(saved_job, dict) and saved_job != signature:
 
         def shown(value: Any) -> str | None:

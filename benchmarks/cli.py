@@ -397,6 +397,9 @@ def status(args: argparse.Namespace) -> int:
             step = 0 if starts_over else step
         elif checkpoints and shorter is not None and settings is not None:
             note, step = _continuation(job, shorter, checkpoints, settings)
+        elif checkpoints and job in pending and job.checkpoint_path(checkpoints).is_dir():  # a folder with no progress
+            stale, _ = _stale_note(job, checkpoints, settings, unresolved)
+            note = f"  (a checkpoint{stale})" if stale.startswith(", saved") else ""
         adoptable = None if others is None or settings is None else result_to_adopt(job, others, args.results, settings)
         if adoptable is not None:
             note, step = f"  (would adopt {adoptable[0].suite}'s {adoptable[0].name})", job.steps

@@ -229,6 +229,24 @@ def test_a_complete_checkpoint_left_beside_its_folder_is_put_in_place(suite_path
     assert checkpoint_progress(folder).step == 150 and partial.exists(), "the older one, complete, is resumed"
 
 
+def test_a_checkpoint_that_names_no_run_is_not_resumed_and_the_run_and_status_say_so(suite_path, tmp_path, capsys):
+    """A folder whose state.json is missing (a save that died writing it) or names no run: the run starts over, saying so."""
+    (job,) = load_suite(suite_path).jobs
+    checkpoints = tmp_path / "checkpoints"
+    folder = job.checkpoint_path(checkpoints)
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"num_timesteps": 5}))  # no job signature
+    stale = stale_checkpoint(folder, job, None)
+    assert stale is not None and stale.how == "without a state.json that names its run"
+    assert main(["status", str(suite_path), "--checkpoints", str(checkpoints), "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"todo  {job.name}  (checkpoint at 5 steps, saved without a state.json that names its run, the run will" in out
+    (folder / "state.json").unlink()
+    assert main(["status", str(suite_path), "--checkpoints", str(checkpoints), "--results", str(tmp_path)]) == 0
+    assert f"todo  {job.name}  (a checkpoint, saved without a state.json that names its run" in capsys.readouterr().out
+    assert stale_checkpoint(tmp_path / "nothing", job, None) is None
+
+
 def test_a_checkpoint_saved_under_other_settings_is_not_resumed_and_the_run_says_so(suite_path, tmp_path, capsys):
     """An RL Zoo entry or override edited while a run was interrupted: the run starts over, under the new settings."""
     (job,) = load_suite(suite_path).jobs
