@@ -189,14 +189,19 @@ def test_a_checkpoint_resumes_only_the_job_that_wrote_it(tmp_path):
     assert read_state(tmp_path / "nothing", job) is None
 
 
-def test_a_save_interrupted_between_its_renames_leaves_the_previous_checkpoint_to_resume(suite_path, tmp_path, monkeypatch):
-    """The process dies after the old checkpoint moved aside and before the new one moved in: the run resumes the old."""
+def checkpointed_at_150(suite_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Job, Path, Path]:
+    """The suite's job interrupted at step 150, right after a checkpoint: the job, the checkpoints and its folder."""
     (job,) = load_suite(suite_path).jobs
     checkpoints = tmp_path / "checkpoints"
     interrupt_at_step(monkeypatch, 150)
     run_job_safely(job, checkpoints, checkpoint_minutes=0)
     monkeypatch.undo()
-    folder = job.checkpoint_path(checkpoints)
+    return job, checkpoints, job.checkpoint_path(checkpoints)
+
+
+def test_a_save_interrupted_between_its_renames_leaves_the_previous_checkpoint_to_resume(suite_path, tmp_path, monkeypatch):
+    """The process dies after the old checkpoint moved aside and before the new one moved in: the run resumes the old."""
+    job, checkpoints, folder = checkpointed_at_150(suite_path, tmp_path, monkeypatch)
     folder.rename(folder.with_name(folder.name + ".old"))  # where save() leaves it between its renames
     assert main(["status", str(suite_path), "--checkpoints", str(checkpoints), "--results", str(tmp_path)]) == 0
     assert checkpoint_progress(folder).step == 150, "status put it back"
@@ -210,12 +215,7 @@ def test_a_complete_checkpoint_left_beside_its_folder_is_put_in_place(suite_path
     moved aside (a save) or was removed (a continuation). The newer one is resumed, the older removed; a new one whose
     state.json is missing (died while writing it) leaves the older one to resume.
     """
-    (job,) = load_suite(suite_path).jobs
-    checkpoints = tmp_path / "checkpoints"
-    interrupt_at_step(monkeypatch, 150)
-    run_job_safely(job, checkpoints, checkpoint_minutes=0)
-    monkeypatch.undo()
-    folder = job.checkpoint_path(checkpoints)
+    _, _, folder = checkpointed_at_150(suite_path, tmp_path, monkeypatch)
     partial, old = (folder.with_name(folder.name + suffix) for suffix in (".partial", ".old"))
     shutil.copytree(folder, old)
     (old / "state.json").write_text(json.dumps({**json.loads((old / "state.json").read_text()), "num_timesteps": 100}))
