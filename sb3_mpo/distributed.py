@@ -187,7 +187,6 @@ class DistributedMPO(MPO):
         if self.rank != 0:
             self.verbose = 0
             self.set_logger(Logger(folder=None, output_formats=[]))
-        self._local_gradients_finite = th.ones((), dtype=th.bool, device=self.device)
         # Workers initialise their networks from different seeds: all start from rank 0's parameters
         for tensor in [*self.policy.state_dict().values(), *self.multipliers.state_dict().values()]:
             dist.broadcast(tensor, src=0)

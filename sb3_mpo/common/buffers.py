@@ -10,6 +10,8 @@ from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer
 from stable_baselines3.common.type_aliases import PyTorchObs, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_mpo.common.checks import is_integer
+
 NumpyObs = np.ndarray | dict[str, np.ndarray]
 
 
@@ -117,7 +119,7 @@ class SegmentReplayBuffer(ReplayBuffer):
         handle_timeout_termination: bool = True,
         segment_length: int = 8,
     ):
-        if not isinstance(segment_length, (int, np.integer)) or isinstance(segment_length, bool) or segment_length < 1:
+        if not (is_integer(segment_length) and segment_length >= 1):
             raise ValueError(f"SegmentReplayBuffer: segment_length={segment_length!r} is invalid, expected a positive integer")
         if optimize_memory_usage and isinstance(observation_space, spaces.Dict):
             raise ValueError("SegmentReplayBuffer does not support optimize_memory_usage=True with Dict observations")

@@ -168,11 +168,12 @@ class SMM(nn.Module):
     ):
         super().__init__()
         check_skill_count(n_skills)
-        for name, value in (("target_coef", target_coef), ("density_coef", density_coef), ("skill_coef", skill_coef)):
+        coefficients = dict(
+            target_coef=target_coef, density_coef=density_coef, skill_coef=skill_coef, env_reward_coef=env_reward_coef
+        )
+        for name, value in coefficients.items():
             if not is_finite_number(value):
                 raise ValueError(f"SMM: {name}={value!r} is invalid, expected a finite number")
-        if not is_finite_number(env_reward_coef):
-            raise ValueError(f"SMM: env_reward_coef={env_reward_coef!r} is invalid, expected a finite number")
         if not (is_finite_number(learning_rate) and learning_rate > 0):
             raise ValueError(f"SMM: learning_rate={learning_rate!r} is invalid, expected a finite number above 0")
         if not (is_integer(latent_dim) and latent_dim >= 1):

@@ -597,7 +597,7 @@ class MPOPolicy(BasePolicy):
         renorm_warmup_steps: int = 100_000,
         n_critics: int = 1,
     ):
-        self.check_distributional_critic(action_space, critic_support, n_atoms, critic_mixture, critic_mixture_init_scale)
+        self.check_distributional_critic(action_space, critic_support, n_atoms, critic_mixture)
         self.check_n_critics(n_critics, action_space, critic_support is not None or critic_mixture is not None)
         if batch_renorm:
             self.check_batch_renorm(action_space, residual)
@@ -608,6 +608,11 @@ class MPOPolicy(BasePolicy):
             action_bounding=action_bounding,
             deterministic_action=deterministic_action,
             n_atoms=(n_atoms, critic_support is None, "without critic_support, whose atoms it counts"),
+            critic_mixture_init_scale=(
+                critic_mixture_init_scale,
+                critic_mixture is None,
+                "without critic_mixture, whose components' initial scale it sets",
+            ),
             batch_norm_momentum=(batch_norm_momentum, not batch_renorm, "without batch_renorm, whose statistics it sets"),
             renorm_warmup_steps=(renorm_warmup_steps, not batch_renorm, "without batch_renorm, whose warm-up it sets"),
         )
@@ -692,14 +697,8 @@ class MPOPolicy(BasePolicy):
         critic_support: tuple[float, float] | None,
         n_atoms: int,
         critic_mixture: int | None,
-        critic_mixture_init_scale: float | None,
     ) -> None:
         """:raises ValueError: naming the argument when they cannot make a distributional critic"""
-        if critic_mixture_init_scale is not None and critic_mixture is None:
-            raise ValueError(
-                f"MPOPolicy: critic_mixture_init_scale={critic_mixture_init_scale!r} is invalid without critic_mixture, "
-                "expected None (it sets the initial scale of a mixture critic's components)"
-            )
         if critic_support is None and critic_mixture is None:
             return
         name, value = ("critic_support", critic_support) if critic_support is not None else ("critic_mixture", critic_mixture)
