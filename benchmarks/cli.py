@@ -52,7 +52,7 @@ from benchmarks.results import (
     load_result,
     pace_key,
     paces,
-    rough_paces,
+    rough_pace,
 )
 from benchmarks.suite import RESULTS_DIR, Job, load_suite
 from benchmarks.training import run_job_safely
@@ -372,7 +372,6 @@ def status(args: argparse.Namespace) -> int:
     shorter = load_suite(args.continue_from).jobs if args.continue_from and checkpoints else None
     others = load_suite(args.adopt_from).jobs if args.adopt_from else None
     stored_paces = _stored_paces(args.results)
-    guesses = rough_paces(stored_paces)
     seconds_left, guessed_seconds, guessed, unknown = 0.0, 0.0, 0, 0
     for job in jobs:
         settings, unresolved = _settings_now(job) if job in pending else (None, "")
@@ -410,8 +409,8 @@ def status(args: argparse.Namespace) -> int:
         if job in pending and _held_by_another_runner(job, args.results):
             note += "  (a runner holds it: training it now, or after the runs before it)"
         if job in pending:
-            pace = None if settings is None else stored_paces.get(pace_key(job.zoo_algo, job.env, settings))
-            guess = guesses.get((job.zoo_algo, job.env))
+            key = pace_key(job.zoo_algo, job.env, settings, args.threads)
+            pace, guess = stored_paces.get(key), rough_pace(stored_paces, key)
             if pace is not None:
                 seconds = pace * (job.steps - (step or 0))
                 seconds_left += seconds
@@ -429,14 +428,14 @@ def status(args: argparse.Namespace) -> int:
         known = len(pending) - guessed - unknown
         rougher = (
             f"; about {guessed_seconds / 3600:.1f} more for the {guessed} runs paced by the same algorithm on the same task "
-            "under other settings (the ≈ minutes, rougher)"
+            "under other settings or thread counts (the ≈ minutes, rougher)"
             if guessed
             else ""
         )
         without = f"; {unknown} without one to go by" if unknown else ""
         hours = seconds_left / 3600
-        print(f"left: about {hours:.1f} CPU-hours for the {known} runs with a stored run that trained the same way (at its "
-              f"pace: the ~ minutes above){rougher}{without}")  # fmt: skip
+        print(f"left: about {hours:.1f} hours of one run's time for the {known} runs with a stored run that trained the same "
+              f"way with {args.threads} torch thread(s) (at its pace: the ~ minutes above){rougher}{without}")  # fmt: skip
     return 0
 
 
@@ -527,6 +526,13 @@ def main(argv: list[str] | None = None) -> int:
         type=_positive_int,
         default=1,
         help="torch threads per run (default 1; workers x threads should not exceed the cores); recorded in each result",
+    )
+    commands.choices["status"].add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch threads the runs will train with (default 1): a run's estimate takes the pace of stored runs that "
+        "trained the same way with as many",
     )
     commands.choices["run"].add_argument(
         "--checkpoint-minutes",

@@ -19,7 +19,7 @@ import re
 import sys
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks.goal import Criterion, Goal, judge_goal, verdict
 from benchmarks.references import ScoreReference
-from benchmarks.results import TRAINING_RETURN, ResultError, load_result
+from benchmarks.results import TRAINING_RETURN, ResultError, legs, load_result, torch_threads
 from benchmarks.suite import Suite
 from sb3_mpo import MPO
 
@@ -485,17 +485,12 @@ def sample_efficiency_table(results: Results) -> list[str]:
     return header + lines
 
 
-def torch_threads(run: dict[str, Any]) -> int:
-    """The torch threads a run trained with (files from before the runner recorded it ran with one)."""
-    return int(run.get("torch_threads", 1))
-
-
 #: What ``platform.processor()`` or ``platform.machine()`` gave the files recorded before the processor's model was
 #: read from /proc/cpuinfo (:func:`benchmarks.stamp.cpu_model`): an architecture, not a processor
 ARCHITECTURES = ("x86_64", "aarch64", "arm64", "AMD64", "i386", "i686")
 
 
-def processor(run: dict[str, Any]) -> str:
+def processor(run: Mapping[str, Any]) -> str:
     """
     :param run: A result record, whose ``machine`` reads "host processor N cores system" (:func:`benchmarks.stamp.machine`)
     :return: The processor's model that trained it, or "not recorded" where the file names an architecture only
@@ -518,24 +513,15 @@ def speed_group(run: dict[str, Any]) -> tuple[str, str]:
         processors or thread counts (as its resumes record each leg and the one before it, and ``continued_from`` the
         shorter runs it continues, where the runner that trained it did) is "mixed: ..." in both, a row of its own
     """
-    legs = {(processor(run), str(torch_threads(run)))}
-    for resume in run.get("resumes", []):
-        for leg in (resume, resume.get("before")):
-            if leg and "machine" in leg:
-                legs.add((processor(leg), str(torch_threads(leg))))
-    shorter = run.get("continued_from")
-    while shorter:  # the runs it continues, whose time its speed includes
-        if "machine" in shorter:
-            legs.add((processor(shorter), str(torch_threads(shorter))))
-        shorter = shorter.get("continued_from")
-    if len(legs) == 1:
-        return legs.pop()
+    groups = {(processor(leg), str(torch_threads(leg))) for leg in legs(run) if leg is run or "machine" in leg}
+    if len(groups) == 1:
+        return groups.pop()
 
     def label(values: tuple[str, ...]) -> str:
         distinct = list(dict.fromkeys(values))
         return distinct[0] if len(distinct) == 1 else f"mixed: {' / '.join(distinct)}"
 
-    models, threads = zip(*sorted(legs), strict=True)
+    models, threads = zip(*sorted(groups), strict=True)
     return label(models), label(threads)
 
 

@@ -187,46 +187,87 @@ def trained_algorithm(result: Mapping[str, Any]) -> str:
     return Path(str(result["hyperparams_source"]).split(",")[0]).stem
 
 
-#: What :func:`paces` keys a pace by: the trained algorithm, the environment and the settings (stored form, sorted)
-PaceKey = tuple[str, str, tuple[tuple[str, str], ...]]
+def legs(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """
+    :param result: A result record
+    :return: The records of the stretches of training its time covers: the run itself (its last leg), each resume and
+        the leg before it (as the runner records them), and the shorter runs it continues (``continued_from``, in turn)
+    """
+    found: list[Mapping[str, Any]] = [result]
+    for resume in result.get("resumes", []):
+        found.extend(leg for leg in (resume, resume.get("before")) if leg)
+    shorter = result.get("continued_from")
+    while shorter:
+        found.append(shorter)
+        shorter = shorter.get("continued_from")
+    return found
 
 
-def pace_key(algorithm: str, env: str, settings: Mapping[str, str]) -> PaceKey:
+def torch_threads(record: Mapping[str, Any]) -> int:
+    """The torch threads a run or leg trained with (files from before the runner recorded it ran with one)."""
+    return int(record.get("torch_threads", 1))
+
+
+#: What :func:`paces` keys a pace by: the trained algorithm, the environment, the settings (stored form, sorted; None
+#: where they cannot be resolved) and the torch threads of every leg (None where its legs trained with different counts)
+PaceKey = tuple[str, str, tuple[tuple[str, str], ...] | None, int | None]
+
+
+def pace_key(algorithm: str, env: str, settings: Mapping[str, str] | None, threads: int | None) -> PaceKey:
     """
     :param algorithm: The trained algorithm (a variant's base algorithm)
     :param env: The environment
-    :param settings: The settings the run trains with (:func:`stored_form`)
+    :param settings: The settings the run trains with (:func:`stored_form`), None where they cannot be resolved
+    :param threads: The torch threads it trains with
     :return: The key of :func:`paces` for runs that train this way
     """
-    return algorithm, env, tuple(sorted(settings.items()))
+    return algorithm, env, None if settings is None else tuple(sorted(settings.items())), threads
+
+
+def trained_threads(result: Mapping[str, Any]) -> int | None:
+    """
+    :param result: A result record
+    :return: The torch threads of all its :func:`legs` that recorded them, or None where two of them differ
+    """
+    counts = {torch_threads(leg) for leg in legs(result) if leg is result or "torch_threads" in leg}
+    return counts.pop() if len(counts) == 1 else None
 
 
 def paces(results: Iterable[Mapping[str, Any]]) -> dict[PaceKey, float]:
     """
     The wall-clock that finished runs took per environment step (training, evaluation and checkpoints over their steps,
     as measured on their machines beside whatever else ran there), as the median over the runs that trained the same
-    way: the same algorithm, environment and settings, whatever their suite, seed and budget.
+    way: the same algorithm, environment, settings and torch threads, whatever their suite, seed and budget. A run
+    another suite adopted (``adopted_from``, the same numbers) counts once.
 
     :param results: Result records of ``returns`` suites
     :return: Seconds per step by :func:`pace_key`
     """
     samples: dict[PaceKey, list[float]] = {}
+    counted = set()
     for result in results:
         seconds = result["train_seconds"] + result.get("eval_seconds", 0.0) + result.get("checkpoint_seconds", 0.0)
-        key = pace_key(trained_algorithm(result), result["env"], result["hyperparams"])
-        samples.setdefault(key, []).append(seconds / result.get("num_timesteps", result["steps"]))
+        steps = result.get("num_timesteps", result["steps"])
+        key = pace_key(trained_algorithm(result), result["env"], result["hyperparams"], trained_threads(result))
+        training = (key, result.get("seed"), steps, seconds)
+        if training not in counted:
+            counted.add(training)
+            samples.setdefault(key, []).append(seconds / steps)
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def rough_paces(exact: Mapping[PaceKey, float]) -> dict[tuple[str, str], float]:
+def rough_pace(exact: Mapping[PaceKey, float], key: PaceKey) -> float | None:
     """
-    A rougher guess for a training that has no stored run: the median pace of the algorithm's trainings on the
+    A rougher guess for a training that has no stored run with its settings and threads: the median pace of the same
+    settings under other thread counts where there are such runs, else of the algorithm's trainings on the
     environment under any settings.
 
     :param exact: Paces by training (:func:`paces`)
-    :return: Seconds per step by (trained algorithm, environment)
+    :param key: The training to guess for
+    :return: Seconds per step, or None where the algorithm has no stored run on the environment
     """
-    samples: dict[tuple[str, str], list[float]] = {}
-    for (algorithm, env, _), pace in exact.items():
-        samples.setdefault((algorithm, env), []).append(pace)
-    return {key: statistics.median(values) for key, values in samples.items()}
+    for same in (lambda other: key[2] is not None and other[:3] == key[:3], lambda other: other[:2] == key[:2]):
+        found = [pace for other, pace in exact.items() if same(other)]
+        if found:
+            return statistics.median(found)
+    return None

@@ -56,7 +56,7 @@ from benchmarks.results import (
     load_result,
     pace_key,
     paces,
-    rough_paces,
+    rough_pace,
     trained_algorithm,
     write_result,
 )
@@ -832,10 +832,11 @@ def test_changed_settings_fill_unnamed_settings_with_the_algorithms_defaults():
 
 
 def test_paces_are_medians_over_runs_that_trained_the_same_way():
-    def record(algo: str, seconds: float, steps: int, settings: dict[str, str], source: str) -> dict:
+    def record(algo: str, seconds: float, steps: int, settings: dict[str, str], source: str, **more) -> dict:
         return {
             "algo": algo,
             "env": "Hopper-v5",
+            "seed": 0,
             "steps": steps,
             "num_timesteps": steps,
             "train_seconds": seconds,
@@ -843,27 +844,39 @@ def test_paces_are_medians_over_runs_that_trained_the_same_way():
             "checkpoint_seconds": 1.0,
             "hyperparams": settings,
             "hyperparams_source": source,
+            **more,
         }
 
     mpo, sac = "sb3_mpo/hyperparams/mpo.yml", "rl_zoo3/hyperparams/sac.yml, entry Hopper-v4"
     assert (trained_algorithm(record("x", 1, 1, {}, mpo)), trained_algorithm(record("x", 1, 1, {}, sac))) == ("mpo", "sac")
     shipped, wider = {"batch_size": "256", "gamma": "0.99"}, {"batch_size": "512", "gamma": "0.99"}
+    slow = record("mpo", 998.0, 200, shipped, mpo, seed=1)
+    two_legs = [{"step": 10, "torch_threads": 2, "before": {"torch_threads": 1, "machine": "vm x 2 cores Linux"}}]
     measured = paces(
         [
             record("mpo", 98.0, 100, shipped, mpo),  # (98 + 1 + 1) s over 100 steps: 1 s per step
-            record("mpo_ln", 298.0, 100, dict(reversed(shipped.items())), mpo),  # same settings under another name
-            record("mpo", 998.0, 200, shipped, mpo),
+            record("mpo_ln", 298.0, 100, dict(reversed(shipped.items())), mpo, seed=2),  # same settings, another name
+            slow,
+            dict(slow, suite="other", adopted_from={"suite": "mujoco_dev", "algo": "mpo"}),  # the same run, adopted
             record("mpo", 48.0, 100, wider, mpo),
+            record("mpo", 18.0, 100, shipped, mpo, torch_threads=2),
+            record("mpo", 8.0, 100, shipped, mpo, torch_threads=2, resumes=two_legs),  # one leg with 1 thread, one with 2
             record("sac", 8.0, 10, shipped, sac),
         ]
     )
     assert measured == {
-        pace_key("mpo", "Hopper-v5", shipped): 3.0,  # the median of 1, 3 and 5 s per step
-        pace_key("mpo", "Hopper-v5", wider): 0.5,
-        pace_key("sac", "Hopper-v5", shipped): 1.0,
+        pace_key("mpo", "Hopper-v5", shipped, 1): 3.0,  # the median of 1, 3 and 5 s per step: the adopted copy counts once
+        pace_key("mpo", "Hopper-v5", wider, 1): 0.5,
+        pace_key("mpo", "Hopper-v5", shipped, 2): 0.2,
+        pace_key("mpo", "Hopper-v5", shipped, None): 0.1,
+        pace_key("sac", "Hopper-v5", shipped, 1): 1.0,
     }
-    # the rougher guess for a training without stored runs: the median over the algorithm's trainings on the task
-    assert rough_paces(measured) == {("mpo", "Hopper-v5"): 1.75, ("sac", "Hopper-v5"): 1.0}
+    # the rougher guesses for a training without stored runs: the same settings under other thread counts ...
+    assert rough_pace(measured, pace_key("mpo", "Hopper-v5", shipped, 4)) == 0.2  # the median of 3, 0.2 and 0.1
+    # ... else the median over the algorithm's trainings on the task under any settings, where it has any
+    assert rough_pace(measured, pace_key("mpo", "Hopper-v5", {"batch_size": "8"}, 1)) == 0.35
+    assert rough_pace(measured, pace_key("mpo", "Hopper-v5", None, 1)) == 0.35  # settings that cannot be resolved
+    assert rough_pace(measured, pace_key("mpo", "Walker2d-v5", shipped, 1)) is None
 
 
 def test_status_estimates_what_is_left_from_stored_runs_of_the_same_training(local_store, tmp_path, capsys):
@@ -874,7 +887,12 @@ def test_status_estimates_what_is_left_from_stored_runs_of_the_same_training(loc
     assert main(["status", str(suite_path), "--results", str(store)]) == 0
     out = capsys.readouterr().out
     assert re.search(rf"todo  {job.name}  ~\d+ min", out), "the other seed of the same training gives the pace"
-    assert "for the 1 runs with a stored run that trained the same way" in out and "without one" not in out
+    assert "for the 1 runs with a stored run that trained the same way with 1 torch" in out and "without one" not in out
+    assert main(["status", str(suite_path), "--results", str(store), "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    # the stored runs trained with one torch thread: their pace is only a rougher guess for runs with two
+    assert re.search(rf"todo  {job.name}  ≈\d+ min\n", out)
+    assert "for the 0 runs with a stored run that trained the same way with 2 torch" in out
     spec = yaml.safe_load(suite_path.read_text())
     spec["envs"]["Pendulum-v1"]["hyperparams"]["mpo"]["batch_size"] = 8  # no stored run trained this way
     assert main(["status", str(write_suite(tmp_path, spec)), "--results", str(store)]) == 0
