@@ -42,7 +42,6 @@ from typing import Any
 
 import torch as th
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.type_aliases import GymEnv, TrainFrequencyUnit
 
@@ -108,18 +107,35 @@ def _worker_lost(where: str) -> Iterator[None]:
         ) from error
 
 
+class _SumOverWorkers(th.autograd.Function):
+    """The sum of a tensor over the workers; its gradient is the sum of the workers' gradients of it, in turn."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: th.Tensor) -> th.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: th.Tensor) -> th.Tensor:
+        # every worker's loss depends on every worker's part through the sum: d(sum_r L_r)/d part = sum_r dL_r/d total
+        grad = grad_total.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 def sum_over_workers(tensor: th.Tensor) -> th.Tensor:
     """
-    The sum of a tensor over the workers, differentiable: its backward pass sums the gradients over the workers in turn
-    (``torch.distributed.nn.functional.all_reduce``), so that each worker's gradient holds every worker's loss's
-    dependence on its batch, as in ``SyncBatchNorm``. CrossQ's critic sums its batch moments with it (two small
-    all-reduces per BatchRenorm layer forward, two backward).
+    The sum of a tensor over the workers, differentiable: its backward pass sums the gradients over the workers in turn,
+    so that each worker's gradient holds every worker's loss's dependence on its batch, as in ``SyncBatchNorm``.
+    CrossQ's critic sums its batch moments with it (two small all-reduces per BatchRenorm layer forward, two backward).
+    (``torch.distributed.nn.functional.all_reduce`` does the same and is deprecated in favour of a private module.)
 
     :param tensor: This worker's part
     :return: The sum over the workers, on every worker
     """
     with _worker_lost("while the critic's batch statistics were summed"):
-        return dist_nn.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return _SumOverWorkers.apply(tensor)
 
 
 class DistributedMPO(MPO):
