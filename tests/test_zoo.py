@@ -209,7 +209,9 @@ def test_atari_game_uses_the_atari_entry(tmp_path: Path) -> None:
         ("policy_kwargs:dict(net_arch=[0])", r"MPO: policy_kwargs\['net_arch'\]=\[0\] is invalid, expected None, a list"),
         ("learning_rate:'fast'", r"'learning_rate'='fast' is neither a number nor a linear schedule"),
         ("actor_learning_rate:'slow'", r"'actor_learning_rate'='slow' is neither a number nor a linear schedule"),
-        ("noise_type:'normal'", r"'noise_type' is not used by MPO"),
+        ("noise_type:'normal'", r"'noise_type' is not used by MPO \(MPO's Gaussian policy explores by itself"),
+        ("ent_coef:'auto'", r"'ent_coef' is not used by MPO \(SAC's entropy bonus: MPO's E-step temperature"),
+        ("policy_delay:2", r"'policy_delay' is not used by MPO \(TD3's delayed policy updates"),
         ("seed:3", r"'seed' is set by rl_zoo3's --seed flag"),
         ("epsilon:-1.0", r"MPO: epsilon=-1.0 is invalid"),
         ("buffer_size:10", r"MPO: buffer_size=10 is invalid, expected an integer >= batch_size"),  # left to MPO's constructor

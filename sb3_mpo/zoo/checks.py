@@ -26,6 +26,30 @@ SET_BY_RL_ZOO: dict[str, str] = {
 }
 
 
+#: Hyperparameters of rl_zoo3's entries for other algorithms that MPO has no use for, with what MPO does instead: a
+#: closest-name suggestion would mislead there (SAC's ``ent_coef`` is not MPO's ``penalty_cost``)
+OTHER_ALGORITHMS_KEYS: dict[str, str] = {
+    **dict.fromkeys(("noise_type", "noise_std"), "MPO's Gaussian policy explores by itself, with no action noise added"),
+    **dict.fromkeys(
+        ("ent_coef", "target_entropy"),
+        "SAC's entropy bonus: MPO's E-step temperature follows its KL bound 'epsilon', and the policy's spread moves "
+        "within 'epsilon_std'",
+    ),
+    **dict.fromkeys(
+        ("use_sde", "sde_sample_freq", "use_sde_at_warmup"),
+        "gSDE's state-dependent noise: MPO's Gaussian policy samples independent noise at every step",
+    ),
+    "policy_delay": "TD3's delayed policy updates: MPO updates its policy at every gradient step, within its trust "
+    "region 'epsilon_mean' / 'epsilon_std'",
+    **dict.fromkeys(
+        ("target_policy_noise", "target_noise_clip"),
+        "TD3's target smoothing: MPO's targets average the critic over 'n_action_samples' actions of its policy",
+    ),
+    "top_quantiles_to_drop_per_net": "TQC's truncated quantiles: MPO's distributional critics are policy_kwargs' "
+    "critic_support (categorical) and critic_mixture (Gaussian mixture)",
+}
+
+
 def check_mpo_hyperparams(hyperparams: dict[str, Any], algo_class: type[MPO] = MPO) -> None:
     """
     Check the hyperparameters rl_zoo3 will pass to MPO's constructor (after its own pre-processing: schedules built,
@@ -39,9 +63,9 @@ def check_mpo_hyperparams(hyperparams: dict[str, Any], algo_class: type[MPO] = M
     :raises ValueError: naming the first key that is unknown, set elsewhere, or whose value is invalid
     """
     owner = algo_class.__name__
-    for key in ("noise_type", "noise_std"):
+    for key, instead in OTHER_ALGORITHMS_KEYS.items():
         if key in hyperparams:
-            raise ValueError(f"Hyperparameter {key!r} is not used by MPO, whose policy explores by itself: remove it")
+            raise ValueError(f"Hyperparameter {key!r} is not used by MPO ({instead}): remove it")
     for key, flag in SET_BY_RL_ZOO.items():
         if key in hyperparams:
             raise ValueError(f"Hyperparameter {key!r} is set by rl_zoo3's {flag} flag: remove it from the hyperparameters")
