@@ -27,7 +27,16 @@ import numpy as np
 
 from benchmarks.goal import Criterion, Goal, judge_goal, verdict
 from benchmarks.references import ScoreReference
-from benchmarks.results import TRAINING_RETURN, ResultError, legs, load_result, torch_threads
+from benchmarks.results import (
+    TRAINING_RETURN,
+    ResultError,
+    changed_settings,
+    class_defaults,
+    legs,
+    load_result,
+    torch_threads,
+    trained_algorithm,
+)
 from benchmarks.suite import Suite
 from sb3_mpo import MPO
 
@@ -511,17 +520,16 @@ def speed_group(run: dict[str, Any]) -> tuple[str, str]:
     :param run: A result record
     :return: Its processor and torch threads, as the speed table groups it; a resumed run whose legs trained on other
         processors or thread counts (as its resumes record each leg and the one before it, and ``continued_from`` the
-        shorter runs it continues, where the runner that trained it did) is "mixed: ..." in both, a row of its own
+        shorter runs it continues, where the runner that trained it did) is "mixed: ..." in the one that differs, a row
+        of its own. Legs recorded before the runner kept their machine count for their thread count alone.
     """
-    groups = {(processor(leg), str(torch_threads(leg))) for leg in legs(run) if leg is run or "machine" in leg}
-    if len(groups) == 1:
-        return groups.pop()
+    stretches = legs(run)
+    models = sorted({processor(leg) for leg in stretches if leg is run or "machine" in leg})
+    threads = sorted({str(torch_threads(leg)) for leg in stretches if leg is run or "torch_threads" in leg})
 
-    def label(values: tuple[str, ...]) -> str:
-        distinct = list(dict.fromkeys(values))
-        return distinct[0] if len(distinct) == 1 else f"mixed: {' / '.join(distinct)}"
+    def label(values: list[str]) -> str:
+        return values[0] if len(values) == 1 else f"mixed: {' / '.join(values)}"
 
-    models, threads = zip(*sorted(groups), strict=True)
     return label(models), label(threads)
 
 
@@ -550,14 +558,35 @@ def speed_table(results: Results) -> list[str]:
     return lines
 
 
-def quiet_speed_table(envs: list[str], results_dir: Path) -> list[str]:
+def quiet_settings(record: dict[str, Any], mpo_runs: dict[str, list[dict[str, Any]]]) -> str:
     """
-    The measurements of ``benchmarks/speed.py`` for ``envs`` (``<results_dir>/speed_quiet/<env>_<commit>.json``): MPO
-    and SAC alternating in one process, so that both see the same load (recorded as the 1-minute load average where
-    the record has it), unlike the suite runs' figures.
+    :param record: A record of ``benchmarks/speed.py``
+    :param mpo_runs: The page's MPO runs on the record's environment, by algorithm name
+    :return: Which MPO settings the record timed, as its row says: those of the page's MPO algorithms that trained with
+        them, other ones, or not recorded (records from before speed.py kept them timed mpo.yml's entry at their commit)
+    """
+    timed = record.get("mpo_hyperparams")
+    if timed is None:
+        return "its entry at that commit (not recorded)"
+    defaults = class_defaults(MPO)
+    same = [
+        f"`{algo}`"
+        for algo, runs in mpo_runs.items()
+        if any(not changed_settings(run["hyperparams"], timed, defaults) for run in runs)
+    ]
+    return f"as {', '.join(same)} here" if same else "other than this page's MPO runs"
+
+
+def quiet_speed_table(results: Results, results_dir: Path) -> list[str]:
+    """
+    The measurements of ``benchmarks/speed.py`` for the page's environments
+    (``<results_dir>/speed_quiet/<env>_<commit>.json``): MPO and SAC alternating in one process, so that both see the
+    same load (recorded as the 1-minute load average where the record has it), unlike the suite runs' figures. Each
+    row says whether the MPO settings it timed are those of the page's MPO runs.
     """
     rows = []
-    for env in envs:
+    for env, algos in results.items():
+        mpo_runs = {algo: runs for algo, runs in algos.items() if trained_algorithm(runs[0]) == "mpo"}
         for path in sorted((results_dir / QUIET_SPEED_FOLDER).glob(f"{env}_*.json")):
             record = json.loads(path.read_text())
             medians = record["medians"]
@@ -565,6 +594,7 @@ def quiet_speed_table(envs: list[str], results_dir: Path) -> list[str]:
             cells = [
                 env,
                 record["commit"],
+                quiet_settings(record, mpo_runs),
                 record.get("mpo_target_dtype", "float32"),
                 f"{load[0]:.1f}-{load[1]:.1f}" if load else "—",
                 *(f"{medians[algo][key]:.1f}" for key in SPEED_KEYS for algo in ("mpo", "sac")),
@@ -574,13 +604,15 @@ def quiet_speed_table(envs: list[str], results_dir: Path) -> list[str]:
         return []
     return [
         "Alternating measurements (`python -m benchmarks.speed`: one process and one torch thread, MPO on its RL Zoo "
-        "entry and SAC on its defaults alternating, so that both see the same load; (256, 256) networks and batch 256; "
-        "medians of the repeats; the load is the machine's 1-minute load average during the measurement, — where "
-        "not recorded; records before the entries' `auto` ran the target pass in float32):",
+        "entry at the record's commit and SAC on its defaults alternating, so that both see the same load; (256, 256) "
+        "networks and batch 256; medians of the repeats; the load is the machine's 1-minute load average during the "
+        "measurement, — where not recorded; records before the entries' `auto` ran the target pass in float32). The "
+        "MPO settings column says whether the entry timed is what this page's MPO runs trained with: where it is not, "
+        "the row times another configuration than theirs:",
         "",
-        "| environment | commit | MPO target pass | load | MPO env steps/s | SAC env steps/s | MPO gradient steps/s "
-        "| SAC gradient steps/s | MPO / SAC time per env step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| environment | commit | MPO settings | MPO target pass | load | MPO env steps/s | SAC env steps/s "
+        "| MPO gradient steps/s | SAC gradient steps/s | MPO / SAC time per env step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
 
@@ -1104,10 +1136,16 @@ def provenance_lines(
         f"- Runs stored: {len(every_run)} of {len(suite.jobs)}"
         + (f"; not finished yet: {len(missing)}" if missing else "")
         + (f"; unusable files skipped: {len(problems)}" if problems else ""),
-        f"- Machines: {', '.join(sorted({run['machine'] for run in every_run})) or '—'}",
-        f"- Commits: {', '.join(sorted({run['commit'] for run in every_run})) or '—'}",
+        f"- Machines: {', '.join(sorted(recorded_over_legs(every_run, 'machine'))) or '—'}",
+        f"- Commits: {', '.join(sorted(recorded_over_legs(every_run, 'commit'))) or '—'}",
         f"- Libraries: {library_versions_line(every_run)}",
     ]
+
+
+def recorded_over_legs(runs: list[dict[str, Any]], key: str) -> set[str]:
+    """:return: The values of ``key`` (a commit, a machine) recorded by any leg of ``runs`` (:func:`legs`), resumes and
+    the shorter runs they continue included"""
+    return {str(leg[key]) for run in runs for leg in legs(run) if key in leg}
 
 
 def reading_section(suite: Suite, reading: Path | None) -> list[str]:
@@ -1222,7 +1260,7 @@ def _write_report(suite: Suite, results_dir: Path, out: Path, figures: Path, rea
             lines += ["## Sample efficiency: MPO at N steps vs on-policy baselines", "", *efficiency, ""]
         lines += ["## Speed", "", SPEED_NOTE, ""]
         lines += [*speed_table(results), ""]
-        quiet = quiet_speed_table(list(results), results_dir)
+        quiet = quiet_speed_table(results, results_dir)
         lines += [*quiet, ""] if quiet else []
         lines += ["## Settings", "", *settings_section(results), ""]
     lines += warnings_section(every_run)

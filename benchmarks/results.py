@@ -5,6 +5,7 @@ The driver alone writes them, atomically (write to a temporary file, then rename
 leaves a half-written result. The report reads them with this module only: it imports neither the trainer nor torch.
 """
 
+import inspect
 import json
 import math
 import os
@@ -123,6 +124,15 @@ def stored_form(hyperparams: Mapping[str, Any]) -> dict[str, str]:
         stays a string), without ``n_timesteps``, which the suite's budget replaces
     """
     return {key: repr(value) for key, value in hyperparams.items() if key != "n_timesteps"}
+
+
+def class_defaults(cls: type) -> dict[str, str]:
+    """
+    :param cls: An algorithm's class
+    :return: The keyword defaults of its constructor, in the stored form (:func:`stored_form`)
+    """
+    parameters = inspect.signature(cls).parameters.values()
+    return stored_form({item.name: item.default for item in parameters if item.default is not inspect.Parameter.empty})
 
 
 #: The stored forms of an empty keyword dict (a Python dict, or an RL Zoo entry's string to evaluate)

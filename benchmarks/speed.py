@@ -19,11 +19,11 @@ import torch as th
 from stable_baselines3 import SAC
 
 from benchmarks.report import QUIET_SPEED_FOLDER, SPEED_KEYS
-from benchmarks.results import write_result
+from benchmarks.results import stored_form, write_result
 from benchmarks.stamp import stamp
 from benchmarks.suite import RESULTS_DIR
 from sb3_mpo import MPO
-from sb3_mpo.common.hyperparams import load_hyperparams
+from sb3_mpo.common.hyperparams import load_entry, load_hyperparams
 from sb3_mpo.common.precision import dtype_name
 
 RESULTS = RESULTS_DIR / QUIET_SPEED_FOLDER
@@ -76,6 +76,8 @@ def main() -> None:
         "medians": medians,
         "mpo_over_sac_wall_clock_per_env_step": ratio,
         "mpo_target_dtype": dtype_name(mpo.target_dtype),
+        # the entry's settings as result files store them, so that a page says whether its MPO runs trained this way
+        "mpo_hyperparams": stored_form(load_entry(args.env)),
         "load_average": [min(loads), max(loads)],
     }
     write_result(RESULTS / f"{args.env}_{record['commit']}.json", record)

@@ -2,13 +2,12 @@
 
 import argparse
 import contextlib
-import inspect
 import io
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.results import stored_form
+from benchmarks.results import class_defaults, stored_form
 from benchmarks.suite import Job
 
 if TYPE_CHECKING:
@@ -108,5 +107,4 @@ def algorithm_defaults(algo: str) -> dict[str, str]:
     from sb3_mpo.zoo.registration import register
 
     register()
-    parameters = inspect.signature(ALGOS[algo].__init__).parameters.values()
-    return stored_form({item.name: item.default for item in parameters if item.default is not inspect.Parameter.empty})
+    return class_defaults(ALGOS[algo])

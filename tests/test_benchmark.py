@@ -41,6 +41,7 @@ from benchmarks.report import (
     normalised_scores,
     paired_table,
     processor,
+    recorded_over_legs,
     shared_grid,
     shared_task_comparisons,
     speed_group,
@@ -293,12 +294,22 @@ def test_report_shows_quiet_speed_records_and_discloses_converted_and_resumed_ru
     (store / QUIET_SPEED_FOLDER / "Hopper-v5_abc1234.json").write_text(json.dumps({**speed, "env": "Hopper-v5"}))
     newer = {**speed, "commit": "def5678", "mpo_target_dtype": "bfloat16", "load_average": [0.96, 2.14]}
     (store / QUIET_SPEED_FOLDER / "Pendulum-v1_def5678.json").write_text(json.dumps(newer))
+    mpo_settings = load_result(jobs[0].result_path(store), jobs[0])["hyperparams"]
+    assert jobs[0].algo == "mpo" and mpo_settings["batch_size"] == "16"
+    # the settings timed: the page's MPO runs' (a default written out changes nothing), or others
+    for commit, timed in (("0a0a0a0", {**mpo_settings, "tau": "0.005"}), ("0b0b0b0", {**mpo_settings, "batch_size": "256"})):
+        record = {**newer, "commit": commit, "mpo_hyperparams": timed}
+        (store / QUIET_SPEED_FOLDER / f"Pendulum-v1_{commit}.json").write_text(json.dumps(record))
     out = tmp_path / "page.md"
     assert main(["report", str(suite_path), "--results", str(store), "--out", str(out), "--figures", str(tmp_path)]) == 0
     page = out.read_text()
-    # a record from before speed.py kept the target pass's type and the load: float32 (the only one then), load unknown
-    assert "| Pendulum-v1 | abc1234 | float32 | — | 40.0 | 60.0 | 41.0 | 62.0 | 1.50 |" in page
-    assert "| Pendulum-v1 | def5678 | bfloat16 | 1.0-2.1 | 40.0 | 60.0 | 41.0 | 62.0 | 1.50 |" in page
+    # a record from before speed.py kept the target pass's type and the load: float32 (the only one then), load unknown;
+    # nor did it keep the MPO settings it timed
+    not_recorded = "its entry at that commit (not recorded)"
+    assert f"| Pendulum-v1 | abc1234 | {not_recorded} | float32 | — | 40.0 | 60.0 | 41.0 | 62.0 | 1.50 |" in page
+    assert f"| Pendulum-v1 | def5678 | {not_recorded} | bfloat16 | 1.0-2.1 | 40.0 | 60.0 | 41.0 | 62.0 | 1.50 |" in page
+    assert "| Pendulum-v1 | 0a0a0a0 | as `mpo` here | bfloat16 |" in page
+    assert "| Pendulum-v1 | 0b0b0b0 | other than this page's MPO runs | bfloat16 |" in page
     assert "Hopper-v5" not in page  # not an environment of the suite
     runs = len(jobs)
     assert "- Trained not through the experiment manager but by the retired `benchmarks/compare.py`" in page
@@ -469,10 +480,25 @@ def test_a_resumed_run_whose_legs_trained_differently_gets_a_speed_row_of_its_ow
     assert speed_group(threads) == ("AMD EPYC 7B13", "mixed: 1 / 2")
     moved = {"machine": intel, "torch_threads": 1, "resumes": [{"machine": intel, "torch_threads": 1, "before": plain}]}
     assert speed_group(moved) == ("mixed: AMD EPYC 7B13 / Intel(R) Xeon(R) Processor", "1")
-    older = {**plain, "resumes": [{"step": 5, "commit": "abc", "torch_threads": 2}]}  # its legs were not recorded
-    assert speed_group(older) == ("AMD EPYC 7B13", "1")
+    # a resume recorded before the runner kept each leg's machine: its thread count still tells, its processor does not
+    older = {**plain, "resumes": [{"step": 5, "commit": "abc", "torch_threads": 2}]}
+    assert speed_group(older) == ("AMD EPYC 7B13", "mixed: 1 / 2")
+    assert speed_group({**plain, "resumes": [{"step": 5, "commit": "abc", "torch_threads": 1}]}) == ("AMD EPYC 7B13", "1")
     continued = {"machine": intel, "torch_threads": 2, "resumes": [], "continued_from": {"step": 9, **plain}}
     assert speed_group(continued) == ("mixed: AMD EPYC 7B13 / Intel(R) Xeon(R) Processor", "mixed: 1 / 2")
+
+
+def test_the_page_lists_the_commits_and_machines_of_every_leg_of_its_runs():
+    """A run resumed or continued from a shorter one trained partly at other commits, on other machines: all are listed."""
+    run = {
+        "machine": "vm Intel 2 cores Linux",
+        "commit": "ccc3333",
+        "resumes": [{"step": 5, "commit": "bbb2222", "machine": "vm Intel 2 cores Linux", "before": {"commit": "ddd4444"}}],
+        "continued_from": {"step": 3, "commit": "aaa1111", "machine": "vm AMD 2 cores Linux"},
+    }
+    commits = recorded_over_legs([run, {"commit": "eee5555"}], "commit")
+    assert commits == {"aaa1111", "bbb2222", "ccc3333", "ddd4444", "eee5555"}
+    assert recorded_over_legs([run], "machine") == {"vm Intel 2 cores Linux", "vm AMD 2 cores Linux"}
 
 
 def test_fixed_reference_returns_normalise_each_run_alone():
