@@ -50,6 +50,14 @@ MIXED_NOTE = (
 )
 
 
+#: Marks a rank over means of different seeds (see :data:`UNEQUAL_NOTE`)
+UNEQUAL = "‡"
+UNEQUAL_NOTE = (
+    f"{UNEQUAL} Ranked by means over different seeds: some algorithms have fewer or other seeds than MPO here (the counts "
+    "in brackets; the suite's page names them)."
+)
+
+
 def _cell(runs: list[dict[str, Any]]) -> str:
     """
     Mean ± standard deviation over seeds (see :func:`~benchmarks.report.mean_and_spread`), the seed count, and
@@ -62,7 +70,8 @@ def _cell(runs: list[dict[str, Any]]) -> str:
 def standings_line(row: Row, results_dir: Path = RESULTS_DIR) -> str | None:
     """
     One row of the table: MPO's final return (mean ± std over seeds, the seed count in brackets), SAC's, the other
-    baselines' at MPO's budget (on-policy runs given a larger budget are left out), and MPO's rank by mean.
+    baselines' at MPO's budget (on-policy runs given a larger budget are left out), and MPO's rank by mean, marked
+    :data:`UNEQUAL` where the algorithms' seeds differ.
 
     :return: The markdown row, or None while MPO has no stored run for it
     """
@@ -83,7 +92,12 @@ def standings_line(row: Row, results_dir: Path = RESULTS_DIR) -> str | None:
     ranking = sorted(at_budget, key=lambda algo: -float(np.mean([run["final_return"] for run in at_budget[algo]])))
     sac = _cell(at_budget["sac"]) if "sac" in at_budget else "—"
     rest = ", ".join(f"{algo.upper()} {_cell(at_budget[algo])}" for algo in others) or "—"
-    rank = f"{ranking.index(row.mpo) + 1} of {len(ranking)}" if len(ranking) > 1 else "— (no baseline at these steps)"
+    unequal = len({tuple(sorted(run["seed"] for run in runs)) for runs in at_budget.values()}) > 1
+    rank = (
+        f"{ranking.index(row.mpo) + 1} of {len(ranking)}{UNEQUAL if unequal else ''}"
+        if len(ranking) > 1
+        else "— (no baseline at these steps)"
+    )
     return f"| {row.label} | {budget:,} | {_cell(at_budget[row.mpo])} | {sac} | {rest} | {rank} |"
 
 
@@ -94,7 +108,8 @@ def standings_table(rows: list[Row], results_dir: Path = RESULTS_DIR) -> list[st
         "|---|---|---|---|---|---|",
     ]
     lines += [line for row in rows if (line := standings_line(row, results_dir)) is not None]
-    return lines + (["", MIXED_NOTE] if any(MIXED in line for line in lines) else [])
+    notes = [note for mark, note in ((MIXED, MIXED_NOTE), (UNEQUAL, UNEQUAL_NOTE)) if any(mark in line for line in lines)]
+    return [*lines, "", *notes] if notes else lines
 
 
 def replace_block(text: str, table: list[str]) -> str:

@@ -67,6 +67,8 @@ from benchmarks.standings import (
     END,
     MIXED_NOTE,
     README,
+    UNEQUAL,
+    UNEQUAL_NOTE,
     Row,
     load_rows,
     replace_block,
@@ -1238,6 +1240,19 @@ def test_standings_mark_a_cell_whose_seeds_trained_with_different_settings(local
     mpo_cell, sac_cell = standings_line(row, store).split(" | ")[2:4]
     assert mpo_cell.endswith(" (2)†") and sac_cell.endswith(" (2)")
     assert standings_table([row], store)[-2:] == ["", MIXED_NOTE]
+
+
+def test_standings_mark_a_rank_over_means_of_different_seeds(local_store, tmp_path):
+    """MPO's rank over a baseline with fewer seeds so far compares means over different seeds: the rank says so."""
+    suite_path, results = local_store
+    store = copy_store(results, tmp_path / "results")
+    row = Row(suite=str(suite_path), env="Pendulum-v1", mpo="mpo", label="tiny")
+    assert standings_line(row, store).endswith(" of 2 |") and UNEQUAL_NOTE not in standings_table([row], store)
+    (job,) = [job for job in load_suite(suite_path).jobs if job.algo == "sac" and job.seed == 1]
+    job.result_path(store).unlink()
+    line = standings_line(row, store)
+    assert line.endswith(f" of 2{UNEQUAL} |") and line.split(" | ")[3].endswith(" (1)")
+    assert standings_table([row], store)[-2:] == ["", UNEQUAL_NOTE]
 
 
 def test_standings_list_baselines_run_as_variants_and_rank_mpo_only_against_one(local_store, tmp_path):
