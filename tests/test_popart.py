@@ -9,7 +9,7 @@ from gymnasium.wrappers import TransformReward
 
 from sb3_mpo import MPO
 from sb3_mpo.mpo.policies import critic_output_layers
-from sb3_mpo.mpo.popart import batch_moments, moments_std, preserving_output_layer, updated_moments
+from sb3_mpo.mpo.popart import batch_moments, moments_std, per_step_rewards, preserving_output_layer, updated_moments
 
 
 def test_the_rescaled_output_layer_keeps_every_value():
@@ -61,6 +61,28 @@ def test_a_constant_reward_sets_sigma_to_the_size_of_the_returns():
     model.value_normalizer.initialise(batch_moments(th.full((32,), -2.0)), model.gamma)
     mean, std = model.value_normalizer.statistics()
     assert (mean.item(), std.item()) == pytest.approx((-20.0, 20.0))
+
+
+def test_an_n_step_return_counts_as_the_constant_reward_per_step_that_earns_it():
+    """R = Σ_{i<k} γⁱ·r over k steps (fewer where the episode ended) gives back r, for any k; one-step rewards stay."""
+    gamma, reward = 0.97, -2.5
+    steps = th.tensor([[1], [2], [5], [3]])
+    returns = th.tensor([[sum(gamma**i * reward for i in range(k))] for k in steps.flatten().tolist()])
+    per_step = per_step_rewards(returns, gamma ** steps.double(), gamma)
+    th.testing.assert_close(per_step, th.full((4, 1), reward, dtype=th.float64))
+    assert per_step_rewards(returns, None, gamma) is returns
+
+
+def test_popart_starts_at_the_size_of_the_returns_whatever_n():
+    """Every reward −2: the first statistics are (−2, 2) / (1 − γ) with one-step and with 5-step targets alike."""
+    env = TransformReward(gym.make("Pendulum-v1"), lambda reward: -2.0)
+    settings = dict(learning_starts=64, batch_size=64, n_action_samples=4, q_target="n_step", gamma=0.9, seed=0)
+    for n_steps in (1, 5):
+        model = MPO("MlpPolicy", env, value_normalization=True, n_steps=n_steps, policy_kwargs=dict(net_arch=[8]), **settings)
+        model.learn(65)
+        assert model._n_updates >= 1
+        mean, std = model.value_normalizer.statistics()  # moved from (−20, 20) by one update's moving average at most
+        assert (mean.item(), std.item()) == pytest.approx((-20.0, 20.0), rel=0.01), n_steps
 
 
 def test_zero_rewards_leave_the_values_unnormalised_until_the_first_reward_which_keeps_them():

@@ -23,7 +23,7 @@ from sb3_mpo.mpo.improvement import (
     select_observations,
 )
 from sb3_mpo.mpo.policies import GaussianActor, SampledCritic, critic_output_layers
-from sb3_mpo.mpo.popart import batch_moments
+from sb3_mpo.mpo.popart import batch_moments, per_step_rewards
 from sb3_mpo.mpo.retrace import retrace_targets
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class NStepEvaluation(CriticEvaluation):
 
     def evaluate(self, replay_data: ReplayBufferSamples) -> PolicyEvaluation:
         model = self.model
-        self.initialise_value_normalizer(replay_data.rewards)
+        self.initialise_value_normalizer(per_step_rewards(replay_data.rewards, replay_data.discounts, model.gamma))
         current_q_values, targets, _ = self.scored_batch(
             replay_data.observations, replay_data.actions, replay_data.next_observations
         )

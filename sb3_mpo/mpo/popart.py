@@ -37,6 +37,23 @@ def batch_moments(values: th.Tensor) -> th.Tensor:
     return th.stack([values.mean(), (values**2).mean()])
 
 
+def per_step_rewards(rewards: th.Tensor, discounts: th.Tensor | None, gamma: float) -> th.Tensor:
+    """
+    The constant reward per step that earns each n-step return: R / (1 + γ + ... + γ^(k−1)) = R·(1 − γ) / (1 − γᵏ) for
+    a return R over k steps, whose discount γᵏ the batch holds (SB3's n-step buffer; fewer steps where the episode
+    ended), so that PopArt's first statistics (:meth:`PopArt.initialise`, which scales rewards per step by the horizon
+    1 / (1 − γ)) are those of the returns, whatever n.
+
+    :param rewards: The batch's (discounted, n-step) returns R, shape (B, 1)
+    :param discounts: Their discounts γᵏ, shape (B, 1), or None for one-step rewards
+    :param gamma: The discount factor γ
+    :return: The per-step rewards, shape (B, 1): ``rewards`` itself for one-step rewards or γ = 1 (k is then unknown)
+    """
+    if discounts is None or gamma >= 1:
+        return rewards
+    return rewards * (1.0 - gamma) / (1.0 - discounts)
+
+
 def updated_moments(mean: th.Tensor, mean_square: th.Tensor, moments: th.Tensor, rate: float) -> tuple[th.Tensor, th.Tensor]:
     """
     One step of the exponential moving averages of the targets' moments (PopArt, Sec. 2, Eq. (2) with step size β).
@@ -108,7 +125,8 @@ class PopArt(nn.Module):
     @th.no_grad()
     def initialise(self, reward_moments: th.Tensor, gamma: float, output_layers: Sequence[nn.Linear] = ()) -> None:
         """
-        Set (μ, σ) from a batch of rewards, unless already set or every reward is 0: (mean r, rms r) / (1 − γ), i.e.
+        Set (μ, σ) from a batch of rewards per step (an n-step target's returns through :func:`per_step_rewards`),
+        unless already set or every reward is 0: (mean r, rms r) / (1 − γ), i.e.
         ν₁ = mean(r) / (1 − γ) and ν₂ = (mean(r)² + mean(r²)) / (1 − γ)².
 
         :param reward_moments: The batch's (mean(r), mean(r²)), see :func:`batch_moments`
