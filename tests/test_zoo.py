@@ -209,6 +209,7 @@ def test_atari_game_uses_the_atari_entry(tmp_path: Path) -> None:
         ("policy_kwargs:dict(net_arch=[0])", r"MPO: policy_kwargs\['net_arch'\]=\[0\] is invalid, expected None, a list"),
         ("learning_rate:'fast'", r"'learning_rate'='fast' is neither a number nor a linear schedule"),
         ("actor_learning_rate:'slow'", r"'actor_learning_rate'='slow' is neither a number nor a linear schedule"),
+        ("learning_rate:True", r"'learning_rate'=True is neither a number nor a linear schedule"),
         ("noise_type:'normal'", r"'noise_type' is not used by MPO \(MPO's Gaussian policy explores by itself"),
         ("ent_coef:'auto'", r"'ent_coef' is not used by MPO \(SAC's entropy bonus: MPO's E-step temperature"),
         ("policy_delay:2", r"'policy_delay' is not used by MPO \(TD3's delayed policy updates"),
@@ -533,13 +534,24 @@ def test_record_video_and_plots(trained: Path, tmp_path: Path, monkeypatch: pyte
     assert (tmp_path / "results.pkl").is_file()
 
 
-@pytest.mark.parametrize("environ, expected", [({}, 1), ({"OMP_NUM_THREADS": "2"}, 2)])
+@pytest.mark.parametrize(
+    "environ, expected",
+    [({}, 1), ({"OMP_NUM_THREADS": "2"}, 2), ({"OMP_NUM_THREADS": ""}, 1), ({"OMP_NUM_THREADS": " 3,1 "}, 3)],
+)
 def test_zoo_commands_run_with_one_torch_thread_unless_told(environ, expected):
     before = th.get_num_threads()
     try:
         assert set_torch_threads(environ) == expected and th.get_num_threads() == expected
     finally:
         th.set_num_threads(before)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", ",2"])
+def test_an_invalid_thread_count_is_named(value):
+    before = th.get_num_threads()
+    with pytest.raises(ValueError, match=rf"OMP_NUM_THREADS='{value}' is invalid, expected a positive integer"):
+        set_torch_threads({"OMP_NUM_THREADS": value})
+    assert th.get_num_threads() == before
 
 
 def test_shipped_policy_kwargs_are_read_without_eval():

@@ -13,9 +13,18 @@ def set_torch_threads(environ: Mapping[str, str] = os.environ) -> int:
     141-150 s with torch's default (one per core). ``python -m sb3_mpo``, ``torchrun -m sb3_mpo.distributed`` and
     ``python -m sb3_mpo.zoo`` call it before they build anything.
 
+    OpenMP's list form (``"4,2"``: threads per nesting level) sets the first level's; an empty value is unset.
+
     :param environ: The process environment
     :return: The number of threads set
+    :raises ValueError: where ``OMP_NUM_THREADS`` is neither empty nor a positive integer (or a list of them)
     """
-    threads = int(environ.get("OMP_NUM_THREADS", 1))
+    value = environ.get("OMP_NUM_THREADS", "").strip()
+    first = value.split(",")[0].strip()
+    if value and not (first.isdigit() and int(first) > 0):
+        raise ValueError(
+            f"OMP_NUM_THREADS={value!r} is invalid, expected a positive integer (or OpenMP's list, e.g. '4,2'), or unset"
+        )
+    threads = int(first) if value else 1
     th.set_num_threads(threads)
     return threads

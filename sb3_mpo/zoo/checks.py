@@ -83,8 +83,8 @@ def check_mpo_hyperparams(hyperparams: dict[str, Any], algo_class: type[MPO] = M
 def check_zoo_entry(hyperparams: dict[str, Any]) -> None:
     """
     Check the values that rl_zoo3 parses itself before it builds MPO's arguments, whose own errors would not name
-    the key: ``n_timesteps``, a ``lin_<float>`` learning-rate schedule (the actor's own too), and the Python
-    expressions it evaluates.
+    the key: ``n_timesteps``, a ``lin_<float>`` learning-rate schedule (the actor's own too; a boolean, which rl_zoo3
+    would take for the number 1, is refused), and the Python expressions it evaluates.
 
     :param hyperparams: One entry of a hyperparameter file, merged with ``--hyperparams``
     :raises ValueError: naming the first key whose value rl_zoo3 could not parse
@@ -94,6 +94,8 @@ def check_zoo_entry(hyperparams: dict[str, Any]) -> None:
         raise ValueError(f"Hyperparameter 'n_timesteps'={n_timesteps!r} must be a number (rl_zoo3 needs it even with -n)")
     for key in SCHEDULED_RATES:
         rate = hyperparams.get(key)
+        if isinstance(rate, bool):  # rl_zoo3 would make True a constant schedule of 1.0
+            raise ValueError(f"Hyperparameter {key!r}={rate!r} is neither a number nor a linear schedule 'lin_<float>'")
         if isinstance(rate, str):
             schedule, _, initial_value = rate.partition("_")
             try:
