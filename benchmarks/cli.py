@@ -56,6 +56,7 @@ from benchmarks.results import (
 )
 from benchmarks.suite import RESULTS_DIR, Job, load_suite
 from benchmarks.training import run_job_safely
+from sb3_mpo.common.checks import positive_int_argument
 
 #: Folder of the mid-run checkpoints inside the result store (git-ignored)
 CHECKPOINTS_FOLDER = ".checkpoints"
@@ -474,17 +475,6 @@ def standings(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (argparse names the option in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -520,16 +510,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also redo finished runs whose stored settings differ from those the suite gives now (each is listed)",
     )
-    commands.choices["run"].add_argument("--workers", type=_positive_int, help="local processes (default: one per core)")
+    commands.choices["run"].add_argument(
+        "--workers", type=positive_int_argument, help="local processes (default: one per core)"
+    )
     commands.choices["run"].add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int_argument,
         default=1,
         help="torch threads per run (default 1; workers x threads should not exceed the cores); recorded in each result",
     )
     commands.choices["status"].add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int_argument,
         default=1,
         help="torch threads the runs will train with (default 1): a run's estimate takes the pace of stored runs that "
         "trained the same way with as many",

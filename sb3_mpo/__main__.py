@@ -12,6 +12,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_mpo import MPO
+from sb3_mpo.common.checks import positive_int_argument
 from sb3_mpo.common.hyperparams import load_entry, zoo_entry_to_kwargs
 from sb3_mpo.common.threads import set_torch_threads
 
@@ -52,19 +53,24 @@ def build_parser(prog: str = "python -m sb3_mpo", description: str | None = None
     )
     parser.add_argument("--env", default="Pendulum-v1", help="Gymnasium environment id (Box or Discrete actions)")
     parser.add_argument(
-        "--steps", type=int, default=None, help="environment steps of training; unset, the entry's n_timesteps"
+        "--steps",
+        type=positive_int_argument,
+        default=None,
+        help="environment steps of training; unset, the entry's n_timesteps",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-freq", type=int, default=2_000, help="steps between progress evaluations")
-    parser.add_argument("--eval-episodes", type=int, default=10, help="deterministic episodes of the final evaluation")
+    parser.add_argument("--eval-freq", type=positive_int_argument, default=2_000, help="steps between progress evaluations")
+    parser.add_argument(
+        "--eval-episodes", type=positive_int_argument, default=10, help="deterministic episodes of the final evaluation"
+    )
     parser.add_argument("--save", default=None, help="where to save the trained model (.zip)")
     parser.add_argument("-v", "--verbose", type=int, default=0)
     return parser
 
 
 #: An entry's settings of what RL Zoo builds around the environment (wrappers, stacked frames, normalisation, several
-#: environments, callbacks)
-ENVIRONMENT_KEYS = ("env_wrapper", "frame_stack", "normalize", "n_envs", "vec_env_wrapper", "callback")
+#: environments, callbacks, the environment's own arguments)
+ENVIRONMENT_KEYS = ("env_wrapper", "frame_stack", "normalize", "n_envs", "vec_env_wrapper", "callback", "env_kwargs")
 
 
 def build_model(args: argparse.Namespace, algo_class: type[SelfMPO] = MPO) -> SelfMPO:  # type: ignore[assignment]

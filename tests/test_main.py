@@ -100,8 +100,18 @@ def test_main_job_refuses_an_entry_whose_environment_rl_zoo_would_wrap(monkeypat
     entries["CartPole-v1"] = {"policy": "MlpPolicy", "n_timesteps": 100, "normalize": True}  # True == 1, still refused
     with pytest.raises(ValueError, match=r"sets \{'normalize': True\}"):
         build_model(args)
+    entries["CartPole-v1"] = {"policy": "MlpPolicy", "n_timesteps": 100, "env_kwargs": {"sutton_barto_reward": True}}
+    with pytest.raises(ValueError, match=r"sets \{'env_kwargs': \{'sutton_barto_reward': True\}\}"):
+        build_model(args)
     entries["CartPole-v1"] = {"policy": "MlpPolicy", "n_timesteps": 100, "n_envs": 1, "normalize": False}
     assert build_model(args).num_timesteps == 0  # one environment, no normalisation: nothing left out
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "-5"), ("--eval-freq", "0"), ("--eval-episodes", "0"), ("--steps", "x")])
+def test_main_job_refuses_counts_below_one_before_training(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([flag, value])
+    assert f"argument {flag}: expected a positive integer, got '{value}'" in capsys.readouterr().err
 
 
 def test_benchmark_report_names_the_install_it_needs(monkeypatch, capsys):

@@ -591,6 +591,7 @@ def test_load_hyperparams_gives_an_entry_as_constructor_arguments(tmp_path):
         "default: &default\n  policy: 'MlpPolicy'\n  n_timesteps: !!float 1e6\n  gamma: 0.98\n"
         "Task-v0:\n  <<: *default\n  normalize: true\n  epsilon_mean: !!float 1e-2\n"
         '  policy_kwargs: "dict(layer_norm=True, activation_fn=nn.ELU)"\n'
+        "  env_kwargs: {max_episode_steps: 50}\n  monitor_kwargs: {info_keywords: [is_success]}\n"
     )
     expected = {"gamma": 0.98, "epsilon_mean": 1e-2, "policy_kwargs": {"layer_norm": True, "activation_fn": nn.ELU}}
     assert load_hyperparams("Task-v0", path) == expected

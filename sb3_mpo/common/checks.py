@@ -6,6 +6,7 @@ buffers about to be loaded (:func:`replay_buffer_mismatch`) and transitions abou
 what is accepted.
 """
 
+import argparse
 import collections.abc
 import difflib
 import functools
@@ -504,3 +505,14 @@ def non_finite_transition(
         if not all_finite(observation):
             return "terminal observation", env_index
     return None
+
+
+def positive_int_argument(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

@@ -12,7 +12,18 @@ from torch import nn
 
 HYPERPARAMS_PATH = Path(__file__).parent.parent / "hyperparams" / "mpo.yml"
 # Keys of an RL Zoo entry that configure the experiment rather than the algorithm's constructor
-ZOO_ONLY_KEYS = ("n_timesteps", "policy", "normalize", "n_envs", "env_wrapper", "callback", "frame_stack", "vec_env_wrapper")
+ZOO_ONLY_KEYS = (
+    "n_timesteps",
+    "policy",
+    "normalize",
+    "n_envs",
+    "env_wrapper",
+    "callback",
+    "frame_stack",
+    "vec_env_wrapper",
+    "env_kwargs",
+    "monitor_kwargs",
+)
 
 
 def _policy_kwargs_value(node: ast.expr) -> Any:
