@@ -4,7 +4,7 @@
     python -m benchmarks run quick                      # local processes, one per core; resumes
     python -m benchmarks run full --ray-address auto    # on a Ray cluster
     python -m benchmarks run discrete --workers 1 --threads 2   # one run at a time, two torch threads
-    python -m benchmarks status quick                   # done / todo, and the CPU time left
+    python -m benchmarks status quick                   # done / todo, and the time left
     python -m benchmarks report quick                   # regenerates the suite's page from the stored files
     python -m benchmarks standings                      # regenerates the README's standings table
 

@@ -34,7 +34,7 @@ from benchmarks.results import (
     class_defaults,
     legs,
     load_result,
-    torch_threads,
+    recorded_threads,
     trained_algorithm,
 )
 from benchmarks.suite import Suite
@@ -523,9 +523,8 @@ def speed_group(run: dict[str, Any]) -> tuple[str, str]:
         shorter runs it continues, where the runner that trained it did) is "mixed: ..." in the one that differs, a row
         of its own. Legs recorded before the runner kept their machine count for their thread count alone.
     """
-    stretches = legs(run)
-    models = sorted({processor(leg) for leg in stretches if leg is run or "machine" in leg})
-    threads = sorted({str(torch_threads(leg)) for leg in stretches if leg is run or "torch_threads" in leg})
+    models = sorted({processor(leg) for leg in legs(run) if leg is run or leg.get("machine") is not None})
+    threads = [str(count) for count in recorded_threads(run)]
 
     def label(values: list[str]) -> str:
         return values[0] if len(values) == 1 else f"mixed: {' / '.join(values)}"
@@ -568,6 +567,8 @@ def quiet_settings(record: dict[str, Any], mpo_runs: dict[str, list[dict[str, An
     timed = record.get("mpo_hyperparams")
     if timed is None:
         return "its entry at that commit (not recorded)"
+    if not mpo_runs:
+        return "recorded; no MPO run on this page to compare"
     defaults = class_defaults(MPO)
     same = [
         f"`{algo}`"
@@ -1145,7 +1146,7 @@ def provenance_lines(
 def recorded_over_legs(runs: list[dict[str, Any]], key: str) -> set[str]:
     """:return: The values of ``key`` (a commit, a machine) recorded by any leg of ``runs`` (:func:`legs`), resumes and
     the shorter runs they continue included"""
-    return {str(leg[key]) for run in runs for leg in legs(run) if key in leg}
+    return {str(leg[key]) for run in runs for leg in legs(run) if leg.get(key) is not None}
 
 
 def reading_section(suite: Suite, reading: Path | None) -> list[str]:

@@ -234,13 +234,23 @@ def pace_key(algorithm: str, env: str, settings: Mapping[str, str] | None, threa
     return algorithm, env, None if settings is None else tuple(sorted(settings.items())), threads
 
 
+def recorded_threads(result: Mapping[str, Any]) -> list[int]:
+    """
+    :param result: A result record
+    :return: The distinct torch threads of the run and of its other :func:`legs` that recorded them (a final state kept
+        before legs were recorded continues with None), in increasing order
+    """
+    stretches = legs(result)
+    return sorted({torch_threads(leg) for leg in stretches if leg is result or leg.get("torch_threads") is not None})
+
+
 def trained_threads(result: Mapping[str, Any]) -> int | None:
     """
     :param result: A result record
     :return: The torch threads of all its :func:`legs` that recorded them, or None where two of them differ
     """
-    counts = {torch_threads(leg) for leg in legs(result) if leg is result or "torch_threads" in leg}
-    return counts.pop() if len(counts) == 1 else None
+    counts = recorded_threads(result)
+    return counts[0] if len(counts) == 1 else None
 
 
 def paces(results: Iterable[Mapping[str, Any]]) -> dict[PaceKey, float]:

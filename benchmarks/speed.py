@@ -23,7 +23,8 @@ from benchmarks.results import stored_form, write_result
 from benchmarks.stamp import stamp
 from benchmarks.suite import RESULTS_DIR
 from sb3_mpo import MPO
-from sb3_mpo.common.hyperparams import load_entry, load_hyperparams
+from sb3_mpo.__main__ import environment_settings
+from sb3_mpo.common.hyperparams import load_entry, zoo_entry_to_kwargs
 from sb3_mpo.common.precision import dtype_name
 
 RESULTS = RESULTS_DIR / QUIET_SPEED_FOLDER
@@ -49,7 +50,11 @@ def main() -> None:
     code = stamp()  # the code as it is when the measurement starts
 
     # Same networks (256-256) and batch (256) for both; learning rates do not affect speed
-    mpo = MPO("MlpPolicy", args.env, seed=0, **load_hyperparams(args.env))
+    entry = load_entry(args.env)
+    around = environment_settings(entry)
+    if around:
+        raise SystemExit(f"{args.env}: its entry sets {around}, which this plain-environment timing would not apply")
+    mpo = MPO("MlpPolicy", args.env, seed=0, **zoo_entry_to_kwargs(entry))
     models = {"mpo": mpo, "sac": SAC("MlpPolicy", args.env, seed=0)}
     for model in models.values():
         model.learn(1000)  # past learning_starts, buffers warm
@@ -77,7 +82,7 @@ def main() -> None:
         "mpo_over_sac_wall_clock_per_env_step": ratio,
         "mpo_target_dtype": dtype_name(mpo.target_dtype),
         # the entry's settings as result files store them, so that a page says whether its MPO runs trained this way
-        "mpo_hyperparams": stored_form(load_entry(args.env)),
+        "mpo_hyperparams": stored_form(entry),
         "load_average": [min(loads), max(loads)],
     }
     write_result(RESULTS / f"{args.env}_{record['commit']}.json", record)

@@ -109,7 +109,7 @@ def standings_table(rows: list[Row], results_dir: Path = RESULTS_DIR) -> list[st
     ]
     lines += [line for row in rows if (line := standings_line(row, results_dir)) is not None]
     notes = [note for mark, note in ((MIXED, MIXED_NOTE), (UNEQUAL, UNEQUAL_NOTE)) if any(mark in line for line in lines)]
-    return [*lines, "", *notes] if notes else lines
+    return [*lines, *(part for note in notes for part in ("", note))]
 
 
 def replace_block(text: str, table: list[str]) -> str:

@@ -5,7 +5,7 @@ evaluated return: ``python -m sb3_mpo [--env Pendulum-v1] [--steps 20000]``.
 
 import argparse
 import time
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -73,6 +73,20 @@ def build_parser(prog: str = "python -m sb3_mpo", description: str | None = None
 ENVIRONMENT_KEYS = ("env_wrapper", "frame_stack", "normalize", "n_envs", "vec_env_wrapper", "callback", "env_kwargs")
 
 
+def environment_settings(entry: dict[str, Any]) -> dict[str, Any]:
+    """
+    :param entry: An entry of an RL Zoo hyperparameter file
+    :return: Its :data:`ENVIRONMENT_KEYS` that make RL Zoo build something around the environment, which a plain
+        environment does not have (unset, false, empty and ``n_envs: 1`` build nothing)
+    """
+    return {
+        key: value
+        for key, value in entry.items()
+        if key in ENVIRONMENT_KEYS
+        and not (value is None or value is False or (key == "n_envs" and value == 1) or (key == "env_kwargs" and not value))
+    }
+
+
 def build_model(args: argparse.Namespace, algo_class: type[SelfMPO] = MPO) -> SelfMPO:  # type: ignore[assignment]
     """
     The model of the parsed command line, with the entry of the shipped RL Zoo file for ``args.env`` (see
@@ -85,12 +99,7 @@ def build_model(args: argparse.Namespace, algo_class: type[SelfMPO] = MPO) -> Se
     """
     set_torch_threads()
     entry = load_entry(args.env)
-    # What RL Zoo builds around the environment, which this job's plain environment does not
-    around = {
-        key: entry[key]
-        for key in ENVIRONMENT_KEYS
-        if not (entry.get(key) is None or entry[key] is False or (key == "n_envs" and entry[key] == 1))
-    }
+    around = environment_settings(entry)
     if around:
         raise ValueError(
             f"env={args.env!r}: its entry in sb3_mpo/hyperparams/mpo.yml sets {around}, which this job's plain "

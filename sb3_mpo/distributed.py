@@ -112,14 +112,14 @@ class _SumOverWorkers(th.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, tensor: th.Tensor) -> th.Tensor:
-        total = tensor.clone()
+        total = tensor.clone(memory_format=th.contiguous_format)  # all_reduce needs contiguous memory
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_total: th.Tensor) -> th.Tensor:
         # every worker's loss depends on every worker's part through the sum: d(sum_r L_r)/d part = sum_r dL_r/d total
-        grad = grad_total.clone()
+        grad = grad_total.clone(memory_format=th.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad
 

@@ -41,6 +41,7 @@ from benchmarks.report import (
     normalised_scores,
     paired_table,
     processor,
+    quiet_settings,
     recorded_over_legs,
     shared_grid,
     shared_task_comparisons,
@@ -59,6 +60,7 @@ from benchmarks.results import (
     paces,
     rough_pace,
     trained_algorithm,
+    trained_threads,
     write_result,
 )
 from benchmarks.reward_scale import within_unit_scale
@@ -312,6 +314,7 @@ def test_report_shows_quiet_speed_records_and_discloses_converted_and_resumed_ru
     assert f"| Pendulum-v1 | def5678 | {not_recorded} | bfloat16 | 1.0-2.1 | 40.0 | 60.0 | 41.0 | 62.0 | 1.50 |" in page
     assert "| Pendulum-v1 | 0a0a0a0 | as `mpo` here | bfloat16 |" in page
     assert "| Pendulum-v1 | 0b0b0b0 | other than this page's MPO runs | bfloat16 |" in page
+    assert quiet_settings({"mpo_hyperparams": timed}, {}) == "recorded; no MPO run on this page to compare"
     assert "Hopper-v5" not in page  # not an environment of the suite
     runs = len(jobs)
     assert "- Trained not through the experiment manager but by the retired `benchmarks/compare.py`" in page
@@ -490,14 +493,21 @@ def test_a_resumed_run_whose_legs_trained_differently_gets_a_speed_row_of_its_ow
     assert speed_group(continued) == ("mixed: AMD EPYC 7B13 / Intel(R) Xeon(R) Processor", "mixed: 1 / 2")
 
 
-def test_the_page_lists_the_commits_and_machines_of_every_leg_of_its_runs():
-    """A run resumed or continued from a shorter one trained partly at other commits, on other machines: all are listed."""
+def test_the_commits_machines_and_threads_of_every_leg_of_a_run_are_read():
+    """A run resumed or continued from a shorter one trained partly at other commits, on other machines: all are listed
+    (a continued final state kept before legs were recorded says None: not recorded)."""
     run = {
         "machine": "vm Intel 2 cores Linux",
         "commit": "ccc3333",
+        "torch_threads": 2,
         "resumes": [{"step": 5, "commit": "bbb2222", "machine": "vm Intel 2 cores Linux", "before": {"commit": "ddd4444"}}],
         "continued_from": {"step": 3, "commit": "aaa1111", "machine": "vm AMD 2 cores Linux"},
     }
+    unrecorded = {**run, "continued_from": {"step": 3, "commit": None, "torch_threads": None}}
+    assert recorded_over_legs([unrecorded], "commit") == {"bbb2222", "ccc3333", "ddd4444"}
+    assert trained_threads(unrecorded) == 2 and speed_group(unrecorded)[1] == "2"
+    many = {**run, "continued_from": {"step": 3, "torch_threads": 16}, "resumes": [{"step": 5, "torch_threads": 1}]}
+    assert speed_group(many)[1] == "mixed: 1 / 2 / 16" and trained_threads(many) is None
     commits = recorded_over_legs([run, {"commit": "eee5555"}], "commit")
     assert commits == {"aaa1111", "bbb2222", "ccc3333", "ddd4444", "eee5555"}
     assert recorded_over_legs([run], "machine") == {"vm Intel 2 cores Linux", "vm AMD 2 cores Linux"}

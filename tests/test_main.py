@@ -103,7 +103,7 @@ def test_main_job_refuses_an_entry_whose_environment_rl_zoo_would_wrap(monkeypat
     entries["CartPole-v1"] = {"policy": "MlpPolicy", "n_timesteps": 100, "env_kwargs": {"sutton_barto_reward": True}}
     with pytest.raises(ValueError, match=r"sets \{'env_kwargs': \{'sutton_barto_reward': True\}\}"):
         build_model(args)
-    entries["CartPole-v1"] = {"policy": "MlpPolicy", "n_timesteps": 100, "n_envs": 1, "normalize": False}
+    entries["CartPole-v1"] = {"policy": "MlpPolicy", "n_timesteps": 100, "n_envs": 1, "normalize": False, "env_kwargs": {}}
     assert build_model(args).num_timesteps == 0  # one environment, no normalisation: nothing left out
 
 

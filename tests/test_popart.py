@@ -71,6 +71,9 @@ def test_an_n_step_return_counts_as_the_constant_reward_per_step_that_earns_it()
     per_step = per_step_rewards(returns, gamma ** steps.double(), gamma)
     th.testing.assert_close(per_step, th.full((4, 1), reward, dtype=th.float64))
     assert per_step_rewards(returns, None, gamma) is returns
+    # a discount rounded to 1 in float32 (γ within float32's step of 1) stays finite: 1 − γᵏ >= 1 − γ for k >= 1
+    near_one = per_step_rewards(th.tensor([[-3.0]]), th.tensor([[1.0]]), 1 - 1e-9)
+    assert th.isfinite(near_one).all()
 
 
 def test_popart_starts_at_the_size_of_the_returns_whatever_n():

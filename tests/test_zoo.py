@@ -546,7 +546,7 @@ def test_zoo_commands_run_with_one_torch_thread_unless_told(environ, expected):
         th.set_num_threads(before)
 
 
-@pytest.mark.parametrize("value", ["0", "two", "-1", ",2"])
+@pytest.mark.parametrize("value", ["0", "two", "-1", ",2", "4,x", "²"])
 def test_an_invalid_thread_count_is_named(value):
     before = th.get_num_threads()
     with pytest.raises(ValueError, match=rf"OMP_NUM_THREADS='{value}' is invalid, expected a positive integer"):

@@ -508,7 +508,13 @@ def non_finite_transition(
 
 
 def positive_int_argument(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (argparse names the option in its error)."""
+    """
+    An argparse type for counts (steps, episodes, workers): argparse names the option in its error.
+
+    :param text: The command line's value
+    :return: The whole number it spells, at least 1
+    :raises argparse.ArgumentTypeError: where it spells none
+    """
     try:
         value = int(text)
     except ValueError:

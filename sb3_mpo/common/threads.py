@@ -1,6 +1,7 @@
 """How many torch threads the command-line entry points use."""
 
 import os
+import re
 from collections.abc import Mapping
 
 import torch as th
@@ -20,8 +21,9 @@ def set_torch_threads(environ: Mapping[str, str] = os.environ) -> int:
     :raises ValueError: where ``OMP_NUM_THREADS`` is neither empty nor a positive integer (or a list of them)
     """
     value = environ.get("OMP_NUM_THREADS", "").strip()
-    first = value.split(",")[0].strip()
-    if value and not (first.isdigit() and int(first) > 0):
+    levels = [level.strip() for level in value.split(",")]
+    first = levels[0]
+    if value and not all(re.fullmatch(r"[0-9]+", level) and int(level) > 0 for level in levels):
         raise ValueError(
             f"OMP_NUM_THREADS={value!r} is invalid, expected a positive integer (or OpenMP's list, e.g. '4,2'), or unset"
         )

@@ -51,7 +51,8 @@ def per_step_rewards(rewards: th.Tensor, discounts: th.Tensor | None, gamma: flo
     """
     if discounts is None or gamma >= 1:
         return rewards
-    return rewards * (1.0 - gamma) / (1.0 - discounts)
+    # k >= 1: 1 − γᵏ >= 1 − γ, which also keeps a γᵏ rounded to 1 in float32 from dividing by 0
+    return rewards * (1.0 - gamma) / (1.0 - discounts).clamp_min(1.0 - gamma)
 
 
 def updated_moments(mean: th.Tensor, mean_square: th.Tensor, moments: th.Tensor, rate: float) -> tuple[th.Tensor, th.Tensor]:
