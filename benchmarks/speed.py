@@ -23,8 +23,7 @@ from benchmarks.results import stored_form, write_result
 from benchmarks.stamp import stamp
 from benchmarks.suite import RESULTS_DIR
 from sb3_mpo import MPO
-from sb3_mpo.__main__ import environment_settings
-from sb3_mpo.common.hyperparams import load_entry, zoo_entry_to_kwargs
+from sb3_mpo.common.hyperparams import environment_settings, load_entry, zoo_entry_to_kwargs
 from sb3_mpo.common.precision import dtype_name
 
 RESULTS = RESULTS_DIR / QUIET_SPEED_FOLDER

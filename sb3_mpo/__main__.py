@@ -5,7 +5,7 @@ evaluated return: ``python -m sb3_mpo [--env Pendulum-v1] [--steps 20000]``.
 
 import argparse
 import time
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -13,7 +13,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_mpo import MPO
 from sb3_mpo.common.checks import positive_int_argument
-from sb3_mpo.common.hyperparams import load_entry, zoo_entry_to_kwargs
+from sb3_mpo.common.hyperparams import environment_settings, load_entry, zoo_entry_to_kwargs
 from sb3_mpo.common.threads import set_torch_threads
 
 SelfMPO = TypeVar("SelfMPO", bound=MPO)
@@ -66,25 +66,6 @@ def build_parser(prog: str = "python -m sb3_mpo", description: str | None = None
     parser.add_argument("--save", default=None, help="where to save the trained model (.zip)")
     parser.add_argument("-v", "--verbose", type=int, default=0)
     return parser
-
-
-#: An entry's settings of what RL Zoo builds around the environment (wrappers, stacked frames, normalisation, several
-#: environments, callbacks, the environment's own arguments)
-ENVIRONMENT_KEYS = ("env_wrapper", "frame_stack", "normalize", "n_envs", "vec_env_wrapper", "callback", "env_kwargs")
-
-
-def environment_settings(entry: dict[str, Any]) -> dict[str, Any]:
-    """
-    :param entry: An entry of an RL Zoo hyperparameter file
-    :return: Its :data:`ENVIRONMENT_KEYS` that make RL Zoo build something around the environment, which a plain
-        environment does not have (unset, false, empty and ``n_envs: 1`` build nothing)
-    """
-    return {
-        key: value
-        for key, value in entry.items()
-        if key in ENVIRONMENT_KEYS
-        and not (value is None or value is False or (key == "n_envs" and value == 1) or (key == "env_kwargs" and not value))
-    }
 
 
 def build_model(args: argparse.Namespace, algo_class: type[SelfMPO] = MPO) -> SelfMPO:  # type: ignore[assignment]

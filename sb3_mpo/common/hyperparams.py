@@ -26,6 +26,25 @@ ZOO_ONLY_KEYS = (
 )
 
 
+#: An entry's settings of what RL Zoo builds around the environment (wrappers, stacked frames, normalisation, several
+#: environments, callbacks, the environment's own arguments)
+ENVIRONMENT_KEYS = ("env_wrapper", "frame_stack", "normalize", "n_envs", "vec_env_wrapper", "callback", "env_kwargs")
+
+
+def environment_settings(entry: dict[str, Any]) -> dict[str, Any]:
+    """
+    :param entry: An entry of an RL Zoo hyperparameter file
+    :return: Its :data:`ENVIRONMENT_KEYS` that make RL Zoo build something around the environment, which a plain
+        environment does not have (unset, false, empty and ``n_envs: 1`` build nothing)
+    """
+    return {
+        key: value
+        for key, value in entry.items()
+        if key in ENVIRONMENT_KEYS
+        and not (value is None or value is False or (key == "n_envs" and value == 1) or (key == "env_kwargs" and not value))
+    }
+
+
 def _policy_kwargs_value(node: ast.expr) -> Any:
     """
     A literal value, a torch layer class written ``nn.Name`` (as RL Zoo writes ``activation_fn=nn.ELU``), or a nested
